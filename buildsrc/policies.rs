@@ -1,0 +1,2 @@
+//! Built-in policies are checked at build time (filled in by the policy pipeline).
+pub fn run() {}

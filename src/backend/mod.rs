@@ -1,0 +1,156 @@
+//! The one interface every device implements. Nothing outside `backend/<kind>/` knows which
+//! kind of device it talks to: the scheduler sees `DeviceInfo`, `supports` and `execute`.
+
+pub mod cpu;
+pub mod sim;
+pub mod vulkan;
+pub mod xrt;
+
+use crate::error::{Error, Result};
+use crate::memory::{Buffer, BufferId};
+use crate::op::{OpDesc, OpKind, TensorView};
+use std::sync::Arc;
+
+/// Kind of device (C ABI values). A simulated NPU is never reported as hardware.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    Cpu = 0,
+    Gpu = 1,
+    Npu = 2,
+    SimulatedNpu = 3,
+}
+
+impl DeviceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Gpu => "gpu",
+            DeviceKind::Npu => "npu",
+            DeviceKind::SimulatedNpu => "simulated-npu",
+        }
+    }
+}
+
+/// What a device is and what it can do, as reported to callers and the scheduler.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub kind: DeviceKind,
+    pub name: String,
+    pub driver: String,
+    pub memory_bytes: u64,
+    /// `DType::bit` set of supported element types.
+    pub dtypes: u32,
+    /// `OpKind::bit` set of supported ops.
+    pub ops: u32,
+    pub available: bool,
+    /// Why the device cannot be used, when `available` is false.
+    pub unavailable_reason: String,
+    /// Declared peak f32 throughput in GFLOP/s, the performance model's starting point.
+    pub peak_gflops: f64,
+    /// Declared memory bandwidth in GB/s, for bandwidth-bound ops.
+    pub bandwidth_gbs: f64,
+    /// Host and device share memory (no copies needed).
+    pub unified_memory: bool,
+    /// Ops the device runs at once.
+    pub max_in_flight: usize,
+    /// Free-form capability lines (`key: value`) for device info and diagnostics.
+    pub details: Vec<(String, String)>,
+}
+
+impl DeviceInfo {
+    pub fn unavailable(kind: DeviceKind, name: &str, reason: impl Into<String>) -> DeviceInfo {
+        DeviceInfo {
+            kind,
+            name: name.to_string(),
+            driver: String::new(),
+            memory_bytes: 0,
+            dtypes: 0,
+            ops: 0,
+            available: false,
+            unavailable_reason: reason.into(),
+            peak_gflops: 0.0,
+            bandwidth_gbs: 0.0,
+            unified_memory: false,
+            max_in_flight: 1,
+            details: Vec::new(),
+        }
+    }
+
+    pub fn supports_kind(&self, kind: OpKind) -> bool {
+        self.ops & kind.bit() != 0
+    }
+}
+
+/// The buffers an op touches, resolved from the handles in its views.
+pub struct OpMemory {
+    buffers: Vec<Arc<Buffer>>,
+}
+
+impl OpMemory {
+    pub fn new(buffers: Vec<Arc<Buffer>>) -> OpMemory {
+        OpMemory { buffers }
+    }
+
+    pub fn buffer(&self, id: BufferId) -> Result<&Arc<Buffer>> {
+        self.buffers
+            .iter()
+            .find(|b| b.id() == id)
+            .ok_or_else(|| Error::Internal(format!("buffer {id:#x} not resolved for this op")))
+    }
+
+    /// Pointer to the first byte of a view. Validation guaranteed the view lies in its buffer.
+    pub fn ptr(&self, view: &TensorView) -> Result<*mut u8> {
+        let b = self.buffer(view.buffer)?;
+        Ok(unsafe { b.as_ptr().add(view.offset) })
+    }
+
+    pub fn buffers(&self) -> &[Arc<Buffer>] {
+        &self.buffers
+    }
+}
+
+/// What a device reports after running an op.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecReport {
+    /// Time the device itself measured (GPU timestamps, simulated clock), if it has one.
+    pub device_ns: Option<u64>,
+}
+
+/// Live readings a backend can give (temperatures and power from its own interface).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceReadings {
+    pub temperature_c: Option<f32>,
+    pub power_w: Option<f32>,
+    pub clock_mhz: Option<f32>,
+}
+
+pub trait Backend: Send + Sync {
+    fn info(&self) -> &DeviceInfo;
+
+    /// Whether this device can run this particular op (dtype, shape limits).
+    fn supports(&self, op: &OpDesc) -> bool {
+        let info = self.info();
+        info.available
+            && info.supports_kind(op.kind)
+            && op.views().all(|v| info.dtypes & v.dtype.bit() != 0)
+    }
+
+    /// Runs the op to completion on the calling worker thread and writes its output into the
+    /// host-visible output buffer. Errors that another device may not have are device faults
+    /// (`Error::is_device_fault`), and the scheduler falls back on them.
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport>;
+
+    /// Current readings from the device's own interface (not the sysfs monitor).
+    fn readings(&self) -> DeviceReadings {
+        DeviceReadings::default()
+    }
+
+    /// Applies a power mode chosen by the policy or the caller, where the device has one.
+    fn set_power_mode(&self, _mode: crate::device::PowerMode) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "{} has no power modes",
+            self.info().name
+        )))
+    }
+}

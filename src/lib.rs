@@ -1,0 +1,15 @@
+//! npuhybrid: a hybrid NPU + GPU + CPU execution runtime with a stable C ABI.
+//!
+//! The path of one op: `ffi` checks arguments and handles -> `op` validates the descriptor ->
+//! `policy` tables give candidate devices -> `sched` picks one by live state -> a
+//! `backend::Backend` runs it -> the op's `event::Event` completes.
+
+pub mod backend;
+pub mod device;
+pub mod error;
+pub mod handle;
+pub mod memory;
+pub mod op;
+pub mod policy;
+
+pub use error::{Error, Result};

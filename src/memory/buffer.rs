@@ -1,0 +1,159 @@
+//! Buffers: host-visible memory every device can read, from the pool, an imported host
+//! pointer (zero copy) or a read-only file mapping (weights). Devices with their own memory
+//! keep replicas keyed by `version`, which changes on every write, so data moves only when
+//! it changed.
+
+use super::pool::Block;
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Runtime-wide identity of a buffer (its handle value).
+pub type BufferId = u64;
+
+enum Storage {
+    Pooled(Block),
+    /// Caller-owned memory; the caller keeps it alive until the buffer is destroyed.
+    Imported {
+        ptr: *mut u8,
+    },
+    Mapped(memmap2::Mmap),
+}
+
+pub struct Buffer {
+    id: BufferId,
+    storage: Storage,
+    len: usize,
+    version: AtomicU64,
+}
+
+// Concurrent access to the bytes is ordered by the runtime's hazard tracking.
+unsafe impl Send for Buffer {}
+unsafe impl Sync for Buffer {}
+
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+fn fresh_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Buffer {
+    pub fn pooled(id: BufferId, block: Block, len: usize) -> Buffer {
+        Buffer {
+            id,
+            storage: Storage::Pooled(block),
+            len,
+            version: AtomicU64::new(fresh_version()),
+        }
+    }
+
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes until the buffer is dropped.
+    pub unsafe fn imported(id: BufferId, ptr: *mut u8, len: usize) -> Buffer {
+        Buffer {
+            id,
+            storage: Storage::Imported { ptr },
+            len,
+            version: AtomicU64::new(fresh_version()),
+        }
+    }
+
+    pub fn mapped(id: BufferId, file: &std::fs::File) -> Result<Buffer> {
+        // SAFETY: the mapping is read-only; a file truncated underneath would fault, which
+        // is the documented contract of weight files (same as every mmap-based loader).
+        let map = unsafe { memmap2::MmapOptions::new().map(file) }.map_err(Error::from)?;
+        if map.is_empty() {
+            return Err(Error::invalid("cannot map an empty file"));
+        }
+        let len = map.len();
+        Ok(Buffer {
+            id,
+            storage: Storage::Mapped(map),
+            len,
+            version: AtomicU64::new(fresh_version()),
+        })
+    }
+
+    pub fn id(&self) -> BufferId {
+        self.id
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn read_only(&self) -> bool {
+        matches!(self.storage, Storage::Mapped(_))
+    }
+
+    pub fn is_imported(&self) -> bool {
+        matches!(self.storage, Storage::Imported { .. })
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self.storage {
+            Storage::Pooled(_) => "pooled",
+            Storage::Imported { .. } => "imported",
+            Storage::Mapped(_) => "mapped",
+        }
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        match &self.storage {
+            Storage::Pooled(b) => b.as_ptr(),
+            Storage::Imported { ptr } => *ptr,
+            Storage::Mapped(m) => m.as_ptr() as *mut u8,
+        }
+    }
+
+    /// Version of the contents; replicas with this version are current.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Records that the contents changed (a host write or an op's output).
+    pub fn touch(&self) {
+        self.version.store(fresh_version(), Ordering::Release);
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "range [{offset}, {offset}+{len}) lies outside the buffer of {} bytes",
+                self.len
+            ))),
+        }
+    }
+
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        if self.read_only() {
+            return Err(Error::invalid("buffer is a read-only file mapping"));
+        }
+        self.check_range(offset, data.len())?;
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
+        };
+        self.touch();
+        Ok(())
+    }
+
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        self.check_range(offset, out.len())?;
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
+        };
+        Ok(())
+    }
+
+    /// Bytes of the buffer as a slice. The caller guarantees no concurrent writer.
+    ///
+    /// # Safety
+    /// No op may be writing this buffer while the slice lives.
+    pub unsafe fn bytes(&self) -> &[u8] {
+        std::slice::from_raw_parts(self.as_ptr(), self.len)
+    }
+}

@@ -1,0 +1,347 @@
+//! Shape and dtype rules of every op. Runs once at the boundary; backends trust its result.
+
+use super::{DType, OpDesc, OpKind, TensorView};
+use crate::error::{Error, Result};
+
+/// (m, k, n, batch) of a matmul whose views are already known to be valid.
+pub fn matmul_mkn(op: &OpDesc) -> (usize, usize, usize, usize) {
+    let c = &op.output;
+    let (m, n) = (c.shape[c.rank - 2.min(c.rank)], c.last());
+    let k = match op.input(0) {
+        Some(a) if op.params.trans_a => a.shape[a.rank - 2],
+        Some(a) => a.last(),
+        None => 0,
+    };
+    let batch = if c.rank > 2 {
+        c.dims()[..c.rank - 2].iter().product()
+    } else {
+        1
+    };
+    (if c.rank >= 2 { m } else { 1 }, k, n, batch)
+}
+
+/// Product of the dimensions before the last two.
+pub fn batch_of(v: &TensorView) -> usize {
+    if v.rank > 2 {
+        v.dims()[..v.rank - 2].iter().product()
+    } else {
+        1
+    }
+}
+
+fn name(op: &OpDesc) -> &'static str {
+    op.kind.name()
+}
+
+fn need<'a>(op: &'a OpDesc, i: usize, what: &str) -> Result<&'a TensorView> {
+    op.input(i)
+        .ok_or_else(|| Error::invalid(format!("{}: input {i} ({what}) is missing", name(op))))
+}
+
+fn same_dtype(op: &OpDesc, v: &TensorView, what: &str, want: DType) -> Result<()> {
+    if v.dtype != want {
+        return Err(Error::invalid(format!(
+            "{}: {what} has dtype {} but the op computes in {want}",
+            name(op),
+            v.dtype
+        )));
+    }
+    Ok(())
+}
+
+fn float_only(op: &OpDesc, dt: DType) -> Result<()> {
+    if !dt.is_float() {
+        return Err(Error::invalid(format!(
+            "{}: dtype {dt} is not supported (f32, f16, bf16)",
+            name(op)
+        )));
+    }
+    Ok(())
+}
+
+fn same_shape(op: &OpDesc, v: &TensorView, what: &str, want: &[usize]) -> Result<()> {
+    if v.dims() != want {
+        return Err(Error::invalid(format!(
+            "{}: {what} has shape {:?}, expected {:?}",
+            name(op),
+            v.dims(),
+            want
+        )));
+    }
+    Ok(())
+}
+
+/// `b` broadcasts to `a` when, aligned from the right, each of its dims equals a's or is 1.
+pub fn broadcasts_to(b: &[usize], a: &[usize]) -> bool {
+    b.len() <= a.len()
+        && b.iter()
+            .rev()
+            .zip(a.iter().rev())
+            .all(|(&x, &y)| x == y || x == 1)
+}
+
+fn expect_unused(op: &OpDesc, from: usize) -> Result<()> {
+    for i in from..op.inputs.len() {
+        if op.inputs[i].is_some() {
+            return Err(Error::invalid(format!(
+                "{}: input {i} is not used by this op",
+                name(op)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the op is well formed. `buffer_len` gives the size of each view's buffer.
+pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) -> Result<()> {
+    for (i, v) in op.inputs.iter().enumerate() {
+        if let Some(v) = v {
+            v.validate(&format!("{}: input {i}", name(op)), buffer_len(v)?)?;
+        }
+    }
+    op.output
+        .validate(&format!("{}: output", name(op)), buffer_len(&op.output)?)?;
+    for (i, v) in op.inputs.iter().enumerate() {
+        if let Some(v) = v {
+            if v.buffer == op.output.buffer
+                && overlaps(v, &op.output)
+                && !elementwise_in_place_ok(op, v)
+            {
+                return Err(Error::invalid(format!(
+                    "{}: input {i} overlaps the output (only same-view elementwise ops may run in place)",
+                    name(op)
+                )));
+            }
+        }
+    }
+    match op.kind {
+        OpKind::Matmul => validate_matmul(op),
+        OpKind::Add | OpKind::Mul => {
+            let a = need(op, 0, "a")?;
+            let b = need(op, 1, "b")?;
+            float_only(op, a.dtype)?;
+            same_dtype(op, b, "input b", a.dtype)?;
+            same_dtype(op, &op.output, "output", a.dtype)?;
+            if !broadcasts_to(b.dims(), a.dims()) {
+                return Err(Error::invalid(format!(
+                    "{}: input b shape {:?} does not broadcast to input a shape {:?}",
+                    name(op),
+                    b.dims(),
+                    a.dims()
+                )));
+            }
+            same_shape(op, &op.output, "output", a.dims())?;
+            expect_unused(op, 2)
+        }
+        OpKind::Scale | OpKind::Silu | OpKind::Gelu | OpKind::Softmax => {
+            let a = need(op, 0, "a")?;
+            float_only(op, a.dtype)?;
+            same_dtype(op, &op.output, "output", a.dtype)?;
+            same_shape(op, &op.output, "output", a.dims())?;
+            expect_unused(op, 1)
+        }
+        OpKind::Copy => {
+            let a = need(op, 0, "a")?;
+            same_shape(op, &op.output, "output", a.dims())?;
+            expect_unused(op, 1)
+        }
+        OpKind::RmsNorm | OpKind::LayerNorm => {
+            let x = need(op, 0, "x")?;
+            float_only(op, x.dtype)?;
+            same_dtype(op, &op.output, "output", x.dtype)?;
+            same_shape(op, &op.output, "output", x.dims())?;
+            let last = if op.kind == OpKind::RmsNorm { 2 } else { 3 };
+            for i in 1..last {
+                if let Some(w) = op.input(i) {
+                    same_dtype(op, w, "weight", x.dtype)?;
+                    same_shape(op, w, "weight", &[x.last()])?;
+                }
+            }
+            if !(op.params.eps >= 0.0 && op.params.eps.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "{}: eps {} must be finite and >= 0",
+                    name(op),
+                    op.params.eps
+                )));
+            }
+            expect_unused(op, last)
+        }
+        OpKind::Rope => {
+            let x = need(op, 0, "x")?;
+            float_only(op, x.dtype)?;
+            if x.rank < 3 {
+                return Err(Error::invalid(
+                    "rope: x must be [.., seq, heads, head_dim] (rank 3 or 4)",
+                ));
+            }
+            if x.last() % 2 != 0 {
+                return Err(Error::invalid(format!(
+                    "rope: head_dim {} must be even",
+                    x.last()
+                )));
+            }
+            same_dtype(op, &op.output, "output", x.dtype)?;
+            same_shape(op, &op.output, "output", x.dims())?;
+            expect_unused(op, 1)
+        }
+        OpKind::Attention => validate_attention(op),
+    }
+}
+
+fn validate_matmul(op: &OpDesc) -> Result<()> {
+    let a = need(op, 0, "a")?;
+    let b = need(op, 1, "b")?;
+    let c = &op.output;
+    float_only(op, a.dtype)?;
+    same_dtype(op, b, "input b", a.dtype)?;
+    if c.dtype != a.dtype && c.dtype != DType::F32 {
+        return Err(Error::invalid(format!(
+            "matmul: output dtype {} must be {} or f32",
+            c.dtype, a.dtype
+        )));
+    }
+    for (v, what) in [(a, "input a"), (b, "input b"), (c, "output")] {
+        if v.rank < 2 {
+            return Err(Error::invalid(format!(
+                "matmul: {what} must have rank >= 2, got {}",
+                v.rank
+            )));
+        }
+    }
+    let (m, ka) = if op.params.trans_a {
+        (a.last(), a.shape[a.rank - 2])
+    } else {
+        (a.shape[a.rank - 2], a.last())
+    };
+    let (kb, n) = if op.params.trans_b {
+        (b.last(), b.shape[b.rank - 2])
+    } else {
+        (b.shape[b.rank - 2], b.last())
+    };
+    if ka != kb {
+        return Err(Error::invalid(format!(
+            "matmul: inner dimensions differ: a gives k={ka}, b gives k={kb}"
+        )));
+    }
+    if c.shape[c.rank - 2] != m || c.last() != n {
+        return Err(Error::invalid(format!(
+            "matmul: output shape {:?} must end in [{m}, {n}]",
+            c.dims()
+        )));
+    }
+    let batch = batch_of(c);
+    for (v, what) in [(a, "input a"), (b, "input b")] {
+        let vb = batch_of(v);
+        if vb != batch && vb != 1 {
+            return Err(Error::invalid(format!(
+                "matmul: {what} has batch {vb}, output has batch {batch} (must match or be 1)"
+            )));
+        }
+    }
+    if let Some(bias) = op.input(2) {
+        same_dtype(op, bias, "bias", c.dtype)?;
+        same_shape(op, bias, "bias", &[n])?;
+    }
+    if !op.params.alpha.is_finite() || !op.params.beta.is_finite() {
+        return Err(Error::invalid("matmul: alpha and beta must be finite"));
+    }
+    expect_unused(op, 3)
+}
+
+fn validate_attention(op: &OpDesc) -> Result<()> {
+    let q = need(op, 0, "q")?;
+    let k = need(op, 1, "k")?;
+    let v = need(op, 2, "v")?;
+    float_only(op, q.dtype)?;
+    for (t, what) in [(k, "k"), (v, "v")] {
+        same_dtype(op, t, what, q.dtype)?;
+        if t.rank != q.rank {
+            return Err(Error::invalid(format!(
+                "attention: {what} has rank {}, q has {}",
+                t.rank, q.rank
+            )));
+        }
+    }
+    same_dtype(op, &op.output, "output", q.dtype)?;
+    same_shape(op, &op.output, "output", q.dims())?;
+    if q.rank < 3 {
+        return Err(Error::invalid(
+            "attention: q must be [.., heads, seq, head_dim] (rank 3 or 4)",
+        ));
+    }
+    let r = q.rank;
+    let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
+    let (hkv, skv, dk) = (k.shape[r - 3], k.shape[r - 2], k.shape[r - 1]);
+    if v.dims() != k.dims() {
+        return Err(Error::invalid(format!(
+            "attention: v shape {:?} differs from k shape {:?}",
+            v.dims(),
+            k.dims()
+        )));
+    }
+    if dk != d {
+        return Err(Error::invalid(format!(
+            "attention: k head_dim {dk} differs from q head_dim {d}"
+        )));
+    }
+    if r == 4 && (k.shape[0] != q.shape[0]) {
+        return Err(Error::invalid(format!(
+            "attention: k batch {} differs from q batch {}",
+            k.shape[0], q.shape[0]
+        )));
+    }
+    if h % hkv != 0 {
+        return Err(Error::invalid(format!(
+            "attention: q heads {h} are not a multiple of kv heads {hkv}"
+        )));
+    }
+    let kv_len = op.params.kv_len as usize;
+    if kv_len > skv {
+        return Err(Error::invalid(format!(
+            "attention: kv_len {kv_len} exceeds k length {skv}"
+        )));
+    }
+    let kv_len = if kv_len == 0 { skv } else { kv_len };
+    if op.params.causal && sq > kv_len {
+        return Err(Error::invalid(format!(
+            "attention: causal with {sq} queries needs kv_len >= {sq}, got {kv_len}"
+        )));
+    }
+    if let Some(mask) = op.input(3) {
+        same_dtype(op, mask, "mask", q.dtype)?;
+        let full = [q.dims()[..r - 3].to_vec(), vec![h, sq, skv]].concat();
+        if !broadcasts_to(mask.dims(), &full) {
+            return Err(Error::invalid(format!(
+                "attention: mask shape {:?} does not broadcast to scores {:?}",
+                mask.dims(),
+                full
+            )));
+        }
+    }
+    if !op.params.attn_scale.is_finite() {
+        return Err(Error::invalid("attention: scale must be finite"));
+    }
+    Ok(())
+}
+
+fn overlaps(a: &TensorView, b: &TensorView) -> bool {
+    let (a0, a1) = a.byte_range();
+    let (b0, b1) = b.byte_range();
+    a0 < b1 && b0 < a1
+}
+
+/// Elementwise ops may write over an input that is exactly the output view.
+fn elementwise_in_place_ok(op: &OpDesc, input: &TensorView) -> bool {
+    matches!(
+        op.kind,
+        OpKind::Add
+            | OpKind::Mul
+            | OpKind::Scale
+            | OpKind::Silu
+            | OpKind::Gelu
+            | OpKind::Softmax
+            | OpKind::Rope
+            | OpKind::RmsNorm
+            | OpKind::LayerNorm
+    ) && input == &op.output
+}
