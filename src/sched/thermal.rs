@@ -1,0 +1,1 @@
+//! Thermal control (filled in below).
