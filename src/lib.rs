@@ -21,3 +21,5 @@ pub mod trace;
 
 pub use event::{Event, EventInfo};
 pub use runtime::{PolicySource, Runtime, RuntimeConfig};
+pub mod ffi;
+mod logging;

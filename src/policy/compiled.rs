@@ -47,6 +47,10 @@ impl CompiledPolicy {
         &[]
     }
 
+    pub fn dump(&self) -> String {
+        format!("policy {}", self.name)
+    }
+
     pub fn explain(&self, q: &OpQuery) -> String {
         format!("{} {}: rule default", q.kind, q.dtype)
     }
