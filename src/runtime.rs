@@ -10,7 +10,11 @@ use crate::memory::{Buffer, BufferId, HostPool, PoolStats};
 use crate::op::{validate::validate, OpDesc};
 use crate::policy::{self, CompiledPolicy, DeviceClass, OpQuery};
 use crate::sched::{perf_model, Device, DeviceStats, Scheduler};
-use parking_lot::RwLock;
+use crate::sched::thermal::{ThermalController, ThermalEffect};
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use parking_lot::{Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,6 +40,9 @@ pub struct RuntimeConfig {
     pub perf_cache_dir: Option<PathBuf>,
     /// Bytes of freed host blocks the pool keeps for reuse.
     pub pool_cache_bytes: u64,
+    /// How often thermal rules are evaluated; None = only through `thermal_tick` (tests
+    /// driving a simulated device's virtual clock).
+    pub thermal_period: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +53,7 @@ impl Default for RuntimeConfig {
             threads: 0,
             perf_cache_dir: perf_model::default_cache_dir(),
             pool_cache_bytes: 256 << 20,
+            thermal_period: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -66,7 +74,12 @@ pub struct Runtime {
     sched: Arc<Scheduler>,
     buffers: RwLock<HandleTable<Arc<Buffer>>>,
     pool: Arc<HostPool>,
-    policy: RwLock<Arc<CompiledPolicy>>,
+    policy: Arc<RwLock<Arc<CompiledPolicy>>>,
+    thermal: Arc<Mutex<ThermalController>>,
+    /// Dropping it stops the thermal thread.
+    thermal_stop: Option<Sender<()>>,
+    thermal_thread: Option<JoinHandle<()>>,
+    started: Instant,
     perf_cache_dir: Option<PathBuf>,
 }
 
@@ -88,8 +101,14 @@ fn compile_policy(source: &PolicySource) -> Result<Arc<CompiledPolicy>> {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Runtime> {
-        let policy = compile_policy(&config.policy)?;
         let backends = devices::probe(&config)?;
+        Runtime::with_backends(config, backends)
+    }
+
+    /// A runtime over the given backends (device 0 should be the CPU, the backstop).
+    /// `config.devices` is ignored. Embedders and tests use it to add their own devices.
+    pub fn with_backends(config: RuntimeConfig, backends: Vec<Box<dyn Backend>>) -> Result<Runtime> {
+        let policy = compile_policy(&config.policy)?;
         let devices: Vec<Device> = backends.into_iter().enumerate().map(|(i, b)| Device::new(i, b)).collect();
         if let Some(dir) = &config.perf_cache_dir {
             for d in &devices {
@@ -104,15 +123,58 @@ impl Runtime {
             })
             .collect();
         let sched = Scheduler::start(devices, &in_flight);
-        let rt = Runtime {
+        let mut rt = Runtime {
             sched,
             buffers: RwLock::new(HandleTable::new("buffer")),
             pool: HostPool::new(config.pool_cache_bytes),
-            policy: RwLock::new(Arc::clone(&policy)),
+            policy: Arc::new(RwLock::new(Arc::clone(&policy))),
+            thermal: Arc::new(Mutex::new(ThermalController::default())),
+            thermal_stop: None,
+            thermal_thread: None,
+            started: Instant::now(),
             perf_cache_dir: config.perf_cache_dir.clone(),
         };
         rt.apply_policy_settings(&policy);
+        if let Some(period) = config.thermal_period {
+            rt.start_thermal_thread(period);
+        }
         Ok(rt)
+    }
+
+    fn start_thermal_thread(&mut self, period: Duration) {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let (sched, policy, thermal, started) =
+            (Arc::clone(&self.sched), Arc::clone(&self.policy), Arc::clone(&self.thermal), self.started);
+        let spawned = std::thread::Builder::new().name("nh-thermal".into()).spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                let policy = Arc::clone(&policy.read());
+                if !policy.thermal_rules().is_empty() {
+                    thermal.lock().tick(started.elapsed(), &policy, &sched.devices, &read_device, &sched.trace);
+                }
+            }
+        });
+        match spawned {
+            Ok(handle) => {
+                self.thermal_stop = Some(stop);
+                self.thermal_thread = Some(handle);
+            }
+            Err(e) => log::error!("thermal control thread not started: {e}"),
+        }
+    }
+
+    /// Evaluates the thermal rules once at time `now` (virtual time in tests).
+    pub fn thermal_tick(&self, now: Duration) {
+        let policy = self.policy();
+        self.thermal.lock().tick(now, &policy, &self.sched.devices, &read_device, &self.sched.trace);
+    }
+
+    /// What the active thermal rules currently do to a device.
+    pub fn thermal_effect(&self, index: usize) -> ThermalEffect {
+        self.thermal.lock().effect(index)
+    }
+
+    pub fn thermal_transitions(&self) -> u64 {
+        self.thermal.lock().transitions
     }
 
     // ----- devices -----
@@ -388,8 +450,16 @@ fn device_verdict(d: &Device, op: &OpDesc, enabled: bool, listed: Option<usize>)
     }
 }
 
+fn read_device(device: &Device) -> DeviceReadings {
+    device.backend.readings()
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
+        self.thermal_stop.take();
+        if let Some(t) = self.thermal_thread.take() {
+            let _ = t.join();
+        }
         // Ops in flight finish first: nothing is cancelled halfway through a write.
         self.sched.shutdown();
         if let Some(dir) = &self.perf_cache_dir {
