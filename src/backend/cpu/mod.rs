@@ -140,29 +140,3 @@ impl Backend for CpuBackend {
         Ok(ExecReport::default())
     }
 }
-
-/// TEMPORARY until the CPU backend lands.
-pub struct CpuBackend {
-    info: super::DeviceInfo,
-}
-
-impl CpuBackend {
-    pub fn new(_threads: usize) -> Result<CpuBackend> {
-        let mut info = super::DeviceInfo::unavailable(super::DeviceKind::Cpu, "cpu", "");
-        info.available = true;
-        info.ops = u32::MAX;
-        info.dtypes = u32::MAX;
-        info.peak_gflops = 50.0;
-        info.bandwidth_gbs = 10.0;
-        Ok(CpuBackend { info })
-    }
-}
-
-impl super::Backend for CpuBackend {
-    fn info(&self) -> &super::DeviceInfo {
-        &self.info
-    }
-    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<super::ExecReport> {
-        execute_on_host(op, mem).map(|_| super::ExecReport::default())
-    }
-}
