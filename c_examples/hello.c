@@ -17,7 +17,7 @@ int main(void) {
   for (uint32_t i = 0; i < count; i++) {
     nh_device_info info;
     info.struct_size = sizeof info;
-    NH_CHECK(nh_device_info(rt, i, &info));
+    NH_CHECK(nh_device_get_info(rt, i, &info));
     printf("device %u: %-14s %s%s%s\n", i, nh_kind_name(info.kind), info.name,
            info.available ? "" : " (unavailable: ", info.available ? "" : info.unavailable_reason);
     if (!info.available) printf("\n");
@@ -44,7 +44,7 @@ int main(void) {
   NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
   nh_event_info info;
   info.struct_size = sizeof info;
-  NH_CHECK(nh_event_info(rt, ev, &info));
+  NH_CHECK(nh_event_get_info(rt, ev, &info));
   NH_CHECK(nh_event_release(rt, ev));
   NH_CHECK(nh_buffer_read(rt, bc, 0, c, sizeof(float) * M * N));
 

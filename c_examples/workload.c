@@ -102,7 +102,7 @@ int main(int argc, char **argv) {
   printf("devices:\n");
   for (uint32_t i = 0; i < ndev && i < 16; i++) {
     infos[i].struct_size = sizeof infos[i];
-    NH_CHECK(nh_device_info(rt, i, &infos[i]));
+    NH_CHECK(nh_device_get_info(rt, i, &infos[i]));
     printf("  [%u] %-14s %s%s%s%s\n", i, nh_kind_name(infos[i].kind), infos[i].name,
            infos[i].available ? "" : "  (unavailable: ", infos[i].available ? "" : infos[i].unavailable_reason,
            infos[i].available ? "" : ")");
@@ -219,7 +219,7 @@ int main(int argc, char **argv) {
     NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
     nh_event_info info;
     info.struct_size = sizeof info;
-    NH_CHECK(nh_event_info(rt, ev, &info));
+    NH_CHECK(nh_event_get_info(rt, ev, &info));
     NH_CHECK(nh_event_release(rt, ev));
     const char *dev = info.device >= 0 && (uint32_t)info.device < ndev ? infos[info.device].name : "?";
     printf("%-12s [%d] %-26.26s %10.1f %9u\n", ops[i].name, info.device, dev, info.run_ns / 1e3, info.fallbacks);
@@ -254,7 +254,7 @@ int main(int argc, char **argv) {
   for (uint32_t i = 0; i < ndev && i < 16; i++) {
     nh_device_stats st;
     st.struct_size = sizeof st;
-    NH_CHECK(nh_device_stats(rt, i, &st));
+    NH_CHECK(nh_device_get_stats(rt, i, &st));
     printf("[%u]  %-30.30s %8llu %12.2f %9llu %9llu\n", i, infos[i].name, (unsigned long long)st.ops_run,
            st.busy_ns / 1e6, (unsigned long long)st.failures, (unsigned long long)st.fallbacks);
   }

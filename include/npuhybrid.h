@@ -361,16 +361,16 @@ nh_status nh_buffer_unmap(nh_runtime runtime, nh_buffer buffer, uint32_t written
 nh_status nh_device_count(nh_runtime runtime, uint32_t *out_count);
 
 // Fills `info` (set `info->struct_size` first) for device `index` (0 = the CPU).
-nh_status nh_device_info(nh_runtime runtime, uint32_t index, nh_device_info *info);
+nh_status nh_device_get_info(nh_runtime runtime, uint32_t index, nh_device_info *info);
 
 // The device's capability lines ("key: value\n" each), e.g. subgroup size, fp16, what is
 // configurable.
 nh_status nh_device_details(nh_runtime runtime, uint32_t index, char *buf, size_t capacity, size_t *needed);
 
-nh_status nh_device_stats(nh_runtime runtime, uint32_t index, nh_device_stats *stats);
+nh_status nh_device_get_stats(nh_runtime runtime, uint32_t index, nh_device_stats *stats);
 
 // Current temperature, power and clock of a device (NaN where it has no such sensor).
-nh_status nh_device_readings(nh_runtime runtime, uint32_t index, nh_device_readings *readings);
+nh_status nh_device_get_readings(nh_runtime runtime, uint32_t index, nh_device_readings *readings);
 
 // Sets a device's power mode (an `nh_power_mode`). NH_ERR_UNSUPPORTED where the device has
 // none; NH_ERR_PERMISSION (message names the refused call) without the privilege.
@@ -392,7 +392,7 @@ nh_status nh_event_wait(nh_runtime runtime, nh_event ev, uint64_t timeout_ns);
 nh_status nh_event_query(nh_runtime runtime, nh_event ev);
 
 // Where and how long the op ran. `info->status` is NH_ERR_TIMEOUT while it runs.
-nh_status nh_event_info(nh_runtime runtime, nh_event ev, nh_event_info *info);
+nh_status nh_event_get_info(nh_runtime runtime, nh_event ev, nh_event_info *info);
 
 // Releases an event handle (the op itself is not affected). Releasing twice is an error.
 nh_status nh_event_release(nh_runtime runtime, nh_event ev);
@@ -432,9 +432,9 @@ nh_status nh_runtime_destroy(nh_runtime runtime);
 // Blocks until every op submitted to the runtime has completed.
 nh_status nh_runtime_synchronize(nh_runtime runtime);
 
-nh_status nh_runtime_stats(nh_runtime runtime, nh_runtime_stats *stats);
+nh_status nh_runtime_get_stats(nh_runtime runtime, nh_runtime_stats *stats);
 
-nh_status nh_pool_stats(nh_runtime runtime, nh_pool_stats *stats);
+nh_status nh_pool_get_stats(nh_runtime runtime, nh_pool_stats *stats);
 
 // Starts recording a Chrome trace-event JSON file (open it in Perfetto or chrome://tracing):
 // one lane per device, one slice per op or split part, instants for fallbacks and thermal

@@ -20,7 +20,11 @@ pub extern "C" fn nh_device_count(runtime: nh_runtime, out_count: *mut u32) -> n
 
 /// Fills `info` (set `info->struct_size` first) for device `index` (0 = the CPU).
 #[no_mangle]
-pub extern "C" fn nh_device_info(runtime: nh_runtime, index: u32, info: *mut nh_device_info) -> nh_status {
+pub extern "C" fn nh_device_get_info(
+    runtime: nh_runtime,
+    index: u32,
+    info: *mut nh_device_info,
+) -> nh_status {
     guard(|| {
         let e = entry(runtime)?;
         let o = sized_out(info, "info")?;
@@ -60,7 +64,11 @@ pub extern "C" fn nh_device_details(
 }
 
 #[no_mangle]
-pub extern "C" fn nh_device_stats(runtime: nh_runtime, index: u32, stats: *mut nh_device_stats) -> nh_status {
+pub extern "C" fn nh_device_get_stats(
+    runtime: nh_runtime,
+    index: u32,
+    stats: *mut nh_device_stats,
+) -> nh_status {
     guard(|| {
         let e = entry(runtime)?;
         let o = sized_out(stats, "stats")?;
@@ -79,7 +87,7 @@ pub extern "C" fn nh_device_stats(runtime: nh_runtime, index: u32, stats: *mut n
 
 /// Current temperature, power and clock of a device (NaN where it has no such sensor).
 #[no_mangle]
-pub extern "C" fn nh_device_readings(
+pub extern "C" fn nh_device_get_readings(
     runtime: nh_runtime,
     index: u32,
     readings: *mut nh_device_readings,

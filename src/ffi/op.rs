@@ -151,7 +151,11 @@ pub extern "C" fn nh_event_query(runtime: nh_runtime, ev: nh_event) -> nh_status
 
 /// Where and how long the op ran. `info->status` is NH_ERR_TIMEOUT while it runs.
 #[no_mangle]
-pub extern "C" fn nh_event_info(runtime: nh_runtime, ev: nh_event, info: *mut nh_event_info) -> nh_status {
+pub extern "C" fn nh_event_get_info(
+    runtime: nh_runtime,
+    ev: nh_event,
+    info: *mut nh_event_info,
+) -> nh_status {
     guard(|| {
         let e = entry(runtime)?;
         let o = sized_out(info, "info")?;

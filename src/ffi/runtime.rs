@@ -112,7 +112,7 @@ pub extern "C" fn nh_runtime_synchronize(runtime: nh_runtime) -> nh_status {
 }
 
 #[no_mangle]
-pub extern "C" fn nh_runtime_stats(runtime: nh_runtime, stats: *mut nh_runtime_stats) -> nh_status {
+pub extern "C" fn nh_runtime_get_stats(runtime: nh_runtime, stats: *mut nh_runtime_stats) -> nh_status {
     guard(|| {
         let e = entry(runtime)?;
         let o = sized_out(stats, "stats")?;
@@ -129,7 +129,7 @@ pub extern "C" fn nh_runtime_stats(runtime: nh_runtime, stats: *mut nh_runtime_s
 }
 
 #[no_mangle]
-pub extern "C" fn nh_pool_stats(runtime: nh_runtime, stats: *mut nh_pool_stats) -> nh_status {
+pub extern "C" fn nh_pool_get_stats(runtime: nh_runtime, stats: *mut nh_pool_stats) -> nh_status {
     guard(|| {
         let e = entry(runtime)?;
         let o = sized_out(stats, "stats")?;

@@ -66,11 +66,11 @@ static void null_pointers(nh_runtime rt) {
   EXPECT(nh_graph_submit(rt, g, NULL), NH_ERR_NULL_POINTER);
   NH_CHECK(nh_graph_destroy(rt, g));
   EXPECT(nh_device_count(rt, NULL), NH_ERR_NULL_POINTER);
-  EXPECT(nh_device_info(rt, 0, NULL), NH_ERR_NULL_POINTER);
-  EXPECT(nh_device_stats(rt, 0, NULL), NH_ERR_NULL_POINTER);
-  EXPECT(nh_device_readings(rt, 0, NULL), NH_ERR_NULL_POINTER);
-  EXPECT(nh_runtime_stats(rt, NULL), NH_ERR_NULL_POINTER);
-  EXPECT(nh_pool_stats(rt, NULL), NH_ERR_NULL_POINTER);
+  EXPECT(nh_device_get_info(rt, 0, NULL), NH_ERR_NULL_POINTER);
+  EXPECT(nh_device_get_stats(rt, 0, NULL), NH_ERR_NULL_POINTER);
+  EXPECT(nh_device_get_readings(rt, 0, NULL), NH_ERR_NULL_POINTER);
+  EXPECT(nh_runtime_get_stats(rt, NULL), NH_ERR_NULL_POINTER);
+  EXPECT(nh_pool_get_stats(rt, NULL), NH_ERR_NULL_POINTER);
   EXPECT(nh_trace_start(rt, NULL), NH_ERR_NULL_POINTER);
   EXPECT(nh_policy_load(rt, NH_POLICY_SOURCE, NULL), NH_ERR_NULL_POINTER);
   EXPECT(nh_policy_name(rt, NULL, 0, NULL), NH_ERR_NULL_POINTER);
@@ -162,12 +162,12 @@ static void wrong_sizes_and_shapes(nh_runtime rt) {
   EXPECT(nh_submit(rt, &op, &ev), NH_ERR_STRUCT_SIZE);
   nh_device_info info;
   info.struct_size = 12;
-  EXPECT(nh_device_info(rt, 0, &info), NH_ERR_STRUCT_SIZE);
+  EXPECT(nh_device_get_info(rt, 0, &info), NH_ERR_STRUCT_SIZE);
   nh_event_info einfo;
   einfo.struct_size = 0;
   op = add_op(a, b, c, 16);
   NH_CHECK(nh_submit(rt, &op, &ev));
-  EXPECT(nh_event_info(rt, ev, &einfo), NH_ERR_STRUCT_SIZE);
+  EXPECT(nh_event_get_info(rt, ev, &einfo), NH_ERR_STRUCT_SIZE);
   NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
   NH_CHECK(nh_event_release(rt, ev));
 
@@ -233,7 +233,8 @@ static void wrong_sizes_and_shapes(nh_runtime rt) {
   EXPECT(nh_buffer_alloc(rt, 0, &z), NH_ERR_INVALID_ARGUMENT);
   EXPECT(nh_buffer_alloc(rt, SIZE_MAX, &z), NH_ERR_OUT_OF_MEMORY);
   EXPECT(nh_buffer_map_file(rt, "/nonexistent/weights.bin", &z), NH_ERR_IO);
-  EXPECT(nh_device_info(rt, 999, &info), NH_ERR_INVALID_ARGUMENT);
+  info.struct_size = sizeof info;
+  EXPECT(nh_device_get_info(rt, 999, &info), NH_ERR_INVALID_ARGUMENT);
 
   /* Too-small string buffers report the size needed. */
   char small[2];
