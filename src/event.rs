@@ -55,6 +55,13 @@ struct Inner {
 #[derive(Clone)]
 pub struct Event(Arc<Inner>);
 
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.0.state.lock();
+        f.debug_struct("Event").field("remaining", &st.remaining).field("error", &st.error).finish()
+    }
+}
+
 impl Event {
     /// An event that completes after `parts` completions (1 for a plain op).
     pub fn new(parts: u32) -> Event {

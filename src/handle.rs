@@ -55,7 +55,7 @@ impl<T: Clone> HandleTable<T> {
     }
 
     pub fn get(&self, handle: u64) -> Result<T> {
-        self.slot(handle).map(|v| v.clone())
+        self.slot(handle).cloned()
     }
 
     fn slot(&self, handle: u64) -> Result<&T> {

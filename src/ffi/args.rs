@@ -8,6 +8,12 @@ pub(crate) fn out<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
     unsafe { p.as_mut() }.ok_or(Error::NullPointer(what))
 }
 
+/// An optional out-parameter: NULL means the caller does not want it.
+pub(crate) fn opt_out<'a, T>(p: *mut T) -> Option<&'a mut T> {
+    // SAFETY: as for `out`; NULL is allowed.
+    unsafe { p.as_mut() }
+}
+
 pub(crate) fn input<'a, T>(p: *const T, what: &'static str) -> Result<&'a T> {
     // SAFETY: non-null was checked; the caller promises a valid T (documented).
     unsafe { p.as_ref() }.ok_or(Error::NullPointer(what))

@@ -1,6 +1,6 @@
 //! Buffers: allocate, import host memory, map files, read, write, map, destroy.
 
-use super::args::{c_str, out};
+use super::args::{c_str, opt_out, out};
 use super::entry;
 use super::nh_status;
 use super::status::guard;
@@ -125,7 +125,7 @@ pub extern "C" fn nh_buffer_map(
         let p = out(out_ptr, "out_ptr")?;
         let (ptr, len) = e.rt.map(buffer.id)?;
         *p = ptr as *mut c_void;
-        if let Some(s) = unsafe { out_size.as_mut() } {
+        if let Some(s) = opt_out(out_size) {
             *s = len;
         }
         Ok(())

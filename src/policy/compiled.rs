@@ -73,7 +73,9 @@ pub fn builtin_names() -> &'static [&'static str] {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct PolicyLimits;
+pub struct PolicyLimits {
+    pub max_bytes: usize,
+}
 
 pub fn compile_file(_path: &std::path::Path, _limits: &PolicyLimits) -> Result<CompiledPolicy, PolicyError> {
     Err(PolicyError { message: "policy compiler not built yet".into() })
