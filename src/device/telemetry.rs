@@ -174,13 +174,12 @@ impl TelemetryMonitor {
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("nh-telemetry".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(period) {
-                    Err(RecvTimeoutError::Timeout) => worker.push(Sample {
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    worker.push(Sample {
                         at: t0.elapsed(),
                         readings: sample(&root),
-                    }),
-                    _ => break,
+                    });
                 }
             })
             .ok();
