@@ -1,1 +1,218 @@
-//! placeholder
+//! AMD NPU (Ryzen AI: Phoenix, Hawk Point, Strix) through XRT's C API, loaded at run time.
+//!
+//! Kernels are prebuilt mlir-aie / IRON matmul designs listed in a kernel directory (see
+//! `manifest` and docs/XRT.md). A matmul of any shape is padded and tiled onto the kernel's
+//! launch shape, launches are pipelined over up to the policy's in-flight limit of prepared
+//! runs, and the host sums partial products and applies the epilogue.
+//!
+//! Without an NPU, `probe` fails with XRT's own reason, prints nothing (XRT's log goes to a file
+//! of ours) and never crashes the process.
+
+mod api;
+mod device;
+pub mod manifest;
+mod tiling;
+
+use super::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory};
+use crate::error::{Error, Result};
+use crate::op::{DType, OpDesc, OpKind};
+use device::{LoadedKernel, Session, SLOTS_PER_KERNEL};
+use parking_lot::{Condvar, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use manifest::ENV_KERNEL_DIR;
+
+pub const NAME: &str = "AMD NPU (XRT)";
+
+/// Defaults of the policy language: 3 ops in flight, 64 rows per launch.
+pub const DEFAULT_IN_FLIGHT: usize = 3;
+pub const DEFAULT_BATCH_ROWS: usize = 64;
+
+/// Counts runs in flight across all ops, up to the policy's limit.
+struct InFlight {
+    used: Mutex<usize>,
+    freed: Condvar,
+    limit: AtomicUsize,
+}
+
+impl InFlight {
+    /// Takes between 1 and `want` permits, waiting while none is free.
+    fn acquire(&self, want: usize) -> usize {
+        let mut used = self.used.lock();
+        loop {
+            let limit = self.limit.load(Ordering::Relaxed);
+            if *used < limit {
+                let n = want.clamp(1, limit - *used);
+                *used += n;
+                return n;
+            }
+            self.freed.wait(&mut used);
+        }
+    }
+
+    fn release(&self, n: usize) {
+        *self.used.lock() -= n;
+        self.freed.notify_all();
+    }
+}
+
+pub struct XrtBackend {
+    info: DeviceInfo,
+    // Kernels hold handles of the session's device: declared first so they drop first.
+    kernels: Vec<LoadedKernel>,
+    _session: Session,
+    in_flight: InFlight,
+    batch_rows: AtomicUsize,
+}
+
+/// The kernel directory: the argument, else `$NPUHYBRID_XRT_KERNELS`.
+fn kernel_dir(arg: Option<&Path>) -> Option<PathBuf> {
+    arg.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(ENV_KERNEL_DIR).map(PathBuf::from))
+}
+
+impl XrtBackend {
+    /// Loads XRT, opens the NPU and loads every kernel of the directory. `Err` is the reason
+    /// the NPU cannot be used, for an unavailable device entry (see `unavailable`).
+    pub fn probe(kernel_dir_arg: Option<&Path>) -> Result<XrtBackend, String> {
+        let (api, log) = match api::system() {
+            Ok((api, log)) => (api, log.as_ref()),
+            Err(e) => return Err(e.clone()),
+        };
+        let session = Session::open(api, log)?;
+        let dir = kernel_dir(kernel_dir_arg).ok_or_else(|| {
+            format!("NPU opened, but no kernel directory: pass one or set {ENV_KERNEL_DIR}")
+        })?;
+        let specs = manifest::load(&dir)?;
+        let kernels = specs
+            .iter()
+            .map(|s| session.load_kernel(s))
+            .collect::<Result<Vec<_>, String>>()?;
+        let version = api.version.clone().unwrap_or_else(|| "?".into());
+        let mut details = vec![
+            ("xrt".to_string(), format!("{version} ({})", api.library)),
+            ("kernels".to_string(), dir.display().to_string()),
+        ];
+        if let Some(l) = log {
+            details.push(("xrt log".into(), l.path().display().to_string()));
+        }
+        for k in &kernels {
+            let s = &k.spec;
+            details.push((
+                format!(
+                    "kernel {}",
+                    s.xclbin.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                format!(
+                    "matmul {}->{} tile {}x{}x{}",
+                    s.dtype_in, s.dtype_out, s.tile.m, s.tile.k, s.tile.n
+                ),
+            ));
+        }
+        let info = DeviceInfo {
+            kind: DeviceKind::Npu,
+            name: NAME.into(),
+            driver: format!("XRT {version}"),
+            memory_bytes: 0,
+            dtypes: kernels.iter().fold(0, |acc, k| acc | k.spec.dtype_in.bit()),
+            ops: OpKind::Matmul.bit(),
+            available: true,
+            unavailable_reason: String::new(),
+            // NPUs have no f32 matmul; the declared figure is the best kernel's, if given.
+            peak_gflops: kernels
+                .iter()
+                .filter_map(|k| k.spec.gflops)
+                .fold(0.0, f64::max),
+            bandwidth_gbs: 0.0,
+            unified_memory: true,
+            max_in_flight: DEFAULT_IN_FLIGHT,
+            details,
+        };
+        Ok(XrtBackend {
+            info,
+            kernels,
+            _session: session,
+            in_flight: InFlight {
+                used: Mutex::new(0),
+                freed: Condvar::new(),
+                limit: AtomicUsize::new(DEFAULT_IN_FLIGHT),
+            },
+            batch_rows: AtomicUsize::new(DEFAULT_BATCH_ROWS),
+        })
+    }
+
+    /// The device's name and driver (for diagnostics).
+    pub fn info_name(&self) -> String {
+        format!("{} ({})", self.info.name, self.info.driver)
+    }
+
+    /// The device entry to report when `probe` failed.
+    pub fn unavailable(reason: &str) -> DeviceInfo {
+        DeviceInfo::unavailable(DeviceKind::Npu, NAME, reason)
+    }
+
+    /// The policy's limits: runs in flight (at most `SLOTS_PER_KERNEL`) and rows per launch.
+    pub fn set_limits(&self, max_in_flight: usize, batch_rows: usize) {
+        self.in_flight
+            .limit
+            .store(max_in_flight.clamp(1, SLOTS_PER_KERNEL), Ordering::Relaxed);
+        self.in_flight.freed.notify_all();
+        self.batch_rows.store(batch_rows.max(1), Ordering::Relaxed);
+    }
+
+    /// The kernel for `op`: inputs in its dtype, and the launch height closest to the policy's
+    /// batch rows (the smallest tile at least that tall, else the tallest).
+    fn kernel_for(&self, op: &OpDesc) -> Option<&LoadedKernel> {
+        if op.kind != OpKind::Matmul {
+            return None;
+        }
+        let dtype = op.dtype();
+        let fits = |k: &&LoadedKernel| {
+            k.spec.dtype_in == dtype
+                && (k.spec.dtype_out == DType::F32 || k.spec.dtype_out == op.output.dtype)
+        };
+        let rows = self
+            .batch_rows
+            .load(Ordering::Relaxed)
+            .min(op.dims().m.max(1));
+        let mut fitting: Vec<&LoadedKernel> = self.kernels.iter().filter(fits).collect();
+        fitting.sort_by_key(|k| k.spec.tile.m);
+        fitting
+            .iter()
+            .find(|k| k.spec.tile.m >= rows)
+            .or(fitting.last())
+            .copied()
+    }
+}
+
+impl Backend for XrtBackend {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn supports(&self, op: &OpDesc) -> bool {
+        self.kernel_for(op).is_some()
+    }
+
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        let kernel = self.kernel_for(op).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{NAME}: no kernel for {} {} in the kernel directory",
+                op.dtype(),
+                op.kind
+            ))
+        })?;
+        let (m, k, n, batch) = crate::op::validate::matmul_mkn(op);
+        let want = tiling::launches(&kernel.spec, batch, m, k, n);
+        let permits = self.in_flight.acquire(want);
+        let mut slots = kernel.take(permits);
+        let result = tiling::run_tiled(op, mem, &kernel.spec, &mut slots);
+        kernel.give_back(slots);
+        self.in_flight.release(permits);
+        result.map(|_| ExecReport::default())
+    }
+}
+
+#[cfg(test)]
+mod tests;

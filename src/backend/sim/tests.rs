@@ -1,0 +1,218 @@
+use super::*;
+use crate::op::{DType, OpKind, TensorView};
+
+fn matmul(n: usize) -> OpDesc {
+    let a = TensorView::contiguous(1, DType::BF16, &[n, n], 0);
+    let b = TensorView::contiguous(2, DType::BF16, &[n, n], 0);
+    let c = TensorView::contiguous(3, DType::BF16, &[n, n], 0);
+    OpDesc::new(OpKind::Matmul, &[a, b], c)
+}
+
+fn virtual_npu(mode: PowerMode) -> SimNpu {
+    SimNpu::new(SimNpuConfig {
+        virtual_time: true,
+        initial_mode: mode,
+        ..Default::default()
+    })
+}
+
+/// Keeps every unit busy (one submitter per unit, in turn) for `span` of device time.
+fn load(npu: &SimNpu, span: Duration) {
+    let op = matmul(2048);
+    let until = npu.readings_time() + span;
+    let units = npu.config().units as u64;
+    for i in 0.. {
+        let slot = npu.admit_for(i % units, &op).unwrap();
+        if slot.start + slot.duration >= until {
+            break;
+        }
+    }
+}
+
+impl SimNpu {
+    /// The device's present, for tests.
+    fn readings_time(&self) -> Duration {
+        let mut s = self.state.lock();
+        self.present(&mut s)
+    }
+
+    fn temp(&self) -> f32 {
+        self.readings().temperature_c.unwrap()
+    }
+}
+
+#[test]
+fn is_named_as_a_simulation() {
+    let npu = SimNpu::new(SimNpuConfig::default());
+    assert_eq!(npu.info().kind, DeviceKind::SimulatedNpu);
+    assert!(npu.info().name.contains("Simulated"));
+    assert_eq!(npu.info().max_in_flight, 3);
+    assert!(npu.supports(&matmul(64)));
+}
+
+#[test]
+fn heats_under_load_and_cools_when_idle() {
+    let npu = virtual_npu(PowerMode::Performance);
+    let cfg = npu.config().clone();
+    let idle = npu.temp();
+    assert!(
+        (idle - (cfg.ambient_c + cfg.idle_power_w * cfg.thermal_resistance_k_per_w)).abs() < 0.01
+    );
+    let wall = Instant::now();
+    load(&npu, Duration::from_secs(120));
+    assert!(
+        wall.elapsed() < Duration::from_secs(20),
+        "virtual time must not sleep"
+    );
+    let hot = npu.temp();
+    // Four time constants at full power: within 2% of the steady state.
+    let steady = cfg.ambient_c
+        + cfg.mode(PowerMode::Performance).active_power_w * cfg.thermal_resistance_k_per_w;
+    assert!(
+        hot > idle + 30.0 && (hot - steady).abs() < 0.03 * (steady - cfg.ambient_c),
+        "idle {idle}, hot {hot}, steady {steady}"
+    );
+    assert!(npu.stats().energy_j > 4.0 * 100.0);
+
+    npu.advance_idle(Duration::from_secs(30));
+    let cooler = npu.temp();
+    assert!(
+        cooler < hot - 15.0,
+        "one time constant idle: {hot} -> {cooler}"
+    );
+    npu.advance_idle(Duration::from_secs(300));
+    assert!((npu.temp() - idle).abs() < 0.1);
+}
+
+#[test]
+fn power_mode_changes_speed_and_heat() {
+    let run = |mode| {
+        let npu = virtual_npu(mode);
+        let op = matmul(1024);
+        let d = npu.admit(&op).unwrap().duration;
+        load(&npu, Duration::from_secs(60));
+        (d, npu.temp(), npu.readings().clock_mhz.unwrap())
+    };
+    let modes = [
+        PowerMode::Powersaver,
+        PowerMode::Balanced,
+        PowerMode::Performance,
+        PowerMode::Turbo,
+    ];
+    let results: Vec<_> = modes.iter().map(|&m| run(m)).collect();
+    for w in results.windows(2) {
+        assert!(w[0].0 > w[1].0, "faster in a higher mode: {results:?}");
+        assert!(w[0].1 < w[1].1, "hotter in a higher mode: {results:?}");
+        assert!(
+            w[0].2 < w[1].2,
+            "higher clock in a higher mode: {results:?}"
+        );
+    }
+}
+
+#[test]
+fn switching_mode_mid_run_takes_effect_at_once() {
+    let npu = virtual_npu(PowerMode::Turbo);
+    let op = matmul(512);
+    let fast = npu.admit(&op).unwrap().duration;
+    npu.set_power_mode(PowerMode::Powersaver).unwrap();
+    assert_eq!(npu.power_mode(), PowerMode::Powersaver);
+    let slow = npu.admit(&op).unwrap().duration;
+    assert!(slow > fast * 3, "{fast:?} -> {slow:?}");
+}
+
+#[test]
+fn sustained_turbo_throttles_and_recovers() {
+    let npu = virtual_npu(PowerMode::Turbo);
+    let cfg = npu.config().clone();
+    let full_clock = cfg.mode(PowerMode::Turbo).clock_mhz;
+    // Turbo's steady state (35 + 7 W * 9 K/W = 98 C) lies above the 95 C limit.
+    load(&npu, Duration::from_secs(200));
+    let r = npu.readings();
+    assert!(r.temperature_c.unwrap() > cfg.throttle_c - cfg.throttle_hysteresis_c - 1.0);
+    assert_eq!(r.clock_mhz, Some(full_clock * 0.5), "{r:?}");
+    npu.advance_idle(Duration::from_secs(120));
+    assert_eq!(npu.readings().clock_mhz, Some(full_clock));
+}
+
+#[test]
+fn a_single_caller_runs_ops_one_after_another() {
+    let npu = virtual_npu(PowerMode::Performance);
+    let op = matmul(256);
+    let a = npu.admit(&op).unwrap();
+    let b = npu.admit(&op).unwrap();
+    assert_eq!(b.start, a.start + a.duration);
+}
+
+#[test]
+fn concurrent_threads_overlap_on_the_units() {
+    let npu = virtual_npu(PowerMode::Performance);
+    let op = matmul(512);
+    let d = npu.admit_for(99, &op).unwrap().duration;
+    let t0 = npu.readings_time();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                for _ in 0..100 {
+                    npu.admit(&op).unwrap();
+                }
+            });
+        }
+    });
+    // 300 ops on 3 units: about 100 op-times, whatever the interleaving (at most 300).
+    let span = npu.readings_time() - t0;
+    assert!(
+        span >= d * 100 && span <= d * 300,
+        "{span:?} for op time {d:?}"
+    );
+}
+
+#[test]
+fn wall_clock_units_queue_beyond_their_count() {
+    let npu = SimNpu::new(SimNpuConfig {
+        launch_latency: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let op = matmul(8);
+    let slots: Vec<Slot> = (0..4).map(|_| npu.admit(&op).unwrap()).collect();
+    let first_end = slots[0].start + slots[0].duration;
+    assert!(
+        slots[1].start < first_end && slots[2].start < first_end,
+        "{slots:?}"
+    );
+    assert!(
+        slots[3].start >= first_end,
+        "4th op waits for a unit: {slots:?}"
+    );
+}
+
+#[test]
+fn fails_on_demand() {
+    let npu = virtual_npu(PowerMode::Performance);
+    let op = matmul(64);
+    npu.inject(Fault::FailNth(2));
+    assert!(npu.admit(&op).is_ok());
+    let err = npu.admit(&op).unwrap_err();
+    assert!(
+        matches!(err, Error::DeviceFailed(_)) && err.is_device_fault(),
+        "{err:?}"
+    );
+    assert!(npu.admit(&op).is_ok(), "only the 2nd op fails");
+
+    npu.inject(Fault::FailFraction {
+        fraction: 0.25,
+        seed: 1,
+    });
+    let failed = (0..2000).filter(|_| npu.admit(&op).is_err()).count();
+    assert!((400..600).contains(&failed), "{failed} of 2000 at 25%");
+    npu.clear_faults();
+    assert!((0..100).all(|_| npu.admit(&op).is_ok()));
+
+    npu.inject(Fault::DeviceLost);
+    assert!(npu.is_lost());
+    for _ in 0..3 {
+        assert!(matches!(npu.admit(&op), Err(Error::DeviceLost(_))));
+    }
+    let st = npu.stats();
+    assert_eq!(st.failed as usize, 1 + failed + 3);
+}

@@ -1,0 +1,317 @@
+//! An opened XRT device with its NPU kernels loaded. Every XRT handle (kernels, buffers, runs)
+//! is created here at probe time, so running an op only looks handles up and never changes
+//! XRT's handle tables (which older XRT versions do not lock).
+
+use super::api::{self, Handle, XrtApi, XrtLog};
+use super::manifest::{self, KernelSpec};
+use super::tiling::TileSlot;
+use crate::error::{Error, Result};
+use parking_lot::{Condvar, Mutex};
+use std::ffi::{c_int, c_uint, CString};
+use std::time::Duration;
+
+/// Runs prepared per kernel: the most the policy's in-flight limit may use at once.
+pub const SLOTS_PER_KERNEL: usize = 8;
+/// A launch that takes longer than this is reported as a device failure.
+const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Session {
+    pub api: &'static XrtApi,
+    pub log: Option<&'static XrtLog>,
+    device: Handle,
+}
+
+// The device handle is used through XRT's thread-safe C API.
+unsafe impl Send for Session {}
+unsafe impl Sync for Session {}
+
+impl Session {
+    /// XRT's own error messages since the last failure, or `fallback`.
+    pub fn reason(&self, fallback: &str) -> String {
+        let errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
+        if errors.is_empty() {
+            fallback.to_string()
+        } else {
+            format!("{fallback}: {}", errors.join("; "))
+        }
+    }
+
+    /// Opens device 0. The error carries XRT's own reason.
+    pub fn open(api: &'static XrtApi, log: Option<&'static XrtLog>) -> Result<Session, String> {
+        let version = api.version.as_deref().unwrap_or("unknown version");
+        let devices = api.probe.map(|p| unsafe { p() });
+        if api.probe.is_none() {
+            // Without the shim loaded first, XRT 2.13 aborts the process on a device call.
+            return Err(format!(
+                "XRT {version} ({}): libxrt_core (the device shim) is not installed",
+                api.library
+            ));
+        }
+        let device = unsafe { (api.device_open)(0) };
+        if device.is_null() {
+            let mut reason = format!("XRT {version} ({}) found no usable device", api.library);
+            if let Some(n) = devices {
+                reason += &format!(" (xclProbe: {n})");
+            }
+            let errors = log.map(|l| l.take_errors()).unwrap_or_default();
+            reason += &if errors.is_empty() {
+                ": xrtDeviceOpen(0) failed".to_string()
+            } else {
+                format!(": {}", errors.join("; "))
+            };
+            return Err(reason);
+        }
+        Ok(Session { api, log, device })
+    }
+
+    /// Loads the xclbin, opens its kernel, writes the instruction stream and prepares the runs.
+    pub fn load_kernel(&self, spec: &KernelSpec) -> Result<LoadedKernel, String> {
+        let api = self.api;
+        let path = CString::new(spec.xclbin.to_string_lossy().as_bytes())
+            .map_err(|_| "xclbin path has a NUL byte".to_string())?;
+        if unsafe { (api.device_load_xclbin_file)(self.device, path.as_ptr()) } != 0 {
+            return Err(self.reason(&format!(
+                "xrtDeviceLoadXclbinFile({})",
+                spec.xclbin.display()
+            )));
+        }
+        let mut uuid = [0u8; 16];
+        if unsafe { (api.device_get_xclbin_uuid)(self.device, uuid.as_mut_ptr()) } != 0 {
+            return Err(self.reason("xrtDeviceGetXclbinUUID"));
+        }
+        let name = CString::new(spec.kernel_name.as_bytes())
+            .map_err(|_| "kernel name has a NUL byte".to_string())?;
+        // On XRT versions with hardware contexts (2.15+, all NPUs) this creates one for the
+        // xclbin; on older ones it uses the loaded xclbin's slot.
+        let kernel = unsafe { (api.kernel_open)(self.device, uuid.as_ptr(), name.as_ptr()) };
+        if kernel.is_null() {
+            return Err(self.reason(&format!("xrtPLKernelOpen({})", spec.kernel_name)));
+        }
+        let mut k = LoadedKernel {
+            spec: spec.clone(),
+            api,
+            kernel,
+            owned: Vec::new(),
+            instr: std::ptr::null_mut(),
+            instr_words: 0,
+            pool: Mutex::new(Vec::new()),
+            returned: Condvar::new(),
+        };
+        let words = manifest::read_instructions(&spec.instructions)?;
+        k.instr_words = words.len();
+        k.instr = k.alloc(
+            self,
+            4 * words.len(),
+            api::BO_FLAGS_CACHEABLE,
+            spec.args.instr,
+        )?;
+        unsafe {
+            let dst = (api.bo_map)(k.instr) as *mut u32;
+            if dst.is_null() {
+                return Err(self.reason("xrtBOMap(instructions)"));
+            }
+            std::ptr::copy_nonoverlapping(words.as_ptr(), dst, words.len());
+            if (api.bo_sync)(k.instr, api::SYNC_TO_DEVICE, 4 * words.len(), 0) != 0 {
+                return Err(self.reason("xrtBOSync(instructions)"));
+            }
+        }
+        let mut slots = Vec::with_capacity(SLOTS_PER_KERNEL);
+        for _ in 0..SLOTS_PER_KERNEL {
+            slots.push(k.prepare_slot(self)?);
+        }
+        *k.pool.lock() = slots;
+        Ok(k)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        unsafe { (self.api.device_close)(self.device) };
+    }
+}
+
+/// A kernel with its instruction buffer and a pool of prepared runs.
+pub struct LoadedKernel {
+    pub spec: KernelSpec,
+    api: &'static XrtApi,
+    kernel: Handle,
+    /// Buffers and runs to release, in creation order.
+    owned: Vec<Owned>,
+    instr: Handle,
+    instr_words: usize,
+    pool: Mutex<Vec<XrtSlot>>,
+    returned: Condvar,
+}
+
+enum Owned {
+    Buffer(Handle),
+    Run(Handle),
+}
+
+unsafe impl Send for LoadedKernel {}
+unsafe impl Sync for LoadedKernel {}
+
+impl LoadedKernel {
+    fn alloc(
+        &mut self,
+        s: &Session,
+        bytes: usize,
+        flags: u64,
+        arg: c_int,
+    ) -> Result<Handle, String> {
+        let group = unsafe { (self.api.kernel_arg_group_id)(self.kernel, arg) };
+        if group < 0 {
+            return Err(s.reason(&format!("xrtKernelArgGroupId({arg})")));
+        }
+        let bo = unsafe { (self.api.bo_alloc)(s.device, bytes, flags, group as u32) };
+        if bo.is_null() {
+            return Err(s.reason(&format!("xrtBOAlloc({bytes} bytes, group {group})")));
+        }
+        self.owned.push(Owned::Buffer(bo));
+        Ok(bo)
+    }
+
+    fn prepare_slot(&mut self, s: &Session) -> Result<XrtSlot, String> {
+        let spec = self.spec.clone();
+        let host = api::BO_FLAGS_HOST_ONLY;
+        let a = self.alloc(s, spec.a_bytes(), host, spec.args.a)?;
+        let b = self.alloc(s, spec.b_bytes(), host, spec.args.b)?;
+        let c = self.alloc(s, spec.c_bytes(), host, spec.args.c)?;
+        let mut scratch = Vec::new();
+        for &arg in &spec.args.scratch {
+            scratch.push((arg, self.alloc(s, 4096, host, arg)?));
+        }
+        let api = self.api;
+        let run = unsafe { (api.run_open)(self.kernel) };
+        if run.is_null() {
+            return Err(s.reason("xrtRunOpen"));
+        }
+        self.owned.push(Owned::Run(run));
+        let args = &spec.args;
+        // mlir-aie's argument list: opcode, instructions, their count, A, B, C, extra buffers.
+        let rc = unsafe {
+            [
+                (api.run_set_arg)(run, args.opcode, spec.opcode),
+                (api.run_set_arg)(run, args.instr, self.instr),
+                (api.run_set_arg)(run, args.ninstr, self.instr_words as u64),
+                (api.run_set_arg)(run, args.a, a),
+                (api.run_set_arg)(run, args.b, b),
+                (api.run_set_arg)(run, args.c, c),
+            ]
+        };
+        if rc.iter().any(|&r| r != 0) {
+            return Err(s.reason("xrtRunSetArg"));
+        }
+        for (arg, bo) in scratch {
+            if unsafe { (api.run_set_arg)(run, arg, bo) } != 0 {
+                return Err(s.reason(&format!("xrtRunSetArg({arg})")));
+            }
+        }
+        let map = |bo: Handle, what: &str| -> Result<*mut u8, String> {
+            let p = unsafe { (api.bo_map)(bo) } as *mut u8;
+            if p.is_null() {
+                Err(s.reason(&format!("xrtBOMap({what})")))
+            } else {
+                Ok(p)
+            }
+        };
+        Ok(XrtSlot {
+            api,
+            log: s.log,
+            run,
+            bos: [a, b, c],
+            ptrs: [map(a, "A")?, map(b, "B")?, map(c, "C")?],
+            lens: [spec.a_bytes(), spec.b_bytes(), spec.c_bytes()],
+        })
+    }
+
+    /// Takes `want` runs (at least one; waits while none is free).
+    pub fn take(&self, want: usize) -> Vec<XrtSlot> {
+        let mut pool = self.pool.lock();
+        while pool.is_empty() {
+            self.returned.wait(&mut pool);
+        }
+        let n = want.clamp(1, pool.len());
+        let at = pool.len() - n;
+        pool.split_off(at)
+    }
+
+    pub fn give_back(&self, slots: Vec<XrtSlot>) {
+        self.pool.lock().extend(slots);
+        self.returned.notify_all();
+    }
+}
+
+impl Drop for LoadedKernel {
+    fn drop(&mut self) {
+        for o in self.owned.drain(..).rev() {
+            unsafe {
+                match o {
+                    Owned::Run(r) => (self.api.run_close)(r),
+                    Owned::Buffer(b) => (self.api.bo_free)(b),
+                };
+            }
+        }
+        unsafe { (self.api.kernel_close)(self.kernel) };
+    }
+}
+
+/// One prepared run with its mapped A, B and C buffers.
+pub struct XrtSlot {
+    api: &'static XrtApi,
+    log: Option<&'static XrtLog>,
+    run: Handle,
+    bos: [Handle; 3],
+    ptrs: [*mut u8; 3],
+    lens: [usize; 3],
+}
+
+// A slot is used by one thread at a time (it is taken out of the pool).
+unsafe impl Send for XrtSlot {}
+
+impl XrtSlot {
+    fn fail(&self, call: &str) -> Error {
+        let errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
+        Error::DeviceFailed(if errors.is_empty() {
+            format!("XRT {call} failed")
+        } else {
+            format!("XRT {call} failed: {}", errors.join("; "))
+        })
+    }
+}
+
+impl TileSlot for XrtSlot {
+    fn inputs(&mut self) -> (&mut [u8], &mut [u8]) {
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.ptrs[0], self.lens[0]),
+                std::slice::from_raw_parts_mut(self.ptrs[1], self.lens[1]),
+            )
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let api = self.api;
+        for i in 0..2 {
+            if unsafe { (api.bo_sync)(self.bos[i], api::SYNC_TO_DEVICE, self.lens[i], 0) } != 0 {
+                return Err(self.fail("xrtBOSync(to device)"));
+            }
+        }
+        if unsafe { (api.run_start)(self.run) } != 0 {
+            return Err(self.fail("xrtRunStart"));
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self) -> Result<&[u8]> {
+        let api = self.api;
+        let state = unsafe { (api.run_wait_for)(self.run, RUN_TIMEOUT.as_millis() as c_uint) };
+        if state != api::CMD_STATE_COMPLETED {
+            return Err(self.fail(&format!("run ended in ert_cmd_state {state}")));
+        }
+        if unsafe { (api.bo_sync)(self.bos[2], api::SYNC_FROM_DEVICE, self.lens[2], 0) } != 0 {
+            return Err(self.fail("xrtBOSync(from device)"));
+        }
+        Ok(unsafe { std::slice::from_raw_parts(self.ptrs[2], self.lens[2]) })
+    }
+}

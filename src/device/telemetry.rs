@@ -1,0 +1,332 @@
+//! Telemetry: a monitor thread samples thermal zones, hwmon (k10temp/zenpower for the CPU,
+//! amdgpu for the iGPU) and the amdxdna driver's sensors at a fixed period and keeps recent
+//! history for the policy's thermal rules and the C API.
+
+use super::amdxdna;
+use super::sysfs::SysRoot;
+use crate::policy::DeviceClass;
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::os::unix::fs::FileTypeExt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One set of readings. A sensor the machine does not have stays `None`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Readings {
+    /// CPU die temperature (k10temp `Tctl`/`Tdie`, else an `x86_pkg_temp` zone).
+    pub cpu_temp_c: Option<f32>,
+    /// iGPU temperature (amdgpu `edge`).
+    pub gpu_temp_c: Option<f32>,
+    /// iGPU (on APUs: whole package) power from amdgpu `power1_average`/`power1_input`.
+    pub gpu_power_w: Option<f32>,
+    pub gpu_clock_mhz: Option<f32>,
+    /// NPU power and clock from amdxdna's sensor and clock queries.
+    pub npu_power_w: Option<f32>,
+    pub npu_clock_mhz: Option<f32>,
+    /// Every thermal zone: (type, degrees C).
+    pub zones: Vec<(String, f32)>,
+}
+
+impl Readings {
+    /// The temperature that governs a device class. The NPU sits on the same die as the CPU
+    /// cores and amdxdna reports no temperature of its own, so it shares the CPU's.
+    pub fn temperature(&self, class: DeviceClass) -> Option<f32> {
+        match class {
+            DeviceClass::Cpu | DeviceClass::Npu => self.cpu_temp_c,
+            DeviceClass::Gpu => self.gpu_temp_c.or(self.cpu_temp_c),
+        }
+    }
+
+    pub fn power(&self, class: DeviceClass) -> Option<f32> {
+        match class {
+            DeviceClass::Cpu => None,
+            DeviceClass::Gpu => self.gpu_power_w,
+            DeviceClass::Npu => self.npu_power_w,
+        }
+    }
+}
+
+/// Readings with the time they were taken, relative to the monitor's start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub at: Duration,
+    pub readings: Readings,
+}
+
+fn milli(v: i64) -> f32 {
+    v as f32 / 1000.0
+}
+
+/// hwmon values: temperatures in millidegrees C, power in microwatts, frequency in Hz.
+fn hwmon_temp_by_label(root: &SysRoot, dir: &str, labels: &[&str]) -> Option<f32> {
+    for label in labels {
+        for i in 1..=16 {
+            if root.read(format!("{dir}/temp{i}_label")).as_deref() == Some(*label) {
+                return root.read_i64(format!("{dir}/temp{i}_input")).map(milli);
+            }
+        }
+    }
+    None
+}
+
+/// Reads every sensor once.
+pub fn sample(root: &SysRoot) -> Readings {
+    let mut r = Readings::default();
+    for zone in root.list("/sys/class/thermal", "thermal_zone") {
+        let dir = format!("/sys/class/thermal/{zone}");
+        if let (Some(kind), Some(t)) = (
+            root.read(format!("{dir}/type")),
+            root.read_i64(format!("{dir}/temp")),
+        ) {
+            r.zones.push((kind, milli(t)));
+        }
+    }
+    for hw in root.list("/sys/class/hwmon", "hwmon") {
+        let dir = format!("/sys/class/hwmon/{hw}");
+        match root.read(format!("{dir}/name")).as_deref() {
+            Some("k10temp") | Some("zenpower") if r.cpu_temp_c.is_none() => {
+                r.cpu_temp_c = hwmon_temp_by_label(root, &dir, &["Tctl", "Tdie"])
+                    .or_else(|| root.read_i64(format!("{dir}/temp1_input")).map(milli));
+            }
+            Some("amdgpu") if r.gpu_temp_c.is_none() && r.gpu_power_w.is_none() => {
+                r.gpu_temp_c = hwmon_temp_by_label(root, &dir, &["edge"])
+                    .or_else(|| root.read_i64(format!("{dir}/temp1_input")).map(milli));
+                r.gpu_power_w = root
+                    .read_i64(format!("{dir}/power1_average"))
+                    .or_else(|| root.read_i64(format!("{dir}/power1_input")))
+                    .map(|uw| uw as f32 / 1e6);
+                r.gpu_clock_mhz = root
+                    .read_i64(format!("{dir}/freq1_input"))
+                    .map(|hz| hz as f32 / 1e6);
+            }
+            _ => {}
+        }
+    }
+    if r.cpu_temp_c.is_none() {
+        r.cpu_temp_c = r
+            .zones
+            .iter()
+            .find(|(kind, _)| kind == "x86_pkg_temp")
+            .map(|(_, t)| *t);
+    }
+    // Only a real character device answers the driver's ioctls.
+    if let Some(npu) = amdxdna::find_npus(root).first() {
+        let node = root.path(&npu.dev);
+        let is_dev = std::fs::metadata(&node)
+            .map(|m| m.file_type().is_char_device())
+            .unwrap_or(false);
+        if is_dev {
+            if let Ok(s) = amdxdna::read_sensors(&node) {
+                r.npu_power_w = s.power_w;
+                r.npu_clock_mhz = s.h_clock_mhz.or(s.mp_npu_clock_mhz);
+            }
+        }
+    }
+    r
+}
+
+struct Shared {
+    history: Mutex<VecDeque<Sample>>,
+    capacity: usize,
+}
+
+impl Shared {
+    fn push(&self, s: Sample) {
+        let mut h = self.history.lock();
+        if h.len() == self.capacity {
+            h.pop_front();
+        }
+        h.push_back(s);
+    }
+}
+
+/// Samples on its own thread until dropped.
+pub struct TelemetryMonitor {
+    shared: Arc<Shared>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    period: Duration,
+}
+
+/// Samples kept by `start`: ten minutes at one sample a second.
+pub const DEFAULT_HISTORY: usize = 600;
+
+impl TelemetryMonitor {
+    pub fn start(root: SysRoot, period: Duration) -> Self {
+        Self::with_history(root, period, DEFAULT_HISTORY)
+    }
+
+    /// Takes the first sample before returning, so `latest` is meaningful at once.
+    pub fn with_history(root: SysRoot, period: Duration, capacity: usize) -> Self {
+        let shared = Arc::new(Shared {
+            history: Mutex::new(VecDeque::with_capacity(capacity.max(1))),
+            capacity: capacity.max(1),
+        });
+        let t0 = Instant::now();
+        shared.push(Sample {
+            at: Duration::ZERO,
+            readings: sample(&root),
+        });
+        let (stop, stopped) = bounded::<()>(0);
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("nh-telemetry".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    worker.push(Sample {
+                        at: t0.elapsed(),
+                        readings: sample(&root),
+                    });
+                }
+            })
+            .ok();
+        TelemetryMonitor {
+            shared,
+            stop: Some(stop),
+            thread,
+            period,
+        }
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    pub fn latest(&self) -> Readings {
+        self.shared
+            .history
+            .lock()
+            .back()
+            .map(|s| s.readings.clone())
+            .unwrap_or_default()
+    }
+
+    /// Oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.shared.history.lock().iter().cloned().collect()
+    }
+}
+
+impl Drop for TelemetryMonitor {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread at once.
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn put(root: &SysRoot, at: &str, text: &str) {
+        let p = root.path(at);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    /// Files as a Ryzen 7840U laptop shows them (values and trailing newlines as the kernel
+    /// writes them).
+    fn laptop_tree() -> (tempfile::TempDir, SysRoot) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(dir.path());
+        put(&root, "/sys/class/thermal/thermal_zone0/type", "acpitz\n");
+        put(&root, "/sys/class/thermal/thermal_zone0/temp", "48000\n");
+        put(&root, "/sys/class/thermal/thermal_zone1/type", "acpitz\n");
+        put(&root, "/sys/class/thermal/thermal_zone1/temp", "0\n");
+        put(&root, "/sys/class/hwmon/hwmon0/name", "ACAD\n");
+        put(&root, "/sys/class/hwmon/hwmon2/name", "nvme\n");
+        put(&root, "/sys/class/hwmon/hwmon2/temp1_input", "38850\n");
+        put(&root, "/sys/class/hwmon/hwmon4/name", "k10temp\n");
+        put(&root, "/sys/class/hwmon/hwmon4/temp1_label", "Tctl\n");
+        put(&root, "/sys/class/hwmon/hwmon4/temp1_input", "61375\n");
+        put(&root, "/sys/class/hwmon/hwmon10/name", "amdgpu\n");
+        put(&root, "/sys/class/hwmon/hwmon10/temp1_label", "edge\n");
+        put(&root, "/sys/class/hwmon/hwmon10/temp1_input", "57000\n");
+        put(&root, "/sys/class/hwmon/hwmon10/power1_input", "14081000\n");
+        put(&root, "/sys/class/hwmon/hwmon10/freq1_input", "800000000\n");
+        put(&root, "/sys/class/hwmon/hwmon10/freq1_label", "sclk\n");
+        (dir, root)
+    }
+
+    #[test]
+    fn parses_real_format_files() {
+        let (_d, root) = laptop_tree();
+        let r = sample(&root);
+        assert_eq!(r.cpu_temp_c, Some(61.375));
+        assert_eq!(r.gpu_temp_c, Some(57.0));
+        assert_eq!(r.gpu_power_w, Some(14.081));
+        assert_eq!(r.gpu_clock_mhz, Some(800.0));
+        assert_eq!(
+            r.zones,
+            [("acpitz".to_string(), 48.0), ("acpitz".to_string(), 0.0)]
+        );
+        assert_eq!(r.npu_power_w, None, "no amdxdna node in this tree");
+        assert_eq!(r.temperature(DeviceClass::Npu), Some(61.375));
+        assert_eq!(r.temperature(DeviceClass::Gpu), Some(57.0));
+    }
+
+    #[test]
+    fn older_kernels_power_average_and_tdie_and_zone_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(dir.path());
+        put(&root, "/sys/class/hwmon/hwmon1/name", "k10temp\n");
+        put(&root, "/sys/class/hwmon/hwmon1/temp1_label", "Tctl\n");
+        put(&root, "/sys/class/hwmon/hwmon1/temp2_label", "Tdie\n");
+        put(&root, "/sys/class/hwmon/hwmon1/temp2_input", "70125\n");
+        put(&root, "/sys/class/hwmon/hwmon3/name", "amdgpu\n");
+        put(&root, "/sys/class/hwmon/hwmon3/power1_average", "5000000\n");
+        let r = sample(&root);
+        assert_eq!(r.cpu_temp_c, None, "Tctl is labelled but has no input");
+        assert_eq!(r.gpu_power_w, Some(5.0));
+        assert_eq!(r.gpu_temp_c, None);
+
+        put(&root, "/sys/class/hwmon/hwmon1/temp1_input", "71000\n");
+        assert_eq!(sample(&root).cpu_temp_c, Some(71.0));
+
+        let intel = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(intel.path());
+        put(
+            &root,
+            "/sys/class/thermal/thermal_zone3/type",
+            "x86_pkg_temp\n",
+        );
+        put(&root, "/sys/class/thermal/thermal_zone3/temp", "66000\n");
+        assert_eq!(sample(&root).cpu_temp_c, Some(66.0));
+    }
+
+    #[test]
+    fn monitor_samples_periodically_and_bounds_history() {
+        let (_d, root) = laptop_tree();
+        let mon = TelemetryMonitor::with_history(root.clone(), Duration::from_millis(5), 4);
+        assert_eq!(
+            mon.latest().cpu_temp_c,
+            Some(61.375),
+            "first sample is taken at start"
+        );
+        put(&root, "/sys/class/hwmon/hwmon4/temp1_input", "90000\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mon.latest().cpu_temp_c != Some(90.0) {
+            assert!(
+                Instant::now() < deadline,
+                "monitor never saw the new reading"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        while mon.history().len() < 4 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let h = mon.history();
+        assert_eq!(h.len(), 4, "history is capped");
+        assert!(h.windows(2).all(|w| w[0].at < w[1].at));
+        drop(mon); // joins the thread promptly
+    }
+}
