@@ -46,14 +46,19 @@ impl CompiledPolicy {
     pub fn thermal_rules(&self) -> &[ThermalRule] {
         &[]
     }
+
+    pub fn dump(&self) -> String {
+        format!("policy {}", self.name)
+    }
+
+    pub fn explain(&self, q: &OpQuery) -> String {
+        format!("{} {}: rule default", q.kind, q.dtype)
+    }
 }
 
 pub fn builtin(name: &str) -> Option<Arc<CompiledPolicy>> {
     (name == "default").then(|| {
-        let s = DeviceSettings {
-            enabled: true,
-            ..Default::default()
-        };
+        let s = DeviceSettings { enabled: true, ..Default::default() };
         Arc::new(CompiledPolicy {
             name: name.to_string(),
             candidates: vec![DeviceClass::Npu, DeviceClass::Gpu, DeviceClass::Cpu],
@@ -63,8 +68,17 @@ pub fn builtin(name: &str) -> Option<Arc<CompiledPolicy>> {
     })
 }
 
+pub fn builtin_names() -> &'static [&'static str] {
+    &["default"]
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PolicyLimits;
+
+pub fn compile_file(_path: &std::path::Path, _limits: &PolicyLimits) -> Result<CompiledPolicy, PolicyError> {
+    Err(PolicyError { message: "policy compiler not built yet".into() })
+}
+
 pub fn compile_str(_origin: &str, _src: &str) -> Result<CompiledPolicy, PolicyError> {
-    Err(PolicyError {
-        message: "policy compiler not built yet".into(),
-    })
+    Err(PolicyError { message: "policy compiler not built yet".into() })
 }

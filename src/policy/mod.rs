@@ -66,11 +66,7 @@ pub struct FallbackSpec {
 
 impl Default for FallbackSpec {
     fn default() -> Self {
-        FallbackSpec {
-            retries: 0,
-            degrade_after: 3,
-            degrade_for: Duration::from_secs(10),
-        }
+        FallbackSpec { retries: 0, degrade_after: 3, degrade_for: Duration::from_secs(10) }
     }
 }
 
@@ -138,4 +134,6 @@ pub struct ThermalRule {
 }
 
 mod compiled;
-pub use compiled::{builtin, compile_str, CompiledPolicy, PolicyError};
+pub use compiled::{
+    builtin, builtin_names, compile_file, compile_str, CompiledPolicy, PolicyError, PolicyLimits,
+};
