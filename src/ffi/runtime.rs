@@ -70,7 +70,9 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
         let mut config = RuntimeConfig { threads: d.threads as usize, ..Default::default() };
         config.devices.gpu = d.devices & NH_ENABLE_GPU != 0;
         config.devices.npu = d.devices & NH_ENABLE_NPU != 0;
-        config.devices.simulated_npu = d.devices & NH_ENABLE_SIMULATED_NPU != 0;
+        if d.devices & NH_ENABLE_SIMULATED_NPU != 0 {
+            config.devices.simulated_npu = Some(crate::backend::sim::SimNpuConfig::default());
+        }
         config.policy = policy_source(d.policy_kind, opt_c_str(d.policy, "policy")?)?;
         match opt_c_str(d.perf_cache_dir, "perf_cache_dir")? {
             Some("") => config.perf_cache_dir = None,
