@@ -152,6 +152,12 @@ impl SimNpu {
         s.stats
     }
 
+    /// The device's present time (virtual or wall clock), e.g. to drive thermal control.
+    pub fn now(&self) -> Duration {
+        let mut s = self.state.lock();
+        self.present(&mut s)
+    }
+
     /// Lets the device sit idle (cooling) for `dt` of its time.
     pub fn advance_idle(&self, dt: Duration) {
         let mut s = self.state.lock();
@@ -299,6 +305,11 @@ impl Backend for SimNpu {
         let now = self.present(&mut s);
         self.settle(&mut s, now);
         s.mode = mode;
+        Ok(())
+    }
+
+    fn inject_fault(&self, fault: Fault) -> Result<()> {
+        self.inject(fault);
         Ok(())
     }
 }
