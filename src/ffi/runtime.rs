@@ -32,6 +32,7 @@ pub extern "C" fn nh_runtime_desc_init(desc: *mut nh_runtime_desc) -> nh_status 
             reserved0: 0,
             perf_cache_dir: std::ptr::null(),
             pool_cache_bytes: 0,
+            sys_root: std::ptr::null(),
         };
         Ok(())
     })
@@ -78,6 +79,9 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
             Some("") => config.perf_cache_dir = None,
             Some(dir) => config.perf_cache_dir = Some(PathBuf::from(dir)),
             None => {}
+        }
+        if let Some(root) = opt_c_str(d.sys_root, "sys_root")? {
+            config.sys_root = crate::device::SysRoot::new(root);
         }
         if d.pool_cache_bytes != 0 {
             config.pool_cache_bytes = d.pool_cache_bytes;
