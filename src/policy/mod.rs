@@ -69,3 +69,6 @@ impl<'a> OpQuery<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
