@@ -61,7 +61,13 @@ use std::path::{Path, PathBuf};
 pub fn run() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets this"));
     let dir = root.join("policies");
-    for watched in ["policies", "src/policy", "src/op/dtype.rs", "src/op/kind.rs", "src/device/power.rs"] {
+    for watched in [
+        "policies",
+        "src/policy",
+        "src/op/dtype.rs",
+        "src/op/kind.rs",
+        "src/device/power.rs",
+    ] {
         println!("cargo:rerun-if-changed={watched}");
     }
     let policies = read_policies(&dir);
@@ -110,7 +116,11 @@ fn read_policies(dir: &Path) -> Vec<(String, PathBuf, String)> {
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
         .filter_map(|entry| {
             let path = entry.ok()?.path();
-            let name = path.file_name()?.to_str()?.strip_suffix(".nhp")?.to_string();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".nhp")?
+                .to_string();
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
             Some((name, path, text))

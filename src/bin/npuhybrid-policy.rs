@@ -114,7 +114,8 @@ fn parse_query(args: &[String]) -> Result<Query, String> {
         };
         match flag.as_str() {
             "--op" => {
-                kind = Some(OpKind::from_name(value).ok_or_else(|| format!("unknown op '{value}'"))?)
+                kind =
+                    Some(OpKind::from_name(value).ok_or_else(|| format!("unknown op '{value}'"))?)
             }
             "--dtype" => {
                 dtype = DType::from_name(value).ok_or_else(|| format!("unknown dtype '{value}'"))?
@@ -138,7 +139,10 @@ fn parse_query(args: &[String]) -> Result<Query, String> {
     // Defaults as `OpDesc::dims` computes them for a dense matmul-shaped op.
     let out = dims.m.saturating_mul(dims.n).saturating_mul(dims.batch);
     dims.elements = elements.unwrap_or(out);
-    let ins = dims.m.saturating_mul(dims.k).saturating_add(dims.k.saturating_mul(dims.n));
+    let ins = dims
+        .m
+        .saturating_mul(dims.k)
+        .saturating_add(dims.k.saturating_mul(dims.n));
     let default_bytes = if kind == OpKind::Matmul {
         ins.saturating_mul(dims.batch).saturating_add(out)
     } else {

@@ -42,8 +42,13 @@ pub fn builtin(name: &str) -> Option<Arc<CompiledPolicy>> {
     let policy = cache[i].get_or_init(|| {
         let origin = format!("policies/{name}.nhp");
         // The build script compiled this exact text, so failing here is a bug in this crate.
-        let compiled = compile_source(&origin, BUILTIN_SOURCES[i], &loader(), &PolicyLimits::default())
-            .unwrap_or_else(|e| panic!("built-in policy {name} no longer compiles:\n{e}"));
+        let compiled = compile_source(
+            &origin,
+            BUILTIN_SOURCES[i],
+            &loader(),
+            &PolicyLimits::default(),
+        )
+        .unwrap_or_else(|e| panic!("built-in policy {name} no longer compiles:\n{e}"));
         Arc::new(compiled)
     });
     Some(policy.clone())
@@ -81,9 +86,12 @@ pub fn compile_file(path: &Path, limits: &PolicyLimits) -> Result<CompiledPolicy
     } else {
         root
     };
-    let root = root
-        .canonicalize()
-        .map_err(|e| fail(format!("cannot resolve the include root {}: {e}", root.display())))?;
+    let root = root.canonicalize().map_err(|e| {
+        fail(format!(
+            "cannot resolve the include root {}: {e}",
+            root.display()
+        ))
+    })?;
     let builtins = BuiltinLoader {
         builtins: &builtin_source,
         names: BUILTIN_NAMES,

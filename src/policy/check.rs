@@ -20,11 +20,7 @@ pub fn check_file(
     report: &mut Reporter,
 ) -> Option<Program> {
     let ast = super::syntax::parse(map, file, report)?;
-    let mut checker = Checker {
-        map,
-        report,
-        file,
-    };
+    let mut checker = Checker { map, report, file };
     let base = checker.resolve_include(&ast, loader, depth)?;
     let errors_before = checker.report.errors.len();
     let program = checker.merge(base, &ast);
@@ -106,7 +102,10 @@ impl Checker<'_> {
         let base = check_file(self.map, inc_file, loader, depth + 1, self.report);
         if base.is_none() && self.report.errors.len() > errors_before {
             // Point back at the include, so the user sees why the other file was read.
-            self.error(first.span, format!("included policy \"{}\" has errors", first.name));
+            self.error(
+                first.span,
+                format!("included policy \"{}\" has errors", first.name),
+            );
         }
         base.map(|mut p| {
             p.name = default_name(&origin);
@@ -149,7 +148,10 @@ impl Checker<'_> {
                         let line = self.map.line_col(first.file, first.start).0;
                         self.error(
                             name.span,
-                            format!("device {} is configured twice (first at line {line})", name.name),
+                            format!(
+                                "device {} is configured twice (first at line {line})",
+                                name.name
+                            ),
                         );
                     }
                     self.device_settings(&mut p, class, settings);
@@ -166,7 +168,10 @@ impl Checker<'_> {
                         let line = self.map.line_col(first.file, first.start).0;
                         self.error(
                             rule.name.span,
-                            format!("rule '{}' is defined twice (first at line {line})", rule.name.name),
+                            format!(
+                                "rule '{}' is defined twice (first at line {line})",
+                                rule.name.name
+                            ),
                         );
                     }
                     if let Some(def) = self.rule(rule) {
@@ -178,12 +183,19 @@ impl Checker<'_> {
                         let line = self.map.line_col(first.file, first.start).0;
                         self.error(
                             t.name.span,
-                            format!("thermal rule '{}' is defined twice (first at line {line})", t.name.name),
+                            format!(
+                                "thermal rule '{}' is defined twice (first at line {line})",
+                                t.name.name
+                            ),
                         );
                     }
                     if let Some(def) = self.thermal(t) {
                         // A thermal rule of the same name replaces the included one in place.
-                        match p.thermal.iter_mut().find(|d| d.rule.label == def.rule.label) {
+                        match p
+                            .thermal
+                            .iter_mut()
+                            .find(|d| d.rule.label == def.rule.label)
+                        {
                             Some(slot) => *slot = def,
                             None => p.thermal.push(def),
                         }
@@ -238,7 +250,10 @@ impl Checker<'_> {
                         if class != DeviceClass::Npu {
                             self.warn(
                                 s.key.span,
-                                format!("{} has no power modes: 'power' only configures the npu", class.name()),
+                                format!(
+                                    "{} has no power modes: 'power' only configures the npu",
+                                    class.name()
+                                ),
                             );
                         }
                     }
@@ -281,9 +296,12 @@ impl Checker<'_> {
                 self.error(s.key.span, format!("field '{}' is set twice", s.key.name));
             }
             match s.key.name.as_str() {
-                "retries" => patch.retries = self.count(&s.key.name, &s.value, 0, 16).map(|n| n as u32),
+                "retries" => {
+                    patch.retries = self.count(&s.key.name, &s.value, 0, 16).map(|n| n as u32)
+                }
                 "degrade_after" => {
-                    patch.degrade_after = self.count(&s.key.name, &s.value, 1, 1000).map(|n| n as u32)
+                    patch.degrade_after =
+                        self.count(&s.key.name, &s.value, 1, 1000).map(|n| n as u32)
                 }
                 "degrade_for" => {
                     patch.degrade_for = self
@@ -292,7 +310,9 @@ impl Checker<'_> {
                 }
                 other => self.error(
                     s.key.span,
-                    format!("unknown field '{other}' in a fallback block (expected {FALLBACK_FIELDS})"),
+                    format!(
+                        "unknown field '{other}' in a fallback block (expected {FALLBACK_FIELDS})"
+                    ),
                 ),
             }
         }
@@ -329,7 +349,10 @@ impl Checker<'_> {
             };
             // Several `when` lines add up; anything else said twice is a mistake.
             if key != "when" && seen.insert(key, span).is_some() {
-                self.error(span, format!("rule '{}' has two '{key}' statements", def.name));
+                self.error(
+                    span,
+                    format!("rule '{}' has two '{key}' statements", def.name),
+                );
             }
             match stmt {
                 RuleStmt::When(conds, _) => {
@@ -370,7 +393,10 @@ impl Checker<'_> {
         if !seen.contains_key("use") {
             self.error(
                 ast.name.span,
-                format!("rule '{}' has no 'use' list: say which devices run its ops", def.name),
+                format!(
+                    "rule '{}' has no 'use' list: say which devices run its ops",
+                    def.name
+                ),
             );
         }
         if let (Some(split), Some(span)) = (&def.split, split_stmt) {
@@ -383,7 +409,10 @@ impl Checker<'_> {
             let what = self.contradiction(&def);
             self.error(
                 ast.name.span,
-                format!("rule '{}' can never match: its conditions on {what} exclude each other", def.name),
+                format!(
+                    "rule '{}' can never match: its conditions on {what} exclude each other",
+                    def.name
+                ),
             );
             return None;
         }
@@ -508,10 +537,18 @@ impl Checker<'_> {
                 Value::Scalar(s) => vec![s.clone()],
                 Value::List(items, _) => items.clone(),
             };
-            if !matches!(c.cmp, Cmp::Eq | Cmp::In) || matches!((&c.value, c.cmp), (Value::Scalar(_), Cmp::In) | (Value::List(..), Cmp::Eq)) {
+            if !matches!(c.cmp, Cmp::Eq | Cmp::In)
+                || matches!(
+                    (&c.value, c.cmp),
+                    (Value::Scalar(_), Cmp::In) | (Value::List(..), Cmp::Eq)
+                )
+            {
                 self.error(
                     c.cmp_span,
-                    format!("type mismatch: tag {} takes '= value' or 'in [values]'", c.field.name),
+                    format!(
+                        "type mismatch: tag {} takes '= value' or 'in [values]'",
+                        c.field.name
+                    ),
                 );
                 return;
             }
@@ -589,8 +626,14 @@ impl Checker<'_> {
                     Cmp::Lt => Interval { lo: 0, hi: v - 1 },
                     Cmp::Le => Interval { lo: 0, hi: v },
                     Cmp::Gt if v == u64::MAX => Interval { lo: 1, hi: 0 },
-                    Cmp::Gt => Interval { lo: v + 1, hi: u64::MAX },
-                    Cmp::Ge | Cmp::In => Interval { lo: v, hi: u64::MAX },
+                    Cmp::Gt => Interval {
+                        lo: v + 1,
+                        hi: u64::MAX,
+                    },
+                    Cmp::Ge | Cmp::In => Interval {
+                        lo: v,
+                        hi: u64::MAX,
+                    },
                 };
                 let slot = &mut def.ranges[feature as usize];
                 *slot = slot.intersect(range);
@@ -622,7 +665,10 @@ impl Checker<'_> {
             let Scalar::Word(w) = s else {
                 self.error(
                     s.span(),
-                    format!("type mismatch: {field} takes a name, found {}", describe(self.map, s)),
+                    format!(
+                        "type mismatch: {field} takes a name, found {}",
+                        describe(self.map, s)
+                    ),
                 );
                 return None;
             };
@@ -656,7 +702,10 @@ impl Checker<'_> {
                     span,
                 } => {
                     if trigger.is_some() {
-                        self.error(*span, format!("thermal rule '{}' has two triggers", t.name.name));
+                        self.error(
+                            *span,
+                            format!("thermal rule '{}' has two triggers", t.name.name),
+                        );
                         continue;
                     }
                     let class = self.device(device);
@@ -683,14 +732,20 @@ impl Checker<'_> {
                 }
                 ThermalStmt::Clear { level, span } => {
                     if clear.is_some() {
-                        self.error(*span, format!("thermal rule '{}' has two clear levels", t.name.name));
+                        self.error(
+                            *span,
+                            format!("thermal rule '{}' has two clear levels", t.name.name),
+                        );
                         continue;
                     }
                     clear = Some(level.clone());
                 }
                 ThermalStmt::Do(list, span) => {
                     if seen_do {
-                        self.error(*span, format!("thermal rule '{}' has two 'do' statements", t.name.name));
+                        self.error(
+                            *span,
+                            format!("thermal rule '{}' has two 'do' statements", t.name.name),
+                        );
                     }
                     seen_do = true;
                     for a in list {
@@ -770,7 +825,11 @@ impl Checker<'_> {
                     let names: Vec<&str> = PowerMode::ALL.iter().map(|m| m.name()).collect();
                     self.error(
                         w.span,
-                        format!("unknown power mode '{}' (expected {})", w.name, one_of(&names)),
+                        format!(
+                            "unknown power mode '{}' (expected {})",
+                            w.name,
+                            one_of(&names)
+                        ),
                     );
                     None
                 }
@@ -778,7 +837,10 @@ impl Checker<'_> {
             ("shift", Some(Scalar::Quantity(q))) => {
                 let f = self.plain_number("shift fraction", q)?;
                 if !(f > 0.0 && f <= 1.0) {
-                    self.error(q.span, format!("shift fraction {} is not in (0, 1]", q.number));
+                    self.error(
+                        q.span,
+                        format!("shift fraction {} is not in (0, 1]", q.number),
+                    );
                     return None;
                 }
                 Some(ThermalAction::ShiftLoad(f as f32))
@@ -788,13 +850,23 @@ impl Checker<'_> {
                 None
             }
             ("power", arg) => {
-                let found = arg.as_ref().map_or("nothing".to_string(), |s| describe(self.map, s));
-                self.error(a.span, format!("type mismatch: 'power' takes a power mode, found {found}"));
+                let found = arg
+                    .as_ref()
+                    .map_or("nothing".to_string(), |s| describe(self.map, s));
+                self.error(
+                    a.span,
+                    format!("type mismatch: 'power' takes a power mode, found {found}"),
+                );
                 None
             }
             ("shift", arg) => {
-                let found = arg.as_ref().map_or("nothing".to_string(), |s| describe(self.map, s));
-                self.error(a.span, format!("type mismatch: 'shift' takes a fraction, found {found}"));
+                let found = arg
+                    .as_ref()
+                    .map_or("nothing".to_string(), |s| describe(self.map, s));
+                self.error(
+                    a.span,
+                    format!("type mismatch: 'shift' takes a fraction, found {found}"),
+                );
                 None
             }
             (other, _) => {
@@ -813,7 +885,10 @@ impl Checker<'_> {
             Value::Scalar(Scalar::Word(w)) if w.name == "false" => Some(false),
             _ => {
                 let found = describe_value(self.map, v);
-                self.error(v.span(), format!("type mismatch: '{field}' takes true or false, found {found}"));
+                self.error(
+                    v.span(),
+                    format!("type mismatch: '{field}' takes true or false, found {found}"),
+                );
                 None
             }
         }
@@ -835,7 +910,10 @@ impl Checker<'_> {
                 let found = describe_value(self.map, v);
                 self.error(
                     v.span(),
-                    format!("type mismatch: '{field}' takes one of {}, found {found}", one_of(names)),
+                    format!(
+                        "type mismatch: '{field}' takes one of {}, found {found}",
+                        one_of(names)
+                    ),
                 );
                 None
             }
@@ -848,7 +926,10 @@ impl Checker<'_> {
         if n.fract() != 0.0 || n < lo as f64 || n > hi as f64 {
             self.error(
                 v.span(),
-                format!("'{field}' must be a whole number from {lo} to {hi}, found {}", self.map.text(v.span())),
+                format!(
+                    "'{field}' must be a whole number from {lo} to {hi}, found {}",
+                    self.map.text(v.span())
+                ),
             );
             return None;
         }
@@ -863,7 +944,10 @@ impl Checker<'_> {
                 let found = describe_value(self.map, v);
                 self.error(
                     v.span(),
-                    format!("type mismatch: '{field}' takes {}, found {found}", kind.describe()),
+                    format!(
+                        "type mismatch: '{field}' takes {}, found {found}",
+                        kind.describe()
+                    ),
                 );
                 None
             }
@@ -890,22 +974,37 @@ impl Checker<'_> {
                 None
             }
             Err(units::UnitError::Unexpected) => {
-                let unit = q.unit.as_ref().map(|u| (u.name.clone(), u.span)).unwrap_or_default();
+                let unit = q
+                    .unit
+                    .as_ref()
+                    .map(|u| (u.name.clone(), u.span))
+                    .unwrap_or_default();
                 self.error(
                     unit.1,
-                    format!("type mismatch: '{field}' is a plain number and takes no unit, found '{}'", unit.0),
+                    format!(
+                        "type mismatch: '{field}' is a plain number and takes no unit, found '{}'",
+                        unit.0
+                    ),
                 );
                 None
             }
             Err(units::UnitError::Missing) => {
                 self.error(
                     q.span,
-                    format!("missing unit: '{field}' is {} ({})", kind.describe(), kind.unit_list()),
+                    format!(
+                        "missing unit: '{field}' is {} ({})",
+                        kind.describe(),
+                        kind.unit_list()
+                    ),
                 );
                 None
             }
             Err(units::UnitError::WrongKind(other)) => {
-                let unit = q.unit.as_ref().map(|u| (u.name.clone(), u.span)).unwrap_or_default();
+                let unit = q
+                    .unit
+                    .as_ref()
+                    .map(|u| (u.name.clone(), u.span))
+                    .unwrap_or_default();
                 self.error(
                     unit.1,
                     format!(

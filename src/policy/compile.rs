@@ -79,7 +79,10 @@ pub fn compile_program(
         report.error(
             map,
             span,
-            format!("too many thermal rules: the limit is {}", limits.max_thermal_rules),
+            format!(
+                "too many thermal rules: the limit is {}",
+                limits.max_thermal_rules
+            ),
         );
         return None;
     }
@@ -209,12 +212,18 @@ fn drop_unreachable(map: &SourceMap, program: &mut Program, report: &mut Reporte
         let by = if names.len() == 1 {
             format!("rule {} matches", names[0])
         } else {
-            format!("rules {} match", super::check::one_of(&names.iter().map(|s| s.as_str()).collect::<Vec<_>>()))
+            format!(
+                "rules {} match",
+                super::check::one_of(&names.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            )
         };
         report.error(
             map,
             rule.span,
-            format!("rule '{}' is unreachable: {by} every op it matches first", rule.name),
+            format!(
+                "rule '{}' is unreachable: {by} every op it matches first",
+                rule.name
+            ),
         );
     }
     let mut i = 0;
@@ -311,7 +320,11 @@ fn warn_devices(map: &SourceMap, program: &Program, rule: &RuleDef, report: &mut
             report.warn(
                 map,
                 rule.use_span,
-                format!("rule '{}' uses {}, which this policy disables", rule.name, c.name()),
+                format!(
+                    "rule '{}' uses {}, which this policy disables",
+                    rule.name,
+                    c.name()
+                ),
             );
         } else if !cell_pairs().any(|(k, d)| admits(rule, k, d) && can_run(*c, k, d)) {
             report.warn(
@@ -326,7 +339,11 @@ fn warn_devices(map: &SourceMap, program: &Program, rule: &RuleDef, report: &mut
             );
         }
     }
-    let enabled: Vec<&DeviceClass> = rule.devices.iter().filter(|c| program.enabled(**c)).collect();
+    let enabled: Vec<&DeviceClass> = rule
+        .devices
+        .iter()
+        .filter(|c| program.enabled(**c))
+        .collect();
     if let [only] = enabled.as_slice() {
         if **only != DeviceClass::Cpu {
             report.warn(
@@ -367,7 +384,11 @@ fn check_thermal(map: &SourceMap, program: &Program, report: &mut Reporter) {
     let mut devices: Vec<DeviceClass> = program.thermal.iter().map(|t| t.rule.device).collect();
     devices.dedup();
     for d in devices {
-        let rules: Vec<&ThermalDef> = program.thermal.iter().filter(|t| t.rule.device == d).collect();
+        let rules: Vec<&ThermalDef> = program
+            .thermal
+            .iter()
+            .filter(|t| t.rule.device == d)
+            .collect();
         if !rules.iter().any(|t| t.rule.emergency) {
             report.warn(
                 map,
@@ -383,7 +404,11 @@ fn check_thermal(map: &SourceMap, program: &Program, report: &mut Reporter) {
             report.warn(
                 map,
                 rules[0].span,
-                format!("thermal rule '{}' watches {}, which this policy disables", rules[0].rule.label, d.name()),
+                format!(
+                    "thermal rule '{}' watches {}, which this policy disables",
+                    rules[0].rule.label,
+                    d.name()
+                ),
             );
         }
     }
@@ -415,8 +440,16 @@ fn tag_keys(map: &SourceMap, program: &Program, report: &mut Reporter) -> Option
         let mut values = Vec::new();
         for v in vals {
             if bit == 64 {
-                let span = program.rules.iter().find(|r| !r.tags.is_empty()).map_or(Span::default(), |r| r.span);
-                report.error(map, span, "the policy tests more than 64 distinct tag values");
+                let span = program
+                    .rules
+                    .iter()
+                    .find(|r| !r.tags.is_empty())
+                    .map_or(Span::default(), |r| r.span);
+                report.error(
+                    map,
+                    span,
+                    "the policy tests more than 64 distinct tag values",
+                );
                 return None;
             }
             values.push((v.to_string(), 1u64 << bit));

@@ -94,7 +94,10 @@ pub(super) fn first_failure(rule: &RuleDef, q: &OpQuery) -> Option<String> {
             Condition::Ops(mask) => mask & super::program::op_bit(q.kind) == 0,
             Condition::DTypes(mask) => mask & super::program::dtype_bit(q.dtype) == 0,
             Condition::Size {
-                feature, cmp, value, ..
+                feature,
+                cmp,
+                value,
+                ..
             } => {
                 let v = f[*feature as usize];
                 !match cmp {
@@ -105,9 +108,10 @@ pub(super) fn first_failure(rule: &RuleDef, q: &OpQuery) -> Option<String> {
                     super::ast::Cmp::Ge | super::ast::Cmp::In => v >= *value,
                 }
             }
-            Condition::Tag { key, values } => {
-                !q.tags.get(key).is_some_and(|v| values.iter().any(|x| x == v))
-            }
+            Condition::Tag { key, values } => !q
+                .tags
+                .get(key)
+                .is_some_and(|v| values.iter().any(|x| x == v)),
         };
         if fails {
             return Some(failure_text(c, q));

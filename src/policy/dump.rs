@@ -250,7 +250,11 @@ impl CompiledPolicy {
             if !matches!(guards.last(), Some(g) if g.check == 0 && g.tag_groups.is_empty()) {
                 list.push(format!("#{} {IMPLICIT_RULE}", self.implicit_index()));
             }
-            let class = if class == "any" { "any size".to_string() } else { class };
+            let class = if class == "any" {
+                "any size".to_string()
+            } else {
+                class
+            };
             let _ = writeln!(out, "    {class}: {}", list.join(" | "));
         }
         out

@@ -28,7 +28,11 @@ impl CompiledPolicy {
             q.kind,
             q.dtype,
             sizes.join(" "),
-            if tags.is_empty() { "(none)".to_string() } else { tags.join(" ") }
+            if tags.is_empty() {
+                "(none)".to_string()
+            } else {
+                tags.join(" ")
+            }
         );
         let _ = writeln!(out, "rules, in order:");
         let chosen = self.decide_index(q);
@@ -67,9 +71,18 @@ impl CompiledPolicy {
         let _ = writeln!(out, "devices:");
         // Candidates in preference order first, then the devices left out.
         let mut order: Vec<DeviceClass> = rule.candidates.clone();
-        order.extend(DeviceClass::ALL.iter().filter(|c| !rule.candidates.contains(c)));
+        order.extend(
+            DeviceClass::ALL
+                .iter()
+                .filter(|c| !rule.candidates.contains(c)),
+        );
         for class in order {
-            let _ = writeln!(out, "  {}: {}", class.name(), self.device_verdict(rule, class, q));
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                class.name(),
+                self.device_verdict(rule, class, q)
+            );
         }
         let _ = writeln!(
             out,
@@ -89,7 +102,12 @@ impl CompiledPolicy {
                 q.kind, q.dtype
             ),
             Some(_) => {
-                let rank = rule.candidates.iter().position(|d| *d == class).unwrap_or(0) + 1;
+                let rank = rule
+                    .candidates
+                    .iter()
+                    .position(|d| *d == class)
+                    .unwrap_or(0)
+                    + 1;
                 format!("candidate {rank} ({})", settings_text(settings))
             }
         }

@@ -57,7 +57,6 @@ pub struct OpQuery<'a> {
     pub tags: &'a Tags,
 }
 
-
 impl<'a> OpQuery<'a> {
     /// The features of a validated op descriptor.
     pub fn of(op: &'a crate::op::OpDesc) -> OpQuery<'a> {

@@ -50,7 +50,10 @@ pub struct Interval {
 }
 
 impl Interval {
-    pub const ALL: Interval = Interval { lo: 0, hi: u64::MAX };
+    pub const ALL: Interval = Interval {
+        lo: 0,
+        hi: u64::MAX,
+    };
 
     pub fn contains(self, v: u64) -> bool {
         self.lo <= v && v <= self.hi

@@ -93,7 +93,8 @@ fn expected_list(err: &pest::error::Error<Rule>, with_rules: bool) -> String {
             let token = token.to_string();
             match token.as_str() {
                 "\n" => items.push("a line break".to_string()),
-                "BUILTIN_RULE" | " " | "\t" | "\r" | "\r\n" | "-" | "." | "#" | "\"" | "_" | "[" => {}
+                "BUILTIN_RULE" | " " | "\t" | "\r" | "\r\n" | "-" | "." | "#" | "\"" | "_"
+                | "[" => {}
                 t if t.contains("..") => {}
                 t => items.push(format!("'{t}'")),
             }

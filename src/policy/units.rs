@@ -111,6 +111,9 @@ mod tests {
             Err(UnitError::WrongKind(UnitKind::Bytes))
         );
         assert_eq!(scale(UnitKind::Bytes, Some("Mb")), Err(UnitError::Unknown));
-        assert_eq!(scale(UnitKind::Count, Some("s")), Err(UnitError::Unexpected));
+        assert_eq!(
+            scale(UnitKind::Count, Some("s")),
+            Err(UnitError::Unexpected)
+        );
     }
 }

@@ -150,7 +150,8 @@ fn missing_unit_and_out_of_range() {
 
 #[test]
 fn ratios_must_sum_to_one() {
-    let src = "rule r {\n  when op = matmul\n  use npu, gpu, cpu\n  split rows npu 0.6, gpu 0.3\n}\n";
+    let src =
+        "rule r {\n  when op = matmul\n  use npu, gpu, cpu\n  split rows npu 0.6, gpu 0.3\n}\n";
     assert_eq!(
         error(src),
         "t.nhp:4:14: error: split ratios sum to 0.9, not 1"

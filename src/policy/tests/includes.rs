@@ -30,7 +30,10 @@ fn own_rules_come_before_inherited_ones_and_replace_same_names() {
     assert!(p.rules()[1].def.inherited);
     // Inherited settings and thermal rules stay.
     assert_eq!(p.settings(DeviceClass::Npu).max_in_flight, Some(3));
-    assert_eq!(p.thermal_rules().len(), builtin("default").expect("built in").thermal_rules().len());
+    assert_eq!(
+        p.thermal_rules().len(),
+        builtin("default").expect("built in").thermal_rules().len()
+    );
     assert_eq!(p.name(), "t");
 }
 
@@ -49,8 +52,16 @@ fn unknown_builtin_and_file_includes_from_strings() {
 #[test]
 fn file_includes_resolve_next_to_the_file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    write(dir.path(), "base.nhp", "include \"default\"\ndevice npu {\n  power = powersaver\n}\n");
-    let top = write(dir.path(), "top.nhp", "include \"base.nhp\"\ndevice npu {\n  max_in_flight = 1\n}\n");
+    write(
+        dir.path(),
+        "base.nhp",
+        "include \"default\"\ndevice npu {\n  power = powersaver\n}\n",
+    );
+    let top = write(
+        dir.path(),
+        "top.nhp",
+        "include \"base.nhp\"\ndevice npu {\n  max_in_flight = 1\n}\n",
+    );
     let p = compile_file(&top, &PolicyLimits::default()).unwrap_or_else(|e| panic!("{e}"));
     let npu = p.settings(DeviceClass::Npu);
     assert_eq!(npu.power_mode, Some(crate::device::PowerMode::Powersaver));
@@ -71,7 +82,10 @@ fn errors_in_included_files_name_that_file() {
     );
     assert_eq!(
         e.diagnostics[1].headline(),
-        format!("{}:1:9: error: included policy \"base.nhp\" has errors", top.display())
+        format!(
+            "{}:1:9: error: included policy \"base.nhp\" has errors",
+            top.display()
+        )
     );
 }
 
@@ -79,7 +93,11 @@ fn errors_in_included_files_name_that_file() {
 fn includes_cannot_leave_the_policy_directory() {
     let dir = tempfile::tempdir().expect("temp dir");
     write(dir.path(), "outside.nhp", "rule r {\n  use cpu\n}\n");
-    let top = write(dir.path(), "policies/top.nhp", "include \"../outside.nhp\"\n");
+    let top = write(
+        dir.path(),
+        "policies/top.nhp",
+        "include \"../outside.nhp\"\n",
+    );
     let root = dir.path().join("policies").canonicalize().expect("exists");
     assert_eq!(
         headline(compile_file(&top, &PolicyLimits::default())),
@@ -116,7 +134,10 @@ fn include_cycles_and_depth() {
     let e = compile_file(&d, &shallow).unwrap_err();
     assert_eq!(
         e.diagnostics[0].headline(),
-        format!("{}:1:9: error: includes nest deeper than 1", dir.path().join("c.nhp").display())
+        format!(
+            "{}:1:9: error: includes nest deeper than 1",
+            dir.path().join("c.nhp").display()
+        )
     );
 }
 

@@ -10,7 +10,14 @@ use super::*;
 use crate::op::{DType, OpDims, OpKind, Tags};
 
 /// An op query with the given sizes; elements and bytes as a dense matmul would have them.
-pub(super) fn query<'a>(kind: OpKind, dtype: DType, m: usize, n: usize, k: usize, tags: &'a Tags) -> OpQuery<'a> {
+pub(super) fn query<'a>(
+    kind: OpKind,
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    tags: &'a Tags,
+) -> OpQuery<'a> {
     let elements = m * n;
     OpQuery {
         kind,

@@ -52,7 +52,9 @@ fn random_tags(rng: &mut impl Rng) -> Tags {
 
 fn random_size(rng: &mut impl Rng) -> usize {
     // Mostly near the thresholds the policies use, sometimes anything.
-    let near = [0, 1, 2, 31, 32, 63, 64, 511, 512, 1023, 1024, 1025, 2047, 2048, 4095, 4096, 4097];
+    let near = [
+        0, 1, 2, 31, 32, 63, 64, 511, 512, 1023, 1024, 1025, 2047, 2048, 4095, 4096, 4097,
+    ];
     if rng.random_bool(0.8) {
         near[rng.random_range(0..near.len())]
     } else {
@@ -111,13 +113,17 @@ fn tables_cut_size_classes() {
 
 #[test]
 fn unmatched_ops_take_the_implicit_rule() {
-    let p = compile_str("t.nhp", "rule r {\n  when op = matmul\n  use npu, cpu\n}\n").expect("valid");
+    let p =
+        compile_str("t.nhp", "rule r {\n  when op = matmul\n  use npu, cpu\n}\n").expect("valid");
     let none = tags("");
     let d = p.decide(&query(OpKind::Softmax, DType::F32, 8, 8, 8, &none));
     assert_eq!(d.rule_label, IMPLICIT_RULE);
     assert_eq!(d.rule_index, 1);
     assert_eq!(d.strategy, Strategy::EarliestCompletion);
-    assert_eq!(d.candidates, [DeviceClass::Npu, DeviceClass::Gpu, DeviceClass::Cpu]);
+    assert_eq!(
+        d.candidates,
+        [DeviceClass::Npu, DeviceClass::Gpu, DeviceClass::Cpu]
+    );
 }
 
 #[test]
@@ -125,13 +131,27 @@ fn explain_says_why_each_rule_did_not_match() {
     let p = builtin("llm_inference").expect("built in");
     let t = tags("phase=prefill");
     let text = p.explain(&query(OpKind::Matmul, DType::F16, 128, 384, 1536, &t));
-    assert!(text.contains("#0 gemv [policies/llm_inference.nhp:13]: no, m is 128, not m = 1"), "{text}");
+    assert!(
+        text.contains("#0 gemv [policies/llm_inference.nhp:13]: no, m is 128, not m = 1"),
+        "{text}"
+    );
     assert!(text.contains("#1 decode [policies/llm_inference.nhp:18]: no, tag phase is prefill, not tag phase = decode"), "{text}");
-    assert!(text.contains("#2 prefill_huge [policies/llm_inference.nhp:23]: no, m is 128, not m >= 1024"), "{text}");
-    assert!(text.contains("#3 prefill [policies/llm_inference.nhp:30]: MATCHES"), "{text}");
+    assert!(
+        text.contains(
+            "#2 prefill_huge [policies/llm_inference.nhp:23]: no, m is 128, not m >= 1024"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("#3 prefill [policies/llm_inference.nhp:30]: MATCHES"),
+        "{text}"
+    );
     assert!(text.contains("decision: rule #3 prefill"), "{text}");
     assert!(text.contains("  npu: candidate 1"), "{text}");
     let none = tags("");
     let text = p.explain(&query(OpKind::Matmul, DType::F16, 128, 384, 1536, &none));
-    assert!(text.contains("no, the op has no tag phase, needed by tag phase = prefill"), "{text}");
+    assert!(
+        text.contains("no, the op has no tag phase, needed by tag phase = prefill"),
+        "{text}"
+    );
 }
