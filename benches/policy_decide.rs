@@ -43,16 +43,56 @@ const DECISIONS_PER_REPEAT: usize = 200_000;
 fn workload() -> Vec<(OpKind, DType, [usize; 3], Tags)> {
     let tag = |s: &str| Tags::parse(s).expect("well-formed tags");
     vec![
-        (OpKind::Matmul, DType::F16, [512, 4096, 4096], tag("phase=prefill")),
-        (OpKind::Matmul, DType::BF16, [4096, 11008, 4096], tag("phase=prefill")),
-        (OpKind::Matmul, DType::F16, [1, 4096, 4096], tag("phase=decode")),
-        (OpKind::Matmul, DType::F16, [8, 4096, 4096], tag("phase=decode")),
+        (
+            OpKind::Matmul,
+            DType::F16,
+            [512, 4096, 4096],
+            tag("phase=prefill"),
+        ),
+        (
+            OpKind::Matmul,
+            DType::BF16,
+            [4096, 11008, 4096],
+            tag("phase=prefill"),
+        ),
+        (
+            OpKind::Matmul,
+            DType::F16,
+            [1, 4096, 4096],
+            tag("phase=decode"),
+        ),
+        (
+            OpKind::Matmul,
+            DType::F16,
+            [8, 4096, 4096],
+            tag("phase=decode"),
+        ),
         (OpKind::Matmul, DType::F32, [128, 384, 1536], tag("")),
-        (OpKind::Attention, DType::F16, [512, 128, 64], tag("phase=prefill")),
-        (OpKind::RmsNorm, DType::F16, [1, 4096, 4096], tag("phase=decode")),
+        (
+            OpKind::Attention,
+            DType::F16,
+            [512, 128, 64],
+            tag("phase=prefill"),
+        ),
+        (
+            OpKind::RmsNorm,
+            DType::F16,
+            [1, 4096, 4096],
+            tag("phase=decode"),
+        ),
         (OpKind::Silu, DType::F32, [16, 16, 16], tag("")),
-        (OpKind::Softmax, DType::F32, [128, 128, 128], tag("priority=realtime")),
-        (OpKind::Add, DType::BF16, [512, 4096, 4096], tag("phase=prefill")),
+        (
+            OpKind::Softmax,
+            DType::F32,
+            [128, 128, 128],
+            tag("priority=realtime"),
+        ),
+        (
+            OpKind::Add,
+            DType::BF16,
+            [512, 4096, 4096],
+            tag("phase=prefill"),
+        ),
     ]
 }
 
@@ -110,7 +150,10 @@ fn main() {
     let default = builtin("default").expect("built in");
     black_box(default.explain(&queries[0]));
     let seen = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    assert!(seen > 0, "the counting allocator saw no allocation in explain");
+    assert!(
+        seen > 0,
+        "the counting allocator saw no allocation in explain"
+    );
     println!("(allocation counter check: one explain() made {seen} allocations)");
     let mut failed = false;
     for name in builtin_names() {

@@ -98,7 +98,10 @@ fn failing_condition<'r>(rule: &'r RuleDef, q: &OpQuery) -> Option<&'r Condition
         Condition::Ops(mask) => mask & super::program::op_bit(q.kind) == 0,
         Condition::DTypes(mask) => mask & super::program::dtype_bit(q.dtype) == 0,
         Condition::Size {
-            feature, cmp, value, ..
+            feature,
+            cmp,
+            value,
+            ..
         } => {
             let v = f[*feature as usize];
             !match cmp {
@@ -109,9 +112,10 @@ fn failing_condition<'r>(rule: &'r RuleDef, q: &OpQuery) -> Option<&'r Condition
                 super::ast::Cmp::Ge | super::ast::Cmp::In => v >= *value,
             }
         }
-        Condition::Tag { key, values } => {
-            !q.tags.get(key).is_some_and(|v| values.iter().any(|x| x == v))
-        }
+        Condition::Tag { key, values } => !q
+            .tags
+            .get(key)
+            .is_some_and(|v| values.iter().any(|x| x == v)),
     })
 }
 

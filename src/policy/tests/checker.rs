@@ -146,6 +146,15 @@ fn missing_unit_and_out_of_range() {
         error("device npu {\n  max_in_flight = 0\n}\n"),
         "t.nhp:2:19: error: 'max_in_flight' must be a whole number from 1 to 1024, found 0"
     );
+    // Found by the policy_mutate fuzz loop: a huge duration used to panic in Duration.
+    assert_eq!(
+        error("fallback {\n  degrade_for = 99999999999999999999 min\n}\n"),
+        "t.nhp:2:17: error: 'degrade_for' must be from 0 s to 1 day, found 99999999999999999999 min"
+    );
+    assert_eq!(
+        error("device npu {\n  pool = 2 TiB\n}\n"),
+        "t.nhp:2:10: error: 'pool' must be from 0 B to 1 TiB, found 2 TiB"
+    );
 }
 
 #[test]
