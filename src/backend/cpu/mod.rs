@@ -1,5 +1,6 @@
 //! CPU backend: every op on the host, parallel on a rayon pool of its own.
 
+mod halfconv;
 mod host;
 mod info;
 mod kernels;
@@ -23,9 +24,8 @@ use kernels::{attention, convert, elementwise, matmul, norm, rope, softmax};
 /// the output view. The op must have passed `op::validate::validate`. Every other backend may
 /// use it as its reference or for the math of a simulated device.
 pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
-    let view = |i: usize| -> Result<Option<HostView>> {
-        op.input(i).map(|v| HostView::new(v, mem)).transpose()
-    };
+    let view =
+        |i: usize| -> Result<Option<HostView>> { op.input(i).map(|v| HostView::new(v, mem)).transpose() };
     let need = |i: usize| -> Result<HostView> {
         view(i)?.ok_or_else(|| Error::invalid(format!("{}: input {i} is missing", op.kind)))
     };
@@ -48,11 +48,7 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
             },
         ),
         OpKind::Add | OpKind::Mul => {
-            let kind = if op.kind == OpKind::Add {
-                Binary::Add
-            } else {
-                Binary::Mul
-            };
+            let kind = if op.kind == OpKind::Add { Binary::Add } else { Binary::Mul };
             elementwise::binary(kind, &out, &need(0)?, &need(1)?, is_out(0), is_out(1));
         }
         OpKind::Scale | OpKind::Silu | OpKind::Gelu => {
@@ -66,22 +62,13 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
         }
         OpKind::Softmax => softmax::softmax(&out, &need(0)?, is_out(0)),
         OpKind::RmsNorm => norm::rmsnorm(&out, &need(0)?, view(1)?.as_ref(), p.eps, is_out(0)),
-        OpKind::LayerNorm => norm::layernorm(
-            &out,
-            &need(0)?,
-            view(1)?.as_ref(),
-            view(2)?.as_ref(),
-            p.eps,
-            is_out(0),
-        ),
+        OpKind::LayerNorm => {
+            norm::layernorm(&out, &need(0)?, view(1)?.as_ref(), view(2)?.as_ref(), p.eps, is_out(0))
+        }
         OpKind::Rope => rope::rope(
             &out,
             &need(0)?,
-            &RopeParams {
-                theta: p.rope_theta,
-                position: p.rope_position,
-                interleaved: p.rope_interleaved,
-            },
+            &RopeParams { theta: p.rope_theta, position: p.rope_position, interleaved: p.rope_interleaved },
             is_out(0),
         ),
         OpKind::Attention => attention::attention(
@@ -90,15 +77,22 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
             &need(1)?,
             &need(2)?,
             view(3)?.as_ref(),
-            &AttentionParams {
-                causal: p.causal,
-                scale: p.attn_scale,
-                kv_len: p.kv_len as usize,
-            },
+            &AttentionParams { causal: p.causal, scale: p.attn_scale, kv_len: p.kv_len as usize },
         ),
         OpKind::Copy => convert::copy(&out, &need(0)?),
     }
     Ok(())
+}
+
+/// Ops small enough that every kernel runs them on the calling thread (below the kernels'
+/// parallel thresholds), so they need no trip through the pool.
+fn runs_serially(op: &OpDesc) -> bool {
+    let work = match op.kind {
+        OpKind::Matmul => op.flops() as usize / 2,
+        OpKind::Attention => op.flops() as usize / 4,
+        _ => op.output.numel(),
+    };
+    work <= kernels::iter::TASK_ELEMS
 }
 
 /// The host CPU as a device, with its own rayon pool.
@@ -109,20 +103,14 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(threads: usize) -> Result<CpuBackend> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let threads =
+            if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("nh-cpu-{i}"))
             .build()
             .map_err(|e| Error::DeviceUnavailable(format!("cpu thread pool: {e}")))?;
-        Ok(CpuBackend {
-            info: info::cpu_info(threads),
-            pool,
-        })
+        Ok(CpuBackend { info: info::cpu_info(threads), pool })
     }
 
     pub fn threads(&self) -> usize {
@@ -136,7 +124,12 @@ impl Backend for CpuBackend {
     }
 
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
-        self.pool.install(|| execute_on_host(op, mem))?;
+        if runs_serially(op) {
+            // Waking a pool thread costs more than the op itself.
+            execute_on_host(op, mem)?;
+        } else {
+            self.pool.install(|| execute_on_host(op, mem))?;
+        }
         Ok(ExecReport::default())
     }
 }

@@ -73,14 +73,7 @@ pub fn unary(op: Unary, out: &HostView, a: &HostView, in_place: bool) {
 }
 
 /// `a_is_out` / `b_is_out`: that input is the output view itself.
-pub fn binary(
-    op: Binary,
-    out: &HostView,
-    a: &HostView,
-    b: &HostView,
-    a_is_out: bool,
-    b_is_out: bool,
-) {
+pub fn binary(op: Binary, out: &HostView, a: &HostView, b: &HostView, a_is_out: bool, b_is_out: bool) {
     for_each_block(out, a, Some(b), |o, a, b, n| {
         let b = b.expect("binary op has b");
         let mut scratch = [0.0f32; BLOCK];
@@ -88,6 +81,16 @@ pub fn binary(
         // SAFETY: as in `unary`; b is copied out first when it is the output, so writing the
         // output cannot change it.
         unsafe {
+            // Dense f32 operands that are not the output: one pass, out = a op b.
+            if !a_is_out && !b_is_out {
+                if let (Some(ov), Some(av), Some(bv)) = (o.as_f32_mut(n), a.as_f32(n), b.as_f32(n)) {
+                    match op {
+                        Binary::Add => math::add3_slice(ov, av, bv),
+                        Binary::Mul => math::mul3_slice(ov, av, bv),
+                    }
+                    return;
+                }
+            }
             let b_vals: &[f32] = match b.as_f32(n) {
                 Some(direct) if !b_is_out => direct,
                 _ => {
@@ -95,9 +98,7 @@ pub fn binary(
                     &b_scratch[..n]
                 }
             };
-            with_slot(o, a, a_is_out, n, &mut scratch, |x| {
-                apply_binary(op, x, b_vals)
-            });
+            with_slot(o, a, a_is_out, n, &mut scratch, |x| apply_binary(op, x, b_vals));
         }
     });
 }

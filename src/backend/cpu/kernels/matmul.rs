@@ -66,10 +66,15 @@ impl Mat {
         off
     }
 
-    /// f32 pointer to element (i, j) of batch `b`.
+    /// Element offset of (i, j) in batch `b`.
+    pub fn offset(&self, b: usize, i: usize, j: usize) -> usize {
+        self.batch_offset(b) + i * self.rs + j * self.cs
+    }
+
+    /// f32 pointer to element (i, j) of batch `b` (for f32 operands).
     pub fn at(&self, b: usize, i: usize, j: usize) -> *mut f32 {
         // SAFETY (of later use): validated views keep every such element inside the buffer.
-        unsafe { (self.ptr.0 as *mut f32).add(self.batch_offset(b) + i * self.rs + j * self.cs) }
+        unsafe { (self.ptr.0 as *mut f32).add(self.offset(b, i, j)) }
     }
 }
 
@@ -88,15 +93,12 @@ fn to_f32(v: &HostView) -> Converted {
     Converted { data, view }
 }
 
-pub fn matmul(
-    out: &HostView,
-    a: &HostView,
-    b: &HostView,
-    bias: Option<&HostView>,
-    p: MatmulParams,
-) {
+pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: MatmulParams) {
+    let m = out.shape[out.rank - 2];
+    // GEMV streams B once and converts it on the fly; everything else converts up front.
+    let gemv_b = m == 1 && gemv::streams(&Mat::new(b, p.trans_b));
     let ca = (a.dtype != DType::F32).then(|| to_f32(a));
-    let cb = (b.dtype != DType::F32).then(|| to_f32(b));
+    let cb = (b.dtype != DType::F32 && !gemv_b).then(|| to_f32(b));
     let a = ca.as_ref().map(|c| &c.view).unwrap_or(a);
     let b = cb.as_ref().map(|c| &c.view).unwrap_or(b);
     // f16 / bf16 outputs are computed in f32 and rounded once at the end.
@@ -111,26 +113,15 @@ pub fn matmul(
     let bias = bias.map(load_dense);
 
     let r = c.rank;
-    let (m, n) = (c.shape[r - 2], c.shape[r - 1]);
-    let k = if p.trans_a {
-        a.shape[a.rank - 2]
-    } else {
-        a.last()
-    };
+    let n = c.shape[r - 1];
+    let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
     let batch: usize = c.shape[..r - 2].iter().product();
     let ma = Mat::new(a, p.trans_a);
     let mb = Mat::new(b, p.trans_b);
     let mc = Mat::new(&c, false);
-    let gemm = Gemm {
-        a: ma,
-        b: mb,
-        c: mc,
-        k,
-        p,
-        bias: bias.as_deref(),
-    };
+    let gemm = Gemm { a: ma, b: mb, b_dtype: b.dtype, c: mc, k, p, bias: bias.as_deref() };
 
-    if m == 1 && gemv::applies(&gemm) {
+    if gemv_b {
         gemv::gemv(&gemm, batch, n);
     } else {
         gemm.run_all(batch, m, n);
@@ -145,16 +136,15 @@ fn store_dense(out: &HostView, data: &[f32]) {
     let len = out.last();
     super::iter::for_each_row(out.rows(), len, |r| {
         // SAFETY: row r of a validated output view, written by this task only.
-        unsafe {
-            out.run(out.row_offset(r), out.col_stride())
-                .store(&data[r * len..][..len])
-        }
+        unsafe { out.run(out.row_offset(r), out.col_stride()).store(&data[r * len..][..len]) }
     });
 }
 
 pub(super) struct Gemm<'a> {
     pub a: Mat,
     pub b: Mat,
+    /// f32 except when a GEMV streams an f16 / bf16 B directly.
+    pub b_dtype: DType,
     pub c: Mat,
     pub k: usize,
     pub p: MatmulParams,

@@ -1,0 +1,283 @@
+//! CPU backend benchmark: our ops through `CpuBackend::execute` against Debian's OpenBLAS
+//! sgemm (loaded at run time) and against measured memcpy bandwidth, in the same process.
+//!
+//! Run: `cargo bench --bench cpu_ops [-- matmul|bandwidth|dispatch]`
+//! Threads: `NH_BENCH_THREADS` (default 2), used by both sides and printed.
+
+use npuhybrid::backend::cpu::CpuBackend;
+use npuhybrid::backend::{Backend, OpMemory};
+use npuhybrid::memory::{Buffer, HostPool};
+use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, TensorView};
+use std::ffi::c_int;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Median seconds of `f` over repeated runs: at least `min_runs`, and until ~`budget_s`.
+fn median_secs(min_runs: usize, budget_s: f64, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up: page faults, pool spin-up, caches
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < min_runs || (start.elapsed().as_secs_f64() < budget_s && times.len() < 1000) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+type SgemmFn = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+
+struct OpenBlas {
+    _lib: libloading::Library,
+    sgemm: SgemmFn,
+}
+
+impl OpenBlas {
+    fn load(threads: usize) -> Option<OpenBlas> {
+        // SAFETY: Debian's libopenblas0; the symbols have the documented CBLAS signatures.
+        unsafe {
+            let lib = libloading::Library::new("libopenblas.so.0").ok()?;
+            let sgemm = *lib.get::<SgemmFn>(b"cblas_sgemm\0").ok()?;
+            let set: libloading::Symbol<unsafe extern "C" fn(c_int)> =
+                lib.get(b"openblas_set_num_threads\0").ok()?;
+            set(threads as c_int);
+            Some(OpenBlas { _lib: lib, sgemm })
+        }
+    }
+
+    /// Row-major C[m,n] = A[m,k] B[k,n] (B given as [n,k] when `trans_b`).
+    fn sgemm(&self, m: usize, n: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, trans_b: bool) {
+        const ROW_MAJOR: c_int = 101;
+        const NO_TRANS: c_int = 111;
+        const TRANS: c_int = 112;
+        let (tb, ldb) = if trans_b { (TRANS, k) } else { (NO_TRANS, n) };
+        // SAFETY: the buffers hold m*k, k*n and m*n floats.
+        unsafe {
+            (self.sgemm)(
+                ROW_MAJOR,
+                NO_TRANS,
+                tb,
+                m as c_int,
+                n as c_int,
+                k as c_int,
+                1.0,
+                a,
+                k as c_int,
+                b,
+                ldb as c_int,
+                0.0,
+                c,
+                n as c_int,
+            )
+        }
+    }
+}
+
+/// Buffers for one benchmark case, filled with small pseudo-random values.
+struct Tensors {
+    pool: Arc<HostPool>,
+    bufs: Vec<Arc<Buffer>>,
+}
+
+impl Tensors {
+    fn new() -> Tensors {
+        Tensors { pool: HostPool::new(0), bufs: Vec::new() }
+    }
+
+    fn tensor(&mut self, dtype: DType, shape: &[usize]) -> TensorView {
+        let id = self.bufs.len() as u64 + 1;
+        let view = TensorView::contiguous(id, dtype, shape, 0);
+        let buf = Buffer::pooled(id, self.pool.alloc(view.bytes()).unwrap(), view.bytes());
+        let mut seed = 0x9e37_79b9_u32.wrapping_mul(id as u32 + 1);
+        let vals: Vec<f32> = (0..view.numel())
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => vals.iter().flat_map(|v| v.to_ne_bytes()).collect(),
+            DType::F16 => vals.iter().flat_map(|v| half::f16::from_f32(*v).to_ne_bytes()).collect(),
+            DType::BF16 => vals.iter().flat_map(|v| half::bf16::from_f32(*v).to_ne_bytes()).collect(),
+            _ => vec![0; view.bytes()],
+        };
+        buf.write(0, &bytes).unwrap();
+        self.bufs.push(Arc::new(buf));
+        view
+    }
+
+    fn ptr(&self, v: &TensorView) -> *mut f32 {
+        self.bufs[v.buffer as usize - 1].as_ptr() as *mut f32
+    }
+
+    fn memory(&self) -> OpMemory {
+        OpMemory::new(self.bufs.clone())
+    }
+}
+
+fn bench_matmul(cpu: &CpuBackend, blas: Option<&OpenBlas>) {
+    println!("\n## matmul (C = A B, row-major; GFLOP/s, median)\n");
+    println!("| shape (MxKxN) | dtype | ours GFLOP/s | OpenBLAS sgemm GFLOP/s | ratio | vs our f32 |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let shapes: [(usize, usize, usize, bool); 8] = [
+        (512, 512, 512, false),
+        (1024, 1024, 1024, false),
+        (2048, 2048, 2048, false),
+        (128, 384, 1536, false),
+        (128, 1536, 384, false),
+        (128, 384, 1536, true),
+        (1, 4096, 4096, false),
+        (1, 4096, 4096, true),
+    ];
+    for (m, k, n, trans_b) in shapes {
+        let flops = 2.0 * (m * n * k) as f64;
+        let budget = 1.5;
+        let mut f32_secs = 0.0;
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let mut t = Tensors::new();
+            let a = t.tensor(dtype, &[m, k]);
+            let b = t.tensor(dtype, &if trans_b { [n, k] } else { [k, n] });
+            let c = t.tensor(dtype, &[m, n]);
+            let op = OpDesc::new(OpKind::Matmul, &[a, b], c)
+                .with_params(OpParams { trans_b, ..Default::default() });
+            let mem = t.memory();
+            let ours = median_secs(5, budget, || {
+                cpu.execute(&op, &mem).unwrap();
+            });
+            let shape = format!("{m}x{k}x{n}{}", if trans_b { " (B^T)" } else { "" });
+            if dtype == DType::F32 {
+                f32_secs = ours;
+                let theirs = blas.map(|blas| {
+                    median_secs(5, budget, || blas.sgemm(m, n, k, t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b))
+                });
+                let (blas_g, ratio) = match theirs {
+                    Some(s) => (format!("{:.1}", flops / s * 1e-9), format!("{:.2}", s / ours)),
+                    None => ("n/a".into(), "n/a".into()),
+                };
+                println!("| {shape} | f32 | {:.1} | {blas_g} | {ratio} | 1.00 |", flops / ours * 1e-9);
+            } else {
+                println!("| {shape} | {dtype} | {:.1} | | | {:.2} |", flops / ours * 1e-9, f32_secs / ours);
+            }
+        }
+    }
+}
+
+/// Best of single-threaded and pool-parallel memcpy, in GB/s counting bytes read + written.
+fn memcpy_gbs(cpu_threads: usize, bytes: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let single = median_secs(5, 0.5, || dst.copy_from_slice(&src));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cpu_threads).build().unwrap();
+    let chunk = bytes.div_ceil(cpu_threads * 4);
+    let parallel = median_secs(5, 0.5, || {
+        use rayon::prelude::*;
+        pool.install(|| {
+            dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s))
+        })
+    });
+    2.0 * bytes as f64 / single.min(parallel) * 1e-9
+}
+
+fn bench_bandwidth(cpu: &CpuBackend) {
+    println!("\n## bandwidth-bound ops (bytes read + written / median time)\n");
+    println!("| op | elements | dtype | ours GB/s | memcpy GB/s | time / bound |");
+    println!("|---|---:|---|---:|---:|---:|");
+    for elements in [1usize << 20, 1 << 23] {
+        let bw = memcpy_gbs(cpu.threads(), elements * 4);
+        let rows = elements / 1024;
+        let cases: Vec<(&str, OpKind, DType, OpParams, bool)> = vec![
+            ("copy", OpKind::Copy, DType::F32, OpParams::default(), false),
+            ("add", OpKind::Add, DType::F32, OpParams::default(), true),
+            ("mul", OpKind::Mul, DType::F32, OpParams::default(), true),
+            ("scale", OpKind::Scale, DType::F32, OpParams { alpha: 0.5, ..Default::default() }, false),
+            ("silu", OpKind::Silu, DType::F32, OpParams::default(), false),
+            ("gelu (erf)", OpKind::Gelu, DType::F32, OpParams::default(), false),
+            (
+                "gelu (tanh)",
+                OpKind::Gelu,
+                DType::F32,
+                OpParams { gelu_tanh: true, ..Default::default() },
+                false,
+            ),
+            ("softmax [rows, 1024]", OpKind::Softmax, DType::F32, OpParams::default(), false),
+            ("rmsnorm [rows, 1024]", OpKind::RmsNorm, DType::F32, OpParams::default(), false),
+            ("layernorm [rows, 1024]", OpKind::LayerNorm, DType::F32, OpParams::default(), false),
+            ("rope [rows, 8, 128]", OpKind::Rope, DType::F32, OpParams::default(), false),
+            ("add", OpKind::Add, DType::F16, OpParams::default(), true),
+            ("silu", OpKind::Silu, DType::BF16, OpParams::default(), false),
+            ("softmax [rows, 1024]", OpKind::Softmax, DType::F16, OpParams::default(), false),
+        ];
+        for (name, kind, dtype, params, binary) in cases {
+            let mut t = Tensors::new();
+            let shape: Vec<usize> =
+                if kind == OpKind::Rope { vec![rows / 8, 8, 128] } else { vec![rows, 1024] };
+            let a = t.tensor(dtype, &shape);
+            let out = t.tensor(dtype, &shape);
+            let mut inputs = vec![a];
+            if binary {
+                inputs.push(t.tensor(dtype, &shape));
+            }
+            let op = OpDesc::new(kind, &inputs, out).with_params(params);
+            let mem = t.memory();
+            let secs = median_secs(10, 0.5, || {
+                cpu.execute(&op, &mem).unwrap();
+            });
+            let bytes = (inputs.len() + 1) * elements * dtype.size();
+            let gbs = bytes as f64 / secs * 1e-9;
+            println!("| {name} | {elements} | {dtype} | {gbs:.1} | {bw:.1} | {:.2} |", bw / gbs);
+        }
+    }
+}
+
+fn bench_dispatch(cpu: &CpuBackend) {
+    println!("\n## dispatch (CpuBackend::execute of a tiny op, no runtime/FFI around it)\n");
+    let mut t = Tensors::new();
+    let a = t.tensor(DType::F32, &[16]);
+    let b = t.tensor(DType::F32, &[16]);
+    let c = t.tensor(DType::F32, &[16]);
+    let op = OpDesc::new(OpKind::Add, &[a, b], c);
+    let mem = t.memory();
+    let secs = median_secs(1000, 0.5, || {
+        cpu.execute(&op, &mem).unwrap();
+    });
+    println!("add of 16 floats: {:.2} us median", secs * 1e6);
+}
+
+fn main() {
+    let threads: usize = std::env::var("NH_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wants = |s: &str| which.is_empty() || which.iter().any(|w| w == s);
+    let cpu = CpuBackend::new(threads).expect("cpu backend");
+    let blas = OpenBlas::load(threads);
+    println!("# npuhybrid CPU backend benchmark");
+    println!("cpu: {} ({})", cpu.info().name, cpu.info().driver);
+    println!(
+        "threads: ours {threads}, OpenBLAS {}",
+        if blas.is_some() { threads.to_string() } else { "not loaded (libopenblas.so.0 missing)".into() }
+    );
+    if wants("matmul") {
+        bench_matmul(&cpu, blas.as_ref());
+    }
+    if wants("bandwidth") {
+        bench_bandwidth(&cpu);
+    }
+    if wants("dispatch") {
+        bench_dispatch(&cpu);
+    }
+}
