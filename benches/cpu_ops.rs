@@ -198,7 +198,7 @@ fn bench_bandwidth(cpu: &CpuBackend) {
     println!("\n## bandwidth-bound ops (bytes read + written / median time)\n");
     println!("| op | elements | dtype | ours GB/s | memcpy GB/s | time / bound |");
     println!("|---|---:|---|---:|---:|---:|");
-    for elements in [1usize << 20, 1 << 23] {
+    for elements in [1usize << 20, 1 << 24] {
         let bw = memcpy_gbs(cpu.threads(), elements * 4);
         let rows = elements / 1024;
         let cases: Vec<(&str, OpKind, DType, OpParams, bool)> = vec![

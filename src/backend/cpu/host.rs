@@ -4,6 +4,7 @@
 //! through small scratch blocks; dense f32 views are used in place.
 
 use super::halfconv;
+use super::scratch::Scratch;
 use crate::backend::OpMemory;
 use crate::error::Result;
 use crate::op::{DType, TensorView, MAX_RANK};
@@ -217,9 +218,9 @@ impl Run {
 }
 
 /// Loads a whole view densely (row-major) as f32, converting rows in parallel.
-pub(crate) fn load_dense(view: &HostView) -> Vec<f32> {
+pub(crate) fn load_dense(view: &HostView) -> Scratch {
     let len = view.last();
-    let mut out = vec![0.0; view.rows() * len];
+    let mut out = Scratch::new(view.rows() * len);
     let rows_per_task = (32 * 1024 / len).max(1);
     let load_rows = |(t, chunk): (usize, &mut [f32])| {
         for (i, row) in chunk.chunks_mut(len).enumerate() {
@@ -234,4 +235,19 @@ pub(crate) fn load_dense(view: &HostView) -> Vec<f32> {
         out.par_chunks_mut(rows_per_task * len).enumerate().for_each(load_rows);
     }
     out
+}
+
+/// A dense row-major f32 copy of a view, and a view describing it.
+pub(crate) struct DenseCopy {
+    _data: Scratch,
+    pub view: HostView,
+}
+
+pub(crate) fn dense_copy(v: &HostView) -> DenseCopy {
+    let mut data = load_dense(v);
+    let mut view = *v;
+    view.dtype = DType::F32;
+    view.ptr = SendPtr(data.as_mut_ptr() as *mut u8);
+    view.strides = crate::op::dense_strides(v.dims());
+    DenseCopy { _data: data, view }
 }

@@ -6,6 +6,7 @@ mod info;
 mod kernels;
 #[cfg(test)]
 mod reference;
+mod scratch;
 pub(crate) mod simd;
 #[cfg(test)]
 mod tests;

@@ -2,12 +2,12 @@
 //! q head h reads kv head h / (H / Hkv)), the first `kv_len` keys valid, causal rows where
 //! query i sits at absolute position kv_len - Sq + i, and an optional additive mask.
 
-use super::super::host::{load_dense, HostView};
+use super::super::host::{dense_copy, DenseCopy, HostView};
 use super::super::simd::dispatch_avx2;
 use super::iter::for_each_row;
 use super::math;
 use super::rows::{max, sum};
-use crate::op::{dense_strides, DType};
+use crate::op::DType;
 
 pub struct AttentionParams {
     pub causal: bool,
@@ -17,22 +17,13 @@ pub struct AttentionParams {
     pub kv_len: usize,
 }
 
-/// K or V with every row dense f32 (converted once when the view is not).
-struct Rows {
-    _data: Option<Vec<f32>>,
-    view: HostView,
-}
-
-fn dense_rows(v: &HostView) -> Rows {
+/// K or V with every row dense f32 (a converted copy when the view is not).
+fn dense_rows(v: &HostView) -> (HostView, Option<DenseCopy>) {
     if v.dtype == DType::F32 && v.col_stride() == 1 {
-        return Rows { _data: None, view: *v };
+        return (*v, None);
     }
-    let mut data = load_dense(v);
-    let mut view = *v;
-    view.dtype = DType::F32;
-    view.ptr.0 = data.as_mut_ptr() as *mut u8;
-    view.strides = dense_strides(v.dims());
-    Rows { _data: Some(data), view }
+    let copy = dense_copy(v);
+    (copy.view, Some(copy))
 }
 
 /// Keys and values of one kv head: row j at `k + j * k_rs` (dense, head_dim long).
@@ -98,8 +89,8 @@ pub fn attention(
     let group = h / hkv;
     let kv_len = if p.kv_len == 0 { skv } else { p.kv_len };
     let scale = if p.scale == 0.0 { 1.0 / (d as f32).sqrt() } else { p.scale };
-    let (kr, vr) = (dense_rows(k), dense_rows(v));
-    let (k, v) = (&kr.view, &vr.view);
+    let ((k, _k_copy), (v, _v_copy)) = (dense_rows(k), dense_rows(v));
+    let (k, v) = (&k, &v);
     // Mask strides over the full score shape [.., H, Sq, Skv], 0 where it broadcasts.
     let score_dims: Vec<usize> = [&q.dims()[..r - 1], &[skv]].concat();
     let mask_strides = mask.map(|m| m.broadcast_strides(&score_dims));

@@ -3,7 +3,7 @@
 //! threading is coarse and slow at small sizes (FACTS.md), and rayon keeps one pool per device.
 //! f16 / bf16 operands are converted to f32 once (F16C through `half`), accumulation is f32.
 
-use super::super::host::{load_dense, HostView, SendPtr};
+use super::super::host::{dense_copy, load_dense, HostView, SendPtr};
 use super::gemv;
 use super::math;
 use crate::op::{Activation, DType, MAX_RANK};
@@ -78,37 +78,17 @@ impl Mat {
     }
 }
 
-/// A dense f32 copy of a view (same logical shape), for f16 / bf16 operands.
-struct Converted {
-    data: Vec<f32>,
-    view: HostView,
-}
-
-fn to_f32(v: &HostView) -> Converted {
-    let mut data = load_dense(v);
-    let mut view = *v;
-    view.dtype = DType::F32;
-    view.ptr = SendPtr(data.as_mut_ptr() as *mut u8);
-    view.strides = crate::op::dense_strides(v.dims());
-    Converted { data, view }
-}
-
 pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: MatmulParams) {
     let m = out.shape[out.rank - 2];
     // GEMV streams B once and converts it on the fly; everything else converts up front.
     let gemv_b = m == 1 && gemv::streams(&Mat::new(b, p.trans_b));
-    let ca = (a.dtype != DType::F32).then(|| to_f32(a));
-    let cb = (b.dtype != DType::F32 && !gemv_b).then(|| to_f32(b));
+    let ca = (a.dtype != DType::F32).then(|| dense_copy(a));
+    let cb = (b.dtype != DType::F32 && !gemv_b).then(|| dense_copy(b));
     let a = ca.as_ref().map(|c| &c.view).unwrap_or(a);
     let b = cb.as_ref().map(|c| &c.view).unwrap_or(b);
-    // f16 / bf16 outputs are computed in f32 and rounded once at the end.
-    let mut cc = (out.dtype != DType::F32).then(|| {
-        let mut c = to_f32(out);
-        if p.beta == 0.0 {
-            c.data.fill(0.0);
-        }
-        c
-    });
+    // f16 / bf16 outputs are computed in f32 (from C's old values, for beta) and rounded
+    // once at the end.
+    let cc = (out.dtype != DType::F32).then(|| dense_copy(out));
     let c = cc.as_ref().map(|c| c.view).unwrap_or(*out);
     let bias = bias.map(load_dense);
 
@@ -126,14 +106,16 @@ pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView
     } else {
         gemm.run_all(batch, m, n);
     }
-    if let Some(cc) = cc.as_mut() {
-        store_dense(out, &cc.data);
+    if let Some(cc) = cc.as_ref() {
+        store_dense(out, &cc.view);
     }
 }
 
 /// Writes a dense f32 array into a (possibly strided, lower-precision) view.
-fn store_dense(out: &HostView, data: &[f32]) {
+fn store_dense(out: &HostView, dense: &HostView) {
     let len = out.last();
+    // SAFETY: `dense` describes a live dense copy of `out`'s shape.
+    let data = unsafe { std::slice::from_raw_parts(dense.ptr.0 as *const f32, out.rows() * len) };
     super::iter::for_each_row(out.rows(), len, |r| {
         // SAFETY: row r of a validated output view, written by this task only.
         unsafe { out.run(out.row_offset(r), out.col_stride()).store(&data[r * len..][..len]) }
