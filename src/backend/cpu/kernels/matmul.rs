@@ -112,7 +112,7 @@ pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView
 }
 
 /// Writes a dense f32 array into a (possibly strided, lower-precision) view.
-fn store_dense(out: &HostView, dense: &HostView) {
+pub(super) fn store_dense(out: &HostView, dense: &HostView) {
     let len = out.last();
     // SAFETY: `dense` describes a live dense copy of `out`'s shape.
     let data = unsafe { std::slice::from_raw_parts(dense.ptr.0 as *const f32, out.rows() * len) };
