@@ -26,6 +26,28 @@ fn median_secs(min_runs: usize, budget_s: f64, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
+/// Medians of two functions timed in alternation, so load from other processes on a shared
+/// machine hits both sides alike.
+fn median_pair(min_runs: usize, budget_s: f64, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    a();
+    b();
+    let start = Instant::now();
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    while ta.len() < min_runs || (start.elapsed().as_secs_f64() < budget_s && ta.len() < 1000) {
+        let t = Instant::now();
+        a();
+        ta.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        b();
+        tb.push(t.elapsed().as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    (median(&mut ta), median(&mut tb))
+}
+
 type SgemmFn = unsafe extern "C" fn(
     c_int,
     c_int,
@@ -145,9 +167,11 @@ fn bench_matmul(cpu: &CpuBackend, blas: Option<&OpenBlas>) {
         (1, 4096, 4096, false),
         (1, 4096, 4096, true),
     ];
+    let budget = 1.5;
     for (m, k, n, trans_b) in shapes {
         let flops = 2.0 * (m * n * k) as f64;
-        let budget = 1.5;
+        let gflops = |secs: f64| flops / secs * 1e-9;
+        let shape = format!("{m}x{k}x{n}{}", if trans_b { " (B^T)" } else { "" });
         let mut f32_secs = 0.0;
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let mut t = Tensors::new();
@@ -157,49 +181,70 @@ fn bench_matmul(cpu: &CpuBackend, blas: Option<&OpenBlas>) {
             let op = OpDesc::new(OpKind::Matmul, &[a, b], c)
                 .with_params(OpParams { trans_b, ..Default::default() });
             let mem = t.memory();
-            let ours = median_secs(5, budget, || {
+            let ours = || {
                 cpu.execute(&op, &mem).unwrap();
-            });
-            let shape = format!("{m}x{k}x{n}{}", if trans_b { " (B^T)" } else { "" });
-            if dtype == DType::F32 {
-                f32_secs = ours;
-                let theirs = blas.map(|blas| {
-                    median_secs(5, budget, || blas.sgemm(m, n, k, t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b))
-                });
-                let (blas_g, ratio) = match theirs {
-                    Some(s) => (format!("{:.1}", flops / s * 1e-9), format!("{:.2}", s / ours)),
-                    None => ("n/a".into(), "n/a".into()),
-                };
-                println!("| {shape} | f32 | {:.1} | {blas_g} | {ratio} | 1.00 |", flops / ours * 1e-9);
-            } else {
-                println!("| {shape} | {dtype} | {:.1} | | | {:.2} |", flops / ours * 1e-9, f32_secs / ours);
+            };
+            match (dtype, blas) {
+                (DType::F32, Some(blas)) => {
+                    let theirs = || blas.sgemm(m, n, k, t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b);
+                    let (s_ours, s_theirs) = median_pair(5, 2.0 * budget, ours, theirs);
+                    f32_secs = s_ours;
+                    println!(
+                        "| {shape} | f32 | {:.1} | {:.1} | {:.2} | 1.00 |",
+                        gflops(s_ours),
+                        gflops(s_theirs),
+                        s_theirs / s_ours
+                    );
+                }
+                _ => {
+                    let secs = median_secs(5, budget, ours);
+                    if dtype == DType::F32 {
+                        f32_secs = secs;
+                    }
+                    println!("| {shape} | {dtype} | {:.1} | | | {:.2} |", gflops(secs), f32_secs / secs);
+                }
             }
         }
     }
 }
 
-/// Best of single-threaded and pool-parallel memcpy, in GB/s counting bytes read + written.
-fn memcpy_gbs(cpu_threads: usize, bytes: usize) -> f64 {
-    let src = vec![1u8; bytes];
-    let mut dst = vec![0u8; bytes];
-    let single = median_secs(5, 0.5, || dst.copy_from_slice(&src));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(cpu_threads).build().unwrap();
-    let chunk = bytes.div_ceil(cpu_threads * 4);
-    let parallel = median_secs(5, 0.5, || {
+/// A memcpy of `bytes` split over `threads` (the bandwidth reference), timed by the caller.
+struct Memcpy {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    pool: rayon::ThreadPool,
+}
+
+impl Memcpy {
+    fn new(threads: usize, bytes: usize) -> Memcpy {
+        Memcpy {
+            src: vec![1u8; bytes],
+            dst: vec![0u8; bytes],
+            pool: rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap(),
+        }
+    }
+
+    fn run(&mut self) {
         use rayon::prelude::*;
-        pool.install(|| {
+        let chunk = self.src.len().div_ceil(self.pool.current_num_threads() * 4);
+        let (src, dst) = (&self.src, &mut self.dst);
+        self.pool.install(|| {
             dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s))
-        })
-    });
-    2.0 * bytes as f64 / single.min(parallel) * 1e-9
+        });
+    }
+
+    /// Bytes read + written by one run.
+    fn bytes_moved(&self) -> usize {
+        2 * self.src.len()
+    }
 }
 
 fn bench_bandwidth(cpu: &CpuBackend) {
     println!("\n## bandwidth-bound ops (bytes read + written / median time)\n");
-    println!("| op | elements | dtype | ours GB/s | memcpy GB/s | time / bound |");
+    println!("| op | elements | dtype | ours GB/s | memcpy GB/s (same run) | time / bound |");
     println!("|---|---:|---|---:|---:|---:|");
     for elements in [1usize << 20, 1 << 24] {
-        let bw = memcpy_gbs(cpu.threads(), elements * 4);
+        let mut memcpy = Memcpy::new(cpu.threads(), elements * 4);
         let rows = elements / 1024;
         let cases: Vec<(&str, OpKind, DType, OpParams, bool)> = vec![
             ("copy", OpKind::Copy, DType::F32, OpParams::default(), false),
@@ -235,11 +280,17 @@ fn bench_bandwidth(cpu: &CpuBackend) {
             }
             let op = OpDesc::new(kind, &inputs, out).with_params(params);
             let mem = t.memory();
-            let secs = median_secs(10, 0.5, || {
-                cpu.execute(&op, &mem).unwrap();
-            });
+            let moved = memcpy.bytes_moved() as f64;
+            let (secs, copy_secs) = median_pair(
+                10,
+                1.0,
+                || {
+                    cpu.execute(&op, &mem).unwrap();
+                },
+                || memcpy.run(),
+            );
             let bytes = (inputs.len() + 1) * elements * dtype.size();
-            let gbs = bytes as f64 / secs * 1e-9;
+            let (gbs, bw) = (bytes as f64 / secs * 1e-9, moved / copy_secs * 1e-9);
             println!("| {name} | {elements} | {dtype} | {gbs:.1} | {bw:.1} | {:.2} |", bw / gbs);
         }
     }
