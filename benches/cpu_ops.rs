@@ -271,7 +271,7 @@ fn bench_bandwidth(cpu: &CpuBackend) {
         for (name, kind, dtype, params, binary) in cases {
             let mut t = Tensors::new();
             let shape: Vec<usize> =
-                if kind == OpKind::Rope { vec![rows / 8, 8, 128] } else { vec![rows, 1024] };
+                if kind == OpKind::Rope { vec![elements / (8 * 128), 8, 128] } else { vec![rows, 1024] };
             let a = t.tensor(dtype, &shape);
             let out = t.tensor(dtype, &shape);
             let mut inputs = vec![a];

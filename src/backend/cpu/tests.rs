@@ -454,9 +454,12 @@ fn rope_matches_reference_in_both_pairings() {
     let mut bench = Bench::new(9);
     for dt in FLOATS {
         for interleaved in [false, true] {
-            for (shape, layout) in
-                [(&[1, 1, 2][..], Dense), (&[5, 3, 8][..], Padded), (&[2, 7, 4, 64][..], Dense)]
-            {
+            for (shape, layout) in [
+                (&[1, 1, 2][..], Dense),
+                (&[5, 3, 8][..], Padded),
+                (&[2, 7, 4, 64][..], Dense),
+                (&[70, 2, 8][..], Dense),
+            ] {
                 let p = OpParams {
                     rope_theta: 500.0,
                     rope_position: 37,
