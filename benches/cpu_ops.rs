@@ -1,4 +1,5 @@
-//! CPU backend benchmark: our ops through `CpuBackend::execute` against Debian's OpenBLAS
+//! CPU backend benchmark: our ops through `CpuBackend::execute` (and matmul also through
+//! `Runtime::submit` + wait, the C API's path) against Debian's OpenBLAS
 //! sgemm (loaded at run time) and against measured memcpy bandwidth, in the same process.
 //!
 //! Run: `cargo bench --bench cpu_ops [-- matmul|bandwidth|dispatch]`
@@ -8,6 +9,7 @@ use npuhybrid::backend::cpu::CpuBackend;
 use npuhybrid::backend::{Backend, OpMemory};
 use npuhybrid::memory::{Buffer, HostPool};
 use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, TensorView};
+use npuhybrid::{Runtime, RuntimeConfig};
 use std::ffi::c_int;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,26 +28,31 @@ fn median_secs(min_runs: usize, budget_s: f64, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// Medians of two functions timed in alternation, so load from other processes on a shared
-/// machine hits both sides alike.
-fn median_pair(min_runs: usize, budget_s: f64, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
-    a();
-    b();
+/// Medians of several functions timed in alternation, so load from other processes on a
+/// shared machine hits every side alike.
+fn median_alternating(min_runs: usize, budget_s: f64, fns: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    fns.iter_mut().for_each(|f| f());
     let start = Instant::now();
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    while ta.len() < min_runs || (start.elapsed().as_secs_f64() < budget_s && ta.len() < 1000) {
-        let t = Instant::now();
-        a();
-        ta.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        b();
-        tb.push(t.elapsed().as_secs_f64());
+    let mut times = vec![Vec::new(); fns.len()];
+    while times[0].len() < min_runs || (start.elapsed().as_secs_f64() < budget_s && times[0].len() < 1000) {
+        for (f, t) in fns.iter_mut().zip(&mut times) {
+            let at = Instant::now();
+            f();
+            t.push(at.elapsed().as_secs_f64());
+        }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|x, y| x.total_cmp(y));
-        v[v.len() / 2]
-    };
-    (median(&mut ta), median(&mut tb))
+    times
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(|x, y| x.total_cmp(y));
+            v[v.len() / 2]
+        })
+        .collect()
+}
+
+fn median_pair(min_runs: usize, budget_s: f64, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    let t = median_alternating(min_runs, budget_s, &mut [&mut a, &mut b]);
+    (t[0], t[1])
 }
 
 type SgemmFn = unsafe extern "C" fn(
@@ -151,12 +158,35 @@ impl Tensors {
     fn memory(&self) -> OpMemory {
         OpMemory::new(self.bufs.clone())
     }
+
+    /// The same op on copies of its buffers inside a runtime, for submit + wait timing.
+    fn in_runtime(&self, rt: &Runtime, op: &OpDesc) -> OpDesc {
+        let ids: Vec<u64> = self
+            .bufs
+            .iter()
+            .map(|b| {
+                let id = rt.alloc(b.len()).unwrap();
+                // SAFETY: nothing writes these benchmark buffers concurrently.
+                rt.write(id, 0, unsafe { b.bytes() }).unwrap();
+                id
+            })
+            .collect();
+        let mut op = op.clone();
+        for v in op.inputs.iter_mut().flatten().chain(std::iter::once(&mut op.output)) {
+            v.buffer = ids[v.buffer as usize - 1];
+        }
+        op
+    }
 }
 
-fn bench_matmul(cpu: &CpuBackend, blas: Option<&OpenBlas>) {
+fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
     println!("\n## matmul (C = A B, row-major; GFLOP/s, median)\n");
-    println!("| shape (MxKxN) | dtype | ours GFLOP/s | OpenBLAS sgemm GFLOP/s | ratio | vs our f32 |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!(
+        "\"backend\": CpuBackend::execute; \"runtime\": Runtime::submit + Event::wait (what the C API's"
+    );
+    println!("nh_submit + nh_event_wait call); ratio = runtime / OpenBLAS, all timed in alternation.\n");
+    println!("| shape (MxKxN) | dtype | backend GFLOP/s | runtime GFLOP/s | OpenBLAS GFLOP/s | ratio | vs our f32 |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let shapes: [(usize, usize, usize, bool); 8] = [
         (512, 512, 512, false),
         (1024, 1024, 1024, false),
@@ -181,29 +211,32 @@ fn bench_matmul(cpu: &CpuBackend, blas: Option<&OpenBlas>) {
             let op = OpDesc::new(OpKind::Matmul, &[a, b], c)
                 .with_params(OpParams { trans_b, ..Default::default() });
             let mem = t.memory();
-            let ours = || {
+            let rt_op = t.in_runtime(rt, &op);
+            let mut backend = || {
                 cpu.execute(&op, &mem).unwrap();
             };
-            match (dtype, blas) {
-                (DType::F32, Some(blas)) => {
-                    let theirs = || blas.sgemm(m, n, k, t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b);
-                    let (s_ours, s_theirs) = median_pair(5, 2.0 * budget, ours, theirs);
-                    f32_secs = s_ours;
-                    println!(
-                        "| {shape} | f32 | {:.1} | {:.1} | {:.2} | 1.00 |",
-                        gflops(s_ours),
-                        gflops(s_theirs),
-                        s_theirs / s_ours
-                    );
+            let mut runtime = || rt.submit(rt_op.clone()).unwrap().wait(None).unwrap();
+            let mut theirs = || {
+                if let (DType::F32, Some(blas)) = (dtype, blas) {
+                    blas.sgemm(m, n, k, t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b)
                 }
-                _ => {
-                    let secs = median_secs(5, budget, ours);
-                    if dtype == DType::F32 {
-                        f32_secs = secs;
-                    }
-                    println!("| {shape} | {dtype} | {:.1} | | | {:.2} |", gflops(secs), f32_secs / secs);
-                }
+            };
+            let secs = median_alternating(5, 3.0 * budget, &mut [&mut backend, &mut runtime, &mut theirs]);
+            if dtype == DType::F32 {
+                f32_secs = secs[1];
             }
+            let (blas_g, ratio) = match (dtype, blas) {
+                (DType::F32, Some(_)) => {
+                    (format!("{:.1}", gflops(secs[2])), format!("{:.2}", secs[2] / secs[1]))
+                }
+                _ => (String::new(), String::new()),
+            };
+            println!(
+                "| {shape} | {dtype} | {:.1} | {:.1} | {blas_g} | {ratio} | {:.2} |",
+                gflops(secs[0]),
+                gflops(secs[1]),
+                f32_secs / secs[1]
+            );
         }
     }
 }
@@ -296,8 +329,8 @@ fn bench_bandwidth(cpu: &CpuBackend) {
     }
 }
 
-fn bench_dispatch(cpu: &CpuBackend) {
-    println!("\n## dispatch (CpuBackend::execute of a tiny op, no runtime/FFI around it)\n");
+fn bench_dispatch(cpu: &CpuBackend, rt: &Runtime) {
+    println!("\n## dispatch (one tiny op, median)\n");
     let mut t = Tensors::new();
     let a = t.tensor(DType::F32, &[16]);
     let b = t.tensor(DType::F32, &[16]);
@@ -307,7 +340,10 @@ fn bench_dispatch(cpu: &CpuBackend) {
     let secs = median_secs(1000, 0.5, || {
         cpu.execute(&op, &mem).unwrap();
     });
-    println!("add of 16 floats: {:.2} us median", secs * 1e6);
+    println!("add of 16 floats, CpuBackend::execute: {:.2} us median", secs * 1e6);
+    let rt_op = t.in_runtime(rt, &op);
+    let secs = median_secs(1000, 0.5, || rt.submit(rt_op.clone()).unwrap().wait(None).unwrap());
+    println!("add of 16 floats, Runtime::submit + Event::wait: {:.2} us median", secs * 1e6);
 }
 
 fn main() {
@@ -315,6 +351,13 @@ fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let wants = |s: &str| which.is_empty() || which.iter().any(|w| w == s);
     let cpu = CpuBackend::new(threads).expect("cpu backend");
+    let rt = Runtime::new(RuntimeConfig {
+        threads,
+        perf_cache_dir: None,
+        thermal_period: None,
+        ..Default::default()
+    })
+    .expect("runtime");
     let blas = OpenBlas::load(threads);
     println!("# npuhybrid CPU backend benchmark");
     println!("cpu: {} ({})", cpu.info().name, cpu.info().driver);
@@ -323,12 +366,12 @@ fn main() {
         if blas.is_some() { threads.to_string() } else { "not loaded (libopenblas.so.0 missing)".into() }
     );
     if wants("matmul") {
-        bench_matmul(&cpu, blas.as_ref());
+        bench_matmul(&cpu, &rt, blas.as_ref());
     }
     if wants("bandwidth") {
         bench_bandwidth(&cpu);
     }
     if wants("dispatch") {
-        bench_dispatch(&cpu);
+        bench_dispatch(&cpu, &rt);
     }
 }
