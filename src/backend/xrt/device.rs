@@ -256,6 +256,24 @@ impl Drop for LoadedKernel {
     }
 }
 
+/// `enum ert_cmd_state` names, for messages.
+fn state_name(state: c_int) -> String {
+    let name = match state {
+        0 | 4 | 12.. | ..0 => return format!("ert_cmd_state {state}"),
+        1 => "NEW",
+        2 => "QUEUED",
+        3 => "RUNNING",
+        5 => "ERROR",
+        6 => "ABORT",
+        7 => "SUBMITTED",
+        8 => "TIMEOUT",
+        9 => "NORESPONSE",
+        10 => "SKERROR",
+        _ => "SKCRASHED",
+    };
+    format!("ERT_CMD_STATE_{name} ({state})")
+}
+
 /// One prepared run with its mapped A, B and C buffers.
 pub struct XrtSlot {
     api: &'static XrtApi,
@@ -270,12 +288,13 @@ pub struct XrtSlot {
 unsafe impl Send for XrtSlot {}
 
 impl XrtSlot {
-    fn fail(&self, call: &str) -> Error {
+    /// A device failure described as `what`, with what XRT logged about it.
+    fn fail(&self, what: &str) -> Error {
         let errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
         Error::DeviceFailed(if errors.is_empty() {
-            format!("XRT {call} failed")
+            format!("XRT: {what}")
         } else {
-            format!("XRT {call} failed: {}", errors.join("; "))
+            format!("XRT: {what}: {}", errors.join("; "))
         })
     }
 }
@@ -294,11 +313,11 @@ impl TileSlot for XrtSlot {
         let api = self.api;
         for i in 0..2 {
             if unsafe { (api.bo_sync)(self.bos[i], api::SYNC_TO_DEVICE, self.lens[i], 0) } != 0 {
-                return Err(self.fail("xrtBOSync(to device)"));
+                return Err(self.fail("xrtBOSync(to device) failed"));
             }
         }
         if unsafe { (api.run_start)(self.run) } != 0 {
-            return Err(self.fail("xrtRunStart"));
+            return Err(self.fail("xrtRunStart failed"));
         }
         Ok(())
     }
@@ -307,10 +326,10 @@ impl TileSlot for XrtSlot {
         let api = self.api;
         let state = unsafe { (api.run_wait_for)(self.run, RUN_TIMEOUT.as_millis() as c_uint) };
         if state != api::CMD_STATE_COMPLETED {
-            return Err(self.fail(&format!("run ended in ert_cmd_state {state}")));
+            return Err(self.fail(&format!("run ended in {}", state_name(state))));
         }
         if unsafe { (api.bo_sync)(self.bos[2], api::SYNC_FROM_DEVICE, self.lens[2], 0) } != 0 {
-            return Err(self.fail("xrtBOSync(from device)"));
+            return Err(self.fail("xrtBOSync(from device) failed"));
         }
         Ok(unsafe { std::slice::from_raw_parts(self.ptrs[2], self.lens[2]) })
     }
