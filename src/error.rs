@@ -30,6 +30,8 @@ pub enum Error {
     Io(String),
     #[error("permission denied: {0}")]
     Permission(String),
+    #[error("buffer too small: {0}")]
+    BufferTooSmall(String),
     #[error("busy: {0}")]
     Busy(String),
     #[error("internal error: {0}")]

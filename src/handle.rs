@@ -31,34 +31,31 @@ pub struct HandleTable<T> {
 
 impl<T: Clone> HandleTable<T> {
     pub fn new(what: &'static str) -> Self {
-        HandleTable {
-            what,
-            tag: new_table_tag(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-        }
+        HandleTable { what, tag: new_table_tag(), slots: Vec::new(), free: Vec::new(), live: 0 }
     }
 
     pub fn insert(&mut self, value: T) -> u64 {
+        self.insert_with(|_| value)
+    }
+
+    /// Inserts a value built from its own handle (values that carry their identity).
+    pub fn insert_with(&mut self, make: impl FnOnce(u64) -> T) -> u64 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot {
-                    generation: 1,
-                    value: None,
-                });
+                self.slots.push(Slot { generation: 1, value: None });
                 (self.slots.len() - 1) as u32
             }
         };
         let slot = &mut self.slots[index as usize];
-        slot.value = Some(value);
+        let handle = pack(self.tag, slot.generation, index);
+        slot.value = Some(make(handle));
         self.live += 1;
-        pack(self.tag, slot.generation, index)
+        handle
     }
 
     pub fn get(&self, handle: u64) -> Result<T> {
-        self.slot(handle).map(|v| v.clone())
+        self.slot(handle).cloned()
     }
 
     fn slot(&self, handle: u64) -> Result<&T> {
@@ -73,10 +70,7 @@ impl<T: Clone> HandleTable<T> {
             )));
         }
         match self.slots.get(index as usize) {
-            Some(Slot {
-                generation: g,
-                value: Some(v),
-            }) if *g == generation => Ok(v),
+            Some(Slot { generation: g, value: Some(v) }) if *g == generation => Ok(v),
             _ => Err(Error::InvalidHandle(format!(
                 "{} handle {handle:#x} was already released or never existed",
                 self.what
@@ -109,11 +103,7 @@ impl<T: Clone> HandleTable<T> {
     }
 
     pub fn drain(&mut self) -> Vec<T> {
-        let out: Vec<T> = self
-            .slots
-            .iter_mut()
-            .filter_map(|s| s.value.take())
-            .collect();
+        let out: Vec<T> = self.slots.iter_mut().filter_map(|s| s.value.take()).collect();
         self.slots.clear();
         self.free.clear();
         self.live = 0;

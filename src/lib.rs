@@ -13,3 +13,13 @@ pub mod op;
 pub mod policy;
 
 pub use error::{Error, Result};
+pub mod event;
+pub mod graph;
+pub mod runtime;
+pub mod sched;
+pub mod trace;
+
+pub use event::{Event, EventInfo};
+pub use runtime::{PolicySource, Runtime, RuntimeConfig};
+pub mod ffi;
+mod logging;

@@ -131,9 +131,7 @@ pub trait Backend: Send + Sync {
     /// Whether this device can run this particular op (dtype, shape limits).
     fn supports(&self, op: &OpDesc) -> bool {
         let info = self.info();
-        info.available
-            && info.supports_kind(op.kind)
-            && op.views().all(|v| info.dtypes & v.dtype.bit() != 0)
+        info.available && info.supports_kind(op.kind) && op.views().all(|v| info.dtypes & v.dtype.bit() != 0)
     }
 
     /// Runs the op to completion on the calling worker thread and writes its output into the
@@ -148,9 +146,27 @@ pub trait Backend: Send + Sync {
 
     /// Applies a power mode chosen by the policy or the caller, where the device has one.
     fn set_power_mode(&self, _mode: crate::device::PowerMode) -> Result<()> {
-        Err(Error::Unsupported(format!(
-            "{} has no power modes",
-            self.info().name
-        )))
+        Err(Error::Unsupported(format!("{} has no power modes", self.info().name)))
+    }
+}
+
+/// A device that was looked for and is not usable: listed so callers see why.
+pub struct UnavailableBackend {
+    info: DeviceInfo,
+}
+
+impl UnavailableBackend {
+    pub fn new(kind: DeviceKind, name: &str, reason: impl Into<String>) -> UnavailableBackend {
+        UnavailableBackend { info: DeviceInfo::unavailable(kind, name, reason) }
+    }
+}
+
+impl Backend for UnavailableBackend {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn execute(&self, _op: &OpDesc, _mem: &OpMemory) -> Result<ExecReport> {
+        Err(Error::DeviceUnavailable(self.info.unavailable_reason.clone()))
     }
 }

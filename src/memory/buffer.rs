@@ -38,39 +38,29 @@ fn fresh_version() -> u64 {
 
 impl Buffer {
     pub fn pooled(id: BufferId, block: Block, len: usize) -> Buffer {
-        Buffer {
-            id,
-            storage: Storage::Pooled(block),
-            len,
-            version: AtomicU64::new(fresh_version()),
-        }
+        Buffer { id, storage: Storage::Pooled(block), len, version: AtomicU64::new(fresh_version()) }
     }
 
     /// # Safety
     /// `ptr` must be valid for reads and writes of `len` bytes until the buffer is dropped.
     pub unsafe fn imported(id: BufferId, ptr: *mut u8, len: usize) -> Buffer {
-        Buffer {
-            id,
-            storage: Storage::Imported { ptr },
-            len,
-            version: AtomicU64::new(fresh_version()),
-        }
+        Buffer { id, storage: Storage::Imported { ptr }, len, version: AtomicU64::new(fresh_version()) }
     }
 
-    pub fn mapped(id: BufferId, file: &std::fs::File) -> Result<Buffer> {
+    /// Maps a file read-only, ready for `Buffer::mapped`.
+    pub fn map_file(file: &std::fs::File) -> Result<memmap2::Mmap> {
         // SAFETY: the mapping is read-only; a file truncated underneath would fault, which
         // is the documented contract of weight files (same as every mmap-based loader).
         let map = unsafe { memmap2::MmapOptions::new().map(file) }.map_err(Error::from)?;
         if map.is_empty() {
             return Err(Error::invalid("cannot map an empty file"));
         }
+        Ok(map)
+    }
+
+    pub fn mapped(id: BufferId, map: memmap2::Mmap) -> Buffer {
         let len = map.len();
-        Ok(Buffer {
-            id,
-            storage: Storage::Mapped(map),
-            len,
-            version: AtomicU64::new(fresh_version()),
-        })
+        Buffer { id, storage: Storage::Mapped(map), len, version: AtomicU64::new(fresh_version()) }
     }
 
     pub fn id(&self) -> BufferId {
@@ -134,18 +124,14 @@ impl Buffer {
             return Err(Error::invalid("buffer is a read-only file mapping"));
         }
         self.check_range(offset, data.len())?;
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len()) };
         self.touch();
         Ok(())
     }
 
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         self.check_range(offset, out.len())?;
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
         Ok(())
     }
 

@@ -70,10 +70,7 @@ impl HostPool {
         Arc::new(HostPool {
             inner: Mutex::new(PoolInner {
                 free: HashMap::new(),
-                stats: PoolStats {
-                    cache_limit,
-                    ..Default::default()
-                },
+                stats: PoolStats { cache_limit, ..Default::default() },
             }),
         })
     }
@@ -96,19 +93,14 @@ impl HostPool {
                 let layout = Layout::from_size_align(class, BLOCK_ALIGN)
                     .map_err(|e| Error::OutOfMemory(e.to_string()))?;
                 let raw = unsafe { alloc_zeroed(layout) };
-                NonNull::new(raw).ok_or_else(|| {
-                    Error::OutOfMemory(format!("host allocation of {class} bytes failed"))
-                })?
+                NonNull::new(raw)
+                    .ok_or_else(|| Error::OutOfMemory(format!("host allocation of {class} bytes failed")))?
             }
         };
         inner.stats.allocations += 1;
         inner.stats.bytes_in_use += class as u64;
         inner.stats.peak_bytes = inner.stats.peak_bytes.max(inner.stats.bytes_in_use);
-        Ok(Block {
-            ptr,
-            class,
-            pool: Arc::clone(self),
-        })
+        Ok(Block { ptr, class, pool: Arc::clone(self) })
     }
 
     fn give_back(&self, ptr: NonNull<u8>, class: usize) {
@@ -118,12 +110,7 @@ impl HostPool {
             inner.stats.bytes_cached += class as u64;
             inner.free.entry(class).or_default().push(ptr);
         } else {
-            unsafe {
-                dealloc(
-                    ptr.as_ptr(),
-                    Layout::from_size_align_unchecked(class, BLOCK_ALIGN),
-                )
-            };
+            unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(class, BLOCK_ALIGN)) };
         }
     }
 
@@ -136,12 +123,7 @@ impl HostPool {
         let mut inner = self.inner.lock();
         for (class, list) in inner.free.drain() {
             for p in list {
-                unsafe {
-                    dealloc(
-                        p.as_ptr(),
-                        Layout::from_size_align_unchecked(class, BLOCK_ALIGN),
-                    )
-                };
+                unsafe { dealloc(p.as_ptr(), Layout::from_size_align_unchecked(class, BLOCK_ALIGN)) };
             }
         }
         inner.stats.bytes_cached = 0;
@@ -172,10 +154,7 @@ mod tests {
         assert_eq!(c.as_ptr(), p);
         assert_eq!(unsafe { *c.as_ptr() }, 0);
         let s = pool.stats();
-        assert_eq!(
-            (s.allocations, s.reuses, s.bytes_in_use, s.bytes_cached),
-            (2, 1, 8192, 0)
-        );
+        assert_eq!((s.allocations, s.reuses, s.bytes_in_use, s.bytes_cached), (2, 1, 8192, 0));
     }
 
     #[test]

@@ -15,14 +15,7 @@ pub enum Activation {
 
 impl Activation {
     pub fn from_raw(raw: u32) -> Option<Activation> {
-        [
-            Activation::None,
-            Activation::Relu,
-            Activation::Silu,
-            Activation::Gelu,
-        ]
-        .get(raw as usize)
-        .copied()
+        [Activation::None, Activation::Relu, Activation::Silu, Activation::Gelu].get(raw as usize).copied()
     }
 }
 
@@ -84,15 +77,11 @@ impl Tags {
     pub fn parse(text: &str) -> Result<Tags, String> {
         let mut tags = Tags::new();
         for item in text.split([',', ' ']).filter(|s| !s.is_empty()) {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| format!("tag '{item}' is not of the form key=value"))?;
-            let ok =
-                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let (k, v) =
+                item.split_once('=').ok_or_else(|| format!("tag '{item}' is not of the form key=value"))?;
+            let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok(k) || !ok(v) {
-                return Err(format!(
-                    "tag '{item}': keys and values are letters, digits and '_'"
-                ));
+                return Err(format!("tag '{item}': keys and values are letters, digits and '_'"));
             }
             tags.set(k, v);
         }
@@ -107,10 +96,7 @@ impl Tags {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -156,13 +142,7 @@ impl OpDesc {
         for (slot, v) in slots.iter_mut().zip(inputs) {
             *slot = Some(*v);
         }
-        OpDesc {
-            kind,
-            params: OpParams::default(),
-            inputs: slots,
-            output,
-            tags: Tags::new(),
-        }
+        OpDesc { kind, params: OpParams::default(), inputs: slots, output, tags: Tags::new() }
     }
 
     pub fn with_params(mut self, params: OpParams) -> OpDesc {
@@ -186,10 +166,7 @@ impl OpDesc {
 
     /// Views this op reads, then the one it writes.
     pub fn views(&self) -> impl Iterator<Item = &TensorView> {
-        self.inputs
-            .iter()
-            .flatten()
-            .chain(std::iter::once(&self.output))
+        self.inputs.iter().flatten().chain(std::iter::once(&self.output))
     }
 
     /// m, n, k, batch for matmuls (m x k times k x n); rows, columns for the rest.
@@ -199,14 +176,7 @@ impl OpDesc {
         match self.kind {
             OpKind::Matmul => {
                 let (m, k, n, batch) = super::validate::matmul_mkn(self);
-                OpDims {
-                    m,
-                    n,
-                    k,
-                    batch,
-                    elements,
-                    bytes,
-                }
+                OpDims { m, n, k, batch, elements, bytes }
             }
             _ => OpDims {
                 m: self.output.rows(),

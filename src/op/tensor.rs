@@ -20,16 +20,8 @@ pub struct TensorView {
 
 impl TensorView {
     /// A dense row-major view of `shape` starting at byte `offset`.
-    pub fn contiguous(
-        buffer: BufferId,
-        dtype: DType,
-        shape: &[usize],
-        offset: usize,
-    ) -> TensorView {
-        assert!(
-            !shape.is_empty() && shape.len() <= MAX_RANK,
-            "rank must be 1..=4"
-        );
+    pub fn contiguous(buffer: BufferId, dtype: DType, shape: &[usize], offset: usize) -> TensorView {
+        assert!(!shape.is_empty() && shape.len() <= MAX_RANK, "rank must be 1..=4");
         let mut v = TensorView {
             buffer,
             dtype,
@@ -78,22 +70,16 @@ impl TensorView {
     /// inside a buffer of `buffer_len` bytes. `what` names the argument in the error.
     pub fn validate(&self, what: &str, buffer_len: usize) -> Result<()> {
         if self.rank == 0 || self.rank > MAX_RANK {
-            return Err(Error::invalid(format!(
-                "{what}: rank {} is not in 1..=4",
-                self.rank
-            )));
+            return Err(Error::invalid(format!("{what}: rank {} is not in 1..=4", self.rank)));
         }
         let mut numel: usize = 1;
         for &d in self.dims() {
-            numel = numel.checked_mul(d).ok_or_else(|| {
-                Error::invalid(format!("{what}: shape {:?} overflows", self.dims()))
-            })?;
+            numel = numel
+                .checked_mul(d)
+                .ok_or_else(|| Error::invalid(format!("{what}: shape {:?} overflows", self.dims())))?;
         }
         if numel == 0 {
-            return Err(Error::invalid(format!(
-                "{what}: shape {:?} has a zero dimension",
-                self.dims()
-            )));
+            return Err(Error::invalid(format!("{what}: shape {:?} has a zero dimension", self.dims())));
         }
         let esize = self.dtype.size();
         if self.offset % esize != 0 {
@@ -105,12 +91,12 @@ impl TensorView {
         // Largest element index reached, computed with overflow checks.
         let mut last: usize = 0;
         for (&d, &s) in self.dims().iter().zip(self.strides()) {
-            let reach = (d - 1).checked_mul(s).ok_or_else(|| {
-                Error::invalid(format!("{what}: strides {:?} overflow", self.strides()))
-            })?;
-            last = last.checked_add(reach).ok_or_else(|| {
-                Error::invalid(format!("{what}: strides {:?} overflow", self.strides()))
-            })?;
+            let reach = (d - 1)
+                .checked_mul(s)
+                .ok_or_else(|| Error::invalid(format!("{what}: strides {:?} overflow", self.strides())))?;
+            last = last
+                .checked_add(reach)
+                .ok_or_else(|| Error::invalid(format!("{what}: strides {:?} overflow", self.strides())))?;
         }
         let end = last
             .checked_add(1)
@@ -127,12 +113,7 @@ impl TensorView {
 
     /// Byte range [start, end) of the buffer this view may touch (for hazard tracking).
     pub fn byte_range(&self) -> (usize, usize) {
-        let last: usize = self
-            .dims()
-            .iter()
-            .zip(self.strides())
-            .map(|(&d, &s)| (d - 1) * s)
-            .sum();
+        let last: usize = self.dims().iter().zip(self.strides()).map(|(&d, &s)| (d - 1) * s).sum();
         (self.offset, self.offset + (last + 1) * self.dtype.size())
     }
 }

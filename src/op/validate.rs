@@ -12,11 +12,7 @@ pub fn matmul_mkn(op: &OpDesc) -> (usize, usize, usize, usize) {
         Some(a) => a.last(),
         None => 0,
     };
-    let batch = if c.rank > 2 {
-        c.dims()[..c.rank - 2].iter().product()
-    } else {
-        1
-    };
+    let batch = if c.rank > 2 { c.dims()[..c.rank - 2].iter().product() } else { 1 };
     (if c.rank >= 2 { m } else { 1 }, k, n, batch)
 }
 
@@ -34,8 +30,7 @@ fn name(op: &OpDesc) -> &'static str {
 }
 
 fn need<'a>(op: &'a OpDesc, i: usize, what: &str) -> Result<&'a TensorView> {
-    op.input(i)
-        .ok_or_else(|| Error::invalid(format!("{}: input {i} ({what}) is missing", name(op))))
+    op.input(i).ok_or_else(|| Error::invalid(format!("{}: input {i} ({what}) is missing", name(op))))
 }
 
 fn same_dtype(op: &OpDesc, v: &TensorView, what: &str, want: DType) -> Result<()> {
@@ -51,10 +46,7 @@ fn same_dtype(op: &OpDesc, v: &TensorView, what: &str, want: DType) -> Result<()
 
 fn float_only(op: &OpDesc, dt: DType) -> Result<()> {
     if !dt.is_float() {
-        return Err(Error::invalid(format!(
-            "{}: dtype {dt} is not supported (f32, f16, bf16)",
-            name(op)
-        )));
+        return Err(Error::invalid(format!("{}: dtype {dt} is not supported (f32, f16, bf16)", name(op))));
     }
     Ok(())
 }
@@ -73,20 +65,13 @@ fn same_shape(op: &OpDesc, v: &TensorView, what: &str, want: &[usize]) -> Result
 
 /// `b` broadcasts to `a` when, aligned from the right, each of its dims equals a's or is 1.
 pub fn broadcasts_to(b: &[usize], a: &[usize]) -> bool {
-    b.len() <= a.len()
-        && b.iter()
-            .rev()
-            .zip(a.iter().rev())
-            .all(|(&x, &y)| x == y || x == 1)
+    b.len() <= a.len() && b.iter().rev().zip(a.iter().rev()).all(|(&x, &y)| x == y || x == 1)
 }
 
 fn expect_unused(op: &OpDesc, from: usize) -> Result<()> {
     for i in from..op.inputs.len() {
         if op.inputs[i].is_some() {
-            return Err(Error::invalid(format!(
-                "{}: input {i} is not used by this op",
-                name(op)
-            )));
+            return Err(Error::invalid(format!("{}: input {i} is not used by this op", name(op))));
         }
     }
     Ok(())
@@ -99,14 +84,10 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
             v.validate(&format!("{}: input {i}", name(op)), buffer_len(v)?)?;
         }
     }
-    op.output
-        .validate(&format!("{}: output", name(op)), buffer_len(&op.output)?)?;
+    op.output.validate(&format!("{}: output", name(op)), buffer_len(&op.output)?)?;
     for (i, v) in op.inputs.iter().enumerate() {
         if let Some(v) = v {
-            if v.buffer == op.output.buffer
-                && overlaps(v, &op.output)
-                && !elementwise_in_place_ok(op, v)
-            {
+            if v.buffer == op.output.buffer && overlaps(v, &op.output) && !elementwise_in_place_ok(op, v) {
                 return Err(Error::invalid(format!(
                     "{}: input {i} overlaps the output (only same-view elementwise ops may run in place)",
                     name(op)
@@ -170,15 +151,10 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
             let x = need(op, 0, "x")?;
             float_only(op, x.dtype)?;
             if x.rank < 3 {
-                return Err(Error::invalid(
-                    "rope: x must be [.., seq, heads, head_dim] (rank 3 or 4)",
-                ));
+                return Err(Error::invalid("rope: x must be [.., seq, heads, head_dim] (rank 3 or 4)"));
             }
             if x.last() % 2 != 0 {
-                return Err(Error::invalid(format!(
-                    "rope: head_dim {} must be even",
-                    x.last()
-                )));
+                return Err(Error::invalid(format!("rope: head_dim {} must be even", x.last())));
             }
             same_dtype(op, &op.output, "output", x.dtype)?;
             same_shape(op, &op.output, "output", x.dims())?;
@@ -195,39 +171,24 @@ fn validate_matmul(op: &OpDesc) -> Result<()> {
     float_only(op, a.dtype)?;
     same_dtype(op, b, "input b", a.dtype)?;
     if c.dtype != a.dtype && c.dtype != DType::F32 {
-        return Err(Error::invalid(format!(
-            "matmul: output dtype {} must be {} or f32",
-            c.dtype, a.dtype
-        )));
+        return Err(Error::invalid(format!("matmul: output dtype {} must be {} or f32", c.dtype, a.dtype)));
     }
     for (v, what) in [(a, "input a"), (b, "input b"), (c, "output")] {
         if v.rank < 2 {
-            return Err(Error::invalid(format!(
-                "matmul: {what} must have rank >= 2, got {}",
-                v.rank
-            )));
+            return Err(Error::invalid(format!("matmul: {what} must have rank >= 2, got {}", v.rank)));
         }
     }
-    let (m, ka) = if op.params.trans_a {
-        (a.last(), a.shape[a.rank - 2])
-    } else {
-        (a.shape[a.rank - 2], a.last())
-    };
-    let (kb, n) = if op.params.trans_b {
-        (b.last(), b.shape[b.rank - 2])
-    } else {
-        (b.shape[b.rank - 2], b.last())
-    };
+    let (m, ka) =
+        if op.params.trans_a { (a.last(), a.shape[a.rank - 2]) } else { (a.shape[a.rank - 2], a.last()) };
+    let (kb, n) =
+        if op.params.trans_b { (b.last(), b.shape[b.rank - 2]) } else { (b.shape[b.rank - 2], b.last()) };
     if ka != kb {
         return Err(Error::invalid(format!(
             "matmul: inner dimensions differ: a gives k={ka}, b gives k={kb}"
         )));
     }
     if c.shape[c.rank - 2] != m || c.last() != n {
-        return Err(Error::invalid(format!(
-            "matmul: output shape {:?} must end in [{m}, {n}]",
-            c.dims()
-        )));
+        return Err(Error::invalid(format!("matmul: output shape {:?} must end in [{m}, {n}]", c.dims())));
     }
     let batch = batch_of(c);
     for (v, what) in [(a, "input a"), (b, "input b")] {
@@ -256,18 +217,13 @@ fn validate_attention(op: &OpDesc) -> Result<()> {
     for (t, what) in [(k, "k"), (v, "v")] {
         same_dtype(op, t, what, q.dtype)?;
         if t.rank != q.rank {
-            return Err(Error::invalid(format!(
-                "attention: {what} has rank {}, q has {}",
-                t.rank, q.rank
-            )));
+            return Err(Error::invalid(format!("attention: {what} has rank {}, q has {}", t.rank, q.rank)));
         }
     }
     same_dtype(op, &op.output, "output", q.dtype)?;
     same_shape(op, &op.output, "output", q.dims())?;
     if q.rank < 3 {
-        return Err(Error::invalid(
-            "attention: q must be [.., heads, seq, head_dim] (rank 3 or 4)",
-        ));
+        return Err(Error::invalid("attention: q must be [.., heads, seq, head_dim] (rank 3 or 4)"));
     }
     let r = q.rank;
     let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
@@ -280,9 +236,7 @@ fn validate_attention(op: &OpDesc) -> Result<()> {
         )));
     }
     if dk != d {
-        return Err(Error::invalid(format!(
-            "attention: k head_dim {dk} differs from q head_dim {d}"
-        )));
+        return Err(Error::invalid(format!("attention: k head_dim {dk} differs from q head_dim {d}")));
     }
     if r == 4 && (k.shape[0] != q.shape[0]) {
         return Err(Error::invalid(format!(
@@ -291,15 +245,11 @@ fn validate_attention(op: &OpDesc) -> Result<()> {
         )));
     }
     if h % hkv != 0 {
-        return Err(Error::invalid(format!(
-            "attention: q heads {h} are not a multiple of kv heads {hkv}"
-        )));
+        return Err(Error::invalid(format!("attention: q heads {h} are not a multiple of kv heads {hkv}")));
     }
     let kv_len = op.params.kv_len as usize;
     if kv_len > skv {
-        return Err(Error::invalid(format!(
-            "attention: kv_len {kv_len} exceeds k length {skv}"
-        )));
+        return Err(Error::invalid(format!("attention: kv_len {kv_len} exceeds k length {skv}")));
     }
     let kv_len = if kv_len == 0 { skv } else { kv_len };
     if op.params.causal && sq > kv_len {

@@ -1,78 +1,39 @@
 //! The policy language: scheduling, fallback and thermal rules, parsed (pest), checked and
 //! compiled into dispatch tables that the scheduler consults for every op.
 //!
-//! This file is the contract between the policy pipeline and the rest of the runtime.
+//! The pipeline: `syntax` (text -> `ast`), `check` (types, names, includes -> `program`),
+//! `compile` (reachability, coverage, thermal order -> `compiled` tables), then `decide` on
+//! the hot path and `explain`/`dump` for people. The language is described in docs/POLICY.md.
+//!
+//! The front end (everything but `decide`, `explain` and `builtin`) is also compiled into the
+//! build script, which checks the built-in policies; so those files name crate types only
+//! through `super::` (this module re-exports what they need).
+
+mod ast;
+mod builtin;
+mod check;
+mod compile;
+mod compiled;
+mod decide;
+mod diag;
+mod dump;
+mod explain;
+mod limits;
+mod load;
+mod program;
+mod syntax;
+mod types;
+mod units;
 
 use crate::device::PowerMode;
 use crate::op::{DType, OpDims, OpKind, Tags};
-use std::time::Duration;
 
-/// Device classes a policy names. A simulated NPU plays the `npu` class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DeviceClass {
-    Cpu,
-    Gpu,
-    Npu,
-}
-
-impl DeviceClass {
-    pub const ALL: [DeviceClass; 3] = [DeviceClass::Cpu, DeviceClass::Gpu, DeviceClass::Npu];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceClass::Cpu => "cpu",
-            DeviceClass::Gpu => "gpu",
-            DeviceClass::Npu => "npu",
-        }
-    }
-}
-
-/// How a rule picks among its available candidates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    /// The first candidate in preference order that is available.
-    FirstAvailable,
-    /// The candidate with the fewest queued ops.
-    LeastLoaded,
-    /// The candidate with the earliest expected completion (queue + transfer + run time).
-    EarliestCompletion,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SplitAxis {
-    Rows,
-    Cols,
-}
-
-/// Split a matmul across devices.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SplitSpec {
-    pub axis: SplitAxis,
-    pub devices: Vec<DeviceClass>,
-    /// Fixed ratios (same order as `devices`, summing to 1), or `None` for dynamic ratios
-    /// from measured throughput.
-    pub ratios: Option<Vec<f32>>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct FallbackSpec {
-    /// Retries on the same device before moving to the next candidate.
-    pub retries: u32,
-    /// Consecutive failures after which a device is marked degraded.
-    pub degrade_after: u32,
-    /// How long a degraded device is left out before it is tried again.
-    pub degrade_for: Duration,
-}
-
-impl Default for FallbackSpec {
-    fn default() -> Self {
-        FallbackSpec {
-            retries: 0,
-            degrade_after: 3,
-            degrade_for: Duration::from_secs(10),
-        }
-    }
-}
+pub use builtin::{builtin, builtin_names, builtin_source, compile_file, compile_str};
+pub use compile::can_run;
+pub use compiled::{CompiledPolicy, CompiledRule, IMPLICIT_RULE};
+pub use diag::{Diagnostic, PolicyError, Severity};
+pub use limits::PolicyLimits;
+pub use types::*;
 
 /// What the compiled tables say for one op.
 #[derive(Clone, Copy, Debug)]
@@ -96,46 +57,15 @@ pub struct OpQuery<'a> {
     pub tags: &'a Tags,
 }
 
-/// Per device-class settings.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct DeviceSettings {
-    pub enabled: bool,
-    pub power_mode: Option<PowerMode>,
-    pub precision: Option<DType>,
-    pub max_in_flight: Option<u32>,
-    /// Rows of a matrix op per device launch (the NPU's dynamic batch size).
-    pub batch_rows: Option<u32>,
-    pub pool_bytes: Option<u64>,
-}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ThermalMetric {
-    TemperatureC,
-    PowerW,
+impl<'a> OpQuery<'a> {
+    /// The features of a validated op descriptor.
+    pub fn of(op: &'a crate::op::OpDesc) -> OpQuery<'a> {
+        OpQuery {
+            kind: op.kind,
+            dtype: op.dtype(),
+            dims: op.dims(),
+            tags: &op.tags,
+        }
+    }
 }
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum ThermalAction {
-    SetPowerMode(PowerMode),
-    /// Move this fraction of the device's ops to the other candidates.
-    ShiftLoad(f32),
-    /// Stop using the device until the metric falls below the rule's `clear` level.
-    Exclude,
-}
-
-/// A thermal rule: when `metric` of `device` stays at or above `trigger` for `hold`, apply
-/// `actions`; undo them once it falls below `clear` (< trigger: hysteresis).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ThermalRule {
-    pub label: String,
-    pub device: DeviceClass,
-    pub metric: ThermalMetric,
-    pub trigger: f32,
-    pub clear: f32,
-    pub hold: Duration,
-    pub emergency: bool,
-    pub actions: Vec<ThermalAction>,
-}
-
-mod compiled;
-pub use compiled::{builtin, compile_str, CompiledPolicy, PolicyError};

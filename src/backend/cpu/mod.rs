@@ -1,15 +1,118 @@
-//! CPU backend (placeholder until the CPU kernels land on this branch).
+//! CPU backend: every op on the host, parallel on a rayon pool of its own.
 
+mod host;
+mod info;
+mod kernels;
+#[cfg(test)]
+mod reference;
+pub(crate) mod simd;
+#[cfg(test)]
+mod tests;
+
+use super::{Backend, DeviceInfo, ExecReport, OpMemory};
 use crate::error::{Error, Result};
-use crate::op::OpDesc;
+use crate::op::{OpDesc, OpKind};
+use host::HostView;
+use kernels::attention::AttentionParams;
+use kernels::elementwise::{Binary, Unary};
+use kernels::matmul::MatmulParams;
+use kernels::rope::RopeParams;
+use kernels::{attention, convert, elementwise, matmul, norm, rope, softmax};
 
-use super::OpMemory;
+/// Runs any op on the host on the current rayon pool (callers use `pool.install`). Writes only
+/// the output view. The op must have passed `op::validate::validate`. Every other backend may
+/// use it as its reference or for the math of a simulated device.
+pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
+    let view =
+        |i: usize| -> Result<Option<HostView>> { op.input(i).map(|v| HostView::new(v, mem)).transpose() };
+    let need = |i: usize| -> Result<HostView> {
+        view(i)?.ok_or_else(|| Error::invalid(format!("{}: input {i} is missing", op.kind)))
+    };
+    let out = HostView::new(&op.output, mem)?;
+    // Elementwise ops may run in place only when an input is exactly the output view.
+    let is_out = |i: usize| op.input(i) == Some(&op.output);
+    let p = &op.params;
+    match op.kind {
+        OpKind::Matmul => matmul::matmul(
+            &out,
+            &need(0)?,
+            &need(1)?,
+            view(2)?.as_ref(),
+            MatmulParams {
+                trans_a: p.trans_a,
+                trans_b: p.trans_b,
+                alpha: p.alpha,
+                beta: p.beta,
+                activation: p.activation,
+            },
+        ),
+        OpKind::Add | OpKind::Mul => {
+            let kind = if op.kind == OpKind::Add { Binary::Add } else { Binary::Mul };
+            elementwise::binary(kind, &out, &need(0)?, &need(1)?, is_out(0), is_out(1));
+        }
+        OpKind::Scale | OpKind::Silu | OpKind::Gelu => {
+            let kind = match op.kind {
+                OpKind::Scale => Unary::Scale(p.alpha),
+                OpKind::Silu => Unary::Silu,
+                _ if p.gelu_tanh => Unary::GeluTanh,
+                _ => Unary::Gelu,
+            };
+            elementwise::unary(kind, &out, &need(0)?, is_out(0));
+        }
+        OpKind::Softmax => softmax::softmax(&out, &need(0)?, is_out(0)),
+        OpKind::RmsNorm => norm::rmsnorm(&out, &need(0)?, view(1)?.as_ref(), p.eps, is_out(0)),
+        OpKind::LayerNorm => {
+            norm::layernorm(&out, &need(0)?, view(1)?.as_ref(), view(2)?.as_ref(), p.eps, is_out(0))
+        }
+        OpKind::Rope => rope::rope(
+            &out,
+            &need(0)?,
+            &RopeParams { theta: p.rope_theta, position: p.rope_position, interleaved: p.rope_interleaved },
+            is_out(0),
+        ),
+        OpKind::Attention => attention::attention(
+            &out,
+            &need(0)?,
+            &need(1)?,
+            &need(2)?,
+            view(3)?.as_ref(),
+            &AttentionParams { causal: p.causal, scale: p.attn_scale, kv_len: p.kv_len as usize },
+        ),
+        OpKind::Copy => convert::copy(&out, &need(0)?),
+    }
+    Ok(())
+}
 
-/// Runs any op on the host, on the current rayon pool. Every other backend may use it as its
-/// reference or for the math of a simulated device.
-pub fn execute_on_host(op: &OpDesc, _mem: &OpMemory) -> Result<()> {
-    Err(Error::Unsupported(format!(
-        "{} not yet implemented on the CPU",
-        op.kind
-    )))
+/// The host CPU as a device, with its own rayon pool.
+pub struct CpuBackend {
+    info: DeviceInfo,
+    pool: rayon::ThreadPool,
+}
+
+impl CpuBackend {
+    pub fn new(threads: usize) -> Result<CpuBackend> {
+        let threads =
+            if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("nh-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::DeviceUnavailable(format!("cpu thread pool: {e}")))?;
+        Ok(CpuBackend { info: info::cpu_info(threads), pool })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        self.pool.install(|| execute_on_host(op, mem))?;
+        Ok(ExecReport::default())
+    }
 }

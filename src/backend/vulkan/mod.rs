@@ -1,1 +1,218 @@
-//! placeholder
+//! Vulkan compute backend (ash, loader opened at run time). Every op has a GLSL compute
+//! shader compiled at build time (see `buildsrc/shaders.rs`); f16 matmuls use tensor cores
+//! through GL_NV_cooperative_matrix where the device has it.
+//!
+//! Host buffers stay the truth: inputs are uploaded into pooled device memory once per buffer
+//! version (replicas), ops run in one command buffer, outputs are written back before
+//! `execute` returns. Strided views are packed on the host, so shaders see dense tensors.
+
+mod alloc;
+mod context;
+mod ops;
+mod pack;
+mod pipelines;
+mod residency;
+mod submit;
+
+use crate::backend::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory};
+use crate::error::{Error, Result};
+use crate::op::{DType, OpDesc, OpKind};
+use ash::vk;
+use context::{heaps, version_string, Capabilities, Context, Instance};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+pub use pipelines::cache_dir;
+
+pub struct VulkanBackend {
+    info: DeviceInfo,
+    features: ops::Features,
+    max_range: u64,
+    state: Mutex<submit::State>,
+    ctx: Arc<Context>,
+}
+
+impl VulkanBackend {
+    /// One backend per usable Vulkan device (compute queue). Err or empty vec => no GPU; the
+    /// error text is the reason. CPU implementations (lavapipe) are used only when no GPU is
+    /// present or `NPUHYBRID_VULKAN_ALLOW_CPU=1`.
+    pub fn probe() -> Result<Vec<VulkanBackend>> {
+        let inst = Instance::new()?;
+        let pdevs = unsafe { inst.instance.enumerate_physical_devices() }
+            .map_err(|e| Error::DeviceUnavailable(format!("no Vulkan devices: {e}")))?;
+        let mut usable = Vec::new();
+        let mut reasons = Vec::new();
+        for pdev in pdevs {
+            match context::capabilities(&inst, pdev) {
+                None => reasons.push("a device without a compute queue".to_string()),
+                Some(caps) => match caps.unusable_reason() {
+                    Some(why) => reasons.push(format!("{}: {why}", caps.name)),
+                    None => usable.push((pdev, caps)),
+                },
+            }
+        }
+        let allow_cpu = std::env::var("NPUHYBRID_VULKAN_ALLOW_CPU").is_ok_and(|v| v == "1");
+        let has_gpu = usable
+            .iter()
+            .any(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
+        if has_gpu && !allow_cpu {
+            usable.retain(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
+        }
+        if usable.is_empty() {
+            return Err(Error::DeviceUnavailable(if reasons.is_empty() {
+                "no Vulkan device found".into()
+            } else {
+                format!("no usable Vulkan device ({})", reasons.join("; "))
+            }));
+        }
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for (pdev, caps) in usable {
+            let name = caps.name.clone();
+            match VulkanBackend::open(inst.clone(), pdev, caps) {
+                Ok(b) => out.push(b),
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::DeviceUnavailable(errors.join("; ")));
+        }
+        Ok(out)
+    }
+
+    fn open(inst: Arc<Instance>, pdev: vk::PhysicalDevice, caps: Capabilities) -> Result<Self> {
+        let ctx = Arc::new(Context::open(inst, pdev, caps)?);
+        let features = ops::Features {
+            f16: ctx.f16,
+            coopmat: ctx.coopmat && std::env::var("NPUHYBRID_VULKAN_NO_COOPMAT").is_err(),
+            subgroup_arithmetic: ctx.caps.subgroup_arithmetic,
+        };
+        let state = submit::State::new(ctx.clone())?;
+        Ok(VulkanBackend {
+            info: device_info(&ctx),
+            features,
+            max_range: ctx.caps.max_storage_range,
+            state: Mutex::new(state),
+            ctx,
+        })
+    }
+
+    /// Runs ops in order in as few submissions as their dependencies allow (one command
+    /// buffer, barriers between ops); one report per op. Inputs that are exactly the output
+    /// of an earlier op of the batch are read on the device without a round trip.
+    pub fn execute_batch(&self, ops: &[(&OpDesc, &OpMemory)]) -> Result<Vec<ExecReport>> {
+        for (op, _) in ops {
+            if !self.supports(op) {
+                return Err(Error::Unsupported(format!(
+                    "{}: {} with these dtypes or sizes",
+                    self.info.name, op.kind
+                )));
+            }
+        }
+        self.state.lock().run(self.features, ops)
+    }
+
+    /// Whether f16 matmuls run on the cooperative-matrix (tensor core) shader.
+    pub fn uses_coopmat(&self) -> bool {
+        self.features.coopmat
+    }
+
+    /// Bytes held by replicas and by device memory blocks.
+    pub fn memory_stats(&self) -> (u64, u64) {
+        self.state.lock().memory_stats()
+    }
+
+    /// Upper bound for replicas kept between ops (default: half of device memory).
+    pub fn set_residency_budget(&self, bytes: u64) {
+        self.state.lock().set_budget(bytes);
+    }
+
+    /// Name of the physical device as the driver reports it.
+    pub fn device_name(&self) -> &str {
+        &self.ctx.caps.name
+    }
+}
+
+impl Backend for VulkanBackend {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn supports(&self, op: &OpDesc) -> bool {
+        let info = &self.info;
+        info.available
+            && info.supports_kind(op.kind)
+            && op.views().all(|v| info.dtypes & v.dtype.bit() != 0)
+            && ops::supported(op, self.features, self.max_range)
+    }
+
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        let reports = self.execute_batch(&[(op, mem)])?;
+        Ok(reports[0])
+    }
+}
+
+fn device_info(ctx: &Context) -> DeviceInfo {
+    let c = &ctx.caps;
+    let mut dtypes = DType::F32.bit();
+    if ctx.f16 {
+        dtypes |= DType::F16.bit();
+    }
+    let ops = OpKind::ALL.iter().fold(0, |acc, k| acc | k.bit());
+    let kind_name = match c.device_type {
+        vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated",
+        vk::PhysicalDeviceType::DISCRETE_GPU => "discrete",
+        vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual",
+        vk::PhysicalDeviceType::CPU => "cpu",
+        _ => "other",
+    };
+    // Rough starting points for the performance model, which measures and corrects them.
+    let (peak_gflops, bandwidth_gbs) = match c.device_type {
+        vk::PhysicalDeviceType::DISCRETE_GPU => (20_000.0, 800.0),
+        vk::PhysicalDeviceType::INTEGRATED_GPU => (3_000.0, 80.0),
+        _ => (50.0, 20.0),
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let heap_list: Vec<String> = heaps(&c.memory)
+        .map(|h| {
+            let local = h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL);
+            format!(
+                "{} MiB{}",
+                h.size >> 20,
+                if local { " device-local" } else { "" }
+            )
+        })
+        .collect();
+    let details = vec![
+        ("device_type".into(), kind_name.to_string()),
+        ("api_version".into(), version_string(c.api_version)),
+        ("driver_version".into(), format!("{:#x}", c.driver_version)),
+        ("driver".into(), format!("{} {}", c.driver_name, c.driver_info)),
+        ("subgroup_size".into(), c.subgroup_size.to_string()),
+        ("shared_memory_bytes".into(), c.shared_memory.to_string()),
+        ("fp16_arithmetic".into(), yes(c.shader_f16)),
+        ("int8_arithmetic".into(), yes(c.shader_int8)),
+        ("storage_16bit".into(), yes(c.storage_16bit)),
+        ("cooperative_matrix_khr".into(), yes(c.coopmat_khr)),
+        ("cooperative_matrix_nv".into(), yes(c.coopmat_nv)),
+        ("coopmat_matmul".into(), yes(ctx.coopmat)),
+        ("memory_heaps".into(), heap_list.join(", ")),
+        ("unified_memory".into(), yes(c.unified_memory())),
+        ("timestamp_period_ns".into(), c.timestamp_period.to_string()),
+    ];
+    DeviceInfo {
+        kind: DeviceKind::Gpu,
+        name: c.name.clone(),
+        driver: format!("{} {}", c.driver_name, c.driver_info),
+        memory_bytes: c.device_local_bytes(),
+        dtypes,
+        ops,
+        available: true,
+        unavailable_reason: String::new(),
+        peak_gflops,
+        bandwidth_gbs,
+        unified_memory: c.unified_memory(),
+        max_in_flight: 1,
+        details,
+    }
+}

@@ -1,0 +1,94 @@
+//! add, mul (b broadcasts to a), scale, silu, gelu: one pass over strided views, in place
+//! when the input is the output view.
+
+use super::super::host::{HostView, Run};
+use super::iter::{for_each_block, BLOCK};
+use super::math;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Unary {
+    Scale(f32),
+    Silu,
+    Gelu,
+    GeluTanh,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Binary {
+    Add,
+    Mul,
+}
+
+pub fn apply_unary(op: Unary, x: &mut [f32]) {
+    match op {
+        Unary::Scale(alpha) => math::scale_slice(x, alpha),
+        Unary::Silu => math::silu_slice(x),
+        Unary::Gelu => math::gelu_slice(x),
+        Unary::GeluTanh => math::gelu_tanh_slice(x),
+    }
+}
+
+fn apply_binary(op: Binary, x: &mut [f32], b: &[f32]) {
+    match op {
+        Binary::Add => math::add_slice(x, b),
+        Binary::Mul => math::mul_slice(x, b),
+    }
+}
+
+/// Where a block's result is computed: the output itself when it is dense f32, else scratch.
+/// `a` is loaded into it first unless it already is there (in place).
+///
+/// # Safety
+/// `out` and `a` are runs of validated views; `a` either does not overlap `out` or is it.
+unsafe fn with_slot(
+    out: Run,
+    a: Run,
+    a_is_out: bool,
+    n: usize,
+    scratch: &mut [f32; BLOCK],
+    f: impl FnOnce(&mut [f32]),
+) {
+    match out.as_f32_mut(n) {
+        Some(slot) => {
+            if !a_is_out {
+                a.load(slot);
+            }
+            f(slot);
+        }
+        None => {
+            let slot = &mut scratch[..n];
+            a.load(slot);
+            f(slot);
+            out.store(slot);
+        }
+    }
+}
+
+pub fn unary(op: Unary, out: &HostView, a: &HostView, in_place: bool) {
+    for_each_block(out, a, None, |o, a, _, n| {
+        let mut scratch = [0.0f32; BLOCK];
+        // SAFETY: runs come from validated views; blocks of different tasks are disjoint.
+        unsafe { with_slot(o, a, in_place, n, &mut scratch, |x| apply_unary(op, x)) };
+    });
+}
+
+/// `a_is_out` / `b_is_out`: that input is the output view itself.
+pub fn binary(op: Binary, out: &HostView, a: &HostView, b: &HostView, a_is_out: bool, b_is_out: bool) {
+    for_each_block(out, a, Some(b), |o, a, b, n| {
+        let b = b.expect("binary op has b");
+        let mut scratch = [0.0f32; BLOCK];
+        let mut b_scratch = [0.0f32; BLOCK];
+        // SAFETY: as in `unary`; b is copied out first when it is the output, so writing the
+        // output cannot change it.
+        unsafe {
+            let b_vals: &[f32] = match b.as_f32(n) {
+                Some(direct) if !b_is_out => direct,
+                _ => {
+                    b.load(&mut b_scratch[..n]);
+                    &b_scratch[..n]
+                }
+            };
+            with_slot(o, a, a_is_out, n, &mut scratch, |x| apply_binary(op, x, b_vals));
+        }
+    });
+}

@@ -1,0 +1,230 @@
+//! Batched matmul C = act(alpha * op(A) op(B) + beta * C + bias) on `matrixmultiply`'s
+//! single-threaded sgemm, split into row (or column) blocks across the rayon pool: its own
+//! threading is coarse and slow at small sizes (FACTS.md), and rayon keeps one pool per device.
+//! f16 / bf16 operands are converted to f32 once (F16C through `half`), accumulation is f32.
+
+use super::super::host::{load_dense, HostView, SendPtr};
+use super::gemv;
+use super::math;
+use crate::op::{Activation, DType, MAX_RANK};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulParams {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub activation: Activation,
+}
+
+/// One operand as sgemm sees it: f32 data, a per-batch offset rule and matrix strides.
+#[derive(Clone, Copy)]
+pub(super) struct Mat {
+    pub ptr: SendPtr,
+    /// Batch dims of the view (before the last two) and their strides, in elements.
+    batch_dims: [usize; MAX_RANK],
+    batch_strides: [usize; MAX_RANK],
+    batch_rank: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat {
+    /// `transposed`: the view stores op(X)^T, so rows and columns swap strides.
+    fn new(v: &HostView, transposed: bool) -> Mat {
+        let r = v.rank;
+        let (rs, cs) = if transposed {
+            (v.strides[r - 1], v.strides[r - 2])
+        } else {
+            (v.strides[r - 2], v.strides[r - 1])
+        };
+        let mut m = Mat {
+            ptr: v.ptr,
+            batch_dims: [1; MAX_RANK],
+            batch_strides: [0; MAX_RANK],
+            batch_rank: r - 2,
+            rs,
+            cs,
+        };
+        m.batch_dims[..r - 2].copy_from_slice(&v.shape[..r - 2]);
+        m.batch_strides[..r - 2].copy_from_slice(&v.strides[..r - 2]);
+        m
+    }
+
+    /// Element offset of batch `b`; a view with batch 1 is shared by every batch.
+    fn batch_offset(&self, mut b: usize) -> usize {
+        let dims = &self.batch_dims[..self.batch_rank];
+        if dims.iter().product::<usize>() == 1 {
+            return 0;
+        }
+        let mut off = 0;
+        for d in (0..self.batch_rank).rev() {
+            off += (b % dims[d]) * self.batch_strides[d];
+            b /= dims[d];
+        }
+        off
+    }
+
+    /// f32 pointer to element (i, j) of batch `b`.
+    pub fn at(&self, b: usize, i: usize, j: usize) -> *mut f32 {
+        // SAFETY (of later use): validated views keep every such element inside the buffer.
+        unsafe { (self.ptr.0 as *mut f32).add(self.batch_offset(b) + i * self.rs + j * self.cs) }
+    }
+}
+
+/// A dense f32 copy of a view (same logical shape), for f16 / bf16 operands.
+struct Converted {
+    data: Vec<f32>,
+    view: HostView,
+}
+
+fn to_f32(v: &HostView) -> Converted {
+    let mut data = load_dense(v);
+    let mut view = *v;
+    view.dtype = DType::F32;
+    view.ptr = SendPtr(data.as_mut_ptr() as *mut u8);
+    view.strides = crate::op::dense_strides(v.dims());
+    Converted { data, view }
+}
+
+pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: MatmulParams) {
+    let ca = (a.dtype != DType::F32).then(|| to_f32(a));
+    let cb = (b.dtype != DType::F32).then(|| to_f32(b));
+    let a = ca.as_ref().map(|c| &c.view).unwrap_or(a);
+    let b = cb.as_ref().map(|c| &c.view).unwrap_or(b);
+    // f16 / bf16 outputs are computed in f32 and rounded once at the end.
+    let mut cc = (out.dtype != DType::F32).then(|| {
+        let mut c = to_f32(out);
+        if p.beta == 0.0 {
+            c.data.fill(0.0);
+        }
+        c
+    });
+    let c = cc.as_ref().map(|c| c.view).unwrap_or(*out);
+    let bias = bias.map(load_dense);
+
+    let r = c.rank;
+    let (m, n) = (c.shape[r - 2], c.shape[r - 1]);
+    let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
+    let batch: usize = c.shape[..r - 2].iter().product();
+    let ma = Mat::new(a, p.trans_a);
+    let mb = Mat::new(b, p.trans_b);
+    let mc = Mat::new(&c, false);
+    let gemm = Gemm { a: ma, b: mb, c: mc, k, p, bias: bias.as_deref() };
+
+    if m == 1 && gemv::applies(&gemm) {
+        gemv::gemv(&gemm, batch, n);
+    } else {
+        gemm.run_all(batch, m, n);
+    }
+    if let Some(cc) = cc.as_mut() {
+        store_dense(out, &cc.data);
+    }
+}
+
+/// Writes a dense f32 array into a (possibly strided, lower-precision) view.
+fn store_dense(out: &HostView, data: &[f32]) {
+    let len = out.last();
+    super::iter::for_each_row(out.rows(), len, |r| {
+        // SAFETY: row r of a validated output view, written by this task only.
+        unsafe { out.run(out.row_offset(r), out.col_stride()).store(&data[r * len..][..len]) }
+    });
+}
+
+pub(super) struct Gemm<'a> {
+    pub a: Mat,
+    pub b: Mat,
+    pub c: Mat,
+    pub k: usize,
+    pub p: MatmulParams,
+    pub bias: Option<&'a [f32]>,
+}
+
+/// Below this many multiply-adds a matmul runs on the calling thread.
+const SERIAL_MACS: usize = 1 << 16;
+
+impl Gemm<'_> {
+    fn run_all(&self, batch: usize, m: usize, n: usize) {
+        let threads = rayon::current_num_threads();
+        if m * n * self.k * batch <= SERIAL_MACS || threads == 1 {
+            (0..batch).for_each(|bi| self.block(bi, 0..m, 0..n));
+            return;
+        }
+        // Split the larger of m and n so each thread gets a block; blocks start on a
+        // multiple of 8 (the AVX2 micro-kernel's tile) to avoid ragged edges mid-matrix.
+        let parts = threads.div_ceil(batch).max(1);
+        let split_rows = m >= n;
+        let len = if split_rows { m } else { n };
+        let step = len.div_ceil(parts).next_multiple_of(8).min(len);
+        let blocks = len.div_ceil(step);
+        (0..batch * blocks).into_par_iter().for_each(|t| {
+            let (bi, blk) = (t / blocks, t % blocks);
+            let range = blk * step..((blk + 1) * step).min(len);
+            if split_rows {
+                self.block(bi, range, 0..n);
+            } else {
+                self.block(bi, 0..m, range);
+            }
+        });
+    }
+
+    /// sgemm on rows x cols of batch `bi`, then bias and activation on that block.
+    fn block(&self, bi: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        let (mb, nb) = (rows.len(), cols.len());
+        // SAFETY: pointers address validated views; this block of C is written by one task.
+        unsafe {
+            matrixmultiply::sgemm(
+                mb,
+                self.k,
+                nb,
+                self.p.alpha,
+                self.a.at(bi, rows.start, 0),
+                self.a.rs as isize,
+                self.a.cs as isize,
+                self.b.at(bi, 0, cols.start),
+                self.b.rs as isize,
+                self.b.cs as isize,
+                self.p.beta,
+                self.c.at(bi, rows.start, cols.start),
+                self.c.rs as isize,
+                self.c.cs as isize,
+            );
+        }
+        self.epilogue(bi, rows, cols);
+    }
+
+    /// Adds the bias and applies the activation to a block of C that was just computed.
+    pub fn epilogue(&self, bi: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        if self.bias.is_none() && self.p.activation == Activation::None {
+            return;
+        }
+        let mut scratch = Vec::new();
+        for i in rows {
+            let p = self.c.at(bi, i, cols.start);
+            let n = cols.len();
+            // SAFETY: the row lies in this task's block of C.
+            let row: &mut [f32] = if self.c.cs == 1 {
+                unsafe { std::slice::from_raw_parts_mut(p, n) }
+            } else {
+                scratch.clear();
+                scratch.extend((0..n).map(|j| unsafe { *p.add(j * self.c.cs) }));
+                &mut scratch
+            };
+            if let Some(bias) = self.bias {
+                math::add_slice(row, &bias[cols.clone()]);
+            }
+            match self.p.activation {
+                Activation::None => {}
+                Activation::Relu => math::relu_slice(row),
+                Activation::Silu => math::silu_slice(row),
+                Activation::Gelu => math::gelu_slice(row),
+            }
+            if self.c.cs != 1 {
+                for (j, v) in scratch.iter().enumerate() {
+                    unsafe { *p.add(j * self.c.cs) = *v };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The CPU kernels, one module per op family. All compute in f32.
+
+pub mod attention;
+pub mod convert;
+pub mod elementwise;
+mod gemv;
+pub mod iter;
+pub mod math;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+mod rows;
+pub mod softmax;

@@ -1,0 +1,84 @@
+//! Row-wise ops (softmax, norms, rope) work on one last-dim row at a time: the row is loaded
+//! into the output (dense f32) or a scratch row, transformed in place, then stored.
+
+use super::super::host::HostView;
+use super::iter::for_each_row;
+use std::cell::RefCell;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f(row, values)` for every row of `x`, where `values` holds the row as f32 and is
+/// written back to the same row of `out`. `in_place`: `x` is the output view itself.
+pub fn map_rows<F>(out: &HostView, x: &HostView, in_place: bool, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    let len = out.last();
+    for_each_row(out.rows(), len, |r| {
+        let o = out.run(out.row_offset(r), out.col_stride());
+        let xr = x.run(x.row_offset(r), x.col_stride());
+        // SAFETY: rows of validated views; each row is handled by one task only, and `x`
+        // either does not overlap `out` or is exactly `out`.
+        unsafe {
+            match o.as_f32_mut(len) {
+                Some(slot) => {
+                    if !in_place {
+                        xr.load(slot);
+                    }
+                    f(r, slot);
+                }
+                None => SCRATCH.with(|s| {
+                    let mut s = s.borrow_mut();
+                    s.resize(len, 0.0);
+                    xr.load(&mut s);
+                    f(r, &mut s);
+                    o.store(&s);
+                }),
+            }
+        }
+    });
+}
+
+/// Sum with eight independent accumulators, so the loop vectorises without fast-math.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Sum of squared deviations from `mean`, vectorised like `sum`.
+#[inline(always)]
+pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
+}

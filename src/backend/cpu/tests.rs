@@ -1,0 +1,593 @@
+//! Every op against the f64 reference on random inputs: odd shapes, strided (transposed,
+//! padded) views, batches, broadcasts, in-place runs, and f16 / bf16 / integer dtypes.
+
+use super::execute_on_host;
+use super::reference::{self as refr, unravel, T};
+use crate::backend::OpMemory;
+use crate::memory::{Buffer, HostPool};
+use crate::op::{dense_strides, validate, Activation, DType, OpDesc, OpKind, OpParams, TensorView};
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    Dense,
+    /// The last two dims are swapped in memory (column-major matrices).
+    Transposed,
+    /// Rows padded by 3 elements and the view starts 5 elements into its buffer.
+    Padded,
+}
+
+use Layout::*;
+
+struct Bench {
+    pool: Arc<HostPool>,
+    bufs: Vec<Arc<Buffer>>,
+    rng: StdRng,
+}
+
+unsafe fn write_elem(p: *mut u8, dt: DType, i: usize, v: f64) {
+    match dt {
+        DType::F32 => *(p as *mut f32).add(i) = v as f32,
+        DType::F16 => *(p as *mut f16).add(i) = f16::from_f64(v),
+        DType::BF16 => *(p as *mut bf16).add(i) = bf16::from_f64(v),
+        DType::I8 => *(p as *mut i8).add(i) = v as i8,
+        DType::I32 => *(p as *mut i32).add(i) = v as i32,
+    }
+}
+
+unsafe fn read_elem(p: *const u8, dt: DType, i: usize) -> f64 {
+    match dt {
+        DType::F32 => *(p as *const f32).add(i) as f64,
+        DType::F16 => (*(p as *const f16).add(i)).to_f64(),
+        DType::BF16 => (*(p as *const bf16).add(i)).to_f64(),
+        DType::I8 => *(p as *const i8).add(i) as f64,
+        DType::I32 => *(p as *const i32).add(i) as f64,
+    }
+}
+
+fn elem_offset(view: &TensorView, idx: &[usize]) -> usize {
+    idx.iter().zip(view.strides()).map(|(i, s)| i * s).sum()
+}
+
+impl Bench {
+    fn new(seed: u64) -> Bench {
+        Bench { pool: HostPool::new(0), bufs: Vec::new(), rng: StdRng::seed_from_u64(seed) }
+    }
+
+    fn buffer(&self, view: &TensorView) -> &Arc<Buffer> {
+        self.bufs.iter().find(|b| b.id() == view.buffer).unwrap()
+    }
+
+    /// An uninitialised (zeroed) view of `shape` in a fresh buffer laid out as `layout`.
+    fn view(&mut self, dt: DType, shape: &[usize], layout: Layout) -> TensorView {
+        let r = shape.len();
+        let mut phys = shape.to_vec();
+        let mut offset = 0;
+        match layout {
+            Transposed if r >= 2 => phys.swap(r - 1, r - 2),
+            Padded => {
+                phys[r - 1] += 3;
+                offset = 5;
+            }
+            _ => {}
+        }
+        let ps = dense_strides(&phys);
+        let mut strides = ps;
+        if layout == Transposed && r >= 2 {
+            strides.swap(r - 1, r - 2);
+        }
+        let elems = offset + phys.iter().product::<usize>();
+        let id = self.bufs.len() as u64 + 1;
+        let bytes = elems * dt.size();
+        let block = self.pool.alloc(bytes).unwrap();
+        self.bufs.push(Arc::new(Buffer::pooled(id, block, bytes)));
+        let mut v = TensorView::contiguous(id, dt, shape, offset * dt.size());
+        v.strides = strides;
+        v
+    }
+
+    /// A view filled with random values in [-1, 1] (ints: small integers); returns the values
+    /// as stored, so the reference sees exactly what the kernels read.
+    fn input(&mut self, dt: DType, shape: &[usize], layout: Layout) -> (TensorView, T) {
+        let v = self.view(dt, shape, layout);
+        let n: usize = shape.iter().product();
+        let vals: Vec<f64> = (0..n)
+            .map(|_| match dt {
+                DType::I8 => self.rng.random_range(-128..=127) as f64,
+                DType::I32 => self.rng.random_range(-100_000_000..=100_000_000) as f64,
+                _ => self.rng.random_range(-1.0..1.0),
+            })
+            .collect();
+        for (i, &x) in vals.iter().enumerate() {
+            let off = elem_offset(&v, &unravel(i, shape));
+            unsafe { write_elem(self.buffer(&v).as_ptr().add(v.offset), dt, off, x) };
+        }
+        let stored = self.read(&v);
+        (v, stored)
+    }
+
+    fn read(&self, v: &TensorView) -> T {
+        let base = unsafe { self.buffer(v).as_ptr().add(v.offset) };
+        let data = (0..v.numel())
+            .map(|i| unsafe { read_elem(base, v.dtype, elem_offset(v, &unravel(i, v.dims()))) })
+            .collect();
+        T::new(v.dims(), data)
+    }
+
+    fn run(&self, op: &OpDesc) {
+        validate::validate(op, &|v| Ok(self.buffer(v).len())).expect("op is valid");
+        execute_on_host(op, &OpMemory::new(self.bufs.clone())).expect("op runs");
+    }
+}
+
+fn tol(dt: DType) -> f64 {
+    match dt {
+        DType::F32 => 2e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1.6e-2,
+        _ => 0.0,
+    }
+}
+
+#[track_caller]
+fn assert_close(got: &T, want: &T, tol: f64, what: &str) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    for (i, (g, w)) in got.data.iter().zip(&want.data).enumerate() {
+        assert!(
+            g == w || (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i} ({:?}) is {g}, want {w}",
+            unravel(i, &got.shape)
+        );
+    }
+}
+
+const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+#[allow(clippy::too_many_arguments)]
+fn check_matmul(
+    bench: &mut Bench,
+    dt: DType,
+    out_dt: DType,
+    batch: (&[usize], &[usize], &[usize]),
+    (m, k, n): (usize, usize, usize),
+    p: OpParams,
+    with_bias: bool,
+    layouts: [Layout; 3],
+) {
+    let shape = |b: &[usize], r: usize, c: usize| [b, &[r, c]].concat();
+    let a_shape = if p.trans_a { shape(batch.0, k, m) } else { shape(batch.0, m, k) };
+    let b_shape = if p.trans_b { shape(batch.1, n, k) } else { shape(batch.1, k, n) };
+    let (a, ta) = bench.input(dt, &a_shape, layouts[0]);
+    let (b, tb) = bench.input(dt, &b_shape, layouts[1]);
+    let (c, tc) = bench.input(out_dt, &shape(batch.2, m, n), layouts[2]);
+    let bias = with_bias.then(|| bench.input(out_dt, &[n], Dense));
+    let mut inputs = vec![a, b];
+    inputs.extend(bias.as_ref().map(|b| b.0));
+    let op = OpDesc::new(OpKind::Matmul, &inputs, c).with_params(p);
+    bench.run(&op);
+    let want = refr::matmul(&ta, &tb, bias.as_ref().map(|b| &b.1), &tc, &p);
+    // f32 accumulation error grows with k; the output dtype adds its rounding.
+    let t = tol(out_dt).max(tol(dt) * 0.5) + 2e-6 * k as f64;
+    let what = format!("matmul {dt}->{out_dt} {batch:?} m{m} k{k} n{n} {p:?} bias {with_bias} {layouts:?}");
+    assert_close(&bench.read(&c), &want, t, &what);
+}
+
+#[test]
+fn matmul_matches_reference_over_shapes_and_layouts() {
+    let mut bench = Bench::new(1);
+    let shapes =
+        [(1, 1, 1), (3, 17, 5), (17, 3, 1000), (64, 100, 33), (130, 70, 90), (1, 300, 65), (1, 1000, 17)];
+    for &(m, k, n) in &shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let p = OpParams { trans_a: ta, trans_b: tb, ..Default::default() };
+            for layouts in [[Dense; 3], [Transposed, Padded, Padded], [Padded, Transposed, Transposed]] {
+                check_matmul(
+                    &mut bench,
+                    DType::F32,
+                    DType::F32,
+                    (&[], &[], &[]),
+                    (m, k, n),
+                    p,
+                    false,
+                    layouts,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_alpha_beta_bias_and_activations() {
+    let mut bench = Bench::new(2);
+    for act in [Activation::None, Activation::Relu, Activation::Silu, Activation::Gelu] {
+        for &(m, k, n) in &[(1, 40, 70), (33, 20, 40), (70, 64, 130)] {
+            let p = OpParams { alpha: 0.5, beta: -1.5, activation: act, ..Default::default() };
+            check_matmul(&mut bench, DType::F32, DType::F32, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+            let p = OpParams { alpha: 2.0, activation: act, trans_b: true, ..Default::default() };
+            check_matmul(
+                &mut bench,
+                DType::F32,
+                DType::F32,
+                (&[], &[], &[]),
+                (m, k, n),
+                p,
+                act != Activation::Relu,
+                [Dense, Dense, Padded],
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_batches_and_broadcasts() {
+    let mut bench = Bench::new(3);
+    let p = OpParams::default();
+    check_matmul(&mut bench, DType::F32, DType::F32, (&[3], &[3], &[3]), (5, 7, 9), p, false, [Dense; 3]);
+    check_matmul(
+        &mut bench,
+        DType::F32,
+        DType::F32,
+        (&[3], &[1], &[3]),
+        (40, 30, 20),
+        p,
+        true,
+        [Padded, Dense, Dense],
+    );
+    check_matmul(
+        &mut bench,
+        DType::F32,
+        DType::F32,
+        (&[1], &[4], &[4]),
+        (1, 64, 100),
+        p,
+        false,
+        [Dense, Transposed, Dense],
+    );
+    check_matmul(
+        &mut bench,
+        DType::F32,
+        DType::F32,
+        (&[2, 3], &[6], &[2, 3]),
+        (9, 17, 3),
+        p,
+        false,
+        [Dense; 3],
+    );
+    let p = OpParams { trans_a: true, beta: 1.0, ..Default::default() };
+    check_matmul(
+        &mut bench,
+        DType::F32,
+        DType::F32,
+        (&[2, 2], &[1, 1], &[2, 2]),
+        (65, 9, 66),
+        p,
+        false,
+        [Transposed, Padded, Padded],
+    );
+}
+
+#[test]
+fn matmul_half_precision_inputs_and_outputs() {
+    let mut bench = Bench::new(4);
+    for dt in [DType::F16, DType::BF16] {
+        for out_dt in [dt, DType::F32] {
+            for &(m, k, n) in &[(1, 100, 50), (17, 33, 65), (96, 64, 80)] {
+                for (ta, tb) in [(false, false), (true, true)] {
+                    let p = OpParams {
+                        trans_a: ta,
+                        trans_b: tb,
+                        beta: 0.5,
+                        activation: Activation::Silu,
+                        ..Default::default()
+                    };
+                    check_matmul(
+                        &mut bench,
+                        dt,
+                        out_dt,
+                        (&[2], &[1], &[2]),
+                        (m, k, n),
+                        p,
+                        true,
+                        [Padded, Dense, Padded],
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn unary_op(kind: OpKind, p: &OpParams) -> impl Fn(f64) -> f64 {
+    let (kind, alpha, tanh) = (kind, p.alpha as f64, p.gelu_tanh);
+    move |x| match kind {
+        OpKind::Scale => alpha * x,
+        OpKind::Silu => refr::silu(x),
+        OpKind::Gelu => refr::gelu(x, tanh),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn unary_ops_match_reference() {
+    let mut bench = Bench::new(5);
+    let cases = [
+        (OpKind::Scale, OpParams { alpha: -2.5, ..Default::default() }),
+        (OpKind::Silu, OpParams::default()),
+        (OpKind::Gelu, OpParams::default()),
+        (OpKind::Gelu, OpParams { gelu_tanh: true, ..Default::default() }),
+    ];
+    for (kind, p) in cases {
+        for dt in FLOATS {
+            for (shape, layout) in [
+                (&[1][..], Dense),
+                (&[1000][..], Dense),
+                (&[17, 3][..], Transposed),
+                (&[3, 5, 17][..], Padded),
+                (&[300, 200][..], Dense),
+            ] {
+                let (a, ta) = bench.input(dt, shape, layout);
+                let out = bench.view(dt, shape, Padded);
+                bench.run(&OpDesc::new(kind, &[a], out).with_params(p));
+                let want = refr::unary(&ta, unary_op(kind, &p));
+                assert_close(&bench.read(&out), &want, tol(dt), &format!("{kind} {dt} {shape:?} {layout:?}"));
+                // In place: the input view is the output view.
+                bench.run(&OpDesc::new(kind, &[a], a).with_params(p));
+                assert_close(&bench.read(&a), &want, tol(dt), &format!("{kind} in place {dt} {shape:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn add_and_mul_broadcast_and_run_in_place() {
+    let mut bench = Bench::new(6);
+    let shapes: [(&[usize], &[usize]); 6] = [
+        (&[1], &[1]),
+        (&[1000], &[1000]),
+        (&[17, 3], &[3]),
+        (&[2, 3, 17], &[3, 1]),
+        (&[4, 3, 5, 7], &[3, 1, 7]),
+        (&[300, 250], &[250]),
+    ];
+    for kind in [OpKind::Add, OpKind::Mul] {
+        let f = move |x: f64, y: f64| if kind == OpKind::Add { x + y } else { x * y };
+        for dt in FLOATS {
+            for (sa, sb) in shapes {
+                for layout in [Dense, Transposed, Padded] {
+                    let (a, ta) = bench.input(dt, sa, layout);
+                    let (b, tb) = bench.input(dt, sb, layout);
+                    let out = bench.view(dt, sa, Dense);
+                    bench.run(&OpDesc::new(kind, &[a, b], out));
+                    let want = refr::binary(&ta, &tb, f);
+                    let what = format!("{kind} {dt} {sa:?} {sb:?} {layout:?}");
+                    assert_close(&bench.read(&out), &want, tol(dt), &what);
+                    bench.run(&OpDesc::new(kind, &[a, b], a));
+                    assert_close(&bench.read(&a), &want, tol(dt), &format!("{what} in place"));
+                }
+            }
+            // b is the output: out = a op out.
+            let (a, ta) = bench.input(dt, &[50, 70], Padded);
+            let (b, tb) = bench.input(dt, &[50, 70], Transposed);
+            bench.run(&OpDesc::new(kind, &[a, b], b));
+            assert_close(&bench.read(&b), &refr::binary(&ta, &tb, f), tol(dt), "b in place");
+            // Both inputs are the output.
+            bench.run(&OpDesc::new(kind, &[a, a], a));
+            assert_close(&bench.read(&a), &refr::binary(&ta, &ta, f), tol(dt), "a op a in place");
+        }
+    }
+}
+
+#[test]
+fn softmax_and_norms_match_reference() {
+    let mut bench = Bench::new(7);
+    for dt in FLOATS {
+        for (shape, layout) in [
+            (&[1, 1][..], Dense),
+            (&[3, 17][..], Transposed),
+            (&[5, 1000][..], Padded),
+            (&[2, 3, 64][..], Dense),
+            (&[400, 300][..], Dense),
+        ] {
+            let (x, tx) = bench.input(dt, shape, layout);
+            let last = *shape.last().unwrap();
+            let (w, tw) = bench.input(dt, &[last], Dense);
+            let (bt, tbt) = bench.input(dt, &[last], Padded);
+            let what = format!("{dt} {shape:?} {layout:?}");
+
+            let out = bench.view(dt, shape, Padded);
+            bench.run(&OpDesc::new(OpKind::Softmax, &[x], out));
+            assert_close(&bench.read(&out), &refr::softmax(&tx), tol(dt), &format!("softmax {what}"));
+
+            let p = OpParams { eps: 1e-3, ..Default::default() };
+            bench.run(&OpDesc::new(OpKind::RmsNorm, &[x, w], out).with_params(p));
+            assert_close(
+                &bench.read(&out),
+                &refr::rmsnorm(&tx, Some(&tw), 1e-3),
+                tol(dt),
+                &format!("rmsnorm {what}"),
+            );
+            bench.run(&OpDesc::new(OpKind::RmsNorm, &[x], out).with_params(p));
+            assert_close(
+                &bench.read(&out),
+                &refr::rmsnorm(&tx, None, 1e-3),
+                tol(dt),
+                &format!("rmsnorm no weight {what}"),
+            );
+
+            bench.run(&OpDesc::new(OpKind::LayerNorm, &[x, w, bt], out).with_params(p));
+            let want = refr::layernorm(&tx, Some(&tw), Some(&tbt), 1e-3);
+            assert_close(&bench.read(&out), &want, tol(dt), &format!("layernorm {what}"));
+
+            // In place, without affine parameters.
+            bench.run(&OpDesc::new(OpKind::LayerNorm, &[x], x).with_params(p));
+            assert_close(
+                &bench.read(&x),
+                &refr::layernorm(&tx, None, None, 1e-3),
+                tol(dt),
+                &format!("layernorm in place {what}"),
+            );
+            let tx = bench.read(&x);
+            bench.run(&OpDesc::new(OpKind::Softmax, &[x], x));
+            assert_close(&bench.read(&x), &refr::softmax(&tx), tol(dt), &format!("softmax in place {what}"));
+        }
+    }
+}
+
+#[test]
+fn softmax_is_stable_for_large_inputs() {
+    let mut bench = Bench::new(8);
+    let x = bench.view(DType::F32, &[2, 3], Dense);
+    let vals = [1000.0f32, 1001.0, 999.0, -1000.0, -1e30, -999.0];
+    bench.buffer(&x).write(0, &vals.iter().flat_map(|v| v.to_ne_bytes()).collect::<Vec<_>>()).unwrap();
+    let want = refr::softmax(&bench.read(&x));
+    bench.run(&OpDesc::new(OpKind::Softmax, &[x], x));
+    assert_close(&bench.read(&x), &want, 1e-6, "softmax of large values");
+}
+
+#[test]
+fn rope_matches_reference_in_both_pairings() {
+    let mut bench = Bench::new(9);
+    for dt in FLOATS {
+        for interleaved in [false, true] {
+            for (shape, layout) in
+                [(&[1, 1, 2][..], Dense), (&[5, 3, 8][..], Padded), (&[2, 7, 4, 64][..], Dense)]
+            {
+                let p = OpParams {
+                    rope_theta: 500.0,
+                    rope_position: 37,
+                    rope_interleaved: interleaved,
+                    ..Default::default()
+                };
+                let (x, tx) = bench.input(dt, shape, layout);
+                let out = bench.view(dt, shape, Dense);
+                bench.run(&OpDesc::new(OpKind::Rope, &[x], out).with_params(p));
+                let want = refr::rope(&tx, &p);
+                let what = format!("rope {dt} {shape:?} interleaved {interleaved}");
+                assert_close(&bench.read(&out), &want, tol(dt) * 2.0, &what);
+                bench.run(&OpDesc::new(OpKind::Rope, &[x], x).with_params(p));
+                assert_close(&bench.read(&x), &want, tol(dt) * 2.0, &format!("{what} in place"));
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_reference() {
+    let mut bench = Bench::new(10);
+    struct Case {
+        q: &'static [usize],
+        kv: &'static [usize],
+        mask: Option<&'static [usize]>,
+        causal: bool,
+        kv_len: u32,
+        scale: f32,
+    }
+    let cases = [
+        Case { q: &[1, 1, 1], kv: &[1, 1, 1], mask: None, causal: false, kv_len: 0, scale: 0.0 },
+        Case { q: &[4, 3, 16], kv: &[2, 10, 16], mask: None, causal: true, kv_len: 7, scale: 0.0 },
+        Case { q: &[2, 4, 5, 8], kv: &[2, 1, 5, 8], mask: None, causal: true, kv_len: 0, scale: 0.3 },
+        Case {
+            q: &[2, 4, 3, 17],
+            kv: &[2, 4, 9, 17],
+            mask: Some(&[3, 9]),
+            causal: false,
+            kv_len: 8,
+            scale: 0.0,
+        },
+        Case {
+            q: &[1, 2, 6, 32],
+            kv: &[1, 2, 6, 32],
+            mask: Some(&[1, 2, 6, 6]),
+            causal: true,
+            kv_len: 0,
+            scale: 0.0,
+        },
+        Case { q: &[2, 8, 64, 64], kv: &[2, 2, 80, 64], mask: None, causal: true, kv_len: 70, scale: 0.0 },
+    ];
+    for dt in FLOATS {
+        for (ci, c) in cases.iter().enumerate() {
+            for layout in [Dense, Padded] {
+                let (q, tq) = bench.input(dt, c.q, layout);
+                let (k, tk) = bench.input(dt, c.kv, Dense);
+                let (v, tv) = bench.input(dt, c.kv, layout);
+                let mask = c.mask.map(|s| bench.input(dt, s, Dense));
+                let out = bench.view(dt, c.q, Padded);
+                let p = OpParams {
+                    causal: c.causal,
+                    kv_len: c.kv_len,
+                    attn_scale: c.scale,
+                    ..Default::default()
+                };
+                let mut inputs = vec![q, k, v];
+                inputs.extend(mask.as_ref().map(|m| m.0));
+                bench.run(&OpDesc::new(OpKind::Attention, &inputs, out).with_params(p));
+                let want = refr::attention(&tq, &tk, &tv, mask.as_ref().map(|m| &m.1), &p);
+                assert_close(
+                    &bench.read(&out),
+                    &want,
+                    tol(dt) * 2.0,
+                    &format!("attention case {ci} {dt} {layout:?}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn copy_converts_between_all_dtypes() {
+    let mut bench = Bench::new(11);
+    for from in DType::ALL {
+        for to in DType::ALL {
+            for (shape, layout) in [(&[1][..], Dense), (&[17, 3][..], Transposed), (&[300, 130][..], Padded)]
+            {
+                let (a, ta) = bench.input(from, shape, layout);
+                let out = bench.view(to, shape, Dense);
+                bench.run(&OpDesc::new(OpKind::Copy, &[a], out));
+                // By value: round to the target type, integers saturating toward zero.
+                let want = refr::unary(&ta, |x| unsafe {
+                    let mut cell = [0u8; 8];
+                    write_elem(cell.as_mut_ptr(), to, 0, x);
+                    read_elem(cell.as_ptr(), to, 0)
+                });
+                let exact = from == to || !to.is_float();
+                let t = if exact { 0.0 } else { tol(to) };
+                assert_close(&bench.read(&out), &want, t, &format!("copy {from}->{to} {shape:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn float_to_int_copies_saturate() {
+    let mut bench = Bench::new(12);
+    let a = bench.view(DType::F32, &[4], Dense);
+    let vals = [300.0f32, -300.0, 2.9, f32::NAN];
+    bench.buffer(&a).write(0, &vals.iter().flat_map(|v| v.to_ne_bytes()).collect::<Vec<_>>()).unwrap();
+    let out = bench.view(DType::I8, &[4], Dense);
+    bench.run(&OpDesc::new(OpKind::Copy, &[a], out));
+    assert_eq!(bench.read(&out).data, vec![127.0, -128.0, 2.0, 0.0]);
+}
+
+#[test]
+fn cpu_backend_reports_itself_and_runs_on_its_pool() {
+    use crate::backend::{Backend, DeviceKind};
+    let cpu = super::CpuBackend::new(2).unwrap();
+    let info = cpu.info();
+    assert_eq!(info.kind, DeviceKind::Cpu);
+    assert!(info.available && !info.name.is_empty());
+    assert!(OpKind::ALL.iter().all(|k| info.supports_kind(*k)));
+    assert!(DType::ALL.iter().all(|d| info.dtypes & d.bit() != 0));
+    assert!(info.peak_gflops > 0.0 && info.bandwidth_gbs > 0.0);
+    assert_eq!(cpu.threads(), 2);
+
+    let mut bench = Bench::new(13);
+    let (a, ta) = bench.input(DType::F32, &[64, 64], Dense);
+    let (b, tb) = bench.input(DType::F32, &[64, 64], Dense);
+    let out = bench.view(DType::F32, &[64, 64], Dense);
+    let op = OpDesc::new(OpKind::Matmul, &[a, b], out);
+    cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+    let want = refr::matmul(&ta, &tb, None, &T::zeros(&[64, 64]), &OpParams::default());
+    assert_close(&bench.read(&out), &want, 1e-4, "matmul on the backend");
+}

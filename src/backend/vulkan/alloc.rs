@@ -1,0 +1,340 @@
+//! Device memory in large blocks, sub-allocated, so running an op never calls
+//! vkAllocateMemory once the blocks exist. Each block is bound to one VkBuffer covering it;
+//! an allocation is a (block, offset, size) range bound through descriptor offsets.
+
+use super::context::{types, vk_err, Context};
+use crate::error::{Error, Result};
+use ash::vk;
+use std::sync::Arc;
+
+/// First-fit allocator over [0, capacity) with coalescing of freed neighbours. Every size and
+/// offset is a multiple of `align`, which keeps every allocation aligned.
+#[derive(Debug)]
+pub struct RangeAllocator {
+    capacity: u64,
+    align: u64,
+    /// Free ranges (offset, size), sorted by offset, never adjacent.
+    free: Vec<(u64, u64)>,
+}
+
+impl RangeAllocator {
+    pub fn new(capacity: u64, align: u64) -> RangeAllocator {
+        assert!(align.is_power_of_two());
+        let capacity = capacity & !(align - 1);
+        RangeAllocator {
+            capacity,
+            align,
+            free: vec![(0, capacity)],
+        }
+    }
+
+    pub fn round(&self, size: u64) -> u64 {
+        size.max(1).div_ceil(self.align) * self.align
+    }
+
+    pub fn allocate(&mut self, size: u64) -> Option<u64> {
+        let size = self.round(size);
+        let i = self.free.iter().position(|&(_, s)| s >= size)?;
+        let (off, s) = self.free[i];
+        if s == size {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (off + size, s - size);
+        }
+        Some(off)
+    }
+
+    pub fn free(&mut self, offset: u64, size: u64) {
+        let size = self.round(size);
+        let i = self.free.partition_point(|&(o, _)| o < offset);
+        debug_assert!(i == self.free.len() || offset + size <= self.free[i].0);
+        self.free.insert(i, (offset, size));
+        // Merge with the next range, then with the previous one.
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.free.len() == 1 && self.free[0] == (0, self.capacity)
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.free.iter().map(|&(_, s)| s).sum()
+    }
+}
+
+/// A sub-allocation: where it lives and how to bind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub heap: HeapKind,
+    pub block: usize,
+    pub buffer: vk::Buffer,
+    pub offset: u64,
+    pub size: u64,
+    /// Host address of the first byte when the memory is mapped.
+    pub mapped: Option<*mut u8>,
+}
+
+// The mapped pointer is only dereferenced under the backend's lock.
+unsafe impl Send for Allocation {}
+unsafe impl Sync for Allocation {}
+
+impl Allocation {
+    /// The bytes of a mapped allocation.
+    ///
+    /// # Safety
+    /// The GPU must not be using the range, and the caller must be the only accessor.
+    pub unsafe fn bytes_mut(&self, len: usize) -> &mut [u8] {
+        let p = self.mapped.expect("allocation is not host-visible");
+        debug_assert!(len as u64 <= self.size);
+        std::slice::from_raw_parts_mut(p, len)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HeapKind {
+    /// Where tensors live (host-visible too on unified-memory devices).
+    Device,
+    /// Host-visible memory for uploads and downloads on devices that need staging.
+    Staging,
+}
+
+struct Block {
+    memory: vk::DeviceMemory,
+    /// Bytes of device memory behind the block.
+    bytes: u64,
+    buffer: vk::Buffer,
+    mapped: Option<*mut u8>,
+    ranges: RangeAllocator,
+}
+
+/// A set of blocks of one memory type.
+pub struct Heap {
+    ctx: Arc<Context>,
+    kind: HeapKind,
+    memory_type: u32,
+    host_visible: bool,
+    block_size: u64,
+    align: u64,
+    blocks: Vec<Option<Block>>,
+    /// Bytes held in blocks (what vkAllocateMemory handed out).
+    pub reserved: u64,
+}
+
+unsafe impl Send for Heap {}
+
+const BLOCK_SIZE: u64 = 64 << 20;
+
+impl Heap {
+    /// Picks a memory type with all of `want` (preferring one that also has `prefer`).
+    pub fn new(
+        ctx: Arc<Context>,
+        kind: HeapKind,
+        want: vk::MemoryPropertyFlags,
+        prefer: vk::MemoryPropertyFlags,
+    ) -> Result<Heap> {
+        let mem = &ctx.caps.memory;
+        let candidates: Vec<(u32, vk::MemoryPropertyFlags)> = types(mem)
+            .enumerate()
+            .filter(|(_, t)| t.property_flags.contains(want))
+            .map(|(i, t)| (i as u32, t.property_flags))
+            .collect();
+        let chosen = candidates
+            .iter()
+            .find(|(_, f)| f.contains(prefer))
+            .or(candidates.first())
+            .ok_or_else(|| {
+                Error::DeviceUnavailable(format!("no Vulkan memory type with {want:?}"))
+            })?;
+        let align = ctx.caps.min_storage_align.max(256).next_power_of_two();
+        Ok(Heap {
+            kind,
+            memory_type: chosen.0,
+            host_visible: chosen.1.contains(vk::MemoryPropertyFlags::HOST_VISIBLE),
+            block_size: BLOCK_SIZE,
+            align,
+            blocks: Vec::new(),
+            reserved: 0,
+            ctx,
+        })
+    }
+
+    pub fn host_visible(&self) -> bool {
+        self.host_visible
+    }
+
+    pub fn allocate(&mut self, size: u64) -> Result<Allocation> {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            if let Some(b) = b {
+                if let Some(off) = b.ranges.allocate(size) {
+                    return Ok(self.make(i, off, size));
+                }
+            }
+        }
+        let block_bytes = self.block_size.max(size.div_ceil(self.align) * self.align);
+        let block = self.new_block(block_bytes)?;
+        let slot = match self.blocks.iter().position(|b| b.is_none()) {
+            Some(s) => s,
+            None => {
+                self.blocks.push(None);
+                self.blocks.len() - 1
+            }
+        };
+        self.blocks[slot] = Some(block);
+        let off = self.blocks[slot]
+            .as_mut()
+            .and_then(|b| b.ranges.allocate(size))
+            .ok_or_else(|| Error::Internal("fresh block cannot hold its request".into()))?;
+        Ok(self.make(slot, off, size))
+    }
+
+    fn make(&self, block: usize, offset: u64, size: u64) -> Allocation {
+        let b = self.blocks[block].as_ref().expect("live block");
+        Allocation {
+            heap: self.kind,
+            block,
+            buffer: b.buffer,
+            offset,
+            size: b.ranges.round(size),
+            mapped: b.mapped.map(|p| unsafe { p.add(offset as usize) }),
+        }
+    }
+
+    /// Returns the range; a block left empty is released unless it is the only one.
+    pub fn free(&mut self, a: &Allocation) {
+        let live = self.blocks.iter().filter(|b| b.is_some()).count();
+        let Some(Some(b)) = self.blocks.get_mut(a.block) else {
+            return;
+        };
+        b.ranges.free(a.offset, a.size);
+        if b.ranges.is_empty() && live > 1 {
+            let b = self.blocks[a.block].take().expect("live block");
+            self.release(b);
+        }
+    }
+
+    fn new_block(&mut self, bytes: u64) -> Result<Block> {
+        let d = &self.ctx.device;
+        let info = vk::BufferCreateInfo::default()
+            .size(bytes)
+            .usage(
+                vk::BufferUsageFlags::STORAGE_BUFFER
+                    | vk::BufferUsageFlags::TRANSFER_SRC
+                    | vk::BufferUsageFlags::TRANSFER_DST,
+            )
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        let buffer =
+            unsafe { d.create_buffer(&info, None) }.map_err(|e| vk_err("vkCreateBuffer", e))?;
+        let req = unsafe { d.get_buffer_memory_requirements(buffer) };
+        if req.memory_type_bits & (1 << self.memory_type) == 0 {
+            unsafe { d.destroy_buffer(buffer, None) };
+            return Err(Error::DeviceFailed(
+                "buffer cannot live in the chosen memory type".into(),
+            ));
+        }
+        let alloc = vk::MemoryAllocateInfo::default()
+            .allocation_size(req.size)
+            .memory_type_index(self.memory_type);
+        let memory = match unsafe { d.allocate_memory(&alloc, None) } {
+            Ok(m) => m,
+            Err(e) => {
+                unsafe { d.destroy_buffer(buffer, None) };
+                return Err(vk_err("vkAllocateMemory", e));
+            }
+        };
+        let cleanup = |e| {
+            unsafe {
+                d.destroy_buffer(buffer, None);
+                d.free_memory(memory, None);
+            }
+            vk_err("binding block memory", e)
+        };
+        unsafe { d.bind_buffer_memory(buffer, memory, 0) }.map_err(cleanup)?;
+        let mapped = if self.host_visible {
+            let p = unsafe { d.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
+                .map_err(cleanup)?;
+            Some(p as *mut u8)
+        } else {
+            None
+        };
+        self.reserved += req.size;
+        Ok(Block {
+            memory,
+            bytes: req.size,
+            buffer,
+            mapped,
+            ranges: RangeAllocator::new(bytes, self.align),
+        })
+    }
+
+    fn release(&mut self, b: Block) {
+        let d = &self.ctx.device;
+        unsafe {
+            d.destroy_buffer(b.buffer, None);
+            d.free_memory(b.memory, None);
+        }
+        self.reserved = self.reserved.saturating_sub(b.bytes);
+    }
+
+    /// Bytes handed out to allocations.
+    pub fn used(&self) -> u64 {
+        self.blocks
+            .iter()
+            .flatten()
+            .map(|b| b.ranges.capacity - b.ranges.free_bytes())
+            .sum()
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        let blocks: Vec<Block> = self.blocks.drain(..).flatten().collect();
+        for b in blocks {
+            self.release(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RangeAllocator;
+
+    #[test]
+    fn allocations_are_aligned_disjoint_and_coalesce_back() {
+        let mut r = RangeAllocator::new(4096, 256);
+        let a = r.allocate(1).unwrap();
+        let b = r.allocate(300).unwrap();
+        let c = r.allocate(256).unwrap();
+        assert_eq!((a, b, c), (0, 256, 768));
+        assert!(r.allocate(4096).is_none());
+        r.free(b, 300);
+        // The hole of 512 bytes is reused first-fit.
+        assert_eq!(r.allocate(512), Some(256));
+        r.free(256, 512);
+        r.free(a, 1);
+        r.free(c, 256);
+        assert!(r.is_empty());
+        assert_eq!(r.allocate(4096), Some(0));
+    }
+
+    #[test]
+    fn freeing_in_any_order_restores_one_range() {
+        let mut r = RangeAllocator::new(1 << 20, 256);
+        let offs: Vec<u64> = (0..64).map(|i| r.allocate(256 * (i % 5 + 1)).unwrap()).collect();
+        for (n, i) in [7usize, 3, 63, 0, 31, 32, 30]
+            .into_iter()
+            .chain((0..64).filter(|i| ![7, 3, 63, 0, 31, 32, 30].contains(i)))
+            .enumerate()
+        {
+            r.free(offs[i], 256 * (i as u64 % 5 + 1));
+            assert_eq!(r.is_empty(), n == 63);
+        }
+        assert_eq!(r.free_bytes(), 1 << 20);
+    }
+}

@@ -1,0 +1,387 @@
+//! How each op maps onto a shader: variant, push constants, workgroup counts. Tensors are
+//! dense on the device (strided views are packed on upload), so only shapes matter here.
+//! Binding slot i of every shader is input i; slot 4 is the output.
+
+use crate::error::{Error, Result};
+use crate::op::validate::{batch_of, matmul_mkn};
+use crate::op::{DType, OpDesc, OpKind, TensorView};
+
+/// What the device supports that changes the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Features {
+    pub f16: bool,
+    pub coopmat: bool,
+    pub subgroup_arithmetic: bool,
+}
+
+/// One step of an op on the device.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Dispatch {
+        shader: &'static str,
+        push: Vec<u8>,
+        groups: [u32; 3],
+    },
+    /// Same-dtype copy: a transfer from input 0 to the output.
+    CopyBuffer { bytes: u64 },
+}
+
+/// Push-constant block builder following the std430 offsets of the shaders' blocks.
+#[derive(Default)]
+struct Push(Vec<u8>);
+
+impl Push {
+    fn u(mut self, v: usize) -> Push {
+        self.0.extend_from_slice(&(v as u32).to_le_bytes());
+        self
+    }
+    fn f(mut self, v: f32) -> Push {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn uvec4(mut self, v: [usize; 4]) -> Push {
+        while self.0.len() % 16 != 0 {
+            self.0.push(0);
+        }
+        for x in v {
+            self = self.u(x);
+        }
+        self
+    }
+}
+
+const MAX_GROUPS: usize = 65535;
+/// Largest head_dim the attention shader holds in shared memory.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// A 1-D count of workgroups folded into x and y (each at most 65535).
+fn fold(groups: usize) -> [u32; 3] {
+    let x = groups.clamp(1, MAX_GROUPS);
+    [x as u32, groups.div_ceil(x) as u32, 1]
+}
+
+fn suffix(dt: DType) -> &'static str {
+    if dt == DType::F16 {
+        "f16"
+    } else {
+        "f32"
+    }
+}
+
+/// Dims padded on the left with 1 to rank 4.
+fn dims4(v: &TensorView) -> [usize; 4] {
+    let mut d = [1; 4];
+    d[4 - v.rank..].copy_from_slice(v.dims());
+    d
+}
+
+/// Dense strides of `small` broadcast to the rank-4 `full`: 0 where it broadcasts.
+fn broadcast_strides(small: &[usize], full: [usize; 4]) -> [usize; 4] {
+    let mut d = [1; 4];
+    d[4 - small.len()..].copy_from_slice(small);
+    let mut s = [0; 4];
+    let mut acc = 1;
+    for i in (0..4).rev() {
+        s[i] = if d[i] == 1 && full[i] != 1 { 0 } else { acc };
+        acc *= d[i];
+    }
+    s
+}
+
+/// Whether the device can run this op (beyond dtype and kind, which `DeviceInfo` says).
+pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
+    if op.views().any(|v| v.bytes() as u64 > max_range) {
+        return false;
+    }
+    let dt_ok = |d: DType| d == DType::F32 || (d == DType::F16 && f.f16);
+    if !op.views().all(|v| dt_ok(v.dtype)) {
+        return false;
+    }
+    match op.kind {
+        OpKind::Attention => {
+            let q = op.input(0).expect("validated");
+            let r = q.rank;
+            q.shape[r - 1] <= MAX_HEAD_DIM
+                && q.shape[r - 2] <= MAX_GROUPS
+                && q.shape[r - 3] <= MAX_GROUPS
+        }
+        OpKind::Matmul => {
+            let (m, _, n, batch) = matmul_mkn(op);
+            batch <= MAX_GROUPS && m.div_ceil(128) <= MAX_GROUPS && n.div_ceil(128) <= MAX_GROUPS
+        }
+        _ => true,
+    }
+}
+
+pub fn plan(op: &OpDesc, f: Features) -> Result<Step> {
+    let a = op.input(0).expect("validated ops have input 0");
+    let dt = suffix(a.dtype);
+    let n = op.output.numel();
+    let p = &op.params;
+    Ok(match op.kind {
+        OpKind::Matmul => plan_matmul(op, f)?,
+        OpKind::Add | OpKind::Mul => {
+            let b = op.input(1).expect("validated");
+            let shape = dims4(a);
+            let push = Push::default()
+                .u(n)
+                .u(usize::from(op.kind == OpKind::Mul))
+                .uvec4(shape)
+                .uvec4(broadcast_strides(b.dims(), shape));
+            dispatch("binary", dt, push, fold(n.div_ceil(256)))
+        }
+        OpKind::Scale | OpKind::Silu | OpKind::Gelu => {
+            let code = match op.kind {
+                OpKind::Scale => 0,
+                OpKind::Silu => 1,
+                _ => 2,
+            };
+            let push = Push::default()
+                .u(n)
+                .u(code)
+                .f(p.alpha)
+                .u(usize::from(p.gelu_tanh));
+            dispatch("unary", dt, push, fold(n.div_ceil(256)))
+        }
+        OpKind::Softmax => {
+            let push = Push::default().u(a.rows()).u(a.last());
+            dispatch("softmax", dt, push, fold(a.rows()))
+        }
+        OpKind::RmsNorm | OpKind::LayerNorm => {
+            let layer = op.kind == OpKind::LayerNorm;
+            let push = Push::default()
+                .u(a.rows())
+                .u(a.last())
+                .u(usize::from(layer))
+                .u(usize::from(op.input(1).is_some()))
+                .u(usize::from(layer && op.input(2).is_some()))
+                .f(p.eps);
+            dispatch("norm", dt, push, fold(a.rows()))
+        }
+        OpKind::Rope => {
+            let r = a.rank;
+            let push = Push::default()
+                .u(n / 2)
+                .u(a.shape[r - 3])
+                .u(a.shape[r - 2])
+                .u(a.shape[r - 1])
+                .u(p.rope_position as usize)
+                .u(usize::from(p.rope_interleaved))
+                .f(p.rope_theta);
+            dispatch("rope", dt, push, fold((n / 2).div_ceil(256)))
+        }
+        OpKind::Attention => plan_attention(op),
+        OpKind::Copy => {
+            let (src, dst) = (a.dtype, op.output.dtype);
+            if src == dst {
+                Step::CopyBuffer {
+                    bytes: op.output.bytes() as u64,
+                }
+            } else if matches!((src, dst), (DType::F32, DType::F16) | (DType::F16, DType::F32)) {
+                let shader = if src == DType::F32 {
+                    "convert_f32_f16"
+                } else {
+                    "convert_f16_f32"
+                };
+                Step::Dispatch {
+                    shader,
+                    push: Push::default().u(n).0,
+                    groups: fold(n.div_ceil(256)),
+                }
+            } else {
+                return Err(Error::Unsupported(format!(
+                    "vulkan: copy from {src} to {dst}"
+                )));
+            }
+        }
+    })
+}
+
+fn dispatch(base: &str, dt: &str, push: Push, groups: [u32; 3]) -> Step {
+    Step::Dispatch {
+        shader: shader_name(&format!("{base}_{dt}")),
+        push: push.0,
+        groups,
+    }
+}
+
+/// The static name of a shader variant (the pipeline table is keyed by them).
+fn shader_name(name: &str) -> &'static str {
+    super::pipelines::SHADERS
+        .iter()
+        .map(|(n, _)| *n)
+        .find(|n| *n == name)
+        .unwrap_or("missing")
+}
+
+/// Loader modes, see shaders/matmul_params.glsl.
+const SCALAR_K: usize = 0;
+const SCALAR_ROW: usize = 1;
+const VEC_K: usize = 2;
+const VEC_ROW: usize = 3;
+
+fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
+    let a = op.input(0).expect("validated");
+    let b = op.input(1).expect("validated");
+    let (m, k, n, batch) = matmul_mkn(op);
+    let p = &op.params;
+    // Dense device layouts: A is [.., M, K] or, transposed, [.., K, M]; B likewise.
+    let (a_rs, a_ks) = if p.trans_a { (1, m) } else { (k, 1) };
+    let (b_ks, b_ns) = if p.trans_b { (1, k) } else { (n, 1) };
+    let a_bs = if batch_of(a) == 1 { 0 } else { m * k };
+    let b_bs = if batch_of(b) == 1 { 0 } else { k * n };
+    let flags = usize::from(op.input(2).is_some())
+        | (p.activation as usize) << 1
+        | usize::from(p.gelu_tanh) << 3;
+    let in16 = a.dtype == DType::F16;
+    let out16 = op.output.dtype == DType::F16;
+    let variant = match (in16, out16) {
+        (false, _) => "f32",
+        (true, true) => "f16",
+        (true, false) => "f16_f32",
+    };
+    let push = |a_mode: usize, b_mode: usize| {
+        Push::default()
+            .u(m)
+            .u(n)
+            .u(k)
+            .u(a_rs)
+            .u(a_ks)
+            .u(a_bs)
+            .u(b_ks)
+            .u(b_ns)
+            .u(b_bs)
+            .f(p.alpha)
+            .f(p.beta)
+            .u(flags)
+            .u(a_mode)
+            .u(b_mode)
+            .0
+    };
+    if m == 1 && f.subgroup_arithmetic {
+        let vec = if in16 { 8 } else { 4 };
+        let (b_mode, groups) = if !p.trans_b {
+            (SCALAR_ROW, n.div_ceil(64))
+        } else if k % vec == 0 {
+            (VEC_K, n)
+        } else {
+            (SCALAR_K, n)
+        };
+        let mut g = fold(groups);
+        g[2] = batch as u32;
+        return Ok(Step::Dispatch {
+            shader: shader_name(&format!("gemv_{variant}")),
+            push: push(SCALAR_K, b_mode),
+            groups: g,
+        });
+    }
+    let groups = [n.div_ceil(128) as u32, m.div_ceil(128) as u32, batch as u32];
+    if in16 && f.coopmat && !p.trans_a && k % 4 == 0 && (p.trans_b || n % 4 == 0) {
+        let b_mode = if p.trans_b { VEC_K } else { VEC_ROW };
+        return Ok(Step::Dispatch {
+            shader: shader_name(&format!("coopmat_{variant}")),
+            push: push(VEC_K, b_mode),
+            groups,
+        });
+    }
+    let a_mode = match (p.trans_a, k % 4 == 0, m % 4 == 0) {
+        (false, true, _) => VEC_K,
+        (false, false, _) => SCALAR_K,
+        (true, _, true) => VEC_ROW,
+        (true, _, false) => SCALAR_ROW,
+    };
+    let b_mode = match (p.trans_b, k % 4 == 0, n % 4 == 0) {
+        (true, true, _) => VEC_K,
+        (true, false, _) => SCALAR_K,
+        (false, _, true) => VEC_ROW,
+        (false, _, false) => SCALAR_ROW,
+    };
+    Ok(Step::Dispatch {
+        shader: shader_name(&format!("matmul_{variant}")),
+        push: push(a_mode, b_mode),
+        groups,
+    })
+}
+
+fn plan_attention(op: &OpDesc) -> Step {
+    let q = op.input(0).expect("validated");
+    let k = op.input(1).expect("validated");
+    let r = q.rank;
+    let batch = if r == 4 { q.shape[0] } else { 1 };
+    let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
+    let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
+    let p = &op.params;
+    let kv_len = if p.kv_len == 0 { skv } else { p.kv_len as usize };
+    let scale = if p.attn_scale == 0.0 {
+        1.0 / (d as f32).sqrt()
+    } else {
+        p.attn_scale
+    };
+    let full = [batch, h, sq, skv];
+    let mstride = op
+        .input(3)
+        .map(|m| broadcast_strides(m.dims(), full))
+        .unwrap_or([0; 4]);
+    let push = Push::default()
+        .u(h)
+        .u(hkv)
+        .u(sq)
+        .u(skv)
+        .u(d)
+        .u(kv_len)
+        .u(usize::from(p.causal))
+        .u(usize::from(op.input(3).is_some()))
+        .f(scale)
+        .uvec4(mstride);
+    Step::Dispatch {
+        shader: shader_name(&format!("attention_{}", suffix(q.dtype))),
+        push: push.0,
+        groups: [sq as u32, h as u32, batch as u32],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_strides_zero_the_broadcast_dims() {
+        assert_eq!(broadcast_strides(&[3], [1, 2, 4, 3]), [3, 0, 0, 1]);
+        assert_eq!(broadcast_strides(&[4, 1], [1, 2, 4, 3]), [4, 0, 1, 0]);
+        assert_eq!(broadcast_strides(&[2, 4, 3], [1, 2, 4, 3]), [12, 12, 3, 1]);
+    }
+
+    #[test]
+    fn push_blocks_follow_std430_vector_alignment() {
+        let p = Push::default().u(1).u(2).uvec4([3, 4, 5, 6]);
+        assert_eq!(p.0.len(), 32);
+        assert_eq!(&p.0[16..20], &3u32.to_le_bytes());
+    }
+
+    #[test]
+    fn every_planned_shader_exists() {
+        let f = Features {
+            f16: true,
+            coopmat: true,
+            subgroup_arithmetic: true,
+        };
+        let mk = |dt, m: usize, trans_b| {
+            let a = TensorView::contiguous(1, dt, &[m, 8], 0);
+            let b = TensorView::contiguous(2, dt, &[8, 8], 0);
+            let c = TensorView::contiguous(3, dt, &[m, 8], 0);
+            let mut op = OpDesc::new(OpKind::Matmul, &[a, b], c);
+            op.params.trans_b = trans_b;
+            op
+        };
+        for dt in [DType::F32, DType::F16] {
+            for m in [1, 5] {
+                for t in [false, true] {
+                    let Step::Dispatch { shader, .. } = plan(&mk(dt, m, t), f).unwrap() else {
+                        panic!("matmul plans a dispatch")
+                    };
+                    assert_ne!(shader, "missing", "{dt} m={m} trans_b={t}");
+                }
+            }
+        }
+    }
+}

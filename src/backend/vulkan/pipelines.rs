@@ -1,0 +1,177 @@
+//! Compute pipelines from the embedded SPIR-V, created on first use and kept. Every shader
+//! shares one layout (five storage buffers, 128 bytes of push constants). A VkPipelineCache is
+//! loaded from and saved to the cache directory so later runs skip driver compilation.
+
+use super::context::{vk_err, Context};
+use crate::error::{Error, Result};
+use ash::vk;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
+
+/// Binding slots: inputs 0..=3, output 4.
+pub const BINDINGS: u32 = 5;
+pub const PUSH_BYTES: u32 = 128;
+
+pub struct Pipelines {
+    ctx: Arc<Context>,
+    pub set_layout: vk::DescriptorSetLayout,
+    pub layout: vk::PipelineLayout,
+    cache: vk::PipelineCache,
+    cache_file: Option<PathBuf>,
+    pipelines: HashMap<&'static str, vk::Pipeline>,
+}
+
+/// `$NPUHYBRID_CACHE_DIR`, else `$XDG_CACHE_HOME/npuhybrid`, else `~/.cache/npuhybrid`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("NPUHYBRID_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("npuhybrid"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("npuhybrid"))
+}
+
+impl Pipelines {
+    pub fn new(ctx: Arc<Context>) -> Result<Pipelines> {
+        let d = &ctx.device;
+        let bindings: Vec<vk::DescriptorSetLayoutBinding> = (0..BINDINGS)
+            .map(|b| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(b)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        let set_layout = unsafe {
+            d.create_descriptor_set_layout(
+                &vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings),
+                None,
+            )
+        }
+        .map_err(|e| vk_err("vkCreateDescriptorSetLayout", e))?;
+        let ranges = [vk::PushConstantRange::default()
+            .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            .size(PUSH_BYTES)];
+        let layouts = [set_layout];
+        let layout = match unsafe {
+            d.create_pipeline_layout(
+                &vk::PipelineLayoutCreateInfo::default()
+                    .set_layouts(&layouts)
+                    .push_constant_ranges(&ranges),
+                None,
+            )
+        } {
+            Ok(l) => l,
+            Err(e) => {
+                unsafe { d.destroy_descriptor_set_layout(set_layout, None) };
+                return Err(vk_err("vkCreatePipelineLayout", e));
+            }
+        };
+        let caps = &ctx.caps;
+        // The driver checks the header (vendor, device, cache UUID) and ignores a foreign file;
+        // the name keeps caches of several devices apart.
+        let uuid: String = caps
+            .pipeline_cache_uuid
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let cache_file = cache_dir().map(|d| {
+            d.join(format!(
+                "vulkan-{:04x}-{:04x}-{uuid}.bin",
+                caps.vendor_id, caps.device_id
+            ))
+        });
+        let initial = cache_file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .unwrap_or_default();
+        let cache = unsafe {
+            d.create_pipeline_cache(
+                &vk::PipelineCacheCreateInfo::default().initial_data(&initial),
+                None,
+            )
+        }
+        .or_else(|_| unsafe { d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default(), None) })
+        .map_err(|e| vk_err("vkCreatePipelineCache", e))?;
+        Ok(Pipelines {
+            ctx,
+            set_layout,
+            layout,
+            cache,
+            cache_file,
+            pipelines: HashMap::new(),
+        })
+    }
+
+    /// The pipeline of a shader variant, created on first use.
+    pub fn get(&mut self, name: &str) -> Result<vk::Pipeline> {
+        if let Some(p) = self.pipelines.get(name) {
+            return Ok(*p);
+        }
+        let (key, spv) = SHADERS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| Error::Internal(format!("no shader variant {name}")))?;
+        let d = &self.ctx.device;
+        let words = ash::util::read_spv(&mut std::io::Cursor::new(spv))
+            .map_err(|e| Error::Internal(format!("shader {name}: {e}")))?;
+        let module = unsafe {
+            d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
+        }
+        .map_err(|e| vk_err("vkCreateShaderModule", e))?;
+        let stage = vk::PipelineShaderStageCreateInfo::default()
+            .stage(vk::ShaderStageFlags::COMPUTE)
+            .module(module)
+            .name(c"main");
+        let info = vk::ComputePipelineCreateInfo::default()
+            .stage(stage)
+            .layout(self.layout);
+        let made = unsafe { d.create_compute_pipelines(self.cache, &[info], None) };
+        unsafe { d.destroy_shader_module(module, None) };
+        let pipeline = made.map_err(|(_, e)| vk_err(&format!("creating pipeline {name}"), e))?[0];
+        self.pipelines.insert(key, pipeline);
+        Ok(pipeline)
+    }
+
+    /// Writes the pipeline cache to disk (best effort: a read-only home is not an error).
+    pub fn save_cache(&self) {
+        let Some(file) = &self.cache_file else { return };
+        let Ok(data) = (unsafe { self.ctx.device.get_pipeline_cache_data(self.cache) }) else {
+            return;
+        };
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        // Write then rename, so a concurrent reader never sees half a file.
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &data).is_ok() && std::fs::rename(&tmp, file).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    pub fn cache_file(&self) -> Option<&PathBuf> {
+        self.cache_file.as_ref()
+    }
+}
+
+impl Drop for Pipelines {
+    fn drop(&mut self) {
+        if !self.pipelines.is_empty() {
+            self.save_cache();
+        }
+        let d = &self.ctx.device;
+        unsafe {
+            for (_, p) in self.pipelines.drain() {
+                d.destroy_pipeline(p, None);
+            }
+            d.destroy_pipeline_cache(self.cache, None);
+            d.destroy_pipeline_layout(self.layout, None);
+            d.destroy_descriptor_set_layout(self.set_layout, None);
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! Runs a sequence of ops in one command buffer: uploads (skipped for current replicas),
+//! one dispatch per op with a barrier after each, timestamps around each op, downloads; one
+//! submission signalling a timeline semaphore; then the outputs are written back to the host
+//! views, which stay the truth. An op whose input is exactly an earlier op's output in the same
+//! sequence reads that device result directly; a partial overlap starts a new submission.
+
+use super::alloc::{Allocation, Heap, HeapKind};
+use super::context::{vk_err, Context};
+use super::ops::{self, Features, Step};
+use super::pack;
+use super::pipelines::{Pipelines, BINDINGS};
+use super::residency::{ReplicaKey, ResidencyCache};
+use crate::backend::{ExecReport, OpMemory};
+use crate::error::{Error, Result};
+use crate::op::{OpDesc, OpKind, TensorView};
+use ash::vk;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Ops per submission (sizes the descriptor and query pools).
+pub const MAX_OPS: usize = 256;
+const WAIT: Duration = Duration::from_secs(300);
+
+pub struct State {
+    ctx: Arc<Context>,
+    device_heap: Heap,
+    /// Host-visible memory for transfers; None on unified-memory devices.
+    staging: Option<Heap>,
+    pub residency: ResidencyCache<Allocation>,
+    pub pipelines: Pipelines,
+    cmd_pool: vk::CommandPool,
+    cmd: vk::CommandBuffer,
+    desc_pool: vk::DescriptorPool,
+    queries: vk::QueryPool,
+    timeline: vk::Semaphore,
+    timeline_value: u64,
+    /// Bound to unused binding slots.
+    dummy: Allocation,
+    /// Bytes of replicas kept between submissions.
+    budget: u64,
+    /// Set after a device loss or a hung submission; every later call fails.
+    lost: Option<String>,
+    /// A submission timed out: the GPU may still use its memory, so none is freed.
+    hung: bool,
+}
+
+// Vulkan handles and mapped pointers are used only under the backend's mutex.
+unsafe impl Send for State {}
+
+impl State {
+    pub fn new(ctx: Arc<Context>) -> Result<State> {
+        let unified = ctx.caps.unified_memory();
+        use vk::MemoryPropertyFlags as M;
+        let device_heap = if unified {
+            Heap::new(
+                ctx.clone(),
+                HeapKind::Device,
+                M::DEVICE_LOCAL | M::HOST_VISIBLE | M::HOST_COHERENT,
+                M::HOST_CACHED,
+            )?
+        } else {
+            Heap::new(ctx.clone(), HeapKind::Device, M::DEVICE_LOCAL, M::DEVICE_LOCAL)?
+        };
+        let staging = if unified {
+            None
+        } else {
+            Some(Heap::new(
+                ctx.clone(),
+                HeapKind::Staging,
+                M::HOST_VISIBLE | M::HOST_COHERENT,
+                M::HOST_CACHED,
+            )?)
+        };
+        let pipelines = Pipelines::new(ctx.clone())?;
+        let d = &ctx.device;
+        // Objects are created one by one; `cleanup` runs on the error path so nothing leaks.
+        let mut made = Made::default();
+        let result = (|| -> Result<()> {
+            made.cmd_pool = unsafe {
+                d.create_command_pool(
+                    &vk::CommandPoolCreateInfo::default()
+                        .queue_family_index(ctx.caps.queue_family)
+                        .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
+                    None,
+                )
+            }
+            .map_err(|e| vk_err("vkCreateCommandPool", e))?;
+            made.cmd = unsafe {
+                d.allocate_command_buffers(
+                    &vk::CommandBufferAllocateInfo::default()
+                        .command_pool(made.cmd_pool)
+                        .level(vk::CommandBufferLevel::PRIMARY)
+                        .command_buffer_count(1),
+                )
+            }
+            .map_err(|e| vk_err("vkAllocateCommandBuffers", e))?[0];
+            let sizes = [vk::DescriptorPoolSize::default()
+                .ty(vk::DescriptorType::STORAGE_BUFFER)
+                .descriptor_count(BINDINGS * MAX_OPS as u32)];
+            made.desc_pool = unsafe {
+                d.create_descriptor_pool(
+                    &vk::DescriptorPoolCreateInfo::default()
+                        .max_sets(MAX_OPS as u32)
+                        .pool_sizes(&sizes),
+                    None,
+                )
+            }
+            .map_err(|e| vk_err("vkCreateDescriptorPool", e))?;
+            made.queries = unsafe {
+                d.create_query_pool(
+                    &vk::QueryPoolCreateInfo::default()
+                        .query_type(vk::QueryType::TIMESTAMP)
+                        .query_count(2 * MAX_OPS as u32),
+                    None,
+                )
+            }
+            .map_err(|e| vk_err("vkCreateQueryPool", e))?;
+            let mut kind = vk::SemaphoreTypeCreateInfo::default()
+                .semaphore_type(vk::SemaphoreType::TIMELINE)
+                .initial_value(0);
+            made.timeline = unsafe {
+                d.create_semaphore(&vk::SemaphoreCreateInfo::default().push_next(&mut kind), None)
+            }
+            .map_err(|e| vk_err("vkCreateSemaphore", e))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            made.destroy(d);
+            return Err(e);
+        }
+        let mut device_heap = device_heap;
+        let dummy = match device_heap.allocate(256) {
+            Ok(a) => a,
+            Err(e) => {
+                made.destroy(d);
+                return Err(e);
+            }
+        };
+        // Keep replicas within half of device memory (a quarter on shared-memory devices,
+        // where it is also the host's).
+        let total = ctx.caps.device_local_bytes();
+        let budget = if unified { total / 4 } else { total / 2 };
+        Ok(State {
+            device_heap,
+            staging,
+            residency: ResidencyCache::default(),
+            pipelines,
+            cmd_pool: made.cmd_pool,
+            cmd: made.cmd,
+            desc_pool: made.desc_pool,
+            queries: made.queries,
+            timeline: made.timeline,
+            timeline_value: 0,
+            dummy,
+            budget,
+            lost: None,
+            hung: false,
+            ctx,
+        })
+    }
+
+    /// Device memory held by replicas and by the pool's blocks.
+    pub fn memory_stats(&self) -> (u64, u64) {
+        (self.residency.bytes(), self.device_heap.reserved)
+    }
+
+    pub fn set_budget(&mut self, bytes: u64) {
+        self.budget = bytes;
+    }
+
+    fn free(&mut self, a: Allocation) {
+        match a.heap {
+            HeapKind::Device => self.device_heap.free(&a),
+            HeapKind::Staging => {
+                if let Some(h) = self.staging.as_mut() {
+                    h.free(&a)
+                }
+            }
+        }
+    }
+
+    fn free_all(&mut self, list: Vec<Allocation>) {
+        for a in list {
+            self.free(a);
+        }
+    }
+
+    /// Device memory, evicting unused replicas when it runs out.
+    fn alloc_device(&mut self, bytes: u64) -> Result<Allocation> {
+        match self.device_heap.allocate(bytes) {
+            Err(Error::OutOfMemory(_)) => {
+                let mut evicted = Vec::new();
+                self.residency.evict_to(0, &mut evicted);
+                self.free_all(evicted);
+                self.device_heap.allocate(bytes)
+            }
+            other => other,
+        }
+    }
+
+    fn alloc_staging(&mut self, bytes: u64) -> Result<Allocation> {
+        self.staging
+            .as_mut()
+            .expect("staging heap exists on devices that need it")
+            .allocate(bytes)
+    }
+
+    /// Runs the ops in order; one report per op.
+    pub fn run(
+        &mut self,
+        features: Features,
+        ops: &[(&OpDesc, &OpMemory)],
+    ) -> Result<Vec<ExecReport>> {
+        if let Some(why) = &self.lost {
+            return Err(Error::DeviceLost(why.clone()));
+        }
+        let mut reports = Vec::with_capacity(ops.len());
+        let mut start = 0;
+        while start < ops.len() {
+            let end = segment_end(&ops[start..]) + start;
+            reports.extend(self.run_segment(features, &ops[start..end])?);
+            start = end;
+        }
+        Ok(reports)
+    }
+
+    fn run_segment(
+        &mut self,
+        features: Features,
+        ops: &[(&OpDesc, &OpMemory)],
+    ) -> Result<Vec<ExecReport>> {
+        let steps = ops
+            .iter()
+            .map(|(op, _)| ops::plan(op, features))
+            .collect::<Result<Vec<_>>>()?;
+        let mut dead = Vec::new();
+        self.residency.next_tick();
+        self.residency.evict_dead(&mut dead);
+        self.free_all(dead);
+
+        let mut seg = Segment::default();
+        let result = self
+            .prepare(ops, &mut seg)
+            .and_then(|_| self.record_and_submit(ops, &steps, &seg));
+        match result {
+            Ok(times) => {
+                self.finish(ops, seg, &times)?;
+                Ok(times
+                    .into_iter()
+                    .map(|device_ns| ExecReport { device_ns })
+                    .collect())
+            }
+            Err(e) => {
+                if matches!(e, Error::DeviceLost(_)) {
+                    self.lost = Some(e.to_string());
+                }
+                if !self.hung {
+                    // The GPU no longer uses anything of this segment.
+                    let mut list = seg.temporary;
+                    list.extend(seg.new_replicas.into_iter().map(|r| r.alloc));
+                    list.extend(seg.outputs.into_iter().map(|o| o.alloc));
+                    self.free_all(list);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Resolves every operand to device memory and schedules the uploads it needs.
+    fn prepare(&mut self, ops: &[(&OpDesc, &OpMemory)], seg: &mut Segment) -> Result<()> {
+        let mut stale = Vec::new();
+        for (op, mem) in ops {
+            let mut slots = [None; BINDINGS as usize];
+            for (i, v) in op.inputs.iter().enumerate() {
+                let Some(v) = v else { continue };
+                let key = ReplicaKey::of(v);
+                let produced = seg.outputs.iter().rev().find(|o| o.key == key);
+                let alloc = if let Some(o) = produced {
+                    o.alloc
+                } else if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key) {
+                    r.alloc
+                } else {
+                    let buf = mem.buffer(v.buffer)?;
+                    match self.residency.lookup(&key, buf.version(), &mut stale) {
+                        Some(a) => a,
+                        None => {
+                            let a = self.upload(v, mem, seg)?;
+                            seg.new_replicas.push(NewReplica {
+                                key,
+                                version: buf.version(),
+                                owner: Arc::downgrade(buf),
+                                alloc: a,
+                                bytes: v.bytes() as u64,
+                            });
+                            a
+                        }
+                    }
+                };
+                slots[i] = Some(alloc);
+            }
+            let out = &op.output;
+            // C = alpha*AB + beta*C needs the current C on the device.
+            let alloc = if op.kind == OpKind::Matmul && op.params.beta != 0.0 {
+                self.upload(out, mem, seg)?
+            } else {
+                self.alloc_device(out.bytes() as u64)?
+            };
+            slots[BINDINGS as usize - 1] = Some(alloc);
+            seg.outputs.push(Output {
+                key: ReplicaKey::of(out),
+                alloc,
+                staging: None,
+            });
+            seg.slots.push(slots);
+        }
+        self.free_all(stale);
+        // Downloads need staging space on devices without shared memory.
+        if self.staging.is_some() {
+            for i in 0..seg.outputs.len() {
+                let bytes = ops[i].0.output.bytes() as u64;
+                let s = self.alloc_staging(bytes)?;
+                seg.temporary.push(s);
+                seg.outputs[i].staging = Some(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a host view into fresh device memory (directly when mapped, else via staging).
+    fn upload(&mut self, v: &TensorView, mem: &OpMemory, seg: &mut Segment) -> Result<Allocation> {
+        let bytes = v.bytes();
+        let dst = self.alloc_device(bytes as u64)?;
+        let src = mem.ptr(v)?;
+        if dst.mapped.is_some() {
+            unsafe { pack::pack(v, src, dst.bytes_mut(bytes)) };
+            return Ok(dst);
+        }
+        let staging = match self.alloc_staging(bytes as u64) {
+            Ok(s) => s,
+            Err(e) => {
+                self.free(dst);
+                return Err(e);
+            }
+        };
+        unsafe { pack::pack(v, src, staging.bytes_mut(bytes)) };
+        seg.temporary.push(staging);
+        seg.copies_in.push((staging, dst, bytes as u64));
+        Ok(dst)
+    }
+
+    fn record_and_submit(
+        &mut self,
+        ops: &[(&OpDesc, &OpMemory)],
+        steps: &[Step],
+        seg: &Segment,
+    ) -> Result<Vec<Option<u64>>> {
+        let mut pipelines = Vec::with_capacity(steps.len());
+        for s in steps {
+            pipelines.push(match s {
+                Step::Dispatch { shader, .. } => Some(self.pipelines.get(shader)?),
+                Step::CopyBuffer { .. } => None,
+            });
+        }
+        let d = &self.ctx.device;
+        let cb = self.cmd;
+        let timestamps = self.ctx.caps.timestamp_bits > 0;
+        unsafe {
+            d.reset_descriptor_pool(self.desc_pool, vk::DescriptorPoolResetFlags::empty())
+                .map_err(|e| vk_err("vkResetDescriptorPool", e))?;
+            d.reset_command_buffer(cb, vk::CommandBufferResetFlags::empty())
+                .map_err(|e| vk_err("vkResetCommandBuffer", e))?;
+            d.begin_command_buffer(
+                cb,
+                &vk::CommandBufferBeginInfo::default()
+                    .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+            )
+            .map_err(|e| vk_err("vkBeginCommandBuffer", e))?;
+            if timestamps {
+                d.cmd_reset_query_pool(cb, self.queries, 0, 2 * ops.len() as u32);
+            }
+            for (src, dst, bytes) in &seg.copies_in {
+                let region = vk::BufferCopy::default()
+                    .src_offset(src.offset)
+                    .dst_offset(dst.offset)
+                    .size(*bytes);
+                d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
+            }
+            barrier(d, cb);
+            let layouts = vec![self.pipelines.set_layout; ops.len()];
+            let sets = d
+                .allocate_descriptor_sets(
+                    &vk::DescriptorSetAllocateInfo::default()
+                        .descriptor_pool(self.desc_pool)
+                        .set_layouts(&layouts),
+                )
+                .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?;
+            for (i, step) in steps.iter().enumerate() {
+                if timestamps {
+                    d.cmd_write_timestamp(
+                        cb,
+                        vk::PipelineStageFlags::COMPUTE_SHADER,
+                        self.queries,
+                        2 * i as u32,
+                    );
+                }
+                let slots = &seg.slots[i];
+                match step {
+                    Step::Dispatch { push, groups, .. } => {
+                        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = slots
+                            .iter()
+                            .map(|s| {
+                                let a = s.unwrap_or(self.dummy);
+                                [vk::DescriptorBufferInfo::default()
+                                    .buffer(a.buffer)
+                                    .offset(a.offset)
+                                    .range(a.size)]
+                            })
+                            .collect();
+                        let writes: Vec<vk::WriteDescriptorSet> = infos
+                            .iter()
+                            .enumerate()
+                            .map(|(b, info)| {
+                                vk::WriteDescriptorSet::default()
+                                    .dst_set(sets[i])
+                                    .dst_binding(b as u32)
+                                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                                    .buffer_info(info)
+                            })
+                            .collect();
+                        d.update_descriptor_sets(&writes, &[]);
+                        d.cmd_bind_pipeline(
+                            cb,
+                            vk::PipelineBindPoint::COMPUTE,
+                            pipelines[i].expect("dispatch has a pipeline"),
+                        );
+                        d.cmd_bind_descriptor_sets(
+                            cb,
+                            vk::PipelineBindPoint::COMPUTE,
+                            self.pipelines.layout,
+                            0,
+                            &[sets[i]],
+                            &[],
+                        );
+                        d.cmd_push_constants(
+                            cb,
+                            self.pipelines.layout,
+                            vk::ShaderStageFlags::COMPUTE,
+                            0,
+                            push,
+                        );
+                        d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
+                    }
+                    Step::CopyBuffer { bytes } => {
+                        let (src, dst) = (
+                            slots[0].expect("copy has an input"),
+                            slots[BINDINGS as usize - 1].expect("copy has an output"),
+                        );
+                        let region = vk::BufferCopy::default()
+                            .src_offset(src.offset)
+                            .dst_offset(dst.offset)
+                            .size(*bytes);
+                        d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
+                    }
+                }
+                barrier(d, cb);
+                if timestamps {
+                    d.cmd_write_timestamp(
+                        cb,
+                        vk::PipelineStageFlags::COMPUTE_SHADER,
+                        self.queries,
+                        2 * i as u32 + 1,
+                    );
+                }
+            }
+            for (i, o) in seg.outputs.iter().enumerate() {
+                if let Some(s) = o.staging {
+                    let region = vk::BufferCopy::default()
+                        .src_offset(o.alloc.offset)
+                        .dst_offset(s.offset)
+                        .size(ops[i].0.output.bytes() as u64);
+                    d.cmd_copy_buffer(cb, o.alloc.buffer, s.buffer, &[region]);
+                }
+            }
+            let to_host = vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::HOST_READ);
+            d.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &[to_host],
+                &[],
+                &[],
+            );
+            d.end_command_buffer(cb)
+                .map_err(|e| vk_err("vkEndCommandBuffer", e))?;
+
+            self.timeline_value += 1;
+            let values = [self.timeline_value];
+            let mut timeline_info =
+                vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+            let cbs = [cb];
+            let sems = [self.timeline];
+            let submit = vk::SubmitInfo::default()
+                .command_buffers(&cbs)
+                .signal_semaphores(&sems)
+                .push_next(&mut timeline_info);
+            d.queue_submit(self.ctx.queue, &[submit], vk::Fence::null())
+                .map_err(|e| vk_err("vkQueueSubmit", e))?;
+            let wait = vk::SemaphoreWaitInfo::default()
+                .semaphores(&sems)
+                .values(&values);
+            match d.wait_semaphores(&wait, WAIT.as_nanos() as u64) {
+                Ok(()) => {}
+                Err(vk::Result::TIMEOUT) => {
+                    // The GPU may still use this segment's memory: keep it and stop using
+                    // the device rather than free memory under a running kernel.
+                    let why = format!("a submission did not finish within {WAIT:?}");
+                    self.lost = Some(why.clone());
+                    self.hung = true;
+                    return Err(Error::DeviceLost(why));
+                }
+                Err(e) => return Err(vk_err("vkWaitSemaphores", e)),
+            }
+        }
+        let mut times = vec![None; ops.len()];
+        if timestamps {
+            let mut raw = vec![0u64; 2 * ops.len()];
+            unsafe {
+                d.get_query_pool_results(
+                    self.queries,
+                    0,
+                    &mut raw,
+                    vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+                )
+            }
+            .map_err(|e| vk_err("vkGetQueryPoolResults", e))?;
+            let bits = self.ctx.caps.timestamp_bits;
+            let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+            let period = self.ctx.caps.timestamp_period as f64;
+            for (i, t) in times.iter_mut().enumerate() {
+                let ticks = raw[2 * i + 1].wrapping_sub(raw[2 * i]) & mask;
+                *t = Some((ticks as f64 * period).round() as u64);
+            }
+        }
+        Ok(times)
+    }
+
+    /// Writes outputs back to the host views, records the new replicas, frees the rest.
+    fn finish(
+        &mut self,
+        ops: &[(&OpDesc, &OpMemory)],
+        seg: Segment,
+        _times: &[Option<u64>],
+    ) -> Result<()> {
+        let mut release = seg.temporary;
+        let mut written = Vec::with_capacity(ops.len());
+        for ((op, mem), o) in ops.iter().zip(&seg.outputs) {
+            let v = &op.output;
+            let src = o.staging.unwrap_or(o.alloc);
+            let dst = mem.ptr(v)?;
+            unsafe { pack::unpack(v, src.bytes_mut(v.bytes()), dst) };
+            let buf = mem.buffer(v.buffer)?;
+            buf.touch();
+            written.push((o, buf.clone()));
+        }
+        for r in seg.new_replicas {
+            if let Some(old) = self
+                .residency
+                .insert(r.key, r.version, r.owner, r.alloc, r.bytes)
+            {
+                release.push(old);
+            }
+        }
+        // The device copy of each output is current for the version just written: keep it
+        // as a replica so a following op reads it without an upload.
+        for (i, (o, buf)) in written.into_iter().enumerate() {
+            let bytes = o.alloc.size;
+            // A later output of this segment that overlaps differently made this copy stale.
+            let v = &ops[i].0.output;
+            let overwritten = ops[i + 1..].iter().any(|(later, _)| {
+                let w = &later.output;
+                w.buffer == v.buffer && overlaps(w, v) && w != v
+            });
+            if overwritten {
+                release.push(o.alloc);
+                continue;
+            }
+            if let Some(old) =
+                self.residency
+                    .insert(o.key, buf.version(), Arc::downgrade(&buf), o.alloc, bytes)
+            {
+                if old != o.alloc {
+                    release.push(old);
+                }
+            }
+        }
+        self.free_all(release);
+        let mut evicted = Vec::new();
+        self.residency.evict_to(self.budget, &mut evicted);
+        self.free_all(evicted);
+        Ok(())
+    }
+}
+
+/// Makes every earlier shader or transfer write visible to every later read or write.
+unsafe fn barrier(d: &ash::Device, cb: vk::CommandBuffer) {
+    let all = vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER;
+    let b = vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(
+            vk::AccessFlags::SHADER_READ
+                | vk::AccessFlags::SHADER_WRITE
+                | vk::AccessFlags::TRANSFER_READ
+                | vk::AccessFlags::TRANSFER_WRITE,
+        );
+    d.cmd_pipeline_barrier(cb, all, all, vk::DependencyFlags::empty(), &[b], &[], &[]);
+}
+
+/// Length of the longest prefix that can share one submission: at most MAX_OPS ops, and no
+/// op may read memory an earlier op of the prefix writes unless it reads that exact output.
+pub fn segment_end(ops: &[(&OpDesc, &OpMemory)]) -> usize {
+    for j in 1..ops.len().min(MAX_OPS) {
+        let op = ops[j].0;
+        let beta_reads_c = op.kind == OpKind::Matmul && op.params.beta != 0.0;
+        let reads = op
+            .inputs
+            .iter()
+            .flatten()
+            .map(|v| (v, false))
+            .chain(beta_reads_c.then_some((&op.output, true)));
+        for (r, is_output) in reads {
+            for (earlier, _) in &ops[..j] {
+                let w = &earlier.output;
+                if w.buffer == r.buffer && overlaps(w, r) && (is_output || w != r) {
+                    return j;
+                }
+            }
+        }
+    }
+    ops.len().min(MAX_OPS)
+}
+
+fn overlaps(a: &TensorView, b: &TensorView) -> bool {
+    let (a0, a1) = a.byte_range();
+    let (b0, b1) = b.byte_range();
+    a0 < b1 && b0 < a1
+}
+
+#[derive(Default)]
+struct Segment {
+    /// Per op: the allocation bound to each slot.
+    slots: Vec<[Option<Allocation>; BINDINGS as usize]>,
+    outputs: Vec<Output>,
+    new_replicas: Vec<NewReplica>,
+    /// Staging copies recorded before the first dispatch: (staging, device, bytes).
+    copies_in: Vec<(Allocation, Allocation, u64)>,
+    /// Freed after the segment, whatever happens.
+    temporary: Vec<Allocation>,
+}
+
+struct Output {
+    key: ReplicaKey,
+    alloc: Allocation,
+    staging: Option<Allocation>,
+}
+
+struct NewReplica {
+    key: ReplicaKey,
+    version: u64,
+    owner: std::sync::Weak<crate::memory::Buffer>,
+    alloc: Allocation,
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct Made {
+    cmd_pool: vk::CommandPool,
+    cmd: vk::CommandBuffer,
+    desc_pool: vk::DescriptorPool,
+    queries: vk::QueryPool,
+    timeline: vk::Semaphore,
+}
+
+impl Made {
+    fn destroy(&self, d: &ash::Device) {
+        unsafe {
+            d.destroy_semaphore(self.timeline, None);
+            d.destroy_query_pool(self.queries, None);
+            d.destroy_descriptor_pool(self.desc_pool, None);
+            d.destroy_command_pool(self.cmd_pool, None);
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let d = &self.ctx.device;
+        unsafe {
+            let _ = d.device_wait_idle();
+        }
+        let mut all = Vec::new();
+        self.residency.clear(&mut all);
+        all.push(self.dummy);
+        if !self.hung {
+            self.free_all(all);
+        }
+        Made {
+            cmd_pool: self.cmd_pool,
+            cmd: self.cmd,
+            desc_pool: self.desc_pool,
+            queries: self.queries,
+            timeline: self.timeline,
+        }
+        .destroy(&self.ctx.device);
+    }
+}

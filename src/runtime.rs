@@ -1,0 +1,481 @@
+//! The runtime: devices, buffers, the active policy and the scheduler, shared by all threads.
+
+use crate::backend::{Backend, DeviceInfo, DeviceReadings, OpMemory};
+use crate::device::PowerMode;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::graph::Graph;
+use crate::handle::HandleTable;
+use crate::memory::{Buffer, BufferId, HostPool, PoolStats};
+use crate::op::{validate::validate, OpDesc};
+use crate::policy::{self, CompiledPolicy, DeviceClass, OpQuery};
+use crate::sched::thermal::{ThermalController, ThermalEffect};
+use crate::sched::{perf_model, Device, DeviceStats, Scheduler};
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use parking_lot::{Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+mod devices;
+pub use devices::DeviceSelection;
+
+/// Where the policy comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicySource {
+    Builtin(String),
+    File(PathBuf),
+    Source { origin: String, text: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub devices: DeviceSelection,
+    pub policy: PolicySource,
+    /// CPU worker threads; 0 = one per core.
+    pub threads: usize,
+    /// Where performance history is kept between runs; None = not kept.
+    pub perf_cache_dir: Option<PathBuf>,
+    /// Bytes of freed host blocks the pool keeps for reuse.
+    pub pool_cache_bytes: u64,
+    /// How often thermal rules are evaluated; None = only through `thermal_tick` (tests
+    /// driving a simulated device's virtual clock).
+    pub thermal_period: Option<Duration>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            devices: DeviceSelection::default(),
+            policy: PolicySource::Builtin("default".into()),
+            threads: 0,
+            perf_cache_dir: perf_model::default_cache_dir(),
+            pool_cache_bytes: 256 << 20,
+            thermal_period: Some(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Runtime-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    pub ops_submitted: u64,
+    pub ops_completed: u64,
+    pub ops_failed: u64,
+    pub fallbacks: u64,
+    pub split_ops: u64,
+    pub inline_ops: u64,
+    pub buffers_live: u64,
+}
+
+pub struct Runtime {
+    sched: Arc<Scheduler>,
+    buffers: RwLock<HandleTable<Arc<Buffer>>>,
+    pool: Arc<HostPool>,
+    policy: Arc<RwLock<Arc<CompiledPolicy>>>,
+    thermal: Arc<Mutex<ThermalController>>,
+    /// Dropping it stops the thermal thread.
+    thermal_stop: Option<Sender<()>>,
+    thermal_thread: Option<JoinHandle<()>>,
+    started: Instant,
+    perf_cache_dir: Option<PathBuf>,
+}
+
+fn compile_policy(source: &PolicySource) -> Result<Arc<CompiledPolicy>> {
+    let compiled = match source {
+        PolicySource::Builtin(name) => {
+            return policy::builtin(name).ok_or_else(|| {
+                Error::Policy(format!(
+                    "no built-in policy named '{name}' (have: {})",
+                    policy::builtin_names().join(", ")
+                ))
+            })
+        }
+        PolicySource::File(path) => policy::compile_file(path, &policy::PolicyLimits::default()),
+        PolicySource::Source { origin, text } => policy::compile_str(origin, text),
+    };
+    compiled.map(Arc::new).map_err(|e| Error::Policy(e.to_string()))
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime> {
+        let backends = devices::probe(&config)?;
+        Runtime::with_backends(config, backends)
+    }
+
+    /// A runtime over the given backends (device 0 should be the CPU, the backstop).
+    /// `config.devices` is ignored. Embedders and tests use it to add their own devices.
+    pub fn with_backends(config: RuntimeConfig, backends: Vec<Box<dyn Backend>>) -> Result<Runtime> {
+        let policy = compile_policy(&config.policy)?;
+        let devices: Vec<Device> = backends.into_iter().enumerate().map(|(i, b)| Device::new(i, b)).collect();
+        if let Some(dir) = &config.perf_cache_dir {
+            for d in &devices {
+                d.model.load(dir);
+            }
+        }
+        let in_flight: Vec<usize> = devices
+            .iter()
+            .map(|d| {
+                let from_policy = policy.settings(d.class).max_in_flight.map(|n| n as usize);
+                from_policy.unwrap_or(d.info.max_in_flight).clamp(1, 64)
+            })
+            .collect();
+        let sched = Scheduler::start(devices, &in_flight);
+        let mut rt = Runtime {
+            sched,
+            buffers: RwLock::new(HandleTable::new("buffer")),
+            pool: HostPool::new(config.pool_cache_bytes),
+            policy: Arc::new(RwLock::new(Arc::clone(&policy))),
+            thermal: Arc::new(Mutex::new(ThermalController::default())),
+            thermal_stop: None,
+            thermal_thread: None,
+            started: Instant::now(),
+            perf_cache_dir: config.perf_cache_dir.clone(),
+        };
+        rt.apply_policy_settings(&policy);
+        if let Some(period) = config.thermal_period {
+            rt.start_thermal_thread(period);
+        }
+        Ok(rt)
+    }
+
+    fn start_thermal_thread(&mut self, period: Duration) {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let (sched, policy, thermal, started) =
+            (Arc::clone(&self.sched), Arc::clone(&self.policy), Arc::clone(&self.thermal), self.started);
+        let spawned = std::thread::Builder::new().name("nh-thermal".into()).spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                let policy = Arc::clone(&policy.read());
+                if !policy.thermal_rules().is_empty() {
+                    thermal.lock().tick(
+                        started.elapsed(),
+                        &policy,
+                        &sched.devices,
+                        &read_device,
+                        &sched.trace,
+                    );
+                }
+            }
+        });
+        match spawned {
+            Ok(handle) => {
+                self.thermal_stop = Some(stop);
+                self.thermal_thread = Some(handle);
+            }
+            Err(e) => log::error!("thermal control thread not started: {e}"),
+        }
+    }
+
+    /// Evaluates the thermal rules once at time `now` (virtual time in tests).
+    pub fn thermal_tick(&self, now: Duration) {
+        let policy = self.policy();
+        self.thermal.lock().tick(now, &policy, &self.sched.devices, &read_device, &self.sched.trace);
+    }
+
+    /// What the active thermal rules currently do to a device.
+    pub fn thermal_effect(&self, index: usize) -> ThermalEffect {
+        self.thermal.lock().effect(index)
+    }
+
+    pub fn thermal_transitions(&self) -> u64 {
+        self.thermal.lock().transitions
+    }
+
+    // ----- devices -----
+
+    pub fn device_count(&self) -> usize {
+        self.sched.devices.len()
+    }
+
+    fn device(&self, index: usize) -> Result<&Device> {
+        self.sched.devices.get(index).ok_or_else(|| {
+            Error::invalid(format!("device index {index} out of range (have {})", self.device_count()))
+        })
+    }
+
+    pub fn device_info(&self, index: usize) -> Result<DeviceInfo> {
+        Ok(self.device(index)?.info.clone())
+    }
+
+    pub fn device_stats(&self, index: usize) -> Result<DeviceStats> {
+        Ok(self.device(index)?.stats())
+    }
+
+    pub fn device_readings(&self, index: usize) -> Result<DeviceReadings> {
+        Ok(self.device(index)?.backend.readings())
+    }
+
+    pub fn set_power_mode(&self, index: usize, mode: PowerMode) -> Result<()> {
+        self.device(index)?.backend.set_power_mode(mode)
+    }
+
+    /// Direct access to a device's backend (tests, fault injection on simulated devices).
+    pub fn backend(&self, index: usize) -> Result<&dyn Backend> {
+        Ok(self.device(index)?.backend.as_ref())
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.sched
+    }
+
+    // ----- buffers -----
+
+    pub fn alloc(&self, size: usize) -> Result<BufferId> {
+        if size == 0 {
+            return Err(Error::invalid("buffer size must be > 0"));
+        }
+        let block = self.pool.alloc(size)?;
+        Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::pooled(id, block, size))))
+    }
+
+    /// Wraps caller memory without copying.
+    ///
+    /// # Safety
+    /// `ptr` must stay valid for reads and writes of `size` bytes until the buffer is destroyed.
+    pub unsafe fn import(&self, ptr: *mut u8, size: usize) -> Result<BufferId> {
+        if ptr.is_null() {
+            return Err(Error::NullPointer("host pointer to import"));
+        }
+        if size == 0 {
+            return Err(Error::invalid("buffer size must be > 0"));
+        }
+        Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::imported(id, ptr, size))))
+    }
+
+    /// Maps a file read-only (model weights).
+    pub fn map_file(&self, path: &Path) -> Result<BufferId> {
+        let file = std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        let map = Buffer::map_file(&file)?;
+        Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::mapped(id, map))))
+    }
+
+    pub fn buffer(&self, id: BufferId) -> Result<Arc<Buffer>> {
+        self.buffers.read().get(id)
+    }
+
+    /// Waits for ops that touch the buffer, so host access sees their results and no op sees
+    /// a half-written host update.
+    fn quiesce(&self, id: BufferId) {
+        for event in self.sched.pending_on(id) {
+            let _ = event.wait(None);
+        }
+    }
+
+    pub fn destroy_buffer(&self, id: BufferId) -> Result<()> {
+        self.buffer(id)?;
+        self.quiesce(id);
+        self.buffers.write().remove(id).map(|_| ())
+    }
+
+    pub fn write(&self, id: BufferId, offset: usize, data: &[u8]) -> Result<()> {
+        let buf = self.buffer(id)?;
+        self.quiesce(id);
+        buf.write(offset, data)
+    }
+
+    pub fn read(&self, id: BufferId, offset: usize, out: &mut [u8]) -> Result<()> {
+        let buf = self.buffer(id)?;
+        self.quiesce(id);
+        buf.read(offset, out)
+    }
+
+    /// Host pointer to the buffer's bytes after pending ops finished. A caller that writes
+    /// through it must call `touch` afterwards so device copies are refreshed.
+    pub fn map(&self, id: BufferId) -> Result<(*mut u8, usize)> {
+        let buf = self.buffer(id)?;
+        self.quiesce(id);
+        Ok((buf.as_ptr(), buf.len()))
+    }
+
+    pub fn touch(&self, id: BufferId) -> Result<()> {
+        self.buffer(id)?.touch();
+        Ok(())
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    // ----- ops -----
+
+    /// Validates an op against the live buffers and returns the memory it touches.
+    pub fn prepare(&self, op: &OpDesc) -> Result<OpMemory> {
+        let table = self.buffers.read();
+        let lookup = |v: &crate::op::TensorView| -> Result<usize> { Ok(table.get(v.buffer)?.len()) };
+        validate(op, &lookup)?;
+        let out = table.get(op.output.buffer)?;
+        if out.read_only() {
+            return Err(Error::invalid(format!("{}: output buffer is a read-only file mapping", op.kind)));
+        }
+        let mut buffers: Vec<Arc<Buffer>> = Vec::with_capacity(crate::op::MAX_INPUTS + 1);
+        for v in op.views() {
+            if !buffers.iter().any(|b| b.id() == v.buffer) {
+                buffers.push(table.get(v.buffer)?);
+            }
+        }
+        Ok(OpMemory::new(buffers))
+    }
+
+    pub fn submit(&self, op: OpDesc) -> Result<Event> {
+        let mem = self.prepare(&op)?;
+        let event = Event::new(1);
+        self.sched.submit(op, mem, self.policy(), event.clone());
+        Ok(event)
+    }
+
+    /// Validates and appends an op to a graph.
+    pub fn graph_add(&self, graph: &mut Graph, op: OpDesc) -> Result<()> {
+        self.prepare(&op)?;
+        graph.push_validated(op);
+        Ok(())
+    }
+
+    /// Submits every op of a graph; the event completes when all have.
+    pub fn submit_graph(&self, graph: &Graph) -> Result<Event> {
+        if graph.is_empty() {
+            return Err(Error::invalid("graph has no ops"));
+        }
+        // Resolve everything first so a destroyed buffer rejects the whole graph, not half of it.
+        let prepared: Vec<OpMemory> = graph.ops().iter().map(|op| self.prepare(op)).collect::<Result<_>>()?;
+        let policy = self.policy();
+        let all = Event::new(graph.len() as u32);
+        for (op, mem) in graph.ops().iter().zip(prepared) {
+            let part = Event::with_parent(1, Some(all.clone()));
+            self.sched.submit(op.clone(), mem, Arc::clone(&policy), part);
+        }
+        Ok(all)
+    }
+
+    /// Blocks until every submitted op has completed.
+    pub fn synchronize(&self) {
+        self.sched.drain();
+    }
+
+    pub fn stats(&self) -> RuntimeStats {
+        let c = &self.sched.counters;
+        RuntimeStats {
+            ops_submitted: c.submitted.load(Ordering::Relaxed),
+            ops_completed: c.completed.load(Ordering::Relaxed),
+            ops_failed: c.failed.load(Ordering::Relaxed),
+            fallbacks: c.fallbacks.load(Ordering::Relaxed),
+            split_ops: c.split_ops.load(Ordering::Relaxed),
+            inline_ops: c.inline_ops.load(Ordering::Relaxed),
+            buffers_live: self.buffers.read().len() as u64,
+        }
+    }
+
+    // ----- tracing -----
+
+    pub fn trace_start(&self, path: &Path) -> Result<()> {
+        self.sched.trace.start(path)
+    }
+
+    pub fn trace_stop(&self) -> Result<usize> {
+        self.sched.trace.stop()
+    }
+
+    // ----- policy -----
+
+    pub fn policy(&self) -> Arc<CompiledPolicy> {
+        Arc::clone(&self.policy.read())
+    }
+
+    /// Compiles and swaps in a new policy. Ops already submitted finish under the old one;
+    /// an invalid policy is rejected with the checker's message and the old one stays.
+    pub fn load_policy(&self, source: &PolicySource) -> Result<()> {
+        let compiled = compile_policy(source)?;
+        *self.policy.write() = Arc::clone(&compiled);
+        self.apply_policy_settings(&compiled);
+        log::info!("policy '{}' is active", compiled.name());
+        Ok(())
+    }
+
+    fn apply_policy_settings(&self, policy: &CompiledPolicy) {
+        for d in &self.sched.devices {
+            if !d.info.available {
+                continue;
+            }
+            if let Some(mode) = policy.settings(d.class).power_mode {
+                match d.backend.set_power_mode(mode) {
+                    Ok(()) => log::info!("{}: power mode {mode}", d.info.name),
+                    Err(Error::Unsupported(_)) => {}
+                    Err(e) => log::warn!("{}: could not set power mode {mode}: {e}", d.info.name),
+                }
+            }
+        }
+    }
+
+    /// Which rule matches the op, which devices were considered and why each was or was not
+    /// usable.
+    pub fn explain(&self, op: &OpDesc) -> Result<String> {
+        self.prepare(op)?;
+        let policy = self.policy();
+        let q = OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags };
+        let mut text = policy.explain(&q);
+        text.push_str("\ndevices:\n");
+        let decision = policy.decide(&q);
+        for d in &self.sched.devices {
+            let listed = decision.candidates.iter().position(|c| *c == d.class);
+            let verdict = device_verdict(d, op, policy.settings(d.class).enabled, listed);
+            let expected = d.model.predict_ns(op) / 1000.0;
+            text.push_str(&format!(
+                "  [{}] {} ({}): {verdict}; predicted {expected:.1} us, queue {}\n",
+                d.index,
+                d.info.name,
+                d.info.kind.name(),
+                d.load.queued.load(Ordering::Relaxed)
+            ));
+        }
+        Ok(text)
+    }
+}
+
+fn device_verdict(d: &Device, op: &OpDesc, enabled: bool, listed: Option<usize>) -> String {
+    let now = std::time::Instant::now();
+    if !d.info.available {
+        return format!("unavailable: {}", d.info.unavailable_reason);
+    }
+    if !enabled {
+        return "disabled by the policy".into();
+    }
+    if !d.backend.supports(op) {
+        return format!("cannot run {} in {}", op.kind, op.dtype());
+    }
+    if d.is_degraded(now) {
+        return "degraded after failures".into();
+    }
+    if d.load.thermally_excluded.load(Ordering::Relaxed) {
+        return "excluded by a thermal rule".into();
+    }
+    match listed {
+        Some(rank) => format!("candidate #{} of the rule", rank + 1),
+        None if d.class == DeviceClass::Cpu => "not in the rule (backstop only)".into(),
+        None => "not in the rule".into(),
+    }
+}
+
+fn read_device(device: &Device) -> DeviceReadings {
+    device.backend.readings()
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.thermal_stop.take();
+        if let Some(t) = self.thermal_thread.take() {
+            let _ = t.join();
+        }
+        // Ops in flight finish first: nothing is cancelled halfway through a write.
+        self.sched.shutdown();
+        if let Some(dir) = &self.perf_cache_dir {
+            for d in &self.sched.devices {
+                if d.model.samples() > 0 {
+                    if let Err(e) = d.model.save(dir) {
+                        log::warn!("could not save performance history to {}: {e}", dir.display());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! A device as the scheduler sees it: its backend, performance model, live load and health.
+
+use super::perf_model::DeviceModel;
+use crate::backend::{Backend, DeviceInfo, DeviceKind};
+use crate::policy::DeviceClass;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// Counters readable through `nh_runtime_device_stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    pub ops_run: u64,
+    pub busy_ns: u64,
+    pub bytes_moved: u64,
+    pub failures: u64,
+    /// Ops (or parts) that failed here and ran elsewhere.
+    pub fallbacks: u64,
+    pub queue_depth: u64,
+    pub degraded: bool,
+    pub thermally_excluded: bool,
+}
+
+#[derive(Default)]
+pub struct DeviceLoad {
+    /// Jobs queued or running.
+    pub queued: AtomicUsize,
+    /// Predicted nanoseconds of queued and running work.
+    pub queued_ns: AtomicU64,
+    pub ops_run: AtomicU64,
+    pub busy_ns: AtomicU64,
+    pub bytes_moved: AtomicU64,
+    pub failures: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub consecutive_failures: AtomicU32,
+    pub degraded_until: Mutex<Option<Instant>>,
+    pub thermally_excluded: AtomicBool,
+    /// Fraction (per mille) of this device's ops that thermal rules move elsewhere.
+    pub shift_permille: AtomicU32,
+    pub shift_counter: AtomicU64,
+}
+
+pub struct Device {
+    pub index: usize,
+    pub class: DeviceClass,
+    pub info: DeviceInfo,
+    pub backend: Box<dyn Backend>,
+    pub model: DeviceModel,
+    pub load: DeviceLoad,
+}
+
+impl Device {
+    pub fn new(index: usize, backend: Box<dyn Backend>) -> Device {
+        let info = backend.info().clone();
+        let class = match info.kind {
+            DeviceKind::Cpu => DeviceClass::Cpu,
+            DeviceKind::Gpu => DeviceClass::Gpu,
+            DeviceKind::Npu | DeviceKind::SimulatedNpu => DeviceClass::Npu,
+        };
+        let model = DeviceModel::new(&info);
+        Device { index, class, info, backend, model, load: DeviceLoad::default() }
+    }
+
+    /// Host devices run ops on host memory directly (no transfers, can run inline).
+    pub fn is_host(&self) -> bool {
+        self.info.kind == DeviceKind::Cpu
+    }
+
+    pub fn is_degraded(&self, now: Instant) -> bool {
+        let mut until = self.load.degraded_until.lock();
+        match *until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                // The degradation period is over: the device gets another chance.
+                *until = None;
+                self.load.consecutive_failures.store(0, Ordering::Relaxed);
+                log::info!("device {} ({}) is back in service after degradation", self.index, self.info.name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the thermal load shift sends this op elsewhere (every n-th op by the fraction).
+    pub fn shifted_away(&self) -> bool {
+        let permille = self.load.shift_permille.load(Ordering::Relaxed) as u64;
+        if permille == 0 {
+            return false;
+        }
+        let n = self.load.shift_counter.fetch_add(1, Ordering::Relaxed);
+        (n + 1) * permille / 1000 != n * permille / 1000
+    }
+
+    pub fn stats(&self) -> DeviceStats {
+        let l = &self.load;
+        DeviceStats {
+            ops_run: l.ops_run.load(Ordering::Relaxed),
+            busy_ns: l.busy_ns.load(Ordering::Relaxed),
+            bytes_moved: l.bytes_moved.load(Ordering::Relaxed),
+            failures: l.failures.load(Ordering::Relaxed),
+            fallbacks: l.fallbacks.load(Ordering::Relaxed),
+            queue_depth: l.queued.load(Ordering::Relaxed) as u64,
+            degraded: l.degraded_until.lock().is_some_and(|t| Instant::now() < t),
+            thermally_excluded: l.thermally_excluded.load(Ordering::Relaxed),
+        }
+    }
+}

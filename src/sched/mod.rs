@@ -1,0 +1,480 @@
+//! The hybrid scheduler: takes the policy's candidates for each op, drops devices that are
+//! unavailable, degraded or thermally excluded, picks one by the rule's strategy (earliest
+//! expected completion by default), splits matmuls where the policy says so, runs ops as
+//! soon as their inputs are ready and falls back to the next device when one fails.
+
+pub mod device;
+mod hazards;
+pub mod perf_model;
+pub mod split;
+mod task;
+pub mod thermal;
+
+pub use device::{Device, DeviceStats};
+pub use task::Task;
+
+use crate::backend::OpMemory;
+use crate::error::{Error, Result};
+use crate::event::{Event, EventInfo};
+use crate::op::{OpDesc, OpKind};
+use crate::policy::{CompiledPolicy, Decision, OpQuery, Strategy};
+use crate::trace::Trace;
+use crossbeam_channel::{Receiver, Sender};
+use hazards::HazardTracker;
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde_json::json;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Ops predicted to take less than this on a host device run on the submitting thread when
+/// that device is idle: a thread hand-off would cost more than the op.
+const INLINE_BELOW_NS: f64 = 20_000.0;
+/// A matmul is split only if every part gets at least this many rows/columns.
+const MIN_SPLIT_EXTENT: usize = 16;
+
+/// Runtime-wide counters.
+#[derive(Default)]
+pub struct Counters {
+    pub submitted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub split_ops: AtomicU64,
+    pub inline_ops: AtomicU64,
+}
+
+struct Job {
+    task: Arc<Task>,
+    op: OpDesc,
+    device: usize,
+    predicted_ns: f64,
+    /// Devices that already failed this job.
+    tried: u64,
+    attempts_here: u32,
+    fallbacks: u32,
+}
+
+pub struct Scheduler {
+    pub devices: Vec<Device>,
+    /// Cleared at shutdown, which disconnects the workers' channels.
+    queues: RwLock<Vec<Sender<Job>>>,
+    hazards: Mutex<HazardTracker>,
+    pub trace: Trace,
+    pub counters: Counters,
+    in_flight: Mutex<usize>,
+    drained: Condvar,
+    next_task: AtomicU64,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Starts one worker thread per op a device runs at once (`in_flight[i]`).
+    pub fn start(devices: Vec<Device>, in_flight: &[usize]) -> Arc<Scheduler> {
+        let lanes = devices.iter().map(|d| format!("{}: {}", d.index, d.info.name)).collect();
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in &devices {
+            let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let sched = Arc::new(Scheduler {
+            devices,
+            queues: RwLock::new(senders),
+            hazards: Mutex::new(HazardTracker::default()),
+            trace: Trace::new(lanes),
+            counters: Counters::default(),
+            in_flight: Mutex::new(0),
+            drained: Condvar::new(),
+            next_task: AtomicU64::new(1),
+            workers: Mutex::new(Vec::new()),
+        });
+        let mut workers = Vec::new();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let n = in_flight.get(i).copied().unwrap_or(1).max(1);
+            for w in 0..n {
+                let rx: Receiver<Job> = rx.clone();
+                let weak = Arc::downgrade(&sched);
+                let name = format!("nh-dev{i}-{w}");
+                let handle = std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            match weak.upgrade() {
+                                Some(s) => s.run_job(job),
+                                None => break,
+                            }
+                        }
+                    })
+                    .expect("spawning a device worker thread");
+                workers.push(handle);
+            }
+        }
+        *sched.workers.lock() = workers;
+        sched
+    }
+
+    /// Submits one validated op. Its event completes when it ran (or failed everywhere).
+    pub fn submit(self: &Arc<Self>, op: OpDesc, mem: OpMemory, policy: Arc<CompiledPolicy>, event: Event) {
+        let id = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let task = Arc::new(Task::new(id, op, mem, event, policy));
+        self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        *self.in_flight.lock() += 1;
+        let waits = self.hazards.lock().register(&task);
+        if waits == 0 {
+            self.dispatch(task, true);
+        }
+    }
+
+    /// Blocks until every submitted op has completed.
+    pub fn drain(&self) {
+        let mut n = self.in_flight.lock();
+        while *n > 0 {
+            self.drained.wait(&mut n);
+        }
+    }
+
+    /// Events of unfinished ops touching `buffer`.
+    pub fn pending_on(&self, buffer: crate::memory::BufferId) -> Vec<Event> {
+        self.hazards.lock().pending_on(buffer)
+    }
+
+    /// Stops the workers after draining. Called once, when the runtime is destroyed.
+    pub fn shutdown(&self) {
+        self.drain();
+        self.queues.write().clear();
+        for worker in std::mem::take(&mut *self.workers.lock()) {
+            if worker.thread().id() != std::thread::current().id() {
+                let _ = worker.join();
+            }
+        }
+    }
+
+    fn query<'a>(op: &'a OpDesc) -> OpQuery<'a> {
+        OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags }
+    }
+
+    /// `from_submitter`: called on the caller's thread (not from a completing op), where a
+    /// tiny host op may run inline without growing the stack along a dependency chain.
+    fn dispatch(self: &Arc<Self>, task: Arc<Task>, from_submitter: bool) {
+        if let Some(err) = task.failed_input.lock().take() {
+            self.finish_part(&task, Err(err), &EventInfo::default());
+            return;
+        }
+        let decision = task.policy.decide(&Self::query(&task.op));
+        if let Some(parts) = self.plan_split(&task.op, &decision) {
+            self.counters.split_ops.fetch_add(1, Ordering::Relaxed);
+            task.parts_left.store(parts.len() as u32, Ordering::Release);
+            self.trace.instant(None, "split", json!({"op": task.op.kind.name(), "parts": parts.len()}));
+            for (device, op) in parts {
+                let predicted_ns = self.devices[device].model.predict_ns(&op);
+                self.enqueue(
+                    Job {
+                        task: Arc::clone(&task),
+                        op,
+                        device,
+                        predicted_ns,
+                        tried: 0,
+                        attempts_here: 0,
+                        fallbacks: 0,
+                    },
+                    false,
+                );
+            }
+            return;
+        }
+        match self.choose(&task.op, &decision, 0) {
+            Some((device, predicted_ns)) => {
+                let op = task.op.clone();
+                self.enqueue(
+                    Job { task, op, device, predicted_ns, tried: 0, attempts_here: 0, fallbacks: 0 },
+                    from_submitter,
+                )
+            }
+            None => {
+                let err = Error::Unsupported(format!(
+                    "no device can run {} in {} (rule '{}')",
+                    task.op.kind,
+                    task.op.dtype(),
+                    decision.rule_label
+                ));
+                self.finish_part(&task, Err(err), &EventInfo::default());
+            }
+        }
+    }
+
+    /// Whether `device` may take `op` now.
+    fn usable(&self, device: &Device, op: &OpDesc, now: Instant) -> bool {
+        device.backend.supports(op)
+            && !device.is_degraded(now)
+            && !device.load.thermally_excluded.load(Ordering::Relaxed)
+    }
+
+    /// Expected completion: queued work + predicted run time (+ transfers, in the model).
+    fn expected_ns(&self, device: &Device, op: &OpDesc) -> (f64, f64) {
+        let predicted = device.model.predict_ns(op);
+        let queued = device.load.queued_ns.load(Ordering::Relaxed) as f64;
+        let in_flight = device.info.max_in_flight.max(1) as f64;
+        (queued / in_flight + predicted, predicted)
+    }
+
+    /// Picks a device for `op` by the policy decision, skipping devices in `tried`. Falls
+    /// back to any device that can run the op when no policy candidate can (nothing is lost).
+    fn choose(&self, op: &OpDesc, decision: &Decision, tried: u64) -> Option<(usize, f64)> {
+        let now = Instant::now();
+        let mut candidates: Vec<&Device> = Vec::with_capacity(self.devices.len());
+        for class in decision.candidates {
+            for d in self.devices.iter().filter(|d| d.class == *class) {
+                if tried & (1 << d.index) == 0 && self.usable(d, op, now) {
+                    candidates.push(d);
+                }
+            }
+        }
+        // Thermal load shifting sends a fraction of a hot device's ops to the others.
+        if candidates.len() > 1 {
+            if let Some(pos) = candidates.iter().position(|d| d.shifted_away()) {
+                let d = candidates.remove(pos);
+                self.trace.instant(Some(d.index), "thermal shift", json!({"op": op.kind.name()}));
+            }
+        }
+        if candidates.is_empty() {
+            // Backstop outside the rule's list: any device that can run it, CPU first.
+            let backstop = self
+                .devices
+                .iter()
+                .filter(|d| tried & (1 << d.index) == 0 && self.usable(d, op, now))
+                .min_by_key(|d| !d.is_host());
+            if let Some(d) = backstop {
+                log::debug!(
+                    "rule '{}' has no usable device for {}; using {}",
+                    decision.rule_label,
+                    op.kind,
+                    d.info.name
+                );
+                candidates.push(d);
+            }
+        }
+        let pick = match decision.strategy {
+            Strategy::FirstAvailable => candidates.first().copied(),
+            Strategy::LeastLoaded => {
+                candidates.iter().copied().min_by_key(|d| d.load.queued.load(Ordering::Relaxed))
+            }
+            Strategy::EarliestCompletion => candidates
+                .iter()
+                .copied()
+                .min_by(|a, b| self.expected_ns(a, op).0.total_cmp(&self.expected_ns(b, op).0)),
+        }?;
+        Some((pick.index, self.expected_ns(pick, op).1))
+    }
+
+    /// Parts of a split matmul, one per usable device of the split's classes, sized by the
+    /// fixed ratios or by predicted throughput (`dynamic`). None when the op is not split.
+    fn plan_split(&self, op: &OpDesc, decision: &Decision) -> Option<Vec<(usize, OpDesc)>> {
+        let spec = decision.split?;
+        if op.kind != OpKind::Matmul {
+            return None;
+        }
+        let now = Instant::now();
+        let mut devices = Vec::new();
+        let mut weights = Vec::new();
+        for (i, class) in spec.devices.iter().enumerate() {
+            let Some(d) = self.devices.iter().find(|d| d.class == *class && self.usable(d, op, now)) else {
+                continue;
+            };
+            let weight = match &spec.ratios {
+                Some(r) => r.get(i).copied().unwrap_or(0.0) as f64,
+                None => 1.0 / self.expected_ns(d, op).0.max(1.0),
+            };
+            devices.push(d.index);
+            weights.push(weight);
+        }
+        let extent = split::split_extent(op, spec.axis);
+        if devices.len() < 2 || extent < MIN_SPLIT_EXTENT * devices.len() {
+            return None;
+        }
+        let sizes = split::chunk_sizes(extent, &weights, 1);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for (device, len) in devices.into_iter().zip(sizes) {
+            if len > 0 {
+                parts.push((device, split::matmul_part(op, spec.axis, start, len)));
+            }
+            start += len;
+        }
+        (parts.len() > 1).then_some(parts)
+    }
+
+    fn enqueue(self: &Arc<Self>, job: Job, may_inline: bool) {
+        let device = &self.devices[job.device];
+        let idle = device.load.queued.fetch_add(1, Ordering::Relaxed) == 0;
+        device.load.queued_ns.fetch_add(job.predicted_ns as u64, Ordering::Relaxed);
+        if may_inline && idle && device.is_host() && job.predicted_ns < INLINE_BELOW_NS {
+            self.counters.inline_ops.fetch_add(1, Ordering::Relaxed);
+            self.run_job(job);
+            return;
+        }
+        let sent = match self.queues.read().get(device.index) {
+            Some(queue) => queue.send(job).map_err(|e| e.into_inner()),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
+            // Only possible while shutting down: complete the op with an error, never drop it.
+            self.release_load(&job);
+            self.finish_part(
+                &job.task,
+                Err(Error::Internal("runtime is shutting down".into())),
+                &EventInfo::default(),
+            );
+        }
+    }
+
+    fn release_load(&self, job: &Job) {
+        let load = &self.devices[job.device].load;
+        load.queued.fetch_sub(1, Ordering::Relaxed);
+        load.queued_ns.fetch_sub(job.predicted_ns as u64, Ordering::Relaxed);
+    }
+
+    fn run_job(self: &Arc<Self>, job: Job) {
+        let device = &self.devices[job.device];
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| device.backend.execute(&job.op, &job.task.mem)))
+            .unwrap_or_else(|panic| {
+                Err(Error::DeviceFailed(format!("backend panicked: {}", panic_message(&panic))))
+            });
+        let finished = Instant::now();
+        self.release_load(&job);
+        let elapsed = finished.duration_since(started).as_nanos() as u64;
+        match result {
+            Ok(report) => {
+                let load = &device.load;
+                load.ops_run.fetch_add(1, Ordering::Relaxed);
+                load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
+                load.bytes_moved.fetch_add(job.op.views().map(|v| v.bytes() as u64).sum(), Ordering::Relaxed);
+                load.consecutive_failures.store(0, Ordering::Relaxed);
+                device.model.record(&job.op, report.device_ns.unwrap_or(elapsed) as f64);
+                self.trace.slice(
+                    device.index,
+                    job.op.kind.name(),
+                    started,
+                    finished,
+                    json!({"dtype": job.op.dtype().name(), "dims": format!("{:?}", job.op.dims()), "fallbacks": job.fallbacks, "task": job.task.id}),
+                );
+                let info = EventInfo {
+                    device: Some(device.index),
+                    devices_mask: 1 << device.index,
+                    started: Some(started),
+                    finished: Some(finished),
+                    device_ns: report.device_ns.unwrap_or(elapsed),
+                    fallbacks: job.fallbacks,
+                    ..Default::default()
+                };
+                self.finish_part(&job.task, Ok(()), &info);
+            }
+            Err(err) if err.is_device_fault() => self.fall_back(job, err),
+            Err(err) => {
+                let info = EventInfo {
+                    device: Some(device.index),
+                    devices_mask: 1 << device.index,
+                    ..Default::default()
+                };
+                self.finish_part(&job.task, Err(err), &info);
+            }
+        }
+    }
+
+    /// A device failed `job`: retry there per policy, else move it to the next candidate.
+    fn fall_back(self: &Arc<Self>, mut job: Job, err: Error) {
+        let device = &self.devices[job.device];
+        let decision = job.task.policy.decide(&Self::query(&job.task.op));
+        let fallback = decision.fallback;
+        device.load.failures.fetch_add(1, Ordering::Relaxed);
+        let streak = device.load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let lost = matches!(err, Error::DeviceLost(_));
+        if lost || streak >= fallback.degrade_after.max(1) {
+            let mut until = device.load.degraded_until.lock();
+            if until.is_none() {
+                log::warn!(
+                    "device {} ({}) degraded for {:?}: {err}",
+                    device.index,
+                    device.info.name,
+                    fallback.degrade_for
+                );
+                self.trace.instant(Some(device.index), "degraded", json!({"error": err.to_string()}));
+            }
+            *until = Some(Instant::now() + fallback.degrade_for);
+        }
+        self.trace.instant(
+            Some(device.index),
+            "fault",
+            json!({"op": job.op.kind.name(), "error": err.to_string()}),
+        );
+        if !lost && job.attempts_here < fallback.retries {
+            job.attempts_here += 1;
+            self.enqueue(job, false);
+            return;
+        }
+        job.tried |= 1 << job.device;
+        match self.choose(&job.op, &decision, job.tried) {
+            Some((next, predicted_ns)) => {
+                device.load.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    "{} failed on {} ({err}); falling back to {}",
+                    job.op.kind,
+                    device.info.name,
+                    self.devices[next].info.name
+                );
+                job.device = next;
+                job.predicted_ns = predicted_ns;
+                job.attempts_here = 0;
+                job.fallbacks += 1;
+                self.enqueue(job, false);
+            }
+            None => {
+                let info = EventInfo { fallbacks: job.fallbacks, ..Default::default() };
+                self.finish_part(&job.task, Err(err), &info);
+            }
+        }
+    }
+
+    /// Completes one part of a task; the last part retires it and releases its dependents.
+    fn finish_part(self: &Arc<Self>, task: &Arc<Task>, result: Result<()>, info: &EventInfo) {
+        if task.parts_left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            task.event.complete_part(result, info);
+            return;
+        }
+        let dependents = self.hazards.lock().retire(task);
+        task.event.complete_part(result, info);
+        let (outcome, _) = task.event.outcome();
+        match &outcome {
+            Ok(()) => self.counters.completed.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.counters.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        for dep in dependents {
+            if let Err(e) = &outcome {
+                dep.failed_input.lock().get_or_insert_with(|| {
+                    Error::DeviceFailed(format!("an op this one depends on failed: {e}"))
+                });
+            }
+            if dep.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.dispatch(dep, false);
+            }
+        }
+        let mut n = self.in_flight.lock();
+        *n -= 1;
+        if *n == 0 {
+            self.drained.notify_all();
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -1,0 +1,269 @@
+//! Black-box tests of the runtime through its Rust API: ops, graphs and hazards, fallback,
+//! degradation, buffers, tracing, statistics and performance history.
+
+mod common;
+
+use common::*;
+use npuhybrid::backend::DeviceKind;
+use npuhybrid::op::{OpDesc, OpKind};
+use npuhybrid::{Error, Runtime};
+use std::time::Duration;
+
+#[test]
+fn matmul_runs_and_is_correct() {
+    let rt = runtime_with(vec![]);
+    let (m, k, n) = (17, 33, 9);
+    let (a, b) = (random(m * k, 1), random(k * n, 2));
+    let (ba, bb) = (upload(&rt, &a), upload(&rt, &b));
+    let bc = rt.alloc(m * n * 4).unwrap();
+    let ev = rt.submit(matmul(ba, bb, bc, m, k, n)).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(ev.outcome().1.device, Some(0));
+    assert_close(&download(&rt, bc, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+}
+
+#[test]
+fn dependent_ops_in_a_graph_run_in_order() {
+    // x <- x + one, 100 times: any reordering or overlap changes the result.
+    let rt = runtime_with(vec![Box::new(
+        ScriptedDevice::new(DeviceKind::Gpu, "slow gpu", 1.0, Script::Works)
+            .with_delay(Duration::from_micros(200)),
+    )]);
+    let n = 1000;
+    let x = upload(&rt, &vec![0.0; n]);
+    let one = upload(&rt, &vec![1.0; n]);
+    let mut graph = npuhybrid::graph::Graph::new();
+    for _ in 0..100 {
+        rt.graph_add(&mut graph, add(x, one, x, n)).unwrap();
+    }
+    rt.submit_graph(&graph).unwrap().wait(None).unwrap();
+    assert!(download(&rt, x, n).iter().all(|v| *v == 100.0));
+    // Submitted again: graphs are replayable.
+    rt.submit_graph(&graph).unwrap().wait(None).unwrap();
+    assert!(download(&rt, x, n).iter().all(|v| *v == 200.0));
+}
+
+#[test]
+fn write_after_read_waits_for_the_reader() {
+    let rt = runtime_with(vec![]);
+    let n = 1 << 16;
+    let a = upload(&rt, &vec![2.0; n]);
+    let b = upload(&rt, &vec![3.0; n]);
+    let c = rt.alloc(n * 4).unwrap();
+    let d = rt.alloc(n * 4).unwrap();
+    // c = a + b reads a; then a = b + b overwrites a; then d = c + a.
+    rt.submit(add(a, b, c, n)).unwrap();
+    rt.submit(add(b, b, a, n)).unwrap();
+    rt.submit(add(c, a, d, n)).unwrap().wait(None).unwrap();
+    assert!(download(&rt, d, n).iter().all(|v| *v == 11.0));
+}
+
+#[test]
+fn a_failing_device_falls_back_without_losing_the_op() {
+    // The failing device looks 1000x faster, so earliest-completion picks it first.
+    let rt = runtime_with(vec![Box::new(ScriptedDevice::new(
+        DeviceKind::Gpu,
+        "broken gpu",
+        1e6,
+        Script::AlwaysFails,
+    ))]);
+    let (m, k, n) = (256, 256, 256);
+    let (a, b) = (random(m * k, 3), random(k * n, 4));
+    let (ba, bb) = (upload(&rt, &a), upload(&rt, &b));
+    let bc = rt.alloc(m * n * 4).unwrap();
+    let ev = rt.submit(matmul(ba, bb, bc, m, k, n)).unwrap();
+    ev.wait(None).unwrap();
+    let info = ev.outcome().1;
+    assert_eq!(info.device, Some(0), "must end on the CPU");
+    assert_eq!(info.fallbacks, 1);
+    assert_close(&download(&rt, bc, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+    assert_eq!(rt.device_stats(1).unwrap().failures, 1);
+    assert_eq!(rt.device_stats(1).unwrap().fallbacks, 1);
+    assert_eq!(rt.stats().fallbacks, 1);
+}
+
+#[test]
+fn a_device_that_keeps_failing_is_degraded_and_left_alone() {
+    let dev = ScriptedDevice::new(DeviceKind::Gpu, "flaky gpu", 1e6, Script::AlwaysFails);
+    let calls = dev.calls.clone();
+    let rt = runtime_with(vec![Box::new(dev)]);
+    let a = upload(&rt, &vec![1.0; 256 * 256]);
+    let out = rt.alloc(256 * 256 * 4).unwrap();
+    for _ in 0..20 {
+        let op = OpDesc::new(OpKind::Matmul, &[t(a, &[256, 256]), t(a, &[256, 256])], t(out, &[256, 256]));
+        rt.submit(op).unwrap().wait(None).unwrap();
+    }
+    // The default fallback spec degrades after 3 consecutive failures.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let s = rt.device_stats(1).unwrap();
+    assert!(s.degraded);
+    assert_eq!(rt.stats().ops_completed, 20);
+    assert!(download(&rt, out, 256 * 256).iter().all(|v| *v == 256.0));
+}
+
+#[test]
+fn a_lost_device_is_degraded_at_once() {
+    let dev = ScriptedDevice::new(DeviceKind::SimulatedNpu, "lost npu", 1e6, Script::Lost);
+    let calls = dev.calls.clone();
+    let rt = runtime_with(vec![Box::new(dev)]);
+    let a = upload(&rt, &vec![1.0; 256 * 256]);
+    let out = rt.alloc(256 * 256 * 4).unwrap();
+    for _ in 0..5 {
+        let op = OpDesc::new(OpKind::Matmul, &[t(a, &[256, 256]), t(a, &[256, 256])], t(out, &[256, 256]));
+        rt.submit(op).unwrap().wait(None).unwrap();
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(rt.device_stats(1).unwrap().degraded);
+}
+
+#[test]
+fn a_graph_over_a_destroyed_buffer_is_rejected_whole() {
+    let rt = runtime_with(vec![]);
+    let a = upload(&rt, &[1.0; 4]);
+    let b = rt.alloc(16).unwrap();
+    let mut graph = npuhybrid::graph::Graph::new();
+    rt.graph_add(&mut graph, add(a, a, b, 4)).unwrap();
+    rt.graph_add(&mut graph, add(b, b, b, 4)).unwrap();
+    rt.destroy_buffer(b).unwrap();
+    assert!(matches!(rt.submit_graph(&graph), Err(Error::InvalidHandle(_))));
+    assert_eq!(rt.stats().ops_submitted, 0, "nothing of a rejected graph may run");
+}
+
+#[test]
+fn imported_memory_is_used_without_copies() {
+    let rt = runtime_with(vec![]);
+    let mut host = vec![1.5f32; 256];
+    let id = unsafe { rt.import(host.as_mut_ptr() as *mut u8, host.len() * 4).unwrap() };
+    rt.submit(add(id, id, id, 256)).unwrap().wait(None).unwrap();
+    rt.destroy_buffer(id).unwrap();
+    assert!(host.iter().all(|v| *v == 3.0), "the op must have written the caller's memory");
+}
+
+#[test]
+fn mapped_files_are_read_only_inputs() {
+    let rt = runtime_with(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.bin");
+    std::fs::write(&path, bytemuck_f32(&[2.0f32; 16])).unwrap();
+    let w = rt.map_file(&path).unwrap();
+    let out = rt.alloc(64).unwrap();
+    rt.submit(add(w, w, out, 16)).unwrap().wait(None).unwrap();
+    assert!(download(&rt, out, 16).iter().all(|v| *v == 4.0));
+    let err = rt.submit(add(out, out, w, 16)).unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    assert!(rt.write(w, 0, &[0; 4]).is_err());
+}
+
+#[test]
+fn pool_memory_returns_to_baseline() {
+    let rt = runtime_with(vec![]);
+    let before = rt.pool_stats();
+    let ids: Vec<_> = (0..32).map(|i| rt.alloc(1000 + i * 4096).unwrap()).collect();
+    assert!(rt.pool_stats().bytes_in_use > before.bytes_in_use);
+    for id in ids {
+        rt.destroy_buffer(id).unwrap();
+    }
+    let after = rt.pool_stats();
+    assert_eq!(after.bytes_in_use, before.bytes_in_use);
+    let again = rt.alloc(1000).unwrap();
+    assert!(rt.pool_stats().reuses > after.reuses, "a freed block must be reused");
+    rt.destroy_buffer(again).unwrap();
+}
+
+#[test]
+fn trace_has_one_lane_per_device_and_one_slice_per_op() {
+    let rt = runtime_with(vec![Box::new(ScriptedDevice::new(DeviceKind::Gpu, "gpu", 1e6, Script::Works))]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.json");
+    rt.trace_start(&path).unwrap();
+    let a = upload(&rt, &[1.0; 64]);
+    let out = rt.alloc(256).unwrap();
+    for _ in 0..5 {
+        rt.submit(OpDesc::new(OpKind::Matmul, &[t(a, &[8, 8]), t(a, &[8, 8])], t(out, &[8, 8]))).unwrap();
+    }
+    rt.synchronize();
+    rt.trace_stop().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    let slices: Vec<_> = events.iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(slices.len(), 5);
+    assert!(slices.iter().all(|e| e["name"] == "matmul" && e["dur"].as_f64().unwrap() >= 0.0));
+    let lanes: Vec<_> = events.iter().filter(|e| e["name"] == "thread_name").collect();
+    assert_eq!(lanes.len(), 3, "cpu, gpu and the scheduler lane");
+    assert!(rt.trace_stop().is_err(), "no trace is running any more");
+}
+
+#[test]
+fn many_threads_submit_at_once() {
+    let rt = std::sync::Arc::new(runtime_with(vec![Box::new(ScriptedDevice::new(
+        DeviceKind::SimulatedNpu,
+        "npu",
+        50.0,
+        Script::Works,
+    ))]));
+    let handles: Vec<_> = (0..8)
+        .map(|tid| {
+            let rt = rt.clone();
+            std::thread::spawn(move || {
+                let n = 256;
+                let x = upload(&rt, &vec![0.0; n]);
+                let one = upload(&rt, &vec![1.0; n]);
+                let mut last = None;
+                for _ in 0..200 {
+                    last = Some(rt.submit(add(x, one, x, n)).unwrap());
+                }
+                last.unwrap().wait(None).unwrap();
+                let v = download(&rt, x, n);
+                assert!(v.iter().all(|e| *e == 200.0), "thread {tid}: {}", v[0]);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = rt.stats();
+    assert_eq!(s.ops_submitted, 1600);
+    assert_eq!(s.ops_completed, 1600);
+}
+
+#[test]
+fn tiny_ops_run_inline_on_an_idle_cpu() {
+    let rt = runtime_with(vec![]);
+    let a = upload(&rt, &[1.0; 16]);
+    rt.submit(add(a, a, a, 16)).unwrap().wait(None).unwrap();
+    assert_eq!(rt.stats().inline_ops, 1);
+}
+
+#[test]
+fn performance_history_is_saved_and_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || npuhybrid::RuntimeConfig { perf_cache_dir: Some(dir.path().to_path_buf()), ..config() };
+    {
+        let rt = Runtime::with_backends(cfg(), vec![cpu()]).unwrap();
+        let a = upload(&rt, &random(64 * 64, 5));
+        let c = rt.alloc(64 * 64 * 4).unwrap();
+        for _ in 0..5 {
+            rt.submit(matmul(a, a, c, 64, 64, 64)).unwrap().wait(None).unwrap();
+        }
+        assert!(rt.scheduler().devices[0].model.samples() >= 5);
+    }
+    assert!(std::fs::read_dir(dir.path()).unwrap().count() >= 1, "history file written");
+    let rt = Runtime::with_backends(cfg(), vec![cpu()]).unwrap();
+    assert!(rt.scheduler().devices[0].model.samples() >= 5, "second run starts calibrated");
+}
+
+#[test]
+fn destroying_a_runtime_waits_for_ops_in_flight() {
+    let dev = ScriptedDevice::new(DeviceKind::Gpu, "slow", 1e6, Script::Works)
+        .with_delay(Duration::from_millis(20));
+    let rt = runtime_with(vec![Box::new(dev)]);
+    let a = upload(&rt, &[1.0; 64]);
+    let out = rt.alloc(256).unwrap();
+    let events: Vec<_> = (0..5)
+        .map(|_| {
+            rt.submit(OpDesc::new(OpKind::Matmul, &[t(a, &[8, 8]), t(a, &[8, 8])], t(out, &[8, 8]))).unwrap()
+        })
+        .collect();
+    drop(rt);
+    assert!(events.iter().all(|e| e.is_done() && e.wait(None).is_ok()));
+}
