@@ -66,11 +66,7 @@ fn fixture() -> &'static Fixture {
         std::env::set_var("NPUHYBRID_XRT_LIB", &lib);
         let backend = XrtBackend::probe(Some(&kernel_dir(dir.path()))).expect("fake NPU opens");
         let counters = unsafe { libloading::Library::new(&lib) }.unwrap();
-        Fixture {
-            _dir: dir,
-            backend,
-            counters,
-        }
+        Fixture { _dir: dir, backend, counters }
     })
 }
 
@@ -82,26 +78,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 impl Fixture {
     fn reset(&self) {
-        unsafe {
-            self.counters
-                .get::<unsafe extern "C" fn()>(b"fake_xrt_reset_counters")
-                .unwrap()()
-        }
+        unsafe { self.counters.get::<unsafe extern "C" fn()>(b"fake_xrt_reset_counters").unwrap()() }
     }
 
     fn counter(&self, name: &[u8]) -> i64 {
-        unsafe {
-            self.counters
-                .get::<unsafe extern "C" fn() -> i64>(name)
-                .unwrap()()
-        }
+        unsafe { self.counters.get::<unsafe extern "C" fn() -> i64>(name).unwrap()() }
     }
 }
 
 fn values(count: usize, seed: usize) -> Vec<f32> {
-    (0..count)
-        .map(|i| ((i * 5 + seed * 11) % 7) as f32 - 3.0)
-        .collect()
+    (0..count).map(|i| ((i * 5 + seed * 11) % 7) as f32 - 3.0).collect()
 }
 
 fn buffer(pool: &Arc<HostPool>, id: u64, bytes: &[u8]) -> Arc<Buffer> {
@@ -116,11 +102,8 @@ fn run_matmul(m: usize, k: usize, n: usize, trans_b: bool) {
     let pool = HostPool::new(0);
     let a: Vec<f32> = values(m * k, 1);
     let b: Vec<f32> = values(k * n, 2);
-    let to_bf16 = |v: &[f32]| -> Vec<u8> {
-        v.iter()
-            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
-            .collect()
-    };
+    let to_bf16 =
+        |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect() };
     let a_buf = buffer(&pool, 1, &to_bf16(&a));
     let b_buf = buffer(&pool, 2, &to_bf16(&b));
     let c_buf = buffer(&pool, 3, &vec![0u8; m * n * 4]);
@@ -133,10 +116,7 @@ fn run_matmul(m: usize, k: usize, n: usize, trans_b: bool) {
         ],
         TensorView::contiguous(3, DType::F32, &[m, n], 0),
     )
-    .with_params(OpParams {
-        trans_b,
-        ..Default::default()
-    });
+    .with_params(OpParams { trans_b, ..Default::default() });
     assert!(f.backend.supports(&op));
     let mem = OpMemory::new(vec![a_buf, b_buf, c_buf.clone()]);
     f.backend.execute(&op, &mem).unwrap();
@@ -146,11 +126,7 @@ fn run_matmul(m: usize, k: usize, n: usize, trans_b: bool) {
         for j in 0..n {
             let want: f32 = (0..k)
                 .map(|kk| {
-                    let bv = if trans_b {
-                        b[j * k + kk]
-                    } else {
-                        b[kk * n + j]
-                    };
+                    let bv = if trans_b { b[j * k + kk] } else { b[kk * n + j] };
                     a[i * k + kk] * bv
                 })
                 .sum();
@@ -173,11 +149,7 @@ fn matmuls_of_any_shape_run_on_the_fake_npu() {
     // 70 x 130 x 40 on 32 x 64 x 16 tiles: 3 * 3 * 3 launches, padded on every edge.
     run_matmul(70, 130, 40, false);
     assert_eq!(f.counter(b"fake_xrt_runs_started"), 27);
-    assert_eq!(
-        f.counter(b"fake_xrt_max_in_flight"),
-        3,
-        "the default limit, pipelined"
-    );
+    assert_eq!(f.counter(b"fake_xrt_max_in_flight"), 3, "the default limit, pipelined");
     run_matmul(1, 1, 1, true);
     assert_eq!(f.counter(b"fake_xrt_runs_started"), 28);
 }
@@ -205,11 +177,7 @@ fn concurrent_ops_stay_within_the_in_flight_limit() {
     });
     f.backend.set_limits(3, 64);
     assert_eq!(f.counter(b"fake_xrt_runs_started"), 4 * 3 * 2 * 3);
-    assert_eq!(
-        f.counter(b"fake_xrt_max_in_flight"),
-        2,
-        "the policy's limit holds across ops"
-    );
+    assert_eq!(f.counter(b"fake_xrt_max_in_flight"), 2, "the policy's limit holds across ops");
 }
 
 #[test]
@@ -218,23 +186,16 @@ fn device_failures_carry_xrts_reason() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let wrong = kernel_dir_with(dir.path(), "wrong", r#", "opcode": 7"#);
-    let backend =
-        XrtBackend::probe(Some(&wrong)).expect("loads; the opcode is checked at run time");
+    let backend = XrtBackend::probe(Some(&wrong)).expect("loads; the opcode is checked at run time");
     let a = TensorView::contiguous(1, DType::BF16, &[8, 8], 0);
     let c = TensorView::contiguous(3, DType::F32, &[8, 8], 0);
     let pool = HostPool::new(0);
-    let mem = OpMemory::new(vec![
-        buffer(&pool, 1, &[0u8; 128]),
-        buffer(&pool, 3, &[0u8; 256]),
-    ]);
+    let mem = OpMemory::new(vec![buffer(&pool, 1, &[0u8; 128]), buffer(&pool, 3, &[0u8; 256])]);
     let op = OpDesc::new(OpKind::Matmul, &[a, a], c);
     let err = backend.execute(&op, &mem).unwrap_err();
     assert!(err.is_device_fault(), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("ERT_CMD_STATE_ERROR (5)") && msg.contains("opcode is not 3"),
-        "{msg}"
-    );
+    assert!(msg.contains("ERT_CMD_STATE_ERROR (5)") && msg.contains("opcode is not 3"), "{msg}");
     // The slots went back clean: the good backend still runs.
     drop(backend);
     let _ = f;
@@ -245,8 +206,5 @@ fn device_failures_carry_xrts_reason() {
     assert!(err.contains("manifest.json"), "{err}");
     let bad = kernel_dir_with(dir.path(), "bad", r#", "kernel": "OTHER""#);
     let err = XrtBackend::probe(Some(&bad)).err().unwrap();
-    assert!(
-        err.contains("xrtPLKernelOpen(OTHER): No such compute unit"),
-        "{err}"
-    );
+    assert!(err.contains("xrtPLKernelOpen(OTHER): No such compute unit"), "{err}");
 }

@@ -86,14 +86,9 @@ pub fn find_npus(root: &SysRoot) -> Vec<NpuNode> {
     root.list("/sys/class/accel", "accel")
         .into_iter()
         .filter(|n| {
-            root.link_name(format!("/sys/class/accel/{n}/device/driver"))
-                .as_deref()
-                == Some("amdxdna")
+            root.link_name(format!("/sys/class/accel/{n}/device/driver")).as_deref() == Some("amdxdna")
         })
-        .map(|name| NpuNode {
-            dev: PathBuf::from(format!("/dev/accel/{name}")),
-            name,
-        })
+        .map(|name| NpuNode { dev: PathBuf::from(format!("/dev/accel/{name}")), name })
         .collect()
 }
 
@@ -113,26 +108,19 @@ fn param_ioctl<T>(path: &Path, request: u64, param: u32, what: &str, value: &mut
         .write(write)
         .open(path)
         .map_err(|e| super::sysfs::io_error("open", path, e))?;
-    let mut arg = ParamBuffer {
-        param,
-        buffer_size: std::mem::size_of::<T>() as u32,
-        buffer: value as *mut T as u64,
-    };
+    let mut arg =
+        ParamBuffer { param, buffer_size: std::mem::size_of::<T>() as u32, buffer: value as *mut T as u64 };
     // SAFETY: `arg` points at a live buffer of `buffer_size` bytes for the call's duration.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), request as _, &mut arg as *mut ParamBuffer) };
     if rc == 0 {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
-    let msg = format!(
-        "ioctl {}({what}) on {}: {err}",
-        ioctl_name(request),
-        path.display()
-    );
+    let msg = format!("ioctl {}({what}) on {}: {err}", ioctl_name(request), path.display());
     Err(match err.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission(format!(
-            "{msg} (changing the NPU power mode needs CAP_SYS_ADMIN)"
-        )),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            Error::Permission(format!("{msg} (changing the NPU power mode needs CAP_SYS_ADMIN)"))
+        }
         _ => Error::Io(msg),
     })
 }
@@ -140,28 +128,15 @@ fn param_ioctl<T>(path: &Path, request: u64, param: u32, what: &str, value: &mut
 /// Reads the configured power mode.
 pub fn get_power_mode(path: &Path) -> Result<PowerMode> {
     let mut p = PowerModeParam::default();
-    param_ioctl(
-        path,
-        IOCTL_GET_INFO,
-        GET_POWER_MODE,
-        "GET_POWER_MODE",
-        &mut p,
-    )?;
+    param_ioctl(path, IOCTL_GET_INFO, GET_POWER_MODE, "GET_POWER_MODE", &mut p)?;
     PowerMode::from_raw(p.power_mode as u32).ok_or_else(|| {
-        Error::Io(format!(
-            "{}: driver reports unknown power mode {}",
-            path.display(),
-            p.power_mode
-        ))
+        Error::Io(format!("{}: driver reports unknown power mode {}", path.display(), p.power_mode))
     })
 }
 
 /// Sets the power mode (needs CAP_SYS_ADMIN; the driver answers EACCES otherwise).
 pub fn set_power_mode(path: &Path, mode: PowerMode) -> Result<()> {
-    let mut p = PowerModeParam {
-        power_mode: mode.amdxdna_value(),
-        pad: [0; 7],
-    };
+    let mut p = PowerModeParam { power_mode: mode.amdxdna_value(), pad: [0; 7] };
     let what = format!("SET_POWER_MODE {}={}", mode.name(), mode.amdxdna_value());
     param_ioctl(path, IOCTL_SET_STATE, SET_POWER_MODE, &what, &mut p)
 }
@@ -177,18 +152,9 @@ pub struct NpuSensors {
 /// Reads the power sensor and the clocks. Each part is optional: older firmware may lack one.
 pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
     let mut out = NpuSensors::default();
-    let mut clocks = [QueryClock {
-        name: [0; 16],
-        freq_mhz: 0,
-        pad: 0,
-    }; 2];
-    let clock_res = param_ioctl(
-        path,
-        IOCTL_GET_INFO,
-        QUERY_CLOCK_METADATA,
-        "QUERY_CLOCK_METADATA",
-        &mut clocks,
-    );
+    let mut clocks = [QueryClock { name: [0; 16], freq_mhz: 0, pad: 0 }; 2];
+    let clock_res =
+        param_ioctl(path, IOCTL_GET_INFO, QUERY_CLOCK_METADATA, "QUERY_CLOCK_METADATA", &mut clocks);
     if clock_res.is_ok() {
         out.mp_npu_clock_mhz = Some(clocks[0].freq_mhz as f32);
         out.h_clock_mhz = Some(clocks[1].freq_mhz as f32);
@@ -205,13 +171,7 @@ pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
         kind: 0,
         pad: [0; 6],
     };
-    let sensor_res = param_ioctl(
-        path,
-        IOCTL_GET_INFO,
-        QUERY_SENSORS,
-        "QUERY_SENSORS",
-        &mut sensor,
-    );
+    let sensor_res = param_ioctl(path, IOCTL_GET_INFO, QUERY_SENSORS, "QUERY_SENSORS", &mut sensor);
     if sensor_res.is_ok() {
         // value * 10^unitm is in the sensor's units (watts for the power sensor).
         out.power_w = Some(sensor.input as f32 * 10f32.powi(sensor.unitm as i32));
@@ -240,20 +200,11 @@ mod tests {
         for (node, driver) in [("accel0", "amdxdna"), ("accel1", "habanalabs")] {
             let dev = root.path(format!("/sys/class/accel/{node}/device"));
             std::fs::create_dir_all(&dev).unwrap();
-            std::os::unix::fs::symlink(
-                format!("../../../../bus/pci/drivers/{driver}"),
-                dev.join("driver"),
-            )
-            .unwrap();
+            std::os::unix::fs::symlink(format!("../../../../bus/pci/drivers/{driver}"), dev.join("driver"))
+                .unwrap();
         }
         let npus = find_npus(&root);
-        assert_eq!(
-            npus,
-            [NpuNode {
-                name: "accel0".into(),
-                dev: "/dev/accel/accel0".into()
-            }]
-        );
+        assert_eq!(npus, [NpuNode { name: "accel0".into(), dev: "/dev/accel/accel0".into() }]);
     }
 
     #[test]

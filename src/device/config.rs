@@ -36,36 +36,18 @@ pub struct ConfigPlan {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Write `value` to the sysfs attribute `path` (a system path, e.g. `/sys/...`).
-    WriteSysfs {
-        path: PathBuf,
-        value: String,
-        previous: String,
-    },
+    WriteSysfs { path: PathBuf, value: String, previous: String },
     /// `DRM_IOCTL_AMDXDNA_SET_STATE(DRM_AMDXDNA_SET_POWER_MODE)` on `node`.
-    NpuPowerMode {
-        node: PathBuf,
-        mode: PowerMode,
-        previous: PowerMode,
-    },
+    NpuPowerMode { node: PathBuf, mode: PowerMode, previous: PowerMode },
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::WriteSysfs {
-                path,
-                value,
-                previous,
-            } => write!(
-                f,
-                "write '{value}' to {} (was '{previous}')",
-                path.display()
-            ),
-            Action::NpuPowerMode {
-                node,
-                mode,
-                previous,
-            } => write!(
+            Action::WriteSysfs { path, value, previous } => {
+                write!(f, "write '{value}' to {} (was '{previous}')", path.display())
+            }
+            Action::NpuPowerMode { node, mode, previous } => write!(
                 f,
                 "ioctl DRM_IOCTL_AMDXDNA_SET_STATE(DRM_AMDXDNA_SET_POWER_MODE, {}={}) on {} (was {})",
                 mode.name(),
@@ -128,20 +110,13 @@ impl Configurable {
             .into_iter()
             .filter(|c| c[4..].chars().all(|ch| ch.is_ascii_digit()))
             .filter(|c| {
-                root.link_name(format!("/sys/class/drm/{c}/device/driver"))
-                    .as_deref()
-                    == Some("amdgpu")
+                root.link_name(format!("/sys/class/drm/{c}/device/driver")).as_deref() == Some("amdgpu")
             })
             .filter_map(|card| {
-                let path = PathBuf::from(format!(
-                    "/sys/class/drm/{card}/device/power_dpm_force_performance_level"
-                ));
+                let path =
+                    PathBuf::from(format!("/sys/class/drm/{card}/device/power_dpm_force_performance_level"));
                 let current = root.read(&path)?;
-                Some(GpuKnob {
-                    card,
-                    path,
-                    current,
-                })
+                Some(GpuKnob { card, path, current })
             })
             .collect();
         let cpufreq = "/sys/devices/system/cpu/cpufreq";
@@ -156,19 +131,10 @@ impl Configurable {
                     .read(format!("{dir}/energy_performance_available_preferences"))
                     .map(|s| s.split_whitespace().map(str::to_string).collect())
                     .unwrap_or_default();
-                Some(CpuKnob {
-                    policy,
-                    path,
-                    current,
-                    available,
-                })
+                Some(CpuKnob { policy, path, current, available })
             })
             .collect();
-        Configurable {
-            npus: amdxdna::find_npus(root),
-            gpus,
-            cpus,
-        }
+        Configurable { npus: amdxdna::find_npus(root), gpus, cpus }
     }
 
     /// `key: value` lines for device info.
@@ -198,11 +164,7 @@ impl Configurable {
 }
 
 /// The exact actions `plan` needs on this machine, skipping settings already in place.
-pub fn plan_actions(
-    root: &SysRoot,
-    plan: &ConfigPlan,
-    npu: &dyn NpuPowerControl,
-) -> Result<Vec<Action>> {
+pub fn plan_actions(root: &SysRoot, plan: &ConfigPlan, npu: &dyn NpuPowerControl) -> Result<Vec<Action>> {
     let found = Configurable::discover(root);
     let mut actions = Vec::new();
     if let Some(level) = &plan.gpu_performance_level {
@@ -257,11 +219,7 @@ pub fn plan_actions(
         for n in &found.npus {
             let previous = npu.get(&root.path(&n.dev))?;
             if previous != mode {
-                actions.push(Action::NpuPowerMode {
-                    node: n.dev.clone(),
-                    mode,
-                    previous,
-                });
+                actions.push(Action::NpuPowerMode { node: n.dev.clone(), mode, previous });
             }
         }
     }
@@ -347,30 +305,18 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, text).unwrap();
         };
-        link(
-            "/sys/class/drm/card1/device/driver",
-            "../../../bus/pci/drivers/amdgpu",
-        );
-        file(
-            "/sys/class/drm/card1/device/power_dpm_force_performance_level",
-            "auto\n",
-        );
+        link("/sys/class/drm/card1/device/driver", "../../../bus/pci/drivers/amdgpu");
+        file("/sys/class/drm/card1/device/power_dpm_force_performance_level", "auto\n");
         fs::create_dir_all(root.path("/sys/class/drm/card1-eDP-1")).unwrap();
         for p in ["policy0", "policy1"] {
             let d = format!("/sys/devices/system/cpu/cpufreq/{p}");
-            file(
-                &format!("{d}/energy_performance_preference"),
-                "balance_performance\n",
-            );
+            file(&format!("{d}/energy_performance_preference"), "balance_performance\n");
             file(
                 &format!("{d}/energy_performance_available_preferences"),
                 "default performance balance_performance balance_power power \n",
             );
         }
-        link(
-            "/sys/class/accel/accel0/device/driver",
-            "../../../bus/pci/drivers/amdxdna",
-        );
+        link("/sys/class/accel/accel0/device/driver", "../../../bus/pci/drivers/amdxdna");
         file("/dev/accel/accel0", "");
         (dir, root)
     }
@@ -421,30 +367,20 @@ mod tests {
         let (_d, root) = fake_tree();
         let c = Configurable::discover(&root);
         assert_eq!(c.npus.len(), 1);
-        assert_eq!(
-            c.gpus.len(),
-            1,
-            "connector dirs like card1-eDP-1 are not cards"
-        );
+        assert_eq!(c.gpus.len(), 1, "connector dirs like card1-eDP-1 are not cards");
         assert_eq!(c.cpus.len(), 2);
         assert_eq!(c.cpus[0].available.len(), 5);
         let lines = c.describe();
         assert_eq!(lines.len(), 4);
         assert!(lines.iter().all(|(k, _)| !k.contains("bandwidth")));
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(
-            Configurable::discover(&SysRoot::new(empty.path())),
-            Configurable::default()
-        );
+        assert_eq!(Configurable::discover(&SysRoot::new(empty.path())), Configurable::default());
     }
 
     #[test]
     fn dry_run_returns_exact_actions_and_changes_nothing() {
         let (_d, root) = fake_tree();
-        let npu = FakeNpu {
-            mode: Mutex::new(PowerMode::Default),
-            refuse: false,
-        };
+        let npu = FakeNpu { mode: Mutex::new(PowerMode::Default), refuse: false };
         let actions = apply_with(&root, &full_plan(), true, &npu).unwrap();
         let text: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
         assert_eq!(
@@ -456,46 +392,30 @@ mod tests {
                 "ioctl DRM_IOCTL_AMDXDNA_SET_STATE(DRM_AMDXDNA_SET_POWER_MODE, turbo=4) on /dev/accel/accel0 (was default)",
             ]
         );
-        assert_eq!(
-            values(&root),
-            ["auto", "balance_performance", "balance_performance"]
-        );
+        assert_eq!(values(&root), ["auto", "balance_performance", "balance_performance"]);
         assert_eq!(*npu.mode.lock(), PowerMode::Default);
     }
 
     #[test]
     fn apply_changes_everything_and_skips_settings_in_place() {
         let (_d, root) = fake_tree();
-        let npu = FakeNpu {
-            mode: Mutex::new(PowerMode::Default),
-            refuse: false,
-        };
+        let npu = FakeNpu { mode: Mutex::new(PowerMode::Default), refuse: false };
         let done = apply_with(&root, &full_plan(), false, &npu).unwrap();
         assert_eq!(done.len(), 4);
         assert_eq!(values(&root), ["high", "performance", "performance"]);
         assert_eq!(*npu.mode.lock(), PowerMode::Turbo);
-        assert!(apply_with(&root, &full_plan(), true, &npu)
-            .unwrap()
-            .is_empty());
+        assert!(apply_with(&root, &full_plan(), true, &npu).unwrap().is_empty());
     }
 
     #[test]
     fn refused_ioctl_rolls_back_every_sysfs_write() {
         let (_d, root) = fake_tree();
-        let npu = FakeNpu {
-            mode: Mutex::new(PowerMode::Default),
-            refuse: true,
-        };
+        let npu = FakeNpu { mode: Mutex::new(PowerMode::Default), refuse: true };
         let err = apply_with(&root, &full_plan(), false, &npu).unwrap_err();
-        let Error::Permission(msg) = err else {
-            panic!("expected a permission error, got {err:?}")
-        };
+        let Error::Permission(msg) = err else { panic!("expected a permission error, got {err:?}") };
         assert!(msg.contains("DRM_IOCTL_AMDXDNA_SET_STATE on"), "{msg}");
         assert!(msg.ends_with("rolled back 3 earlier change(s)"), "{msg}");
-        assert_eq!(
-            values(&root),
-            ["auto", "balance_performance", "balance_performance"]
-        );
+        assert_eq!(values(&root), ["auto", "balance_performance", "balance_performance"]);
     }
 
     /// Makes the policy1 attribute a file the kernel refuses to open for writing. As root,
@@ -518,10 +438,7 @@ mod tests {
         let (_d, root) = fake_tree();
         let refused = "/sys/devices/system/cpu/cpufreq/policy1/energy_performance_preference";
         make_read_only(&root, refused);
-        let npu = FakeNpu {
-            mode: Mutex::new(PowerMode::Default),
-            refuse: false,
-        };
+        let npu = FakeNpu { mode: Mutex::new(PowerMode::Default), refuse: false };
         // The refused attribute reads back what the link points at; plan only the GPU and CPU.
         let plan = ConfigPlan {
             npu_power_mode: Some(PowerMode::Performance),
@@ -529,54 +446,28 @@ mod tests {
             cpu_energy_preference: Some("power".into()),
         };
         let err = apply_with(&root, &plan, false, &npu).unwrap_err();
-        let Error::Permission(msg) = err else {
-            panic!("expected a permission error, got {err:?}")
-        };
-        assert!(
-            msg.contains(&root.path(refused).display().to_string()),
-            "{msg}"
-        );
+        let Error::Permission(msg) = err else { panic!("expected a permission error, got {err:?}") };
+        assert!(msg.contains(&root.path(refused).display().to_string()), "{msg}");
         assert!(msg.ends_with("rolled back 2 earlier change(s)"), "{msg}");
         assert_eq!(
-            root.read("/sys/class/drm/card1/device/power_dpm_force_performance_level")
-                .unwrap(),
+            root.read("/sys/class/drm/card1/device/power_dpm_force_performance_level").unwrap(),
             "auto"
         );
         assert_eq!(
-            root.read("/sys/devices/system/cpu/cpufreq/policy0/energy_performance_preference")
-                .unwrap(),
+            root.read("/sys/devices/system/cpu/cpufreq/policy0/energy_performance_preference").unwrap(),
             "balance_performance"
         );
-        assert_eq!(
-            *npu.mode.lock(),
-            PowerMode::Default,
-            "the NPU was never touched"
-        );
+        assert_eq!(*npu.mode.lock(), PowerMode::Default, "the NPU was never touched");
     }
 
     #[test]
     fn unknown_values_and_missing_hardware_are_refused_before_any_change() {
         let (_d, root) = fake_tree();
-        let npu = FakeNpu {
-            mode: Mutex::new(PowerMode::Default),
-            refuse: false,
-        };
-        let bad = ConfigPlan {
-            gpu_performance_level: Some("ludicrous".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            apply_with(&root, &bad, false, &npu),
-            Err(Error::InvalidArgument(_))
-        ));
-        let bad = ConfigPlan {
-            cpu_energy_preference: Some("turbo".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            apply_with(&root, &bad, false, &npu),
-            Err(Error::InvalidArgument(_))
-        ));
+        let npu = FakeNpu { mode: Mutex::new(PowerMode::Default), refuse: false };
+        let bad = ConfigPlan { gpu_performance_level: Some("ludicrous".into()), ..Default::default() };
+        assert!(matches!(apply_with(&root, &bad, false, &npu), Err(Error::InvalidArgument(_))));
+        let bad = ConfigPlan { cpu_energy_preference: Some("turbo".into()), ..Default::default() };
+        assert!(matches!(apply_with(&root, &bad, false, &npu), Err(Error::InvalidArgument(_))));
         let empty = tempfile::tempdir().unwrap();
         let err = apply_with(&SysRoot::new(empty.path()), &full_plan(), true, &npu).unwrap_err();
         assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
@@ -585,15 +476,8 @@ mod tests {
     #[test]
     fn the_real_ioctl_path_reports_a_fake_node_cleanly() {
         let (_d, root) = fake_tree();
-        let plan = ConfigPlan {
-            npu_power_mode: Some(PowerMode::Balanced),
-            ..Default::default()
-        };
+        let plan = ConfigPlan { npu_power_mode: Some(PowerMode::Balanced), ..Default::default() };
         let err = apply(&root, &plan, true).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("DRM_IOCTL_AMDXDNA_GET_INFO(GET_POWER_MODE)"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("DRM_IOCTL_AMDXDNA_GET_INFO(GET_POWER_MODE)"), "{err}");
     }
 }

@@ -28,9 +28,7 @@ impl SysRoot {
     /// Contents of a file with surrounding whitespace removed, or `None` when it cannot be read
     /// (sensors come and go; a missing file is not an error for a reader).
     pub fn read(&self, abs: impl AsRef<Path>) -> Option<String> {
-        fs::read_to_string(self.path(abs))
-            .ok()
-            .map(|s| s.trim().to_string())
+        fs::read_to_string(self.path(abs)).ok().map(|s| s.trim().to_string())
     }
 
     pub fn read_i64(&self, abs: impl AsRef<Path>) -> Option<i64> {
@@ -40,9 +38,7 @@ impl SysRoot {
     /// Like `read`, but a missing or unreadable file is an error naming the path.
     pub fn read_required(&self, abs: impl AsRef<Path>) -> Result<String> {
         let path = self.path(&abs);
-        fs::read_to_string(&path)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| io_error("read", &path, e))
+        fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|e| io_error("read", &path, e))
     }
 
     /// Writes `value` to an existing attribute file (sysfs files are never created).
@@ -53,8 +49,7 @@ impl SysRoot {
             .truncate(true)
             .open(&path)
             .map_err(|e| io_error("open for writing", &path, e))?;
-        file.write_all(value.as_bytes())
-            .map_err(|e| io_error("write", &path, e))
+        file.write_all(value.as_bytes()).map_err(|e| io_error("write", &path, e))
     }
 
     pub fn exists(&self, abs: impl AsRef<Path>) -> bool {
@@ -135,10 +130,7 @@ mod tests {
         for n in ["hwmon10", "hwmon2", "hwmon0", "other"] {
             fs::create_dir_all(root.path(format!("/sys/class/hwmon/{n}"))).unwrap();
         }
-        assert_eq!(
-            root.list("/sys/class/hwmon", "hwmon"),
-            ["hwmon0", "hwmon2", "hwmon10"]
-        );
+        assert_eq!(root.list("/sys/class/hwmon", "hwmon"), ["hwmon0", "hwmon2", "hwmon10"]);
         assert!(root.list("/sys/none", "").is_empty());
     }
 }

@@ -77,10 +77,9 @@ pub fn sample(root: &SysRoot) -> Readings {
     let mut r = Readings::default();
     for zone in root.list("/sys/class/thermal", "thermal_zone") {
         let dir = format!("/sys/class/thermal/{zone}");
-        if let (Some(kind), Some(t)) = (
-            root.read(format!("{dir}/type")),
-            root.read_i64(format!("{dir}/temp")),
-        ) {
+        if let (Some(kind), Some(t)) =
+            (root.read(format!("{dir}/type")), root.read_i64(format!("{dir}/temp")))
+        {
             r.zones.push((kind, milli(t)));
         }
     }
@@ -98,26 +97,18 @@ pub fn sample(root: &SysRoot) -> Readings {
                     .read_i64(format!("{dir}/power1_average"))
                     .or_else(|| root.read_i64(format!("{dir}/power1_input")))
                     .map(|uw| uw as f32 / 1e6);
-                r.gpu_clock_mhz = root
-                    .read_i64(format!("{dir}/freq1_input"))
-                    .map(|hz| hz as f32 / 1e6);
+                r.gpu_clock_mhz = root.read_i64(format!("{dir}/freq1_input")).map(|hz| hz as f32 / 1e6);
             }
             _ => {}
         }
     }
     if r.cpu_temp_c.is_none() {
-        r.cpu_temp_c = r
-            .zones
-            .iter()
-            .find(|(kind, _)| kind == "x86_pkg_temp")
-            .map(|(_, t)| *t);
+        r.cpu_temp_c = r.zones.iter().find(|(kind, _)| kind == "x86_pkg_temp").map(|(_, t)| *t);
     }
     // Only a real character device answers the driver's ioctls.
     if let Some(npu) = amdxdna::find_npus(root).first() {
         let node = root.path(&npu.dev);
-        let is_dev = std::fs::metadata(&node)
-            .map(|m| m.file_type().is_char_device())
-            .unwrap_or(false);
+        let is_dev = std::fs::metadata(&node).map(|m| m.file_type().is_char_device()).unwrap_or(false);
         if is_dev {
             if let Ok(s) = amdxdna::read_sensors(&node) {
                 r.npu_power_w = s.power_w;
@@ -166,29 +157,18 @@ impl TelemetryMonitor {
             capacity: capacity.max(1),
         });
         let t0 = Instant::now();
-        shared.push(Sample {
-            at: Duration::ZERO,
-            readings: sample(&root),
-        });
+        shared.push(Sample { at: Duration::ZERO, readings: sample(&root) });
         let (stop, stopped) = bounded::<()>(0);
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("nh-telemetry".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
-                    worker.push(Sample {
-                        at: t0.elapsed(),
-                        readings: sample(&root),
-                    });
+                    worker.push(Sample { at: t0.elapsed(), readings: sample(&root) });
                 }
             })
             .ok();
-        TelemetryMonitor {
-            shared,
-            stop: Some(stop),
-            thread,
-            period,
-        }
+        TelemetryMonitor { shared, stop: Some(stop), thread, period }
     }
 
     pub fn period(&self) -> Duration {
@@ -196,12 +176,7 @@ impl TelemetryMonitor {
     }
 
     pub fn latest(&self) -> Readings {
-        self.shared
-            .history
-            .lock()
-            .back()
-            .map(|s| s.readings.clone())
-            .unwrap_or_default()
+        self.shared.history.lock().back().map(|s| s.readings.clone()).unwrap_or_default()
     }
 
     /// Oldest first.
@@ -263,10 +238,7 @@ mod tests {
         assert_eq!(r.gpu_temp_c, Some(57.0));
         assert_eq!(r.gpu_power_w, Some(14.081));
         assert_eq!(r.gpu_clock_mhz, Some(800.0));
-        assert_eq!(
-            r.zones,
-            [("acpitz".to_string(), 48.0), ("acpitz".to_string(), 0.0)]
-        );
+        assert_eq!(r.zones, [("acpitz".to_string(), 48.0), ("acpitz".to_string(), 0.0)]);
         assert_eq!(r.npu_power_w, None, "no amdxdna node in this tree");
         assert_eq!(r.temperature(DeviceClass::Npu), Some(61.375));
         assert_eq!(r.temperature(DeviceClass::Gpu), Some(57.0));
@@ -292,11 +264,7 @@ mod tests {
 
         let intel = tempfile::tempdir().unwrap();
         let root = SysRoot::new(intel.path());
-        put(
-            &root,
-            "/sys/class/thermal/thermal_zone3/type",
-            "x86_pkg_temp\n",
-        );
+        put(&root, "/sys/class/thermal/thermal_zone3/type", "x86_pkg_temp\n");
         put(&root, "/sys/class/thermal/thermal_zone3/temp", "66000\n");
         assert_eq!(sample(&root).cpu_temp_c, Some(66.0));
     }
@@ -305,18 +273,11 @@ mod tests {
     fn monitor_samples_periodically_and_bounds_history() {
         let (_d, root) = laptop_tree();
         let mon = TelemetryMonitor::with_history(root.clone(), Duration::from_millis(5), 4);
-        assert_eq!(
-            mon.latest().cpu_temp_c,
-            Some(61.375),
-            "first sample is taken at start"
-        );
+        assert_eq!(mon.latest().cpu_temp_c, Some(61.375), "first sample is taken at start");
         put(&root, "/sys/class/hwmon/hwmon4/temp1_input", "90000\n");
         let deadline = Instant::now() + Duration::from_secs(10);
         while mon.latest().cpu_temp_c != Some(90.0) {
-            assert!(
-                Instant::now() < deadline,
-                "monitor never saw the new reading"
-            );
+            assert!(Instant::now() < deadline, "monitor never saw the new reading");
             std::thread::sleep(Duration::from_millis(2));
         }
         while mon.history().len() < 4 {

@@ -83,33 +83,15 @@ mod tests {
         let mut f = Faults::default();
         f.inject(Fault::FailNth(3), 10);
         let v: Vec<Verdict> = (11..=15).map(|i| f.judge(i)).collect();
-        assert_eq!(
-            v,
-            [
-                Verdict::Run,
-                Verdict::Run,
-                Verdict::Fail,
-                Verdict::Run,
-                Verdict::Run
-            ]
-        );
+        assert_eq!(v, [Verdict::Run, Verdict::Run, Verdict::Fail, Verdict::Run, Verdict::Run]);
     }
 
     #[test]
     fn fraction_is_seeded_and_roughly_right() {
         let run = || {
             let mut f = Faults::default();
-            f.inject(
-                Fault::FailFraction {
-                    fraction: 0.1,
-                    seed: 7,
-                },
-                0,
-            );
-            (1..=10_000)
-                .map(|i| f.judge(i))
-                .filter(|v| *v == Verdict::Fail)
-                .count()
+            f.inject(Fault::FailFraction { fraction: 0.1, seed: 7 }, 0);
+            (1..=10_000).map(|i| f.judge(i)).filter(|v| *v == Verdict::Fail).count()
         };
         let n = run();
         assert_eq!(n, run(), "same seed, same failures");

@@ -72,14 +72,8 @@ impl SimNpu {
         let mut details = vec![
             ("model".to_string(), "simulated; not hardware".to_string()),
             ("units".to_string(), units.to_string()),
-            (
-                "launch latency".to_string(),
-                format!("{:?}", cfg.launch_latency),
-            ),
-            (
-                "clock".to_string(),
-                if cfg.virtual_time { "virtual" } else { "wall" }.to_string(),
-            ),
+            ("launch latency".to_string(), format!("{:?}", cfg.launch_latency)),
+            ("clock".to_string(), if cfg.virtual_time { "virtual" } else { "wall" }.to_string()),
         ];
         for (d, g) in &cfg.peak_gflops {
             details.push((format!("peak {d}"), format!("{g} GFLOP/s")));
@@ -223,18 +217,11 @@ impl SimNpu {
             }
             Verdict::Lost => {
                 s.stats.failed += 1;
-                return Err(Error::DeviceLost(format!(
-                    "{}: device lost (injected)",
-                    self.cfg.name
-                )));
+                return Err(Error::DeviceLost(format!("{}: device lost (injected)", self.cfg.name)));
             }
         }
         let ready = if self.cfg.virtual_time {
-            s.callers
-                .get(&submitter)
-                .copied()
-                .unwrap_or(s.floor)
-                .max(s.floor)
+            s.callers.get(&submitter).copied().unwrap_or(s.floor).max(s.floor)
         } else {
             self.epoch.elapsed() + s.skipped
         };
@@ -255,8 +242,7 @@ impl SimNpu {
         s.units[unit] = Busy {
             from: start,
             until: start + duration,
-            power_w: (profile.active_power_w - self.cfg.idle_power_w).max(0.0) * speed as f32
-                / units,
+            power_w: (profile.active_power_w - self.cfg.idle_power_w).max(0.0) * speed as f32 / units,
         };
         s.stats.ops += 1;
         s.stats.busy += duration;
@@ -292,9 +278,7 @@ impl Backend for SimNpu {
         if !self.cfg.virtual_time {
             self.wait_until(slot.start + slot.duration);
         }
-        Ok(ExecReport {
-            device_ns: Some(slot.duration.as_nanos() as u64),
-        })
+        Ok(ExecReport { device_ns: Some(slot.duration.as_nanos() as u64) })
     }
 
     fn readings(&self) -> DeviceReadings {

@@ -52,10 +52,7 @@ pub struct SimNpuConfig {
 
 impl Default for SimNpuConfig {
     fn default() -> Self {
-        let mode = |clock_mhz, active_power_w| ModeProfile {
-            clock_mhz,
-            active_power_w,
-        };
+        let mode = |clock_mhz, active_power_w| ModeProfile { clock_mhz, active_power_w };
         SimNpuConfig {
             name: "Simulated NPU (model, not hardware)".into(),
             // bf16 is native on AIE-ML; f16 is converted to bf16 on the way in; f32 is
@@ -97,10 +94,7 @@ impl SimNpuConfig {
     }
 
     pub fn peak(&self, dtype: DType) -> Option<f64> {
-        self.peak_gflops
-            .iter()
-            .find(|(d, _)| *d == dtype)
-            .map(|(_, g)| *g)
+        self.peak_gflops.iter().find(|(d, _)| *d == dtype).map(|(_, g)| *g)
     }
 
     pub fn dtype_bits(&self) -> u32 {
@@ -140,17 +134,9 @@ mod tests {
     #[test]
     fn power_modes_order_speed_and_power() {
         let cfg = SimNpuConfig::default();
-        let order = [
-            PowerMode::Powersaver,
-            PowerMode::Balanced,
-            PowerMode::Performance,
-            PowerMode::Turbo,
-        ];
+        let order = [PowerMode::Powersaver, PowerMode::Balanced, PowerMode::Performance, PowerMode::Turbo];
         let op = matmul(1024, DType::BF16);
-        let times: Vec<Duration> = order
-            .iter()
-            .map(|&m| cfg.op_duration(&op, m, 1.0))
-            .collect();
+        let times: Vec<Duration> = order.iter().map(|&m| cfg.op_duration(&op, m, 1.0)).collect();
         assert!(times.windows(2).all(|w| w[0] > w[1]), "{times:?}");
         let power: Vec<f32> = order.iter().map(|&m| cfg.mode(m).active_power_w).collect();
         assert!(power.windows(2).all(|w| w[0] < w[1]));

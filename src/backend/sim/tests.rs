@@ -9,11 +9,7 @@ fn matmul(n: usize) -> OpDesc {
 }
 
 fn virtual_npu(mode: PowerMode) -> SimNpu {
-    SimNpu::new(SimNpuConfig {
-        virtual_time: true,
-        initial_mode: mode,
-        ..Default::default()
-    })
+    SimNpu::new(SimNpuConfig { virtual_time: true, initial_mode: mode, ..Default::default() })
 }
 
 /// Keeps every unit busy (one submitter per unit, in turn) for `span` of device time.
@@ -55,19 +51,14 @@ fn heats_under_load_and_cools_when_idle() {
     let npu = virtual_npu(PowerMode::Performance);
     let cfg = npu.config().clone();
     let idle = npu.temp();
-    assert!(
-        (idle - (cfg.ambient_c + cfg.idle_power_w * cfg.thermal_resistance_k_per_w)).abs() < 0.01
-    );
+    assert!((idle - (cfg.ambient_c + cfg.idle_power_w * cfg.thermal_resistance_k_per_w)).abs() < 0.01);
     let wall = Instant::now();
     load(&npu, Duration::from_secs(120));
-    assert!(
-        wall.elapsed() < Duration::from_secs(20),
-        "virtual time must not sleep"
-    );
+    assert!(wall.elapsed() < Duration::from_secs(20), "virtual time must not sleep");
     let hot = npu.temp();
     // Four time constants at full power: within 2% of the steady state.
-    let steady = cfg.ambient_c
-        + cfg.mode(PowerMode::Performance).active_power_w * cfg.thermal_resistance_k_per_w;
+    let steady =
+        cfg.ambient_c + cfg.mode(PowerMode::Performance).active_power_w * cfg.thermal_resistance_k_per_w;
     assert!(
         hot > idle + 30.0 && (hot - steady).abs() < 0.03 * (steady - cfg.ambient_c),
         "idle {idle}, hot {hot}, steady {steady}"
@@ -76,10 +67,7 @@ fn heats_under_load_and_cools_when_idle() {
 
     npu.advance_idle(Duration::from_secs(30));
     let cooler = npu.temp();
-    assert!(
-        cooler < hot - 15.0,
-        "one time constant idle: {hot} -> {cooler}"
-    );
+    assert!(cooler < hot - 15.0, "one time constant idle: {hot} -> {cooler}");
     npu.advance_idle(Duration::from_secs(300));
     assert!((npu.temp() - idle).abs() < 0.1);
 }
@@ -93,20 +81,12 @@ fn power_mode_changes_speed_and_heat() {
         load(&npu, Duration::from_secs(60));
         (d, npu.temp(), npu.readings().clock_mhz.unwrap())
     };
-    let modes = [
-        PowerMode::Powersaver,
-        PowerMode::Balanced,
-        PowerMode::Performance,
-        PowerMode::Turbo,
-    ];
+    let modes = [PowerMode::Powersaver, PowerMode::Balanced, PowerMode::Performance, PowerMode::Turbo];
     let results: Vec<_> = modes.iter().map(|&m| run(m)).collect();
     for w in results.windows(2) {
         assert!(w[0].0 > w[1].0, "faster in a higher mode: {results:?}");
         assert!(w[0].1 < w[1].1, "hotter in a higher mode: {results:?}");
-        assert!(
-            w[0].2 < w[1].2,
-            "higher clock in a higher mode: {results:?}"
-        );
+        assert!(w[0].2 < w[1].2, "higher clock in a higher mode: {results:?}");
     }
 }
 
@@ -161,29 +141,17 @@ fn concurrent_threads_overlap_on_the_units() {
     });
     // 300 ops on 3 units: about 100 op-times, whatever the interleaving (at most 300).
     let span = npu.readings_time() - t0;
-    assert!(
-        span >= d * 100 && span <= d * 300,
-        "{span:?} for op time {d:?}"
-    );
+    assert!(span >= d * 100 && span <= d * 300, "{span:?} for op time {d:?}");
 }
 
 #[test]
 fn wall_clock_units_queue_beyond_their_count() {
-    let npu = SimNpu::new(SimNpuConfig {
-        launch_latency: Duration::from_millis(50),
-        ..Default::default()
-    });
+    let npu = SimNpu::new(SimNpuConfig { launch_latency: Duration::from_millis(50), ..Default::default() });
     let op = matmul(8);
     let slots: Vec<Slot> = (0..4).map(|_| npu.admit(&op).unwrap()).collect();
     let first_end = slots[0].start + slots[0].duration;
-    assert!(
-        slots[1].start < first_end && slots[2].start < first_end,
-        "{slots:?}"
-    );
-    assert!(
-        slots[3].start >= first_end,
-        "4th op waits for a unit: {slots:?}"
-    );
+    assert!(slots[1].start < first_end && slots[2].start < first_end, "{slots:?}");
+    assert!(slots[3].start >= first_end, "4th op waits for a unit: {slots:?}");
 }
 
 #[test]
@@ -193,16 +161,10 @@ fn fails_on_demand() {
     npu.inject(Fault::FailNth(2));
     assert!(npu.admit(&op).is_ok());
     let err = npu.admit(&op).unwrap_err();
-    assert!(
-        matches!(err, Error::DeviceFailed(_)) && err.is_device_fault(),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::DeviceFailed(_)) && err.is_device_fault(), "{err:?}");
     assert!(npu.admit(&op).is_ok(), "only the 2nd op fails");
 
-    npu.inject(Fault::FailFraction {
-        fraction: 0.25,
-        seed: 1,
-    });
+    npu.inject(Fault::FailFraction { fraction: 0.25, seed: 1 });
     let failed = (0..2000).filter(|_| npu.admit(&op).is_err()).count();
     assert!((400..600).contains(&failed), "{failed} of 2000 at 25%");
     npu.clear_faults();

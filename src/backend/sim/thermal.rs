@@ -28,11 +28,7 @@ pub struct Thermal {
 impl Thermal {
     pub fn power_at(&self, units: &[Busy], t: Duration) -> f32 {
         self.idle_power_w
-            + units
-                .iter()
-                .filter(|b| b.from <= t && t < b.until)
-                .map(|b| b.power_w)
-                .sum::<f32>()
+            + units.iter().filter(|b| b.from <= t && t < b.until).map(|b| b.power_w).sum::<f32>()
     }
 
     /// Advances the model to `target` (no-op if it already is past it).
@@ -76,11 +72,7 @@ mod tests {
     fn heats_towards_steady_state_and_cools_back() {
         let mut m = model();
         let s = Duration::from_secs;
-        let busy = [Busy {
-            from: s(0),
-            until: s(10),
-            power_w: 4.0,
-        }];
+        let busy = [Busy { from: s(0), until: s(10), power_w: 4.0 }];
         m.advance(&busy, s(10));
         // One time constant at 4 W: 30 + 40 * (1 - 1/e).
         assert!((m.temp_c - (30.0 + 40.0 * (1.0 - (-1f32).exp()))).abs() < 1e-3);
@@ -93,11 +85,7 @@ mod tests {
     #[test]
     fn overlapping_units_add_their_power() {
         let s = Duration::from_secs;
-        let one = [Busy {
-            from: s(0),
-            until: s(5),
-            power_w: 2.0,
-        }];
+        let one = [Busy { from: s(0), until: s(5), power_w: 2.0 }];
         let two = [one[0], one[0]];
         let (mut a, mut b) = (model(), model());
         a.advance(&one, s(5));

@@ -187,10 +187,8 @@ impl XrtLog {
         let path = std::env::temp_dir().join(format!("npuhybrid-xrt-{}.log", std::process::id()));
         let key = CString::new("Runtime.runtime_log").ok()?;
         let value = CString::new(path.to_str()?).ok()?;
-        (unsafe { set(key.as_ptr(), value.as_ptr()) } == 0).then(|| XrtLog {
-            path,
-            read: parking_lot::Mutex::new(0),
-        })
+        (unsafe { set(key.as_ptr(), value.as_ptr()) } == 0)
+            .then(|| XrtLog { path, read: parking_lot::Mutex::new(0) })
     }
 
     pub fn path(&self) -> &Path {
@@ -208,12 +206,7 @@ impl XrtLog {
             return Vec::new();
         }
         *read += text.len() as u64;
-        text.lines()
-            .filter_map(|l| {
-                l.split_once("ERROR: ")
-                    .map(|(_, msg)| msg.trim().to_string())
-            })
-            .collect()
+        text.lines().filter_map(|l| l.split_once("ERROR: ").map(|(_, msg)| msg.trim().to_string())).collect()
     }
 }
 
@@ -241,19 +234,11 @@ mod tests {
 
     #[test]
     fn absent_xrt_is_reported_with_every_name_tried() {
-        let err = load(
-            &[
-                "libnpuhybrid-no-such-xrt.so.2".into(),
-                "/nonexistent/libxrt_coreutil.so.2".into(),
-            ],
-            &[],
-        )
-        .err()
-        .unwrap();
-        assert!(
-            err.starts_with("XRT is not installed: libnpuhybrid-no-such-xrt.so.2 ("),
-            "{err}"
-        );
+        let err =
+            load(&["libnpuhybrid-no-such-xrt.so.2".into(), "/nonexistent/libxrt_coreutil.so.2".into()], &[])
+                .err()
+                .unwrap();
+        assert!(err.starts_with("XRT is not installed: libnpuhybrid-no-such-xrt.so.2 ("), "{err}");
     }
 
     #[test]

@@ -70,10 +70,7 @@ impl Session {
         let path = CString::new(spec.xclbin.to_string_lossy().as_bytes())
             .map_err(|_| "xclbin path has a NUL byte".to_string())?;
         if unsafe { (api.device_load_xclbin_file)(self.device, path.as_ptr()) } != 0 {
-            return Err(self.reason(&format!(
-                "xrtDeviceLoadXclbinFile({})",
-                spec.xclbin.display()
-            )));
+            return Err(self.reason(&format!("xrtDeviceLoadXclbinFile({})", spec.xclbin.display())));
         }
         let mut uuid = [0u8; 16];
         if unsafe { (api.device_get_xclbin_uuid)(self.device, uuid.as_mut_ptr()) } != 0 {
@@ -99,12 +96,7 @@ impl Session {
         };
         let words = manifest::read_instructions(&spec.instructions)?;
         k.instr_words = words.len();
-        k.instr = k.alloc(
-            self,
-            4 * words.len(),
-            api::BO_FLAGS_CACHEABLE,
-            spec.args.instr,
-        )?;
+        k.instr = k.alloc(self, 4 * words.len(), api::BO_FLAGS_CACHEABLE, spec.args.instr)?;
         unsafe {
             let dst = (api.bo_map)(k.instr) as *mut u32;
             if dst.is_null() {
@@ -152,13 +144,7 @@ unsafe impl Send for LoadedKernel {}
 unsafe impl Sync for LoadedKernel {}
 
 impl LoadedKernel {
-    fn alloc(
-        &mut self,
-        s: &Session,
-        bytes: usize,
-        flags: u64,
-        arg: c_int,
-    ) -> Result<Handle, String> {
+    fn alloc(&mut self, s: &Session, bytes: usize, flags: u64, arg: c_int) -> Result<Handle, String> {
         let group = unsafe { (self.api.kernel_arg_group_id)(self.kernel, arg) };
         if group < 0 {
             return Err(s.reason(&format!("xrtKernelArgGroupId({arg})")));

@@ -64,15 +64,7 @@ pub struct ArgLayout {
 
 impl Default for ArgLayout {
     fn default() -> Self {
-        ArgLayout {
-            opcode: 0,
-            instr: 1,
-            ninstr: 2,
-            a: 3,
-            b: 4,
-            c: 5,
-            scratch: vec![6, 7],
-        }
+        ArgLayout { opcode: 0, instr: 1, ninstr: 2, a: 3, b: 4, c: 5, scratch: vec![6, 7] }
     }
 }
 
@@ -122,9 +114,7 @@ impl KernelSpec {
 fn inside(dir: &Path, name: &str, what: &str) -> Result<PathBuf, String> {
     let rel = Path::new(name);
     if name.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(format!(
-            "{what} '{name}' must be a relative path inside the kernel directory"
-        ));
+        return Err(format!("{what} '{name}' must be a relative path inside the kernel directory"));
     }
     let path = dir.join(rel);
     if !path.is_file() {
@@ -140,8 +130,7 @@ fn dtype(name: &str, what: &str) -> Result<DType, String> {
 /// Reads and checks `dir/manifest.json`.
 pub fn load(dir: &Path) -> Result<Vec<KernelSpec>, String> {
     let path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(dir, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -167,9 +156,7 @@ fn kernel(dir: &Path, k: RawKernel) -> Result<KernelSpec, String> {
     let dtype_in = dtype(&k.dtype_in, "dtype_in")?;
     let dtype_out = dtype(&k.dtype_out, "dtype_out")?;
     if !dtype_in.is_float() {
-        return Err(format!(
-            "dtype_in {dtype_in}: the runtime's matmul takes f32, f16 or bf16"
-        ));
+        return Err(format!("dtype_in {dtype_in}: the runtime's matmul takes f32, f16 or bf16"));
     }
     if !dtype_out.is_float() {
         return Err(format!("dtype_out {dtype_out}: must be f32, f16 or bf16"));
@@ -213,9 +200,8 @@ pub fn read_instructions(path: &Path) -> Result<Vec<u32>, String> {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .enumerate()
             .map(|(i, l)| {
-                u32::from_str_radix(l.trim_start_matches("0x"), 16).map_err(|_| {
-                    format!("{} line {}: '{l}' is not a hex word", path.display(), i + 1)
-                })
+                u32::from_str_radix(l.trim_start_matches("0x"), 16)
+                    .map_err(|_| format!("{} line {}: '{l}' is not a hex word", path.display(), i + 1))
             })
             .collect::<Result<Vec<u32>, String>>()?
     } else {
@@ -226,10 +212,7 @@ pub fn read_instructions(path: &Path) -> Result<Vec<u32>, String> {
                 bytes.len()
             ));
         }
-        bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     };
     if words.is_empty() {
         return Err(format!("{}: empty instruction stream", path.display()));
@@ -259,22 +242,12 @@ mod tests {
         let d = dir_with(&["mm.xclbin", "mm.insts.txt"]);
         let k = &parse(d.path(), ONE).unwrap()[0];
         assert_eq!((k.dtype_in, k.dtype_out), (DType::BF16, DType::F32));
-        assert_eq!(
-            k.tile,
-            Tile {
-                m: 64,
-                k: 128,
-                n: 32
-            }
-        );
+        assert_eq!(k.tile, Tile { m: 64, k: 128, n: 32 });
         assert_eq!(k.kernel_name, "MLIR_AIE");
         assert_eq!(k.opcode, 3);
         assert_eq!(k.args, ArgLayout::default());
         assert_eq!(k.b_layout, BLayout::RowMajor);
-        assert_eq!(
-            (k.a_bytes(), k.b_bytes(), k.c_bytes()),
-            (64 * 128 * 2, 128 * 32 * 2, 64 * 32 * 4)
-        );
+        assert_eq!((k.a_bytes(), k.b_bytes(), k.c_bytes()), (64 * 128 * 2, 128 * 32 * 2, 64 * 32 * 4));
         assert_eq!(k.xclbin, d.path().join("mm.xclbin"));
     }
 
@@ -285,10 +258,7 @@ mod tests {
             (ONE.replace("matmul", "softmax"), "only matmul"),
             (ONE.replace("\"bf16\"", "\"i8\""), "dtype_in i8"),
             (ONE.replace("\"m\": 64", "\"m\": 0"), "tile 0x128x32"),
-            (
-                ONE.replace("mm.xclbin", "../mm.xclbin"),
-                "relative path inside",
-            ),
+            (ONE.replace("mm.xclbin", "../mm.xclbin"), "relative path inside"),
             (ONE.replace("mm.insts.txt", "gone.txt"), "does not exist"),
             (ONE.replace("\"op\"", "\"opp\""), "unknown field"),
             (ONE.replace("\"format\": 1", "\"format\": 2"), "format 2"),
@@ -309,9 +279,7 @@ mod tests {
         std::fs::write(&bin, [0u8, 1, 3, 6, 5, 1, 0, 0]).unwrap();
         assert_eq!(read_instructions(&bin).unwrap(), [0x0603_0100, 0x105]);
         std::fs::write(&bin, [0u8, 1, 3]).unwrap();
-        assert!(read_instructions(&bin)
-            .unwrap_err()
-            .contains("32-bit words"));
+        assert!(read_instructions(&bin).unwrap_err().contains("32-bit words"));
         std::fs::write(&txt, "zz\n").unwrap();
         assert!(read_instructions(&txt).unwrap_err().contains("line 1"));
     }

@@ -68,8 +68,7 @@ pub struct XrtBackend {
 
 /// The kernel directory: the argument, else `$NPUHYBRID_XRT_KERNELS`.
 fn kernel_dir(arg: Option<&Path>) -> Option<PathBuf> {
-    arg.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os(ENV_KERNEL_DIR).map(PathBuf::from))
+    arg.map(Path::to_path_buf).or_else(|| std::env::var_os(ENV_KERNEL_DIR).map(PathBuf::from))
 }
 
 impl XrtBackend {
@@ -85,10 +84,7 @@ impl XrtBackend {
             format!("NPU opened, but no kernel directory: pass one or set {ENV_KERNEL_DIR}")
         })?;
         let specs = manifest::load(&dir)?;
-        let kernels = specs
-            .iter()
-            .map(|s| session.load_kernel(s))
-            .collect::<Result<Vec<_>, String>>()?;
+        let kernels = specs.iter().map(|s| session.load_kernel(s)).collect::<Result<Vec<_>, String>>()?;
         let version = api.version.clone().unwrap_or_else(|| "?".into());
         let mut details = vec![
             ("xrt".to_string(), format!("{version} ({})", api.library)),
@@ -100,14 +96,8 @@ impl XrtBackend {
         for k in &kernels {
             let s = &k.spec;
             details.push((
-                format!(
-                    "kernel {}",
-                    s.xclbin.file_name().unwrap_or_default().to_string_lossy()
-                ),
-                format!(
-                    "matmul {}->{} tile {}x{}x{}",
-                    s.dtype_in, s.dtype_out, s.tile.m, s.tile.k, s.tile.n
-                ),
+                format!("kernel {}", s.xclbin.file_name().unwrap_or_default().to_string_lossy()),
+                format!("matmul {}->{} tile {}x{}x{}", s.dtype_in, s.dtype_out, s.tile.m, s.tile.k, s.tile.n),
             ));
         }
         let info = DeviceInfo {
@@ -120,10 +110,7 @@ impl XrtBackend {
             available: true,
             unavailable_reason: String::new(),
             // NPUs have no f32 matmul; the declared figure is the best kernel's, if given.
-            peak_gflops: kernels
-                .iter()
-                .filter_map(|k| k.spec.gflops)
-                .fold(0.0, f64::max),
+            peak_gflops: kernels.iter().filter_map(|k| k.spec.gflops).fold(0.0, f64::max),
             bandwidth_gbs: 0.0,
             unified_memory: true,
             max_in_flight: DEFAULT_IN_FLIGHT,
@@ -154,9 +141,7 @@ impl XrtBackend {
 
     /// The policy's limits: runs in flight (at most `SLOTS_PER_KERNEL`) and rows per launch.
     pub fn set_limits(&self, max_in_flight: usize, batch_rows: usize) {
-        self.in_flight
-            .limit
-            .store(max_in_flight.clamp(1, SLOTS_PER_KERNEL), Ordering::Relaxed);
+        self.in_flight.limit.store(max_in_flight.clamp(1, SLOTS_PER_KERNEL), Ordering::Relaxed);
         self.in_flight.freed.notify_all();
         self.batch_rows.store(batch_rows.max(1), Ordering::Relaxed);
     }
@@ -172,17 +157,10 @@ impl XrtBackend {
             k.spec.dtype_in == dtype
                 && (k.spec.dtype_out == DType::F32 || k.spec.dtype_out == op.output.dtype)
         };
-        let rows = self
-            .batch_rows
-            .load(Ordering::Relaxed)
-            .min(op.dims().m.max(1));
+        let rows = self.batch_rows.load(Ordering::Relaxed).min(op.dims().m.max(1));
         let mut fitting: Vec<&LoadedKernel> = self.kernels.iter().filter(fits).collect();
         fitting.sort_by_key(|k| k.spec.tile.m);
-        fitting
-            .iter()
-            .find(|k| k.spec.tile.m >= rows)
-            .or(fitting.last())
-            .copied()
+        fitting.iter().find(|k| k.spec.tile.m >= rows).or(fitting.last()).copied()
     }
 }
 

@@ -4,11 +4,9 @@
 use super::*;
 
 fn xrt_installed() -> bool {
-    api::candidates("libxrt_coreutil").iter().any(|n| {
-        unsafe { libloading::Library::new(n) }
-            .map(std::mem::forget)
-            .is_ok()
-    })
+    api::candidates("libxrt_coreutil")
+        .iter()
+        .any(|n| unsafe { libloading::Library::new(n) }.map(std::mem::forget).is_ok())
 }
 
 #[test]
@@ -18,13 +16,10 @@ fn without_an_npu_probe_reports_xrts_own_reason() {
         assert!(err.starts_with("XRT is not installed"), "{err}");
         return;
     }
-    let err = XrtBackend::probe(None)
-        .err()
-        .expect("no NPU on this machine");
+    let err = XrtBackend::probe(None).err().expect("no NPU on this machine");
     // XRT's message, read back from its log, not our guess.
     assert!(
-        err.contains("Could not open device with index '0'")
-            || err.contains("found no usable device"),
+        err.contains("Could not open device with index '0'") || err.contains("found no usable device"),
         "{err}"
     );
     let info = XrtBackend::unavailable(&err);
@@ -41,29 +36,18 @@ fn the_xrt_log_is_ours_and_holds_the_reason() {
     };
     let _ = XrtBackend::probe(None);
     let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-    assert!(
-        text.contains("[XRT]"),
-        "XRT wrote its messages to {}",
-        log.path().display()
-    );
+    assert!(text.contains("[XRT]"), "XRT wrote its messages to {}", log.path().display());
 }
 
 #[test]
 fn in_flight_permits_respect_the_limit() {
-    let f = InFlight {
-        used: Mutex::new(0),
-        freed: Condvar::new(),
-        limit: AtomicUsize::new(3),
-    };
+    let f = InFlight { used: Mutex::new(0), freed: Condvar::new(), limit: AtomicUsize::new(3) };
     assert_eq!(f.acquire(2), 2);
     assert_eq!(f.acquire(5), 1, "only one left");
     std::thread::scope(|s| {
         let waiter = s.spawn(|| f.acquire(1));
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(
-            !waiter.is_finished(),
-            "must wait while the limit is reached"
-        );
+        assert!(!waiter.is_finished(), "must wait while the limit is reached");
         f.release(2);
         assert_eq!(waiter.join().unwrap(), 1);
     });

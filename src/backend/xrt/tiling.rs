@@ -44,31 +44,13 @@ impl Mat {
             }
         }
         let esize = view.dtype.size();
-        let (rows, cols, rs, cs) = (
-            view.shape[r - 2],
-            view.shape[r - 1],
-            view.strides[r - 2],
-            view.strides[r - 1],
-        );
+        let (rows, cols, rs, cs) =
+            (view.shape[r - 2], view.shape[r - 1], view.strides[r - 2], view.strides[r - 1]);
         let base = unsafe { mem.ptr(view)?.add(offset * esize) };
         Ok(if trans {
-            Mat {
-                base,
-                esize,
-                rows: cols,
-                cols: rows,
-                rs: cs,
-                cs: rs,
-            }
+            Mat { base, esize, rows: cols, cols: rows, rs: cs, cs: rs }
         } else {
-            Mat {
-                base,
-                esize,
-                rows,
-                cols,
-                rs,
-                cs,
-            }
+            Mat { base, esize, rows, cols, rs, cs }
         })
     }
 
@@ -219,12 +201,7 @@ pub fn run_tiled<S: TileSlot>(
 }
 
 /// C = act(alpha * acc + beta * C + bias), written in the output's dtype.
-fn epilogue(
-    op: &OpDesc,
-    mem: &OpMemory,
-    acc: &[f32],
-    (batch, m, n): (usize, usize, usize),
-) -> Result<()> {
+fn epilogue(op: &OpDesc, mem: &OpMemory, acc: &[f32], (batch, m, n): (usize, usize, usize)) -> Result<()> {
     let p = &op.params;
     let out = &op.output;
     let es = out.dtype.size();
@@ -233,8 +210,7 @@ fn epilogue(
             let base = mem.ptr(v)?;
             (0..n)
                 .map(|j| {
-                    let bytes =
-                        unsafe { std::slice::from_raw_parts(base.add(j * v.strides[0] * es), es) };
+                    let bytes = unsafe { std::slice::from_raw_parts(base.add(j * v.strides[0] * es), es) };
                     load(v.dtype, bytes)
                 })
                 .collect()
@@ -305,8 +281,8 @@ mod tests {
                             BLayout::RowMajor => kk * n + j,
                             BLayout::ColMajor => j * k + kk,
                         };
-                        s += load(di, &self.a[(i * k + kk) * ei..][..ei])
-                            * load(di, &self.b[bi * ei..][..ei]);
+                        s +=
+                            load(di, &self.a[(i * k + kk) * ei..][..ei]) * load(di, &self.b[bi * ei..][..ei]);
                     }
                     store(dout, s, &mut self.c[(i * n + j) * eo..][..eo]);
                 }
@@ -321,20 +297,11 @@ mod tests {
         }
     }
 
-    fn spec(
-        dtype_in: DType,
-        dtype_out: DType,
-        tile: (usize, usize, usize),
-        b_layout: BLayout,
-    ) -> KernelSpec {
+    fn spec(dtype_in: DType, dtype_out: DType, tile: (usize, usize, usize), b_layout: BLayout) -> KernelSpec {
         KernelSpec {
             dtype_in,
             dtype_out,
-            tile: Tile {
-                m: tile.0,
-                k: tile.1,
-                n: tile.2,
-            },
+            tile: Tile { m: tile.0, k: tile.1, n: tile.2 },
             b_layout,
             xclbin: "x".into(),
             instructions: "i".into(),
@@ -347,11 +314,7 @@ mod tests {
 
     fn buffer(pool: &Arc<HostPool>, id: u64, values: &[f32], dtype: DType) -> Arc<Buffer> {
         let es = dtype.size();
-        let buf = Buffer::pooled(
-            id,
-            pool.alloc(values.len() * es).unwrap(),
-            values.len() * es,
-        );
+        let buf = Buffer::pooled(id, pool.alloc(values.len() * es).unwrap(), values.len() * es);
         let mut bytes = vec![0u8; values.len() * es];
         for (v, out) in values.iter().zip(bytes.chunks_exact_mut(es)) {
             store(dtype, *v, out);
@@ -369,9 +332,7 @@ mod tests {
 
     /// Small integers so every product and sum is exact in bf16 inputs and f32 sums.
     fn values(count: usize, seed: usize) -> Vec<f32> {
-        (0..count)
-            .map(|i| ((i * 7 + seed * 13) % 9) as f32 - 4.0)
-            .collect()
+        (0..count).map(|i| ((i * 7 + seed * 13) % 9) as f32 - 4.0).collect()
     }
 
     /// Reference: C[b] = act(alpha * op(A[b]) op(B[b]) + beta * C0 + bias).
@@ -392,16 +353,8 @@ mod tests {
                 for j in 0..n {
                     let mut s = 0f32;
                     for kk in 0..k {
-                        let av = if p.trans_a {
-                            a[ab + kk * m + i]
-                        } else {
-                            a[ab + i * k + kk]
-                        };
-                        let bv = if p.trans_b {
-                            b[j * k + kk]
-                        } else {
-                            b[kk * n + j]
-                        };
+                        let av = if p.trans_a { a[ab + kk * m + i] } else { a[ab + i * k + kk] };
+                        let bv = if p.trans_b { b[j * k + kk] } else { b[kk * n + j] };
                         s += av * bv;
                     }
                     let at = (bb * m + i) * n + j;
@@ -459,44 +412,19 @@ mod tests {
         let launched = run_tiled(&op, &mem, kspec, &mut s).unwrap();
         assert_eq!(launched, launches(kspec, batch, m, k, n));
         let got = read_all(&c_buf, out_dtype, batch * m * n);
-        let want = reference(
-            &a_vals,
-            &b_vals,
-            &c0,
-            with_bias.then_some(&bias_vals[..]),
-            dims,
-            &params,
-            a_batched,
-        );
+        let want =
+            reference(&a_vals, &b_vals, &c0, with_bias.then_some(&bias_vals[..]), dims, &params, a_batched);
         let tol = if out_dtype == DType::F32 { 1e-4 } else { 0.02 };
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= tol * w.abs().max(1.0),
-                "element {i}: got {g}, want {w} ({dims:?})"
-            );
+            assert!((g - w).abs() <= tol * w.abs().max(1.0), "element {i}: got {g}, want {w} ({dims:?})");
         }
     }
 
     #[test]
     fn odd_sizes_are_padded_and_tiled_exactly() {
         let kspec = spec(DType::BF16, DType::F32, (8, 16, 4), BLayout::RowMajor);
-        for dims in [
-            (1, 1, 1, 1),
-            (1, 8, 16, 4),
-            (1, 9, 17, 5),
-            (1, 23, 40, 13),
-            (2, 7, 33, 9),
-        ] {
-            check(
-                dims,
-                DType::BF16,
-                DType::F32,
-                &kspec,
-                3,
-                OpParams::default(),
-                false,
-                true,
-            );
+        for dims in [(1, 1, 1, 1), (1, 8, 16, 4), (1, 9, 17, 5), (1, 23, 40, 13), (2, 7, 33, 9)] {
+            check(dims, DType::BF16, DType::F32, &kspec, 3, OpParams::default(), false, true);
         }
     }
 
@@ -511,49 +439,16 @@ mod tests {
             activation: Activation::Silu,
             ..Default::default()
         };
-        check(
-            (3, 10, 12, 11),
-            DType::F16,
-            DType::F32,
-            &kspec,
-            2,
-            params,
-            true,
-            false,
-        );
-        let gelu = OpParams {
-            activation: Activation::Gelu,
-            ..Default::default()
-        };
-        check(
-            (1, 5, 9, 6),
-            DType::F16,
-            DType::F32,
-            &kspec,
-            1,
-            gelu,
-            true,
-            true,
-        );
+        check((3, 10, 12, 11), DType::F16, DType::F32, &kspec, 2, params, true, false);
+        let gelu = OpParams { activation: Activation::Gelu, ..Default::default() };
+        check((1, 5, 9, 6), DType::F16, DType::F32, &kspec, 1, gelu, true, true);
     }
 
     #[test]
     fn narrow_kernel_output_and_output_dtype() {
         let kspec = spec(DType::BF16, DType::BF16, (16, 8, 16), BLayout::RowMajor);
-        let relu = OpParams {
-            activation: Activation::Relu,
-            ..Default::default()
-        };
-        check(
-            (1, 20, 24, 18),
-            DType::BF16,
-            DType::BF16,
-            &kspec,
-            4,
-            relu,
-            false,
-            true,
-        );
+        let relu = OpParams { activation: Activation::Relu, ..Default::default() };
+        check((1, 20, 24, 18), DType::BF16, DType::BF16, &kspec, 4, relu, false, true);
     }
 
     #[test]
