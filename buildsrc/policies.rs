@@ -66,12 +66,7 @@ pub fn run() {
     }
     let policies = read_policies(&dir);
     let names: Vec<&str> = policies.iter().map(|(n, _, _)| n.as_str()).collect();
-    let text_of = |name: &str| {
-        policies
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, _, t)| t.as_str())
-    };
+    let text_of = |name: &str| policies.iter().find(|(n, _, _)| n == name).map(|(_, _, t)| t.as_str());
     let loader = load::BuiltinLoader {
         builtins: &text_of,
         names: &names,

@@ -155,6 +155,17 @@ fn matmuls_of_any_shape_run_on_the_fake_npu() {
 }
 
 #[test]
+fn power_mode_needs_the_amdxdna_driver() {
+    use npuhybrid::device::{amdxdna, PowerMode, SysRoot};
+    let f = fixture();
+    if amdxdna::find_npus(&SysRoot::real()).is_empty() {
+        let err = f.backend.set_power_mode(PowerMode::Turbo).unwrap_err();
+        assert!(matches!(err, npuhybrid::Error::Unsupported(_)), "{err:?}");
+        assert_eq!(f.backend.readings().power_w, None);
+    }
+}
+
+#[test]
 fn unsupported_ops_are_refused_not_run() {
     let f = fixture();
     let a = TensorView::contiguous(1, DType::F32, &[4, 4], 0);

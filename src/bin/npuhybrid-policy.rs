@@ -42,11 +42,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     if command != "explain" && !rest.is_empty() {
         return Err(format!("'{command}' takes no options"));
     }
-    let query = if command == "explain" {
-        Some(parse_query(rest)?)
-    } else {
-        None
-    };
+    let query = if command == "explain" { Some(parse_query(rest)?) } else { None };
     let policy = match load(file) {
         Ok(p) => p,
         Err(e) => {
@@ -67,12 +63,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "dump" => print!("{}", policy.dump()),
         _ => {
             let (kind, dtype, dims, tags) = query.expect("parsed above for explain");
-            let q = OpQuery {
-                kind,
-                dtype,
-                dims,
-                tags: &tags,
-            };
+            let q = OpQuery { kind, dtype, dims, tags: &tags };
             print!("{}", policy.explain(&q));
         }
     }
@@ -95,30 +86,17 @@ type Query = (OpKind, DType, OpDims, Tags);
 fn parse_query(args: &[String]) -> Result<Query, String> {
     let mut kind = None;
     let mut dtype = DType::F32;
-    let mut dims = OpDims {
-        batch: 1,
-        ..OpDims::default()
-    };
+    let mut dims = OpDims { batch: 1, ..OpDims::default() };
     let (mut elements, mut bytes) = (None, None);
     let mut tags = Tags::new();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?
-            .as_str();
-        let number = || {
-            value
-                .parse::<usize>()
-                .map_err(|_| format!("{flag}: '{value}' is not a whole number"))
-        };
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?.as_str();
+        let number =
+            || value.parse::<usize>().map_err(|_| format!("{flag}: '{value}' is not a whole number"));
         match flag.as_str() {
-            "--op" => {
-                kind = Some(OpKind::from_name(value).ok_or_else(|| format!("unknown op '{value}'"))?)
-            }
-            "--dtype" => {
-                dtype = DType::from_name(value).ok_or_else(|| format!("unknown dtype '{value}'"))?
-            }
+            "--op" => kind = Some(OpKind::from_name(value).ok_or_else(|| format!("unknown op '{value}'"))?),
+            "--dtype" => dtype = DType::from_name(value).ok_or_else(|| format!("unknown dtype '{value}'"))?,
             "--m" => dims.m = number()?,
             "--n" => dims.n = number()?,
             "--k" => dims.k = number()?,

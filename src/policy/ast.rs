@@ -99,11 +99,7 @@ pub enum RuleStmt {
     When(Vec<Cond>, Span),
     Use(Vec<Ident>, Span),
     Strategy(Ident, Span),
-    Split {
-        axis: Ident,
-        shares: Shares,
-        span: Span,
-    },
+    Split { axis: Ident, shares: Shares, span: Span },
     Fallback(Vec<Setting>, Span),
 }
 
@@ -124,13 +120,7 @@ pub struct Action {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ThermalStmt {
     /// `when <device> <metric> above <level> [for <duration>]`
-    Trigger {
-        device: Ident,
-        metric: Ident,
-        level: Quantity,
-        hold: Option<Quantity>,
-        span: Span,
-    },
+    Trigger { device: Ident, metric: Ident, level: Quantity, hold: Option<Quantity>, span: Span },
     /// `clear below <level>`
     Clear { level: Quantity, span: Span },
     /// `do <action>, ...`
@@ -149,11 +139,7 @@ pub struct ThermalAst {
 pub enum Item {
     PolicyName(Ident),
     Include(Ident),
-    Device {
-        name: Ident,
-        settings: Vec<Setting>,
-        span: Span,
-    },
+    Device { name: Ident, settings: Vec<Setting>, span: Span },
     Fallback(Vec<Setting>, Span),
     Rule(RuleAst),
     Thermal(ThermalAst),

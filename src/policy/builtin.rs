@@ -76,11 +76,7 @@ pub fn compile_file(path: &Path, limits: &PolicyLimits) -> Result<CompiledPolicy
         Some(root) => root.clone(),
         None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
-    let root = if root.as_os_str().is_empty() {
-        Path::new(".").to_path_buf()
-    } else {
-        root
-    };
+    let root = if root.as_os_str().is_empty() { Path::new(".").to_path_buf() } else { root };
     let root = root
         .canonicalize()
         .map_err(|e| fail(format!("cannot resolve the include root {}: {e}", root.display())))?;
@@ -89,10 +85,6 @@ pub fn compile_file(path: &Path, limits: &PolicyLimits) -> Result<CompiledPolicy
         names: BUILTIN_NAMES,
         max_depth: limits.max_include_depth,
     };
-    let loader = FileLoader {
-        builtins,
-        root,
-        limits,
-    };
+    let loader = FileLoader { builtins, root, limits };
     compile_source(&origin, &text, &loader, limits)
 }

@@ -20,11 +20,7 @@ pub fn check_file(
     report: &mut Reporter,
 ) -> Option<Program> {
     let ast = super::syntax::parse(map, file, report)?;
-    let mut checker = Checker {
-        map,
-        report,
-        file,
-    };
+    let mut checker = Checker { map, report, file };
     let base = checker.resolve_include(&ast, loader, depth)?;
     let errors_before = checker.report.errors.len();
     let program = checker.merge(base, &ast);
@@ -51,12 +47,7 @@ impl Checker<'_> {
     }
 
     /// The program this file starts from: its include, or the empty base.
-    fn resolve_include(
-        &mut self,
-        ast: &PolicyFile,
-        loader: &dyn Loader,
-        depth: usize,
-    ) -> Option<Program> {
+    fn resolve_include(&mut self, ast: &PolicyFile, loader: &dyn Loader, depth: usize) -> Option<Program> {
         let origin = self.map.origin(self.file).to_string();
         let includes: Vec<&Ident> = ast
             .items
@@ -72,18 +63,12 @@ impl Checker<'_> {
         if let Some(second) = includes.get(1) {
             self.error(
                 second.span,
-                format!(
-                    "a policy includes at most one other policy (already including \"{}\")",
-                    first.name
-                ),
+                format!("a policy includes at most one other policy (already including \"{}\")", first.name),
             );
             return None;
         }
         if depth + 1 > loader.max_depth() {
-            self.error(
-                first.span,
-                format!("includes nest deeper than {}", loader.max_depth()),
-            );
+            self.error(first.span, format!("includes nest deeper than {}", loader.max_depth()));
             return None;
         }
         let (inc_origin, text) = match loader.load(&first.name, &origin) {
@@ -94,10 +79,7 @@ impl Checker<'_> {
             }
         };
         if self.chain_contains(&inc_origin) {
-            self.error(
-                first.span,
-                format!("include cycle: \"{}\" includes itself", first.name),
-            );
+            self.error(first.span, format!("include cycle: \"{}\" includes itself", first.name));
             return None;
         }
         let inc_file = self.map.add(&inc_origin, &text);
@@ -137,11 +119,7 @@ impl Checker<'_> {
             match item {
                 Item::PolicyName(name) => p.name = name.name.clone(),
                 Item::Include(_) => {}
-                Item::Device {
-                    name,
-                    settings,
-                    span,
-                } => {
+                Item::Device { name, settings, span } => {
                     let Some(class) = self.device(name) else {
                         continue;
                     };
@@ -209,10 +187,7 @@ impl Checker<'_> {
     fn device(&mut self, name: &Ident) -> Option<DeviceClass> {
         let class = DeviceClass::from_name(&name.name);
         if class.is_none() {
-            self.error(
-                name.span,
-                format!("unknown device '{}' (expected cpu, gpu or npu)", name.name),
-            );
+            self.error(name.span, format!("unknown device '{}' (expected cpu, gpu or npu)", name.name));
         }
         class
     }
@@ -238,7 +213,10 @@ impl Checker<'_> {
                         if class != DeviceClass::Npu {
                             self.warn(
                                 s.key.span,
-                                format!("{} has no power modes: 'power' only configures the npu", class.name()),
+                                format!(
+                                    "{} has no power modes: 'power' only configures the npu",
+                                    class.name()
+                                ),
                             );
                         }
                     }
@@ -425,11 +403,7 @@ impl Checker<'_> {
             if !def.devices.contains(d) {
                 self.warn(
                     span,
-                    format!(
-                        "rule '{}' splits onto {}, which is not in its 'use' list",
-                        def.name,
-                        d.name()
-                    ),
+                    format!("rule '{}' splits onto {}, which is not in its 'use' list", def.name, d.name()),
                 );
             }
         }
@@ -454,10 +428,7 @@ impl Checker<'_> {
             "rows" => SplitAxis::Rows,
             "cols" => SplitAxis::Cols,
             other => {
-                self.error(
-                    axis.span,
-                    format!("unknown split axis '{other}' (expected rows or cols)"),
-                );
+                self.error(axis.span, format!("unknown split axis '{other}' (expected rows or cols)"));
                 return None;
             }
         };
@@ -495,11 +466,7 @@ impl Checker<'_> {
             self.error(span, "a split needs at least two devices");
             return None;
         }
-        Some(SplitSpec {
-            axis,
-            devices,
-            ratios,
-        })
+        Some(SplitSpec { axis, devices, ratios })
     }
 
     fn condition(&mut self, def: &mut RuleDef, c: &Cond) {
@@ -508,7 +475,9 @@ impl Checker<'_> {
                 Value::Scalar(s) => vec![s.clone()],
                 Value::List(items, _) => items.clone(),
             };
-            if !matches!(c.cmp, Cmp::Eq | Cmp::In) || matches!((&c.value, c.cmp), (Value::Scalar(_), Cmp::In) | (Value::List(..), Cmp::Eq)) {
+            if !matches!(c.cmp, Cmp::Eq | Cmp::In)
+                || matches!((&c.value, c.cmp), (Value::Scalar(_), Cmp::In) | (Value::List(..), Cmp::Eq))
+            {
                 self.error(
                     c.cmp_span,
                     format!("type mismatch: tag {} takes '= value' or 'in [values]'", c.field.name),
@@ -522,16 +491,10 @@ impl Checker<'_> {
                     Scalar::Quantity(q) => words.push(q.number.clone()),
                 }
             }
-            def.conditions.push(Condition::Tag {
-                key: c.field.name.clone(),
-                values: words.clone(),
-            });
+            def.conditions.push(Condition::Tag { key: c.field.name.clone(), values: words.clone() });
             match def.tags.iter_mut().find(|t| t.key == c.field.name) {
                 Some(t) => t.values.retain(|v| words.contains(v)),
-                None => def.tags.push(TagTest {
-                    key: c.field.name.clone(),
-                    values: words,
-                }),
+                None => def.tags.push(TagTest { key: c.field.name.clone(), values: words }),
             }
             return;
         }
@@ -567,19 +530,12 @@ impl Checker<'_> {
                     );
                     return;
                 }
-                let kind = if feature == Feature::Bytes {
-                    UnitKind::Bytes
-                } else {
-                    UnitKind::Count
-                };
+                let kind = if feature == Feature::Bytes { UnitKind::Bytes } else { UnitKind::Count };
                 let Some(v) = self.quantity_of(name, &c.value, kind) else {
                     return;
                 };
                 if v.fract() != 0.0 || v < 0.0 || v > u64::MAX as f64 {
-                    self.error(
-                        c.value.span(),
-                        format!("type mismatch: {name} is a whole number >= 0"),
-                    );
+                    self.error(c.value.span(), format!("type mismatch: {name} is a whole number >= 0"));
                     return;
                 }
                 let v = v as u64;
@@ -610,10 +566,7 @@ impl Checker<'_> {
             (Value::Scalar(s), Cmp::Eq) => vec![s],
             (Value::List(items, _), Cmp::In) => items.iter().collect(),
             _ => {
-                self.error(
-                    c.cmp_span,
-                    format!("type mismatch: {field} takes '= name' or 'in [names]'"),
-                );
+                self.error(c.cmp_span, format!("type mismatch: {field} takes '= name' or 'in [names]'"));
                 return None;
             }
         };
@@ -629,10 +582,7 @@ impl Checker<'_> {
             match known.iter().position(|k| *k == w.name) {
                 Some(i) => out.push(i),
                 None => {
-                    self.error(
-                        w.span,
-                        format!("unknown {field} '{}' (expected {})", w.name, one_of(known)),
-                    );
+                    self.error(w.span, format!("unknown {field} '{}' (expected {})", w.name, one_of(known)));
                     return None;
                 }
             }
@@ -648,13 +598,7 @@ impl Checker<'_> {
         let mut seen_do = false;
         for stmt in &t.stmts {
             match stmt {
-                ThermalStmt::Trigger {
-                    device,
-                    metric,
-                    level,
-                    hold,
-                    span,
-                } => {
+                ThermalStmt::Trigger { device, metric, level, hold, span } => {
                     if trigger.is_some() {
                         self.error(*span, format!("thermal rule '{}' has two triggers", t.name.name));
                         continue;
@@ -738,10 +682,7 @@ impl Checker<'_> {
             return None;
         }
         if !seen_do {
-            self.error(
-                t.name.span,
-                format!("thermal rule '{}' has no 'do' actions", t.name.name),
-            );
+            self.error(t.name.span, format!("thermal rule '{}' has no 'do' actions", t.name.name));
         }
         if self.report.errors.len() > errors_before {
             return None;
@@ -824,10 +765,7 @@ impl Checker<'_> {
             Value::Scalar(Scalar::Word(w)) => {
                 let found = names.iter().position(|n| *n == w.name);
                 if found.is_none() {
-                    self.error(
-                        w.span,
-                        format!("unknown {field} '{}' (expected {})", w.name, one_of(names)),
-                    );
+                    self.error(w.span, format!("unknown {field} '{}' (expected {})", w.name, one_of(names)));
                 }
                 found
             }
@@ -848,7 +786,10 @@ impl Checker<'_> {
         if n.fract() != 0.0 || n < lo as f64 || n > hi as f64 {
             self.error(
                 v.span(),
-                format!("'{field}' must be a whole number from {lo} to {hi}, found {}", self.map.text(v.span())),
+                format!(
+                    "'{field}' must be a whole number from {lo} to {hi}, found {}",
+                    self.map.text(v.span())
+                ),
             );
             return None;
         }
@@ -883,17 +824,17 @@ impl Checker<'_> {
             Err(units::UnitError::Unknown) => {
                 let u = q.unit.as_ref().map(|u| (u.name.clone(), u.span));
                 let (name, span) = u.unwrap_or_default();
-                self.error(
-                    span,
-                    format!("unknown unit '{name}' (expected {})", kind.unit_list()),
-                );
+                self.error(span, format!("unknown unit '{name}' (expected {})", kind.unit_list()));
                 None
             }
             Err(units::UnitError::Unexpected) => {
                 let unit = q.unit.as_ref().map(|u| (u.name.clone(), u.span)).unwrap_or_default();
                 self.error(
                     unit.1,
-                    format!("type mismatch: '{field}' is a plain number and takes no unit, found '{}'", unit.0),
+                    format!(
+                        "type mismatch: '{field}' is a plain number and takes no unit, found '{}'",
+                        unit.0
+                    ),
                 );
                 None
             }

@@ -67,20 +67,12 @@ pub fn compile_program(
 ) -> Option<CompiledPolicy> {
     if program.rules.len() > limits.max_rules {
         let span = program.rules[limits.max_rules].span;
-        report.error(
-            map,
-            span,
-            format!("too many rules: the limit is {}", limits.max_rules),
-        );
+        report.error(map, span, format!("too many rules: the limit is {}", limits.max_rules));
         return None;
     }
     if program.thermal.len() > limits.max_thermal_rules {
         let span = program.thermal[limits.max_thermal_rules].span;
-        report.error(
-            map,
-            span,
-            format!("too many thermal rules: the limit is {}", limits.max_thermal_rules),
-        );
+        report.error(map, span, format!("too many thermal rules: the limit is {}", limits.max_thermal_rules));
         return None;
     }
     let overridden = drop_unreachable(map, &mut program, report);
@@ -96,12 +88,7 @@ pub fn compile_program(
         .iter()
         .map(|def| CompiledRule {
             label: def.name.clone(),
-            candidates: def
-                .devices
-                .iter()
-                .copied()
-                .filter(|d| program.enabled(*d))
-                .collect(),
+            candidates: def.devices.iter().copied().filter(|d| program.enabled(*d)).collect(),
             strategy: def.strategy,
             split: def.split.clone(),
             fallback: def.fallback.apply(&fallback),
@@ -109,9 +96,7 @@ pub fn compile_program(
         })
         .collect();
     rules.push(implicit_rule(&program, &fallback));
-    let cells = (0..CELLS)
-        .map(|i| build_cell(&program.rules, &tag_keys, i))
-        .collect();
+    let cells = (0..CELLS).map(|i| build_cell(&program.rules, &tag_keys, i)).collect();
     Some(CompiledPolicy {
         name: program.name,
         rules,
@@ -156,9 +141,7 @@ fn implicit_rule(program: &Program, fallback: &FallbackSpec) -> CompiledRule {
 }
 
 fn cell_pairs() -> impl Iterator<Item = (OpKind, DType)> {
-    OpKind::ALL
-        .into_iter()
-        .flat_map(|k| DType::ALL.into_iter().map(move |d| (k, d)))
+    OpKind::ALL.into_iter().flat_map(|k| DType::ALL.into_iter().map(move |d| (k, d)))
 }
 
 fn admits(rule: &RuleDef, kind: OpKind, dtype: DType) -> bool {
@@ -173,19 +156,16 @@ fn drop_unreachable(map: &SourceMap, program: &mut Program, report: &mut Reporte
     let mut keep = vec![true; program.rules.len()];
     for (j, rule) in program.rules.iter().enumerate() {
         let mut shadowers: Vec<usize> = Vec::new();
-        let reachable = cell_pairs()
-            .filter(|&(k, d)| admits(rule, k, d))
-            .any(|(k, d)| {
-                let by = (0..j).find(|&i| {
-                    keep[i] && admits(&program.rules[i], k, d) && rule.within(&program.rules[i])
-                });
-                if let Some(i) = by {
-                    if !shadowers.contains(&i) {
-                        shadowers.push(i);
-                    }
+        let reachable = cell_pairs().filter(|&(k, d)| admits(rule, k, d)).any(|(k, d)| {
+            let by = (0..j)
+                .find(|&i| keep[i] && admits(&program.rules[i], k, d) && rule.within(&program.rules[i]));
+            if let Some(i) = by {
+                if !shadowers.contains(&i) {
+                    shadowers.push(i);
                 }
-                by.is_none()
-            });
+            }
+            by.is_none()
+        });
         if reachable {
             continue;
         }
@@ -209,7 +189,10 @@ fn drop_unreachable(map: &SourceMap, program: &mut Program, report: &mut Reporte
         let by = if names.len() == 1 {
             format!("rule {} matches", names[0])
         } else {
-            format!("rules {} match", super::check::one_of(&names.iter().map(|s| s.as_str()).collect::<Vec<_>>()))
+            format!(
+                "rules {} match",
+                super::check::one_of(&names.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            )
         };
         report.error(
             map,
@@ -231,10 +214,7 @@ fn check_devices(map: &SourceMap, program: &Program, report: &mut Reporter) {
         let mut failing = cell_pairs().filter(|&(k, d)| {
             must_run(d)
                 && admits(rule, k, d)
-                && !rule
-                    .devices
-                    .iter()
-                    .any(|c| program.enabled(*c) && can_run(*c, k, d))
+                && !rule.devices.iter().any(|c| program.enabled(*c) && can_run(*c, k, d))
         });
         if let Some((k, d)) = failing.next() {
             let more = failing.count();
@@ -249,11 +229,7 @@ fn check_devices(map: &SourceMap, program: &Program, report: &mut Reporter) {
                     }
                 })
                 .collect();
-            let more = if more > 0 {
-                format!(" (and {more} more op/dtype pairs)")
-            } else {
-                String::new()
-            };
+            let more = if more > 0 { format!(" (and {more} more op/dtype pairs)") } else { String::new() };
             // Point at what made it fail: a disabled device, or the rule's device list.
             let span = rule
                 .devices
@@ -276,22 +252,17 @@ fn check_devices(map: &SourceMap, program: &Program, report: &mut Reporter) {
         }
     }
     // Ops that no rule matches go to every enabled device.
-    let enabled: Vec<DeviceClass> = DeviceClass::ALL
-        .into_iter()
-        .filter(|c| program.enabled(*c))
-        .collect();
-    if let Some((k, d)) = cell_pairs().find(|&(k, d)| {
-        must_run(d) && !enabled.iter().any(|c| can_run(*c, k, d)) && !covered(program, k, d)
-    }) {
+    let enabled: Vec<DeviceClass> = DeviceClass::ALL.into_iter().filter(|c| program.enabled(*c)).collect();
+    if let Some((k, d)) = cell_pairs()
+        .find(|&(k, d)| must_run(d) && !enabled.iter().any(|c| can_run(*c, k, d)) && !covered(program, k, d))
+    {
         let span = program.enabled_span[DeviceClass::Cpu as usize]
             .or(program.enabled_span[DeviceClass::Gpu as usize])
             .unwrap_or_default();
         report.error(
             map,
             span,
-            format!(
-                "no enabled device can run {k} in {d}: keep cpu enabled as the backstop for every op"
-            ),
+            format!("no enabled device can run {k} in {d}: keep cpu enabled as the backstop for every op"),
         );
     }
 }
@@ -383,7 +354,11 @@ fn check_thermal(map: &SourceMap, program: &Program, report: &mut Reporter) {
             report.warn(
                 map,
                 rules[0].span,
-                format!("thermal rule '{}' watches {}, which this policy disables", rules[0].rule.label, d.name()),
+                format!(
+                    "thermal rule '{}' watches {}, which this policy disables",
+                    rules[0].rule.label,
+                    d.name()
+                ),
             );
         }
     }
@@ -415,17 +390,15 @@ fn tag_keys(map: &SourceMap, program: &Program, report: &mut Reporter) -> Option
         let mut values = Vec::new();
         for v in vals {
             if bit == 64 {
-                let span = program.rules.iter().find(|r| !r.tags.is_empty()).map_or(Span::default(), |r| r.span);
+                let span =
+                    program.rules.iter().find(|r| !r.tags.is_empty()).map_or(Span::default(), |r| r.span);
                 report.error(map, span, "the policy tests more than 64 distinct tag values");
                 return None;
             }
             values.push((v.to_string(), 1u64 << bit));
             bit += 1;
         }
-        out.push(TagKey {
-            key: key.to_string(),
-            values,
-        });
+        out.push(TagKey { key: key.to_string(), values });
     }
     Some(out)
 }
@@ -436,38 +409,23 @@ fn tag_groups(rule: &RuleDef, keys: &[TagKey]) -> Vec<u64> {
         .map(|t| {
             let key = keys.iter().find(|k| k.key == t.key);
             key.map_or(0, |k| {
-                k.values
-                    .iter()
-                    .filter(|(v, _)| t.values.contains(v))
-                    .fold(0, |m, (_, b)| m | b)
+                k.values.iter().filter(|(v, _)| t.values.contains(v)).fold(0, |m, (_, b)| m | b)
             })
         })
         .collect()
 }
 
 fn guard(index: usize, rule: &RuleDef, keys: &[TagKey]) -> Guard {
-    let check = rule
-        .ranges
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.is_all())
-        .fold(0u8, |m, (f, _)| m | (1 << f));
-    Guard {
-        rule: index as u32,
-        check,
-        ranges: rule.ranges,
-        tag_groups: tag_groups(rule, keys),
-    }
+    let check =
+        rule.ranges.iter().enumerate().filter(|(_, r)| !r.is_all()).fold(0u8, |m, (f, _)| m | (1 << f));
+    Guard { rule: index as u32, check, ranges: rule.ranges, tag_groups: tag_groups(rule, keys) }
 }
 
 /// The cell of one (op kind, dtype): the rules that admit it, cut into size classes on the
 /// feature the rules test at the most distinct points. A class ends at the first guard that
 /// always matches, since nothing after it can be reached.
 fn build_cell(rules: &[RuleDef], keys: &[TagKey], index: usize) -> Cell {
-    let (kind, dtype) = (
-        OpKind::ALL[index / DType::ALL.len()],
-        DType::ALL[index % DType::ALL.len()],
-    );
+    let (kind, dtype) = (OpKind::ALL[index / DType::ALL.len()], DType::ALL[index % DType::ALL.len()]);
     let guards: Vec<Guard> = rules
         .iter()
         .enumerate()
@@ -514,9 +472,5 @@ fn build_cell(rules: &[RuleDef], keys: &[TagKey], index: usize) -> Cell {
             list
         })
         .collect();
-    Cell {
-        key,
-        bounds,
-        classes,
-    }
+    Cell { key, bounds, classes }
 }

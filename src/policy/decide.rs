@@ -78,10 +78,7 @@ impl CompiledPolicy {
     /// The same decision as `decide`, by testing each rule's conditions in order, without
     /// the tables. Kept as the reference that tests compare the tables against.
     pub fn decide_by_rules(&self, q: &OpQuery) -> usize {
-        self.rules
-            .iter()
-            .position(|r| first_failure(&r.def, q).is_none())
-            .unwrap_or(self.implicit_index())
+        self.rules.iter().position(|r| first_failure(&r.def, q).is_none()).unwrap_or(self.implicit_index())
     }
 }
 
@@ -93,9 +90,7 @@ pub(super) fn first_failure(rule: &RuleDef, q: &OpQuery) -> Option<String> {
         let fails = match c {
             Condition::Ops(mask) => mask & super::program::op_bit(q.kind) == 0,
             Condition::DTypes(mask) => mask & super::program::dtype_bit(q.dtype) == 0,
-            Condition::Size {
-                feature, cmp, value, ..
-            } => {
+            Condition::Size { feature, cmp, value, .. } => {
                 let v = f[*feature as usize];
                 !match cmp {
                     super::ast::Cmp::Eq => v == *value,
@@ -105,9 +100,7 @@ pub(super) fn first_failure(rule: &RuleDef, q: &OpQuery) -> Option<String> {
                     super::ast::Cmp::Ge | super::ast::Cmp::In => v >= *value,
                 }
             }
-            Condition::Tag { key, values } => {
-                !q.tags.get(key).is_some_and(|v| values.iter().any(|x| x == v))
-            }
+            Condition::Tag { key, values } => !q.tags.get(key).is_some_and(|v| values.iter().any(|x| x == v)),
         };
         if fails {
             return Some(failure_text(c, q));

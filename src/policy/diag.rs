@@ -73,10 +73,7 @@ pub struct PolicyError {
 impl PolicyError {
     /// The headline of the first error (`file:line:col: error: message`).
     pub fn headline(&self) -> String {
-        self.diagnostics
-            .first()
-            .map(Diagnostic::headline)
-            .unwrap_or_default()
+        self.diagnostics.first().map(Diagnostic::headline).unwrap_or_default()
     }
 }
 
@@ -96,11 +93,7 @@ impl std::error::Error for PolicyError {}
 
 impl SourceMap {
     pub fn add(&mut self, origin: &str, text: &str) -> u32 {
-        self.sources.push(Source {
-            origin: origin.to_string(),
-            text: text.to_string(),
-            parent: None,
-        });
+        self.sources.push(Source { origin: origin.to_string(), text: text.to_string(), parent: None });
         (self.sources.len() - 1) as u32
     }
 
@@ -146,15 +139,11 @@ impl SourceMap {
         let (line, col) = self.line_col(span.file, span.start);
         let start = span.start as usize;
         let line_start = src.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = src.text[start..]
-            .find('\n')
-            .map_or(src.text.len(), |i| start + i);
+        let line_end = src.text[start..].find('\n').map_or(src.text.len(), |i| start + i);
         let line_text = src.text[line_start..line_end].trim_end_matches('\r');
         // Keep tabs in the caret's indent so it lines up under the offending text.
-        let indent: String = src.text[line_start..start]
-            .chars()
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
+        let indent: String =
+            src.text[line_start..start].chars().map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
         let end = (span.end as usize).clamp(start, line_end);
         let width = src.text[start..end].chars().count().max(1);
         let gutter = line.to_string();
@@ -163,10 +152,7 @@ impl SourceMap {
             severity,
             location: format!("{}:{line}:{col}", src.origin),
             message,
-            excerpt: format!(
-                "{gutter} | {line_text}\n{pad} | {indent}{}",
-                "^".repeat(width)
-            ),
+            excerpt: format!("{gutter} | {line_text}\n{pad} | {indent}{}", "^".repeat(width)),
         }
     }
 }
@@ -181,13 +167,11 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn error(&mut self, map: &SourceMap, span: Span, message: impl Into<String>) {
-        self.errors
-            .push(map.diagnostic(Severity::Error, span, message.into()));
+        self.errors.push(map.diagnostic(Severity::Error, span, message.into()));
     }
 
     pub fn warn(&mut self, map: &SourceMap, span: Span, message: impl Into<String>) {
-        self.warnings
-            .push(map.diagnostic(Severity::Warning, span, message.into()));
+        self.warnings.push(map.diagnostic(Severity::Warning, span, message.into()));
     }
 
     /// An error that has no position in a text (a file that cannot be read, for instance).
@@ -205,8 +189,6 @@ impl Reporter {
     }
 
     pub fn into_error(self) -> PolicyError {
-        PolicyError {
-            diagnostics: self.errors,
-        }
+        PolicyError { diagnostics: self.errors }
     }
 }

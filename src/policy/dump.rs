@@ -11,24 +11,16 @@ use std::fmt::Write;
 pub fn condition_text(c: &Condition) -> String {
     match c {
         Condition::Ops(mask) => {
-            let names: Vec<&str> = OpKind::ALL
-                .iter()
-                .filter(|k| mask & op_bit(**k) != 0)
-                .map(|k| k.name())
-                .collect();
+            let names: Vec<&str> =
+                OpKind::ALL.iter().filter(|k| mask & op_bit(**k) != 0).map(|k| k.name()).collect();
             set_text("op", &names)
         }
         Condition::DTypes(mask) => {
-            let names: Vec<&str> = DType::ALL
-                .iter()
-                .filter(|d| mask & dtype_bit(**d) != 0)
-                .map(|d| d.name())
-                .collect();
+            let names: Vec<&str> =
+                DType::ALL.iter().filter(|d| mask & dtype_bit(**d) != 0).map(|d| d.name()).collect();
             set_text("dtype", &names)
         }
-        Condition::Size {
-            feature, cmp, text, ..
-        } => format!("{} {} {text}", feature.name(), cmp.symbol()),
+        Condition::Size { feature, cmp, text, .. } => format!("{} {} {text}", feature.name(), cmp.symbol()),
         Condition::Tag { key, values } => {
             let v: Vec<&str> = values.iter().map(|s| s.as_str()).collect();
             set_text(&format!("tag {key}"), &v)
@@ -86,12 +78,8 @@ pub fn split_text(s: &SplitSpec) -> String {
     match &s.ratios {
         None => format!("{axis} dynamic {}", devices_text(&s.devices)),
         Some(r) => {
-            let shares: Vec<String> = s
-                .devices
-                .iter()
-                .zip(r)
-                .map(|(d, r)| format!("{} {r}", d.name()))
-                .collect();
+            let shares: Vec<String> =
+                s.devices.iter().zip(r).map(|(d, r)| format!("{} {r}", d.name())).collect();
             format!("{axis} {}", shares.join(", "))
         }
     }

@@ -16,10 +16,8 @@ impl CompiledPolicy {
     pub fn explain(&self, q: &OpQuery) -> String {
         let mut out = String::new();
         let f = features(&q.dims);
-        let sizes: Vec<String> = Feature::ALL
-            .iter()
-            .map(|ft| format!("{}={}", ft.name(), f[*ft as usize]))
-            .collect();
+        let sizes: Vec<String> =
+            Feature::ALL.iter().map(|ft| format!("{}={}", ft.name(), f[*ft as usize])).collect();
         let tags: Vec<String> = q.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "policy {}", self.name);
         let _ = writeln!(
@@ -84,10 +82,9 @@ impl CompiledPolicy {
         match listed {
             None => "not considered: the rule does not list it".to_string(),
             Some(_) if !settings.enabled => "not considered: disabled by this policy".to_string(),
-            Some(_) if !can_run(class, q.kind, q.dtype) => format!(
-                "listed, but it cannot run {} in {}: the runtime skips it",
-                q.kind, q.dtype
-            ),
+            Some(_) if !can_run(class, q.kind, q.dtype) => {
+                format!("listed, but it cannot run {} in {}: the runtime skips it", q.kind, q.dtype)
+            }
             Some(_) => {
                 let rank = rule.candidates.iter().position(|d| *d == class).unwrap_or(0) + 1;
                 format!("candidate {rank} ({})", settings_text(settings))

@@ -70,14 +70,10 @@ impl Loader for FileLoader<'_, '_> {
         }
         let dir = Path::new(from).parent().unwrap_or(Path::new("."));
         let path = dir.join(name);
-        let real = path
-            .canonicalize()
-            .map_err(|e| format!("cannot read \"{name}\" ({}): {e}", path.display()))?;
+        let real =
+            path.canonicalize().map_err(|e| format!("cannot read \"{name}\" ({}): {e}", path.display()))?;
         if !self.limits.allow_include_escape && !real.starts_with(&self.root) {
-            return Err(format!(
-                "include \"{name}\" leaves the policy directory {}",
-                self.root.display()
-            ));
+            return Err(format!("include \"{name}\" leaves the policy directory {}", self.root.display()));
         }
         let text = read_limited(&real, self.limits.max_file_bytes)?;
         Ok((path.display().to_string(), text))
@@ -91,18 +87,14 @@ impl Loader for FileLoader<'_, '_> {
 /// Reads a policy file of at most `max` bytes as UTF-8.
 pub fn read_limited(path: &Path, max: usize) -> Result<String, String> {
     use std::io::Read;
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     // Read one byte past the limit, so a larger file is detected without reading all of it.
     file.take(max as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.len() > max {
-        return Err(format!(
-            "{} is larger than the limit of {max} bytes for a policy file",
-            path.display()
-        ));
+        return Err(format!("{} is larger than the limit of {max} bytes for a policy file", path.display()));
     }
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }

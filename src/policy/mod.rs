@@ -57,15 +57,9 @@ pub struct OpQuery<'a> {
     pub tags: &'a Tags,
 }
 
-
 impl<'a> OpQuery<'a> {
     /// The features of a validated op descriptor.
     pub fn of(op: &'a crate::op::OpDesc) -> OpQuery<'a> {
-        OpQuery {
-            kind: op.kind,
-            dtype: op.dtype(),
-            dims: op.dims(),
-            tags: &op.tags,
-        }
+        OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags }
     }
 }

@@ -17,14 +17,8 @@ pub enum Feature {
 }
 
 impl Feature {
-    pub const ALL: [Feature; 6] = [
-        Feature::M,
-        Feature::N,
-        Feature::K,
-        Feature::Batch,
-        Feature::Elements,
-        Feature::Bytes,
-    ];
+    pub const ALL: [Feature; 6] =
+        [Feature::M, Feature::N, Feature::K, Feature::Batch, Feature::Elements, Feature::Bytes];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -65,10 +59,7 @@ impl Interval {
     }
 
     pub fn intersect(self, other: Interval) -> Interval {
-        Interval {
-            lo: self.lo.max(other.lo),
-            hi: self.hi.min(other.hi),
-        }
+        Interval { lo: self.lo.max(other.lo), hi: self.hi.min(other.hi) }
     }
 
     pub fn is_all(self) -> bool {
@@ -150,15 +141,9 @@ impl RuleDef {
     /// True when every op this rule admits is admitted by `earlier` too (ignoring op kind
     /// and dtype, which the tables index by).
     pub fn within(&self, earlier: &RuleDef) -> bool {
-        earlier
-            .ranges
-            .iter()
-            .zip(&self.ranges)
-            .all(|(e, s)| e.covers(*s))
+        earlier.ranges.iter().zip(&self.ranges).all(|(e, s)| e.covers(*s))
             && earlier.tags.iter().all(|et| {
-                self.tags
-                    .iter()
-                    .any(|st| st.key == et.key && st.values.iter().all(|v| et.values.contains(v)))
+                self.tags.iter().any(|st| st.key == et.key && st.values.iter().all(|v| et.values.contains(v)))
             })
     }
 }
@@ -210,10 +195,7 @@ pub struct Program {
 impl Program {
     /// What a policy starts from without an include: every device enabled, nothing else set.
     pub fn base(name: &str) -> Program {
-        let on = DeviceSettings {
-            enabled: true,
-            ..Default::default()
-        };
+        let on = DeviceSettings { enabled: true, ..Default::default() };
         Program {
             name: name.to_string(),
             settings: [on.clone(), on.clone(), on],

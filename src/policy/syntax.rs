@@ -20,11 +20,8 @@ pub fn parse(map: &SourceMap, file: u32, report: &mut Reporter) -> Option<Policy
         Ok(mut pairs) => {
             let root = pairs.next()?;
             let lower = Lower { file };
-            let items = root
-                .into_inner()
-                .filter(|p| p.as_rule() != Rule::EOI)
-                .map(|p| lower.item(p))
-                .collect();
+            let items =
+                root.into_inner().filter(|p| p.as_rule() != Rule::EOI).map(|p| lower.item(p)).collect();
             Some(PolicyFile { items })
         }
         Err(err) => {
@@ -33,11 +30,8 @@ pub fn parse(map: &SourceMap, file: u32, report: &mut Reporter) -> Option<Policy
                 InputLocation::Span((s, _)) => s,
             };
             let found = found_at(text, pos);
-            let span = Span {
-                file,
-                start: pos as u32,
-                end: (pos + found.len().max(1)).min(text.len()) as u32,
-            };
+            let span =
+                Span { file, start: pos as u32, end: (pos + found.len().max(1)).min(text.len()) as u32 };
             let expected = expected_list(&err);
             let found = match found {
                 "" => "the end of the file".to_string(),
@@ -121,28 +115,18 @@ struct Lower {
 
 impl Lower {
     fn span(&self, p: &Pair<Rule>) -> Span {
-        Span {
-            file: self.file,
-            start: p.as_span().start() as u32,
-            end: p.as_span().end() as u32,
-        }
+        Span { file: self.file, start: p.as_span().start() as u32, end: p.as_span().end() as u32 }
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
-        Ident {
-            name: p.as_str().to_string(),
-            span: self.span(&p),
-        }
+        Ident { name: p.as_str().to_string(), span: self.span(&p) }
     }
 
     /// A quoted string as an identifier whose span covers the quotes.
     fn string(&self, p: Pair<Rule>) -> Ident {
         let span = self.span(&p);
         let text = p.into_inner().next().map_or("", |t| t.as_str());
-        Ident {
-            name: text.to_string(),
-            span,
-        }
+        Ident { name: text.to_string(), span }
     }
 
     fn item(&self, p: Pair<Rule>) -> Item {
@@ -153,21 +137,13 @@ impl Lower {
             Rule::device => {
                 let mut inner = p.into_inner();
                 let name = self.ident(next(&mut inner));
-                Item::Device {
-                    name,
-                    settings: inner.map(|s| self.setting(s)).collect(),
-                    span,
-                }
+                Item::Device { name, settings: inner.map(|s| self.setting(s)).collect(), span }
             }
             Rule::fallback => Item::Fallback(self.settings(p), span),
             Rule::rule => {
                 let mut inner = p.into_inner();
                 let name = self.ident(next(&mut inner));
-                Item::Rule(RuleAst {
-                    name,
-                    stmts: inner.map(|s| self.rule_stmt(s)).collect(),
-                    span,
-                })
+                Item::Rule(RuleAst { name, stmts: inner.map(|s| self.rule_stmt(s)).collect(), span })
             }
             Rule::thermal => Item::Thermal(self.thermal(p)),
             other => unreachable!("grammar gave {other:?} as an item"),
@@ -270,14 +246,7 @@ impl Lower {
             _ => Cmp::In,
         };
         let value = self.value(next(&mut inner));
-        Cond {
-            is_tag,
-            field,
-            cmp,
-            cmp_span,
-            value,
-            span,
-        }
+        Cond { is_tag, field, cmp, cmp_span, value, span }
     }
 
     fn thermal(&self, p: Pair<Rule>) -> ThermalAst {
@@ -289,12 +258,7 @@ impl Lower {
         }
         let name = self.ident(next(&mut inner));
         let stmts = inner.map(|s| self.thermal_stmt(s)).collect();
-        ThermalAst {
-            name,
-            emergency,
-            stmts,
-            span,
-        }
+        ThermalAst { name, emergency, stmts, span }
     }
 
     fn thermal_stmt(&self, p: Pair<Rule>) -> ThermalStmt {
@@ -306,18 +270,9 @@ impl Lower {
                 let metric = self.ident(next(&mut inner));
                 let level = self.quantity(next(&mut inner));
                 let hold = inner.next().map(|h| self.quantity(h));
-                ThermalStmt::Trigger {
-                    device,
-                    metric,
-                    level,
-                    hold,
-                    span,
-                }
+                ThermalStmt::Trigger { device, metric, level, hold, span }
             }
-            Rule::clear => ThermalStmt::Clear {
-                level: self.quantity(first(p)),
-                span,
-            },
+            Rule::clear => ThermalStmt::Clear { level: self.quantity(first(p)), span },
             Rule::actions => ThermalStmt::Do(
                 p.into_inner()
                     .map(|a| {
@@ -337,12 +292,9 @@ impl Lower {
 
 fn first(p: Pair<Rule>) -> Pair<Rule> {
     let r = p.as_rule();
-    p.into_inner()
-        .next()
-        .unwrap_or_else(|| unreachable!("grammar: {r:?} has a child"))
+    p.into_inner().next().unwrap_or_else(|| unreachable!("grammar: {r:?} has a child"))
 }
 
 fn next<'i>(it: &mut impl Iterator<Item = Pair<'i, Rule>>) -> Pair<'i, Rule> {
-    it.next()
-        .unwrap_or_else(|| unreachable!("grammar guarantees this child"))
+    it.next().unwrap_or_else(|| unreachable!("grammar guarantees this child"))
 }

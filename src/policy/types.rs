@@ -70,11 +70,7 @@ pub struct FallbackSpec {
 
 impl Default for FallbackSpec {
     fn default() -> Self {
-        FallbackSpec {
-            retries: 0,
-            degrade_after: 3,
-            degrade_for: Duration::from_secs(10),
-        }
+        FallbackSpec { retries: 0, degrade_after: 3, degrade_for: Duration::from_secs(10) }
     }
 }
 

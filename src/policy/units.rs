@@ -39,12 +39,7 @@ pub enum UnitError {
 }
 
 impl UnitKind {
-    const ALL: [UnitKind; 4] = [
-        UnitKind::Bytes,
-        UnitKind::Duration,
-        UnitKind::Celsius,
-        UnitKind::Watts,
-    ];
+    const ALL: [UnitKind; 4] = [UnitKind::Bytes, UnitKind::Duration, UnitKind::Celsius, UnitKind::Watts];
 
     fn units(self) -> &'static [(&'static str, f64)] {
         match self {
@@ -85,10 +80,7 @@ pub fn scale(kind: UnitKind, unit: Option<&str>) -> Result<f64, UnitError> {
     if let Some((_, f)) = kind.units().iter().find(|(n, _)| *n == unit) {
         return Ok(*f);
     }
-    match UnitKind::ALL
-        .into_iter()
-        .find(|k| k.units().iter().any(|(n, _)| *n == unit))
-    {
+    match UnitKind::ALL.into_iter().find(|k| k.units().iter().any(|(n, _)| *n == unit)) {
         Some(_) if kind == UnitKind::Count => Err(UnitError::Unexpected),
         Some(other) => Err(UnitError::WrongKind(other)),
         None if kind == UnitKind::Count => Err(UnitError::Unexpected),
@@ -106,10 +98,7 @@ mod tests {
         assert_eq!(scale(UnitKind::Bytes, None), Ok(1.0));
         assert_eq!(scale(UnitKind::Duration, Some("ms")), Ok(1e-3));
         assert_eq!(scale(UnitKind::Duration, None), Err(UnitError::Missing));
-        assert_eq!(
-            scale(UnitKind::Duration, Some("MiB")),
-            Err(UnitError::WrongKind(UnitKind::Bytes))
-        );
+        assert_eq!(scale(UnitKind::Duration, Some("MiB")), Err(UnitError::WrongKind(UnitKind::Bytes)));
         assert_eq!(scale(UnitKind::Bytes, Some("Mb")), Err(UnitError::Unknown));
         assert_eq!(scale(UnitKind::Count, Some("s")), Err(UnitError::Unexpected));
     }

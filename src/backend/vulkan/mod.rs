@@ -52,9 +52,7 @@ impl VulkanBackend {
             }
         }
         let allow_cpu = std::env::var("NPUHYBRID_VULKAN_ALLOW_CPU").is_ok_and(|v| v == "1");
-        let has_gpu = usable
-            .iter()
-            .any(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
+        let has_gpu = usable.iter().any(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
         if has_gpu && !allow_cpu {
             usable.retain(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
         }
@@ -176,11 +174,7 @@ fn device_info(ctx: &Context) -> DeviceInfo {
     let heap_list: Vec<String> = heaps(&c.memory)
         .map(|h| {
             let local = h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL);
-            format!(
-                "{} MiB{}",
-                h.size >> 20,
-                if local { " device-local" } else { "" }
-            )
+            format!("{} MiB{}", h.size >> 20, if local { " device-local" } else { "" })
         })
         .collect();
     let details = vec![
