@@ -22,6 +22,7 @@ use faults::{Faults, Verdict};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thermal::{Busy, Thermal};
 
@@ -102,13 +103,17 @@ impl SimNpu {
             t: Duration::ZERO,
             energy_j: 0.0,
         };
+        let mut faults = Faults::default();
+        for f in &cfg.faults {
+            faults.inject(f.clone(), 0);
+        }
         SimNpu {
             state: Mutex::new(State {
                 mode: cfg.initial_mode,
                 throttled: false,
                 units: vec![Busy::default(); units],
                 thermal,
-                faults: Faults::default(),
+                faults,
                 stats: SimStats::default(),
                 floor: Duration::ZERO,
                 callers: HashMap::new(),
@@ -300,6 +305,23 @@ impl Backend for SimNpu {
         self.settle(&mut s, now);
         s.mode = mode;
         Ok(())
+    }
+}
+
+/// A shared simulated NPU is a device too: the runtime owns one handle while a test keeps
+/// another to inject faults, drive the virtual clock and read the model's counters.
+impl Backend for Arc<SimNpu> {
+    fn info(&self) -> &DeviceInfo {
+        self.as_ref().info()
+    }
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        self.as_ref().execute(op, mem)
+    }
+    fn readings(&self) -> DeviceReadings {
+        self.as_ref().readings()
+    }
+    fn set_power_mode(&self, mode: PowerMode) -> Result<()> {
+        self.as_ref().set_power_mode(mode)
     }
 }
 

@@ -155,6 +155,19 @@ fn wall_clock_units_queue_beyond_their_count() {
 }
 
 #[test]
+fn faults_from_the_config_apply_from_the_first_op() {
+    let npu = SimNpu::new(SimNpuConfig {
+        virtual_time: true,
+        faults: vec![Fault::FailNth(1), Fault::LoseAfter(3)],
+        ..Default::default()
+    });
+    let op = matmul(16);
+    let verdicts: Vec<bool> = (0..5).map(|_| npu.admit(&op).is_ok()).collect();
+    assert_eq!(verdicts, [false, true, true, false, false]);
+    assert!(npu.is_lost());
+}
+
+#[test]
 fn fails_on_demand() {
     let npu = virtual_npu(PowerMode::Performance);
     let op = matmul(64);
