@@ -11,7 +11,7 @@
 mod api;
 mod device;
 pub mod manifest;
-mod tiling;
+pub mod tiling;
 
 use super::{Backend, DeviceInfo, DeviceKind, DeviceReadings, ExecReport, OpMemory, UnavailableBackend};
 use crate::device::{amdxdna, telemetry, PowerMode, SysRoot};
