@@ -5,6 +5,7 @@
 use super::api::{self, Handle, XrtApi, XrtLog};
 use super::manifest::{self, KernelSpec};
 use super::tiling::TileSlot;
+use crate::device::{amdxdna, SysRoot};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::{c_int, c_uint, CString};
@@ -40,10 +41,13 @@ impl Session {
     pub fn open(api: &'static XrtApi, log: Option<&'static XrtLog>) -> Result<Session, String> {
         let version = api.version.as_deref().unwrap_or("unknown version");
         let devices = api.probe.map(|p| unsafe { p() });
-        if api.probe.is_none() {
-            // Without the shim loaded first, XRT 2.13 aborts the process on a device call.
+        // Without a shim already in the process, Debian's XRT 2.13 aborts the process on a
+        // device call. NPU installations (XRT 2.17+ with the amdxdna plugin) find their shim
+        // themselves, so the call is made when the kernel has an amdxdna device.
+        let npu_present = !amdxdna::find_npus(&SysRoot::real()).is_empty();
+        if api.probe.is_none() && !npu_present {
             return Err(format!(
-                "XRT {version} ({}): libxrt_core (the device shim) is not installed",
+                "XRT {version} ({}): neither libxrt_core (XRT's device shim) nor an amdxdna device is present",
                 api.library
             ));
         }
