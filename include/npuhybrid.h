@@ -137,6 +137,18 @@ typedef enum {
   NH_POLICY_SOURCE = 2,
 } nh_policy_kind;
 
+// Faults a simulated device can be told to have (`nh_device_inject_fault`).
+typedef enum {
+  // The Nth op from now (param = N >= 1) fails.
+  NH_FAULT_FAIL_NTH = 0,
+  // Each op fails with probability param (0..1), from a generator seeded with seed.
+  NH_FAULT_FAIL_FRACTION = 1,
+  // The device is lost now: every later op fails.
+  NH_FAULT_DEVICE_LOST = 2,
+  // The device is lost after param more ops.
+  NH_FAULT_LOSE_AFTER = 3,
+} nh_fault_kind;
+
 // Opaque runtime handle. Zero is never a valid handle.
 typedef struct {
   uint64_t id;
@@ -192,6 +204,19 @@ typedef struct {
   float power_w;
   float clock_mhz;
 } nh_device_readings;
+
+// A device configuration change (see `nh_configure`). Fill with `nh_config_plan_init`.
+typedef struct {
+  uint32_t struct_size;
+  // An `nh_power_mode` for the NPU, or -1 to leave it.
+  int32_t npu_power_mode;
+  // amdgpu `power_dpm_force_performance_level` value ("auto", "low", "high",
+  // "profile_peak", ...), or NULL to leave it.
+  const char *gpu_performance_level;
+  // cpufreq `energy_performance_preference` value ("performance", "balance_performance",
+  // "balance_power", "power", ...), or NULL to leave it.
+  const char *cpu_energy_preference;
+} nh_config_plan;
 
 // A view into a buffer. Shape and strides in elements, offset in bytes; all-zero strides
 // mean dense row-major. A zero `buffer` marks an absent optional input.
@@ -292,6 +317,9 @@ typedef struct {
   const char *perf_cache_dir;
   // Bytes of freed host blocks kept for reuse; 0 = 256 MiB.
   uint64_t pool_cache_bytes;
+  // Root of sysfs, procfs and /dev for sensors and configuration; NULL = "/" (tests use a
+  // fake tree).
+  const char *sys_root;
 } nh_runtime_desc;
 
 // Runtime-wide counters.
@@ -375,6 +403,23 @@ nh_status nh_device_get_readings(nh_runtime runtime, uint32_t index, nh_device_r
 // Sets a device's power mode (an `nh_power_mode`). NH_ERR_UNSUPPORTED where the device has
 // none; NH_ERR_PERMISSION (message names the refused call) without the privilege.
 nh_status nh_device_set_power_mode(nh_runtime runtime, uint32_t index, uint32_t mode);
+
+// Fills `plan` so that it changes nothing.
+nh_status nh_config_plan_init(nh_config_plan *plan);
+
+// Applies a configuration plan: all of it or, on any failure, none of it (earlier changes
+// are rolled back; NH_ERR_PERMISSION names the refused path or call). With `dry_run` != 0
+// nothing changes. The actions (taken, or that would be taken) are written one per line to
+// `buf` (may be NULL with `capacity` 0 when not wanted).
+nh_status nh_configure(nh_runtime runtime, const nh_config_plan *plan, uint32_t dry_run, char *buf, size_t capacity, size_t *needed);
+
+// What this machine lets be configured ("key: value" lines): NPU power modes, iGPU
+// performance levels, CPU energy preferences, with the current values.
+nh_status nh_configurable(nh_runtime runtime, char *buf, size_t capacity, size_t *needed);
+
+// Tells a simulated device to fail (`kind` is an `nh_fault_kind`). NH_ERR_UNSUPPORTED for
+// real devices.
+nh_status nh_device_inject_fault(nh_runtime runtime, uint32_t index, uint32_t kind, double param, uint64_t seed);
 
 // Fills `desc` with defaults (no inputs, alpha 1, beta 0, eps 1e-5, rope_theta 10000).
 nh_status nh_op_desc_init(nh_op_desc *desc);

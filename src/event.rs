@@ -78,6 +78,15 @@ impl Event {
         }))
     }
 
+    /// Makes the event wait for `parts` completions instead (a split op). Only before any
+    /// part completed.
+    pub fn expect_parts(&self, parts: u32) {
+        let mut st = self.0.state.lock();
+        debug_assert!(st.remaining == st.info.parts, "parts changed after a completion");
+        st.remaining = parts;
+        st.info.parts = parts;
+    }
+
     pub fn is_done(&self) -> bool {
         self.0.state.lock().remaining == 0
     }

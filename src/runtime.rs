@@ -1,7 +1,8 @@
 //! The runtime: devices, buffers, the active policy and the scheduler, shared by all threads.
 
+use crate::backend::sim::Fault;
 use crate::backend::{Backend, DeviceInfo, DeviceReadings, OpMemory};
-use crate::device::PowerMode;
+use crate::device::{Action, ConfigPlan, Configurable, PowerMode, Sample, SysRoot, TelemetryMonitor};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::graph::Graph;
@@ -43,6 +44,10 @@ pub struct RuntimeConfig {
     /// How often thermal rules are evaluated; None = only through `thermal_tick` (tests
     /// driving a simulated device's virtual clock).
     pub thermal_period: Option<Duration>,
+    /// Root of sysfs, procfs and /dev (tests point it at a fake tree).
+    pub sys_root: SysRoot,
+    /// How often sensors are sampled; None = no telemetry thread.
+    pub telemetry_period: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -54,6 +59,8 @@ impl Default for RuntimeConfig {
             perf_cache_dir: perf_model::default_cache_dir(),
             pool_cache_bytes: 256 << 20,
             thermal_period: Some(Duration::from_millis(100)),
+            sys_root: SysRoot::real(),
+            telemetry_period: Some(Duration::from_millis(500)),
         }
     }
 }
@@ -80,6 +87,8 @@ pub struct Runtime {
     thermal_stop: Option<Sender<()>>,
     thermal_thread: Option<JoinHandle<()>>,
     started: Instant,
+    telemetry: Option<Arc<TelemetryMonitor>>,
+    sys_root: SysRoot,
     perf_cache_dir: Option<PathBuf>,
 }
 
@@ -132,6 +141,10 @@ impl Runtime {
             thermal_stop: None,
             thermal_thread: None,
             started: Instant::now(),
+            telemetry: config
+                .telemetry_period
+                .map(|p| Arc::new(TelemetryMonitor::start(config.sys_root.clone(), p))),
+            sys_root: config.sys_root.clone(),
             perf_cache_dir: config.perf_cache_dir.clone(),
         };
         rt.apply_policy_settings(&policy);
@@ -145,17 +158,13 @@ impl Runtime {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let (sched, policy, thermal, started) =
             (Arc::clone(&self.sched), Arc::clone(&self.policy), Arc::clone(&self.thermal), self.started);
+        let telemetry = self.telemetry.clone();
         let spawned = std::thread::Builder::new().name("nh-thermal".into()).spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
                 let policy = Arc::clone(&policy.read());
                 if !policy.thermal_rules().is_empty() {
-                    thermal.lock().tick(
-                        started.elapsed(),
-                        &policy,
-                        &sched.devices,
-                        &read_device,
-                        &sched.trace,
-                    );
+                    let read = |d: &Device| read_device(d, telemetry.as_deref());
+                    thermal.lock().tick(started.elapsed(), &policy, &sched.devices, &read, &sched.trace);
                 }
             }
         });
@@ -171,7 +180,8 @@ impl Runtime {
     /// Evaluates the thermal rules once at time `now` (virtual time in tests).
     pub fn thermal_tick(&self, now: Duration) {
         let policy = self.policy();
-        self.thermal.lock().tick(now, &policy, &self.sched.devices, &read_device, &self.sched.trace);
+        let read = |d: &Device| read_device(d, self.telemetry.as_deref());
+        self.thermal.lock().tick(now, &policy, &self.sched.devices, &read, &self.sched.trace);
     }
 
     /// What the active thermal rules currently do to a device.
@@ -204,7 +214,28 @@ impl Runtime {
     }
 
     pub fn device_readings(&self, index: usize) -> Result<DeviceReadings> {
-        Ok(self.device(index)?.backend.readings())
+        Ok(read_device(self.device(index)?, self.telemetry.as_deref()))
+    }
+
+    /// Recent sensor samples (oldest first); empty without telemetry.
+    pub fn telemetry_history(&self) -> Vec<Sample> {
+        self.telemetry.as_ref().map(|t| t.history()).unwrap_or_default()
+    }
+
+    /// Changes NPU power mode, iGPU performance level and CPU energy preference together:
+    /// all or nothing. With `dry_run`, returns the exact actions without taking them.
+    pub fn configure(&self, plan: &ConfigPlan, dry_run: bool) -> Result<Vec<Action>> {
+        crate::device::apply(&self.sys_root, plan, dry_run)
+    }
+
+    /// What this machine lets be configured, as `key: value` lines.
+    pub fn configurable(&self) -> Vec<(String, String)> {
+        Configurable::discover(&self.sys_root).describe()
+    }
+
+    /// Injects a fault into a simulated device.
+    pub fn inject_fault(&self, index: usize, fault: Fault) -> Result<()> {
+        self.device(index)?.backend.inject_fault(fault)
     }
 
     pub fn set_power_mode(&self, index: usize, mode: PowerMode) -> Result<()> {
@@ -456,8 +487,23 @@ fn device_verdict(d: &Device, op: &OpDesc, enabled: bool, listed: Option<usize>)
     }
 }
 
-fn read_device(device: &Device) -> DeviceReadings {
-    device.backend.readings()
+/// A device's own readings, completed from the sysfs sensors for what it does not report.
+fn read_device(device: &Device, telemetry: Option<&TelemetryMonitor>) -> DeviceReadings {
+    let mut r = device.backend.readings();
+    if device.info.kind == crate::backend::DeviceKind::SimulatedNpu {
+        return r; // a model has no sensors on this machine
+    }
+    if let Some(t) = telemetry {
+        let latest = t.latest();
+        r.temperature_c = r.temperature_c.or(latest.temperature(device.class));
+        r.power_w = r.power_w.or(latest.power(device.class));
+        if device.class == DeviceClass::Gpu {
+            r.clock_mhz = r.clock_mhz.or(latest.gpu_clock_mhz);
+        } else if device.class == DeviceClass::Npu {
+            r.clock_mhz = r.clock_mhz.or(latest.npu_clock_mhz);
+        }
+    }
+    r
 }
 
 impl Drop for Runtime {

@@ -148,6 +148,36 @@ pub trait Backend: Send + Sync {
     fn set_power_mode(&self, _mode: crate::device::PowerMode) -> Result<()> {
         Err(Error::Unsupported(format!("{} has no power modes", self.info().name)))
     }
+
+    /// Injects a fault for testing fallback paths; only simulated devices accept it.
+    fn inject_fault(&self, _fault: sim::Fault) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "{} does not take injected faults (only simulated devices do)",
+            self.info().name
+        )))
+    }
+}
+
+/// A shared backend is a backend: tests and embedders keep a handle to their device.
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn info(&self) -> &DeviceInfo {
+        (**self).info()
+    }
+    fn supports(&self, op: &OpDesc) -> bool {
+        (**self).supports(op)
+    }
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        (**self).execute(op, mem)
+    }
+    fn readings(&self) -> DeviceReadings {
+        (**self).readings()
+    }
+    fn set_power_mode(&self, mode: crate::device::PowerMode) -> Result<()> {
+        (**self).set_power_mode(mode)
+    }
+    fn inject_fault(&self, fault: sim::Fault) -> Result<()> {
+        (**self).inject_fault(fault)
+    }
 }
 
 /// A device that was looked for and is not usable: listed so callers see why.

@@ -32,6 +32,7 @@ pub extern "C" fn nh_runtime_desc_init(desc: *mut nh_runtime_desc) -> nh_status 
             reserved0: 0,
             perf_cache_dir: std::ptr::null(),
             pool_cache_bytes: 0,
+            sys_root: std::ptr::null(),
         };
         Ok(())
     })
@@ -70,12 +71,17 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
         let mut config = RuntimeConfig { threads: d.threads as usize, ..Default::default() };
         config.devices.gpu = d.devices & NH_ENABLE_GPU != 0;
         config.devices.npu = d.devices & NH_ENABLE_NPU != 0;
-        config.devices.simulated_npu = d.devices & NH_ENABLE_SIMULATED_NPU != 0;
+        if d.devices & NH_ENABLE_SIMULATED_NPU != 0 {
+            config.devices.simulated_npu = Some(crate::backend::sim::SimNpuConfig::default());
+        }
         config.policy = policy_source(d.policy_kind, opt_c_str(d.policy, "policy")?)?;
         match opt_c_str(d.perf_cache_dir, "perf_cache_dir")? {
             Some("") => config.perf_cache_dir = None,
             Some(dir) => config.perf_cache_dir = Some(PathBuf::from(dir)),
             None => {}
+        }
+        if let Some(root) = opt_c_str(d.sys_root, "sys_root")? {
+            config.sys_root = crate::device::SysRoot::new(root);
         }
         if d.pool_cache_bytes != 0 {
             config.pool_cache_bytes = d.pool_cache_bytes;

@@ -157,6 +157,38 @@ pub struct nh_runtime_desc {
     pub perf_cache_dir: *const c_char,
     /// Bytes of freed host blocks kept for reuse; 0 = 256 MiB.
     pub pool_cache_bytes: u64,
+    /// Root of sysfs, procfs and /dev for sensors and configuration; NULL = "/" (tests use a
+    /// fake tree).
+    pub sys_root: *const c_char,
+}
+
+/// A device configuration change (see `nh_configure`). Fill with `nh_config_plan_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nh_config_plan {
+    pub struct_size: u32,
+    /// An `nh_power_mode` for the NPU, or -1 to leave it.
+    pub npu_power_mode: i32,
+    /// amdgpu `power_dpm_force_performance_level` value ("auto", "low", "high",
+    /// "profile_peak", ...), or NULL to leave it.
+    pub gpu_performance_level: *const c_char,
+    /// cpufreq `energy_performance_preference` value ("performance", "balance_performance",
+    /// "balance_power", "power", ...), or NULL to leave it.
+    pub cpu_energy_preference: *const c_char,
+}
+
+/// Faults a simulated device can be told to have (`nh_device_inject_fault`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum nh_fault_kind {
+    /// The Nth op from now (param = N >= 1) fails.
+    NH_FAULT_FAIL_NTH = 0,
+    /// Each op fails with probability param (0..1), from a generator seeded with seed.
+    NH_FAULT_FAIL_FRACTION = 1,
+    /// The device is lost now: every later op fails.
+    NH_FAULT_DEVICE_LOST = 2,
+    /// The device is lost after param more ops.
+    NH_FAULT_LOSE_AFTER = 3,
 }
 
 /// A view into a buffer. Shape and strides in elements, offset in bytes; all-zero strides
@@ -310,6 +342,9 @@ pub struct nh_device_readings {
 impl super::args::Sized32 for nh_runtime_desc {
     const NAME: &'static str = "nh_runtime_desc";
 }
+impl super::args::Sized32 for nh_config_plan {
+    const NAME: &'static str = "nh_config_plan";
+}
 impl super::args::Sized32 for nh_op_desc {
     const NAME: &'static str = "nh_op_desc";
 }
@@ -340,7 +375,9 @@ mod layout {
     assert_eq_size!(nh_buffer, u64);
     assert_eq_size!(nh_event, u64);
     assert_eq_size!(nh_graph, u64);
-    const_assert_eq!(size_of::<nh_runtime_desc>(), 64);
+    const_assert_eq!(size_of::<nh_runtime_desc>(), 72);
+    const_assert_eq!(offset_of!(nh_runtime_desc, sys_root), 64);
+    const_assert_eq!(size_of::<nh_config_plan>(), 24);
     const_assert_eq!(offset_of!(nh_runtime_desc, policy), 16);
     const_assert_eq!(offset_of!(nh_runtime_desc, perf_cache_dir), 48);
     const_assert_eq!(size_of::<nh_tensor>(), 88);

@@ -168,6 +168,7 @@ impl Scheduler {
         if let Some(parts) = self.plan_split(&task.op, &decision) {
             self.counters.split_ops.fetch_add(1, Ordering::Relaxed);
             task.parts_left.store(parts.len() as u32, Ordering::Release);
+            task.event.expect_parts(parts.len() as u32);
             self.trace.instant(None, "split", json!({"op": task.op.kind.name(), "parts": parts.len()}));
             for (device, op) in parts {
                 let predicted_ns = self.devices[device].model.predict_ns(&op);

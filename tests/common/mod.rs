@@ -68,7 +68,13 @@ impl Backend for ScriptedDevice {
 }
 
 pub fn config() -> RuntimeConfig {
-    RuntimeConfig { perf_cache_dir: None, thermal_period: None, threads: 2, ..Default::default() }
+    RuntimeConfig {
+        perf_cache_dir: None,
+        thermal_period: None,
+        telemetry_period: None,
+        threads: 2,
+        ..Default::default()
+    }
 }
 
 pub fn cpu() -> Box<dyn Backend> {

@@ -22,7 +22,6 @@ use faults::{Faults, Verdict};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thermal::{Busy, Thermal};
 
@@ -155,6 +154,12 @@ impl SimNpu {
         self.settle(&mut s, now);
         s.stats.energy_j = s.thermal.energy_j;
         s.stats
+    }
+
+    /// The device's present time (virtual or wall clock), e.g. to drive thermal control.
+    pub fn now(&self) -> Duration {
+        let mut s = self.state.lock();
+        self.present(&mut s)
     }
 
     /// Lets the device sit idle (cooling) for `dt` of its time.
@@ -306,22 +311,10 @@ impl Backend for SimNpu {
         s.mode = mode;
         Ok(())
     }
-}
 
-/// A shared simulated NPU is a device too: the runtime owns one handle while a test keeps
-/// another to inject faults, drive the virtual clock and read the model's counters.
-impl Backend for Arc<SimNpu> {
-    fn info(&self) -> &DeviceInfo {
-        self.as_ref().info()
-    }
-    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
-        self.as_ref().execute(op, mem)
-    }
-    fn readings(&self) -> DeviceReadings {
-        self.as_ref().readings()
-    }
-    fn set_power_mode(&self, mode: PowerMode) -> Result<()> {
-        self.as_ref().set_power_mode(mode)
+    fn inject_fault(&self, fault: Fault) -> Result<()> {
+        self.inject(fault);
+        Ok(())
     }
 }
 
