@@ -185,6 +185,8 @@ impl SimNpu {
                 .chain(s.callers.values().copied())
                 .fold(s.floor, Duration::max);
             s.floor = latest;
+            // Every submitter is now at the floor: forget them (threads come and go).
+            s.callers.clear();
             latest
         } else {
             self.epoch.elapsed() + s.skipped

@@ -1,6 +1,12 @@
 //! An opened XRT device with its NPU kernels loaded. Every XRT handle (kernels, buffers, runs)
 //! is created here at probe time, so running an op only looks handles up and never changes
 //! XRT's handle tables (which older XRT versions do not lock).
+//!
+//! SAFETY of the FFI calls: every handle passed to XRT was returned non-null by XRT in this
+//! module and stays open until the owner's `Drop` (runs and buffers before their kernel, kernels
+//! before the device); pointer arguments point at live values for the duration of the call;
+//! mapped buffer memory stays valid while its buffer is open, and a run's buffers are touched
+//! only by the thread that took the run from the pool.
 
 use super::api::{self, Handle, XrtApi, XrtLog};
 use super::manifest::{self, KernelSpec};

@@ -21,6 +21,10 @@ pub trait TileSlot {
 }
 
 /// A matrix inside a view: element (r, c) lies at `base + r*rs + c*cs` elements.
+///
+/// SAFETY (for the raw reads and writes below): the op was validated, so every element of every
+/// view lies inside its buffer, and callers only index rows < `rows` and columns < `cols`. The
+/// scheduler's hazard tracking gives this op exclusive access to its output while it runs.
 #[derive(Clone, Copy)]
 struct Mat {
     base: *const u8,
