@@ -88,8 +88,9 @@ impl Session {
         }
         let name = CString::new(spec.kernel_name.as_bytes())
             .map_err(|_| "kernel name has a NUL byte".to_string())?;
-        // On XRT versions with hardware contexts (2.15+, all NPUs) this creates one for the
-        // xclbin; on older ones it uses the loaded xclbin's slot.
+        // XRT's C API has no hardware-context calls (those are C++ only); the kernel is opened
+        // from the device and the xclbin's uuid, as the C API allows. Whether the amdxdna shim
+        // accepts this path could not be checked without an NPU (docs/XRT.md).
         let kernel = unsafe { (api.kernel_open)(self.device, uuid.as_ptr(), name.as_ptr()) };
         if kernel.is_null() {
             return Err(self.reason(&format!("xrtPLKernelOpen({})", spec.kernel_name)));
