@@ -5,7 +5,7 @@
 //! - the simulated NPU's `admit` (the model's cost per op in the scheduler's path);
 //! - one telemetry sample of this machine's real /sys.
 //!
-//! Run: `cargo bench --bench npu_host`
+//! Run: `cargo bench --bench npu_host` (`cargo test` runs a small smoke version).
 
 use npuhybrid::backend::sim::{SimNpu, SimNpuConfig};
 use npuhybrid::backend::xrt::manifest::{ArgLayout, BLayout, KernelSpec, Tile};
@@ -115,11 +115,10 @@ fn tiling(n: usize, tile: usize) {
     );
 }
 
-fn sim_admit() {
+fn sim_admit(n: usize) {
     let npu = SimNpu::new(SimNpuConfig { virtual_time: true, ..Default::default() });
     let v = TensorView::contiguous(1, DType::BF16, &[512, 512], 0);
     let op = OpDesc::new(OpKind::Matmul, &[v, v], v);
-    let n = 100_000;
     let t = median_secs(5, || {
         for _ in 0..n {
             npu.admit(&op).unwrap();
@@ -145,9 +144,12 @@ fn telemetry_sample() {
 }
 
 fn main() {
-    for (n, tile) in [(1024, 256), (2048, 256), (1024, 64)] {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a quick smoke test.
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes: &[(usize, usize)] = if full { &[(1024, 256), (2048, 256), (1024, 64)] } else { &[(128, 64)] };
+    for &(n, tile) in sizes {
         tiling(n, tile);
     }
-    sim_admit();
+    sim_admit(if full { 100_000 } else { 1_000 });
     telemetry_sample();
 }
