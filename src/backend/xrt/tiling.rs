@@ -71,6 +71,14 @@ impl Mat {
         if rows < h || cols < w {
             dst.fill(0);
         }
+        if transposed && self.rs == 1 {
+            // Columns are contiguous (e.g. B stored n x k for a col_major kernel): one copy each.
+            for c in 0..cols {
+                let src = unsafe { std::slice::from_raw_parts(self.at(r0, c0 + c), rows * es) };
+                dst[c * h * es..(c * h + rows) * es].copy_from_slice(src);
+            }
+            return;
+        }
         for r in 0..rows {
             if !transposed && self.cs == 1 {
                 // Contiguous row: one copy.
@@ -502,6 +510,8 @@ mod tests {
             ..Default::default()
         };
         check((3, 10, 12, 11), DType::F16, DType::F32, &kspec, 2, params, true, false);
+        // Row-major B into the col_major kernel: the element-wise transposing path.
+        check((1, 6, 10, 7), DType::F16, DType::F32, &kspec, 2, OpParams::default(), false, true);
         let gelu = OpParams { activation: Activation::Gelu, ..Default::default() };
         check((1, 5, 9, 6), DType::F16, DType::F32, &kspec, 1, gelu, true, true);
     }
