@@ -149,6 +149,12 @@ pub struct NpuSensors {
     pub h_clock_mhz: Option<f32>,
 }
 
+/// A sensor reading in its units: the driver reports `input` scaled by `10^unitm`
+/// (e.g. milliwatts as input 4123, unitm -3).
+fn sensor_value(input: u32, unitm: i8) -> f32 {
+    input as f32 * 10f32.powi(unitm as i32)
+}
+
 /// Reads the power sensor and the clocks. Each part is optional: older firmware may lack one.
 pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
     let mut out = NpuSensors::default();
@@ -173,8 +179,7 @@ pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
     };
     let sensor_res = param_ioctl(path, IOCTL_GET_INFO, QUERY_SENSORS, "QUERY_SENSORS", &mut sensor);
     if sensor_res.is_ok() {
-        // value * 10^unitm is in the sensor's units (watts for the power sensor).
-        out.power_w = Some(sensor.input as f32 * 10f32.powi(sensor.unitm as i32));
+        out.power_w = Some(sensor_value(sensor.input, sensor.unitm));
     }
     match (clock_res, sensor_res) {
         (Err(e), Err(_)) => Err(e),
@@ -191,6 +196,13 @@ mod tests {
         // DRM_IOWR(0x40 + 8, 16-byte struct) and DRM_IOWR(0x40 + 7, 16-byte struct).
         assert_eq!(IOCTL_SET_STATE, 0xC010_6448);
         assert_eq!(IOCTL_GET_INFO, 0xC010_6447);
+    }
+
+    #[test]
+    fn sensor_values_apply_the_unit_exponent() {
+        assert_eq!(sensor_value(4123, -3), 4.123);
+        assert_eq!(sensor_value(7, 0), 7.0);
+        assert_eq!(sensor_value(0, -3), 0.0);
     }
 
     #[test]

@@ -72,6 +72,24 @@ fn hwmon_temp_by_label(root: &SysRoot, dir: &str, labels: &[&str]) -> Option<f32
     None
 }
 
+/// The CPU die temperature alone (k10temp/zenpower, else an `x86_pkg_temp` zone): a cheaper
+/// read than `sample` for a backend's own readings.
+pub fn cpu_temperature(root: &SysRoot) -> Option<f32> {
+    for hw in root.list("/sys/class/hwmon", "hwmon") {
+        let dir = format!("/sys/class/hwmon/{hw}");
+        if matches!(root.read(format!("{dir}/name")).as_deref(), Some("k10temp") | Some("zenpower")) {
+            return hwmon_temp_by_label(root, &dir, &["Tctl", "Tdie"])
+                .or_else(|| root.read_i64(format!("{dir}/temp1_input")).map(milli));
+        }
+    }
+    root.list("/sys/class/thermal", "thermal_zone").into_iter().find_map(|zone| {
+        let dir = format!("/sys/class/thermal/{zone}");
+        (root.read(format!("{dir}/type")).as_deref() == Some("x86_pkg_temp"))
+            .then(|| root.read_i64(format!("{dir}/temp")).map(milli))
+            .flatten()
+    })
+}
+
 /// Reads every sensor once.
 pub fn sample(root: &SysRoot) -> Readings {
     let mut r = Readings::default();
@@ -242,6 +260,7 @@ mod tests {
         assert_eq!(r.npu_power_w, None, "no amdxdna node in this tree");
         assert_eq!(r.temperature(DeviceClass::Npu), Some(61.375));
         assert_eq!(r.temperature(DeviceClass::Gpu), Some(57.0));
+        assert_eq!(cpu_temperature(&root), Some(61.375));
     }
 
     #[test]
@@ -267,6 +286,7 @@ mod tests {
         put(&root, "/sys/class/thermal/thermal_zone3/type", "x86_pkg_temp\n");
         put(&root, "/sys/class/thermal/thermal_zone3/temp", "66000\n");
         assert_eq!(sample(&root).cpu_temp_c, Some(66.0));
+        assert_eq!(cpu_temperature(&root), Some(66.0));
     }
 
     #[test]

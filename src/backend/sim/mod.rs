@@ -102,13 +102,17 @@ impl SimNpu {
             t: Duration::ZERO,
             energy_j: 0.0,
         };
+        let mut faults = Faults::default();
+        for f in &cfg.faults {
+            faults.inject(f.clone(), 0);
+        }
         SimNpu {
             state: Mutex::new(State {
                 mode: cfg.initial_mode,
                 throttled: false,
                 units: vec![Busy::default(); units],
                 thermal,
-                faults: Faults::default(),
+                faults,
                 stats: SimStats::default(),
                 floor: Duration::ZERO,
                 callers: HashMap::new(),
@@ -181,6 +185,8 @@ impl SimNpu {
                 .chain(s.callers.values().copied())
                 .fold(s.floor, Duration::max);
             s.floor = latest;
+            // Every submitter is now at the floor: forget them (threads come and go).
+            s.callers.clear();
             latest
         } else {
             self.epoch.elapsed() + s.skipped

@@ -48,6 +48,8 @@ pub struct SimNpuConfig {
     /// Time runs on a virtual clock (tests: minutes in milliseconds) instead of the wall clock
     /// (ops then take their modelled time for real).
     pub virtual_time: bool,
+    /// Faults in force from the start (more can be injected with `SimNpu::inject`).
+    pub faults: Vec<super::Fault>,
 }
 
 impl Default for SimNpuConfig {
@@ -84,6 +86,7 @@ impl Default for SimNpuConfig {
             ops: OpKind::ALL.iter().fold(0, |acc, k| acc | k.bit()),
             memory_bytes: 4 << 30,
             virtual_time: false,
+            faults: Vec::new(),
         }
     }
 }

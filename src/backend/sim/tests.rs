@@ -155,6 +155,19 @@ fn wall_clock_units_queue_beyond_their_count() {
 }
 
 #[test]
+fn faults_from_the_config_apply_from_the_first_op() {
+    let npu = SimNpu::new(SimNpuConfig {
+        virtual_time: true,
+        faults: vec![Fault::FailNth(1), Fault::LoseAfter(3)],
+        ..Default::default()
+    });
+    let op = matmul(16);
+    let verdicts: Vec<bool> = (0..5).map(|_| npu.admit(&op).is_ok()).collect();
+    assert_eq!(verdicts, [false, true, true, false, false]);
+    assert!(npu.is_lost());
+}
+
+#[test]
 fn fails_on_demand() {
     let npu = virtual_npu(PowerMode::Performance);
     let op = matmul(64);
@@ -177,4 +190,57 @@ fn fails_on_demand() {
     }
     let st = npu.stats();
     assert_eq!(st.failed as usize, 1 + failed + 3);
+}
+
+/// A small f32 matmul through `execute`: the result is computed for real on the host.
+fn run_real_matmul(npu: &SimNpu) -> (Vec<f32>, Result<ExecReport>) {
+    use crate::memory::{Buffer, HostPool};
+    use std::sync::Arc;
+    let pool = HostPool::new(0);
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let a = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2 x 3
+    let b = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]; // 3 x 2
+    let mk = |id, data: &[u8]| {
+        let buf = Buffer::pooled(id, pool.alloc(data.len()).unwrap(), data.len());
+        buf.write(0, data).unwrap();
+        Arc::new(buf)
+    };
+    let (ab, bb, cb) = (mk(1, &bytes(&a)), mk(2, &bytes(&b)), mk(3, &[0u8; 16]));
+    let op = OpDesc::new(
+        OpKind::Matmul,
+        &[
+            TensorView::contiguous(1, DType::F32, &[2, 3], 0),
+            TensorView::contiguous(2, DType::F32, &[3, 2], 0),
+        ],
+        TensorView::contiguous(3, DType::F32, &[2, 2], 0),
+    );
+    let report = npu.execute(&op, &OpMemory::new(vec![ab, bb, cb.clone()]));
+    let mut out = [0u8; 16];
+    cb.read(0, &mut out).unwrap();
+    (out.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), report)
+}
+
+#[test]
+fn results_are_computed_for_real_and_time_is_reported() {
+    let npu = virtual_npu(PowerMode::Balanced);
+    let (c, report) = run_real_matmul(&npu);
+    assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
+    let ns = report.unwrap().device_ns.unwrap();
+    let latency = npu.config().launch_latency.as_nanos() as u64;
+    assert!((latency..latency + 1000).contains(&ns), "a tiny op costs its launch latency: {ns} ns");
+
+    npu.inject(Fault::FailNth(1));
+    let (c, report) = run_real_matmul(&npu);
+    assert!(matches!(report, Err(Error::DeviceFailed(_))));
+    assert_eq!(c, [0.0; 4], "a failed op writes nothing");
+}
+
+#[test]
+fn wall_clock_mode_takes_the_modelled_time() {
+    let npu = SimNpu::new(SimNpuConfig { launch_latency: Duration::from_millis(30), ..Default::default() });
+    let t = Instant::now();
+    let (c, report) = run_real_matmul(&npu);
+    assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
+    assert!(report.is_ok());
+    assert!(t.elapsed() >= Duration::from_millis(30), "{:?}", t.elapsed());
 }

@@ -1,10 +1,17 @@
 //! An opened XRT device with its NPU kernels loaded. Every XRT handle (kernels, buffers, runs)
 //! is created here at probe time, so running an op only looks handles up and never changes
 //! XRT's handle tables (which older XRT versions do not lock).
+//!
+//! SAFETY of the FFI calls: every handle passed to XRT was returned non-null by XRT in this
+//! module and stays open until the owner's `Drop` (runs and buffers before their kernel, kernels
+//! before the device); pointer arguments point at live values for the duration of the call;
+//! mapped buffer memory stays valid while its buffer is open, and a run's buffers are touched
+//! only by the thread that took the run from the pool.
 
 use super::api::{self, Handle, XrtApi, XrtLog};
 use super::manifest::{self, KernelSpec};
 use super::tiling::TileSlot;
+use crate::device::{amdxdna, SysRoot};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::{c_int, c_uint, CString};
@@ -40,10 +47,13 @@ impl Session {
     pub fn open(api: &'static XrtApi, log: Option<&'static XrtLog>) -> Result<Session, String> {
         let version = api.version.as_deref().unwrap_or("unknown version");
         let devices = api.probe.map(|p| unsafe { p() });
-        if api.probe.is_none() {
-            // Without the shim loaded first, XRT 2.13 aborts the process on a device call.
+        // Without a shim already in the process, Debian's XRT 2.13 aborts the process on a
+        // device call. NPU installations (XRT 2.17+ with the amdxdna plugin) find their shim
+        // themselves, so the call is made when the kernel has an amdxdna device.
+        let npu_present = !amdxdna::find_npus(&SysRoot::real()).is_empty();
+        if api.probe.is_none() && !npu_present {
             return Err(format!(
-                "XRT {version} ({}): libxrt_core (the device shim) is not installed",
+                "XRT {version} ({}): neither libxrt_core (XRT's device shim) nor an amdxdna device is present",
                 api.library
             ));
         }
@@ -78,8 +88,9 @@ impl Session {
         }
         let name = CString::new(spec.kernel_name.as_bytes())
             .map_err(|_| "kernel name has a NUL byte".to_string())?;
-        // On XRT versions with hardware contexts (2.15+, all NPUs) this creates one for the
-        // xclbin; on older ones it uses the loaded xclbin's slot.
+        // XRT's C API has no hardware-context calls (those are C++ only); the kernel is opened
+        // from the device and the xclbin's uuid, as the C API allows. Whether the amdxdna shim
+        // accepts this path could not be checked without an NPU (docs/XRT.md).
         let kernel = unsafe { (api.kernel_open)(self.device, uuid.as_ptr(), name.as_ptr()) };
         if kernel.is_null() {
             return Err(self.reason(&format!("xrtPLKernelOpen({})", spec.kernel_name)));
@@ -242,6 +253,24 @@ impl Drop for LoadedKernel {
     }
 }
 
+/// `enum ert_cmd_state` names, for messages.
+fn state_name(state: c_int) -> String {
+    let name = match state {
+        0 | 4 | 12.. | ..0 => return format!("ert_cmd_state {state}"),
+        1 => "NEW",
+        2 => "QUEUED",
+        3 => "RUNNING",
+        5 => "ERROR",
+        6 => "ABORT",
+        7 => "SUBMITTED",
+        8 => "TIMEOUT",
+        9 => "NORESPONSE",
+        10 => "SKERROR",
+        _ => "SKCRASHED",
+    };
+    format!("ERT_CMD_STATE_{name} ({state})")
+}
+
 /// One prepared run with its mapped A, B and C buffers.
 pub struct XrtSlot {
     api: &'static XrtApi,
@@ -256,12 +285,13 @@ pub struct XrtSlot {
 unsafe impl Send for XrtSlot {}
 
 impl XrtSlot {
-    fn fail(&self, call: &str) -> Error {
+    /// A device failure described as `what`, with what XRT logged about it.
+    fn fail(&self, what: &str) -> Error {
         let errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
         Error::DeviceFailed(if errors.is_empty() {
-            format!("XRT {call} failed")
+            format!("XRT: {what}")
         } else {
-            format!("XRT {call} failed: {}", errors.join("; "))
+            format!("XRT: {what}: {}", errors.join("; "))
         })
     }
 }
@@ -280,11 +310,11 @@ impl TileSlot for XrtSlot {
         let api = self.api;
         for i in 0..2 {
             if unsafe { (api.bo_sync)(self.bos[i], api::SYNC_TO_DEVICE, self.lens[i], 0) } != 0 {
-                return Err(self.fail("xrtBOSync(to device)"));
+                return Err(self.fail("xrtBOSync(to device) failed"));
             }
         }
         if unsafe { (api.run_start)(self.run) } != 0 {
-            return Err(self.fail("xrtRunStart"));
+            return Err(self.fail("xrtRunStart failed"));
         }
         Ok(())
     }
@@ -293,10 +323,10 @@ impl TileSlot for XrtSlot {
         let api = self.api;
         let state = unsafe { (api.run_wait_for)(self.run, RUN_TIMEOUT.as_millis() as c_uint) };
         if state != api::CMD_STATE_COMPLETED {
-            return Err(self.fail(&format!("run ended in ert_cmd_state {state}")));
+            return Err(self.fail(&format!("run ended in {}", state_name(state))));
         }
         if unsafe { (api.bo_sync)(self.bos[2], api::SYNC_FROM_DEVICE, self.lens[2], 0) } != 0 {
-            return Err(self.fail("xrtBOSync(from device)"));
+            return Err(self.fail("xrtBOSync(from device) failed"));
         }
         Ok(unsafe { std::slice::from_raw_parts(self.ptrs[2], self.lens[2]) })
     }

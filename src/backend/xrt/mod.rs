@@ -11,9 +11,10 @@
 mod api;
 mod device;
 pub mod manifest;
-mod tiling;
+pub mod tiling;
 
-use super::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory};
+use super::{Backend, DeviceInfo, DeviceKind, DeviceReadings, ExecReport, OpMemory, UnavailableBackend};
+use crate::device::{amdxdna, telemetry, PowerMode, SysRoot};
 use crate::error::{Error, Result};
 use crate::op::{DType, OpDesc, OpKind};
 use device::{LoadedKernel, Session, SLOTS_PER_KERNEL};
@@ -134,6 +135,14 @@ impl XrtBackend {
         format!("{} ({})", self.info.name, self.info.driver)
     }
 
+    /// The NPU as a runtime device: the backend, or an unavailable entry that says why.
+    pub fn open(kernel_dir: Option<&Path>) -> Box<dyn Backend> {
+        match XrtBackend::probe(kernel_dir) {
+            Ok(b) => Box::new(b),
+            Err(reason) => Box::new(UnavailableBackend::new(DeviceKind::Npu, NAME, reason)),
+        }
+    }
+
     /// The device entry to report when `probe` failed.
     pub fn unavailable(reason: &str) -> DeviceInfo {
         DeviceInfo::unavailable(DeviceKind::Npu, NAME, reason)
@@ -189,6 +198,34 @@ impl Backend for XrtBackend {
         kernel.give_back(slots);
         self.in_flight.release(permits);
         result.map(|_| ExecReport::default())
+    }
+
+    /// Power and clock from amdxdna's sensors; the temperature is the die's (k10temp), which
+    /// the NPU shares with the CPU cores.
+    fn readings(&self) -> DeviceReadings {
+        let root = SysRoot::real();
+        let sensors = amdxdna::find_npus(&root)
+            .first()
+            .and_then(|n| amdxdna::read_sensors(&root.path(&n.dev)).ok())
+            .unwrap_or_default();
+        DeviceReadings {
+            temperature_c: telemetry::cpu_temperature(&root),
+            power_w: sensors.power_w,
+            clock_mhz: sensors.h_clock_mhz.or(sensors.mp_npu_clock_mhz),
+        }
+    }
+
+    /// Through amdxdna's SET_STATE ioctl, as `xrt-smi configure --pmode` does (needs
+    /// CAP_SYS_ADMIN: a refusal is `Error::Permission` naming the call and node).
+    fn set_power_mode(&self, mode: PowerMode) -> Result<()> {
+        let root = SysRoot::real();
+        let npus = amdxdna::find_npus(&root);
+        if npus.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "{NAME}: no /sys/class/accel/accel* is bound to amdxdna, so there is no power mode to set"
+            )));
+        }
+        npus.iter().try_for_each(|n| amdxdna::set_power_mode(&root.path(&n.dev), mode))
     }
 }
 

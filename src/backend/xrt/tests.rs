@@ -53,3 +53,16 @@ fn in_flight_permits_respect_the_limit() {
     });
     assert_eq!(*f.used.lock(), 2);
 }
+
+#[test]
+fn open_gives_an_unavailable_device_that_refuses_work() {
+    let dev = XrtBackend::open(None);
+    let info = dev.info();
+    assert_eq!((info.kind, info.name.as_str(), info.available), (DeviceKind::Npu, NAME, false));
+    assert!(!info.unavailable_reason.is_empty());
+    let v = crate::op::TensorView::contiguous(1, DType::BF16, &[2, 2], 0);
+    let op = OpDesc::new(OpKind::Matmul, &[v, v], v);
+    assert!(!dev.supports(&op));
+    let err = dev.execute(&op, &OpMemory::new(Vec::new())).unwrap_err();
+    assert!(matches!(err, Error::DeviceUnavailable(_)), "{err:?}");
+}

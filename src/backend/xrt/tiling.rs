@@ -21,6 +21,10 @@ pub trait TileSlot {
 }
 
 /// A matrix inside a view: element (r, c) lies at `base + r*rs + c*cs` elements.
+///
+/// SAFETY (for the raw reads and writes below): the op was validated, so every element of every
+/// view lies inside its buffer, and callers only index rows < `rows` and columns < `cols`. The
+/// scheduler's hazard tracking gives this op exclusive access to its output while it runs.
 #[derive(Clone, Copy)]
 struct Mat {
     base: *const u8,
@@ -62,9 +66,19 @@ impl Mat {
     /// `transposed`), zero-filling what lies outside the matrix.
     fn pack(&self, r0: usize, c0: usize, h: usize, w: usize, transposed: bool, dst: &mut [u8]) {
         let es = self.esize;
-        dst.fill(0);
         let rows = h.min(self.rows.saturating_sub(r0));
         let cols = w.min(self.cols.saturating_sub(c0));
+        if rows < h || cols < w {
+            dst.fill(0);
+        }
+        if transposed && self.rs == 1 {
+            // Columns are contiguous (e.g. B stored n x k for a col_major kernel): one copy each.
+            for c in 0..cols {
+                let src = unsafe { std::slice::from_raw_parts(self.at(r0, c0 + c), rows * es) };
+                dst[c * h * es..(c * h + rows) * es].copy_from_slice(src);
+            }
+            return;
+        }
         for r in 0..rows {
             if !transposed && self.cs == 1 {
                 // Contiguous row: one copy.
@@ -151,10 +165,7 @@ pub fn run_tiled<S: TileSlot>(
         let cols = t.n.min(n - to.j0);
         for r in 0..rows {
             let dst = &mut acc[(to.batch * m + to.i0 + r) * n + to.j0..][..cols];
-            for (cc, d) in dst.iter_mut().enumerate() {
-                let at = (r * t.n + cc) * es;
-                *d += load(spec.dtype_out, &c[at..at + es]);
-            }
+            add_row(spec.dtype_out, &c[r * t.n * es..][..cols * es], dst);
         }
         Ok(())
     };
@@ -200,34 +211,93 @@ pub fn run_tiled<S: TileSlot>(
     Ok(launched)
 }
 
-/// C = act(alpha * acc + beta * C + bias), written in the output's dtype.
+/// Adds a row of little-endian `dtype` values to `dst` (one dtype dispatch per row, so the
+/// loops vectorise).
+fn add_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    match dtype {
+        DType::F32 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d += f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d += bf16::from_le_bytes([s[0], s[1]]).to_f32();
+            }
+        }
+        _ => {
+            let es = dtype.size();
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(es)) {
+                *d += load(dtype, s);
+            }
+        }
+    }
+}
+
+fn activate_row(act: Activation, row: &mut [f32]) {
+    match act {
+        Activation::None => {}
+        Activation::Relu => row.iter_mut().for_each(|x| *x = x.max(0.0)),
+        _ => row.iter_mut().for_each(|x| *x = activate(act, *x)),
+    }
+}
+
+/// C = act(alpha * acc + beta * C + bias), written in the output's dtype, a row at a time.
 fn epilogue(op: &OpDesc, mem: &OpMemory, acc: &[f32], (batch, m, n): (usize, usize, usize)) -> Result<()> {
     let p = &op.params;
     let out = &op.output;
     let es = out.dtype.size();
-    let bias = match op.input(2) {
+    let bias: Option<Vec<f32>> = match op.input(2) {
         Some(v) => {
             let base = mem.ptr(v)?;
-            (0..n)
-                .map(|j| {
-                    let bytes = unsafe { std::slice::from_raw_parts(base.add(j * v.strides[0] * es), es) };
-                    load(v.dtype, bytes)
-                })
-                .collect()
+            Some(
+                (0..n)
+                    .map(|j| {
+                        let bytes =
+                            unsafe { std::slice::from_raw_parts(base.add(j * v.strides[0] * es), es) };
+                        load(v.dtype, bytes)
+                    })
+                    .collect(),
+            )
         }
-        None => vec![0f32; n],
+        None => None,
     };
+    let mut row = vec![0f32; n];
+    let mut bytes = vec![0u8; n * es];
     for b in 0..batch {
         let c = Mat::of(mem, out, b, false)?;
         for i in 0..m {
-            for j in 0..n {
-                let ptr = c.at(i, j) as *mut u8;
-                let cell = unsafe { std::slice::from_raw_parts_mut(ptr, es) };
-                let mut v = p.alpha * acc[(b * m + i) * n + j] + bias[j];
-                if p.beta != 0.0 {
-                    v += p.beta * load(out.dtype, cell);
+            row.copy_from_slice(&acc[(b * m + i) * n..][..n]);
+            if p.alpha != 1.0 {
+                row.iter_mut().for_each(|x| *x *= p.alpha);
+            }
+            if let Some(bias) = &bias {
+                row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+            }
+            if p.beta != 0.0 {
+                for (j, x) in row.iter_mut().enumerate() {
+                    let cell = unsafe { std::slice::from_raw_parts(c.at(i, j), es) };
+                    *x += p.beta * load(out.dtype, cell);
                 }
-                store(out.dtype, activate(p.activation, v), cell);
+            }
+            activate_row(p.activation, &mut row);
+            if out.dtype == DType::F32 {
+                for (o, x) in bytes.chunks_exact_mut(4).zip(&row) {
+                    o.copy_from_slice(&x.to_le_bytes());
+                }
+            } else {
+                for (o, x) in bytes.chunks_exact_mut(es).zip(&row) {
+                    store(out.dtype, *x, o);
+                }
+            }
+            if c.cs == 1 {
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.at(i, 0) as *mut u8, n * es) };
+                dst.copy_from_slice(&bytes);
+            } else {
+                for (j, o) in bytes.chunks_exact(es).enumerate() {
+                    let dst = unsafe { std::slice::from_raw_parts_mut(c.at(i, j) as *mut u8, es) };
+                    dst.copy_from_slice(o);
+                }
             }
         }
     }
@@ -440,6 +510,8 @@ mod tests {
             ..Default::default()
         };
         check((3, 10, 12, 11), DType::F16, DType::F32, &kspec, 2, params, true, false);
+        // Row-major B into the col_major kernel: the element-wise transposing path.
+        check((1, 6, 10, 7), DType::F16, DType::F32, &kspec, 2, OpParams::default(), false, true);
         let gelu = OpParams { activation: Activation::Gelu, ..Default::default() };
         check((1, 5, 9, 6), DType::F16, DType::F32, &kspec, 1, gelu, true, true);
     }

@@ -1,0 +1,66 @@
+//! The simulated NPU as a runtime device: real results, faults that the scheduler falls back
+//! from, and the model's counters seen through a shared handle.
+
+mod common;
+
+use common::*;
+use npuhybrid::backend::sim::{Fault, SimNpu, SimNpuConfig};
+use npuhybrid::backend::{Backend, DeviceKind};
+use std::sync::Arc;
+
+fn sim(cfg: SimNpuConfig) -> (Arc<SimNpu>, Box<dyn Backend>) {
+    let npu = Arc::new(SimNpu::new(SimNpuConfig { virtual_time: true, ..cfg }));
+    (Arc::clone(&npu), Box::new(npu))
+}
+
+#[test]
+fn runs_ops_with_correct_results() {
+    let (npu, dev) = sim(SimNpuConfig {
+        peak_gflops: vec![(npuhybrid::op::DType::F32, 1e6)],
+        launch_latency: std::time::Duration::ZERO,
+        ..Default::default()
+    });
+    let rt = runtime_with(vec![dev]);
+    let info = rt.device_info(1).unwrap();
+    assert_eq!(info.kind, DeviceKind::SimulatedNpu);
+    assert!(info.name.contains("Simulated"));
+    let (m, k, n) = (256, 320, 192);
+    let (a, b) = (random(m * k, 1), random(k * n, 2));
+    let (ab, bb, cb) = (upload(&rt, &a), upload(&rt, &b), rt.alloc(m * n * 4).unwrap());
+    for _ in 0..8 {
+        rt.submit(matmul(ab, bb, cb, m, k, n)).unwrap().wait(None).unwrap();
+    }
+    assert_close(&download(&rt, cb, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+    let ran = npu.stats().ops;
+    assert!(ran > 0, "a device 1000x faster than the CPU gets work");
+    assert_eq!(ran + rt.device_stats(0).unwrap().ops_run, 8, "every op ran once somewhere");
+}
+
+#[test]
+fn random_failures_and_loss_lose_no_op() {
+    let (npu, dev) = sim(SimNpuConfig {
+        faults: vec![Fault::FailFraction { fraction: 0.1, seed: 9 }],
+        // Much faster than the CPU (the scheduler adds its own launch cost for NPUs) so the
+        // scheduler keeps choosing it until it is lost.
+        peak_gflops: vec![(npuhybrid::op::DType::F32, 1e6)],
+        launch_latency: std::time::Duration::ZERO,
+        ..Default::default()
+    });
+    let rt = runtime_with(vec![dev]);
+    let (m, k, n) = (256, 256, 256);
+    let (a, b) = (random(m * k, 3), random(k * n, 4));
+    let (ab, bb) = (upload(&rt, &a), upload(&rt, &b));
+    let want = reference_matmul(&a, &b, m, k, n);
+    for i in 0..60 {
+        if i == 30 {
+            npu.inject(Fault::DeviceLost);
+        }
+        let cb = rt.alloc(m * n * 4).unwrap();
+        rt.submit(matmul(ab, bb, cb, m, k, n)).unwrap().wait(None).unwrap();
+        assert_close(&download(&rt, cb, m * n), &want, 1e-4);
+        rt.destroy_buffer(cb).unwrap();
+    }
+    let st = npu.stats();
+    assert!(st.failed > 0 && st.ops > 0, "the NPU ran ops and failed some: {st:?}");
+    assert!(npu.is_lost(), "lost half-way; every later op ran on the CPU");
+}
