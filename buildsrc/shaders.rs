@@ -51,11 +51,7 @@ pub fn run() {
         .map(|(name, file, defines)| {
             let spv = out.join(format!("{name}.spv"));
             let mut cmd = Command::new(&glslc);
-            cmd.arg("--target-env=vulkan1.2")
-                .arg("-O")
-                .arg("-fshader-stage=compute")
-                .arg("-I")
-                .arg(&src);
+            cmd.arg("--target-env=vulkan1.2").arg("-O").arg("-fshader-stage=compute").arg("-I").arg(&src);
             for d in defines.iter() {
                 cmd.arg(format!("-D{d}"));
             }

@@ -9,15 +9,15 @@ use crate::handle::HandleTable;
 use crate::memory::{Buffer, BufferId, HostPool, PoolStats};
 use crate::op::{validate::validate, OpDesc};
 use crate::policy::{self, CompiledPolicy, DeviceClass, OpQuery};
-use crate::sched::{perf_model, Device, DeviceStats, Scheduler};
 use crate::sched::thermal::{ThermalController, ThermalEffect};
+use crate::sched::{perf_model, Device, DeviceStats, Scheduler};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 mod devices;
 pub use devices::DeviceSelection;
@@ -149,7 +149,13 @@ impl Runtime {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
                 let policy = Arc::clone(&policy.read());
                 if !policy.thermal_rules().is_empty() {
-                    thermal.lock().tick(started.elapsed(), &policy, &sched.devices, &read_device, &sched.trace);
+                    thermal.lock().tick(
+                        started.elapsed(),
+                        &policy,
+                        &sched.devices,
+                        &read_device,
+                        &sched.trace,
+                    );
                 }
             }
         });

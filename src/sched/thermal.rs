@@ -90,7 +90,8 @@ impl ThermalController {
                                 }
                             }
                             ThermalAction::ShiftLoad(f) => {
-                                effect.shift_permille = effect.shift_permille.max((f.clamp(0.0, 1.0) * 1000.0) as u32)
+                                effect.shift_permille =
+                                    effect.shift_permille.max((f.clamp(0.0, 1.0) * 1000.0) as u32)
                             }
                             ThermalAction::Exclude => effect.excluded = true,
                         }
@@ -111,7 +112,8 @@ impl ThermalController {
         device.load.thermally_excluded.store(effect.excluded, Ordering::Relaxed);
         if effect.power_mode != previous.power_mode {
             // Back to the policy's own mode (or the default) once no rule asks for one.
-            let mode = effect.power_mode.or(policy.settings(device.class).power_mode).unwrap_or(PowerMode::Default);
+            let mode =
+                effect.power_mode.or(policy.settings(device.class).power_mode).unwrap_or(PowerMode::Default);
             if let Err(e) = device.backend.set_power_mode(mode) {
                 log::warn!("{}: thermal power mode {mode} not applied: {e}", device.info.name);
             }
@@ -170,7 +172,15 @@ mod tests {
         assert_eq!(s, RuleState::Active);
         assert_eq!(step(s, Some(75.0), &r, ms(200)), RuleState::Active, "75 is inside the hysteresis band");
         assert_eq!(step(s, Some(69.0), &r, ms(300)), RuleState::Idle);
-        assert_eq!(step(RuleState::Pending(ms(0)), Some(79.0), &r, ms(10)), RuleState::Idle, "a dip resets the hold");
-        assert_eq!(step(RuleState::Active, None, &r, ms(10)), RuleState::Active, "no reading keeps the state");
+        assert_eq!(
+            step(RuleState::Pending(ms(0)), Some(79.0), &r, ms(10)),
+            RuleState::Idle,
+            "a dip resets the hold"
+        );
+        assert_eq!(
+            step(RuleState::Active, None, &r, ms(10)),
+            RuleState::Active,
+            "no reading keeps the state"
+        );
     }
 }

@@ -78,12 +78,7 @@ impl HostView {
 
     /// A strided run of `len` elements starting at element offset `off`.
     pub fn run(&self, off: usize, stride: usize) -> Run {
-        Run {
-            ptr: self.ptr,
-            dtype: self.dtype,
-            off,
-            stride,
-        }
+        Run { ptr: self.ptr, dtype: self.dtype, off, stride }
     }
 }
 

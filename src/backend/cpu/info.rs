@@ -16,19 +16,13 @@ fn proc_field(path: &str, key: &str) -> Option<String> {
 
 pub fn cpu_info(threads: usize) -> DeviceInfo {
     let name = proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "cpu".to_string());
-    let mhz: f64 = proc_field("/proc/cpuinfo", "cpu MHz")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000.0);
+    let mhz: f64 = proc_field("/proc/cpuinfo", "cpu MHz").and_then(|v| v.parse().ok()).unwrap_or(2000.0);
     let memory_bytes = proc_field("/proc/meminfo", "MemTotal")
         .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024);
     // f32 flops per cycle per core: two 8-wide FMA pipes with AVX2, else two 4-wide SSE.
     let flops_per_cycle = if has_avx2_fma() { 32.0 } else { 8.0 };
-    let simd = if has_avx2_fma() {
-        "avx2+fma+f16c"
-    } else {
-        "sse2"
-    };
+    let simd = if has_avx2_fma() { "avx2+fma+f16c" } else { "sse2" };
     DeviceInfo {
         kind: DeviceKind::Cpu,
         name,
@@ -43,9 +37,6 @@ pub fn cpu_info(threads: usize) -> DeviceInfo {
         bandwidth_gbs: (threads as f64 * 12.0).min(60.0),
         unified_memory: true,
         max_in_flight: 1,
-        details: vec![
-            ("threads".to_string(), threads.to_string()),
-            ("simd".to_string(), simd.to_string()),
-        ],
+        details: vec![("threads".to_string(), threads.to_string()), ("simd".to_string(), simd.to_string())],
     }
 }

@@ -23,9 +23,8 @@ use kernels::{attention, convert, elementwise, matmul, norm, rope, softmax};
 /// the output view. The op must have passed `op::validate::validate`. Every other backend may
 /// use it as its reference or for the math of a simulated device.
 pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
-    let view = |i: usize| -> Result<Option<HostView>> {
-        op.input(i).map(|v| HostView::new(v, mem)).transpose()
-    };
+    let view =
+        |i: usize| -> Result<Option<HostView>> { op.input(i).map(|v| HostView::new(v, mem)).transpose() };
     let need = |i: usize| -> Result<HostView> {
         view(i)?.ok_or_else(|| Error::invalid(format!("{}: input {i} is missing", op.kind)))
     };
@@ -48,11 +47,7 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
             },
         ),
         OpKind::Add | OpKind::Mul => {
-            let kind = if op.kind == OpKind::Add {
-                Binary::Add
-            } else {
-                Binary::Mul
-            };
+            let kind = if op.kind == OpKind::Add { Binary::Add } else { Binary::Mul };
             elementwise::binary(kind, &out, &need(0)?, &need(1)?, is_out(0), is_out(1));
         }
         OpKind::Scale | OpKind::Silu | OpKind::Gelu => {
@@ -66,22 +61,13 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
         }
         OpKind::Softmax => softmax::softmax(&out, &need(0)?, is_out(0)),
         OpKind::RmsNorm => norm::rmsnorm(&out, &need(0)?, view(1)?.as_ref(), p.eps, is_out(0)),
-        OpKind::LayerNorm => norm::layernorm(
-            &out,
-            &need(0)?,
-            view(1)?.as_ref(),
-            view(2)?.as_ref(),
-            p.eps,
-            is_out(0),
-        ),
+        OpKind::LayerNorm => {
+            norm::layernorm(&out, &need(0)?, view(1)?.as_ref(), view(2)?.as_ref(), p.eps, is_out(0))
+        }
         OpKind::Rope => rope::rope(
             &out,
             &need(0)?,
-            &RopeParams {
-                theta: p.rope_theta,
-                position: p.rope_position,
-                interleaved: p.rope_interleaved,
-            },
+            &RopeParams { theta: p.rope_theta, position: p.rope_position, interleaved: p.rope_interleaved },
             is_out(0),
         ),
         OpKind::Attention => attention::attention(
@@ -90,11 +76,7 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
             &need(1)?,
             &need(2)?,
             view(3)?.as_ref(),
-            &AttentionParams {
-                causal: p.causal,
-                scale: p.attn_scale,
-                kv_len: p.kv_len as usize,
-            },
+            &AttentionParams { causal: p.causal, scale: p.attn_scale, kv_len: p.kv_len as usize },
         ),
         OpKind::Copy => convert::copy(&out, &need(0)?),
     }
@@ -109,20 +91,14 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(threads: usize) -> Result<CpuBackend> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let threads =
+            if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("nh-cpu-{i}"))
             .build()
             .map_err(|e| Error::DeviceUnavailable(format!("cpu thread pool: {e}")))?;
-        Ok(CpuBackend {
-            info: info::cpu_info(threads),
-            pool,
-        })
+        Ok(CpuBackend { info: info::cpu_info(threads), pool })
     }
 
     pub fn threads(&self) -> usize {

@@ -12,10 +12,7 @@ pub struct T {
 impl T {
     pub fn new(shape: &[usize], data: Vec<f64>) -> T {
         assert_eq!(shape.iter().product::<usize>(), data.len());
-        T {
-            shape: shape.to_vec(),
-            data,
-        }
+        T { shape: shape.to_vec(), data }
     }
 
     pub fn zeros(shape: &[usize]) -> T {
@@ -95,17 +92,10 @@ pub fn activate(x: f64, act: Activation) -> f64 {
 pub fn matmul(a: &T, b: &T, bias: Option<&T>, c0: &T, p: &OpParams) -> T {
     let r = c0.shape.len();
     let (m, n) = (c0.shape[r - 2], c0.shape[r - 1]);
-    let k = if p.trans_a {
-        a.shape[a.shape.len() - 2]
-    } else {
-        a.last()
-    };
+    let k = if p.trans_a { a.shape[a.shape.len() - 2] } else { a.last() };
     let mut c = c0.clone();
     for bi in 0..c0.batch() {
-        let (ba, bb) = (
-            if a.batch() == 1 { 0 } else { bi },
-            if b.batch() == 1 { 0 } else { bi },
-        );
+        let (ba, bb) = (if a.batch() == 1 { 0 } else { bi }, if b.batch() == 1 { 0 } else { bi });
         let ael = |i: usize, kk: usize| {
             let (rows, cols) = (a.shape[a.shape.len() - 2], a.last());
             let (ri, ci) = if p.trans_a { (kk, i) } else { (i, kk) };
@@ -132,9 +122,7 @@ pub fn matmul(a: &T, b: &T, bias: Option<&T>, c0: &T, p: &OpParams) -> T {
 }
 
 pub fn binary(a: &T, b: &T, f: impl Fn(f64, f64) -> f64) -> T {
-    let data = (0..a.data.len())
-        .map(|i| f(a.data[i], b.at_broadcast(&unravel(i, &a.shape))))
-        .collect();
+    let data = (0..a.data.len()).map(|i| f(a.data[i], b.at_broadcast(&unravel(i, &a.shape)))).collect();
     T::new(&a.shape, data)
 }
 
@@ -144,9 +132,7 @@ pub fn unary(a: &T, f: impl Fn(f64) -> f64) -> T {
 
 fn map_rows(x: &T, f: impl Fn(&[f64]) -> Vec<f64>) -> T {
     let d = x.last();
-    let data = (0..x.rows())
-        .flat_map(|r| f(&x.data[r * d..(r + 1) * d]))
-        .collect();
+    let data = (0..x.rows()).flat_map(|r| f(&x.data[r * d..(r + 1) * d])).collect();
     T::new(&x.shape, data)
 }
 
@@ -163,9 +149,7 @@ pub fn rmsnorm(x: &T, w: Option<&T>, eps: f64) -> T {
     map_rows(x, |row| {
         let ms = row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64;
         let inv = 1.0 / (ms + eps).sqrt();
-        (0..row.len())
-            .map(|i| row[i] * inv * w.map_or(1.0, |w| w.data[i]))
-            .collect()
+        (0..row.len()).map(|i| row[i] * inv * w.map_or(1.0, |w| w.data[i])).collect()
     })
 }
 
@@ -176,9 +160,7 @@ pub fn layernorm(x: &T, g: Option<&T>, b: Option<&T>, eps: f64) -> T {
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
         let inv = 1.0 / (var + eps).sqrt();
         (0..row.len())
-            .map(|i| {
-                (row[i] - mean) * inv * g.map_or(1.0, |g| g.data[i]) + b.map_or(0.0, |b| b.data[i])
-            })
+            .map(|i| (row[i] - mean) * inv * g.map_or(1.0, |g| g.data[i]) + b.map_or(0.0, |b| b.data[i]))
             .collect()
     })
 }
@@ -193,11 +175,7 @@ pub fn rope(x: &T, p: &OpParams) -> T {
         let pos = p.rope_position as f64 + s as f64;
         for i in 0..dim / 2 {
             let angle = pos * (p.rope_theta as f64).powf(-2.0 * i as f64 / dim as f64);
-            let (j1, j2) = if p.rope_interleaved {
-                (2 * i, 2 * i + 1)
-            } else {
-                (i, i + dim / 2)
-            };
+            let (j1, j2) = if p.rope_interleaved { (2 * i, 2 * i + 1) } else { (i, i + dim / 2) };
             let (x1, x2) = (x.data[row * dim + j1], x.data[row * dim + j2]);
             out.data[row * dim + j1] = x1 * angle.cos() - x2 * angle.sin();
             out.data[row * dim + j2] = x1 * angle.sin() + x2 * angle.cos();
@@ -212,16 +190,8 @@ pub fn attention(q: &T, k: &T, v: &T, mask: Option<&T>, p: &OpParams) -> T {
     let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
     let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
     let batch = if r == 4 { q.shape[0] } else { 1 };
-    let kv_len = if p.kv_len == 0 {
-        skv
-    } else {
-        p.kv_len as usize
-    };
-    let scale = if p.attn_scale == 0.0 {
-        1.0 / (d as f64).sqrt()
-    } else {
-        p.attn_scale as f64
-    };
+    let kv_len = if p.kv_len == 0 { skv } else { p.kv_len as usize };
+    let scale = if p.attn_scale == 0.0 { 1.0 / (d as f64).sqrt() } else { p.attn_scale as f64 };
     let mut score_shape = q.shape.clone();
     score_shape[r - 1] = skv;
     let mut out = T::zeros(&q.shape);
@@ -230,11 +200,7 @@ pub fn attention(q: &T, k: &T, v: &T, mask: Option<&T>, p: &OpParams) -> T {
             let kh = hh / (h / hkv);
             for i in 0..sq {
                 let qrow = &q.data[((b * h + hh) * sq + i) * d..][..d];
-                let limit = if p.causal {
-                    kv_len - sq + i + 1
-                } else {
-                    kv_len
-                };
+                let limit = if p.causal { kv_len - sq + i + 1 } else { kv_len };
                 let mut s: Vec<f64> = (0..limit)
                     .map(|j| {
                         let krow = &k.data[((b * hkv + kh) * skv + j) * d..][..d];

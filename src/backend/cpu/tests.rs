@@ -54,11 +54,7 @@ fn elem_offset(view: &TensorView, idx: &[usize]) -> usize {
 
 impl Bench {
     fn new(seed: u64) -> Bench {
-        Bench {
-            pool: HostPool::new(0),
-            bufs: Vec::new(),
-            rng: StdRng::seed_from_u64(seed),
-        }
+        Bench { pool: HostPool::new(0), bufs: Vec::new(), rng: StdRng::seed_from_u64(seed) }
     }
 
     fn buffer(&self, view: &TensorView) -> &Arc<Buffer> {
@@ -162,16 +158,8 @@ fn check_matmul(
     layouts: [Layout; 3],
 ) {
     let shape = |b: &[usize], r: usize, c: usize| [b, &[r, c]].concat();
-    let a_shape = if p.trans_a {
-        shape(batch.0, k, m)
-    } else {
-        shape(batch.0, m, k)
-    };
-    let b_shape = if p.trans_b {
-        shape(batch.1, n, k)
-    } else {
-        shape(batch.1, k, n)
-    };
+    let a_shape = if p.trans_a { shape(batch.0, k, m) } else { shape(batch.0, m, k) };
+    let b_shape = if p.trans_b { shape(batch.1, n, k) } else { shape(batch.1, k, n) };
     let (a, ta) = bench.input(dt, &a_shape, layouts[0]);
     let (b, tb) = bench.input(dt, &b_shape, layouts[1]);
     let (c, tc) = bench.input(out_dt, &shape(batch.2, m, n), layouts[2]);
@@ -183,36 +171,19 @@ fn check_matmul(
     let want = refr::matmul(&ta, &tb, bias.as_ref().map(|b| &b.1), &tc, &p);
     // f32 accumulation error grows with k; the output dtype adds its rounding.
     let t = tol(out_dt).max(tol(dt) * 0.5) + 2e-6 * k as f64;
-    let what = format!(
-        "matmul {dt}->{out_dt} {batch:?} m{m} k{k} n{n} {p:?} bias {with_bias} {layouts:?}"
-    );
+    let what = format!("matmul {dt}->{out_dt} {batch:?} m{m} k{k} n{n} {p:?} bias {with_bias} {layouts:?}");
     assert_close(&bench.read(&c), &want, t, &what);
 }
 
 #[test]
 fn matmul_matches_reference_over_shapes_and_layouts() {
     let mut bench = Bench::new(1);
-    let shapes = [
-        (1, 1, 1),
-        (3, 17, 5),
-        (17, 3, 1000),
-        (64, 100, 33),
-        (130, 70, 90),
-        (1, 300, 65),
-        (1, 1000, 17),
-    ];
+    let shapes =
+        [(1, 1, 1), (3, 17, 5), (17, 3, 1000), (64, 100, 33), (130, 70, 90), (1, 300, 65), (1, 1000, 17)];
     for &(m, k, n) in &shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let p = OpParams {
-                trans_a: ta,
-                trans_b: tb,
-                ..Default::default()
-            };
-            for layouts in [
-                [Dense; 3],
-                [Transposed, Padded, Padded],
-                [Padded, Transposed, Transposed],
-            ] {
+            let p = OpParams { trans_a: ta, trans_b: tb, ..Default::default() };
+            for layouts in [[Dense; 3], [Transposed, Padded, Padded], [Padded, Transposed, Transposed]] {
                 check_matmul(
                     &mut bench,
                     DType::F32,
@@ -231,35 +202,11 @@ fn matmul_matches_reference_over_shapes_and_layouts() {
 #[test]
 fn matmul_alpha_beta_bias_and_activations() {
     let mut bench = Bench::new(2);
-    for act in [
-        Activation::None,
-        Activation::Relu,
-        Activation::Silu,
-        Activation::Gelu,
-    ] {
+    for act in [Activation::None, Activation::Relu, Activation::Silu, Activation::Gelu] {
         for &(m, k, n) in &[(1, 40, 70), (33, 20, 40), (70, 64, 130)] {
-            let p = OpParams {
-                alpha: 0.5,
-                beta: -1.5,
-                activation: act,
-                ..Default::default()
-            };
-            check_matmul(
-                &mut bench,
-                DType::F32,
-                DType::F32,
-                (&[], &[], &[]),
-                (m, k, n),
-                p,
-                true,
-                [Dense; 3],
-            );
-            let p = OpParams {
-                alpha: 2.0,
-                activation: act,
-                trans_b: true,
-                ..Default::default()
-            };
+            let p = OpParams { alpha: 0.5, beta: -1.5, activation: act, ..Default::default() };
+            check_matmul(&mut bench, DType::F32, DType::F32, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+            let p = OpParams { alpha: 2.0, activation: act, trans_b: true, ..Default::default() };
             check_matmul(
                 &mut bench,
                 DType::F32,
@@ -278,16 +225,7 @@ fn matmul_alpha_beta_bias_and_activations() {
 fn matmul_batches_and_broadcasts() {
     let mut bench = Bench::new(3);
     let p = OpParams::default();
-    check_matmul(
-        &mut bench,
-        DType::F32,
-        DType::F32,
-        (&[3], &[3], &[3]),
-        (5, 7, 9),
-        p,
-        false,
-        [Dense; 3],
-    );
+    check_matmul(&mut bench, DType::F32, DType::F32, (&[3], &[3], &[3]), (5, 7, 9), p, false, [Dense; 3]);
     check_matmul(
         &mut bench,
         DType::F32,
@@ -318,11 +256,7 @@ fn matmul_batches_and_broadcasts() {
         false,
         [Dense; 3],
     );
-    let p = OpParams {
-        trans_a: true,
-        beta: 1.0,
-        ..Default::default()
-    };
+    let p = OpParams { trans_a: true, beta: 1.0, ..Default::default() };
     check_matmul(
         &mut bench,
         DType::F32,
@@ -379,22 +313,10 @@ fn unary_op(kind: OpKind, p: &OpParams) -> impl Fn(f64) -> f64 {
 fn unary_ops_match_reference() {
     let mut bench = Bench::new(5);
     let cases = [
-        (
-            OpKind::Scale,
-            OpParams {
-                alpha: -2.5,
-                ..Default::default()
-            },
-        ),
+        (OpKind::Scale, OpParams { alpha: -2.5, ..Default::default() }),
         (OpKind::Silu, OpParams::default()),
         (OpKind::Gelu, OpParams::default()),
-        (
-            OpKind::Gelu,
-            OpParams {
-                gelu_tanh: true,
-                ..Default::default()
-            },
-        ),
+        (OpKind::Gelu, OpParams { gelu_tanh: true, ..Default::default() }),
     ];
     for (kind, p) in cases {
         for dt in FLOATS {
@@ -409,20 +331,10 @@ fn unary_ops_match_reference() {
                 let out = bench.view(dt, shape, Padded);
                 bench.run(&OpDesc::new(kind, &[a], out).with_params(p));
                 let want = refr::unary(&ta, unary_op(kind, &p));
-                assert_close(
-                    &bench.read(&out),
-                    &want,
-                    tol(dt),
-                    &format!("{kind} {dt} {shape:?} {layout:?}"),
-                );
+                assert_close(&bench.read(&out), &want, tol(dt), &format!("{kind} {dt} {shape:?} {layout:?}"));
                 // In place: the input view is the output view.
                 bench.run(&OpDesc::new(kind, &[a], a).with_params(p));
-                assert_close(
-                    &bench.read(&a),
-                    &want,
-                    tol(dt),
-                    &format!("{kind} in place {dt} {shape:?}"),
-                );
+                assert_close(&bench.read(&a), &want, tol(dt), &format!("{kind} in place {dt} {shape:?}"));
             }
         }
     }
@@ -459,20 +371,10 @@ fn add_and_mul_broadcast_and_run_in_place() {
             let (a, ta) = bench.input(dt, &[50, 70], Padded);
             let (b, tb) = bench.input(dt, &[50, 70], Transposed);
             bench.run(&OpDesc::new(kind, &[a, b], b));
-            assert_close(
-                &bench.read(&b),
-                &refr::binary(&ta, &tb, f),
-                tol(dt),
-                "b in place",
-            );
+            assert_close(&bench.read(&b), &refr::binary(&ta, &tb, f), tol(dt), "b in place");
             // Both inputs are the output.
             bench.run(&OpDesc::new(kind, &[a, a], a));
-            assert_close(
-                &bench.read(&a),
-                &refr::binary(&ta, &ta, f),
-                tol(dt),
-                "a op a in place",
-            );
+            assert_close(&bench.read(&a), &refr::binary(&ta, &ta, f), tol(dt), "a op a in place");
         }
     }
 }
@@ -496,17 +398,9 @@ fn softmax_and_norms_match_reference() {
 
             let out = bench.view(dt, shape, Padded);
             bench.run(&OpDesc::new(OpKind::Softmax, &[x], out));
-            assert_close(
-                &bench.read(&out),
-                &refr::softmax(&tx),
-                tol(dt),
-                &format!("softmax {what}"),
-            );
+            assert_close(&bench.read(&out), &refr::softmax(&tx), tol(dt), &format!("softmax {what}"));
 
-            let p = OpParams {
-                eps: 1e-3,
-                ..Default::default()
-            };
+            let p = OpParams { eps: 1e-3, ..Default::default() };
             bench.run(&OpDesc::new(OpKind::RmsNorm, &[x, w], out).with_params(p));
             assert_close(
                 &bench.read(&out),
@@ -524,12 +418,7 @@ fn softmax_and_norms_match_reference() {
 
             bench.run(&OpDesc::new(OpKind::LayerNorm, &[x, w, bt], out).with_params(p));
             let want = refr::layernorm(&tx, Some(&tw), Some(&tbt), 1e-3);
-            assert_close(
-                &bench.read(&out),
-                &want,
-                tol(dt),
-                &format!("layernorm {what}"),
-            );
+            assert_close(&bench.read(&out), &want, tol(dt), &format!("layernorm {what}"));
 
             // In place, without affine parameters.
             bench.run(&OpDesc::new(OpKind::LayerNorm, &[x], x).with_params(p));
@@ -541,12 +430,7 @@ fn softmax_and_norms_match_reference() {
             );
             let tx = bench.read(&x);
             bench.run(&OpDesc::new(OpKind::Softmax, &[x], x));
-            assert_close(
-                &bench.read(&x),
-                &refr::softmax(&tx),
-                tol(dt),
-                &format!("softmax in place {what}"),
-            );
+            assert_close(&bench.read(&x), &refr::softmax(&tx), tol(dt), &format!("softmax in place {what}"));
         }
     }
 }
@@ -556,16 +440,7 @@ fn softmax_is_stable_for_large_inputs() {
     let mut bench = Bench::new(8);
     let x = bench.view(DType::F32, &[2, 3], Dense);
     let vals = [1000.0f32, 1001.0, 999.0, -1000.0, -1e30, -999.0];
-    bench
-        .buffer(&x)
-        .write(
-            0,
-            &vals
-                .iter()
-                .flat_map(|v| v.to_ne_bytes())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+    bench.buffer(&x).write(0, &vals.iter().flat_map(|v| v.to_ne_bytes()).collect::<Vec<_>>()).unwrap();
     let want = refr::softmax(&bench.read(&x));
     bench.run(&OpDesc::new(OpKind::Softmax, &[x], x));
     assert_close(&bench.read(&x), &want, 1e-6, "softmax of large values");
@@ -576,11 +451,9 @@ fn rope_matches_reference_in_both_pairings() {
     let mut bench = Bench::new(9);
     for dt in FLOATS {
         for interleaved in [false, true] {
-            for (shape, layout) in [
-                (&[1, 1, 2][..], Dense),
-                (&[5, 3, 8][..], Padded),
-                (&[2, 7, 4, 64][..], Dense),
-            ] {
+            for (shape, layout) in
+                [(&[1, 1, 2][..], Dense), (&[5, 3, 8][..], Padded), (&[2, 7, 4, 64][..], Dense)]
+            {
                 let p = OpParams {
                     rope_theta: 500.0,
                     rope_position: 37,
@@ -594,12 +467,7 @@ fn rope_matches_reference_in_both_pairings() {
                 let what = format!("rope {dt} {shape:?} interleaved {interleaved}");
                 assert_close(&bench.read(&out), &want, tol(dt) * 2.0, &what);
                 bench.run(&OpDesc::new(OpKind::Rope, &[x], x).with_params(p));
-                assert_close(
-                    &bench.read(&x),
-                    &want,
-                    tol(dt) * 2.0,
-                    &format!("{what} in place"),
-                );
+                assert_close(&bench.read(&x), &want, tol(dt) * 2.0, &format!("{what} in place"));
             }
         }
     }
@@ -617,30 +485,9 @@ fn attention_matches_reference() {
         scale: f32,
     }
     let cases = [
-        Case {
-            q: &[1, 1, 1],
-            kv: &[1, 1, 1],
-            mask: None,
-            causal: false,
-            kv_len: 0,
-            scale: 0.0,
-        },
-        Case {
-            q: &[4, 3, 16],
-            kv: &[2, 10, 16],
-            mask: None,
-            causal: true,
-            kv_len: 7,
-            scale: 0.0,
-        },
-        Case {
-            q: &[2, 4, 5, 8],
-            kv: &[2, 1, 5, 8],
-            mask: None,
-            causal: true,
-            kv_len: 0,
-            scale: 0.3,
-        },
+        Case { q: &[1, 1, 1], kv: &[1, 1, 1], mask: None, causal: false, kv_len: 0, scale: 0.0 },
+        Case { q: &[4, 3, 16], kv: &[2, 10, 16], mask: None, causal: true, kv_len: 7, scale: 0.0 },
+        Case { q: &[2, 4, 5, 8], kv: &[2, 1, 5, 8], mask: None, causal: true, kv_len: 0, scale: 0.3 },
         Case {
             q: &[2, 4, 3, 17],
             kv: &[2, 4, 9, 17],
@@ -657,14 +504,7 @@ fn attention_matches_reference() {
             kv_len: 0,
             scale: 0.0,
         },
-        Case {
-            q: &[2, 8, 64, 64],
-            kv: &[2, 2, 80, 64],
-            mask: None,
-            causal: true,
-            kv_len: 70,
-            scale: 0.0,
-        },
+        Case { q: &[2, 8, 64, 64], kv: &[2, 2, 80, 64], mask: None, causal: true, kv_len: 70, scale: 0.0 },
     ];
     for dt in FLOATS {
         for (ci, c) in cases.iter().enumerate() {
@@ -700,11 +540,8 @@ fn copy_converts_between_all_dtypes() {
     let mut bench = Bench::new(11);
     for from in DType::ALL {
         for to in DType::ALL {
-            for (shape, layout) in [
-                (&[1][..], Dense),
-                (&[17, 3][..], Transposed),
-                (&[300, 130][..], Padded),
-            ] {
+            for (shape, layout) in [(&[1][..], Dense), (&[17, 3][..], Transposed), (&[300, 130][..], Padded)]
+            {
                 let (a, ta) = bench.input(from, shape, layout);
                 let out = bench.view(to, shape, Dense);
                 bench.run(&OpDesc::new(OpKind::Copy, &[a], out));
@@ -716,12 +553,7 @@ fn copy_converts_between_all_dtypes() {
                 });
                 let exact = from == to || !to.is_float();
                 let t = if exact { 0.0 } else { tol(to) };
-                assert_close(
-                    &bench.read(&out),
-                    &want,
-                    t,
-                    &format!("copy {from}->{to} {shape:?}"),
-                );
+                assert_close(&bench.read(&out), &want, t, &format!("copy {from}->{to} {shape:?}"));
             }
         }
     }
@@ -732,16 +564,7 @@ fn float_to_int_copies_saturate() {
     let mut bench = Bench::new(12);
     let a = bench.view(DType::F32, &[4], Dense);
     let vals = [300.0f32, -300.0, 2.9, f32::NAN];
-    bench
-        .buffer(&a)
-        .write(
-            0,
-            &vals
-                .iter()
-                .flat_map(|v| v.to_ne_bytes())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+    bench.buffer(&a).write(0, &vals.iter().flat_map(|v| v.to_ne_bytes()).collect::<Vec<_>>()).unwrap();
     let out = bench.view(DType::I8, &[4], Dense);
     bench.run(&OpDesc::new(OpKind::Copy, &[a], out));
     assert_eq!(bench.read(&out).data, vec![127.0, -128.0, 2.0, 0.0]);
@@ -764,8 +587,7 @@ fn cpu_backend_reports_itself_and_runs_on_its_pool() {
     let (b, tb) = bench.input(DType::F32, &[64, 64], Dense);
     let out = bench.view(DType::F32, &[64, 64], Dense);
     let op = OpDesc::new(OpKind::Matmul, &[a, b], out);
-    cpu.execute(&op, &OpMemory::new(bench.bufs.clone()))
-        .unwrap();
+    cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
     let want = refr::matmul(&ta, &tb, None, &T::zeros(&[64, 64]), &OpParams::default());
     assert_close(&bench.read(&out), &want, 1e-4, "matmul on the backend");
 }

@@ -21,11 +21,7 @@ impl RangeAllocator {
     pub fn new(capacity: u64, align: u64) -> RangeAllocator {
         assert!(align.is_power_of_two());
         let capacity = capacity & !(align - 1);
-        RangeAllocator {
-            capacity,
-            align,
-            free: vec![(0, capacity)],
-        }
+        RangeAllocator { capacity, align, free: vec![(0, capacity)] }
     }
 
     pub fn round(&self, size: u64) -> u64 {
@@ -64,6 +60,7 @@ impl RangeAllocator {
         self.free.len() == 1 && self.free[0] == (0, self.capacity)
     }
 
+    #[cfg(test)]
     pub fn free_bytes(&self) -> u64 {
         self.free.iter().map(|&(_, s)| s).sum()
     }
@@ -149,9 +146,7 @@ impl Heap {
             .iter()
             .find(|(_, f)| f.contains(prefer))
             .or(candidates.first())
-            .ok_or_else(|| {
-                Error::DeviceUnavailable(format!("no Vulkan memory type with {want:?}"))
-            })?;
+            .ok_or_else(|| Error::DeviceUnavailable(format!("no Vulkan memory type with {want:?}")))?;
         let align = ctx.caps.min_storage_align.max(256).next_power_of_two();
         Ok(Heap {
             kind,
@@ -163,10 +158,6 @@ impl Heap {
             reserved: 0,
             ctx,
         })
-    }
-
-    pub fn host_visible(&self) -> bool {
-        self.host_visible
     }
 
     pub fn allocate(&mut self, size: u64) -> Result<Allocation> {
@@ -229,18 +220,14 @@ impl Heap {
                     | vk::BufferUsageFlags::TRANSFER_DST,
             )
             .sharing_mode(vk::SharingMode::EXCLUSIVE);
-        let buffer =
-            unsafe { d.create_buffer(&info, None) }.map_err(|e| vk_err("vkCreateBuffer", e))?;
+        let buffer = unsafe { d.create_buffer(&info, None) }.map_err(|e| vk_err("vkCreateBuffer", e))?;
         let req = unsafe { d.get_buffer_memory_requirements(buffer) };
         if req.memory_type_bits & (1 << self.memory_type) == 0 {
             unsafe { d.destroy_buffer(buffer, None) };
-            return Err(Error::DeviceFailed(
-                "buffer cannot live in the chosen memory type".into(),
-            ));
+            return Err(Error::DeviceFailed("buffer cannot live in the chosen memory type".into()));
         }
-        let alloc = vk::MemoryAllocateInfo::default()
-            .allocation_size(req.size)
-            .memory_type_index(self.memory_type);
+        let alloc =
+            vk::MemoryAllocateInfo::default().allocation_size(req.size).memory_type_index(self.memory_type);
         let memory = match unsafe { d.allocate_memory(&alloc, None) } {
             Ok(m) => m,
             Err(e) => {
@@ -264,13 +251,7 @@ impl Heap {
             None
         };
         self.reserved += req.size;
-        Ok(Block {
-            memory,
-            bytes: req.size,
-            buffer,
-            mapped,
-            ranges: RangeAllocator::new(bytes, self.align),
-        })
+        Ok(Block { memory, bytes: req.size, buffer, mapped, ranges: RangeAllocator::new(bytes, self.align) })
     }
 
     fn release(&mut self, b: Block) {
@@ -280,15 +261,6 @@ impl Heap {
             d.free_memory(b.memory, None);
         }
         self.reserved = self.reserved.saturating_sub(b.bytes);
-    }
-
-    /// Bytes handed out to allocations.
-    pub fn used(&self) -> u64 {
-        self.blocks
-            .iter()
-            .flatten()
-            .map(|b| b.ranges.capacity - b.ranges.free_bytes())
-            .sum()
     }
 }
 

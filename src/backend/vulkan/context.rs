@@ -21,6 +21,8 @@ pub fn vk_err(what: &str, r: vk::Result) -> Error {
 
 /// The loader and instance, shared by every device opened from them and destroyed last.
 pub struct Instance {
+    /// Keeps the loader library loaded while the instance lives.
+    #[allow(dead_code)]
     pub entry: ash::Entry,
     pub instance: ash::Instance,
 }
@@ -63,12 +65,7 @@ impl Drop for Instance {
 }
 
 pub fn version_string(v: u32) -> String {
-    format!(
-        "{}.{}.{}",
-        vk::api_version_major(v),
-        vk::api_version_minor(v),
-        vk::api_version_patch(v)
-    )
+    format!("{}.{}.{}", vk::api_version_major(v), vk::api_version_minor(v), vk::api_version_patch(v))
 }
 
 /// What a physical device offers, read once before opening it.
@@ -131,10 +128,7 @@ impl Capabilities {
     /// Missing features that make the device unusable for this backend.
     pub fn unusable_reason(&self) -> Option<String> {
         if self.api_version < vk::API_VERSION_1_2 {
-            return Some(format!(
-                "Vulkan {} (1.2 needed)",
-                version_string(self.api_version)
-            ));
+            return Some(format!("Vulkan {} (1.2 needed)", version_string(self.api_version)));
         }
         if !self.timeline_semaphore {
             return Some("no timeline semaphores".into());
@@ -156,9 +150,7 @@ pub fn types(m: &vk::PhysicalDeviceMemoryProperties) -> impl Iterator<Item = &vk
 
 fn c_string(raw: &[c_char]) -> String {
     // Vulkan fills fixed arrays with NUL-terminated strings.
-    unsafe { CStr::from_ptr(raw.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned()
 }
 
 /// Reads the capabilities of a physical device; None when it has no compute queue.
@@ -172,23 +164,17 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
         .position(|f| compute(f) && !f.queue_flags.contains(vk::QueueFlags::GRAPHICS))
         .or_else(|| families.iter().position(compute))?;
     let exts = unsafe { i.enumerate_device_extension_properties(pdev) }.unwrap_or_default();
-    let has_ext = |name: &CStr| {
-        exts.iter()
-            .any(|e| e.extension_name_as_c_str().map(|n| n == name).unwrap_or(false))
-    };
+    let has_ext =
+        |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str().map(|n| n == name).unwrap_or(false));
     let props10 = unsafe { i.get_physical_device_properties(pdev) };
     let mut driver = vk::PhysicalDeviceDriverProperties::default();
     let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
-    let mut props2 = vk::PhysicalDeviceProperties2::default()
-        .push_next(&mut driver)
-        .push_next(&mut subgroup);
+    let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut driver).push_next(&mut subgroup);
     unsafe { i.get_physical_device_properties2(pdev, &mut props2) };
     let props = props2.properties;
     let mut f11 = vk::PhysicalDeviceVulkan11Features::default();
     let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
-    let mut feats2 = vk::PhysicalDeviceFeatures2::default()
-        .push_next(&mut f11)
-        .push_next(&mut f12);
+    let mut feats2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut f11).push_next(&mut f12);
     if props10.api_version >= vk::API_VERSION_1_2 {
         unsafe { i.get_physical_device_features2(pdev, &mut feats2) };
     }
@@ -205,12 +191,8 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
         device_id: props.device_id,
         pipeline_cache_uuid: props.pipeline_cache_uuid,
         subgroup_size: subgroup.subgroup_size,
-        subgroup_arithmetic: subgroup
-            .supported_operations
-            .contains(vk::SubgroupFeatureFlags::ARITHMETIC)
-            && subgroup
-                .supported_stages
-                .contains(vk::ShaderStageFlags::COMPUTE),
+        subgroup_arithmetic: subgroup.supported_operations.contains(vk::SubgroupFeatureFlags::ARITHMETIC)
+            && subgroup.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
         shared_memory: props.limits.max_compute_shared_memory_size,
         shader_f16: f12.shader_float16 == vk::TRUE,
         shader_int8: f12.shader_int8 == vk::TRUE,
@@ -230,8 +212,9 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
 
 /// An open logical device with its compute queue.
 pub struct Context {
-    pub inst: Arc<Instance>,
-    pub pdev: vk::PhysicalDevice,
+    /// Keeps the instance alive until the device is destroyed.
+    #[allow(dead_code)]
+    inst: Arc<Instance>,
     pub device: ash::Device,
     pub queue: vk::Queue,
     pub caps: Capabilities,
@@ -248,23 +231,20 @@ impl Context {
         let mut coopmat = false;
         if caps.coopmat_nv && f16 && caps.subgroup_size == 32 {
             let mut probe = vk::PhysicalDeviceFeatures2::default().push_next(&mut coopmat_feat);
-            unsafe {
-                inst.instance
-                    .get_physical_device_features2(pdev, &mut probe)
-            };
+            unsafe { inst.instance.get_physical_device_features2(pdev, &mut probe) };
             coopmat = coopmat_feat.cooperative_matrix == vk::TRUE;
         }
         let priorities = [1.0f32];
         let queues = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(caps.queue_family)
             .queue_priorities(&priorities)];
-        let mut f11 = vk::PhysicalDeviceVulkan11Features::default()
-            .storage_buffer16_bit_access(caps.storage_16bit);
+        let mut f11 =
+            vk::PhysicalDeviceVulkan11Features::default().storage_buffer16_bit_access(caps.storage_16bit);
         let mut f12 = vk::PhysicalDeviceVulkan12Features::default()
             .timeline_semaphore(true)
             .shader_float16(caps.shader_f16);
-        let mut coopmat_on = vk::PhysicalDeviceCooperativeMatrixFeaturesNV::default()
-            .cooperative_matrix(true);
+        let mut coopmat_on =
+            vk::PhysicalDeviceCooperativeMatrixFeaturesNV::default().cooperative_matrix(true);
         let mut exts: Vec<*const c_char> = Vec::new();
         let mut info = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queues)
@@ -278,15 +258,7 @@ impl Context {
         let device = unsafe { inst.instance.create_device(pdev, &info, None) }
             .map_err(|e| vk_err("vkCreateDevice", e))?;
         let queue = unsafe { device.get_device_queue(caps.queue_family, 0) };
-        Ok(Context {
-            inst,
-            pdev,
-            device,
-            queue,
-            caps,
-            f16,
-            coopmat,
-        })
+        Ok(Context { inst, device, queue, caps, f16, coopmat })
     }
 }
 

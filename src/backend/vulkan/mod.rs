@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 pub use pipelines::cache_dir;
+pub use submit::Stats;
 
 pub struct VulkanBackend {
     info: DeviceInfo,
@@ -52,9 +53,7 @@ impl VulkanBackend {
             }
         }
         let allow_cpu = std::env::var("NPUHYBRID_VULKAN_ALLOW_CPU").is_ok_and(|v| v == "1");
-        let has_gpu = usable
-            .iter()
-            .any(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
+        let has_gpu = usable.iter().any(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
         if has_gpu && !allow_cpu {
             usable.retain(|(_, c)| c.device_type != vk::PhysicalDeviceType::CPU);
         }
@@ -117,9 +116,14 @@ impl VulkanBackend {
         self.features.coopmat
     }
 
-    /// Bytes held by replicas and by device memory blocks.
-    pub fn memory_stats(&self) -> (u64, u64) {
-        self.state.lock().memory_stats()
+    /// Replica, memory and upload counters.
+    pub fn stats(&self) -> Stats {
+        self.state.lock().stats()
+    }
+
+    /// Where the pipeline cache is saved (None without a cache directory).
+    pub fn pipeline_cache_file(&self) -> Option<std::path::PathBuf> {
+        self.state.lock().pipelines.cache_file().cloned()
     }
 
     /// Upper bound for replicas kept between ops (default: half of device memory).
@@ -176,11 +180,7 @@ fn device_info(ctx: &Context) -> DeviceInfo {
     let heap_list: Vec<String> = heaps(&c.memory)
         .map(|h| {
             let local = h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL);
-            format!(
-                "{} MiB{}",
-                h.size >> 20,
-                if local { " device-local" } else { "" }
-            )
+            format!("{} MiB{}", h.size >> 20, if local { " device-local" } else { "" })
         })
         .collect();
     let details = vec![

@@ -23,7 +23,9 @@ pub enum Step {
         groups: [u32; 3],
     },
     /// Same-dtype copy: a transfer from input 0 to the output.
-    CopyBuffer { bytes: u64 },
+    CopyBuffer {
+        bytes: u64,
+    },
 }
 
 /// Push-constant block builder following the std430 offsets of the shaders' blocks.
@@ -101,9 +103,7 @@ pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
         OpKind::Attention => {
             let q = op.input(0).expect("validated");
             let r = q.rank;
-            q.shape[r - 1] <= MAX_HEAD_DIM
-                && q.shape[r - 2] <= MAX_GROUPS
-                && q.shape[r - 3] <= MAX_GROUPS
+            q.shape[r - 1] <= MAX_HEAD_DIM && q.shape[r - 2] <= MAX_GROUPS && q.shape[r - 3] <= MAX_GROUPS
         }
         OpKind::Matmul => {
             let (m, _, n, batch) = matmul_mkn(op);
@@ -136,11 +136,7 @@ pub fn plan(op: &OpDesc, f: Features) -> Result<Step> {
                 OpKind::Silu => 1,
                 _ => 2,
             };
-            let push = Push::default()
-                .u(n)
-                .u(code)
-                .f(p.alpha)
-                .u(usize::from(p.gelu_tanh));
+            let push = Push::default().u(n).u(code).f(p.alpha).u(usize::from(p.gelu_tanh));
             dispatch("unary", dt, push, fold(n.div_ceil(256)))
         }
         OpKind::Softmax => {
@@ -174,44 +170,24 @@ pub fn plan(op: &OpDesc, f: Features) -> Result<Step> {
         OpKind::Copy => {
             let (src, dst) = (a.dtype, op.output.dtype);
             if src == dst {
-                Step::CopyBuffer {
-                    bytes: op.output.bytes() as u64,
-                }
+                Step::CopyBuffer { bytes: op.output.bytes() as u64 }
             } else if matches!((src, dst), (DType::F32, DType::F16) | (DType::F16, DType::F32)) {
-                let shader = if src == DType::F32 {
-                    "convert_f32_f16"
-                } else {
-                    "convert_f16_f32"
-                };
-                Step::Dispatch {
-                    shader,
-                    push: Push::default().u(n).0,
-                    groups: fold(n.div_ceil(256)),
-                }
+                let shader = if src == DType::F32 { "convert_f32_f16" } else { "convert_f16_f32" };
+                Step::Dispatch { shader, push: Push::default().u(n).0, groups: fold(n.div_ceil(256)) }
             } else {
-                return Err(Error::Unsupported(format!(
-                    "vulkan: copy from {src} to {dst}"
-                )));
+                return Err(Error::Unsupported(format!("vulkan: copy from {src} to {dst}")));
             }
         }
     })
 }
 
 fn dispatch(base: &str, dt: &str, push: Push, groups: [u32; 3]) -> Step {
-    Step::Dispatch {
-        shader: shader_name(&format!("{base}_{dt}")),
-        push: push.0,
-        groups,
-    }
+    Step::Dispatch { shader: shader_name(&format!("{base}_{dt}")), push: push.0, groups }
 }
 
 /// The static name of a shader variant (the pipeline table is keyed by them).
 fn shader_name(name: &str) -> &'static str {
-    super::pipelines::SHADERS
-        .iter()
-        .map(|(n, _)| *n)
-        .find(|n| *n == name)
-        .unwrap_or("missing")
+    super::pipelines::SHADERS.iter().map(|(n, _)| *n).find(|n| *n == name).unwrap_or("missing")
 }
 
 /// Loader modes, see shaders/matmul_params.glsl.
@@ -230,9 +206,8 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     let (b_ks, b_ns) = if p.trans_b { (1, k) } else { (n, 1) };
     let a_bs = if batch_of(a) == 1 { 0 } else { m * k };
     let b_bs = if batch_of(b) == 1 { 0 } else { k * n };
-    let flags = usize::from(op.input(2).is_some())
-        | (p.activation as usize) << 1
-        | usize::from(p.gelu_tanh) << 3;
+    // `gelu_tanh` belongs to the gelu op; a fused GELU is the erf form, as on the CPU.
+    let flags = usize::from(op.input(2).is_some()) | (p.activation as usize) << 1;
     let in16 = a.dtype == DType::F16;
     let out16 = op.output.dtype == DType::F16;
     let variant = match (in16, out16) {
@@ -312,16 +287,9 @@ fn plan_attention(op: &OpDesc) -> Step {
     let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
     let p = &op.params;
     let kv_len = if p.kv_len == 0 { skv } else { p.kv_len as usize };
-    let scale = if p.attn_scale == 0.0 {
-        1.0 / (d as f32).sqrt()
-    } else {
-        p.attn_scale
-    };
+    let scale = if p.attn_scale == 0.0 { 1.0 / (d as f32).sqrt() } else { p.attn_scale };
     let full = [batch, h, sq, skv];
-    let mstride = op
-        .input(3)
-        .map(|m| broadcast_strides(m.dims(), full))
-        .unwrap_or([0; 4]);
+    let mstride = op.input(3).map(|m| broadcast_strides(m.dims(), full)).unwrap_or([0; 4]);
     let push = Push::default()
         .u(h)
         .u(hkv)
@@ -360,11 +328,7 @@ mod tests {
 
     #[test]
     fn every_planned_shader_exists() {
-        let f = Features {
-            f16: true,
-            coopmat: true,
-            subgroup_arithmetic: true,
-        };
+        let f = Features { f16: true, coopmat: true, subgroup_arithmetic: true };
         let mk = |dt, m: usize, trans_b| {
             let a = TensorView::contiguous(1, dt, &[m, 8], 0);
             let b = TensorView::contiguous(2, dt, &[8, 8], 0);

@@ -71,10 +71,7 @@ mod tests {
         v.strides[1] = 2;
         let mut dense = vec![0u8; 24];
         unsafe { pack(&v, host.as_ptr() as *const u8, &mut dense) };
-        let got: Vec<f32> = dense
-            .chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let got: Vec<f32> = dense.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(got, vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
         let mut back = vec![0f32; 6];
         unsafe { unpack(&v, &dense, back.as_mut_ptr() as *mut u8) };

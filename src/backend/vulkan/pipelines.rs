@@ -54,15 +54,12 @@ impl Pipelines {
             )
         }
         .map_err(|e| vk_err("vkCreateDescriptorSetLayout", e))?;
-        let ranges = [vk::PushConstantRange::default()
-            .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            .size(PUSH_BYTES)];
+        let ranges =
+            [vk::PushConstantRange::default().stage_flags(vk::ShaderStageFlags::COMPUTE).size(PUSH_BYTES)];
         let layouts = [set_layout];
         let layout = match unsafe {
             d.create_pipeline_layout(
-                &vk::PipelineLayoutCreateInfo::default()
-                    .set_layouts(&layouts)
-                    .push_constant_ranges(&ranges),
+                &vk::PipelineLayoutCreateInfo::default().set_layouts(&layouts).push_constant_ranges(&ranges),
                 None,
             )
         } {
@@ -75,37 +72,16 @@ impl Pipelines {
         let caps = &ctx.caps;
         // The driver checks the header (vendor, device, cache UUID) and ignores a foreign file;
         // the name keeps caches of several devices apart.
-        let uuid: String = caps
-            .pipeline_cache_uuid
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let cache_file = cache_dir().map(|d| {
-            d.join(format!(
-                "vulkan-{:04x}-{:04x}-{uuid}.bin",
-                caps.vendor_id, caps.device_id
-            ))
-        });
-        let initial = cache_file
-            .as_ref()
-            .and_then(|f| std::fs::read(f).ok())
-            .unwrap_or_default();
+        let uuid: String = caps.pipeline_cache_uuid.iter().map(|b| format!("{b:02x}")).collect();
+        let cache_file = cache_dir()
+            .map(|d| d.join(format!("vulkan-{:04x}-{:04x}-{uuid}.bin", caps.vendor_id, caps.device_id)));
+        let initial = cache_file.as_ref().and_then(|f| std::fs::read(f).ok()).unwrap_or_default();
         let cache = unsafe {
-            d.create_pipeline_cache(
-                &vk::PipelineCacheCreateInfo::default().initial_data(&initial),
-                None,
-            )
+            d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default().initial_data(&initial), None)
         }
         .or_else(|_| unsafe { d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default(), None) })
         .map_err(|e| vk_err("vkCreatePipelineCache", e))?;
-        Ok(Pipelines {
-            ctx,
-            set_layout,
-            layout,
-            cache,
-            cache_file,
-            pipelines: HashMap::new(),
-        })
+        Ok(Pipelines { ctx, set_layout, layout, cache, cache_file, pipelines: HashMap::new() })
     }
 
     /// The pipeline of a shader variant, created on first use.
@@ -120,17 +96,14 @@ impl Pipelines {
         let d = &self.ctx.device;
         let words = ash::util::read_spv(&mut std::io::Cursor::new(spv))
             .map_err(|e| Error::Internal(format!("shader {name}: {e}")))?;
-        let module = unsafe {
-            d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
-        }
-        .map_err(|e| vk_err("vkCreateShaderModule", e))?;
+        let module =
+            unsafe { d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None) }
+                .map_err(|e| vk_err("vkCreateShaderModule", e))?;
         let stage = vk::PipelineShaderStageCreateInfo::default()
             .stage(vk::ShaderStageFlags::COMPUTE)
             .module(module)
             .name(c"main");
-        let info = vk::ComputePipelineCreateInfo::default()
-            .stage(stage)
-            .layout(self.layout);
+        let info = vk::ComputePipelineCreateInfo::default().stage(stage).layout(self.layout);
         let made = unsafe { d.create_compute_pipelines(self.cache, &[info], None) };
         unsafe { d.destroy_shader_module(module, None) };
         let pipeline = made.map_err(|(_, e)| vk_err(&format!("creating pipeline {name}"), e))?[0];

@@ -24,14 +24,7 @@ impl ReplicaKey {
         let mut strides = [0; 4];
         shape[..v.rank].copy_from_slice(v.dims());
         strides[..v.rank].copy_from_slice(v.strides());
-        ReplicaKey {
-            buffer: v.buffer,
-            offset: v.offset,
-            elem: v.dtype.size(),
-            rank: v.rank,
-            shape,
-            strides,
-        }
+        ReplicaKey { buffer: v.buffer, offset: v.offset, elem: v.dtype.size(), rank: v.rank, shape, strides }
     }
 }
 
@@ -52,11 +45,7 @@ pub struct ResidencyCache<A> {
 
 impl<A: Copy> Default for ResidencyCache<A> {
     fn default() -> Self {
-        ResidencyCache {
-            entries: HashMap::new(),
-            bytes: 0,
-            tick: 1,
-        }
+        ResidencyCache { entries: HashMap::new(), bytes: 0, tick: 1 }
     }
 }
 
@@ -93,16 +82,7 @@ impl<A: Copy> ResidencyCache<A> {
         bytes: u64,
     ) -> Option<A> {
         self.bytes += bytes;
-        let old = self.entries.insert(
-            key,
-            Entry {
-                version,
-                alloc,
-                bytes,
-                owner,
-                last_use: self.tick,
-            },
-        );
+        let old = self.entries.insert(key, Entry { version, alloc, bytes, owner, last_use: self.tick });
         old.map(|e| {
             self.bytes -= e.bytes;
             e.alloc
@@ -111,12 +91,8 @@ impl<A: Copy> ResidencyCache<A> {
 
     /// Removes replicas of buffers that no longer exist.
     pub fn evict_dead(&mut self, out: &mut Vec<A>) {
-        let dead: Vec<ReplicaKey> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.owner.strong_count() == 0)
-            .map(|(k, _)| *k)
-            .collect();
+        let dead: Vec<ReplicaKey> =
+            self.entries.iter().filter(|(_, e)| e.owner.strong_count() == 0).map(|(k, _)| *k).collect();
         for k in dead {
             let e = self.entries.remove(&k).expect("present");
             self.bytes -= e.bytes;
@@ -163,6 +139,7 @@ impl<A: Copy> ResidencyCache<A> {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -40,6 +40,8 @@ pub struct State {
     budget: u64,
     /// Set after a device loss or a hung submission; every later call fails.
     lost: Option<String>,
+    /// Bytes copied from host views to the device so far.
+    uploaded: u64,
     /// A submission timed out: the GPU may still use its memory, so none is freed.
     hung: bool,
 }
@@ -99,9 +101,7 @@ impl State {
                 .descriptor_count(BINDINGS * MAX_OPS as u32)];
             made.desc_pool = unsafe {
                 d.create_descriptor_pool(
-                    &vk::DescriptorPoolCreateInfo::default()
-                        .max_sets(MAX_OPS as u32)
-                        .pool_sizes(&sizes),
+                    &vk::DescriptorPoolCreateInfo::default().max_sets(MAX_OPS as u32).pool_sizes(&sizes),
                     None,
                 )
             }
@@ -118,10 +118,9 @@ impl State {
             let mut kind = vk::SemaphoreTypeCreateInfo::default()
                 .semaphore_type(vk::SemaphoreType::TIMELINE)
                 .initial_value(0);
-            made.timeline = unsafe {
-                d.create_semaphore(&vk::SemaphoreCreateInfo::default().push_next(&mut kind), None)
-            }
-            .map_err(|e| vk_err("vkCreateSemaphore", e))?;
+            made.timeline =
+                unsafe { d.create_semaphore(&vk::SemaphoreCreateInfo::default().push_next(&mut kind), None) }
+                    .map_err(|e| vk_err("vkCreateSemaphore", e))?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -155,13 +154,19 @@ impl State {
             budget,
             lost: None,
             hung: false,
+            uploaded: 0,
             ctx,
         })
     }
 
-    /// Device memory held by replicas and by the pool's blocks.
-    pub fn memory_stats(&self) -> (u64, u64) {
-        (self.residency.bytes(), self.device_heap.reserved)
+    pub fn stats(&self) -> Stats {
+        Stats {
+            replicas: self.residency.len(),
+            replica_bytes: self.residency.bytes(),
+            reserved_bytes: self.device_heap.reserved,
+            uploaded_bytes: self.uploaded,
+            submissions: self.timeline_value,
+        }
     }
 
     pub fn set_budget(&mut self, bytes: u64) {
@@ -199,18 +204,11 @@ impl State {
     }
 
     fn alloc_staging(&mut self, bytes: u64) -> Result<Allocation> {
-        self.staging
-            .as_mut()
-            .expect("staging heap exists on devices that need it")
-            .allocate(bytes)
+        self.staging.as_mut().expect("staging heap exists on devices that need it").allocate(bytes)
     }
 
     /// Runs the ops in order; one report per op.
-    pub fn run(
-        &mut self,
-        features: Features,
-        ops: &[(&OpDesc, &OpMemory)],
-    ) -> Result<Vec<ExecReport>> {
+    pub fn run(&mut self, features: Features, ops: &[(&OpDesc, &OpMemory)]) -> Result<Vec<ExecReport>> {
         if let Some(why) = &self.lost {
             return Err(Error::DeviceLost(why.clone()));
         }
@@ -224,31 +222,19 @@ impl State {
         Ok(reports)
     }
 
-    fn run_segment(
-        &mut self,
-        features: Features,
-        ops: &[(&OpDesc, &OpMemory)],
-    ) -> Result<Vec<ExecReport>> {
-        let steps = ops
-            .iter()
-            .map(|(op, _)| ops::plan(op, features))
-            .collect::<Result<Vec<_>>>()?;
+    fn run_segment(&mut self, features: Features, ops: &[(&OpDesc, &OpMemory)]) -> Result<Vec<ExecReport>> {
+        let steps = ops.iter().map(|(op, _)| ops::plan(op, features)).collect::<Result<Vec<_>>>()?;
         let mut dead = Vec::new();
         self.residency.next_tick();
         self.residency.evict_dead(&mut dead);
         self.free_all(dead);
 
         let mut seg = Segment::default();
-        let result = self
-            .prepare(ops, &mut seg)
-            .and_then(|_| self.record_and_submit(ops, &steps, &seg));
+        let result = self.prepare(ops, &mut seg).and_then(|_| self.record_and_submit(ops, &steps, &seg));
         match result {
             Ok(times) => {
                 self.finish(ops, seg, &times)?;
-                Ok(times
-                    .into_iter()
-                    .map(|device_ns| ExecReport { device_ns })
-                    .collect())
+                Ok(times.into_iter().map(|device_ns| ExecReport { device_ns }).collect())
             }
             Err(e) => {
                 if matches!(e, Error::DeviceLost(_)) {
@@ -306,11 +292,7 @@ impl State {
                 self.alloc_device(out.bytes() as u64)?
             };
             slots[BINDINGS as usize - 1] = Some(alloc);
-            seg.outputs.push(Output {
-                key: ReplicaKey::of(out),
-                alloc,
-                staging: None,
-            });
+            seg.outputs.push(Output { key: ReplicaKey::of(out), alloc, staging: None });
             seg.slots.push(slots);
         }
         self.free_all(stale);
@@ -330,6 +312,7 @@ impl State {
     fn upload(&mut self, v: &TensorView, mem: &OpMemory, seg: &mut Segment) -> Result<Allocation> {
         let bytes = v.bytes();
         let dst = self.alloc_device(bytes as u64)?;
+        self.uploaded += bytes as u64;
         let src = mem.ptr(v)?;
         if dst.mapped.is_some() {
             unsafe { pack::pack(v, src, dst.bytes_mut(bytes)) };
@@ -371,18 +354,15 @@ impl State {
                 .map_err(|e| vk_err("vkResetCommandBuffer", e))?;
             d.begin_command_buffer(
                 cb,
-                &vk::CommandBufferBeginInfo::default()
-                    .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+                &vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
             )
             .map_err(|e| vk_err("vkBeginCommandBuffer", e))?;
             if timestamps {
                 d.cmd_reset_query_pool(cb, self.queries, 0, 2 * ops.len() as u32);
             }
             for (src, dst, bytes) in &seg.copies_in {
-                let region = vk::BufferCopy::default()
-                    .src_offset(src.offset)
-                    .dst_offset(dst.offset)
-                    .size(*bytes);
+                let region =
+                    vk::BufferCopy::default().src_offset(src.offset).dst_offset(dst.offset).size(*bytes);
                 d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
             }
             barrier(d, cb);
@@ -493,8 +473,7 @@ impl State {
                 &[],
                 &[],
             );
-            d.end_command_buffer(cb)
-                .map_err(|e| vk_err("vkEndCommandBuffer", e))?;
+            d.end_command_buffer(cb).map_err(|e| vk_err("vkEndCommandBuffer", e))?;
 
             self.timeline_value += 1;
             let values = [self.timeline_value];
@@ -508,9 +487,7 @@ impl State {
                 .push_next(&mut timeline_info);
             d.queue_submit(self.ctx.queue, &[submit], vk::Fence::null())
                 .map_err(|e| vk_err("vkQueueSubmit", e))?;
-            let wait = vk::SemaphoreWaitInfo::default()
-                .semaphores(&sems)
-                .values(&values);
+            let wait = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
             match d.wait_semaphores(&wait, WAIT.as_nanos() as u64) {
                 Ok(()) => {}
                 Err(vk::Result::TIMEOUT) => {
@@ -548,12 +525,7 @@ impl State {
     }
 
     /// Writes outputs back to the host views, records the new replicas, frees the rest.
-    fn finish(
-        &mut self,
-        ops: &[(&OpDesc, &OpMemory)],
-        seg: Segment,
-        _times: &[Option<u64>],
-    ) -> Result<()> {
+    fn finish(&mut self, ops: &[(&OpDesc, &OpMemory)], seg: Segment, _times: &[Option<u64>]) -> Result<()> {
         let mut release = seg.temporary;
         let mut written = Vec::with_capacity(ops.len());
         for ((op, mem), o) in ops.iter().zip(&seg.outputs) {
@@ -566,10 +538,7 @@ impl State {
             written.push((o, buf.clone()));
         }
         for r in seg.new_replicas {
-            if let Some(old) = self
-                .residency
-                .insert(r.key, r.version, r.owner, r.alloc, r.bytes)
-            {
+            if let Some(old) = self.residency.insert(r.key, r.version, r.owner, r.alloc, r.bytes) {
                 release.push(old);
             }
         }
@@ -588,8 +557,7 @@ impl State {
                 continue;
             }
             if let Some(old) =
-                self.residency
-                    .insert(o.key, buf.version(), Arc::downgrade(&buf), o.alloc, bytes)
+                self.residency.insert(o.key, buf.version(), Arc::downgrade(&buf), o.alloc, bytes)
             {
                 if old != o.alloc {
                     release.push(old);
@@ -602,6 +570,20 @@ impl State {
         self.free_all(evicted);
         Ok(())
     }
+}
+
+/// Counters for tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Host views with a current copy in device memory.
+    pub replicas: usize,
+    pub replica_bytes: u64,
+    /// Device memory held in pool blocks.
+    pub reserved_bytes: u64,
+    /// Bytes uploaded from host views since the backend opened.
+    pub uploaded_bytes: u64,
+    /// Command buffers submitted.
+    pub submissions: u64,
 }
 
 /// Makes every earlier shader or transfer write visible to every later read or write.
@@ -624,12 +606,8 @@ pub fn segment_end(ops: &[(&OpDesc, &OpMemory)]) -> usize {
     for j in 1..ops.len().min(MAX_OPS) {
         let op = ops[j].0;
         let beta_reads_c = op.kind == OpKind::Matmul && op.params.beta != 0.0;
-        let reads = op
-            .inputs
-            .iter()
-            .flatten()
-            .map(|v| (v, false))
-            .chain(beta_reads_c.then_some((&op.output, true)));
+        let reads =
+            op.inputs.iter().flatten().map(|v| (v, false)).chain(beta_reads_c.then_some((&op.output, true)));
         for (r, is_output) in reads {
             for (earlier, _) in &ops[..j] {
                 let w = &earlier.output;

@@ -25,20 +25,14 @@ struct Rows {
 
 fn dense_rows(v: &HostView) -> Rows {
     if v.dtype == DType::F32 && v.col_stride() == 1 {
-        return Rows {
-            _data: None,
-            view: *v,
-        };
+        return Rows { _data: None, view: *v };
     }
     let mut data = load_dense(v);
     let mut view = *v;
     view.dtype = DType::F32;
     view.ptr.0 = data.as_mut_ptr() as *mut u8;
     view.strides = dense_strides(v.dims());
-    Rows {
-        _data: Some(data),
-        view,
-    }
+    Rows { _data: Some(data), view }
 }
 
 /// Keys and values of one kv head: row j at `k + j * k_rs` (dense, head_dim long).
@@ -103,11 +97,7 @@ pub fn attention(
     let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
     let group = h / hkv;
     let kv_len = if p.kv_len == 0 { skv } else { p.kv_len };
-    let scale = if p.scale == 0.0 {
-        1.0 / (d as f32).sqrt()
-    } else {
-        p.scale
-    };
+    let scale = if p.scale == 0.0 { 1.0 / (d as f32).sqrt() } else { p.scale };
     let (kr, vr) = (dense_rows(k), dense_rows(v));
     let (k, v) = (&kr.view, &vr.view);
     // Mask strides over the full score shape [.., H, Sq, Skv], 0 where it broadcasts.
@@ -119,11 +109,7 @@ pub fn attention(
         let i = row % sq;
         let head = (row / sq) % h;
         let b = row / (sq * h);
-        let keys = if p.causal {
-            kv_len - sq + i + 1
-        } else {
-            kv_len
-        };
+        let keys = if p.causal { kv_len - sq + i + 1 } else { kv_len };
         let kv_head = head / group;
         let kv_off = |t: &HostView| {
             let base = if r == 4 { b * t.strides[0] } else { 0 };

@@ -35,11 +35,7 @@ unsafe fn copy_same(o: Run, a: Run, n: usize) {
         std::ptr::copy_nonoverlapping(src, dst, n * size);
     } else {
         for i in 0..n {
-            std::ptr::copy_nonoverlapping(
-                src.add(i * a.stride * size),
-                dst.add(i * o.stride * size),
-                size,
-            );
+            std::ptr::copy_nonoverlapping(src.add(i * a.stride * size), dst.add(i * o.stride * size), size);
         }
     }
 }

@@ -73,14 +73,7 @@ pub fn unary(op: Unary, out: &HostView, a: &HostView, in_place: bool) {
 }
 
 /// `a_is_out` / `b_is_out`: that input is the output view itself.
-pub fn binary(
-    op: Binary,
-    out: &HostView,
-    a: &HostView,
-    b: &HostView,
-    a_is_out: bool,
-    b_is_out: bool,
-) {
+pub fn binary(op: Binary, out: &HostView, a: &HostView, b: &HostView, a_is_out: bool, b_is_out: bool) {
     for_each_block(out, a, Some(b), |o, a, b, n| {
         let b = b.expect("binary op has b");
         let mut scratch = [0.0f32; BLOCK];
@@ -95,9 +88,7 @@ pub fn binary(
                     &b_scratch[..n]
                 }
             };
-            with_slot(o, a, a_is_out, n, &mut scratch, |x| {
-                apply_binary(op, x, b_vals)
-            });
+            with_slot(o, a, a_is_out, n, &mut scratch, |x| apply_binary(op, x, b_vals));
         }
     });
 }

@@ -83,11 +83,7 @@ pub(super) fn gemv(g: &Gemm, batch: usize, n: usize) {
                 // SAFETY: this task owns these columns of C's only row.
                 unsafe {
                     let dst = c.add(j * g.c.cs);
-                    *dst = if g.p.beta == 0.0 {
-                        g.p.alpha * v
-                    } else {
-                        g.p.alpha * v + g.p.beta * *dst
-                    };
+                    *dst = if g.p.beta == 0.0 { g.p.alpha * v } else { g.p.alpha * v + g.p.beta * *dst };
                 }
             }
             g.epilogue(bi, 0..1, cols);

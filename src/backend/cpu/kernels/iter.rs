@@ -38,11 +38,7 @@ fn coalesce(dims: &[usize], strides: &[[usize; MAX_RANK]; OPERANDS]) -> Space {
         merged.push((d, st));
     }
     let (inner, inner_strides) = merged.pop().unwrap_or((1, [0; OPERANDS]));
-    Space {
-        outer: merged,
-        inner,
-        inner_strides,
-    }
+    Space { outer: merged, inner, inner_strides }
 }
 
 impl Space {
@@ -73,8 +69,7 @@ where
     let strides = [
         out.broadcast_strides(dims),
         a.broadcast_strides(dims),
-        b.map(|b| b.broadcast_strides(dims))
-            .unwrap_or([0; MAX_RANK]),
+        b.map(|b| b.broadcast_strides(dims)).unwrap_or([0; MAX_RANK]),
     ];
     let space = coalesce(dims, &strides);
     let chunk = space.inner.min(TASK_ELEMS);
@@ -90,22 +85,14 @@ where
         while done < len {
             let n = BLOCK.min(len - done);
             let at = |o: usize| base[o] + (start + done) * st[o];
-            f(
-                out.run(at(0), st[0]),
-                a.run(at(1), st[1]),
-                b.map(|b| b.run(at(2), st[2])),
-                n,
-            );
+            f(out.run(at(0), st[0]), a.run(at(1), st[1]), b.map(|b| b.run(at(2), st[2])), n);
             done += n;
         }
     };
     if tasks * chunk <= TASK_ELEMS {
         (0..tasks).for_each(run_task);
     } else {
-        (0..tasks)
-            .into_par_iter()
-            .with_min_len((TASK_ELEMS / chunk).max(1))
-            .for_each(run_task);
+        (0..tasks).into_par_iter().with_min_len((TASK_ELEMS / chunk).max(1)).for_each(run_task);
     }
 }
 
@@ -118,10 +105,7 @@ where
     if rows * row_len <= TASK_ELEMS || rows == 1 {
         (0..rows).for_each(f);
     } else {
-        (0..rows)
-            .into_par_iter()
-            .with_min_len((TASK_ELEMS / row_len.max(1)).max(1))
-            .for_each(f);
+        (0..rows).into_par_iter().with_min_len((TASK_ELEMS / row_len.max(1)).max(1)).for_each(f);
     }
 }
 

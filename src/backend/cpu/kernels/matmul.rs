@@ -88,13 +88,7 @@ fn to_f32(v: &HostView) -> Converted {
     Converted { data, view }
 }
 
-pub fn matmul(
-    out: &HostView,
-    a: &HostView,
-    b: &HostView,
-    bias: Option<&HostView>,
-    p: MatmulParams,
-) {
+pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: MatmulParams) {
     let ca = (a.dtype != DType::F32).then(|| to_f32(a));
     let cb = (b.dtype != DType::F32).then(|| to_f32(b));
     let a = ca.as_ref().map(|c| &c.view).unwrap_or(a);
@@ -112,23 +106,12 @@ pub fn matmul(
 
     let r = c.rank;
     let (m, n) = (c.shape[r - 2], c.shape[r - 1]);
-    let k = if p.trans_a {
-        a.shape[a.rank - 2]
-    } else {
-        a.last()
-    };
+    let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
     let batch: usize = c.shape[..r - 2].iter().product();
     let ma = Mat::new(a, p.trans_a);
     let mb = Mat::new(b, p.trans_b);
     let mc = Mat::new(&c, false);
-    let gemm = Gemm {
-        a: ma,
-        b: mb,
-        c: mc,
-        k,
-        p,
-        bias: bias.as_deref(),
-    };
+    let gemm = Gemm { a: ma, b: mb, c: mc, k, p, bias: bias.as_deref() };
 
     if m == 1 && gemv::applies(&gemm) {
         gemv::gemv(&gemm, batch, n);
@@ -145,10 +128,7 @@ fn store_dense(out: &HostView, data: &[f32]) {
     let len = out.last();
     super::iter::for_each_row(out.rows(), len, |r| {
         // SAFETY: row r of a validated output view, written by this task only.
-        unsafe {
-            out.run(out.row_offset(r), out.col_stride())
-                .store(&data[r * len..][..len])
-        }
+        unsafe { out.run(out.row_offset(r), out.col_stride()).store(&data[r * len..][..len]) }
     });
 }
 

@@ -40,9 +40,7 @@ dispatch_avx2! {
 
 pub fn rmsnorm(out: &HostView, x: &HostView, weight: Option<&HostView>, eps: f32, in_place: bool) {
     let w = weight.map(load_dense);
-    map_rows(out, x, in_place, |_, row| {
-        rmsnorm_row(row, w.as_deref(), eps)
-    });
+    map_rows(out, x, in_place, |_, row| rmsnorm_row(row, w.as_deref(), eps));
 }
 
 pub fn layernorm(
@@ -55,7 +53,5 @@ pub fn layernorm(
 ) {
     let g = gamma.map(load_dense);
     let b = beta.map(load_dense);
-    map_rows(out, x, in_place, |_, row| {
-        layernorm_row(row, g.as_deref(), b.as_deref(), eps)
-    });
+    map_rows(out, x, in_place, |_, row| layernorm_row(row, g.as_deref(), b.as_deref(), eps));
 }

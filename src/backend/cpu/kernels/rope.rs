@@ -16,9 +16,8 @@ pub struct RopeParams {
 fn angle_table(seq: usize, half: usize, p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
     let mut cos = Vec::with_capacity(seq * half);
     let mut sin = Vec::with_capacity(seq * half);
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| (p.theta as f64).powf(-2.0 * i as f64 / (2 * half) as f64))
-        .collect();
+    let inv_freq: Vec<f64> =
+        (0..half).map(|i| (p.theta as f64).powf(-2.0 * i as f64 / (2 * half) as f64)).collect();
     for s in 0..seq {
         let pos = p.position as f64 + s as f64;
         for f in &inv_freq {

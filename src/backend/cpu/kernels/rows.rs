@@ -60,11 +60,7 @@ pub fn sum(x: &[f32]) -> f32 {
 pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks
-        .remainder()
-        .iter()
-        .map(|v| (v - mean) * (v - mean))
-        .sum();
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
     for c in chunks {
         for i in 0..8 {
             let d = c[i] - mean;
@@ -78,10 +74,7 @@ pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     for c in chunks {
         for i in 0..8 {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
