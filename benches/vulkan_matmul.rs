@@ -92,15 +92,26 @@ fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) {
     let times: Vec<u64> =
         (0..iters).map(|_| gpu.execute(&op, &mem).unwrap().device_ns.expect("timestamps")).collect();
     let ns = median(times) as f64;
+    // Back to back in one command buffer, as a framework's stream runs them.
+    let batch: Vec<(&OpDesc, &OpMemory)> = (0..10).map(|_| (&op, &mem)).collect();
+    let mut batched = Vec::new();
+    for _ in 0..3 {
+        let reports = gpu.execute_batch(&batch).unwrap();
+        batched.extend(reports[1..].iter().map(|r| r.device_ns.unwrap()));
+    }
+    let bns = median(batched) as f64;
     let flops = 2.0 * (m * n * k) as f64;
     let bytes = ((m * k + k * n + m * n) * es) as f64;
     println!(
-        "RESULT case={} dtype={} m={m} k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} check={} err={:.2e}",
+        "RESULT case={} dtype={} m={m} k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} check={} err={:.2e}",
         c.name,
         c.dt,
         ns / 1e3,
         flops / ns / 1e3,
         bytes / ns,
+        bns / 1e3,
+        flops / bns / 1e3,
+        bytes / bns,
         if ok { "ok" } else { "FAILED" },
         worst
     );

@@ -5,6 +5,7 @@
 // with the next tile prefetched into registers. A must be k-contiguous (a_mode 2); B is
 // n-contiguous (b_mode 3) or k-contiguous (b_mode 2, read column-major). The host checks.
 #include "common.glsl"
+#extension GL_EXT_control_flow_attributes : require
 #extension GL_NV_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -14,6 +15,12 @@ layout(set = 0, binding = 1) readonly buffer B4 { f16vec4 b4[]; };
 layout(set = 0, binding = 2) readonly buffer Bias { TO bias[]; };
 layout(set = 0, binding = 4) buffer C { TO c[]; };
 #include "matmul_params.glsl"
+
+#ifdef B_MODE
+#define BMODE B_MODE
+#else
+#define BMODE p.b_mode
+#endif
 
 #define BM 128u
 #define BN 128u
@@ -33,11 +40,11 @@ f16vec4 rb[4];
 
 void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
     uint t = gl_LocalInvocationID.x;
-    for (uint i = 0u; i < 4u; i++) {
+    [[unroll]] for (uint i = 0u; i < 4u; i++) {
         uint e = t + i * 256u;                       // 1024 vec4 per tile
         uint gm = m0 + (e >> 3), gk = k0 + (e & 7u) * 4u;
         ra[i] = (gm < p.M && gk < p.K) ? a4[(abase + gm * p.a_rs + gk) >> 2] : f16vec4(0.0);
-        if (p.b_mode == 3u) {
+        if (BMODE == 3u) {
             uint bk = k0 + (e >> 5), gn = n0 + (e & 31u) * 4u;
             rb[i] = (gn < p.N && bk < p.K) ? b4[(bbase + bk * p.b_ks + gn) >> 2] : f16vec4(0.0);
         } else {
@@ -49,11 +56,11 @@ void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
 
 void store() {
     uint t = gl_LocalInvocationID.x;
-    for (uint i = 0u; i < 4u; i++) {
+    [[unroll]] for (uint i = 0u; i < 4u; i++) {
         uint e = t + i * 256u;
         uint ai = (e >> 3) * AS + (e & 7u) * 4u;
-        uint bi = p.b_mode == 3u ? (e >> 5) * BSN + (e & 31u) * 4u : (e >> 3) * BSK + (e & 7u) * 4u;
-        for (uint q = 0u; q < 4u; q++) {
+        uint bi = BMODE == 3u ? (e >> 5) * BSN + (e & 31u) * 4u : (e >> 3) * BSK + (e & 7u) * 4u;
+        [[unroll]] for (uint q = 0u; q < 4u; q++) {
             As[ai + q] = ra[i][q];
             Bs[bi + q] = rb[i][q];
         }
@@ -68,8 +75,8 @@ void main() {
     uint abase = z * p.a_bs, bbase = z * p.b_bs;
 
     fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[4][2];
-    for (uint i = 0u; i < 4u; i++)
-        for (uint j = 0u; j < 2u; j++) acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+    [[unroll]] for (uint i = 0u; i < 4u; i++)
+        [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
 
     load(m0, n0, 0u, abase, bbase);
     for (uint k0 = 0u; k0 < p.K; k0 += BK) {
@@ -77,25 +84,25 @@ void main() {
         store();
         barrier();
         if (k0 + BK < p.K) load(m0, n0, k0 + BK, abase, bbase);
-        for (uint kk = 0u; kk < BK; kk += 16u) {
+        [[unroll]] for (uint kk = 0u; kk < BK; kk += 16u) {
             fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> fa[4];
             fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> fb[2];
-            for (uint i = 0u; i < 4u; i++)
+            [[unroll]] for (uint i = 0u; i < 4u; i++)
                 coopMatLoadNV(fa[i], As, (wm + i * 16u) * AS + kk, AS, false);
-            for (uint j = 0u; j < 2u; j++) {
-                if (p.b_mode == 3u) coopMatLoadNV(fb[j], Bs, kk * BSN + wn + j * 16u, BSN, false);
+            [[unroll]] for (uint j = 0u; j < 2u; j++) {
+                if (BMODE == 3u) coopMatLoadNV(fb[j], Bs, kk * BSN + wn + j * 16u, BSN, false);
                 else coopMatLoadNV(fb[j], Bs, (wn + j * 16u) * BSK + kk, BSK, true);
             }
-            for (uint i = 0u; i < 4u; i++)
-                for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(fa[i], fb[j], acc[i][j]);
+            [[unroll]] for (uint i = 0u; i < 4u; i++)
+                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(fa[i], fb[j], acc[i][j]);
         }
     }
 
     // Epilogue per 16x16 fragment through this subgroup's scratch (bounds, bias, activation).
     uint cbase = z * p.M * p.N;
     uint sbase = warp * 256u;
-    for (uint i = 0u; i < 4u; i++) {
-        for (uint j = 0u; j < 2u; j++) {
+    [[unroll]] for (uint i = 0u; i < 4u; i++) {
+        [[unroll]] for (uint j = 0u; j < 2u; j++) {
             coopMatStoreNV(acc[i][j], scratch, sbase, 16u, false);
             subgroupMemoryBarrierShared();
             subgroupBarrier();
