@@ -45,7 +45,8 @@ fn matmul_case(
 
 #[test]
 fn matmul_odd_shapes_transposes_and_dtypes() {
-    let shapes = [(3, 5, 7), (33, 17, 65), (130, 64, 129), (4, 8, 12)];
+    // 1100 rows: more than one group of 8 tile rows, the last one partial.
+    let shapes = [(3, 5, 7), (33, 17, 65), (130, 64, 129), (4, 8, 12), (1100, 16, 300)];
     let mut seed = 0;
     for dt in DTYPES {
         for &s in &shapes {
