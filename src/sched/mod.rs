@@ -459,12 +459,12 @@ impl Scheduler {
             return;
         }
         let dependents = self.hazards.lock().retire(task);
+        // Count before completing the event, so a waiter that wakes sees the counters.
+        let failed = result.is_err() || task.event.has_error();
+        let counter = if failed { &self.counters.failed } else { &self.counters.completed };
+        counter.fetch_add(1, Ordering::Relaxed);
         task.event.complete_part(result, info);
         let (outcome, _) = task.event.outcome();
-        match &outcome {
-            Ok(()) => self.counters.completed.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.counters.failed.fetch_add(1, Ordering::Relaxed),
-        };
         for dep in dependents {
             if let Err(e) = &outcome {
                 dep.failed_input.lock().get_or_insert_with(|| {
