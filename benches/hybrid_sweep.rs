@@ -43,7 +43,11 @@ fn main() {
         println!("no usable Vulkan GPU: nothing to measure");
         return;
     };
-    println!("CPU: {} ({threads} threads); GPU: {}", rt.device_info(0).unwrap().name, rt.device_info(gpu).unwrap().name);
+    println!(
+        "CPU: {} ({threads} threads); GPU: {}",
+        rt.device_info(0).unwrap().name,
+        rt.device_info(gpu).unwrap().name
+    );
     println!("| n | CPU-only ms | GPU-only ms | hybrid ms | hybrid ran on | hybrid / best |");
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut n = 16;
@@ -54,7 +58,13 @@ fn main() {
         let c = rt.alloc(bytes).unwrap();
         let t = |id| TensorView::contiguous(id, DType::F32, &[n, n], 0);
         let op = OpDesc::new(OpKind::Matmul, &[t(a), t(b)], t(c));
-        let reps = if n >= 4096 { 3 } else if n >= 1024 { 5 } else { 21 };
+        let reps = if n >= 4096 {
+            3
+        } else if n >= 1024 {
+            5
+        } else {
+            21
+        };
         let mut measure = |p: &str| -> (f64, Option<usize>) {
             rt.load_policy(&policy(p)).unwrap();
             let mut last = None;

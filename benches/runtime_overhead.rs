@@ -183,7 +183,7 @@ fn split_efficiency() {
         flops / median(times) / 1e9
     };
     let cpu = run(CPU_ONLY, 0.0);
-    let npu_only = "policy \"npu\"\nrule all {\n  use npu\n}\n";
+    let npu_only = "policy \"npu\"\nrule mm {\n  when op = matmul\n  use npu\n}\nrule rest {\n  use cpu\n}\n";
     let npu = run(npu_only, cpu);
     let split = "policy \"split\"\nrule mm {\n  when op = matmul\n  use npu, cpu\n  split rows dynamic npu, cpu\n}\nrule rest {\n  use cpu\n}\n";
     let both = run(split, cpu);

@@ -372,10 +372,13 @@ impl Runtime {
         let prepared: Vec<OpMemory> = graph.ops().iter().map(|op| self.prepare(op)).collect::<Result<_>>()?;
         let policy = self.policy();
         let all = Event::new(graph.len() as u32);
-        for (op, mem) in graph.ops().iter().zip(prepared) {
-            let part = Event::with_parent(1, Some(all.clone()));
-            self.sched.submit(op.clone(), mem, Arc::clone(&policy), part);
-        }
+        let ops = graph
+            .ops()
+            .iter()
+            .zip(prepared)
+            .map(|(op, mem)| (op.clone(), mem, Event::with_parent(1, Some(all.clone()))))
+            .collect();
+        self.sched.submit_all(ops, policy);
         Ok(all)
     }
 

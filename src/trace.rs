@@ -71,19 +71,22 @@ impl Trace {
         }
     }
 
-    pub fn slice(&self, lane: usize, name: &str, start: Instant, end: Instant, args: Value) {
+    /// `args` is only built while a trace is recording.
+    pub fn slice(&self, lane: usize, name: &str, start: Instant, end: Instant, args: impl FnOnce() -> Value) {
         if !self.active() {
             return;
         }
+        let args = args();
         let (ts, dur) = (self.us(start), self.us(end) - self.us(start));
         self.push(|| json!({"name": name, "cat": "op", "ph": "X", "pid": 1, "tid": lane, "ts": ts, "dur": dur, "args": args}));
     }
 
     /// An instant event; `lane = None` puts it on the scheduler lane.
-    pub fn instant(&self, lane: Option<usize>, name: &str, args: Value) {
+    pub fn instant(&self, lane: Option<usize>, name: &str, args: impl FnOnce() -> Value) {
         if !self.active() {
             return;
         }
+        let args = args();
         let ts = self.us(Instant::now());
         let tid = lane.unwrap_or(self.lanes.len());
         self.push(|| json!({"name": name, "cat": "sched", "ph": "i", "s": "t", "pid": 1, "tid": tid, "ts": ts, "args": args}));

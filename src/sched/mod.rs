@@ -49,6 +49,29 @@ pub struct Counters {
     pub inline_ops: AtomicU64,
 }
 
+/// A worker thread's next job: one op released by the job it just ran, for the same device.
+#[derive(Default)]
+struct LocalJob {
+    device: Option<usize>,
+    job: Option<Job>,
+}
+
+impl LocalJob {
+    /// Keeps `job` if this is a worker of its device with nothing kept yet; else gives it back.
+    fn keep(&mut self, job: Job) -> Option<Job> {
+        if self.device == Some(job.device) && self.job.is_none() {
+            self.job = Some(job);
+            None
+        } else {
+            Some(job)
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL_JOB: std::cell::RefCell<LocalJob> = std::cell::RefCell::new(LocalJob::default());
+}
+
 struct Job {
     task: Arc<Task>,
     op: OpDesc,
@@ -106,10 +129,14 @@ impl Scheduler {
                 let handle = std::thread::Builder::new()
                     .name(name)
                     .spawn(move || {
+                        LOCAL_JOB.with(|slot| slot.borrow_mut().device = Some(i));
                         while let Ok(job) = rx.recv() {
-                            match weak.upgrade() {
-                                Some(s) => s.run_job(job),
-                                None => break,
+                            let Some(s) = weak.upgrade() else { break };
+                            s.run_job(job);
+                            // A dependent this job released for this same device runs next
+                            // on this thread: no hand-off, no wake-up.
+                            while let Some(next) = LOCAL_JOB.with(|slot| slot.borrow_mut().job.take()) {
+                                s.run_job(next);
                             }
                         }
                     })
@@ -123,19 +150,40 @@ impl Scheduler {
 
     /// Submits one validated op. Its event completes when it ran (or failed everywhere).
     pub fn submit(self: &Arc<Self>, op: OpDesc, mem: OpMemory, policy: Arc<CompiledPolicy>, event: Event) {
-        let id = self.next_task.fetch_add(1, Ordering::Relaxed);
-        let task = Arc::new(Task::new(id, op, mem, event, policy));
-        {
-            let mut n = self.in_flight.lock();
-            while *n >= MAX_OPS_IN_FLIGHT {
-                self.drained.wait(&mut n);
+        self.submit_all(vec![(op, mem, event)], policy);
+    }
+
+    /// Submits ops in order. They are all registered with the hazard tracker before any is
+    /// dispatched, so a graph's chain runs on the device's worker without racing the
+    /// submitting thread (submission blocks in chunks while too many ops are in flight).
+    pub fn submit_all(self: &Arc<Self>, ops: Vec<(OpDesc, OpMemory, Event)>, policy: Arc<CompiledPolicy>) {
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let admitted = {
+                let mut n = self.in_flight.lock();
+                while *n >= MAX_OPS_IN_FLIGHT {
+                    self.drained.wait(&mut n);
+                }
+                let room = MAX_OPS_IN_FLIGHT - *n;
+                let chunk: Vec<_> = ops.by_ref().take(room).collect();
+                *n += chunk.len();
+                chunk
+            };
+            self.counters.submitted.fetch_add(admitted.len() as u64, Ordering::Relaxed);
+            let mut ready = Vec::new();
+            {
+                let mut hazards = self.hazards.lock();
+                for (op, mem, event) in admitted {
+                    let id = self.next_task.fetch_add(1, Ordering::Relaxed);
+                    let task = Arc::new(Task::new(id, op, mem, event, Arc::clone(&policy)));
+                    if hazards.register(&task) == 0 {
+                        ready.push(task);
+                    }
+                }
             }
-            *n += 1;
-        }
-        self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        let waits = self.hazards.lock().register(&task);
-        if waits == 0 {
-            self.dispatch(task, true);
+            for task in ready {
+                self.dispatch(task, true);
+            }
         }
     }
 
@@ -179,7 +227,7 @@ impl Scheduler {
             self.counters.split_ops.fetch_add(1, Ordering::Relaxed);
             task.parts_left.store(parts.len() as u32, Ordering::Release);
             task.event.expect_parts(parts.len() as u32);
-            self.trace.instant(None, "split", json!({"op": task.op.kind.name(), "parts": parts.len()}));
+            self.trace.instant(None, "split", || json!({"op": task.op.kind.name(), "parts": parts.len()}));
             for (device, op) in parts {
                 let predicted_ns = self.devices[device].model.predict_ns(&op);
                 self.enqueue(
@@ -248,7 +296,7 @@ impl Scheduler {
         if candidates.len() > 1 {
             if let Some(pos) = candidates.iter().position(|d| d.shifted_away()) {
                 let d = candidates.remove(pos);
-                self.trace.instant(Some(d.index), "thermal shift", json!({"op": op.kind.name()}));
+                self.trace.instant(Some(d.index), "thermal shift", || json!({"op": op.kind.name()}));
             }
         }
         if candidates.is_empty() {
@@ -327,6 +375,11 @@ impl Scheduler {
             self.run_job(job);
             return;
         }
+        // On a worker of this device, keep one released dependent for this thread to run next.
+        let job = match LOCAL_JOB.with(|slot| slot.borrow_mut().keep(job)) {
+            None => return,
+            Some(job) => job,
+        };
         let sent = match self.queues.read().get(device.index) {
             Some(queue) => queue.send(job).map_err(|e| e.into_inner()),
             None => Err(job),
@@ -371,7 +424,7 @@ impl Scheduler {
                     job.op.kind.name(),
                     started,
                     finished,
-                    json!({"dtype": job.op.dtype().name(), "dims": format!("{:?}", job.op.dims()), "fallbacks": job.fallbacks, "task": job.task.id}),
+                    || json!({"dtype": job.op.dtype().name(), "dims": format!("{:?}", job.op.dims()), "fallbacks": job.fallbacks, "task": job.task.id}),
                 );
                 let info = EventInfo {
                     device: Some(device.index),
@@ -414,14 +467,14 @@ impl Scheduler {
                     device.info.name,
                     fallback.degrade_for
                 );
-                self.trace.instant(Some(device.index), "degraded", json!({"error": err.to_string()}));
+                self.trace.instant(Some(device.index), "degraded", || json!({"error": err.to_string()}));
             }
             *until = Some(Instant::now() + fallback.degrade_for);
         }
         self.trace.instant(
             Some(device.index),
             "fault",
-            json!({"op": job.op.kind.name(), "error": err.to_string()}),
+            || json!({"op": job.op.kind.name(), "error": err.to_string()}),
         );
         if !degrade && job.attempts_here < fallback.retries {
             job.attempts_here += 1;

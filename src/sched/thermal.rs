@@ -75,7 +75,7 @@ impl ThermalController {
                         trace.instant(
                             Some(device.index),
                             what,
-                            json!({"rule": rule.label, "value": value, "emergency": rule.emergency}),
+                            || json!({"rule": rule.label, "value": value, "emergency": rule.emergency}),
                         );
                     }
                     *state = next;
