@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench policy_decide` (release build).
 
 use npuhybrid::op::{DType, OpDims, OpKind, Tags};
-use npuhybrid::policy::{builtin, builtin_names, CompiledPolicy, OpQuery};
+use npuhybrid::policy::{builtin, builtin_names, builtin_source, compile_str, CompiledPolicy, OpQuery};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,8 +97,8 @@ fn main() {
         "policy", "rules", "tables ns/op", "rule walk ns/op", "speedup", "allocations"
     );
     // The counter must see allocations where there are some, or its zeros prove nothing.
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
     let default = builtin("default").expect("built in");
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
     black_box(default.explain(&queries[0]));
     let seen = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert!(seen > 0, "the counting allocator saw no allocation in explain");
@@ -125,6 +125,21 @@ fn main() {
             allocs
         );
         failed |= allocs != 0;
+    }
+    // Compiling is what a policy swap costs (parse, check, includes, tables).
+    println!("compile time (parse + check + tables), median of {REPEATS} runs:");
+    for name in builtin_names() {
+        let source = builtin_source(name).expect("listed");
+        let mut times: Vec<f64> = (0..REPEATS)
+            .map(|_| {
+                let start = Instant::now();
+                let policy = compile_str(name, source).expect("built-in compiles");
+                black_box(policy);
+                start.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!("{name:<18} {:>8.0} us", times[REPEATS / 2]);
     }
     if failed {
         eprintln!("FAILED: decide allocated on the hot path");

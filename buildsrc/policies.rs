@@ -21,6 +21,12 @@ mod ast;
 #[path = "../src/policy/check.rs"]
 mod check;
 #[allow(dead_code)]
+#[path = "../src/policy/check_thermal.rs"]
+mod check_thermal;
+#[allow(dead_code)]
+#[path = "../src/policy/check_values.rs"]
+mod check_values;
+#[allow(dead_code)]
 #[path = "../src/policy/compile.rs"]
 mod compile;
 #[allow(dead_code)]

@@ -61,7 +61,8 @@ fn op_descriptor_on_random_inputs() {
 #[test]
 fn fuzz_regressions() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    let targets: [(&str, fn(&[u8])); 3] = [
+    type Target = (&'static str, fn(&[u8]));
+    let targets: [Target; 3] = [
         ("policy_parse", bodies::policy_parse),
         ("policy_mutate", bodies::policy_mutate),
         ("op_descriptor", bodies::op_descriptor),

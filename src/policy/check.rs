@@ -2,11 +2,12 @@
 //! malformed rules, and merges a policy onto the one it includes.
 
 use super::ast::*;
+use super::check_values::{describe, DURATION_RANGE};
 use super::diag::{Reporter, SourceMap, Span};
 use super::load::Loader;
 use super::program::*;
 use super::types::*;
-use super::units::{self, UnitKind};
+use super::units::UnitKind;
 use super::{DType, OpKind, PowerMode};
 use std::collections::HashMap;
 
@@ -27,10 +28,10 @@ pub fn check_file(
     (checker.report.errors.len() == errors_before).then_some(program)
 }
 
-struct Checker<'a> {
-    map: &'a mut SourceMap,
-    report: &'a mut Reporter,
-    file: u32,
+pub(super) struct Checker<'a> {
+    pub(super) map: &'a mut SourceMap,
+    pub(super) report: &'a mut Reporter,
+    pub(super) file: u32,
 }
 
 const DEVICE_FIELDS: &str = "enabled, power, precision, max_in_flight, batch_rows or pool";
@@ -38,11 +39,11 @@ const FALLBACK_FIELDS: &str = "retries, degrade_after or degrade_for";
 const COND_FIELDS: &str = "op, dtype, m, n, k, batch, elements, bytes or tag <key>";
 
 impl Checker<'_> {
-    fn error(&mut self, span: Span, msg: impl Into<String>) {
+    pub(super) fn error(&mut self, span: Span, msg: impl Into<String>) {
         self.report.error(self.map, span, msg);
     }
 
-    fn warn(&mut self, span: Span, msg: impl Into<String>) {
+    pub(super) fn warn(&mut self, span: Span, msg: impl Into<String>) {
         self.report.warn(self.map, span, msg);
     }
 
@@ -184,7 +185,7 @@ impl Checker<'_> {
         p
     }
 
-    fn device(&mut self, name: &Ident) -> Option<DeviceClass> {
+    pub(super) fn device(&mut self, name: &Ident) -> Option<DeviceClass> {
         let class = DeviceClass::from_name(&name.name);
         if class.is_none() {
             self.error(name.span, format!("unknown device '{}' (expected cpu, gpu or npu)", name.name));
@@ -474,31 +475,7 @@ impl Checker<'_> {
 
     fn condition(&mut self, def: &mut RuleDef, c: &Cond) {
         if c.is_tag {
-            let values = match &c.value {
-                Value::Scalar(s) => vec![s.clone()],
-                Value::List(items, _) => items.clone(),
-            };
-            if !matches!(c.cmp, Cmp::Eq | Cmp::In)
-                || matches!((&c.value, c.cmp), (Value::Scalar(_), Cmp::In) | (Value::List(..), Cmp::Eq))
-            {
-                self.error(
-                    c.cmp_span,
-                    format!("type mismatch: tag {} takes '= value' or 'in [values]'", c.field.name),
-                );
-                return;
-            }
-            let mut words = Vec::new();
-            for v in &values {
-                match v {
-                    Scalar::Word(w) | Scalar::Str(w) => words.push(w.name.clone()),
-                    Scalar::Quantity(q) => words.push(q.number.clone()),
-                }
-            }
-            def.conditions.push(Condition::Tag { key: c.field.name.clone(), values: words.clone() });
-            match def.tags.iter_mut().find(|t| t.key == c.field.name) {
-                Some(t) => t.values.retain(|v| words.contains(v)),
-                None => def.tags.push(TagTest { key: c.field.name.clone(), values: words }),
-            }
+            self.tag_condition(def, c);
             return;
         }
         match c.field.name.as_str() {
@@ -563,6 +540,34 @@ impl Checker<'_> {
         }
     }
 
+    /// `tag key = value` or `tag key in [values]`.
+    fn tag_condition(&mut self, def: &mut RuleDef, c: &Cond) {
+        let values: Vec<&Scalar> = match (&c.value, c.cmp) {
+            (Value::Scalar(s), Cmp::Eq) => vec![s],
+            (Value::List(items, _), Cmp::In) => items.iter().collect(),
+            _ => {
+                self.error(
+                    c.cmp_span,
+                    format!("type mismatch: tag {} takes '= value' or 'in [values]'", c.field.name),
+                );
+                return;
+            }
+        };
+        // Tag values are words; a plain number (`tag layer = 3`) is its text.
+        let words: Vec<String> = values
+            .iter()
+            .map(|v| match v {
+                Scalar::Word(w) | Scalar::Str(w) => w.name.clone(),
+                Scalar::Quantity(q) => self.map.text(q.span).to_string(),
+            })
+            .collect();
+        def.conditions.push(Condition::Tag { key: c.field.name.clone(), values: words.clone() });
+        match def.tags.iter_mut().find(|t| t.key == c.field.name) {
+            Some(t) => t.values.retain(|v| words.contains(v)),
+            None => def.tags.push(TagTest { key: c.field.name.clone(), values: words }),
+        }
+    }
+
     /// `field = name` or `field in [names]`: the indices of the names in `known`.
     fn name_set(&mut self, c: &Cond, field: &str, known: &[&str]) -> Option<Vec<usize>> {
         let items: Vec<&Scalar> = match (&c.value, c.cmp) {
@@ -592,316 +597,6 @@ impl Checker<'_> {
         }
         Some(out)
     }
-
-    fn thermal(&mut self, t: &ThermalAst) -> Option<ThermalDef> {
-        let errors_before = self.report.errors.len();
-        let mut trigger = None;
-        let mut clear = None;
-        let mut actions = Vec::new();
-        let mut seen_do = false;
-        for stmt in &t.stmts {
-            match stmt {
-                ThermalStmt::Trigger { device, metric, level, hold, span } => {
-                    if trigger.is_some() {
-                        self.error(*span, format!("thermal rule '{}' has two triggers", t.name.name));
-                        continue;
-                    }
-                    let class = self.device(device);
-                    let metric_kind = match metric.name.as_str() {
-                        "temperature" => Some((ThermalMetric::TemperatureC, UnitKind::Celsius)),
-                        "power" => Some((ThermalMetric::PowerW, UnitKind::Watts)),
-                        other => {
-                            self.error(
-                                metric.span,
-                                format!("unknown metric '{other}' (expected temperature or power)"),
-                            );
-                            None
-                        }
-                    };
-                    let hold = match hold {
-                        Some(h) => self
-                            .unit_value("hold time", h, UnitKind::Duration)
-                            .and_then(|n| self.in_range("hold time", h.span, n, DURATION_RANGE)),
-                        None => Some(0.0),
-                    };
-                    if let (Some(class), Some((m, unit)), Some(hold)) = (class, metric_kind, hold) {
-                        let level_v = self
-                            .unit_value(&metric.name, level, unit)
-                            .and_then(|n| self.in_range(&metric.name, level.span, n, level_range(m)));
-                        if let Some(level_v) = level_v {
-                            trigger = Some((class, m, unit, level_v, level.clone(), hold));
-                        }
-                    }
-                }
-                ThermalStmt::Clear { level, span } => {
-                    if clear.is_some() {
-                        self.error(*span, format!("thermal rule '{}' has two clear levels", t.name.name));
-                        continue;
-                    }
-                    clear = Some(level.clone());
-                }
-                ThermalStmt::Do(list, span) => {
-                    if seen_do {
-                        self.error(*span, format!("thermal rule '{}' has two 'do' statements", t.name.name));
-                    }
-                    seen_do = true;
-                    for a in list {
-                        if let Some(action) = self.action(a) {
-                            actions.push(action);
-                        }
-                    }
-                }
-            }
-        }
-        let Some((device, metric, unit, trigger_v, trigger_q, hold)) = trigger else {
-            if self.report.errors.len() == errors_before {
-                self.error(
-                    t.name.span,
-                    format!(
-                        "thermal rule '{}' has no trigger: add 'when <device> temperature above <level> C'",
-                        t.name.name
-                    ),
-                );
-            }
-            return None;
-        };
-        let Some(clear_q) = clear else {
-            self.error(
-                t.name.span,
-                format!(
-                    "thermal rule '{}' has no hysteresis: add 'clear below <level>' under its trigger of {}",
-                    t.name.name,
-                    self.map.text(trigger_q.span)
-                ),
-            );
-            return None;
-        };
-        let metric_name = unit_metric_name(metric);
-        let clear_v = self
-            .unit_value(metric_name, &clear_q, unit)
-            .and_then(|n| self.in_range(metric_name, clear_q.span, n, level_range(metric)))?;
-        if clear_v >= trigger_v {
-            self.error(
-                clear_q.span,
-                format!(
-                    "thermal rule '{}' has no hysteresis: it clears below {}, which is not under its trigger of {}",
-                    t.name.name,
-                    self.map.text(clear_q.span),
-                    self.map.text(trigger_q.span)
-                ),
-            );
-            return None;
-        }
-        if !seen_do {
-            self.error(t.name.span, format!("thermal rule '{}' has no 'do' actions", t.name.name));
-        }
-        if self.report.errors.len() > errors_before {
-            return None;
-        }
-        Some(ThermalDef {
-            rule: ThermalRule {
-                label: t.name.name.clone(),
-                device,
-                metric,
-                trigger: trigger_v as f32,
-                clear: clear_v as f32,
-                hold: std::time::Duration::from_secs_f64(hold),
-                emergency: t.emergency,
-                actions,
-            },
-            span: t.name.span,
-        })
-    }
-
-    fn action(&mut self, a: &Action) -> Option<ThermalAction> {
-        match (a.name.name.as_str(), &a.arg) {
-            ("exclude", None) => Some(ThermalAction::Exclude),
-            ("power", Some(Scalar::Word(w))) => match PowerMode::from_name(&w.name) {
-                Some(m) => Some(ThermalAction::SetPowerMode(m)),
-                None => {
-                    let names: Vec<&str> = PowerMode::ALL.iter().map(|m| m.name()).collect();
-                    self.error(
-                        w.span,
-                        format!("unknown power mode '{}' (expected {})", w.name, one_of(&names)),
-                    );
-                    None
-                }
-            },
-            ("shift", Some(Scalar::Quantity(q))) => {
-                let f = self.plain_number("shift fraction", q)?;
-                if !(f > 0.0 && f <= 1.0) {
-                    self.error(q.span, format!("shift fraction {} is not in (0, 1]", q.number));
-                    return None;
-                }
-                Some(ThermalAction::ShiftLoad(f as f32))
-            }
-            ("exclude", Some(arg)) => {
-                self.error(arg.span(), "type mismatch: 'exclude' takes no value");
-                None
-            }
-            ("power", arg) => {
-                let found = arg.as_ref().map_or("nothing".to_string(), |s| describe(self.map, s));
-                self.error(a.span, format!("type mismatch: 'power' takes a power mode, found {found}"));
-                None
-            }
-            ("shift", arg) => {
-                let found = arg.as_ref().map_or("nothing".to_string(), |s| describe(self.map, s));
-                self.error(a.span, format!("type mismatch: 'shift' takes a fraction, found {found}"));
-                None
-            }
-            (other, _) => {
-                self.error(
-                    a.name.span,
-                    format!("unknown action '{other}' (expected power, shift or exclude)"),
-                );
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, field: &str, v: &Value) -> Option<bool> {
-        match v {
-            Value::Scalar(Scalar::Word(w)) if w.name == "true" => Some(true),
-            Value::Scalar(Scalar::Word(w)) if w.name == "false" => Some(false),
-            _ => {
-                let found = describe_value(self.map, v);
-                self.error(v.span(), format!("type mismatch: '{field}' takes true or false, found {found}"));
-                None
-            }
-        }
-    }
-
-    fn choice(&mut self, field: &str, v: &Value, names: &[&str]) -> Option<usize> {
-        match v {
-            Value::Scalar(Scalar::Word(w)) => {
-                let found = names.iter().position(|n| *n == w.name);
-                if found.is_none() {
-                    self.error(w.span, format!("unknown {field} '{}' (expected {})", w.name, one_of(names)));
-                }
-                found
-            }
-            _ => {
-                let found = describe_value(self.map, v);
-                self.error(
-                    v.span(),
-                    format!("type mismatch: '{field}' takes one of {}, found {found}", one_of(names)),
-                );
-                None
-            }
-        }
-    }
-
-    /// A whole number without a unit, in `lo..=hi`.
-    fn count(&mut self, field: &str, v: &Value, lo: u64, hi: u64) -> Option<u64> {
-        let n = self.quantity_of(field, v, UnitKind::Count)?;
-        if n.fract() != 0.0 || n < lo as f64 || n > hi as f64 {
-            self.error(
-                v.span(),
-                format!(
-                    "'{field}' must be a whole number from {lo} to {hi}, found {}",
-                    self.map.text(v.span())
-                ),
-            );
-            return None;
-        }
-        Some(n as u64)
-    }
-
-    /// A number of the given kind, converted to its base unit (bytes, seconds, C, W).
-    fn quantity_of(&mut self, field: &str, v: &Value, kind: UnitKind) -> Option<f64> {
-        match v {
-            Value::Scalar(Scalar::Quantity(q)) => self.unit_value(field, q, kind),
-            _ => {
-                let found = describe_value(self.map, v);
-                self.error(
-                    v.span(),
-                    format!("type mismatch: '{field}' takes {}, found {found}", kind.describe()),
-                );
-                None
-            }
-        }
-    }
-
-    fn unit_value(&mut self, field: &str, q: &Quantity, kind: UnitKind) -> Option<f64> {
-        let n: f64 = match q.number.parse() {
-            Ok(n) if f64::is_finite(n) => n,
-            _ => {
-                self.error(q.span, format!("number {} is out of range", q.number));
-                return None;
-            }
-        };
-        match units::scale(kind, q.unit.as_ref().map(|u| u.name.as_str())) {
-            Ok(factor) => Some(n * factor),
-            Err(units::UnitError::Unknown) => {
-                let u = q.unit.as_ref().map(|u| (u.name.clone(), u.span));
-                let (name, span) = u.unwrap_or_default();
-                self.error(span, format!("unknown unit '{name}' (expected {})", kind.unit_list()));
-                None
-            }
-            Err(units::UnitError::Unexpected) => {
-                let unit = q.unit.as_ref().map(|u| (u.name.clone(), u.span)).unwrap_or_default();
-                self.error(
-                    unit.1,
-                    format!(
-                        "type mismatch: '{field}' is a plain number and takes no unit, found '{}'",
-                        unit.0
-                    ),
-                );
-                None
-            }
-            Err(units::UnitError::Missing) => {
-                self.error(
-                    q.span,
-                    format!("missing unit: '{field}' is {} ({})", kind.describe(), kind.unit_list()),
-                );
-                None
-            }
-            Err(units::UnitError::WrongKind(other)) => {
-                let unit = q.unit.as_ref().map(|u| (u.name.clone(), u.span)).unwrap_or_default();
-                self.error(
-                    unit.1,
-                    format!(
-                        "type mismatch: '{field}' is {}, but '{}' is a unit of {}",
-                        kind.describe(),
-                        unit.0,
-                        other.describe()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    /// `n` when inside `(lo, hi, range in words)`, else an error at `span`.
-    fn in_range(&mut self, field: &str, span: Span, n: f64, range: (f64, f64, &str)) -> Option<f64> {
-        let (lo, hi, words) = range;
-        if (lo..=hi).contains(&n) {
-            return Some(n);
-        }
-        let found = self.map.text(span).to_string();
-        self.error(span, format!("'{field}' must be {words}, found {found}"));
-        None
-    }
-
-    fn plain_number(&mut self, field: &str, q: &Quantity) -> Option<f64> {
-        self.unit_value(field, q, UnitKind::Count)
-    }
-}
-
-const DURATION_RANGE: (f64, f64, &str) = (0.0, 86400.0, "from 0 s to 1 day");
-
-fn level_range(m: ThermalMetric) -> (f64, f64, &'static str) {
-    match m {
-        ThermalMetric::TemperatureC => (-50.0, 200.0, "from -50 C to 200 C"),
-        ThermalMetric::PowerW => (0.0, 10000.0, "from 0 W to 10000 W"),
-    }
-}
-
-fn unit_metric_name(m: ThermalMetric) -> &'static str {
-    match m {
-        ThermalMetric::TemperatureC => "temperature",
-        ThermalMetric::PowerW => "power",
-    }
 }
 
 fn round3(x: f64) -> f64 {
@@ -920,20 +615,5 @@ pub fn one_of(names: &[&str]) -> String {
         0 => String::new(),
         1 => names[0].to_string(),
         n => format!("{} or {}", names[..n - 1].join(", "), names[n - 1]),
-    }
-}
-
-fn describe(map: &SourceMap, s: &Scalar) -> String {
-    match s {
-        Scalar::Quantity(q) => format!("the number {}", map.text(q.span)),
-        Scalar::Word(w) => format!("the name '{}'", w.name),
-        Scalar::Str(w) => format!("the string \"{}\"", w.name),
-    }
-}
-
-fn describe_value(map: &SourceMap, v: &Value) -> String {
-    match v {
-        Value::Scalar(s) => describe(map, s),
-        Value::List(..) => "a list".to_string(),
     }
 }

@@ -12,6 +12,8 @@
 mod ast;
 mod builtin;
 mod check;
+mod check_thermal;
+mod check_values;
 mod compile;
 mod compiled;
 mod decide;
