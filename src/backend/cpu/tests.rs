@@ -218,7 +218,7 @@ fn matmul_alpha_beta_bias_and_activations() {
                 (m, k, n),
                 p,
                 act != Activation::Relu,
-                [Dense, Dense, Padded],
+                [Dense, Dense, Transposed],
             );
         }
     }
