@@ -19,24 +19,33 @@ pub(crate) fn has_avx2_fma() -> bool {
 /// Defines `fn name(args) -> ret` whose body is compiled twice: for baseline x86-64 and with
 /// AVX2+FMA+F16C, chosen at run time. The body and every helper it calls must be
 /// `#[inline(always)]` so they are compiled with the wider instructions too.
+///
+/// Written as `fn name<FMA>(..)`, the body also sees a `const FMA: bool` that is true in the
+/// AVX2 build, for `math::madd::<FMA>` (fused there, a plain multiply-add in the portable
+/// build, where `mul_add` would be a slow libm call).
 macro_rules! dispatch_avx2 {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$fma:ident>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn portable($($arg: $ty),*) $(-> $ret)? $body
+            fn portable<const $fma: bool>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma,f16c")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    portable($($arg),*)
+                    portable::<true>($($arg),*)
                 }
                 if $crate::backend::cpu::simd::has_avx2_fma() {
                     // SAFETY: the features were detected on this CPU.
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            portable($($arg),*)
+            portable::<false>($($arg),*)
+        }
+    };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $crate::backend::cpu::simd::dispatch_avx2! {
+            $(#[$meta])* $vis fn $name<_FMA_UNUSED>($($arg: $ty),*) $(-> $ret)? $body
         }
     };
 }

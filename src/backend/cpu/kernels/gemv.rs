@@ -1,11 +1,14 @@
 //! Matrix-vector products (m = 1), which are memory bound: stream B once, split its columns
 //! across threads. Two layouts: B rows contiguous (y += a[k] * B[k, :], "axpy") or B columns
 //! contiguous (y[j] = a . B[:, j], i.e. a transposed weight, "dot"). f16 / bf16 B is
-//! converted in L1-sized pieces as it streams, so it moves half the bytes of f32.
+//! converted in L1-sized pieces as it streams, so it moves half the bytes of f32. The inner
+//! loops are built twice (`dispatch_avx2!`): 8-lane AVX2 with fused multiply-adds, chosen at
+//! run time, and a portable baseline x86-64 fallback.
 
 use super::super::halfconv;
 use super::super::simd::dispatch_avx2;
 use super::iter::TASK_ELEMS;
+use super::math::madd;
 use super::matmul::{Gemm, Mat};
 use crate::op::DType;
 use half::{bf16, f16};
@@ -18,7 +21,7 @@ pub(super) fn streams(b: &Mat) -> bool {
 
 dispatch_avx2! {
     /// acc[j] += sum_k a[k] * B[k, j] for a block of columns; `b` points at B[0, block start].
-    fn axpy_block(acc: &mut [f32], a: &[f32], b: *const f32, rs: usize) {
+    fn axpy_block<FMA>(acc: &mut [f32], a: &[f32], b: *const f32, rs: usize) {
         let n = acc.len();
         // SAFETY: rows 0..a.len() of the block lie in B (validated view or scratch).
         let row = |kk: usize| unsafe { std::slice::from_raw_parts(b.add(kk * rs), n) };
@@ -27,14 +30,15 @@ dispatch_avx2! {
             let (b0, b1, b2, b3) = (row(kk), row(kk + 1), row(kk + 2), row(kk + 3));
             let (a0, a1, a2, a3) = (a[kk], a[kk + 1], a[kk + 2], a[kk + 3]);
             for j in 0..n {
-                acc[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+                let s = madd::<FMA>(a0, b0[j], madd::<FMA>(a1, b1[j], acc[j]));
+                acc[j] = madd::<FMA>(a2, b2[j], madd::<FMA>(a3, b3[j], s));
             }
             kk += 4;
         }
         while kk < a.len() {
             let (b0, a0) = (row(kk), a[kk]);
             for j in 0..n {
-                acc[j] += a0 * b0[j];
+                acc[j] = madd::<FMA>(a0, b0[j], acc[j]);
             }
             kk += 1;
         }
@@ -43,13 +47,13 @@ dispatch_avx2! {
 
 dispatch_avx2! {
     /// a . col with 16 independent accumulators (vectorises without fast-math).
-    fn dot(a: &[f32], col: &[f32]) -> f32 {
+    fn dot<FMA>(a: &[f32], col: &[f32]) -> f32 {
         let mut acc = [0.0f32; 16];
         let (ac, bc) = (a.chunks_exact(16), col.chunks_exact(16));
         let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
         for (x, y) in ac.zip(bc) {
             for i in 0..16 {
-                acc[i] += x[i] * y[i];
+                acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
             }
         }
         acc.iter().sum::<f32>() + tail
