@@ -179,6 +179,11 @@ impl Tensors {
     }
 }
 
+/// `NH_BENCH_ONLY=<text>` limits the cases to those whose label contains the text.
+fn selected(label: &str) -> bool {
+    std::env::var("NH_BENCH_ONLY").map_or(true, |only| label.contains(&only))
+}
+
 fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
     println!("\n## matmul (C = A B, row-major; GFLOP/s, median)\n");
     println!(
@@ -202,6 +207,9 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
         let flops = 2.0 * (m * n * k) as f64;
         let gflops = |secs: f64| flops / secs * 1e-9;
         let shape = format!("{m}x{k}x{n}{}", if trans_b { " (B^T)" } else { "" });
+        if !selected(&shape) {
+            continue;
+        }
         let mut f32_secs = 0.0;
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let mut t = Tensors::new();
@@ -302,6 +310,9 @@ fn bench_bandwidth(cpu: &CpuBackend) {
             ("softmax [rows, 1024]", OpKind::Softmax, DType::F16, OpParams::default(), false),
         ];
         for (name, kind, dtype, params, binary) in cases {
+            if !selected(name) {
+                continue;
+            }
             let mut t = Tensors::new();
             let shape: Vec<usize> =
                 if kind == OpKind::Rope { vec![elements / (8 * 128), 8, 128] } else { vec![rows, 1024] };
@@ -360,6 +371,8 @@ fn main() {
     .expect("runtime");
     let blas = OpenBlas::load(threads);
     println!("# npuhybrid CPU backend benchmark");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("cpu: {} ({})", cpu.info().name, cpu.info().driver);
     println!(
         "threads: ours {threads}, OpenBLAS {}",

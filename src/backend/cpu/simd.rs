@@ -1,9 +1,17 @@
 //! Runtime CPU-feature dispatch: the shipped library targets baseline x86-64, so hot loops
 //! are compiled a second time with AVX2+FMA enabled and picked when the CPU has them.
 
+/// Tests set this to run the portable fallbacks on a CPU that has AVX2.
+#[cfg(test)]
+pub(crate) static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// True when AVX2, FMA and F16C are present (checked once, cached by std).
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(test)]
+    if FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")
