@@ -91,7 +91,14 @@ impl OpenBlas {
     }
 
     /// Row-major C[m,n] = A[m,k] B[k,n] (B given as [n,k] when `trans_b`).
-    fn sgemm(&self, m: usize, n: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, trans_b: bool) {
+    fn sgemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        trans_b: bool,
+    ) {
         const ROW_MAJOR: c_int = 101;
         const NO_TRANS: c_int = 111;
         const TRANS: c_int = 112;
@@ -226,7 +233,7 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
             let mut runtime = || rt.submit(rt_op.clone()).unwrap().wait(None).unwrap();
             let mut theirs = || {
                 if let (DType::F32, Some(blas)) = (dtype, blas) {
-                    blas.sgemm(m, n, k, t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b)
+                    blas.sgemm((m, n, k), t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b)
                 }
             };
             let secs = median_alternating(5, 3.0 * budget, &mut [&mut backend, &mut runtime, &mut theirs]);
