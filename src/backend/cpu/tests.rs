@@ -459,6 +459,7 @@ fn rope_matches_reference_in_both_pairings() {
                 (&[5, 3, 8][..], Padded),
                 (&[2, 7, 4, 64][..], Dense),
                 (&[70, 2, 8][..], Dense),
+                (&[600, 1, 128][..], Dense),
             ] {
                 let p = OpParams {
                     rope_theta: 500.0,
