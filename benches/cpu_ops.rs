@@ -91,7 +91,14 @@ impl OpenBlas {
     }
 
     /// Row-major C[m,n] = A[m,k] B[k,n] (B given as [n,k] when `trans_b`).
-    fn sgemm(&self, m: usize, n: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, trans_b: bool) {
+    fn sgemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        trans_b: bool,
+    ) {
         const ROW_MAJOR: c_int = 101;
         const NO_TRANS: c_int = 111;
         const TRANS: c_int = 112;
@@ -179,6 +186,11 @@ impl Tensors {
     }
 }
 
+/// `NH_BENCH_ONLY=<text>` limits the cases to those whose label contains the text.
+fn selected(label: &str) -> bool {
+    std::env::var("NH_BENCH_ONLY").map_or(true, |only| label.contains(&only))
+}
+
 fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
     println!("\n## matmul (C = A B, row-major; GFLOP/s, median)\n");
     println!(
@@ -202,6 +214,9 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
         let flops = 2.0 * (m * n * k) as f64;
         let gflops = |secs: f64| flops / secs * 1e-9;
         let shape = format!("{m}x{k}x{n}{}", if trans_b { " (B^T)" } else { "" });
+        if !selected(&shape) {
+            continue;
+        }
         let mut f32_secs = 0.0;
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let mut t = Tensors::new();
@@ -218,7 +233,7 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
             let mut runtime = || rt.submit(rt_op.clone()).unwrap().wait(None).unwrap();
             let mut theirs = || {
                 if let (DType::F32, Some(blas)) = (dtype, blas) {
-                    blas.sgemm(m, n, k, t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b)
+                    blas.sgemm((m, n, k), t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b)
                 }
             };
             let secs = median_alternating(5, 3.0 * budget, &mut [&mut backend, &mut runtime, &mut theirs]);
@@ -302,6 +317,9 @@ fn bench_bandwidth(cpu: &CpuBackend) {
             ("softmax [rows, 1024]", OpKind::Softmax, DType::F16, OpParams::default(), false),
         ];
         for (name, kind, dtype, params, binary) in cases {
+            if !selected(name) {
+                continue;
+            }
             let mut t = Tensors::new();
             let shape: Vec<usize> =
                 if kind == OpKind::Rope { vec![elements / (8 * 128), 8, 128] } else { vec![rows, 1024] };
@@ -360,6 +378,8 @@ fn main() {
     .expect("runtime");
     let blas = OpenBlas::load(threads);
     println!("# npuhybrid CPU backend benchmark");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("cpu: {} ({})", cpu.info().name, cpu.info().driver);
     println!(
         "threads: ours {threads}, OpenBLAS {}",

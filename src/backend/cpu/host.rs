@@ -78,7 +78,7 @@ impl HostView {
         out
     }
 
-    /// A strided run of `len` elements starting at element offset `off`.
+    /// The elements from offset `off` on, `stride` apart (callers say how many they touch).
     pub fn run(&self, off: usize, stride: usize) -> Run {
         Run { ptr: self.ptr, dtype: self.dtype, off, stride }
     }

@@ -218,7 +218,7 @@ fn matmul_alpha_beta_bias_and_activations() {
                 (m, k, n),
                 p,
                 act != Activation::Relu,
-                [Dense, Dense, Padded],
+                [Dense, Dense, Transposed],
             );
         }
     }
@@ -277,7 +277,7 @@ fn matmul_half_precision_inputs_and_outputs() {
     let mut bench = Bench::new(4);
     for dt in [DType::F16, DType::BF16] {
         for out_dt in [dt, DType::F32] {
-            for &(m, k, n) in &[(1, 100, 50), (17, 33, 65), (96, 64, 80)] {
+            for &(m, k, n) in &[(1, 100, 50), (1, 37, 53), (1, 301, 203), (17, 33, 65), (96, 64, 80)] {
                 for (ta, tb) in [(false, false), (true, true)] {
                     let p = OpParams {
                         trans_a: ta,
@@ -459,6 +459,7 @@ fn rope_matches_reference_in_both_pairings() {
                 (&[5, 3, 8][..], Padded),
                 (&[2, 7, 4, 64][..], Dense),
                 (&[70, 2, 8][..], Dense),
+                (&[600, 1, 128][..], Dense),
             ] {
                 let p = OpParams {
                     rope_theta: 500.0,
@@ -616,4 +617,54 @@ fn cpu_backend_reports_itself_and_runs_on_its_pool() {
     cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
     let want = refr::binary(&tx, &ty, |a, b| a + b);
     assert_close(&bench.read(&z), &want, 1e-6, "tiny add on the backend");
+}
+
+/// The portable (non-AVX2) builds of every kernel give the same results. Other tests running
+/// meanwhile may take the portable paths too, which is harmless: both are correct.
+#[test]
+fn portable_fallbacks_match_reference() {
+    use super::simd::FORCE_PORTABLE;
+    use std::sync::atomic::Ordering;
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCE_PORTABLE.store(false, Ordering::Relaxed);
+        }
+    }
+    let _reset = Reset;
+    FORCE_PORTABLE.store(true, Ordering::Relaxed);
+    assert!(!super::simd::has_avx2_fma());
+
+    let mut bench = Bench::new(14);
+    for dt in FLOATS {
+        for &(m, k, n) in &[(1, 37, 53), (1, 301, 203), (40, 33, 65)] {
+            for tb in [false, true] {
+                let p = OpParams { trans_b: tb, activation: Activation::Gelu, ..Default::default() };
+                check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+            }
+        }
+        let (x, tx) = bench.input(dt, &[37, 130], Padded);
+        let out = bench.view(dt, &[37, 130], Dense);
+        for (kind, p) in [
+            (OpKind::Silu, OpParams::default()),
+            (OpKind::Gelu, OpParams { gelu_tanh: true, ..Default::default() }),
+        ] {
+            bench.run(&OpDesc::new(kind, &[x], out).with_params(p));
+            assert_close(
+                &bench.read(&out),
+                &refr::unary(&tx, unary_op(kind, &p)),
+                tol(dt),
+                &format!("portable {kind} {dt}"),
+            );
+        }
+        bench.run(&OpDesc::new(OpKind::Softmax, &[x], out));
+        assert_close(&bench.read(&out), &refr::softmax(&tx), tol(dt), &format!("portable softmax {dt}"));
+        bench.run(&OpDesc::new(OpKind::RmsNorm, &[x], out));
+        assert_close(
+            &bench.read(&out),
+            &refr::rmsnorm(&tx, None, 1e-5),
+            tol(dt),
+            &format!("portable rmsnorm {dt}"),
+        );
+    }
 }

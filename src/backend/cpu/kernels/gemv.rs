@@ -1,11 +1,14 @@
-//! Matrix-vector products (m = 1), which are memory bound: stream B once, split its columns
-//! across threads. Two layouts: B rows contiguous (y += a[k] * B[k, :], "axpy") or B columns
+//! Matrix-vector products (m = 1), which are memory bound: stream B once, split across
+//! threads. Two layouts: B rows contiguous (y += a[k] * B[k, :], "axpy") or B columns
 //! contiguous (y[j] = a . B[:, j], i.e. a transposed weight, "dot"). f16 / bf16 B is
-//! converted in L1-sized pieces as it streams, so it moves half the bytes of f32.
+//! converted in L1-sized pieces as it streams, so it moves half the bytes of f32. The inner
+//! loops are built twice (`dispatch_avx2!`): 8-lane AVX2 with fused multiply-adds, chosen at
+//! run time, and a portable baseline x86-64 fallback.
 
 use super::super::halfconv;
 use super::super::simd::dispatch_avx2;
 use super::iter::TASK_ELEMS;
+use super::math::madd;
 use super::matmul::{Gemm, Mat};
 use crate::op::DType;
 use half::{bf16, f16};
@@ -18,7 +21,7 @@ pub(super) fn streams(b: &Mat) -> bool {
 
 dispatch_avx2! {
     /// acc[j] += sum_k a[k] * B[k, j] for a block of columns; `b` points at B[0, block start].
-    fn axpy_block(acc: &mut [f32], a: &[f32], b: *const f32, rs: usize) {
+    fn axpy_block<FMA>(acc: &mut [f32], a: &[f32], b: *const f32, rs: usize) {
         let n = acc.len();
         // SAFETY: rows 0..a.len() of the block lie in B (validated view or scratch).
         let row = |kk: usize| unsafe { std::slice::from_raw_parts(b.add(kk * rs), n) };
@@ -27,14 +30,15 @@ dispatch_avx2! {
             let (b0, b1, b2, b3) = (row(kk), row(kk + 1), row(kk + 2), row(kk + 3));
             let (a0, a1, a2, a3) = (a[kk], a[kk + 1], a[kk + 2], a[kk + 3]);
             for j in 0..n {
-                acc[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+                let s = madd::<FMA>(a0, b0[j], madd::<FMA>(a1, b1[j], acc[j]));
+                acc[j] = madd::<FMA>(a2, b2[j], madd::<FMA>(a3, b3[j], s));
             }
             kk += 4;
         }
         while kk < a.len() {
             let (b0, a0) = (row(kk), a[kk]);
             for j in 0..n {
-                acc[j] += a0 * b0[j];
+                acc[j] = madd::<FMA>(a0, b0[j], acc[j]);
             }
             kk += 1;
         }
@@ -43,13 +47,13 @@ dispatch_avx2! {
 
 dispatch_avx2! {
     /// a . col with 16 independent accumulators (vectorises without fast-math).
-    fn dot(a: &[f32], col: &[f32]) -> f32 {
+    fn dot<FMA>(a: &[f32], col: &[f32]) -> f32 {
         let mut acc = [0.0f32; 16];
         let (ac, bc) = (a.chunks_exact(16), col.chunks_exact(16));
         let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
         for (x, y) in ac.zip(bc) {
             for i in 0..16 {
-                acc[i] += x[i] * y[i];
+                acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
             }
         }
         acc.iter().sum::<f32>() + tail
@@ -60,7 +64,7 @@ dispatch_avx2! {
 ///
 /// # Safety
 /// The elements lie inside B's validated view.
-unsafe fn convert_run(b: *const u8, dtype: DType, off: usize, dst: &mut [f32]) {
+unsafe fn convert_run(b: *mut u8, dtype: DType, off: usize, dst: &mut [f32]) {
     let n = dst.len();
     match dtype {
         DType::F16 => halfconv::f16_to_f32(std::slice::from_raw_parts((b as *const f16).add(off), n), dst),
@@ -69,49 +73,105 @@ unsafe fn convert_run(b: *const u8, dtype: DType, off: usize, dst: &mut [f32]) {
     }
 }
 
-/// Rows of B converted per step in the axpy form (with <= 512 columns: 32 KiB of scratch).
-const K_STEP: usize = 16;
-
-/// y = a . B[:, cols] for one block of columns.
-fn block(g: &Gemm, bi: usize, a: &[f32], cols: std::ops::Range<usize>, y: &mut [f32]) {
-    let (b, nb) = (&g.b, cols.len());
-    if g.b_dtype == DType::F32 {
-        let p = b.at(bi, 0, cols.start) as *const f32;
-        if b.cs == 1 {
-            axpy_block(y, a, p, b.rs);
-        } else {
-            for (j, o) in y.iter_mut().enumerate() {
-                // SAFETY: column j of the block is k contiguous elements of B.
-                *o = dot(a, unsafe { std::slice::from_raw_parts(p.add(j * b.cs), a.len()) });
+/// Row-contiguous B ("axpy" form): each task takes a range of k and streams whole rows of B,
+/// four at a time (four parallel memory streams, long runs the prefetcher follows), into its
+/// own partial y; the partial sums are added at the end. f16 / bf16 rows are converted in
+/// column chunks into L1-sized scratch first.
+fn rows_split(g: &Gemm, bi: usize, a: &[f32], n: usize) -> Vec<f32> {
+    const ROWS: usize = 4;
+    const CHUNK: usize = 1024;
+    let k = a.len();
+    let tasks = if k * n <= TASK_ELEMS { 1 } else { (rayon::current_num_threads() * 2).min(k.div_ceil(64)) };
+    let per_task = k.div_ceil(tasks).next_multiple_of(ROWS);
+    let b = &g.b;
+    let partial = |t: usize| {
+        let mut y = vec![0.0f32; n];
+        let mut scratch = vec![0.0f32; ROWS * CHUNK];
+        let ks = (t * per_task).min(k)..((t + 1) * per_task).min(k);
+        for k0 in ks.clone().step_by(ROWS) {
+            let kn = ROWS.min(ks.end - k0);
+            let a_rows = &a[k0..k0 + kn];
+            for c0 in (0..n).step_by(CHUNK) {
+                let cn = CHUNK.min(n - c0);
+                let y = &mut y[c0..c0 + cn];
+                if g.b_dtype == DType::F32 {
+                    axpy_block(y, a_rows, b.at(bi, k0, c0), b.rs);
+                } else if !half_rows_avx2(g, bi, a_rows, k0, c0, y) {
+                    for (i, row) in scratch.chunks_mut(cn).take(kn).enumerate() {
+                        // SAFETY: row k0 + i, columns c0.., lie in B (validated view).
+                        unsafe { convert_run(b.ptr.0, g.b_dtype, b.offset(bi, k0 + i, c0), row) };
+                    }
+                    axpy_block(y, a_rows, scratch.as_ptr(), cn);
+                }
             }
         }
-        return;
+        y
+    };
+    if tasks == 1 {
+        return partial(0);
     }
-    let base = b.ptr.0 as *const u8;
-    if b.cs == 1 {
-        let mut scratch = vec![0.0f32; K_STEP * nb];
-        for k0 in (0..a.len()).step_by(K_STEP) {
-            let kn = K_STEP.min(a.len() - k0);
-            for (i, row) in scratch.chunks_mut(nb).take(kn).enumerate() {
-                // SAFETY: row k0 + i of the block lies in B.
-                unsafe { convert_run(base, g.b_dtype, b.offset(bi, k0 + i, cols.start), row) };
-            }
-            axpy_block(y, &a[k0..k0 + kn], scratch.as_ptr(), nb);
-        }
-    } else {
-        let mut col = vec![0.0f32; a.len()];
-        for (j, o) in y.iter_mut().enumerate() {
-            // SAFETY: column cols.start + j lies in B, contiguous along k.
-            unsafe { convert_run(base, g.b_dtype, b.offset(bi, 0, cols.start + j), &mut col) };
-            *o = dot(a, &col);
-        }
+    let parts: Vec<Vec<f32>> = (0..tasks).into_par_iter().map(partial).collect();
+    let mut parts = parts.into_iter();
+    let mut y = parts.next().unwrap_or_default();
+    for p in parts {
+        y.iter_mut().zip(&p).for_each(|(y, p)| *y += p);
     }
+    y
 }
 
-/// Columns per task: enough tasks to balance, each short enough for L1 scratch.
-fn column_block(n: usize) -> usize {
-    let tasks = rayon::current_num_threads() * 4;
-    n.div_ceil(tasks).next_multiple_of(16).clamp(64, 512)
+/// y += a_rows . B[k0.., c0..] for f16 / bf16 B straight from memory (F16C / shifts, FMA),
+/// when the CPU has AVX2; false leaves it to the portable path.
+fn half_rows_avx2(g: &Gemm, bi: usize, a_rows: &[f32], k0: usize, c0: usize, y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::super::simd::has_avx2_fma() {
+        let b = &g.b;
+        let mut coef = [0.0f32; 4];
+        coef[..a_rows.len()].copy_from_slice(a_rows);
+        // Missing rows of a short group get coefficient 0 and repeat a valid row.
+        let rows: [*const u16; 4] = std::array::from_fn(|i| {
+            let row = k0 + i.min(a_rows.len() - 1);
+            (b.ptr.0 as *const u16).wrapping_add(b.offset(bi, row, c0))
+        });
+        // SAFETY: features detected; each row has y.len() elements from column c0 in B.
+        unsafe {
+            if g.b_dtype == DType::BF16 {
+                x86::axpy4_half::<true>(y, coef, rows)
+            } else {
+                x86::axpy4_half::<false>(y, coef, rows)
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// Column-contiguous B ("dot" form, transposed weights): columns split across tasks, each
+/// column one contiguous dot product over k.
+fn columns_split(g: &Gemm, bi: usize, a: &[f32], n: usize) -> Vec<f32> {
+    let k = a.len();
+    let b = &g.b;
+    let mut y = vec![0.0f32; n];
+    let nb = n.div_ceil(rayon::current_num_threads() * 4).max(16);
+    let block = |(t, ys): (usize, &mut [f32])| {
+        let mut col = vec![0.0f32; if g.b_dtype == DType::F32 { 0 } else { k }];
+        for (j, o) in ys.iter_mut().enumerate() {
+            let off = b.offset(bi, 0, t * nb + j);
+            *o = if g.b_dtype == DType::F32 {
+                // SAFETY: the column is k contiguous f32 elements of B.
+                dot(a, unsafe { std::slice::from_raw_parts((b.ptr.0 as *const f32).add(off), k) })
+            } else {
+                // SAFETY: the column is k contiguous elements of B.
+                unsafe { convert_run(b.ptr.0, g.b_dtype, off, &mut col) };
+                dot(a, &col)
+            };
+        }
+    };
+    if k * n <= TASK_ELEMS {
+        y.chunks_mut(nb).enumerate().for_each(block);
+    } else {
+        y.par_chunks_mut(nb).enumerate().for_each(block);
+    }
+    y
 }
 
 pub(super) fn gemv(g: &Gemm, batch: usize, n: usize) {
@@ -120,25 +180,54 @@ pub(super) fn gemv(g: &Gemm, batch: usize, n: usize) {
         let a0 = g.a.at(bi, 0, 0);
         // SAFETY: row 0 of op(A) has k elements at stride cs inside the validated view.
         let a: Vec<f32> = (0..k).map(|kk| unsafe { *a0.add(kk * g.a.cs) }).collect();
-        let nb = column_block(n);
-        let run_block = |t: usize| {
-            let cols = t * nb..((t + 1) * nb).min(n);
-            let mut y = vec![0.0f32; cols.len()];
-            block(g, bi, &a, cols.clone(), &mut y);
-            let c = g.c.at(bi, 0, cols.start);
-            for (j, v) in y.iter().enumerate() {
-                // SAFETY: this task owns these columns of C's only row.
-                unsafe {
-                    let dst = c.add(j * g.c.cs);
-                    *dst = if g.p.beta == 0.0 { g.p.alpha * v } else { g.p.alpha * v + g.p.beta * *dst };
-                }
+        let y = if g.b.cs == 1 { rows_split(g, bi, &a, n) } else { columns_split(g, bi, &a, n) };
+        let c = g.c.at(bi, 0, 0);
+        for (j, v) in y.iter().enumerate() {
+            // SAFETY: C's only row has n elements at stride cs.
+            unsafe {
+                let dst = c.add(j * g.c.cs);
+                *dst = if g.p.beta == 0.0 { g.p.alpha * v } else { g.p.alpha * v + g.p.beta * *dst };
             }
-            g.epilogue(bi, 0..1, cols);
-        };
-        if k * n <= TASK_ELEMS {
-            (0..n.div_ceil(nb)).for_each(run_block);
-        } else {
-            (0..n.div_ceil(nb)).into_par_iter().for_each(run_block);
+        }
+        g.epilogue(bi, 0..1, 0..n);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// acc[j] += sum_r coef[r] * row_r[j] over four rows of 16-bit floats (bf16 when `BF16`,
+    /// else f16), converted in registers: 8 columns per step, one FMA per row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy4_half<const BF16: bool>(acc: &mut [f32], coef: [f32; 4], rows: [*const u16; 4]) {
+        let n = acc.len();
+        let c = coef.map(|v| _mm256_set1_ps(v));
+        let mut j = 0;
+        while j + 8 <= n {
+            let mut y = _mm256_loadu_ps(acc.as_ptr().add(j));
+            for r in 0..4 {
+                let h = _mm_loadu_si128(rows[r].add(j) as *const __m128i);
+                let x = if BF16 {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                } else {
+                    _mm256_cvtph_ps(h)
+                };
+                y = _mm256_fmadd_ps(c[r], x, y);
+            }
+            _mm256_storeu_ps(acc.as_mut_ptr().add(j), y);
+            j += 8;
+        }
+        for (jj, out) in acc.iter_mut().enumerate().skip(j) {
+            for r in 0..4 {
+                let bits = *rows[r].add(jj);
+                let x = if BF16 {
+                    f32::from_bits((bits as u32) << 16)
+                } else {
+                    half::f16::from_bits(bits).to_f32()
+                };
+                *out += coef[r] * x;
+            }
         }
     }
 }

@@ -4,80 +4,94 @@
 
 use super::super::simd::dispatch_avx2;
 
+/// a * b + c: one fused instruction in the AVX2+FMA build, two plain ones otherwise.
+#[inline(always)]
+pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// e^x for x in f32 range (clamped: underflows to ~1e-38, no infinities). Cephes' expf.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub fn exp<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.3);
     // Round x*log2(e) to nearest with the 1.5*2^23 trick: afterwards the low mantissa bits
     // of `t` hold the integer n, so 2^n is built with integer ops (a saturating `as i32`
     // would not vectorise).
     const MAGIC: f32 = 12_582_912.0;
-    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let t = madd::<FMA>(x, std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
     let pow2n = f32::from_bits(((t.to_bits() as i32 - MAGIC.to_bits() as i32 + 127) as u32) << 23);
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let r = madd::<FMA>(n, 2.121_944_4e-4, madd::<FMA>(n, -0.693_359_4, x));
     let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
+    p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    p = madd::<FMA>(p, r, 0.5);
+    let e = madd::<FMA>(p, r * r, r + 1.0);
     e * pow2n
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7).
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub fn erf<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly =
-        t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp(-a * a);
+    let t = 1.0 / madd::<FMA>(0.327_591_1, a, 1.0);
+    let mut poly = 1.061_405_4;
+    poly = madd::<FMA>(poly, t, -1.453_152);
+    poly = madd::<FMA>(poly, t, 1.421_413_8);
+    poly = madd::<FMA>(poly, t, -0.284_496_74);
+    poly = madd::<FMA>(poly, t, 0.254_829_6);
+    let y = madd::<FMA>(-poly * t, exp::<FMA>(-a * a), 1.0);
     y.copysign(x)
 }
 
 #[inline(always)]
-pub fn tanh(x: f32) -> f32 {
-    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+pub fn tanh<const FMA: bool>(x: f32) -> f32 {
+    1.0 - 2.0 / (exp::<FMA>(2.0 * x) + 1.0)
 }
 
 #[inline(always)]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+pub fn silu<const FMA: bool>(x: f32) -> f32 {
+    x / (1.0 + exp::<FMA>(-x))
 }
 
 #[inline(always)]
-pub fn gelu_erf(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+pub fn gelu_erf<const FMA: bool>(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 #[inline(always)]
-pub fn gelu_tanh(x: f32) -> f32 {
+pub fn gelu_tanh<const FMA: bool>(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
+    let inner = SQRT_2_OVER_PI * madd::<FMA>(0.044_715 * x * x, x, x);
+    0.5 * x * (1.0 + tanh::<FMA>(inner))
 }
 
 dispatch_avx2! {
-    pub fn silu_slice(x: &mut [f32]) {
+    pub fn silu_slice<FMA>(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = silu(*v);
+            *v = silu::<FMA>(*v);
         }
     }
 }
 
 dispatch_avx2! {
-    pub fn gelu_slice(x: &mut [f32]) {
+    pub fn gelu_slice<FMA>(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = gelu_erf(*v);
+            *v = gelu_erf::<FMA>(*v);
         }
     }
 }
 
 dispatch_avx2! {
-    pub fn gelu_tanh_slice(x: &mut [f32]) {
+    pub fn gelu_tanh_slice<FMA>(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = gelu_tanh(*v);
+            *v = gelu_tanh::<FMA>(*v);
         }
     }
 }
@@ -140,12 +154,23 @@ mod tests {
         let mut worst = 0.0f64;
         for i in -8000..=8000 {
             let x = i as f32 * 0.01;
-            let rel = ((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            let rel = ((exp::<false>(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
             worst = worst.max(rel);
         }
         assert!(worst < 3e-7, "worst relative error {worst}");
-        assert!(exp(-200.0) < 1e-37);
-        assert!(exp(200.0).is_finite());
+        assert!(exp::<false>(-200.0) < 1e-37);
+        assert!(exp::<false>(200.0).is_finite());
+    }
+
+    #[test]
+    fn fused_and_plain_builds_agree() {
+        for i in -3000..=3000 {
+            let x = i as f32 * 0.01;
+            let (p, f) = (exp::<false>(x), exp::<true>(x));
+            assert!(((p - f) / p).abs() < 4e-7, "exp({x}): {p} vs {f}");
+            let (p, f) = (gelu_erf::<false>(x), gelu_erf::<true>(x));
+            assert!((p - f).abs() < 1e-6 * (1.0 + p.abs()), "gelu({x}): {p} vs {f}");
+        }
     }
 
     #[test]
@@ -154,13 +179,13 @@ mod tests {
             let x = i as f32 * 0.01;
             let xd = x as f64;
             let erf64 = libm_erf(xd);
-            let err = (erf(x) as f64 - erf64).abs();
+            let err = (erf::<false>(x) as f64 - erf64).abs();
             assert!(err < 4e-7, "erf({x}) off by {err}");
             let gelu64 = 0.5 * xd * (1.0 + libm_erf(xd / 2f64.sqrt()));
-            assert!((gelu_erf(x) as f64 - gelu64).abs() < 1e-6, "gelu({x})");
+            assert!((gelu_erf::<false>(x) as f64 - gelu64).abs() < 1e-6, "gelu({x})");
             let silu64 = xd / (1.0 + (-xd).exp());
-            assert!((silu(x) as f64 - silu64).abs() < 1e-6, "silu({x})");
-            assert!((tanh(x) as f64 - xd.tanh()).abs() < 1e-6, "tanh({x})");
+            assert!((silu::<false>(x) as f64 - silu64).abs() < 1e-6, "silu({x})");
+            assert!((tanh::<false>(x) as f64 - xd.tanh()).abs() < 1e-6, "tanh({x})");
         }
     }
 }

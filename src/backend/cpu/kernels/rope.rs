@@ -3,7 +3,10 @@
 //! row (GPT-NeoX / Llama) or neighbours (GPT-J, `interleaved`).
 
 use super::super::host::HostView;
+use super::super::simd::dispatch_avx2;
+use super::iter::TASK_ELEMS;
 use super::rows::map_rows;
+use rayon::prelude::*;
 
 pub struct RopeParams {
     pub theta: f32,
@@ -20,21 +23,47 @@ const RESYNC: usize = 32;
 fn angle_table(seq: usize, half: usize, p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
     let mut cos = vec![0.0f32; seq * half];
     let mut sin = vec![0.0f32; seq * half];
-    for i in 0..half {
-        let freq = (p.theta as f64).powf(-2.0 * i as f64 / (2 * half) as f64);
-        let (step_s, step_c) = freq.sin_cos();
-        let (mut s, mut c) = (0.0, 1.0);
-        for pos in 0..seq {
-            if pos % RESYNC == 0 {
-                (s, c) = ((p.position as f64 + pos as f64) * freq).sin_cos();
-            } else {
+    let inv_freq: Vec<f64> =
+        (0..half).map(|i| (p.theta as f64).powf(-2.0 * i as f64 / (2 * half) as f64)).collect();
+    // Each block of RESYNC positions starts from exact values, so blocks are independent.
+    let block = |(b, (cb, sb)): (usize, (&mut [f32], &mut [f32]))| {
+        for (i, f) in inv_freq.iter().enumerate() {
+            let (step_s, step_c) = f.sin_cos();
+            let (mut s, mut c) = ((p.position as f64 + (b * RESYNC) as f64) * f).sin_cos();
+            for pos in 0..cb.len() / half {
+                cb[pos * half + i] = c as f32;
+                sb[pos * half + i] = s as f32;
                 (s, c) = (s * step_c + c * step_s, c * step_c - s * step_s);
             }
-            cos[pos * half + i] = c as f32;
-            sin[pos * half + i] = s as f32;
         }
+    };
+    let chunk = RESYNC * half;
+    if seq * half <= TASK_ELEMS {
+        cos.chunks_mut(chunk).zip(sin.chunks_mut(chunk)).enumerate().for_each(block);
+    } else {
+        cos.par_chunks_mut(chunk).zip(sin.par_chunks_mut(chunk)).enumerate().for_each(block);
     }
     (cos, sin)
+}
+
+dispatch_avx2! {
+    /// Rotates one row in place by the angles whose cos / sin are `c` / `s`.
+    fn rotate_row(v: &mut [f32], c: &[f32], s: &[f32], interleaved: bool) {
+        if interleaved {
+            for ((pair, c), s) in v.chunks_exact_mut(2).zip(c).zip(s) {
+                let (x1, x2) = (pair[0], pair[1]);
+                pair[0] = x1 * c - x2 * s;
+                pair[1] = x1 * s + x2 * c;
+            }
+        } else {
+            let (lo, hi) = v.split_at_mut(c.len());
+            for (((x1, x2), c), s) in lo.iter_mut().zip(hi.iter_mut()).zip(c).zip(s) {
+                let (a, b) = (*x1, *x2);
+                *x1 = a * c - b * s;
+                *x2 = a * s + b * c;
+            }
+        }
+    }
 }
 
 pub fn rope(out: &HostView, x: &HostView, p: &RopeParams, in_place: bool) {
@@ -43,21 +72,8 @@ pub fn rope(out: &HostView, x: &HostView, p: &RopeParams, in_place: bool) {
     let half = dim / 2;
     let (cos, sin) = angle_table(seq, half, p);
     map_rows(out, x, in_place, |row, v| {
-        let s = (row / heads) % seq;
-        let (c, sn) = (&cos[s * half..][..half], &sin[s * half..][..half]);
-        if p.interleaved {
-            for (i, pair) in v.chunks_exact_mut(2).enumerate() {
-                let (x1, x2) = (pair[0], pair[1]);
-                pair[0] = x1 * c[i] - x2 * sn[i];
-                pair[1] = x1 * sn[i] + x2 * c[i];
-            }
-        } else {
-            let (lo, hi) = v.split_at_mut(half);
-            for i in 0..half {
-                let (x1, x2) = (lo[i], hi[i]);
-                lo[i] = x1 * c[i] - x2 * sn[i];
-                hi[i] = x1 * sn[i] + x2 * c[i];
-            }
-        }
+        let pos = (row / heads) % seq;
+        let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+        rotate_row(v, c, s, p.interleaved);
     });
 }

@@ -7,10 +7,10 @@ use super::rows::{map_rows, max, sum};
 
 dispatch_avx2! {
     /// softmax of one row in place: exp(x - max) / sum.
-    pub fn softmax_row(x: &mut [f32]) {
+    pub fn softmax_row<FMA>(x: &mut [f32]) {
         let m = max(x);
         for v in x.iter_mut() {
-            *v = math::exp(*v - m);
+            *v = math::exp::<FMA>(*v - m);
         }
         let inv = 1.0 / sum(x);
         for v in x.iter_mut() {
