@@ -91,9 +91,6 @@ impl XrtBackend {
             ("xrt".to_string(), format!("{version} ({})", api.library)),
             ("kernels".to_string(), dir.display().to_string()),
         ];
-        if let Some(l) = log {
-            details.push(("xrt log".into(), l.path().display().to_string()));
-        }
         for k in &kernels {
             let s = &k.spec;
             details.push((
