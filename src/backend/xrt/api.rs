@@ -180,7 +180,6 @@ pub fn load(coreutil: &[String], core: &[String]) -> Result<XrtApi, String> {
 /// through `/proc/self/fd/N`, so nothing is left on disk.
 pub struct XrtLog {
     file: File,
-    path: PathBuf,
     read: parking_lot::Mutex<u64>,
 }
 
@@ -194,19 +193,10 @@ impl XrtLog {
             return None;
         }
         let file = unsafe { File::from_raw_fd(fd) };
-        let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
         let key = CString::new("Runtime.runtime_log").ok()?;
-        let value = CString::new(path.to_str()?).ok()?;
-        (unsafe { set(key.as_ptr(), value.as_ptr()) } == 0).then(|| XrtLog {
-            file,
-            path,
-            read: parking_lot::Mutex::new(0),
-        })
-    }
-
-    /// Where XRT writes (readable from this process only).
-    pub fn path(&self) -> &Path {
-        &self.path
+        let value = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+        (unsafe { set(key.as_ptr(), value.as_ptr()) } == 0)
+            .then(|| XrtLog { file, read: parking_lot::Mutex::new(0) })
     }
 
     /// The error messages XRT logged since the last call, without timestamps.
