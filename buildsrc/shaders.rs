@@ -25,11 +25,20 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("matmul_f32", "matmul.comp", &[]),
     ("matmul_f16", "matmul.comp", &["F16", "OUT_F16"]),
     ("matmul_f16_f32", "matmul.comp", &["F16"]),
+    // Tile loaders fixed at compile time for row-major A and B ([K, N]: nn, [N, K]: nt).
+    ("matmul_f32_nn", "matmul.comp", &["A_MODE=2u", "B_MODE=3u"]),
+    ("matmul_f32_nt", "matmul.comp", &["A_MODE=2u", "B_MODE=2u"]),
+    ("matmul_f16_nn", "matmul.comp", &["F16", "OUT_F16", "A_MODE=2u", "B_MODE=3u"]),
+    ("matmul_f16_nt", "matmul.comp", &["F16", "OUT_F16", "A_MODE=2u", "B_MODE=2u"]),
+    ("matmul_f16_f32_nn", "matmul.comp", &["F16", "A_MODE=2u", "B_MODE=3u"]),
+    ("matmul_f16_f32_nt", "matmul.comp", &["F16", "A_MODE=2u", "B_MODE=2u"]),
     ("gemv_f32", "gemv.comp", &[]),
     ("gemv_f16", "gemv.comp", &["F16", "OUT_F16"]),
     ("gemv_f16_f32", "gemv.comp", &["F16"]),
-    ("coopmat_f16", "matmul_coopmat.comp", &["F16", "OUT_F16"]),
-    ("coopmat_f16_f32", "matmul_coopmat.comp", &["F16"]),
+    ("coopmat_f16_nn", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=3u"]),
+    ("coopmat_f16_nt", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=2u"]),
+    ("coopmat_f16_f32_nn", "matmul_coopmat.comp", &["F16", "B_MODE=3u"]),
+    ("coopmat_f16_f32_nt", "matmul_coopmat.comp", &["F16", "B_MODE=2u"]),
 ];
 
 pub fn run() {

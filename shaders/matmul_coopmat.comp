@@ -15,6 +15,12 @@ layout(set = 0, binding = 2) readonly buffer Bias { TO bias[]; };
 layout(set = 0, binding = 4) buffer C { TO c[]; };
 #include "matmul_params.glsl"
 
+#ifdef B_MODE
+#define BMODE B_MODE
+#else
+#define BMODE p.b_mode
+#endif
+
 #define BM 128u
 #define BN 128u
 #define BK 32u
@@ -28,48 +34,78 @@ shared float16_t As[BM * AS];
 shared float16_t Bs[BN * BSK > BK * BSN ? BN * BSK : BK * BSN];
 shared float scratch[8 * 256];
 
-f16vec4 ra[4];
-f16vec4 rb[4];
+f16vec4 ra0, ra1, ra2, ra3, rb0, rb1, rb2, rb3;
 
+f16vec4 ld_a(uint m0, uint k0, uint abase, uint e) {
+    uint gm = m0 + (e >> 3), gk = k0 + (e & 7u) * 4u;
+    return (gm < p.M && gk < p.K) ? a4[(abase + gm * p.a_rs + gk) >> 2] : f16vec4(0.0);
+}
+
+f16vec4 ld_b(uint n0, uint k0, uint bbase, uint e) {
+    if (BMODE == 3u) {
+        uint bk = k0 + (e >> 5), gn = n0 + (e & 31u) * 4u;
+        return (gn < p.N && bk < p.K) ? b4[(bbase + bk * p.b_ks + gn) >> 2] : f16vec4(0.0);
+    }
+    uint gn = n0 + (e >> 3), gk = k0 + (e & 7u) * 4u;
+    return (gn < p.N && gk < p.K) ? b4[(bbase + gn * p.b_ns + gk) >> 2] : f16vec4(0.0);
+}
+
+// 1024 vec4 per tile and operand, four per thread.
 void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
     uint t = gl_LocalInvocationID.x;
-    for (uint i = 0u; i < 4u; i++) {
-        uint e = t + i * 256u;                       // 1024 vec4 per tile
-        uint gm = m0 + (e >> 3), gk = k0 + (e & 7u) * 4u;
-        ra[i] = (gm < p.M && gk < p.K) ? a4[(abase + gm * p.a_rs + gk) >> 2] : f16vec4(0.0);
-        if (p.b_mode == 3u) {
-            uint bk = k0 + (e >> 5), gn = n0 + (e & 31u) * 4u;
-            rb[i] = (gn < p.N && bk < p.K) ? b4[(bbase + bk * p.b_ks + gn) >> 2] : f16vec4(0.0);
-        } else {
-            uint gn = n0 + (e >> 3);
-            rb[i] = (gn < p.N && gk < p.K) ? b4[(bbase + gn * p.b_ns + gk) >> 2] : f16vec4(0.0);
-        }
-    }
+    ra0 = ld_a(m0, k0, abase, t);
+    ra1 = ld_a(m0, k0, abase, t + 256u);
+    ra2 = ld_a(m0, k0, abase, t + 512u);
+    ra3 = ld_a(m0, k0, abase, t + 768u);
+    rb0 = ld_b(n0, k0, bbase, t);
+    rb1 = ld_b(n0, k0, bbase, t + 256u);
+    rb2 = ld_b(n0, k0, bbase, t + 512u);
+    rb3 = ld_b(n0, k0, bbase, t + 768u);
+}
+
+void put(uint e, f16vec4 va, f16vec4 vb) {
+    uint ai = (e >> 3) * AS + (e & 7u) * 4u;
+    uint bi = BMODE == 3u ? (e >> 5) * BSN + (e & 31u) * 4u : (e >> 3) * BSK + (e & 7u) * 4u;
+    As[ai] = va.x; As[ai + 1u] = va.y; As[ai + 2u] = va.z; As[ai + 3u] = va.w;
+    Bs[bi] = vb.x; Bs[bi + 1u] = vb.y; Bs[bi + 2u] = vb.z; Bs[bi + 3u] = vb.w;
 }
 
 void store() {
     uint t = gl_LocalInvocationID.x;
-    for (uint i = 0u; i < 4u; i++) {
-        uint e = t + i * 256u;
-        uint ai = (e >> 3) * AS + (e & 7u) * 4u;
-        uint bi = p.b_mode == 3u ? (e >> 5) * BSN + (e & 31u) * 4u : (e >> 3) * BSK + (e & 7u) * 4u;
-        for (uint q = 0u; q < 4u; q++) {
-            As[ai + q] = ra[i][q];
-            Bs[bi + q] = rb[i][q];
+    put(t, ra0, rb0);
+    put(t + 256u, ra1, rb1);
+    put(t + 512u, ra2, rb2);
+    put(t + 768u, ra3, rb3);
+}
+
+#define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
+#define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
+
+void epilogue_tile(CM32 acc, uint m, uint n, uint cbase, uint sbase, uint lane) {
+    coopMatStoreNV(acc, scratch, sbase, 16u, false);
+    subgroupMemoryBarrierShared();
+    subgroupBarrier();
+    for (uint e = lane; e < 256u; e += gl_SubgroupSize) {
+        uint gm = m + (e >> 4), gn = n + (e & 15u);
+        if (gm < p.M && gn < p.N) {
+            uint idx = cbase + gm * p.N + gn;
+            float old = p.beta != 0.0 ? float(c[idx]) : 0.0;
+            c[idx] = TO(epilogue(scratch[sbase + e], old, gn));
         }
     }
+    subgroupBarrier();
 }
 
 void main() {
     uint warp = gl_SubgroupID;
     uint lane = gl_SubgroupInvocationID;
     uint wm = (warp >> 2) * 64u, wn = (warp & 3u) * 32u;
-    uint n0 = gl_WorkGroupID.x * BN, m0 = gl_WorkGroupID.y * BM, z = gl_WorkGroupID.z;
+    uvec2 tile = tile_of_workgroup();
+    uint n0 = tile.x * BN, m0 = tile.y * BM, z = gl_WorkGroupID.z;
     uint abase = z * p.a_bs, bbase = z * p.b_bs;
 
-    fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> acc[4][2];
-    for (uint i = 0u; i < 4u; i++)
-        for (uint j = 0u; j < 2u; j++) acc[i][j] = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+    CM32 c00 = CM32(0.0), c01 = CM32(0.0), c10 = CM32(0.0), c11 = CM32(0.0);
+    CM32 c20 = CM32(0.0), c21 = CM32(0.0), c30 = CM32(0.0), c31 = CM32(0.0);
 
     load(m0, n0, 0u, abase, bbase);
     for (uint k0 = 0u; k0 < p.K; k0 += BK) {
@@ -78,36 +114,39 @@ void main() {
         barrier();
         if (k0 + BK < p.K) load(m0, n0, k0 + BK, abase, bbase);
         for (uint kk = 0u; kk < BK; kk += 16u) {
-            fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> fa[4];
-            fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> fb[2];
-            for (uint i = 0u; i < 4u; i++)
-                coopMatLoadNV(fa[i], As, (wm + i * 16u) * AS + kk, AS, false);
-            for (uint j = 0u; j < 2u; j++) {
-                if (p.b_mode == 3u) coopMatLoadNV(fb[j], Bs, kk * BSN + wn + j * 16u, BSN, false);
-                else coopMatLoadNV(fb[j], Bs, (wn + j * 16u) * BSK + kk, BSK, true);
+            CM16 a0, a1, a2, a3, b0, b1;
+            coopMatLoadNV(a0, As, wm * AS + kk, AS, false);
+            coopMatLoadNV(a1, As, (wm + 16u) * AS + kk, AS, false);
+            coopMatLoadNV(a2, As, (wm + 32u) * AS + kk, AS, false);
+            coopMatLoadNV(a3, As, (wm + 48u) * AS + kk, AS, false);
+            if (BMODE == 3u) {
+                coopMatLoadNV(b0, Bs, kk * BSN + wn, BSN, false);
+                coopMatLoadNV(b1, Bs, kk * BSN + wn + 16u, BSN, false);
+            } else {
+                coopMatLoadNV(b0, Bs, wn * BSK + kk, BSK, true);
+                coopMatLoadNV(b1, Bs, (wn + 16u) * BSK + kk, BSK, true);
             }
-            for (uint i = 0u; i < 4u; i++)
-                for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(fa[i], fb[j], acc[i][j]);
+            c00 = coopMatMulAddNV(a0, b0, c00);
+            c01 = coopMatMulAddNV(a0, b1, c01);
+            c10 = coopMatMulAddNV(a1, b0, c10);
+            c11 = coopMatMulAddNV(a1, b1, c11);
+            c20 = coopMatMulAddNV(a2, b0, c20);
+            c21 = coopMatMulAddNV(a2, b1, c21);
+            c30 = coopMatMulAddNV(a3, b0, c30);
+            c31 = coopMatMulAddNV(a3, b1, c31);
         }
     }
 
     // Epilogue per 16x16 fragment through this subgroup's scratch (bounds, bias, activation).
     uint cbase = z * p.M * p.N;
     uint sbase = warp * 256u;
-    for (uint i = 0u; i < 4u; i++) {
-        for (uint j = 0u; j < 2u; j++) {
-            coopMatStoreNV(acc[i][j], scratch, sbase, 16u, false);
-            subgroupMemoryBarrierShared();
-            subgroupBarrier();
-            for (uint e = lane; e < 256u; e += gl_SubgroupSize) {
-                uint gm = m0 + wm + i * 16u + (e >> 4), gn = n0 + wn + j * 16u + (e & 15u);
-                if (gm < p.M && gn < p.N) {
-                    uint idx = cbase + gm * p.N + gn;
-                    float old = p.beta != 0.0 ? float(c[idx]) : 0.0;
-                    c[idx] = TO(epilogue(scratch[sbase + e], old, gn));
-                }
-            }
-            subgroupBarrier();
-        }
-    }
+    uint m = m0 + wm, n = n0 + wn;
+    epilogue_tile(c00, m, n, cbase, sbase, lane);
+    epilogue_tile(c01, m, n + 16u, cbase, sbase, lane);
+    epilogue_tile(c10, m + 16u, n, cbase, sbase, lane);
+    epilogue_tile(c11, m + 16u, n + 16u, cbase, sbase, lane);
+    epilogue_tile(c20, m + 32u, n, cbase, sbase, lane);
+    epilogue_tile(c21, m + 32u, n + 16u, cbase, sbase, lane);
+    epilogue_tile(c30, m + 48u, n, cbase, sbase, lane);
+    epilogue_tile(c31, m + 48u, n + 16u, cbase, sbase, lane);
 }

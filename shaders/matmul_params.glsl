@@ -26,3 +26,16 @@ float epilogue(float acc, float old, uint n) {
     if ((p.flags & 1u) != 0u) v += float(bias[n]);
     return activate(v, (p.flags >> 1) & 3u, (p.flags & 8u) != 0u);
 }
+
+// Output tile (n, m) of this workgroup. Workgroups run roughly in launch order; walking
+// 8 tile rows per column (grouped order) keeps the A and B panels that run together small
+// enough to stay in L2, where row-major order streams all of B per tile row.
+uvec2 tile_of_workgroup() {
+    uint tiles_n = gl_NumWorkGroups.x, tiles_m = gl_NumWorkGroups.y;
+    uint id = gl_WorkGroupID.y * tiles_n + gl_WorkGroupID.x;
+    uint group = 8u * tiles_n;
+    uint first_m = (id / group) * 8u;
+    uint rows = min(tiles_m - first_m, 8u);
+    uint in_group = id % group;
+    return uvec2(in_group / rows, first_m + in_group % rows);
+}

@@ -87,6 +87,11 @@ impl Event {
         st.info.parts = parts;
     }
 
+    /// Whether a part already failed.
+    pub fn has_error(&self) -> bool {
+        self.0.state.lock().error.is_some()
+    }
+
     pub fn is_done(&self) -> bool {
         self.0.state.lock().remaining == 0
     }

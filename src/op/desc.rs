@@ -171,7 +171,8 @@ impl OpDesc {
 
     /// m, n, k, batch for matmuls (m x k times k x n); rows, columns for the rest.
     pub fn dims(&self) -> OpDims {
-        let bytes = self.views().map(|v| v.bytes()).sum();
+        // Broadcast views (stride 0) can each be near usize::MAX bytes: saturate the sum.
+        let bytes = self.views().map(|v| v.bytes()).fold(0, usize::saturating_add);
         let elements = self.output.numel();
         match self.kind {
             OpKind::Matmul => {

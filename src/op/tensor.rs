@@ -72,8 +72,9 @@ impl TensorView {
         if self.rank == 0 || self.rank > MAX_RANK {
             return Err(Error::invalid(format!("{what}: rank {} is not in 1..=4", self.rank)));
         }
+        // Element count and size in bytes (`bytes()`) must both fit in a usize.
         let mut numel: usize = 1;
-        for &d in self.dims() {
+        for &d in self.dims().iter().chain(&[self.dtype.size()]) {
             numel = numel
                 .checked_mul(d)
                 .ok_or_else(|| Error::invalid(format!("{what}: shape {:?} overflows", self.dims())))?;

@@ -239,8 +239,10 @@ impl Checker<'_> {
                     }
                 }
                 "pool" => {
-                    if let Some(n) = self.quantity_of(&s.key.name, &s.value, UnitKind::Bytes) {
-                        p.settings[class as usize].pool_bytes = Some(n as u64);
+                    let n = self.quantity_of(&s.key.name, &s.value, UnitKind::Bytes);
+                    let range = (0.0, (1u64 << 40) as f64, "from 0 B to 1 TiB");
+                    if let Some(n) = n.and_then(|n| self.in_range(&s.key.name, s.value.span(), n, range)) {
+                        p.settings[class as usize].pool_bytes = Some(n.round() as u64);
                     }
                 }
                 other => self.error(
@@ -264,8 +266,9 @@ impl Checker<'_> {
                     patch.degrade_after = self.count(&s.key.name, &s.value, 1, 1000).map(|n| n as u32)
                 }
                 "degrade_for" => {
-                    patch.degrade_for = self
-                        .quantity_of(&s.key.name, &s.value, UnitKind::Duration)
+                    let secs = self.quantity_of(&s.key.name, &s.value, UnitKind::Duration);
+                    patch.degrade_for = secs
+                        .and_then(|n| self.in_range(&s.key.name, s.value.span(), n, DURATION_RANGE))
                         .map(std::time::Duration::from_secs_f64)
                 }
                 other => self.error(
@@ -616,11 +619,16 @@ impl Checker<'_> {
                         }
                     };
                     let hold = match hold {
-                        Some(h) => self.unit_value("hold time", h, UnitKind::Duration),
+                        Some(h) => self
+                            .unit_value("hold time", h, UnitKind::Duration)
+                            .and_then(|n| self.in_range("hold time", h.span, n, DURATION_RANGE)),
                         None => Some(0.0),
                     };
                     if let (Some(class), Some((m, unit)), Some(hold)) = (class, metric_kind, hold) {
-                        if let Some(level_v) = self.unit_value(&metric.name, level, unit) {
+                        let level_v = self
+                            .unit_value(&metric.name, level, unit)
+                            .and_then(|n| self.in_range(&metric.name, level.span, n, level_range(m)));
+                        if let Some(level_v) = level_v {
                             trigger = Some((class, m, unit, level_v, level.clone(), hold));
                         }
                     }
@@ -668,7 +676,10 @@ impl Checker<'_> {
             );
             return None;
         };
-        let clear_v = self.unit_value(unit_metric_name(metric), &clear_q, unit)?;
+        let metric_name = unit_metric_name(metric);
+        let clear_v = self
+            .unit_value(metric_name, &clear_q, unit)
+            .and_then(|n| self.in_range(metric_name, clear_q.span, n, level_range(metric)))?;
         if clear_v >= trigger_v {
             self.error(
                 clear_q.span,
@@ -861,8 +872,28 @@ impl Checker<'_> {
         }
     }
 
+    /// `n` when inside `(lo, hi, range in words)`, else an error at `span`.
+    fn in_range(&mut self, field: &str, span: Span, n: f64, range: (f64, f64, &str)) -> Option<f64> {
+        let (lo, hi, words) = range;
+        if (lo..=hi).contains(&n) {
+            return Some(n);
+        }
+        let found = self.map.text(span).to_string();
+        self.error(span, format!("'{field}' must be {words}, found {found}"));
+        None
+    }
+
     fn plain_number(&mut self, field: &str, q: &Quantity) -> Option<f64> {
         self.unit_value(field, q, UnitKind::Count)
+    }
+}
+
+const DURATION_RANGE: (f64, f64, &str) = (0.0, 86400.0, "from 0 s to 1 day");
+
+fn level_range(m: ThermalMetric) -> (f64, f64, &'static str) {
+    match m {
+        ThermalMetric::TemperatureC => (-50.0, 200.0, "from -50 C to 200 C"),
+        ThermalMetric::PowerW => (0.0, 10000.0, "from 0 W to 10000 W"),
     }
 }
 

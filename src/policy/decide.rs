@@ -78,35 +78,37 @@ impl CompiledPolicy {
     /// The same decision as `decide`, by testing each rule's conditions in order, without
     /// the tables. Kept as the reference that tests compare the tables against.
     pub fn decide_by_rules(&self, q: &OpQuery) -> usize {
-        self.rules.iter().position(|r| first_failure(&r.def, q).is_none()).unwrap_or(self.implicit_index())
+        self.rules
+            .iter()
+            .position(|r| failing_condition(&r.def, q).is_none())
+            .unwrap_or(self.implicit_index())
     }
 }
 
 /// Why a rule does not match `q`: the first condition that fails, as a sentence; `None` when
 /// it matches.
 pub(super) fn first_failure(rule: &RuleDef, q: &OpQuery) -> Option<String> {
+    failing_condition(rule, q).map(|c| failure_text(c, q))
+}
+
+/// The first condition of `rule` that `q` fails. Allocates nothing.
+fn failing_condition<'r>(rule: &'r RuleDef, q: &OpQuery) -> Option<&'r Condition> {
     let f = features(&q.dims);
-    for c in &rule.conditions {
-        let fails = match c {
-            Condition::Ops(mask) => mask & super::program::op_bit(q.kind) == 0,
-            Condition::DTypes(mask) => mask & super::program::dtype_bit(q.dtype) == 0,
-            Condition::Size { feature, cmp, value, .. } => {
-                let v = f[*feature as usize];
-                !match cmp {
-                    super::ast::Cmp::Eq => v == *value,
-                    super::ast::Cmp::Lt => v < *value,
-                    super::ast::Cmp::Le => v <= *value,
-                    super::ast::Cmp::Gt => v > *value,
-                    super::ast::Cmp::Ge | super::ast::Cmp::In => v >= *value,
-                }
+    rule.conditions.iter().find(|c| match c {
+        Condition::Ops(mask) => mask & super::program::op_bit(q.kind) == 0,
+        Condition::DTypes(mask) => mask & super::program::dtype_bit(q.dtype) == 0,
+        Condition::Size { feature, cmp, value, .. } => {
+            let v = f[*feature as usize];
+            !match cmp {
+                super::ast::Cmp::Eq => v == *value,
+                super::ast::Cmp::Lt => v < *value,
+                super::ast::Cmp::Le => v <= *value,
+                super::ast::Cmp::Gt => v > *value,
+                super::ast::Cmp::Ge | super::ast::Cmp::In => v >= *value,
             }
-            Condition::Tag { key, values } => !q.tags.get(key).is_some_and(|v| values.iter().any(|x| x == v)),
-        };
-        if fails {
-            return Some(failure_text(c, q));
         }
-    }
-    None
+        Condition::Tag { key, values } => !q.tags.get(key).is_some_and(|v| values.iter().any(|x| x == v)),
+    })
 }
 
 fn failure_text(c: &Condition, q: &OpQuery) -> String {

@@ -63,3 +63,6 @@ impl<'a> OpQuery<'a> {
         OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,14 +25,18 @@ pub fn parse(map: &SourceMap, file: u32, report: &mut Reporter) -> Option<Policy
             Some(PolicyFile { items })
         }
         Err(err) => {
-            let pos = match err.location {
+            let rule_pos = match err.location {
                 InputLocation::Pos(p) => p,
                 InputLocation::Span((s, _)) => s,
             };
+            // The furthest point the parser reached, past blanks: where the text goes wrong.
+            let furthest = err.parse_attempts().map_or(rule_pos, |a| a.max_position);
+            let pos = furthest.max(rule_pos);
+            let pos = pos + text[pos..].len() - text[pos..].trim_start_matches([' ', '\t']).len();
             let found = found_at(text, pos);
             let span =
                 Span { file, start: pos as u32, end: (pos + found.len().max(1)).min(text.len()) as u32 };
-            let expected = expected_list(&err);
+            let expected = expected_list(&err, rule_pos >= furthest);
             let found = match found {
                 "" => "the end of the file".to_string(),
                 "\n" | "\r\n" => "the end of the line".to_string(),
@@ -65,11 +69,13 @@ fn found_at(text: &str, pos: usize) -> &str {
     rest.chars().next().map_or("", |c| &rest[..c.len_utf8()])
 }
 
-/// What the parser would have accepted, in words a policy author knows.
-fn expected_list(err: &pest::error::Error<Rule>) -> String {
+/// What the parser would have accepted, in words a policy author knows. The rules pest
+/// names apply only where it stopped trying rules, so they are used only when that is the
+/// furthest point.
+fn expected_list(err: &pest::error::Error<Rule>, with_rules: bool) -> String {
     let mut items: Vec<String> = Vec::new();
     if let pest::error::ErrorVariant::ParsingError { positives, .. } = &err.variant {
-        for r in positives {
+        for r in positives.iter().filter(|_| with_rules) {
             if let Some(name) = rule_name(*r) {
                 items.push(name.to_string());
             }
@@ -77,11 +83,13 @@ fn expected_list(err: &pest::error::Error<Rule>) -> String {
     }
     if let Some(attempts) = err.parse_attempts() {
         for token in attempts.expected_tokens() {
-            // Literal tokens of the grammar; not character ranges or built-in rules.
+            // Literal tokens of the grammar; not character ranges, built-in rules or blanks.
             let token = token.to_string();
-            let literal = !token.contains("..") && token != "BUILTIN_RULE";
-            if literal && !matches!(token.as_str(), "-" | "." | "#" | "\"") {
-                items.push(format!("'{}'", token.escape_debug()));
+            match token.as_str() {
+                "\n" => items.push("a line break".to_string()),
+                "BUILTIN_RULE" | " " | "\t" | "\r" | "\r\n" | "-" | "." | "#" | "\"" | "_" | "[" => {}
+                t if t.contains("..") => {}
+                t => items.push(format!("'{t}'")),
             }
         }
     }

@@ -32,6 +32,9 @@ use std::time::Instant;
 /// Ops predicted to take less than this on a host device run on the submitting thread when
 /// that device is idle: a thread hand-off would cost more than the op.
 const INLINE_BELOW_NS: f64 = 20_000.0;
+/// Submission blocks while this many ops are unfinished (backpressure: a caller far ahead
+/// of the devices waits instead of queueing without bound).
+pub const MAX_OPS_IN_FLIGHT: usize = 4096;
 /// A matmul is split only if every part gets at least this many rows/columns.
 const MIN_SPLIT_EXTENT: usize = 16;
 
@@ -64,6 +67,7 @@ pub struct Scheduler {
     hazards: Mutex<HazardTracker>,
     pub trace: Trace,
     pub counters: Counters,
+    /// Unfinished ops; `drained` is notified when it reaches 0 or drops below the limit.
     in_flight: Mutex<usize>,
     drained: Condvar,
     next_task: AtomicU64,
@@ -121,8 +125,14 @@ impl Scheduler {
     pub fn submit(self: &Arc<Self>, op: OpDesc, mem: OpMemory, policy: Arc<CompiledPolicy>, event: Event) {
         let id = self.next_task.fetch_add(1, Ordering::Relaxed);
         let task = Arc::new(Task::new(id, op, mem, event, policy));
+        {
+            let mut n = self.in_flight.lock();
+            while *n >= MAX_OPS_IN_FLIGHT {
+                self.drained.wait(&mut n);
+            }
+            *n += 1;
+        }
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        *self.in_flight.lock() += 1;
         let waits = self.hazards.lock().register(&task);
         if waits == 0 {
             self.dispatch(task, true);
@@ -394,7 +404,8 @@ impl Scheduler {
         device.load.failures.fetch_add(1, Ordering::Relaxed);
         let streak = device.load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let lost = matches!(err, Error::DeviceLost(_));
-        if lost || streak >= fallback.degrade_after.max(1) {
+        let degrade = lost || streak >= fallback.degrade_after.max(1);
+        if degrade {
             let mut until = device.load.degraded_until.lock();
             if until.is_none() {
                 log::warn!(
@@ -412,7 +423,7 @@ impl Scheduler {
             "fault",
             json!({"op": job.op.kind.name(), "error": err.to_string()}),
         );
-        if !lost && job.attempts_here < fallback.retries {
+        if !degrade && job.attempts_here < fallback.retries {
             job.attempts_here += 1;
             self.enqueue(job, false);
             return;
@@ -448,12 +459,12 @@ impl Scheduler {
             return;
         }
         let dependents = self.hazards.lock().retire(task);
+        // Count before completing the event, so a waiter that wakes sees the counters.
+        let failed = result.is_err() || task.event.has_error();
+        let counter = if failed { &self.counters.failed } else { &self.counters.completed };
+        counter.fetch_add(1, Ordering::Relaxed);
         task.event.complete_part(result, info);
         let (outcome, _) = task.event.outcome();
-        match &outcome {
-            Ok(()) => self.counters.completed.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.counters.failed.fetch_add(1, Ordering::Relaxed),
-        };
         for dep in dependents {
             if let Err(e) = &outcome {
                 dep.failed_input.lock().get_or_insert_with(|| {
@@ -466,7 +477,7 @@ impl Scheduler {
         }
         let mut n = self.in_flight.lock();
         *n -= 1;
-        if *n == 0 {
+        if *n == 0 || *n + 1 == MAX_OPS_IN_FLIGHT {
             self.drained.notify_all();
         }
     }

@@ -3,11 +3,13 @@
 //! Every kernel computes in f32. Views of other dtypes or with a non-unit inner stride go
 //! through small scratch blocks; dense f32 views are used in place.
 
+use super::halfconv;
+use super::scratch::Scratch;
 use crate::backend::OpMemory;
 use crate::error::Result;
 use crate::op::{DType, TensorView, MAX_RANK};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 /// A raw pointer that may cross rayon tasks. Tasks only touch disjoint elements of outputs,
 /// which the op's validation (no overlap unless the very same view) makes possible.
@@ -129,7 +131,7 @@ impl Run {
             DType::F16 => {
                 let p = (self.ptr.0 as *const f16).add(self.off);
                 if s == 1 {
-                    std::slice::from_raw_parts(p, n).convert_to_f32_slice(dst);
+                    halfconv::f16_to_f32(std::slice::from_raw_parts(p, n), dst);
                 } else {
                     for (i, d) in dst.iter_mut().enumerate() {
                         *d = (*p.add(i * s)).to_f32();
@@ -139,7 +141,7 @@ impl Run {
             DType::BF16 => {
                 let p = (self.ptr.0 as *const bf16).add(self.off);
                 if s == 1 {
-                    std::slice::from_raw_parts(p, n).convert_to_f32_slice(dst);
+                    halfconv::bf16_to_f32(std::slice::from_raw_parts(p, n), dst);
                 } else {
                     for (i, d) in dst.iter_mut().enumerate() {
                         *d = (*p.add(i * s)).to_f32();
@@ -182,7 +184,7 @@ impl Run {
             DType::F16 => {
                 let p = (self.ptr.0 as *mut f16).add(self.off);
                 if s == 1 {
-                    std::slice::from_raw_parts_mut(p, n).convert_from_f32_slice(src);
+                    halfconv::f32_to_f16(src, std::slice::from_raw_parts_mut(p, n));
                 } else {
                     for (i, v) in src.iter().enumerate() {
                         *p.add(i * s) = f16::from_f32(*v);
@@ -192,7 +194,7 @@ impl Run {
             DType::BF16 => {
                 let p = (self.ptr.0 as *mut bf16).add(self.off);
                 if s == 1 {
-                    std::slice::from_raw_parts_mut(p, n).convert_from_f32_slice(src);
+                    halfconv::f32_to_bf16(src, std::slice::from_raw_parts_mut(p, n));
                 } else {
                     for (i, v) in src.iter().enumerate() {
                         *p.add(i * s) = bf16::from_f32(*v);
@@ -215,12 +217,37 @@ impl Run {
     }
 }
 
-/// Loads a whole (small) view densely as f32, e.g. a norm weight or a bias.
-pub(crate) fn load_dense(view: &HostView) -> Vec<f32> {
-    let mut out = vec![0.0; view.rows() * view.last()];
-    for (r, row) in out.chunks_mut(view.last()).enumerate() {
-        // SAFETY: the view was validated against its buffer.
-        unsafe { view.run(view.row_offset(r), view.col_stride()).load(row) };
+/// Loads a whole view densely (row-major) as f32, converting rows in parallel.
+pub(crate) fn load_dense(view: &HostView) -> Scratch {
+    let len = view.last();
+    let mut out = Scratch::new(view.rows() * len);
+    let rows_per_task = (32 * 1024 / len).max(1);
+    let load_rows = |(t, chunk): (usize, &mut [f32])| {
+        for (i, row) in chunk.chunks_mut(len).enumerate() {
+            let r = t * rows_per_task + i;
+            // SAFETY: the view was validated against its buffer.
+            unsafe { view.run(view.row_offset(r), view.col_stride()).load(row) };
+        }
+    };
+    if out.len() <= rows_per_task * len {
+        load_rows((0, &mut out));
+    } else {
+        out.par_chunks_mut(rows_per_task * len).enumerate().for_each(load_rows);
     }
     out
+}
+
+/// A dense row-major f32 copy of a view, and a view describing it.
+pub(crate) struct DenseCopy {
+    _data: Scratch,
+    pub view: HostView,
+}
+
+pub(crate) fn dense_copy(v: &HostView) -> DenseCopy {
+    let mut data = load_dense(v);
+    let mut view = *v;
+    view.dtype = DType::F32;
+    view.ptr = SendPtr(data.as_mut_ptr() as *mut u8);
+    view.strides = crate::op::dense_strides(v.dims());
+    DenseCopy { _data: data, view }
 }

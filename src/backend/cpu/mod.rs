@@ -1,10 +1,12 @@
 //! CPU backend: every op on the host, parallel on a rayon pool of its own.
 
+mod halfconv;
 mod host;
 mod info;
 mod kernels;
 #[cfg(test)]
 mod reference;
+mod scratch;
 pub(crate) mod simd;
 #[cfg(test)]
 mod tests;
@@ -83,6 +85,17 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
     Ok(())
 }
 
+/// Ops small enough that every kernel runs them on the calling thread (below the kernels'
+/// parallel thresholds), so they need no trip through the pool.
+fn runs_serially(op: &OpDesc) -> bool {
+    let work = match op.kind {
+        OpKind::Matmul => op.flops() as usize / 2,
+        OpKind::Attention => op.flops() as usize / 4,
+        _ => op.output.numel(),
+    };
+    work <= kernels::iter::TASK_ELEMS
+}
+
 /// The host CPU as a device, with its own rayon pool.
 pub struct CpuBackend {
     info: DeviceInfo,
@@ -112,7 +125,12 @@ impl Backend for CpuBackend {
     }
 
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
-        self.pool.install(|| execute_on_host(op, mem))?;
+        if runs_serially(op) {
+            // Waking a pool thread costs more than the op itself.
+            execute_on_host(op, mem)?;
+        } else {
+            self.pool.install(|| execute_on_host(op, mem))?;
+        }
         Ok(ExecReport::default())
     }
 }

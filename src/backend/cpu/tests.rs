@@ -48,8 +48,13 @@ unsafe fn read_elem(p: *const u8, dt: DType, i: usize) -> f64 {
     }
 }
 
-fn elem_offset(view: &TensorView, idx: &[usize]) -> usize {
-    idx.iter().zip(view.strides()).map(|(i, s)| i * s).sum()
+/// Element offsets of every element of the view, in row-major logical order.
+fn elem_offsets(view: &TensorView) -> Vec<usize> {
+    let mut offs = vec![0usize];
+    for (&d, &s) in view.dims().iter().zip(view.strides()) {
+        offs = offs.iter().flat_map(|&o| (0..d).map(move |i| o + i * s)).collect();
+    }
+    offs
 }
 
 impl Bench {
@@ -101,9 +106,9 @@ impl Bench {
                 _ => self.rng.random_range(-1.0..1.0),
             })
             .collect();
-        for (i, &x) in vals.iter().enumerate() {
-            let off = elem_offset(&v, &unravel(i, shape));
-            unsafe { write_elem(self.buffer(&v).as_ptr().add(v.offset), dt, off, x) };
+        let base = unsafe { self.buffer(&v).as_ptr().add(v.offset) };
+        for (&off, &x) in elem_offsets(&v).iter().zip(&vals) {
+            unsafe { write_elem(base, dt, off, x) };
         }
         let stored = self.read(&v);
         (v, stored)
@@ -111,9 +116,7 @@ impl Bench {
 
     fn read(&self, v: &TensorView) -> T {
         let base = unsafe { self.buffer(v).as_ptr().add(v.offset) };
-        let data = (0..v.numel())
-            .map(|i| unsafe { read_elem(base, v.dtype, elem_offset(v, &unravel(i, v.dims()))) })
-            .collect();
+        let data = elem_offsets(v).iter().map(|&off| unsafe { read_elem(base, v.dtype, off) }).collect();
         T::new(v.dims(), data)
     }
 
@@ -451,9 +454,12 @@ fn rope_matches_reference_in_both_pairings() {
     let mut bench = Bench::new(9);
     for dt in FLOATS {
         for interleaved in [false, true] {
-            for (shape, layout) in
-                [(&[1, 1, 2][..], Dense), (&[5, 3, 8][..], Padded), (&[2, 7, 4, 64][..], Dense)]
-            {
+            for (shape, layout) in [
+                (&[1, 1, 2][..], Dense),
+                (&[5, 3, 8][..], Padded),
+                (&[2, 7, 4, 64][..], Dense),
+                (&[70, 2, 8][..], Dense),
+            ] {
                 let p = OpParams {
                     rope_theta: 500.0,
                     rope_position: 37,
@@ -505,12 +511,22 @@ fn attention_matches_reference() {
             scale: 0.0,
         },
         Case { q: &[2, 8, 64, 64], kv: &[2, 2, 80, 64], mask: None, causal: true, kv_len: 70, scale: 0.0 },
+        // Two query blocks, a broadcast mask, keys stored transposed in the Padded round.
+        Case {
+            q: &[1, 2, 100, 16],
+            kv: &[1, 1, 130, 16],
+            mask: Some(&[100, 130]),
+            causal: true,
+            kv_len: 120,
+            scale: 0.0,
+        },
     ];
     for dt in FLOATS {
         for (ci, c) in cases.iter().enumerate() {
             for layout in [Dense, Padded] {
                 let (q, tq) = bench.input(dt, c.q, layout);
-                let (k, tk) = bench.input(dt, c.kv, Dense);
+                let k_layout = if layout == Padded { Transposed } else { Dense };
+                let (k, tk) = bench.input(dt, c.kv, k_layout);
                 let (v, tv) = bench.input(dt, c.kv, layout);
                 let mask = c.mask.map(|s| bench.input(dt, s, Dense));
                 let out = bench.view(dt, c.q, Padded);
@@ -590,4 +606,14 @@ fn cpu_backend_reports_itself_and_runs_on_its_pool() {
     cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
     let want = refr::matmul(&ta, &tb, None, &T::zeros(&[64, 64]), &OpParams::default());
     assert_close(&bench.read(&out), &want, 1e-4, "matmul on the backend");
+
+    // Tiny ops run on the calling thread instead of the pool; same results.
+    let (x, tx) = bench.input(DType::F32, &[16], Dense);
+    let (y, ty) = bench.input(DType::F32, &[16], Dense);
+    let z = bench.view(DType::F32, &[16], Dense);
+    let op = OpDesc::new(OpKind::Add, &[x, y], z);
+    assert!(super::runs_serially(&op));
+    cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+    let want = refr::binary(&tx, &ty, |a, b| a + b);
+    assert_close(&bench.read(&z), &want, 1e-6, "tiny add on the backend");
 }

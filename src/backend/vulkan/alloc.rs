@@ -60,6 +60,7 @@ impl RangeAllocator {
         self.free.len() == 1 && self.free[0] == (0, self.capacity)
     }
 
+    #[cfg(test)]
     pub fn free_bytes(&self) -> u64 {
         self.free.iter().map(|&(_, s)| s).sum()
     }
@@ -157,10 +158,6 @@ impl Heap {
             reserved: 0,
             ctx,
         })
-    }
-
-    pub fn host_visible(&self) -> bool {
-        self.host_visible
     }
 
     pub fn allocate(&mut self, size: u64) -> Result<Allocation> {
@@ -264,11 +261,6 @@ impl Heap {
             d.free_memory(b.memory, None);
         }
         self.reserved = self.reserved.saturating_sub(b.bytes);
-    }
-
-    /// Bytes handed out to allocations.
-    pub fn used(&self) -> u64 {
-        self.blocks.iter().flatten().map(|b| b.ranges.capacity - b.ranges.free_bytes()).sum()
     }
 }
 

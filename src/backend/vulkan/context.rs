@@ -21,6 +21,8 @@ pub fn vk_err(what: &str, r: vk::Result) -> Error {
 
 /// The loader and instance, shared by every device opened from them and destroyed last.
 pub struct Instance {
+    /// Keeps the loader library loaded while the instance lives.
+    #[allow(dead_code)]
     pub entry: ash::Entry,
     pub instance: ash::Instance,
 }
@@ -210,8 +212,9 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
 
 /// An open logical device with its compute queue.
 pub struct Context {
-    pub inst: Arc<Instance>,
-    pub pdev: vk::PhysicalDevice,
+    /// Keeps the instance alive until the device is destroyed.
+    #[allow(dead_code)]
+    inst: Arc<Instance>,
     pub device: ash::Device,
     pub queue: vk::Queue,
     pub caps: Capabilities,
@@ -255,7 +258,7 @@ impl Context {
         let device = unsafe { inst.instance.create_device(pdev, &info, None) }
             .map_err(|e| vk_err("vkCreateDevice", e))?;
         let queue = unsafe { device.get_device_queue(caps.queue_family, 0) };
-        Ok(Context { inst, pdev, device, queue, caps, f16, coopmat })
+        Ok(Context { inst, device, queue, caps, f16, coopmat })
     }
 }
 

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 pub use pipelines::cache_dir;
+pub use submit::Stats;
 
 pub struct VulkanBackend {
     info: DeviceInfo,
@@ -115,9 +116,14 @@ impl VulkanBackend {
         self.features.coopmat
     }
 
-    /// Bytes held by replicas and by device memory blocks.
-    pub fn memory_stats(&self) -> (u64, u64) {
-        self.state.lock().memory_stats()
+    /// Replica, memory and upload counters.
+    pub fn stats(&self) -> Stats {
+        self.state.lock().stats()
+    }
+
+    /// Where the pipeline cache is saved (None without a cache directory).
+    pub fn pipeline_cache_file(&self) -> Option<std::path::PathBuf> {
+        self.state.lock().pipelines.cache_file().cloned()
     }
 
     /// Upper bound for replicas kept between ops (default: half of device memory).

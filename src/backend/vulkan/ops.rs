@@ -206,8 +206,8 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     let (b_ks, b_ns) = if p.trans_b { (1, k) } else { (n, 1) };
     let a_bs = if batch_of(a) == 1 { 0 } else { m * k };
     let b_bs = if batch_of(b) == 1 { 0 } else { k * n };
-    let flags =
-        usize::from(op.input(2).is_some()) | (p.activation as usize) << 1 | usize::from(p.gelu_tanh) << 3;
+    // `gelu_tanh` belongs to the gelu op; a fused GELU is the erf form, as on the CPU.
+    let flags = usize::from(op.input(2).is_some()) | (p.activation as usize) << 1;
     let in16 = a.dtype == DType::F16;
     let out16 = op.output.dtype == DType::F16;
     let variant = match (in16, out16) {
@@ -235,12 +235,13 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     };
     if m == 1 && f.subgroup_arithmetic {
         let vec = if in16 { 8 } else { 4 };
+        // Outputs per workgroup: 32 columns ([K, N] weights) or 8 rows ([N, K] weights).
         let (b_mode, groups) = if !p.trans_b {
-            (SCALAR_ROW, n.div_ceil(64))
+            (SCALAR_ROW, n.div_ceil(32))
         } else if k % vec == 0 {
-            (VEC_K, n)
+            (VEC_K, n.div_ceil(8))
         } else {
-            (SCALAR_K, n)
+            (SCALAR_K, n.div_ceil(8))
         };
         let mut g = fold(groups);
         g[2] = batch as u32;
@@ -252,9 +253,9 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     }
     let groups = [n.div_ceil(128) as u32, m.div_ceil(128) as u32, batch as u32];
     if in16 && f.coopmat && !p.trans_a && k % 4 == 0 && (p.trans_b || n % 4 == 0) {
-        let b_mode = if p.trans_b { VEC_K } else { VEC_ROW };
+        let (b_mode, layout) = if p.trans_b { (VEC_K, "nt") } else { (VEC_ROW, "nn") };
         return Ok(Step::Dispatch {
-            shader: shader_name(&format!("coopmat_{variant}")),
+            shader: shader_name(&format!("coopmat_{variant}_{layout}")),
             push: push(VEC_K, b_mode),
             groups,
         });
@@ -271,8 +272,14 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
         (false, _, true) => VEC_ROW,
         (false, _, false) => SCALAR_ROW,
     };
+    // Variants with the loaders fixed at compile time for the common layouts.
+    let layout = match (a_mode, b_mode) {
+        (VEC_K, VEC_ROW) => "_nn",
+        (VEC_K, VEC_K) => "_nt",
+        _ => "",
+    };
     Ok(Step::Dispatch {
-        shader: shader_name(&format!("matmul_{variant}")),
+        shader: shader_name(&format!("matmul_{variant}{layout}")),
         push: push(a_mode, b_mode),
         groups,
     })
@@ -316,7 +323,7 @@ mod tests {
     fn broadcast_strides_zero_the_broadcast_dims() {
         assert_eq!(broadcast_strides(&[3], [1, 2, 4, 3]), [3, 0, 0, 1]);
         assert_eq!(broadcast_strides(&[4, 1], [1, 2, 4, 3]), [4, 0, 1, 0]);
-        assert_eq!(broadcast_strides(&[2, 4, 3], [1, 2, 4, 3]), [12, 12, 3, 1]);
+        assert_eq!(broadcast_strides(&[2, 4, 3], [1, 2, 4, 3]), [24, 12, 3, 1]);
     }
 
     #[test]
@@ -337,7 +344,8 @@ mod tests {
             op.params.trans_b = trans_b;
             op
         };
-        for dt in [DType::F32, DType::F16] {
+        for (dt, coopmat) in [(DType::F32, false), (DType::F16, false), (DType::F16, true)] {
+            let f = Features { f16: true, coopmat, subgroup_arithmetic: true };
             for m in [1, 5] {
                 for t in [false, true] {
                     let Step::Dispatch { shader, .. } = plan(&mk(dt, m, t), f).unwrap() else {

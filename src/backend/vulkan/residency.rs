@@ -139,6 +139,7 @@ impl<A: Copy> ResidencyCache<A> {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -40,6 +40,8 @@ pub struct State {
     budget: u64,
     /// Set after a device loss or a hung submission; every later call fails.
     lost: Option<String>,
+    /// Bytes copied from host views to the device so far.
+    uploaded: u64,
     /// A submission timed out: the GPU may still use its memory, so none is freed.
     hung: bool,
 }
@@ -152,13 +154,19 @@ impl State {
             budget,
             lost: None,
             hung: false,
+            uploaded: 0,
             ctx,
         })
     }
 
-    /// Device memory held by replicas and by the pool's blocks.
-    pub fn memory_stats(&self) -> (u64, u64) {
-        (self.residency.bytes(), self.device_heap.reserved)
+    pub fn stats(&self) -> Stats {
+        Stats {
+            replicas: self.residency.len(),
+            replica_bytes: self.residency.bytes(),
+            reserved_bytes: self.device_heap.reserved,
+            uploaded_bytes: self.uploaded,
+            submissions: self.timeline_value,
+        }
     }
 
     pub fn set_budget(&mut self, bytes: u64) {
@@ -304,6 +312,7 @@ impl State {
     fn upload(&mut self, v: &TensorView, mem: &OpMemory, seg: &mut Segment) -> Result<Allocation> {
         let bytes = v.bytes();
         let dst = self.alloc_device(bytes as u64)?;
+        self.uploaded += bytes as u64;
         let src = mem.ptr(v)?;
         if dst.mapped.is_some() {
             unsafe { pack::pack(v, src, dst.bytes_mut(bytes)) };
@@ -561,6 +570,20 @@ impl State {
         self.free_all(evicted);
         Ok(())
     }
+}
+
+/// Counters for tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Host views with a current copy in device memory.
+    pub replicas: usize,
+    pub replica_bytes: u64,
+    /// Device memory held in pool blocks.
+    pub reserved_bytes: u64,
+    /// Bytes uploaded from host views since the backend opened.
+    pub uploaded_bytes: u64,
+    /// Command buffers submitted.
+    pub submissions: u64,
 }
 
 /// Makes every earlier shader or transfer write visible to every later read or write.

@@ -1,13 +1,17 @@
 //! Scaled dot-product attention: q [.., H, Sq, D], k / v [.., Hkv, Skv, D] (grouped-query:
 //! q head h reads kv head h / (H / Hkv)), the first `kv_len` keys valid, causal rows where
 //! query i sits at absolute position kv_len - Sq + i, and an optional additive mask.
+//!
+//! Each task takes a block of query rows of one head: S = scale * Q K^T and O = P V are two
+//! sgemm calls on the strided views, with the mask and the row softmax in between.
 
-use super::super::host::{load_dense, HostView};
-use super::super::simd::dispatch_avx2;
-use super::iter::for_each_row;
-use super::math;
-use super::rows::{max, sum};
-use crate::op::{dense_strides, DType};
+use super::super::host::{dense_copy, DenseCopy, HostView};
+use super::super::scratch::Scratch;
+use super::iter::TASK_ELEMS;
+use super::matmul::store_dense;
+use super::softmax::softmax_row;
+use crate::op::DType;
+use rayon::prelude::*;
 
 pub struct AttentionParams {
     pub causal: bool,
@@ -17,71 +21,49 @@ pub struct AttentionParams {
     pub kv_len: usize,
 }
 
-/// K or V with every row dense f32 (converted once when the view is not).
-struct Rows {
-    _data: Option<Vec<f32>>,
-    view: HostView,
-}
+/// Query rows per task: S for the block stays in L2 for typical key lengths.
+const Q_BLOCK: usize = 64;
 
-fn dense_rows(v: &HostView) -> Rows {
-    if v.dtype == DType::F32 && v.col_stride() == 1 {
-        return Rows { _data: None, view: *v };
+/// An f32 view of `v` (a converted copy when it is f16 / bf16).
+fn as_f32(v: &HostView) -> (HostView, Option<DenseCopy>) {
+    if v.dtype == DType::F32 {
+        return (*v, None);
     }
-    let mut data = load_dense(v);
-    let mut view = *v;
-    view.dtype = DType::F32;
-    view.ptr.0 = data.as_mut_ptr() as *mut u8;
-    view.strides = dense_strides(v.dims());
-    Rows { _data: Some(data), view }
+    let copy = dense_copy(v);
+    (copy.view, Some(copy))
 }
 
-/// Keys and values of one kv head: row j at `k + j * k_rs` (dense, head_dim long).
-#[derive(Clone, Copy)]
-struct KvHead {
-    k: *const f32,
-    k_rs: usize,
-    v: *const f32,
-    v_rs: usize,
+/// Element offset of (batch b, head h) in a [.., heads, seq, dim] view.
+fn head_offset(v: &HostView, b: usize, h: usize) -> usize {
+    let r = v.rank;
+    let batch = if r == 4 { b * v.strides[0] } else { 0 };
+    batch + h * v.strides[r - 3]
 }
 
-dispatch_avx2! {
-    /// One query row: scores over `scores.len()` keys, softmax, weighted sum of values.
-    fn attend_row(
-        q: &[f32],
-        kv: KvHead,
-        mask: Option<&[f32]>,
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let d = q.len();
-        for (j, s) in scores.iter_mut().enumerate() {
-            // SAFETY: key j < kv_len lies in the validated K view, rows dense.
-            let kr = unsafe { std::slice::from_raw_parts(kv.k.add(j * kv.k_rs), d) };
-            let mut acc = [0.0f32; 8];
-            let (qc, kc) = (q.chunks_exact(8), kr.chunks_exact(8));
-            let tail: f32 = qc.remainder().iter().zip(kc.remainder()).map(|(a, b)| a * b).sum();
-            for (a, b) in qc.zip(kc) {
-                for i in 0..8 {
-                    acc[i] += a[i] * b[i];
-                }
-            }
-            *s = (acc.iter().sum::<f32>() + tail) * scale;
-        }
-        if let Some(mask) = mask {
-            scores.iter_mut().zip(mask).for_each(|(s, m)| *s += m);
-        }
-        let m = max(scores);
-        scores.iter_mut().for_each(|s| *s = math::exp(*s - m));
-        let inv = 1.0 / sum(scores);
-        out.fill(0.0);
-        for (j, p) in scores.iter().enumerate() {
-            // SAFETY: as for keys.
-            let vr = unsafe { std::slice::from_raw_parts(kv.v.add(j * kv.v_rs), d) };
-            let p = p * inv;
-            out.iter_mut().zip(vr).for_each(|(o, x)| *o += p * x);
-        }
-    }
+/// A strided f32 matrix for sgemm: pointer, row stride, column stride.
+type Strided = (*mut f32, usize, usize);
+
+/// C[m, n] = alpha * A[m, k] B[k, n] (C's old values ignored).
+///
+/// # Safety
+/// Every pointer and stride must address valid f32 matrices of the given sizes.
+unsafe fn sgemm((m, k, n): (usize, usize, usize), alpha: f32, a: Strided, b: Strided, c: Strided) {
+    matrixmultiply::sgemm(
+        m,
+        k,
+        n,
+        alpha,
+        a.0,
+        a.1 as isize,
+        a.2 as isize,
+        b.0,
+        b.1 as isize,
+        b.2 as isize,
+        0.0,
+        c.0,
+        c.1 as isize,
+        c.2 as isize,
+    );
 }
 
 pub fn attention(
@@ -95,51 +77,74 @@ pub fn attention(
     let r = q.rank;
     let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
     let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
+    let batch = if r == 4 { q.shape[0] } else { 1 };
     let group = h / hkv;
     let kv_len = if p.kv_len == 0 { skv } else { p.kv_len };
     let scale = if p.scale == 0.0 { 1.0 / (d as f32).sqrt() } else { p.scale };
-    let (kr, vr) = (dense_rows(k), dense_rows(v));
-    let (k, v) = (&kr.view, &vr.view);
+    let ((q, _qc), (k, _kc), (v, _vc)) = (as_f32(q), as_f32(k), as_f32(v));
+    let (o, oc) = as_f32(out);
     // Mask strides over the full score shape [.., H, Sq, Skv], 0 where it broadcasts.
     let score_dims: Vec<usize> = [&q.dims()[..r - 1], &[skv]].concat();
     let mask_strides = mask.map(|m| m.broadcast_strides(&score_dims));
 
-    // One task item per query row (.., head, i), same order as q's rows.
-    for_each_row(q.rows(), d * kv_len, |row| {
-        let i = row % sq;
-        let head = (row / sq) % h;
-        let b = row / (sq * h);
-        let keys = if p.causal { kv_len - sq + i + 1 } else { kv_len };
-        let kv_head = head / group;
-        let kv_off = |t: &HostView| {
-            let base = if r == 4 { b * t.strides[0] } else { 0 };
-            base + kv_head * t.strides[r - 3]
-        };
-        let mut qv = vec![0.0f32; d];
-        let mut scores = vec![0.0f32; keys];
-        let mut o = vec![0.0f32; d];
-        let mask_row = mask.zip(mask_strides).map(|(m, st)| {
-            let mut idx = [b, head, i, 0];
-            if r == 3 {
-                idx = [head, i, 0, 0];
-            }
-            let off: usize = idx.iter().zip(&st).map(|(x, s)| x * s).sum();
-            let mut vals = vec![0.0f32; keys];
-            // SAFETY: the mask view is validated and broadcasts to the score shape.
-            unsafe { m.run(off, st[r - 1]).load(&mut vals) };
-            vals
-        });
-        // SAFETY: rows of validated views; each output row is written by one task only.
+    let blocks = sq.div_ceil(Q_BLOCK);
+    let task = |t: usize| {
+        let (bh, blk) = (t / blocks, t % blocks);
+        let (b, head) = (bh / h, bh % h);
+        let rows = blk * Q_BLOCK..((blk + 1) * Q_BLOCK).min(sq);
+        let m = rows.len();
+        // Keys row i may see; the block computes scores for its last row's keys.
+        let keys = |i: usize| if p.causal { kv_len - sq + i + 1 } else { kv_len };
+        let n = keys(rows.end - 1);
+        let mut s = Scratch::new(m * n);
+        let at = |x: &HostView, off: usize| (x.ptr.0 as *mut f32).wrapping_add(off);
+        let qm = at(&q, head_offset(&q, b, head) + rows.start * q.strides[r - 2]);
+        let km = at(&k, head_offset(&k, b, head / group));
+        let vm = at(&v, head_offset(&v, b, head / group));
+        let om = at(&o, head_offset(&o, b, head) + rows.start * o.strides[r - 2]);
+        // SAFETY: offsets and strides come from validated views (or dense copies of them);
+        // K^T is K with its strides swapped.
         unsafe {
-            q.run(q.row_offset(row), q.col_stride()).load(&mut qv);
-            let kv = KvHead {
-                k: (k.ptr.0 as *const f32).add(kv_off(k)),
-                k_rs: k.strides[r - 2],
-                v: (v.ptr.0 as *const f32).add(kv_off(v)),
-                v_rs: v.strides[r - 2],
-            };
-            attend_row(&qv, kv, mask_row.as_deref(), scale, &mut scores, &mut o);
-            out.run(out.row_offset(row), out.col_stride()).store(&o);
+            sgemm(
+                (m, d, n),
+                scale,
+                (qm, q.strides[r - 2], q.strides[r - 1]),
+                (km, k.strides[r - 1], k.strides[r - 2]),
+                (s.as_mut_ptr(), n, 1),
+            );
         }
-    });
+        for (ri, row) in s.chunks_mut(n).enumerate() {
+            let i = rows.start + ri;
+            if let (Some(mv), Some(st)) = (mask, mask_strides.as_ref()) {
+                let idx = if r == 4 { [b, head, i, 0] } else { [head, i, 0, 0] };
+                let off: usize = idx.iter().zip(st).map(|(x, s)| x * s).sum();
+                let mut vals = Scratch::new(n);
+                // SAFETY: the mask view is validated and broadcasts to the score shape.
+                unsafe { mv.run(off, st[r - 1]).load(&mut vals) };
+                row.iter_mut().zip(vals.iter()).for_each(|(x, m)| *x += m);
+            }
+            let (seen, hidden) = row.split_at_mut(keys(i));
+            softmax_row(seen);
+            hidden.fill(0.0);
+        }
+        // SAFETY: as above; this task alone writes these output rows.
+        unsafe {
+            sgemm(
+                (m, n, d),
+                1.0,
+                (s.as_mut_ptr(), n, 1),
+                (vm, v.strides[r - 2], v.strides[r - 1]),
+                (om, o.strides[r - 2], o.strides[r - 1]),
+            );
+        }
+    };
+    let tasks = batch * h * blocks;
+    if batch * h * sq * kv_len * d <= TASK_ELEMS {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+    if let Some(oc) = oc {
+        store_dense(out, &oc.view);
+    }
 }

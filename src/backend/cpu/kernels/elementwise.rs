@@ -40,14 +40,7 @@ fn apply_binary(op: Binary, x: &mut [f32], b: &[f32]) {
 ///
 /// # Safety
 /// `out` and `a` are runs of validated views; `a` either does not overlap `out` or is it.
-unsafe fn with_slot(
-    out: Run,
-    a: Run,
-    a_is_out: bool,
-    n: usize,
-    scratch: &mut [f32; BLOCK],
-    f: impl FnOnce(&mut [f32]),
-) {
+unsafe fn with_slot(out: Run, a: Run, a_is_out: bool, n: usize, f: impl FnOnce(&mut [f32])) {
     match out.as_f32_mut(n) {
         Some(slot) => {
             if !a_is_out {
@@ -56,6 +49,7 @@ unsafe fn with_slot(
             f(slot);
         }
         None => {
+            let mut scratch = [0.0f32; BLOCK];
             let slot = &mut scratch[..n];
             a.load(slot);
             f(slot);
@@ -66,9 +60,8 @@ unsafe fn with_slot(
 
 pub fn unary(op: Unary, out: &HostView, a: &HostView, in_place: bool) {
     for_each_block(out, a, None, |o, a, _, n| {
-        let mut scratch = [0.0f32; BLOCK];
         // SAFETY: runs come from validated views; blocks of different tasks are disjoint.
-        unsafe { with_slot(o, a, in_place, n, &mut scratch, |x| apply_unary(op, x)) };
+        unsafe { with_slot(o, a, in_place, n, |x| apply_unary(op, x)) };
     });
 }
 
@@ -76,19 +69,29 @@ pub fn unary(op: Unary, out: &HostView, a: &HostView, in_place: bool) {
 pub fn binary(op: Binary, out: &HostView, a: &HostView, b: &HostView, a_is_out: bool, b_is_out: bool) {
     for_each_block(out, a, Some(b), |o, a, b, n| {
         let b = b.expect("binary op has b");
-        let mut scratch = [0.0f32; BLOCK];
-        let mut b_scratch = [0.0f32; BLOCK];
         // SAFETY: as in `unary`; b is copied out first when it is the output, so writing the
         // output cannot change it.
         unsafe {
+            // Dense f32 operands that are not the output: one pass, out = a op b.
+            if !a_is_out && !b_is_out {
+                if let (Some(ov), Some(av), Some(bv)) = (o.as_f32_mut(n), a.as_f32(n), b.as_f32(n)) {
+                    match op {
+                        Binary::Add => math::add3_slice(ov, av, bv),
+                        Binary::Mul => math::mul3_slice(ov, av, bv),
+                    }
+                    return;
+                }
+            }
+            let mut b_scratch;
             let b_vals: &[f32] = match b.as_f32(n) {
                 Some(direct) if !b_is_out => direct,
                 _ => {
+                    b_scratch = [0.0f32; BLOCK];
                     b.load(&mut b_scratch[..n]);
                     &b_scratch[..n]
                 }
             };
-            with_slot(o, a, a_is_out, n, &mut scratch, |x| apply_binary(op, x, b_vals));
+            with_slot(o, a, a_is_out, n, |x| apply_binary(op, x, b_vals));
         }
     });
 }

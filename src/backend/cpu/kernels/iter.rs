@@ -7,7 +7,7 @@ use crate::op::MAX_RANK;
 use rayon::prelude::*;
 
 /// Elements per rayon task: big enough to hide scheduling, small enough to balance.
-const TASK_ELEMS: usize = 32 * 1024;
+pub const TASK_ELEMS: usize = 32 * 1024;
 /// Elements per block handed to the callback (its scratch fits in L1).
 pub const BLOCK: usize = 1024;
 

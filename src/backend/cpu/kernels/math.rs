@@ -8,8 +8,13 @@ use super::super::simd::dispatch_avx2;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.3);
-    // Round x*log2(e) to nearest with the 1.5*2^23 trick, which vectorises as one add.
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round x*log2(e) to nearest with the 1.5*2^23 trick: afterwards the low mantissa bits
+    // of `t` hold the integer n, so 2^n is built with integer ops (a saturating `as i32`
+    // would not vectorise).
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let pow2n = f32::from_bits(((t.to_bits() as i32 - MAGIC.to_bits() as i32 + 127) as u32) << 23);
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_199_9e-3;
@@ -18,7 +23,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e * pow2n
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7).
@@ -97,6 +102,22 @@ dispatch_avx2! {
     pub fn add_slice(x: &mut [f32], b: &[f32]) {
         for (v, b) in x.iter_mut().zip(b) {
             *v += *b;
+        }
+    }
+}
+
+dispatch_avx2! {
+    pub fn add3_slice(out: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+            *o = *a + *b;
+        }
+    }
+}
+
+dispatch_avx2! {
+    pub fn mul3_slice(out: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+            *o = *a * *b;
         }
     }
 }

@@ -3,7 +3,7 @@
 //! threading is coarse and slow at small sizes (FACTS.md), and rayon keeps one pool per device.
 //! f16 / bf16 operands are converted to f32 once (F16C through `half`), accumulation is f32.
 
-use super::super::host::{load_dense, HostView, SendPtr};
+use super::super::host::{dense_copy, load_dense, HostView, SendPtr};
 use super::gemv;
 use super::math;
 use crate::op::{Activation, DType, MAX_RANK};
@@ -66,66 +66,56 @@ impl Mat {
         off
     }
 
-    /// f32 pointer to element (i, j) of batch `b`.
+    /// Element offset of (i, j) in batch `b`.
+    pub fn offset(&self, b: usize, i: usize, j: usize) -> usize {
+        self.batch_offset(b) + i * self.rs + j * self.cs
+    }
+
+    /// f32 pointer to element (i, j) of batch `b` (for f32 operands).
     pub fn at(&self, b: usize, i: usize, j: usize) -> *mut f32 {
         // SAFETY (of later use): validated views keep every such element inside the buffer.
-        unsafe { (self.ptr.0 as *mut f32).add(self.batch_offset(b) + i * self.rs + j * self.cs) }
+        unsafe { (self.ptr.0 as *mut f32).add(self.offset(b, i, j)) }
     }
 }
 
-/// A dense f32 copy of a view (same logical shape), for f16 / bf16 operands.
-struct Converted {
-    data: Vec<f32>,
-    view: HostView,
-}
-
-fn to_f32(v: &HostView) -> Converted {
-    let mut data = load_dense(v);
-    let mut view = *v;
-    view.dtype = DType::F32;
-    view.ptr = SendPtr(data.as_mut_ptr() as *mut u8);
-    view.strides = crate::op::dense_strides(v.dims());
-    Converted { data, view }
-}
-
 pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: MatmulParams) {
-    let ca = (a.dtype != DType::F32).then(|| to_f32(a));
-    let cb = (b.dtype != DType::F32).then(|| to_f32(b));
+    let m = out.shape[out.rank - 2];
+    // GEMV streams B once and converts it on the fly; everything else converts up front.
+    let gemv_b = m == 1 && gemv::streams(&Mat::new(b, p.trans_b));
+    let ca = (a.dtype != DType::F32).then(|| dense_copy(a));
+    let cb = (b.dtype != DType::F32 && !gemv_b).then(|| dense_copy(b));
     let a = ca.as_ref().map(|c| &c.view).unwrap_or(a);
     let b = cb.as_ref().map(|c| &c.view).unwrap_or(b);
-    // f16 / bf16 outputs are computed in f32 and rounded once at the end.
-    let mut cc = (out.dtype != DType::F32).then(|| {
-        let mut c = to_f32(out);
-        if p.beta == 0.0 {
-            c.data.fill(0.0);
-        }
-        c
-    });
+    // f16 / bf16 outputs are computed in f32 (from C's old values, for beta) and rounded
+    // once at the end.
+    let cc = (out.dtype != DType::F32).then(|| dense_copy(out));
     let c = cc.as_ref().map(|c| c.view).unwrap_or(*out);
     let bias = bias.map(load_dense);
 
     let r = c.rank;
-    let (m, n) = (c.shape[r - 2], c.shape[r - 1]);
+    let n = c.shape[r - 1];
     let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
     let batch: usize = c.shape[..r - 2].iter().product();
     let ma = Mat::new(a, p.trans_a);
     let mb = Mat::new(b, p.trans_b);
     let mc = Mat::new(&c, false);
-    let gemm = Gemm { a: ma, b: mb, c: mc, k, p, bias: bias.as_deref() };
+    let gemm = Gemm { a: ma, b: mb, b_dtype: b.dtype, c: mc, k, p, bias: bias.as_deref() };
 
-    if m == 1 && gemv::applies(&gemm) {
+    if gemv_b {
         gemv::gemv(&gemm, batch, n);
     } else {
         gemm.run_all(batch, m, n);
     }
-    if let Some(cc) = cc.as_mut() {
-        store_dense(out, &cc.data);
+    if let Some(cc) = cc.as_ref() {
+        store_dense(out, &cc.view);
     }
 }
 
 /// Writes a dense f32 array into a (possibly strided, lower-precision) view.
-fn store_dense(out: &HostView, data: &[f32]) {
+pub(super) fn store_dense(out: &HostView, dense: &HostView) {
     let len = out.last();
+    // SAFETY: `dense` describes a live dense copy of `out`'s shape.
+    let data = unsafe { std::slice::from_raw_parts(dense.ptr.0 as *const f32, out.rows() * len) };
     super::iter::for_each_row(out.rows(), len, |r| {
         // SAFETY: row r of a validated output view, written by this task only.
         unsafe { out.run(out.row_offset(r), out.col_stride()).store(&data[r * len..][..len]) }
@@ -135,6 +125,8 @@ fn store_dense(out: &HostView, data: &[f32]) {
 pub(super) struct Gemm<'a> {
     pub a: Mat,
     pub b: Mat,
+    /// f32 except when a GEMV streams an f16 / bf16 B directly.
+    pub b_dtype: DType,
     pub c: Mat,
     pub k: usize,
     pub p: MatmulParams,

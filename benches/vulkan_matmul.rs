@@ -1,0 +1,150 @@
+//! Vulkan matmul and GEMV throughput, timed by GPU timestamps (the kernel alone, like CUDA
+//! events around a cuBLAS call), median of the runs. Each case is checked on sampled
+//! elements against f64 dot products on the host before it is timed.
+//!
+//! cargo bench --bench vulkan_matmul [-- --quick]
+//! Prints one `RESULT` line per case; `benches/vulkan_torch_baseline.py` prints the cuBLAS
+//! figures for the same cases on the same GPU.
+
+use half::f16;
+use npuhybrid::backend::vulkan::VulkanBackend;
+use npuhybrid::backend::{Backend, OpMemory};
+use npuhybrid::memory::{Buffer, HostPool};
+use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, TensorView};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+struct Case {
+    name: String,
+    dt: DType,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_b: bool,
+}
+
+fn buffer(pool: &Arc<HostPool>, id: u64, bytes: usize) -> Arc<Buffer> {
+    Arc::new(Buffer::pooled(id, pool.alloc(bytes).unwrap(), bytes))
+}
+
+fn fill(b: &Buffer, dt: DType, vals: &[f32]) {
+    let bytes: Vec<u8> = match dt {
+        DType::F16 => vals.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+        _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    b.write(0, &bytes).unwrap();
+}
+
+fn read(b: &Buffer, dt: DType, i: usize) -> f64 {
+    let mut x = vec![0u8; dt.size()];
+    b.read(i * dt.size(), &mut x).unwrap();
+    match dt {
+        DType::F16 => f16::from_le_bytes([x[0], x[1]]).to_f64(),
+        _ => f32::from_le_bytes(x.try_into().unwrap()) as f64,
+    }
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) {
+    let pool = HostPool::new(0);
+    let es = c.dt.size();
+    let (m, k, n) = (c.m, c.k, c.n);
+    let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let bv: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let (a, b, out) =
+        (buffer(&pool, 1, m * k * es), buffer(&pool, 2, k * n * es), buffer(&pool, 3, m * n * es));
+    fill(&a, c.dt, &av);
+    fill(&b, c.dt, &bv);
+    let bshape = if c.trans_b { [n, k] } else { [k, n] };
+    let op = OpDesc::new(
+        OpKind::Matmul,
+        &[TensorView::contiguous(1, c.dt, &[m, k], 0), TensorView::contiguous(2, c.dt, &bshape, 0)],
+        TensorView::contiguous(3, c.dt, &[m, n], 0),
+    )
+    .with_params(OpParams { trans_b: c.trans_b, ..OpParams::default() });
+    let mem = OpMemory::new(vec![a.clone(), b.clone(), out.clone()]);
+    gpu.execute(&op, &mem).expect("first run");
+    // Check sampled outputs against f64 dot products of the rounded inputs.
+    let (ar, br): (Vec<f64>, Vec<f64>) =
+        ((0..m * k).map(|i| read(&a, c.dt, i)).collect(), (0..k * n).map(|i| read(&b, c.dt, i)).collect());
+    let mut worst = 0.0f64;
+    for _ in 0..64 {
+        let (i, j) = (rng.random_range(0..m), rng.random_range(0..n));
+        let want: f64 = (0..k)
+            .map(|p| {
+                let bij = if c.trans_b { br[j * k + p] } else { br[p * n + j] };
+                ar[i * k + p] * bij
+            })
+            .sum();
+        let got = read(&out, c.dt, i * n + j);
+        worst = worst.max((got - want).abs() / (k as f64).sqrt());
+    }
+    let limit = if c.dt == DType::F16 { 2e-2 } else { 1e-4 };
+    let ok = worst < limit;
+    for _ in 0..3 {
+        gpu.execute(&op, &mem).unwrap();
+    }
+    let times: Vec<u64> =
+        (0..iters).map(|_| gpu.execute(&op, &mem).unwrap().device_ns.expect("timestamps")).collect();
+    let ns = median(times) as f64;
+    // Back to back in one command buffer, as a framework's stream runs them.
+    let batch: Vec<(&OpDesc, &OpMemory)> = (0..10).map(|_| (&op, &mem)).collect();
+    let mut batched = Vec::new();
+    for _ in 0..3 {
+        let reports = gpu.execute_batch(&batch).unwrap();
+        batched.extend(reports[1..].iter().map(|r| r.device_ns.unwrap()));
+    }
+    let bns = median(batched) as f64;
+    let flops = 2.0 * (m * n * k) as f64;
+    let bytes = ((m * k + k * n + m * n) * es) as f64;
+    println!(
+        "RESULT case={} dtype={} m={m} k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} check={} err={:.2e}",
+        c.name,
+        c.dt,
+        ns / 1e3,
+        flops / ns / 1e3,
+        bytes / ns,
+        bns / 1e3,
+        flops / bns / 1e3,
+        bytes / bns,
+        if ok { "ok" } else { "FAILED" },
+        worst
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let all = VulkanBackend::probe().expect("a Vulkan device");
+    let gpu = &all[0];
+    let info = gpu.info();
+    println!("device: {} ({})", info.name, info.driver);
+    println!("coopmat f16 path: {}", gpu.uses_coopmat());
+    let sizes: &[usize] = if quick { &[256, 512] } else { &[1024, 2048, 4096] };
+    let mut cases = Vec::new();
+    for &s in sizes {
+        for dt in [DType::F32, DType::F16] {
+            cases.push(Case { name: format!("matmul_{dt}_{s}"), dt, m: s, k: s, n: s, trans_b: false });
+        }
+    }
+    let g = if quick { 1024 } else { 8192 };
+    for trans_b in [true, false] {
+        cases.push(Case {
+            name: format!("gemv_f16_{g}_{}", if trans_b { "nt" } else { "nn" }),
+            dt: DType::F16,
+            m: 1,
+            k: g,
+            n: g,
+            trans_b,
+        });
+    }
+    let iters = if quick { 5 } else { 20 };
+    let mut rng = StdRng::seed_from_u64(1);
+    for c in &cases {
+        run(gpu, c, iters, &mut rng);
+    }
+}

@@ -1,0 +1,137 @@
+//! Device replicas: unchanged inputs are not uploaded again, changed ones are, replicas of
+//! dropped buffers are released, and a batch chains ops on the device.
+
+mod vulkan_util;
+
+use npuhybrid::backend::Backend;
+use npuhybrid::op::{DType, OpDesc, OpKind};
+use std::sync::Mutex;
+use vulkan_util::*;
+
+/// The backend is shared; these tests read its counters, so they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn unchanged_inputs_are_uploaded_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let mut r = rng(1);
+    let x = Tensor::random(&mut r, DType::F32, &[8, 64]);
+    let w = Tensor::random(&mut r, DType::F32, &[64, 32]);
+    let out = Tensor::zeros(DType::F32, &[8, 32]);
+    let op = OpDesc::new(OpKind::Matmul, &[x.view, w.view], out.view);
+    let mem = memory(&[&x, &w, &out]);
+    let before = gpu.stats().uploaded_bytes;
+    gpu.execute(&op, &mem).unwrap();
+    let first = gpu.stats().uploaded_bytes - before;
+    assert_eq!(first, (8 * 64 + 64 * 32) * 4);
+    gpu.execute(&op, &mem).unwrap();
+    assert_eq!(gpu.stats().uploaded_bytes - before, first, "nothing new to upload");
+    // A host write changes the version: only x goes again.
+    x.buf.write(0, &[0u8; 4]).unwrap();
+    gpu.execute(&op, &mem).unwrap();
+    assert_eq!(gpu.stats().uploaded_bytes - before, first + 8 * 64 * 4);
+    let first_values = out.values();
+    assert_eq!(first_values.len(), 8 * 32);
+}
+
+#[test]
+fn replicas_of_dropped_buffers_are_released() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let mut r = rng(2);
+    // A first op sweeps what earlier tests left; its own buffers stay alive throughout.
+    let y = Tensor::random(&mut r, DType::F32, &[10]);
+    let yo = y.like();
+    let silu = |a: &Tensor, o: &Tensor| {
+        gpu.execute(&OpDesc::new(OpKind::Silu, &[a.view], o.view), &memory(&[a, o])).unwrap();
+    };
+    silu(&y, &yo);
+    let base = gpu.stats().replicas;
+    {
+        let x = Tensor::random(&mut r, DType::F32, &[1000]);
+        let o = x.like();
+        gpu.execute(&OpDesc::new(OpKind::Silu, &[x.view], o.view), &memory(&[&x, &o])).unwrap();
+        assert!(gpu.stats().replicas >= base + 2, "input and output are resident");
+    }
+    // The next submission sweeps replicas whose buffers are gone.
+    let y = Tensor::random(&mut r, DType::F32, &[10]);
+    let o = y.like();
+    gpu.execute(&OpDesc::new(OpKind::Silu, &[y.view], o.view), &memory(&[&y, &o])).unwrap();
+    assert!(gpu.stats().replicas <= base + 2);
+}
+
+#[test]
+fn the_budget_bounds_resident_bytes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let mut r = rng(3);
+    gpu.set_residency_budget(64 << 10);
+    let keep: Vec<Tensor> = (0..8).map(|_| Tensor::random(&mut r, DType::F32, &[8192])).collect();
+    for x in &keep {
+        let o = x.like();
+        gpu.execute(&OpDesc::new(OpKind::Scale, &[x.view], o.view), &memory(&[x, &o])).unwrap();
+        assert!(gpu.stats().replica_bytes <= 64 << 10);
+    }
+    gpu.set_residency_budget(u64::MAX);
+}
+
+#[test]
+fn a_batch_chains_ops_on_the_device_and_matches_the_cpu() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let mut r = rng(4);
+    let x = Tensor::random(&mut r, DType::F32, &[16, 48]);
+    let w = Tensor::random(&mut r, DType::F32, &[48, 24]);
+    let h = Tensor::zeros(DType::F32, &[16, 24]);
+    let s = Tensor::zeros(DType::F32, &[16, 24]);
+    let y = Tensor::zeros(DType::F32, &[16, 24]);
+    let mm = OpDesc::new(OpKind::Matmul, &[x.view, w.view], h.view);
+    let act = OpDesc::new(OpKind::Silu, &[h.view], s.view);
+    let add = OpDesc::new(OpKind::Add, &[s.view, h.view], y.view);
+    let (m1, m2, m3) = (memory(&[&x, &w, &h]), memory(&[&h, &s]), memory(&[&s, &h, &y]));
+    let before = gpu.stats();
+    let reports = gpu.execute_batch(&[(&mm, &m1), (&act, &m2), (&add, &m3)]).unwrap();
+    let after = gpu.stats();
+    assert_eq!(reports.len(), 3);
+    assert!(reports.iter().all(|r| r.device_ns.is_some()));
+    assert_eq!(after.submissions - before.submissions, 1, "one command buffer");
+    assert_eq!(
+        after.uploaded_bytes - before.uploaded_bytes,
+        (16 * 48 + 48 * 24) * 4,
+        "intermediates stay on the device"
+    );
+    // Same chain on the CPU.
+    let hv = h.values();
+    let want: Vec<f32> = hv.iter().map(|&v| v / (1.0 + (-v).exp()) + v).collect();
+    assert_close(&y.values(), &want, 1e-5, "chain");
+    let mut cpu_h = vec![0f32; 16 * 24];
+    let (xv, wv) = (x.values(), w.values());
+    for i in 0..16 {
+        for j in 0..24 {
+            cpu_h[i * 24 + j] = (0..48).map(|k| xv[i * 48 + k] * wv[k * 24 + j]).sum();
+        }
+    }
+    assert_close(&hv, &cpu_h, 1e-4, "matmul in the chain");
+}
+
+#[test]
+fn a_partial_overlap_splits_the_batch_and_stays_correct() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    // op 1 writes rows 0..4 of a [8, 4] buffer; op 2 reads all 8 rows.
+    let whole = Tensor::new(DType::F32, &[8, 4], &[1.0; 32]);
+    let mut top = whole.clone();
+    top.view = npuhybrid::op::TensorView::contiguous(whole.buf.id(), DType::F32, &[4, 4], 0);
+    let src = Tensor::new(DType::F32, &[4, 4], &[3.0; 16]);
+    let out = Tensor::zeros(DType::F32, &[8, 4]);
+    let write_top = OpDesc::new(OpKind::Copy, &[src.view], top.view);
+    let read_all = OpDesc::new(OpKind::Scale, &[whole.view], out.view);
+    let before = gpu.stats().submissions;
+    gpu.execute_batch(&[(&write_top, &memory(&[&src, &top])), (&read_all, &memory(&[&whole, &out]))])
+        .unwrap();
+    assert_eq!(gpu.stats().submissions - before, 2);
+    let mut want = vec![3.0; 16];
+    want.extend([1.0; 16]);
+    assert_eq!(out.values(), want);
+}
