@@ -431,7 +431,12 @@ impl Runtime {
             if !d.info.available {
                 continue;
             }
-            if let Some(mode) = policy.settings(d.class).power_mode {
+            let settings = policy.settings(d.class);
+            d.backend.set_limits(
+                settings.max_in_flight.map(|n| n as usize),
+                settings.batch_rows.map(|n| n as usize),
+            );
+            if let Some(mode) = settings.power_mode {
                 match d.backend.set_power_mode(mode) {
                     Ok(()) => log::info!("{}: power mode {mode}", d.info.name),
                     Err(Error::Unsupported(_)) => {}

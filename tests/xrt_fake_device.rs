@@ -180,13 +180,13 @@ fn concurrent_ops_stay_within_the_in_flight_limit() {
     let _turn = serial();
     let f = fixture();
     f.reset();
-    f.backend.set_limits(2, 64);
+    f.backend.set_limits(Some(2), Some(64));
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| run_matmul(96, 128, 48, false));
         }
     });
-    f.backend.set_limits(3, 64);
+    f.backend.set_limits(None, None);
     assert_eq!(f.counter(b"fake_xrt_runs_started"), 4 * 3 * 2 * 3);
     assert_eq!(f.counter(b"fake_xrt_max_in_flight"), 2, "the policy's limit holds across ops");
 }
@@ -218,4 +218,49 @@ fn device_failures_carry_xrts_reason() {
     let bad = kernel_dir_with(dir.path(), "bad", r#", "kernel": "OTHER""#);
     let err = XrtBackend::probe(Some(&bad)).err().unwrap();
     assert!(err.contains("xrtPLKernelOpen(OTHER): No such compute unit"), "{err}");
+}
+
+#[test]
+fn the_launch_height_follows_the_policys_batch_rows() {
+    let _turn = serial();
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("two");
+    std::fs::create_dir_all(&k).unwrap();
+    std::fs::write(k.join("short.xclbin"), "FAKE-XCLBIN 32 64 16\n").unwrap();
+    std::fs::write(k.join("tall.xclbin"), "FAKE-XCLBIN 128 64 16\n").unwrap();
+    std::fs::write(k.join("i.txt"), "06030100\n").unwrap();
+    let entry = |x: &str, m: usize| {
+        format!(
+            r#"{{ "op": "matmul", "dtype_in": "bf16", "dtype_out": "f32", "tile": {{ "m": {m}, "k": 64, "n": 16 }},
+                "xclbin": "{x}", "instructions": "i.txt" }}"#
+        )
+    };
+    std::fs::write(
+        k.join("manifest.json"),
+        format!(
+            r#"{{ "format": 1, "kernels": [ {}, {} ] }}"#,
+            entry("short.xclbin", 32),
+            entry("tall.xclbin", 128)
+        ),
+    )
+    .unwrap();
+    let backend = XrtBackend::probe(Some(&k)).expect("two kernels load");
+    let pool = HostPool::new(0);
+    let (m, kk, n) = (100, 64, 16);
+    let a = TensorView::contiguous(1, DType::BF16, &[m, kk], 0);
+    let b = TensorView::contiguous(2, DType::BF16, &[kk, n], 0);
+    let c = TensorView::contiguous(3, DType::F32, &[m, n], 0);
+    let mem = OpMemory::new(vec![
+        buffer(&pool, 1, &vec![0u8; m * kk * 2]),
+        buffer(&pool, 2, &vec![0u8; kk * n * 2]),
+        buffer(&pool, 3, &vec![0u8; m * n * 4]),
+    ]);
+    let op = OpDesc::new(OpKind::Matmul, &[a, b], c);
+    for (rows, launches) in [(64, 1), (16, 4), (500, 1)] {
+        backend.set_limits(None, Some(rows));
+        f.reset();
+        backend.execute(&op, &mem).unwrap();
+        assert_eq!(f.counter(b"fake_xrt_runs_started"), launches, "batch rows {rows}");
+    }
 }

@@ -149,6 +149,10 @@ pub trait Backend: Send + Sync {
         Err(Error::Unsupported(format!("{} has no power modes", self.info().name)))
     }
 
+    /// The policy's per-device limits: ops in flight and rows of a matrix op per launch (the
+    /// NPU's dynamic batch size). Devices without such knobs ignore them.
+    fn set_limits(&self, _max_in_flight: Option<usize>, _batch_rows: Option<usize>) {}
+
     /// Injects a fault for testing fallback paths; only simulated devices accept it.
     fn inject_fault(&self, _fault: sim::Fault) -> Result<()> {
         Err(Error::Unsupported(format!(
@@ -177,6 +181,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn inject_fault(&self, fault: sim::Fault) -> Result<()> {
         (**self).inject_fault(fault)
+    }
+    fn set_limits(&self, max_in_flight: Option<usize>, batch_rows: Option<usize>) {
+        (**self).set_limits(max_in_flight, batch_rows)
     }
 }
 

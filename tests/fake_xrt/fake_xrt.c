@@ -30,8 +30,10 @@ typedef struct {
   unsigned char *host, *devmem;
 } bo_t;
 
+/* A kernel keeps the design it was opened for, as a hardware context does. */
 typedef struct {
   device_t *dev;
+  int m, k, n;
 } kernel_t;
 
 typedef struct {
@@ -105,6 +107,9 @@ void *xrtPLKernelOpen(void *d, const unsigned char *uuid, const char *name) {
   }
   kernel_t *k = calloc(1, sizeof *k);
   k->dev = dev;
+  k->m = dev->m;
+  k->k = dev->k;
+  k->n = dev->n;
   return k;
 }
 
@@ -189,7 +194,7 @@ static float bf16_to_f32(uint16_t v) {
 }
 
 static int check(run_t *r) {
-  device_t *d = r->kernel->dev;
+  kernel_t *d = r->kernel;
   if (r->opcode != 3)
     return log_error("opcode is not 3"), 0;
   for (int i = 1; i < 8; i++)
@@ -219,7 +224,7 @@ int xrtRunStart(void *rh) {
     r->state = STATE_ERROR;
     return 0;
   }
-  device_t *d = r->kernel->dev;
+  kernel_t *d = r->kernel;
   const uint16_t *a = (const uint16_t *)r->args[3]->devmem;
   const uint16_t *b = (const uint16_t *)r->args[4]->devmem;
   float *c = (float *)r->args[5]->devmem;

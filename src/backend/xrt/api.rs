@@ -6,7 +6,9 @@
 
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -174,9 +176,10 @@ pub fn load(coreutil: &[String], core: &[String]) -> Result<XrtApi, String> {
 
 /// XRT's own log, sent to a file of ours so nothing reaches the host application's stderr
 /// (XRT prints a build banner and its errors there by default). Errors are read back from it
-/// and become the reasons we report.
+/// and become the reasons we report. The file is an anonymous memory file that XRT opens
+/// through `/proc/self/fd/N`, so nothing is left on disk.
 pub struct XrtLog {
-    path: PathBuf,
+    file: File,
     read: parking_lot::Mutex<u64>,
 }
 
@@ -184,29 +187,31 @@ impl XrtLog {
     /// Must run before any other XRT call in the process (XRT reads its settings once).
     pub fn redirect(api: &XrtApi) -> Option<XrtLog> {
         let set = api.ini_string_set?;
-        let path = std::env::temp_dir().join(format!("npuhybrid-xrt-{}.log", std::process::id()));
+        // SAFETY: memfd_create takes a NUL-terminated name; a valid descriptor is owned once.
+        let fd = unsafe { libc::memfd_create(c"npuhybrid-xrt-log".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        let file = unsafe { File::from_raw_fd(fd) };
         let key = CString::new("Runtime.runtime_log").ok()?;
-        let value = CString::new(path.to_str()?).ok()?;
+        let value = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
         (unsafe { set(key.as_ptr(), value.as_ptr()) } == 0)
-            .then(|| XrtLog { path, read: parking_lot::Mutex::new(0) })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+            .then(|| XrtLog { file, read: parking_lot::Mutex::new(0) })
     }
 
     /// The error messages XRT logged since the last call, without timestamps.
     pub fn take_errors(&self) -> Vec<String> {
         let mut read = self.read.lock();
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
-            return Vec::new();
-        };
-        let mut text = String::new();
-        if f.seek(SeekFrom::Start(*read)).is_err() || f.read_to_string(&mut text).is_err() {
-            return Vec::new();
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = self.file.read_at(&mut chunk, *read + bytes.len() as u64) {
+            bytes.extend_from_slice(&chunk[..n]);
         }
-        *read += text.len() as u64;
-        text.lines().filter_map(|l| l.split_once("ERROR: ").map(|(_, msg)| msg.trim().to_string())).collect()
+        *read += bytes.len() as u64;
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| l.split_once("ERROR: ").map(|(_, msg)| msg.trim().to_string()))
+            .collect()
     }
 }
 

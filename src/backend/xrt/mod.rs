@@ -91,9 +91,6 @@ impl XrtBackend {
             ("xrt".to_string(), format!("{version} ({})", api.library)),
             ("kernels".to_string(), dir.display().to_string()),
         ];
-        if let Some(l) = log {
-            details.push(("xrt log".into(), l.path().display().to_string()));
-        }
         for k in &kernels {
             let s = &k.spec;
             details.push((
@@ -148,13 +145,6 @@ impl XrtBackend {
         DeviceInfo::unavailable(DeviceKind::Npu, NAME, reason)
     }
 
-    /// The policy's limits: runs in flight (at most `SLOTS_PER_KERNEL`) and rows per launch.
-    pub fn set_limits(&self, max_in_flight: usize, batch_rows: usize) {
-        self.in_flight.limit.store(max_in_flight.clamp(1, SLOTS_PER_KERNEL), Ordering::Relaxed);
-        self.in_flight.freed.notify_all();
-        self.batch_rows.store(batch_rows.max(1), Ordering::Relaxed);
-    }
-
     /// The kernel for `op`: inputs in its dtype, and the launch height closest to the policy's
     /// batch rows (the smallest tile at least that tall, else the tallest).
     fn kernel_for(&self, op: &OpDesc) -> Option<&LoadedKernel> {
@@ -180,6 +170,14 @@ impl Backend for XrtBackend {
 
     fn supports(&self, op: &OpDesc) -> bool {
         self.kernel_for(op).is_some()
+    }
+
+    /// Runs in flight (at most `SLOTS_PER_KERNEL`; default 3) and rows per launch (default 64).
+    fn set_limits(&self, max_in_flight: Option<usize>, batch_rows: Option<usize>) {
+        let limit = max_in_flight.unwrap_or(DEFAULT_IN_FLIGHT).clamp(1, SLOTS_PER_KERNEL);
+        self.in_flight.limit.store(limit, Ordering::Relaxed);
+        self.in_flight.freed.notify_all();
+        self.batch_rows.store(batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1), Ordering::Relaxed);
     }
 
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {

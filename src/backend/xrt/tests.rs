@@ -30,13 +30,11 @@ fn without_an_npu_probe_reports_xrts_own_reason() {
 }
 
 #[test]
-fn the_xrt_log_is_ours_and_holds_the_reason() {
-    let Ok((_, Some(log))) = api::system() else {
-        return; // no XRT, or one without xrtIniStringSet
-    };
-    let _ = XrtBackend::probe(None);
-    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-    assert!(text.contains("[XRT]"), "XRT wrote its messages to {}", log.path().display());
+fn xrts_log_is_redirected_when_xrt_allows_it() {
+    // Debian's XRT 2.13 has xrtIniStringSet: its log must then be ours, not stderr.
+    if let Ok((api, log)) = api::system() {
+        assert_eq!(log.is_some(), api.ini_string_set.is_some());
+    }
 }
 
 #[test]
