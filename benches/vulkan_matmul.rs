@@ -124,7 +124,18 @@ fn main() {
     let info = gpu.info();
     println!("device: {} ({})", info.name, info.driver);
     println!("coopmat f16 path: {}", gpu.uses_coopmat());
-    let sizes: &[usize] = if quick { &[256, 512] } else { &[1024, 2048, 4096] };
+    // `--sizes 3968,4096` measures square matmuls of these sizes only.
+    let args: Vec<String> = std::env::args().collect();
+    let custom: Option<Vec<usize>> = args
+        .iter()
+        .position(|a| a == "--sizes")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(|x| x.parse().expect("size")).collect());
+    let sizes: &[usize] = match &custom {
+        Some(v) => v,
+        None if quick => &[256, 512],
+        None => &[1024, 2048, 4096],
+    };
     let mut cases = Vec::new();
     for &s in sizes {
         for dt in [DType::F32, DType::F16] {
@@ -132,7 +143,7 @@ fn main() {
         }
     }
     let g = if quick { 1024 } else { 8192 };
-    for trans_b in [true, false] {
+    for trans_b in [true, false].into_iter().filter(|_| custom.is_none()) {
         cases.push(Case {
             name: format!("gemv_f16_{g}_{}", if trans_b { "nt" } else { "nn" }),
             dt: DType::F16,
