@@ -122,6 +122,8 @@ pub struct Heap {
     blocks: Vec<Option<Block>>,
     /// Bytes held in blocks (what vkAllocateMemory handed out).
     pub reserved: u64,
+    /// Buffers of blocks created since the last `take_fresh_blocks`.
+    fresh: Vec<vk::Buffer>,
 }
 
 unsafe impl Send for Heap {}
@@ -175,8 +177,14 @@ impl Heap {
             align,
             blocks: Vec::new(),
             reserved: 0,
+            fresh: Vec::new(),
             ctx,
         })
+    }
+
+    /// Whether the blocks are mapped into the host (unified memory, staging).
+    pub fn mapped(&self) -> bool {
+        self.host_visible
     }
 
     pub fn allocate(&mut self, size: u64) -> Result<Allocation> {
@@ -196,12 +204,21 @@ impl Heap {
                 self.blocks.len() - 1
             }
         };
+        self.fresh.push(block.buffer);
         self.blocks[slot] = Some(block);
         let off = self.blocks[slot]
             .as_mut()
             .and_then(|b| b.ranges.allocate(size))
             .ok_or_else(|| Error::Internal("fresh block cannot hold its request".into()))?;
         Ok(self.make(slot, off, size))
+    }
+
+    /// Device-only blocks created since the last call, for the submitter to clear once: on
+    /// the H100, kernels on never-written device memory ran several times slower.
+    pub fn take_fresh_blocks(&mut self) -> Vec<vk::Buffer> {
+        let fresh = std::mem::take(&mut self.fresh);
+        let live: Vec<vk::Buffer> = self.blocks.iter().flatten().map(|b| b.buffer).collect();
+        fresh.into_iter().filter(|b| live.contains(b)).collect()
     }
 
     fn make(&self, block: usize, offset: u64, size: u64) -> Allocation {

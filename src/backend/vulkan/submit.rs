@@ -360,6 +360,15 @@ impl State {
             if timestamps {
                 d.cmd_reset_query_pool(cb, self.queries, 0, 2 * ops.len() as u32);
             }
+            if !self.device_heap.mapped() {
+                let fresh = self.device_heap.take_fresh_blocks();
+                for b in &fresh {
+                    d.cmd_fill_buffer(cb, *b, 0, vk::WHOLE_SIZE, 0);
+                }
+                if !fresh.is_empty() {
+                    barrier(d, cb);
+                }
+            }
             for (src, dst, bytes) in &seg.copies_in {
                 let region =
                     vk::BufferCopy::default().src_offset(src.offset).dst_offset(dst.offset).size(*bytes);
