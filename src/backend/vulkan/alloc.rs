@@ -87,6 +87,8 @@ impl Allocation {
     ///
     /// # Safety
     /// The GPU must not be using the range, and the caller must be the only accessor.
+    // The bytes belong to the device memory block, not to this handle, hence `&self`.
+    #[allow(clippy::mut_from_ref)]
     pub unsafe fn bytes_mut(&self, len: usize) -> &mut [u8] {
         let p = self.mapped.expect("allocation is not host-visible");
         debug_assert!(len as u64 <= self.size);

@@ -335,7 +335,6 @@ mod tests {
 
     #[test]
     fn every_planned_shader_exists() {
-        let f = Features { f16: true, coopmat: true, subgroup_arithmetic: true };
         let mk = |dt, m: usize, trans_b| {
             let a = TensorView::contiguous(1, dt, &[m, 8], 0);
             let b = TensorView::contiguous(2, dt, &[8, 8], 0);

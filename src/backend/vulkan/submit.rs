@@ -298,11 +298,10 @@ impl State {
         self.free_all(stale);
         // Downloads need staging space on devices without shared memory.
         if self.staging.is_some() {
-            for i in 0..seg.outputs.len() {
-                let bytes = ops[i].0.output.bytes() as u64;
-                let s = self.alloc_staging(bytes)?;
+            for ((op, _), out) in ops.iter().zip(seg.outputs.iter_mut()) {
+                let s = self.alloc_staging(op.output.bytes() as u64)?;
                 seg.temporary.push(s);
-                seg.outputs[i].staging = Some(s);
+                out.staging = Some(s);
             }
         }
         Ok(())
