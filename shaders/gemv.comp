@@ -24,20 +24,22 @@ layout(set = 0, binding = 4) buffer C { TO c[]; };
 #include "matmul_params.glsl"
 
 shared float part[256];
-#define ROWS 8u
+#define ROWS 16u
 
-float dot_vec(uint ai, uint bi) {
+// x[ai] against two weight rows at once, so x is loaded once for both.
+vec2 dot2(uint ai, uint b0, uint b1) {
 #ifdef F16
-    uvec4 x = av[ai], y = bv[bi];
-    float s = 0.0;
+    uvec4 x = av[ai], y0 = bv[b0], y1 = bv[b1];
+    vec2 s = vec2(0.0);
     for (uint i = 0u; i < 4u; i++) {
         vec2 xa = unpackHalf2x16(x[i]);
-        vec2 ya = unpackHalf2x16(y[i]);
-        s += xa.x * ya.x + xa.y * ya.y;
+        s.x += dot(xa, unpackHalf2x16(y0[i]));
+        s.y += dot(xa, unpackHalf2x16(y1[i]));
     }
     return s;
 #else
-    return dot(av[ai], bv[bi]);
+    vec4 x = av[ai];
+    return vec2(dot(x, bv[b0]), dot(x, bv[b1]));
 #endif
 }
 
@@ -78,28 +80,36 @@ void main() {
         }
         return;
     }
-    // ROWS outputs per workgroup whatever the subgroup size the driver picks.
+    // ROWS outputs per workgroup whatever the subgroup size the driver picks; each
+    // subgroup takes two rows at a time.
     uint lane = gl_SubgroupInvocationID, S = gl_SubgroupSize;
-    for (uint r = gl_SubgroupID; r < ROWS; r += gl_NumSubgroups) {
+    for (uint r = 2u * gl_SubgroupID; r < ROWS; r += 2u * gl_NumSubgroups) {
         uint n = wg * ROWS + r;
         if (n >= p.N) break;
-        float s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        bool two = n + 1u < p.N;
+        uint n1 = two ? n + 1u : n;
+        vec2 s0 = vec2(0.0), s1 = vec2(0.0);
         if (p.b_mode == 2u) {
             uint nv = p.K / VEC;
-            uint ab = abase / VEC, bb = (bbase + n * p.b_ns) / VEC;
+            uint ab = abase / VEC;
+            uint b0 = (bbase + n * p.b_ns) / VEC, b1 = (bbase + n1 * p.b_ns) / VEC;
             uint i = lane;
-            for (; i + 3u * S < nv; i += 4u * S) {
-                s0 += dot_vec(ab + i, bb + i);
-                s1 += dot_vec(ab + i + S, bb + i + S);
-                s2 += dot_vec(ab + i + 2u * S, bb + i + 2u * S);
-                s3 += dot_vec(ab + i + 3u * S, bb + i + 3u * S);
+            for (; i + S < nv; i += 2u * S) {
+                s0 += dot2(ab + i, b0 + i, b1 + i);
+                s1 += dot2(ab + i + S, b0 + i + S, b1 + i + S);
             }
-            for (; i < nv; i += S) s0 += dot_vec(ab + i, bb + i);
+            for (; i < nv; i += S) s0 += dot2(ab + i, b0 + i, b1 + i);
         } else {
-            for (uint k = lane; k < p.K; k += S)
-                s0 += float(a[abase + k * p.a_ks]) * float(b[bbase + k * p.b_ks + n * p.b_ns]);
+            for (uint k = lane; k < p.K; k += S) {
+                float x = float(a[abase + k * p.a_ks]);
+                s0.x += x * float(b[bbase + k * p.b_ks + n * p.b_ns]);
+                s0.y += x * float(b[bbase + k * p.b_ks + n1 * p.b_ns]);
+            }
         }
-        float tot = subgroupAdd((s0 + s1) + (s2 + s3));
-        if (subgroupElect()) store(z, n, tot);
+        vec2 tot = subgroupAdd(s0 + s1);
+        if (subgroupElect()) {
+            store(z, n, tot.x);
+            if (two) store(z, n1, tot.y);
+        }
     }
 }

@@ -1,7 +1,7 @@
 #version 450
 // f16 matmul on tensor cores through GL_NV_cooperative_matrix (16x16x16, f32 accumulation),
 // which Debian's glslc compiles (unlike GL_KHR_cooperative_matrix). 128x128 tile per
-// workgroup of 8 subgroups of 32 (2 x 4, each 64x32), K in steps of 32 through shared memory
+// workgroup of 8 subgroups of 32 (2 x 4, each 64x32), K in steps of 64 (128-byte rows of f16) through shared memory
 // with the next tile prefetched into registers. A must be k-contiguous (a_mode 2); B is
 // n-contiguous (b_mode 3) or k-contiguous (b_mode 2, read column-major). The host checks.
 #include "common.glsl"
@@ -23,21 +23,23 @@ layout(set = 0, binding = 4) buffer C { TO c[]; };
 
 #define BM 128u
 #define BN 128u
-#define BK 32u
+#define BK 64u
+#define KV (BK / 4u)   // vec4 per tile row along k
 // Row strides in halves, padded by 8 against bank conflicts. This glslang loads matrices
 // from scalar arrays only, so the vec4 registers are written as 4 halves.
-#define AS 40u   // As as [m][k]
+#define AS 72u   // As as [m][k]
 #define BSN 136u // Bs as [k][n]
-#define BSK 40u  // Bs as [n][k]
+#define BSK 72u  // Bs as [n][k]
 
 shared float16_t As[BM * AS];
 shared float16_t Bs[BN * BSK > BK * BSN ? BN * BSK : BK * BSN];
 shared float scratch[8 * 256];
 
-f16vec4 ra0, ra1, ra2, ra3, rb0, rb1, rb2, rb3;
+f16vec4 ra0, ra1, ra2, ra3, ra4, ra5, ra6, ra7;
+f16vec4 rb0, rb1, rb2, rb3, rb4, rb5, rb6, rb7;
 
 f16vec4 ld_a(uint m0, uint k0, uint abase, uint e) {
-    uint gm = m0 + (e >> 3), gk = k0 + (e & 7u) * 4u;
+    uint gm = m0 + e / KV, gk = k0 + (e % KV) * 4u;
     return (gm < p.M && gk < p.K) ? a4[(abase + gm * p.a_rs + gk) >> 2] : f16vec4(0.0);
 }
 
@@ -46,36 +48,28 @@ f16vec4 ld_b(uint n0, uint k0, uint bbase, uint e) {
         uint bk = k0 + (e >> 5), gn = n0 + (e & 31u) * 4u;
         return (gn < p.N && bk < p.K) ? b4[(bbase + bk * p.b_ks + gn) >> 2] : f16vec4(0.0);
     }
-    uint gn = n0 + (e >> 3), gk = k0 + (e & 7u) * 4u;
+    uint gn = n0 + e / KV, gk = k0 + (e % KV) * 4u;
     return (gn < p.N && gk < p.K) ? b4[(bbase + gn * p.b_ns + gk) >> 2] : f16vec4(0.0);
 }
 
-// 1024 vec4 per tile and operand, four per thread.
+// 2048 vec4 per tile and operand, eight per thread (plain variables, not arrays).
+#define LOAD1(I) ra##I = ld_a(m0, k0, abase, t + uint(I) * 256u); rb##I = ld_b(n0, k0, bbase, t + uint(I) * 256u);
 void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
     uint t = gl_LocalInvocationID.x;
-    ra0 = ld_a(m0, k0, abase, t);
-    ra1 = ld_a(m0, k0, abase, t + 256u);
-    ra2 = ld_a(m0, k0, abase, t + 512u);
-    ra3 = ld_a(m0, k0, abase, t + 768u);
-    rb0 = ld_b(n0, k0, bbase, t);
-    rb1 = ld_b(n0, k0, bbase, t + 256u);
-    rb2 = ld_b(n0, k0, bbase, t + 512u);
-    rb3 = ld_b(n0, k0, bbase, t + 768u);
+    LOAD1(0) LOAD1(1) LOAD1(2) LOAD1(3) LOAD1(4) LOAD1(5) LOAD1(6) LOAD1(7)
 }
 
 void put(uint e, f16vec4 va, f16vec4 vb) {
-    uint ai = (e >> 3) * AS + (e & 7u) * 4u;
-    uint bi = BMODE == 3u ? (e >> 5) * BSN + (e & 31u) * 4u : (e >> 3) * BSK + (e & 7u) * 4u;
+    uint ai = (e / KV) * AS + (e % KV) * 4u;
+    uint bi = BMODE == 3u ? (e >> 5) * BSN + (e & 31u) * 4u : (e / KV) * BSK + (e % KV) * 4u;
     As[ai] = va.x; As[ai + 1u] = va.y; As[ai + 2u] = va.z; As[ai + 3u] = va.w;
     Bs[bi] = vb.x; Bs[bi + 1u] = vb.y; Bs[bi + 2u] = vb.z; Bs[bi + 3u] = vb.w;
 }
 
+#define PUT1(I) put(t + uint(I) * 256u, ra##I, rb##I);
 void store() {
     uint t = gl_LocalInvocationID.x;
-    put(t, ra0, rb0);
-    put(t + 256u, ra1, rb1);
-    put(t + 512u, ra2, rb2);
-    put(t + 768u, ra3, rb3);
+    PUT1(0) PUT1(1) PUT1(2) PUT1(3) PUT1(4) PUT1(5) PUT1(6) PUT1(7)
 }
 
 #define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>

@@ -215,26 +215,58 @@ fn rope_in_both_pairings_with_a_position_offset() {
     }
 }
 
+/// One attention case: batch 0 means q is rank 3; `mask` is the mask's shape.
+struct Attn {
+    batch: usize,
+    h: usize,
+    hkv: usize,
+    sq: usize,
+    skv: usize,
+    d: usize,
+    causal: bool,
+    kv_len: u32,
+    mask: Option<&'static [usize]>,
+}
+
 #[test]
 fn attention_causal_gqa_kv_len_and_mask() {
     let mut r = rng(11);
     for dt in DTYPES {
-        // (batch, heads, kv heads, sq, skv, d, causal, kv_len, mask shape)
-        let cases: [(usize, usize, usize, usize, usize, usize, bool, u32, Option<Vec<usize>>); 6] = [
-            (0, 2, 2, 5, 5, 16, false, 0, None),
-            (0, 4, 2, 7, 7, 32, true, 0, None),
-            (1, 8, 2, 1, 40, 64, true, 30, None),
-            (2, 2, 1, 3, 130, 8, false, 100, None),
-            (2, 3, 3, 4, 6, 24, false, 0, Some(vec![4, 6])),
-            (0, 2, 1, 66, 70, 128, true, 0, Some(vec![2, 1, 70])),
+        let cases = [
+            Attn { batch: 0, h: 2, hkv: 2, sq: 5, skv: 5, d: 16, causal: false, kv_len: 0, mask: None },
+            Attn { batch: 0, h: 4, hkv: 2, sq: 7, skv: 7, d: 32, causal: true, kv_len: 0, mask: None },
+            Attn { batch: 1, h: 8, hkv: 2, sq: 1, skv: 40, d: 64, causal: true, kv_len: 30, mask: None },
+            Attn { batch: 2, h: 2, hkv: 1, sq: 3, skv: 130, d: 8, causal: false, kv_len: 100, mask: None },
+            Attn {
+                batch: 2,
+                h: 3,
+                hkv: 3,
+                sq: 4,
+                skv: 6,
+                d: 24,
+                causal: false,
+                kv_len: 0,
+                mask: Some(&[4, 6]),
+            },
+            Attn {
+                batch: 0,
+                h: 2,
+                hkv: 1,
+                sq: 66,
+                skv: 70,
+                d: 128,
+                causal: true,
+                kv_len: 0,
+                mask: Some(&[2, 1, 70]),
+            },
         ];
-        for (bt, h, hkv, sq, skv, d, causal, kv_len, mask) in cases {
+        for Attn { batch: bt, h, hkv, sq, skv, d, causal, kv_len, mask } in cases {
             let pre: Vec<usize> = if bt > 0 { vec![bt] } else { vec![] };
             let q = Tensor::random(&mut r, dt, &[pre.clone(), vec![h, sq, d]].concat());
             let k = Tensor::random(&mut r, dt, &[pre.clone(), vec![hkv, skv, d]].concat());
             let v = Tensor::random(&mut r, dt, &[pre.clone(), vec![hkv, skv, d]].concat());
             let o = q.like();
-            let m = mask.map(|s| Tensor::random(&mut r, dt, &s));
+            let m = mask.map(|s| Tensor::random(&mut r, dt, s));
             let mut inputs = vec![q.view, k.view, v.view];
             let mut ts = vec![&q, &k, &v];
             if let Some(m) = &m {

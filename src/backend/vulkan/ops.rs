@@ -235,13 +235,13 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     };
     if m == 1 && f.subgroup_arithmetic {
         let vec = if in16 { 8 } else { 4 };
-        // Outputs per workgroup: 32 columns ([K, N] weights) or 8 rows ([N, K] weights).
+        // Outputs per workgroup: 32 columns ([K, N] weights) or 16 rows ([N, K] weights).
         let (b_mode, groups) = if !p.trans_b {
             (SCALAR_ROW, n.div_ceil(32))
         } else if k % vec == 0 {
-            (VEC_K, n.div_ceil(8))
+            (VEC_K, n.div_ceil(16))
         } else {
-            (SCALAR_K, n.div_ceil(8))
+            (SCALAR_K, n.div_ceil(16))
         };
         let mut g = fold(groups);
         g[2] = batch as u32;
@@ -335,7 +335,6 @@ mod tests {
 
     #[test]
     fn every_planned_shader_exists() {
-        let f = Features { f16: true, coopmat: true, subgroup_arithmetic: true };
         let mk = |dt, m: usize, trans_b| {
             let a = TensorView::contiguous(1, dt, &[m, 8], 0);
             let b = TensorView::contiguous(2, dt, &[8, 8], 0);

@@ -135,13 +135,9 @@ impl<A: Copy> ResidencyCache<A> {
         self.bytes
     }
 
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

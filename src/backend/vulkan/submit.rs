@@ -298,11 +298,10 @@ impl State {
         self.free_all(stale);
         // Downloads need staging space on devices without shared memory.
         if self.staging.is_some() {
-            for i in 0..seg.outputs.len() {
-                let bytes = ops[i].0.output.bytes() as u64;
-                let s = self.alloc_staging(bytes)?;
+            for ((op, _), out) in ops.iter().zip(seg.outputs.iter_mut()) {
+                let s = self.alloc_staging(op.output.bytes() as u64)?;
                 seg.temporary.push(s);
-                seg.outputs[i].staging = Some(s);
+                out.staging = Some(s);
             }
         }
         Ok(())
@@ -359,6 +358,15 @@ impl State {
             .map_err(|e| vk_err("vkBeginCommandBuffer", e))?;
             if timestamps {
                 d.cmd_reset_query_pool(cb, self.queries, 0, 2 * ops.len() as u32);
+            }
+            if !self.device_heap.mapped() {
+                let fresh = self.device_heap.take_fresh_blocks();
+                for b in &fresh {
+                    d.cmd_fill_buffer(cb, *b, 0, vk::WHOLE_SIZE, 0);
+                }
+                if !fresh.is_empty() {
+                    barrier(d, cb);
+                }
             }
             for (src, dst, bytes) in &seg.copies_in {
                 let region =
