@@ -65,7 +65,7 @@ fn main() {
         } else {
             21
         };
-        let mut measure = |p: &str| -> (f64, Option<usize>) {
+        let measure = |p: &str| -> (f64, Option<usize>) {
             rt.load_policy(&policy(p)).unwrap();
             let mut last = None;
             // Warm-up: pipelines, uploads of the inputs, and history for the hybrid model.
