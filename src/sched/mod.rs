@@ -418,7 +418,9 @@ impl Scheduler {
                 load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
                 load.bytes_moved.fetch_add(job.op.views().map(|v| v.bytes() as u64).sum(), Ordering::Relaxed);
                 load.consecutive_failures.store(0, Ordering::Relaxed);
-                device.model.record(&job.op, report.device_ns.unwrap_or(elapsed) as f64);
+                // Wall time on the worker (uploads, submission, waits included) is what the
+                // caller waits for; a GPU timestamp alone would make small ops look free.
+                device.model.record(&job.op, elapsed as f64);
                 self.trace.slice(
                     device.index,
                     job.op.kind.name(),
