@@ -269,3 +269,18 @@ fn destroying_a_runtime_waits_for_ops_in_flight() {
     drop(rt);
     assert!(events.iter().all(|e| e.is_done() && e.wait(None).is_ok()));
 }
+
+#[test]
+fn a_panicking_backend_fails_that_op_there_and_it_falls_back() {
+    let rt =
+        runtime_with(vec![Box::new(ScriptedDevice::new(DeviceKind::Gpu, "buggy gpu", 1e6, Script::Panics))]);
+    let (m, k, n) = (256, 256, 256);
+    let (a, b) = (random(m * k, 5), random(k * n, 6));
+    let (ba, bb) = (upload(&rt, &a), upload(&rt, &b));
+    let bc = rt.alloc(m * n * 4).unwrap();
+    let ev = rt.submit(matmul(ba, bb, bc, m, k, n)).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(ev.outcome().1.device, Some(0));
+    assert!(ev.outcome().1.fallbacks >= 1);
+    assert_close(&download(&rt, bc, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+}

@@ -18,6 +18,8 @@ pub enum Script {
     Lost,
     /// Fails the first n ops, then works.
     FailsFirst(u64),
+    /// Panics inside `execute` (a bug in a backend).
+    Panics,
 }
 
 /// A test device: computes with the CPU kernels, optionally fails, optionally slow.
@@ -59,6 +61,7 @@ impl Backend for ScriptedDevice {
             }
             Script::Lost => return Err(Error::DeviceLost(format!("{} is gone", self.info.name))),
             Script::FailsFirst(k) if n < k => return Err(Error::DeviceFailed("injected".into())),
+            Script::Panics => panic!("backend bug"),
             _ => {}
         }
         std::thread::sleep(self.delay);
