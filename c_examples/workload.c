@@ -2,7 +2,8 @@
  * projection, residual, SwiGLU FFN) submitted op by op and then as a graph, under a policy.
  * Prints where each op ran and how long it took, then per-device totals.
  *
- *   workload [--policy NAME|--policy-file PATH] [--cpu-only] [--seq S] [--iters N] [--trace FILE]
+ *   workload [--policy NAME|--policy-file PATH] [--cpu-only | --devices gpu,npu,sim] [--seq S]
+ *            [--iters N] [--trace FILE]
  */
 #include "common.h"
 
@@ -70,6 +71,7 @@ static nh_op_desc op_init(uint32_t kind, const char *tags) {
 int main(int argc, char **argv) {
   const char *policy = "default", *policy_file = NULL, *trace = NULL;
   int cpu_only = 0, iters = 20;
+  uint32_t devices = NH_ENABLE_GPU | NH_ENABLE_NPU | NH_ENABLE_SIMULATED_NPU;
   uint64_t S = 128;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--policy") && i + 1 < argc) policy = argv[++i];
@@ -78,8 +80,16 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--seq") && i + 1 < argc) S = strtoull(argv[++i], NULL, 10);
     else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--cpu-only")) cpu_only = 1;
+    else if (!strcmp(argv[i], "--devices") && i + 1 < argc) {
+      const char *list = argv[++i];
+      devices = (strstr(list, "gpu") ? NH_ENABLE_GPU : 0) | (strstr(list, "npu") ? NH_ENABLE_NPU : 0) |
+                (strstr(list, "sim") ? NH_ENABLE_SIMULATED_NPU : 0);
+    }
     else {
-      fprintf(stderr, "usage: %s [--policy NAME|--policy-file PATH] [--cpu-only] [--seq S] [--iters N] [--trace FILE]\n", argv[0]);
+      fprintf(stderr,
+              "usage: %s [--policy NAME|--policy-file PATH] [--cpu-only | --devices gpu,npu,sim] [--seq S] "
+              "[--iters N] [--trace FILE]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -90,7 +100,7 @@ int main(int argc, char **argv) {
 
   nh_runtime_desc desc;
   NH_CHECK(nh_runtime_desc_init(&desc));
-  desc.devices = cpu_only ? 0 : (NH_ENABLE_GPU | NH_ENABLE_NPU | NH_ENABLE_SIMULATED_NPU);
+  desc.devices = cpu_only ? 0 : devices;
   desc.policy_kind = policy_file ? NH_POLICY_FILE : NH_POLICY_BUILTIN;
   desc.policy = policy_file ? policy_file : policy;
   nh_runtime rt;
