@@ -267,3 +267,26 @@ fn power_modes_change_the_simulated_npu_through_the_runtime() {
     assert!(matches!(rt.set_power_mode(0, PowerMode::Turbo), Err(npuhybrid::Error::Unsupported(_))));
     let _ = OpKind::Matmul;
 }
+
+#[test]
+fn a_degraded_device_is_tried_again_after_its_period() {
+    let dev = ScriptedDevice::new(DeviceKind::Gpu, "recovering gpu", 1e6, Script::FailsFirst(2));
+    let calls = dev.calls.clone();
+    let policy = "policy \"p\"\nrule mm {\n  when op = matmul\n  use gpu, cpu\n  strategy first_available\n}\nrule rest {\n  use cpu\n}\nfallback {\n  retries = 0\n  degrade_after = 2\n  degrade_for = 200 ms\n}\n";
+    let rt = runtime(source(policy), vec![Box::new(dev)]);
+    let a = upload(&rt, &random(64 * 64, 1));
+    let c = rt.alloc(64 * 64 * 4).unwrap();
+    let run = || {
+        let ev = rt.submit(matmul(a, a, c, 64, 64, 64)).unwrap();
+        ev.wait(None).unwrap();
+        ev.outcome().1.device
+    };
+    assert_eq!(run(), Some(0), "first failure falls back");
+    assert_eq!(run(), Some(0), "second failure degrades the GPU");
+    assert!(rt.device_stats(1).unwrap().degraded);
+    assert_eq!(run(), Some(0), "degraded: not tried");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(run(), Some(1), "after the period the GPU is tried again, and now works");
+    assert!(!rt.device_stats(1).unwrap().degraded);
+}
