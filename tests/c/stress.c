@@ -2,6 +2,12 @@
  * the policy every 100 ms and the simulated NPU fails 10% of its ops and is then lost. Every
  * op must complete with the right result, and memory must return to its baseline.
  *
+ * What is asserted must not depend on where the scheduler's cost model happens to put ops: the
+ * runtime starts with (and every other swap returns to) a policy that sends every matmul to the
+ * simulated NPU first, without retries, so the NPU always gets traffic, always meets the
+ * injected faults (its first op fails, then 10% at random, then it is lost), and those ops
+ * always fall back to the CPU. The swaps in between go through the four built-ins.
+ *
  *   stress [threads=8] [ops_per_thread=10000]
  */
 #include "../../c_examples/common.h"
@@ -10,7 +16,27 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { N = 64 }; /* x is N x N: big enough that matmuls go to the NPU under most policies */
+enum { N = 64 }; /* x is N x N */
+
+/* Matmuls to the simulated NPU first, whatever the cost model expects; a failure falls back to
+ * the CPU at once (no retry on the NPU); everything else runs on the CPU. */
+static const char *npu_first_policy =
+    "policy \"stress_npu_first\"\n"
+    "device cpu { enabled = true }\n"
+    "device npu { enabled = true }\n"
+    "fallback {\n"
+    "    retries = 0\n"
+    "    degrade_after = 3\n"
+    "    degrade_for = 100 ms\n"
+    "}\n"
+    "rule npu_matmul {\n"
+    "    when op = matmul\n"
+    "    use npu, cpu\n"
+    "    strategy first_available\n"
+    "}\n"
+    "rule other_ops {\n"
+    "    use cpu\n"
+    "}\n";
 
 static nh_runtime rt;
 static int ops_per_thread = 10000;
@@ -128,11 +154,15 @@ static void *run(void *arg) {
 
 static void *swap_policies(void *arg) {
   (void)arg;
+  /* The runtime starts with npu_first_policy; odd swaps load a built-in, even ones return. */
   const char *names[] = {"default", "llm_inference", "continuous_audio", "battery_saver"};
   while (!done) {
     struct timespec ts = {0, 100 * 1000 * 1000};
     nanosleep(&ts, NULL);
-    NH_CHECK(nh_policy_load(rt, NH_POLICY_BUILTIN, names[swaps % 4]));
+    if (swaps % 2 == 0)
+      NH_CHECK(nh_policy_load(rt, NH_POLICY_BUILTIN, names[(swaps / 2) % 4]));
+    else
+      NH_CHECK(nh_policy_load(rt, NH_POLICY_SOURCE, npu_first_policy));
     swaps++;
   }
   return NULL;
@@ -161,7 +191,10 @@ int main(int argc, char **argv) {
   d.perf_cache_dir = "";
   d.log_level = 1;
   NH_CHECK(nh_runtime_create(&d, &rt));
-  /* The simulated NPU fails 10% of its ops and is lost after a third of the run's ops. */
+  NH_CHECK(nh_policy_load(rt, NH_POLICY_SOURCE, npu_first_policy));
+  /* The simulated NPU fails its first op, then 10% of its ops at random, and is lost after
+   * as many ops as a fifteenth of the run's. */
+  NH_CHECK(nh_device_inject_fault(rt, 1, NH_FAULT_FAIL_NTH, 1, 0));
   NH_CHECK(nh_device_inject_fault(rt, 1, NH_FAULT_FAIL_FRACTION, 0.1, 1234));
   NH_CHECK(nh_device_inject_fault(rt, 1, NH_FAULT_LOSE_AFTER, (double)(threads * ops_per_thread / 15), 0));
 
@@ -214,14 +247,22 @@ int main(int argc, char **argv) {
   VERIFY(rs.ops_completed == rs.ops_submitted, "completed %llu of %llu", (unsigned long long)rs.ops_completed,
          (unsigned long long)rs.ops_submitted);
   VERIFY(rs.ops_failed == 0, "%llu ops failed", (unsigned long long)rs.ops_failed);
-  VERIFY(npu.failures > 0 && rs.fallbacks >= npu.fallbacks, "faults were injected and fell back");
+  VERIFY(npu.ops_run > 0, "the simulated NPU ran no op");
+  VERIFY(npu.failures > 0, "no injected fault was met (%llu NPU failures)", (unsigned long long)npu.failures);
+  /* Under npu_first_policy a failure falls back at once; the built-ins may retry on the NPU. */
+  VERIFY(npu.fallbacks > 0 && npu.fallbacks <= npu.failures,
+         "NPU failures fell back: %llu failures, %llu fallbacks",
+         (unsigned long long)npu.failures, (unsigned long long)npu.fallbacks);
+  VERIFY(rs.fallbacks >= npu.fallbacks, "runtime fallbacks %llu < NPU fallbacks %llu",
+         (unsigned long long)rs.fallbacks, (unsigned long long)npu.fallbacks);
   VERIFY(after.bytes_in_use == before.bytes_in_use, "pool in use %llu, baseline %llu",
          (unsigned long long)after.bytes_in_use, (unsigned long long)before.bytes_in_use);
   VERIFY(rss_after - rss_before < 64 * 1024, "RSS grew by %ld KiB", rss_after - rss_before);
-  printf("stress: %d threads x %d ops: %llu ops completed, %llu lost, %llu NPU failures, %llu fallbacks, "
+  printf("stress: %d threads x %d ops: %llu ops completed, %llu lost, %llu NPU ops, %llu NPU failures, %llu fallbacks, "
          "%d policy swaps, pool in use %llu -> %llu bytes, RSS %ld -> %ld KiB\n",
          threads, ops_per_thread, (unsigned long long)rs.ops_completed,
-         (unsigned long long)(rs.ops_submitted - rs.ops_completed), (unsigned long long)npu.failures,
+         (unsigned long long)(rs.ops_submitted - rs.ops_completed), (unsigned long long)npu.ops_run,
+         (unsigned long long)npu.failures,
          (unsigned long long)rs.fallbacks, swaps, (unsigned long long)before.bytes_in_use,
          (unsigned long long)after.bytes_in_use, rss_before, rss_after);
   NH_CHECK(nh_runtime_destroy(rt));
