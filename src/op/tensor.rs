@@ -112,6 +112,36 @@ impl TensorView {
         Ok(())
     }
 
+    /// Whether no two elements of the (validated) view share an address. Outputs must be
+    /// such views: an output with a zero or interleaving stride would be written more than
+    /// once per element (by several threads at once in parallel kernels), and could describe
+    /// far more elements than its buffer holds, an op that runs for hours on 64 bytes.
+    /// Sufficient test: sorted by stride, each dimension steps over everything the smaller
+    /// ones reach (rejects a few exotic interleaved layouts that would be injective).
+    pub fn is_non_overlapping(&self) -> bool {
+        let mut dims: [(usize, usize); MAX_RANK] = [(0, 0); MAX_RANK];
+        let mut n = 0;
+        for (&d, &s) in self.dims().iter().zip(self.strides()) {
+            if d > 1 {
+                dims[n] = (s, d);
+                n += 1;
+            }
+        }
+        dims[..n].sort_unstable();
+        let mut reach: usize = 1; // elements spanned by the dimensions with smaller strides
+        for &(s, d) in &dims[..n] {
+            if s < reach {
+                return false;
+            }
+            // Cannot overflow: validation bounded (d - 1) * s and their sum by the buffer.
+            reach = match (d - 1).checked_mul(s).and_then(|r| r.checked_add(reach)) {
+                Some(r) => r,
+                None => return false,
+            };
+        }
+        true
+    }
+
     /// Byte range [start, end) of the buffer this view may touch (for hazard tracking).
     pub fn byte_range(&self) -> (usize, usize) {
         let last: usize = self.dims().iter().zip(self.strides()).map(|(&d, &s)| (d - 1) * s).sum();
@@ -127,4 +157,41 @@ pub fn dense_strides(dims: &[usize]) -> [usize; MAX_RANK] {
         acc *= dims[i];
     }
     strides
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::DType;
+
+    fn view(shape: &[usize], strides: &[usize]) -> TensorView {
+        let mut v = TensorView {
+            buffer: 1,
+            dtype: DType::F32,
+            rank: shape.len(),
+            shape: [1; MAX_RANK],
+            strides: [0; MAX_RANK],
+            offset: 0,
+        };
+        v.shape[..shape.len()].copy_from_slice(shape);
+        v.strides[..strides.len()].copy_from_slice(strides);
+        v
+    }
+
+    #[test]
+    fn dense_transposed_and_padded_views_do_not_overlap() {
+        assert!(view(&[4, 8], &[8, 1]).is_non_overlapping());
+        assert!(view(&[4, 8], &[1, 4]).is_non_overlapping()); // transposed
+        assert!(view(&[4, 8], &[16, 1]).is_non_overlapping()); // padded rows
+        assert!(view(&[2, 3, 4, 5], &[60, 20, 5, 1]).is_non_overlapping());
+        assert!(view(&[1, 1 << 40], &[0, 1]).is_non_overlapping()); // size-1 dims are free
+    }
+
+    #[test]
+    fn zero_and_interleaved_strides_overlap() {
+        assert!(!view(&[1, 1 << 40], &[1, 0]).is_non_overlapping());
+        assert!(!view(&[4, 4], &[0, 1]).is_non_overlapping());
+        assert!(!view(&[4, 8], &[4, 1]).is_non_overlapping()); // rows overlap by half
+        assert!(!view(&[3, 3], &[1, 1]).is_non_overlapping());
+    }
 }

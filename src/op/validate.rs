@@ -85,6 +85,14 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
         }
     }
     op.output.validate(&format!("{}: output", name(op)), buffer_len(&op.output)?)?;
+    if !op.output.is_non_overlapping() {
+        return Err(Error::invalid(format!(
+            "{}: output shape {:?} with strides {:?} addresses some elements more than once",
+            name(op),
+            op.output.dims(),
+            op.output.strides()
+        )));
+    }
     for (i, v) in op.inputs.iter().enumerate() {
         if let Some(v) = v {
             if v.buffer == op.output.buffer && overlaps(v, &op.output) && !elementwise_in_place_ok(op, v) {
