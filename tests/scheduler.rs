@@ -51,6 +51,25 @@ fn llm_inference_sends_prefill_to_the_npu_and_decode_to_the_gpu() {
 }
 
 #[test]
+fn earliest_completion_counts_uploads_of_operands_a_device_does_not_hold() {
+    // Two GPUs of the same speed; one holds the weights already, the other would have to
+    // upload them (5 ms). Device order must not decide: each layout is tried both ways.
+    let policy = "policy \"gpus\"\nrule mm {\n  when op = matmul\n  use gpu\n  strategy earliest_completion\n}\nrule rest {\n  use cpu\n}\n";
+    for holder in [1usize, 2] {
+        let gpu = |name: &str, holds: bool| {
+            let d = ScriptedDevice::new(DeviceKind::Gpu, name, 100.0, Script::Works);
+            Box::new(if holds { d } else { d.without_copy_of_input(0, 5e6) }) as Box<dyn Backend>
+        };
+        let rt = runtime(source(policy), vec![gpu("gpu a", holder == 1), gpu("gpu b", holder == 2)]);
+        let (w, x, y) =
+            (upload(&rt, &random(64 * 64, 1)), upload(&rt, &random(64, 2)), rt.alloc(64 * 4).unwrap());
+        let ev = rt.submit(matmul(w, x, y, 64, 64, 1)).unwrap();
+        ev.wait(None).unwrap();
+        assert_eq!(ev.outcome().1.device, Some(holder), "the GPU that holds the weights runs it");
+    }
+}
+
+#[test]
 fn battery_saver_runs_the_npu_in_powersaver() {
     let npu = sim(true);
     let _rt = runtime(PolicySource::Builtin("battery_saver".into()), vec![Box::new(npu.clone())]);
@@ -145,8 +164,11 @@ fn hot_npu() -> Arc<SimNpu> {
     Arc::new(SimNpu::new(SimNpuConfig {
         virtual_time: true,
         initial_mode: PowerMode::Turbo,
-        // Fast thermal constants so that a few thousand small ops heat it up.
+        // Fast thermal constants so that a few thousand small ops heat it up, and a high
+        // thermal resistance so that one busy unit is enough: how many of the three units
+        // overlap depends on how fast the host computes the results, which tests must not.
         thermal_time_constant: Duration::from_millis(20),
+        thermal_resistance_k_per_w: 25.0,
         ..Default::default()
     }))
 }

@@ -22,13 +22,21 @@ fn unchanged_inputs_are_uploaded_once() {
     let op = OpDesc::new(OpKind::Matmul, &[x.view, w.view], out.view);
     let mem = memory(&[&x, &w, &out]);
     let before = gpu.stats().uploaded_bytes;
+    let all_missing = gpu.upload_ns(&op, &mem);
+    assert!(all_missing > 0.0, "nothing is resident before the first run");
     gpu.execute(&op, &mem).unwrap();
+    assert_eq!(gpu.upload_ns(&op, &mem), 0.0, "the scheduler sees both inputs resident");
     let first = gpu.stats().uploaded_bytes - before;
     assert_eq!(first, (8 * 64 + 64 * 32) * 4);
     gpu.execute(&op, &mem).unwrap();
     assert_eq!(gpu.stats().uploaded_bytes - before, first, "nothing new to upload");
     // A host write changes the version: only x goes again.
     x.buf.write(0, &[0u8; 4]).unwrap();
+    let x_missing = gpu.upload_ns(&op, &mem);
+    assert!(
+        x_missing > 0.0 && x_missing < all_missing,
+        "only x is to be uploaded: {x_missing} of {all_missing}"
+    );
     gpu.execute(&op, &mem).unwrap();
     assert_eq!(gpu.stats().uploaded_bytes - before, first + 8 * 64 * 4);
     let first_values = out.values();

@@ -139,6 +139,12 @@ pub trait Backend: Send + Sync {
     /// (`Error::is_device_fault`), and the scheduler falls back on them.
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport>;
 
+    /// Predicted nanoseconds to bring the op's inputs that this device holds no current copy
+    /// of into its memory. 0 where ops read host memory directly (the CPU).
+    fn upload_ns(&self, _op: &OpDesc, _mem: &OpMemory) -> f64 {
+        0.0
+    }
+
     /// Current readings from the device's own interface (not the sysfs monitor).
     fn readings(&self) -> DeviceReadings {
         DeviceReadings::default()
@@ -172,6 +178,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
         (**self).execute(op, mem)
+    }
+    fn upload_ns(&self, op: &OpDesc, mem: &OpMemory) -> f64 {
+        (**self).upload_ns(op, mem)
     }
     fn readings(&self) -> DeviceReadings {
         (**self).readings()

@@ -72,11 +72,24 @@ thread_local! {
     static LOCAL_JOB: std::cell::RefCell<LocalJob> = std::cell::RefCell::new(LocalJob::default());
 }
 
+/// What running an op on a device is expected to cost, in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+struct Expected {
+    /// From now until it would complete: queued work, uploads, run.
+    completion: f64,
+    /// The device's own time for it: uploads + run.
+    busy: f64,
+    upload: f64,
+}
+
 struct Job {
     task: Arc<Task>,
     op: OpDesc,
     device: usize,
+    /// Predicted time on the device: uploads + run (queue accounting, inlining).
     predicted_ns: f64,
+    /// The uploads' part of it, taken out of the measured time before the model learns.
+    upload_ns: f64,
     /// Devices that already failed this job.
     tried: u64,
     attempts_here: u32,
@@ -223,19 +236,20 @@ impl Scheduler {
             return;
         }
         let decision = task.policy.decide(&Self::query(&task.op));
-        if let Some(parts) = self.plan_split(&task.op, &decision) {
+        if let Some(parts) = self.plan_split(&task.op, &task.mem, &decision) {
             self.counters.split_ops.fetch_add(1, Ordering::Relaxed);
             task.parts_left.store(parts.len() as u32, Ordering::Release);
             task.event.expect_parts(parts.len() as u32);
             self.trace.instant(None, "split", || json!({"op": task.op.kind.name(), "parts": parts.len()}));
             for (device, op) in parts {
-                let predicted_ns = self.devices[device].model.predict_ns(&op);
+                let expected = self.expected_ns(&self.devices[device], &op, &task.mem);
                 self.enqueue(
                     Job {
                         task: Arc::clone(&task),
                         op,
                         device,
-                        predicted_ns,
+                        predicted_ns: expected.busy,
+                        upload_ns: expected.upload,
                         tried: 0,
                         attempts_here: 0,
                         fallbacks: 0,
@@ -245,13 +259,20 @@ impl Scheduler {
             }
             return;
         }
-        match self.choose(&task.op, &decision, 0) {
-            Some((device, predicted_ns)) => {
+        match self.choose(&task.op, &task.mem, &decision, 0) {
+            Some((device, expected)) => {
                 let op = task.op.clone();
-                self.enqueue(
-                    Job { task, op, device, predicted_ns, tried: 0, attempts_here: 0, fallbacks: 0 },
-                    from_submitter,
-                )
+                let job = Job {
+                    task,
+                    op,
+                    device,
+                    predicted_ns: expected.busy,
+                    upload_ns: expected.upload,
+                    tried: 0,
+                    attempts_here: 0,
+                    fallbacks: 0,
+                };
+                self.enqueue(job, from_submitter)
             }
             None => {
                 let err = Error::Unsupported(format!(
@@ -272,17 +293,25 @@ impl Scheduler {
             && !device.load.thermally_excluded.load(Ordering::Relaxed)
     }
 
-    /// Expected completion: queued work + predicted run time (+ transfers, in the model).
-    fn expected_ns(&self, device: &Device, op: &OpDesc) -> (f64, f64) {
-        let predicted = device.model.predict_ns(op);
+    /// Expected completion: queued work + uploads of operands not resident there + predicted
+    /// run time.
+    fn expected_ns(&self, device: &Device, op: &OpDesc, mem: &OpMemory) -> Expected {
+        let run = device.model.predict_ns(op);
+        let upload = device.backend.upload_ns(op, mem);
         let queued = device.load.queued_ns.load(Ordering::Relaxed) as f64;
         let in_flight = device.info.max_in_flight.max(1) as f64;
-        (queued / in_flight + predicted, predicted)
+        Expected { completion: queued / in_flight + upload + run, busy: upload + run, upload }
     }
 
     /// Picks a device for `op` by the policy decision, skipping devices in `tried`. Falls
     /// back to any device that can run the op when no policy candidate can (nothing is lost).
-    fn choose(&self, op: &OpDesc, decision: &Decision, tried: u64) -> Option<(usize, f64)> {
+    fn choose(
+        &self,
+        op: &OpDesc,
+        mem: &OpMemory,
+        decision: &Decision,
+        tried: u64,
+    ) -> Option<(usize, Expected)> {
         let now = Instant::now();
         let mut candidates: Vec<&Device> = Vec::with_capacity(self.devices.len());
         for class in decision.candidates {
@@ -324,14 +353,16 @@ impl Scheduler {
             Strategy::EarliestCompletion => candidates
                 .iter()
                 .copied()
-                .min_by(|a, b| self.expected_ns(a, op).0.total_cmp(&self.expected_ns(b, op).0)),
+                .map(|d| (d, self.expected_ns(d, op, mem).completion))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(d, _)| d),
         }?;
-        Some((pick.index, self.expected_ns(pick, op).1))
+        Some((pick.index, self.expected_ns(pick, op, mem)))
     }
 
     /// Parts of a split matmul, one per usable device of the split's classes, sized by the
     /// fixed ratios or by predicted throughput (`dynamic`). None when the op is not split.
-    fn plan_split(&self, op: &OpDesc, decision: &Decision) -> Option<Vec<(usize, OpDesc)>> {
+    fn plan_split(&self, op: &OpDesc, mem: &OpMemory, decision: &Decision) -> Option<Vec<(usize, OpDesc)>> {
         let spec = decision.split?;
         if op.kind != OpKind::Matmul {
             return None;
@@ -345,7 +376,7 @@ impl Scheduler {
             };
             let weight = match &spec.ratios {
                 Some(r) => r.get(i).copied().unwrap_or(0.0) as f64,
-                None => 1.0 / self.expected_ns(d, op).0.max(1.0),
+                None => 1.0 / self.expected_ns(d, op, mem).completion.max(1.0),
             };
             devices.push(d.index);
             weights.push(weight);
@@ -403,13 +434,6 @@ impl Scheduler {
 
     fn run_job(self: &Arc<Self>, job: Job) {
         let device = &self.devices[job.device];
-        // The output changes: a new version makes every device replica of it stale (the
-        // Vulkan backend keeps replicas keyed by version). Before running is early enough,
-        // since readers of these bytes wait for this op (hazards), and a backend that keeps
-        // its output resident records the version it sees after writing.
-        if let Ok(out) = job.task.mem.buffer(job.op.output.buffer) {
-            out.touch();
-        }
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| device.backend.execute(&job.op, &job.task.mem)))
             .unwrap_or_else(|panic| {
@@ -425,9 +449,12 @@ impl Scheduler {
                 load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
                 load.bytes_moved.fetch_add(job.op.views().map(|v| v.bytes() as u64).sum(), Ordering::Relaxed);
                 load.consecutive_failures.store(0, Ordering::Relaxed);
-                // Wall time on the worker (uploads, submission, waits included) is what the
-                // caller waits for; a GPU timestamp alone would make small ops look free.
-                device.model.record(&job.op, elapsed as f64);
+                // Wall time on the worker (submission, waits, write-back included) is what
+                // the caller waits for; a GPU timestamp alone would make small ops look free.
+                // Uploads are predicted apart (they happen once per buffer version), so
+                // their estimate is taken out, never below a tenth of the wall time.
+                let run_ns = (elapsed as f64 - job.upload_ns).max(elapsed as f64 / 10.0);
+                device.model.record(&job.op, run_ns);
                 self.trace.slice(
                     device.index,
                     job.op.kind.name(),
@@ -491,8 +518,8 @@ impl Scheduler {
             return;
         }
         job.tried |= 1 << job.device;
-        match self.choose(&job.op, &decision, job.tried) {
-            Some((next, predicted_ns)) => {
+        match self.choose(&job.op, &job.task.mem, &decision, job.tried) {
+            Some((next, expected)) => {
                 device.load.fallbacks.fetch_add(1, Ordering::Relaxed);
                 self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
                 log::info!(
@@ -502,7 +529,8 @@ impl Scheduler {
                     self.devices[next].info.name
                 );
                 job.device = next;
-                job.predicted_ns = predicted_ns;
+                job.predicted_ns = expected.busy;
+                job.upload_ns = expected.upload;
                 job.attempts_here = 0;
                 job.fallbacks += 1;
                 self.enqueue(job, false);

@@ -27,6 +27,10 @@ pub struct ScriptedDevice {
     info: DeviceInfo,
     script: Script,
     delay: Duration,
+    /// Predicted upload time it reports for the input at position `missing` (it holds no
+    /// copy of that operand), if any.
+    upload_ns: f64,
+    missing: Option<usize>,
     pub calls: Arc<AtomicU64>,
 }
 
@@ -39,7 +43,21 @@ impl ScriptedDevice {
         info.peak_gflops = peak_gflops;
         info.bandwidth_gbs = peak_gflops;
         info.max_in_flight = 1;
-        ScriptedDevice { info, script, delay: Duration::ZERO, calls: Arc::new(AtomicU64::new(0)) }
+        ScriptedDevice {
+            info,
+            script,
+            delay: Duration::ZERO,
+            upload_ns: 0.0,
+            missing: None,
+            calls: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Reports `ns` of upload time for input `index` of every op.
+    pub fn without_copy_of_input(mut self, index: usize, ns: f64) -> Self {
+        self.missing = Some(index);
+        self.upload_ns = ns;
+        self
     }
 
     pub fn with_delay(mut self, delay: Duration) -> Self {
@@ -67,6 +85,13 @@ impl Backend for ScriptedDevice {
         std::thread::sleep(self.delay);
         execute_on_host(op, mem)?;
         Ok(ExecReport::default())
+    }
+
+    fn upload_ns(&self, op: &OpDesc, _mem: &OpMemory) -> f64 {
+        match self.missing {
+            Some(i) if op.inputs[i].is_some() => self.upload_ns,
+            _ => 0.0,
+        }
     }
 }
 

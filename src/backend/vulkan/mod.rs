@@ -30,6 +30,10 @@ pub struct VulkanBackend {
     features: ops::Features,
     max_range: u64,
     state: Mutex<submit::State>,
+    /// Which input views have a current replica, for `upload_ns` (read without `state`).
+    resident: residency::ResidentSet,
+    /// Host-to-device copy rate assumed for uploads, bytes per nanosecond (GB/s).
+    upload_gbs: f64,
     ctx: Arc<Context>,
 }
 
@@ -87,11 +91,17 @@ impl VulkanBackend {
             subgroup_arithmetic: ctx.caps.subgroup_arithmetic,
         };
         let state = submit::State::new(ctx.clone())?;
+        // A discrete GPU copies through staging over PCIe; elsewhere an upload is a host copy
+        // (with packing) into device-visible memory. Both are rough, and only rank devices.
+        let upload_gbs =
+            if ctx.caps.device_type == vk::PhysicalDeviceType::DISCRETE_GPU { 12.0 } else { 10.0 };
         Ok(VulkanBackend {
             info: device_info(&ctx),
             features,
             max_range: ctx.caps.max_storage_range,
+            resident: state.residency.resident_set(),
             state: Mutex::new(state),
+            upload_gbs,
             ctx,
         })
     }
@@ -153,6 +163,20 @@ impl Backend for VulkanBackend {
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
         let reports = self.execute_batch(&[(op, mem)])?;
         Ok(reports[0])
+    }
+
+    fn upload_ns(&self, op: &OpDesc, mem: &OpMemory) -> f64 {
+        let missing: usize = op
+            .inputs
+            .iter()
+            .flatten()
+            .filter(|v| {
+                mem.buffer(v.buffer)
+                    .map_or(true, |b| !self.resident.is_current(&residency::ReplicaKey::of(v), b.version()))
+            })
+            .map(|v| v.bytes())
+            .sum();
+        missing as f64 / self.upload_gbs
     }
 }
 

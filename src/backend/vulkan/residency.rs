@@ -5,8 +5,9 @@
 
 use crate::memory::{Buffer, BufferId};
 use crate::op::TensorView;
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReplicaKey {
@@ -41,15 +42,39 @@ pub struct ResidencyCache<A> {
     bytes: u64,
     /// Advanced once per submission; entries used by the current one are never evicted.
     tick: u64,
+    /// The version of each replica, readable while a submission holds the cache.
+    resident: ResidentSet,
+}
+
+/// Which replicas exist, shared with the scheduler's cost estimate: it reads this without
+/// waiting for the submission that owns the cache.
+#[derive(Clone, Default)]
+pub struct ResidentSet(Arc<RwLock<HashMap<ReplicaKey, u64>>>);
+
+impl ResidentSet {
+    pub fn is_current(&self, key: &ReplicaKey, version: u64) -> bool {
+        self.0.read().get(key) == Some(&version)
+    }
 }
 
 impl<A: Copy> Default for ResidencyCache<A> {
     fn default() -> Self {
-        ResidencyCache { entries: HashMap::new(), bytes: 0, tick: 1 }
+        ResidencyCache { entries: HashMap::new(), bytes: 0, tick: 1, resident: ResidentSet::default() }
     }
 }
 
 impl<A: Copy> ResidencyCache<A> {
+    pub fn resident_set(&self) -> ResidentSet {
+        self.resident.clone()
+    }
+
+    fn remove(&mut self, key: &ReplicaKey) -> Entry<A> {
+        let e = self.entries.remove(key).expect("present");
+        self.bytes -= e.bytes;
+        self.resident.0.write().remove(key);
+        e
+    }
+
     /// Starts a new submission: what it uses from now on is protected from eviction.
     pub fn next_tick(&mut self) {
         self.tick += 1;
@@ -63,9 +88,7 @@ impl<A: Copy> ResidencyCache<A> {
                 Some(e.alloc)
             }
             Some(_) => {
-                let e = self.entries.remove(key).expect("present");
-                self.bytes -= e.bytes;
-                stale.push(e.alloc);
+                stale.push(self.remove(key).alloc);
                 None
             }
             None => None,
@@ -82,6 +105,7 @@ impl<A: Copy> ResidencyCache<A> {
         bytes: u64,
     ) -> Option<A> {
         self.bytes += bytes;
+        self.resident.0.write().insert(key, version);
         let old = self.entries.insert(key, Entry { version, alloc, bytes, owner, last_use: self.tick });
         old.map(|e| {
             self.bytes -= e.bytes;
@@ -94,9 +118,7 @@ impl<A: Copy> ResidencyCache<A> {
         let dead: Vec<ReplicaKey> =
             self.entries.iter().filter(|(_, e)| e.owner.strong_count() == 0).map(|(k, _)| *k).collect();
         for k in dead {
-            let e = self.entries.remove(&k).expect("present");
-            self.bytes -= e.bytes;
-            out.push(e.alloc);
+            out.push(self.remove(&k).alloc);
         }
     }
 
@@ -118,9 +140,7 @@ impl<A: Copy> ResidencyCache<A> {
             if self.bytes <= budget {
                 break;
             }
-            let e = self.entries.remove(&k).expect("present");
-            self.bytes -= e.bytes;
-            out.push(e.alloc);
+            out.push(self.remove(&k).alloc);
         }
         out.len() > before
     }
@@ -129,6 +149,7 @@ impl<A: Copy> ResidencyCache<A> {
     pub fn clear(&mut self, out: &mut Vec<A>) {
         out.extend(self.entries.drain().map(|(_, e)| e.alloc));
         self.bytes = 0;
+        self.resident.0.write().clear();
     }
 
     pub fn bytes(&self) -> u64 {
@@ -163,10 +184,13 @@ mod tests {
         let b = buffer(&pool, 1);
         let mut c: ResidencyCache<u32> = ResidencyCache::default();
         let mut out = Vec::new();
+        let resident = c.resident_set();
         assert_eq!(c.lookup(&key(1), b.version(), &mut out), None);
         c.insert(key(1), b.version(), Arc::downgrade(&b), 7, 64);
+        assert!(resident.is_current(&key(1), b.version()));
         assert_eq!(c.lookup(&key(1), b.version(), &mut out), Some(7));
         b.touch();
+        assert!(!resident.is_current(&key(1), b.version()));
         assert_eq!(c.lookup(&key(1), b.version(), &mut out), None);
         assert_eq!(out, vec![7]);
         assert_eq!(c.bytes(), 0);
@@ -183,6 +207,7 @@ mod tests {
         c.insert(key(2), b2.version(), Arc::downgrade(&b2), 2, 100);
         c.next_tick();
         c.insert(key(3), b3.version(), Arc::downgrade(&b3), 3, 100);
+        let v2 = b2.version();
         drop(b2);
         c.evict_dead(&mut out);
         assert_eq!(out, vec![2]);
@@ -191,6 +216,9 @@ mod tests {
         assert!(c.evict_to(0, &mut out));
         assert_eq!(out, vec![1]);
         assert_eq!(c.len(), 1);
+        let resident = c.resident_set();
+        assert!(!resident.is_current(&key(1), b1.version()) && !resident.is_current(&key(2), v2));
+        assert!(resident.is_current(&key(3), b3.version()));
         assert_eq!(c.bytes(), 100);
     }
 }
