@@ -434,6 +434,13 @@ impl Scheduler {
 
     fn run_job(self: &Arc<Self>, job: Job) {
         let device = &self.devices[job.device];
+        // The output changes: a new version makes every device replica of it stale (the
+        // Vulkan backend keeps replicas keyed by version). Before running is early enough,
+        // since readers of these bytes wait for this op (hazards), and a backend that keeps
+        // its output resident records the version it sees after writing.
+        if let Ok(out) = job.task.mem.buffer(job.op.output.buffer) {
+            out.touch();
+        }
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| device.backend.execute(&job.op, &job.task.mem)))
             .unwrap_or_else(|panic| {
