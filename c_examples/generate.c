@@ -1,0 +1,894 @@
+/* generate: text generation with a decoder-only (Llama-style) transformer whose f32 weights
+ * are read from a safetensors file through nh_buffer_map_file and views into it.
+ *
+ * Per layer: RMSNorm, Q/K/V projections (K and V written straight into the layer's KV cache,
+ * a library buffer of [positions, kv_heads * head_dim]), RoPE on Q and on the new cache rows
+ * (half-split "NeoX / Hugging Face Llama" pairs, the library's default), grouped-query causal
+ * attention over the cache, output projection accumulated into the residual stream (matmul
+ * with beta = 1), RMSNorm, SwiGLU FFN (gate matmul with fused SiLU, up, mul, down accumulated
+ * into the residual). Then the final RMSNorm and the LM head; sampling is host side.
+ *
+ * Prefill runs the whole prompt at once (ops tagged phase=prefill), decode one token a step
+ * (phase=decode), so a policy like llm_inference places them: prefill matmuls on the NPU,
+ * decode on the GPU. A decode step is recorded as a graph and submitted as one unit; ops that
+ * depend on the position (the K/V cache rows written, rope_position, the attention's key
+ * count, the embedding row) change every step, so the step's graph is recorded anew each
+ * step (`--decode ops` submits the same ops one by one instead).
+ *
+ *   generate [--model DIR] [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]
+ *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
+ *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|ops]
+ *            [--warmup N] [--expect-placement] [--quiet]
+ */
+#include "common.h"
+#include "safetensors.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <time.h>
+
+#ifndef NH_DEFAULT_MODEL
+#define NH_DEFAULT_MODEL "tests/data/tiny_llama"
+#endif
+
+#define MAX_DEVICES 16
+#define MAX_LAYERS 256
+#define NKINDS 12
+
+enum { PHASE_PREFILL = 0, PHASE_DECODE = 1, NPHASES = 2 };
+static const char *phase_tag[NPHASES] = {"phase=prefill", "phase=decode"};
+static const char *phase_name[NPHASES] = {"prefill", "decode"};
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "generate: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  exit(2);
+}
+
+static char *read_text(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) die("%s: cannot open: %s", path, strerror(errno));
+  if (fseek(f, 0, SEEK_END) != 0) die("%s: cannot seek", path);
+  long n = ftell(f);
+  if (n < 0 || n > (1L << 30) || fseek(f, 0, SEEK_SET) != 0) die("%s: cannot determine its size", path);
+  char *s = malloc((size_t)n + 1);
+  if (!s || fread(s, 1, (size_t)n, f) != (size_t)n) die("%s: cannot read", path);
+  s[n] = '\0';
+  fclose(f);
+  return s;
+}
+
+/* ---- A minimal reader for flat JSON objects: "key": number or "key": [numbers]. ---- */
+
+/* The text right after `"key":` at the top level of the object (keys inside nested arrays
+ * of numbers cannot collide since they hold no strings). */
+static const char *json_value(const char *json, const char *key, const char *path) {
+  size_t kl = strlen(key);
+  for (const char *p = json; (p = strchr(p, '"')) != NULL; p++) {
+    if (!strncmp(p + 1, key, kl) && p[kl + 1] == '"') {
+      const char *q = p + kl + 2;
+      while (isspace((unsigned char)*q)) q++;
+      if (*q == ':') {
+        q++;
+        while (isspace((unsigned char)*q)) q++;
+        return q;
+      }
+    }
+  }
+  die("%s: no \"%s\"", path, key);
+  return NULL;
+}
+
+static double json_number(const char *json, const char *key, const char *path) {
+  const char *v = json_value(json, key, path);
+  char *end;
+  errno = 0;
+  double d = strtod(v, &end);
+  if (end == v || errno) die("%s: \"%s\" is not a number", path, key);
+  return d;
+}
+
+/* A JSON array of numbers; *n gets its length. */
+static double *json_numbers(const char *json, const char *key, const char *path, size_t *n) {
+  const char *p = json_value(json, key, path);
+  if (*p != '[') die("%s: \"%s\" is not an array", path, key);
+  p++;
+  size_t cap = 256, len = 0;
+  double *out = malloc(cap * sizeof *out);
+  for (;;) {
+    while (isspace((unsigned char)*p)) p++;
+    if (*p == ']' && len == 0) break;
+    char *end;
+    errno = 0;
+    double d = strtod(p, &end);
+    if (end == p || errno) die("%s: \"%s\": element %zu is not a number", path, key, len);
+    if (len == cap) out = realloc(out, (cap *= 2) * sizeof *out);
+    out[len++] = d;
+    p = end;
+    while (isspace((unsigned char)*p)) p++;
+    if (*p == ',') {
+      p++;
+      continue;
+    }
+    if (*p != ']') die("%s: \"%s\": expected ',' or ']' after element %zu", path, key, len - 1);
+    break;
+  }
+  *n = len;
+  return out;
+}
+
+static uint64_t json_uint(const char *json, const char *key, const char *path, uint64_t lo, uint64_t hi) {
+  double d = json_number(json, key, path);
+  if (d != floor(d) || d < (double)lo || d > (double)hi)
+    die("%s: \"%s\" = %g must be a whole number in %llu..%llu", path, key, d, (unsigned long long)lo,
+        (unsigned long long)hi);
+  return (uint64_t)d;
+}
+
+/* ---- Model ---- */
+
+typedef struct {
+  uint64_t vocab, dim, layers, heads, kv_heads, head_dim, ffn, max_pos;
+  float theta, eps;
+} config;
+
+typedef struct {
+  nh_tensor attn_norm, wq, wk, wv, wo, ffn_norm, wgate, wup, wdown;
+} layer_weights;
+
+typedef struct {
+  config c;
+  nh_buffer file;
+  const st_tensor *embed;
+  nh_tensor norm, lm_head;
+  layer_weights layer[MAX_LAYERS];
+} model;
+
+/* The view of weight `name`, which must be F32 and shaped [d0] or [d0, d1]. */
+static nh_tensor weight(const st_file *st, nh_buffer file, const char *path, const char *name, uint64_t d0,
+                        uint64_t d1) {
+  const st_tensor *t = st_find(st, name);
+  if (!t) die("%s: no tensor \"%s\"", path, name);
+  if (t->dtype != NH_F32) die("%s: \"%s\" is %s; this example reads f32 weights only", path, name, t->dtype_name);
+  uint32_t rank = d1 ? 2 : 1;
+  if (t->rank != rank || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
+    if (d1)
+      die("%s: \"%s\" must be [%llu, %llu] (rank %u, first dim %llu)", path, name, (unsigned long long)d0,
+          (unsigned long long)d1, t->rank, (unsigned long long)t->shape[0]);
+    die("%s: \"%s\" must be [%llu]", path, name, (unsigned long long)d0);
+  }
+  if (t->offset % 4 != 0) die("%s: \"%s\" is not 4-byte aligned in the file", path, name);
+  return st_view(file, t);
+}
+
+static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
+  size_t path_cap = strlen(dir) + 32;
+  char *path = malloc(path_cap); /* heap: its size is not a compile-time constant */
+  snprintf(path, path_cap, "%s/config.json", dir);
+  char *cj = read_text(path);
+  config *c = &m->c;
+  c->vocab = json_uint(cj, "vocab_size", path, 1, 1u << 24);
+  c->dim = json_uint(cj, "hidden_size", path, 2, 1u << 16);
+  c->layers = json_uint(cj, "num_hidden_layers", path, 1, MAX_LAYERS);
+  c->heads = json_uint(cj, "num_attention_heads", path, 1, 1024);
+  c->kv_heads = json_uint(cj, "num_key_value_heads", path, 1, 1024);
+  c->ffn = json_uint(cj, "intermediate_size", path, 1, 1u << 20);
+  c->max_pos = json_uint(cj, "max_position_embeddings", path, 1, 1u << 20);
+  c->theta = (float)json_number(cj, "rope_theta", path);
+  c->eps = (float)json_number(cj, "rms_norm_eps", path);
+  free(cj);
+  if (c->dim % c->heads || c->heads % c->kv_heads || (c->dim / c->heads) % 2)
+    die("%s: hidden_size %llu, %llu heads and %llu kv heads do not give an even head_dim shared by whole groups",
+        path, (unsigned long long)c->dim, (unsigned long long)c->heads, (unsigned long long)c->kv_heads);
+  if (!(c->theta > 0) || !(c->eps >= 0)) die("%s: rope_theta must be > 0 and rms_norm_eps >= 0", path);
+  c->head_dim = c->dim / c->heads;
+
+  snprintf(path, path_cap, "%s/model.safetensors", dir);
+  char err[512];
+  if (st_open(path, st, err, sizeof err) != 0) die("%s", err);
+  NH_CHECK(nh_buffer_map_file(rt, path, &m->file));
+  uint64_t D = c->dim, Q = c->heads * c->head_dim, KV = c->kv_heads * c->head_dim;
+  nh_tensor e = weight(st, m->file, path, "model.embed_tokens.weight", c->vocab, D);
+  (void)e;
+  m->embed = st_find(st, "model.embed_tokens.weight");
+  m->norm = weight(st, m->file, path, "model.norm.weight", D, 0);
+  m->lm_head = weight(st, m->file, path, "lm_head.weight", c->vocab, D);
+  for (uint64_t i = 0; i < c->layers; i++) {
+    layer_weights *l = &m->layer[i];
+    char name[160];
+#define W(field, suffix, d0, d1)                                                         \
+  snprintf(name, sizeof name, "model.layers.%llu.%s", (unsigned long long)i, suffix); \
+  l->field = weight(st, m->file, path, name, d0, d1)
+    W(attn_norm, "input_layernorm.weight", D, 0);
+    W(wq, "self_attn.q_proj.weight", Q, D);
+    W(wk, "self_attn.k_proj.weight", KV, D);
+    W(wv, "self_attn.v_proj.weight", KV, D);
+    W(wo, "self_attn.o_proj.weight", D, Q);
+    W(ffn_norm, "post_attention_layernorm.weight", D, 0);
+    W(wgate, "mlp.gate_proj.weight", c->ffn, D);
+    W(wup, "mlp.up_proj.weight", c->ffn, D);
+    W(wdown, "mlp.down_proj.weight", D, c->ffn);
+#undef W
+  }
+  free(path);
+}
+
+/* ---- Activations and the KV cache ---- */
+
+typedef struct {
+  nh_buffer x, h, q, attn, g, u, logits;
+  nh_buffer k[MAX_LAYERS], v[MAX_LAYERS];
+  uint64_t rows, positions;
+} state;
+
+static nh_buffer alloc_f32(nh_runtime rt, uint64_t n) {
+  nh_buffer b;
+  NH_CHECK(nh_buffer_alloc(rt, n * sizeof(float), &b));
+  return b;
+}
+
+/* [rows, cols] f32 at row `row0` of a [.., cols] buffer. */
+static nh_tensor rows_view(nh_buffer b, uint64_t row0, uint64_t rows, uint64_t cols) {
+  uint64_t s[2] = {rows, cols};
+  return nh_dense(b, NH_F32, 2, s, row0 * cols * sizeof(float));
+}
+
+/* Rows [row0, row0 + seq) of a [.., heads * hd] buffer seen as [seq, heads, hd] (RoPE's layout). */
+static nh_tensor seq_heads_view(nh_buffer b, uint64_t row0, uint64_t seq, uint64_t heads, uint64_t hd) {
+  uint64_t s[3] = {seq, heads, hd};
+  return nh_dense(b, NH_F32, 3, s, row0 * heads * hd * sizeof(float));
+}
+
+/* The first `seq` rows of a [.., heads * hd] buffer seen as [heads, seq, hd] (attention's). */
+static nh_tensor heads_seq_view(nh_buffer b, uint64_t seq, uint64_t heads, uint64_t hd) {
+  uint64_t s[3] = {heads, seq, hd};
+  nh_tensor t = nh_dense(b, NH_F32, 3, s, 0);
+  t.strides[0] = hd;
+  t.strides[1] = heads * hd;
+  t.strides[2] = 1;
+  return t;
+}
+
+/* ---- Submission: op by op (events kept for placement) or into a graph ---- */
+
+typedef struct {
+  nh_event ev;
+  uint32_t kind;
+  uint32_t phase;
+} pending_op;
+
+typedef struct {
+  nh_runtime rt;
+  nh_graph graph; /* id 0: submit op by op */
+  pending_op *pending;
+  size_t npending, cap;
+  /* placement[phase][op kind][device] = ops, from each op's event (op-by-op only) */
+  uint64_t placement[NPHASES][NKINDS][MAX_DEVICES];
+  uint64_t tracked[NPHASES];
+  uint32_t ndev;
+} submitter;
+
+static void emit(submitter *s, const nh_op_desc *op, uint32_t phase) {
+  if (s->graph.id) {
+    NH_CHECK(nh_graph_add(s->rt, s->graph, op));
+    return;
+  }
+  if (s->npending == s->cap) {
+    s->cap = s->cap ? 2 * s->cap : 256;
+    s->pending = realloc(s->pending, s->cap * sizeof *s->pending);
+  }
+  pending_op *p = &s->pending[s->npending++];
+  NH_CHECK(nh_submit(s->rt, op, &p->ev));
+  p->kind = op->kind;
+  p->phase = phase;
+}
+
+/* Waits for every op submitted one by one and counts where each ran. */
+static void retire(submitter *s) {
+  for (size_t i = 0; i < s->npending; i++) {
+    pending_op *p = &s->pending[i];
+    NH_CHECK(nh_event_wait(s->rt, p->ev, UINT64_MAX));
+    nh_event_info info;
+    info.struct_size = sizeof info;
+    NH_CHECK(nh_event_get_info(s->rt, p->ev, &info));
+    NH_CHECK(nh_event_release(s->rt, p->ev));
+    if (info.device >= 0 && (uint32_t)info.device < s->ndev && p->kind < NKINDS) {
+      s->placement[p->phase][p->kind][info.device]++;
+      s->tracked[p->phase]++;
+    }
+  }
+  s->npending = 0;
+}
+
+static nh_op_desc op_init(uint32_t kind, uint32_t phase) {
+  nh_op_desc op;
+  NH_CHECK(nh_op_desc_init(&op));
+  op.kind = kind;
+  op.tags = phase_tag[phase];
+  return op;
+}
+
+/* out (+)= a[rows, in] * W^T, W an nn.Linear weight [out, in]. */
+static void linear(submitter *s, uint32_t phase, nh_tensor a, nh_tensor w, nh_tensor out, int accumulate,
+                   uint32_t act) {
+  nh_op_desc op = op_init(NH_OP_MATMUL, phase);
+  op.inputs[0] = a;
+  op.inputs[1] = w;
+  op.output = out;
+  op.flags = NH_FLAG_TRANS_B;
+  op.beta = accumulate ? 1.0f : 0.0f;
+  op.activation = act;
+  emit(s, &op, phase);
+}
+
+static void rmsnorm(submitter *s, uint32_t phase, nh_tensor x, nh_tensor w, nh_tensor out, float eps) {
+  nh_op_desc op = op_init(NH_OP_RMSNORM, phase);
+  op.inputs[0] = x;
+  op.inputs[1] = w;
+  op.output = out;
+  op.eps = eps;
+  emit(s, &op, phase);
+}
+
+/* Runs tokens[0..n) at positions pos.. through the model: logits of all n rows land in
+ * st->logits rows 0..n. The ops are emitted (submitted or recorded), not waited for. */
+static void forward(submitter *s, const model *m, const state *st, const int32_t *tokens, uint64_t n, uint64_t pos,
+                    uint32_t phase) {
+  const config *c = &m->c;
+  uint64_t D = c->dim, H = c->heads, HKV = c->kv_heads, HD = c->head_dim, QW = H * HD, KVW = HKV * HD;
+  nh_op_desc op;
+  /* Token embeddings: one row copy each, out of the mapped file. */
+  for (uint64_t i = 0; i < n; i++) {
+    op = op_init(NH_OP_COPY, phase);
+    uint64_t shape[2] = {1, D};
+    op.inputs[0] = nh_dense(m->file, NH_F32, 2, shape, m->embed->offset + (uint64_t)tokens[i] * D * sizeof(float));
+    op.output = rows_view(st->x, i, 1, D);
+    emit(s, &op, phase);
+  }
+  nh_tensor x = rows_view(st->x, 0, n, D), h = rows_view(st->h, 0, n, D);
+  for (uint64_t l = 0; l < c->layers; l++) {
+    const layer_weights *w = &m->layer[l];
+    rmsnorm(s, phase, x, w->attn_norm, h, c->eps);
+    linear(s, phase, h, w->wq, rows_view(st->q, 0, n, QW), 0, NH_ACT_NONE);
+    linear(s, phase, h, w->wk, rows_view(st->k[l], pos, n, KVW), 0, NH_ACT_NONE);
+    linear(s, phase, h, w->wv, rows_view(st->v[l], pos, n, KVW), 0, NH_ACT_NONE);
+    op = op_init(NH_OP_ROPE, phase);
+    op.inputs[0] = op.output = seq_heads_view(st->q, 0, n, H, HD);
+    op.rope_theta = c->theta;
+    op.rope_position = (uint32_t)pos;
+    emit(s, &op, phase);
+    op.inputs[0] = op.output = seq_heads_view(st->k[l], pos, n, HKV, HD);
+    emit(s, &op, phase);
+    op = op_init(NH_OP_ATTENTION, phase);
+    op.flags = NH_FLAG_CAUSAL; /* queries are the last n of the pos + n keys */
+    op.inputs[0] = heads_seq_view(st->q, n, H, HD);
+    op.inputs[1] = heads_seq_view(st->k[l], pos + n, HKV, HD);
+    op.inputs[2] = heads_seq_view(st->v[l], pos + n, HKV, HD);
+    op.output = heads_seq_view(st->attn, n, H, HD);
+    emit(s, &op, phase);
+    linear(s, phase, rows_view(st->attn, 0, n, QW), w->wo, x, 1, NH_ACT_NONE); /* x += attn Wo^T */
+    rmsnorm(s, phase, x, w->ffn_norm, h, c->eps);
+    nh_tensor g = rows_view(st->g, 0, n, c->ffn), u = rows_view(st->u, 0, n, c->ffn);
+    linear(s, phase, h, w->wgate, g, 0, NH_ACT_SILU);
+    linear(s, phase, h, w->wup, u, 0, NH_ACT_NONE);
+    op = op_init(NH_OP_MUL, phase);
+    op.inputs[0] = g;
+    op.inputs[1] = u;
+    op.output = g;
+    emit(s, &op, phase);
+    linear(s, phase, g, w->wdown, x, 1, NH_ACT_NONE); /* x += (silu(gate) * up) Wdown^T */
+  }
+  rmsnorm(s, phase, x, m->norm, h, c->eps);
+  linear(s, phase, h, m->lm_head, rows_view(st->logits, 0, n, c->vocab), 0, NH_ACT_NONE);
+}
+
+/* ---- Sampling ---- */
+
+typedef enum { SAMPLE_GREEDY, SAMPLE_TOPK, SAMPLE_TOPP } sample_kind;
+
+typedef struct {
+  sample_kind kind;
+  uint64_t k;
+  double p, temperature;
+  uint64_t rng;
+} sampler;
+
+static double rng_uniform(uint64_t *s) { /* splitmix64, [0, 1) */
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (double)(z >> 11) / 9007199254740992.0;
+}
+
+typedef struct {
+  float logit;
+  int32_t id;
+} cand;
+
+static int cand_desc(const void *a, const void *b) {
+  const cand *x = a, *y = b;
+  if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+  return x->id - y->id;
+}
+
+static int32_t argmax(const float *logits, uint64_t V) {
+  uint64_t best = 0;
+  for (uint64_t i = 1; i < V; i++)
+    if (logits[i] > logits[best]) best = i;
+  return (int32_t)best;
+}
+
+static int32_t sample(sampler *sm, const float *logits, uint64_t V, cand *scratch) {
+  if (sm->kind == SAMPLE_GREEDY) return argmax(logits, V);
+  for (uint64_t i = 0; i < V; i++) scratch[i] = (cand){logits[i], (int32_t)i};
+  qsort(scratch, V, sizeof *scratch, cand_desc);
+  uint64_t n = sm->kind == SAMPLE_TOPK ? (sm->k < V ? sm->k : V) : V;
+  /* Softmax over the candidates (at the temperature), largest first. */
+  double *pr = malloc(n * sizeof *pr), total = 0;
+  for (uint64_t i = 0; i < n; i++) total += pr[i] = exp((scratch[i].logit - scratch[0].logit) / sm->temperature);
+  if (sm->kind == SAMPLE_TOPP) { /* the smallest prefix whose probability reaches p */
+    double acc = 0;
+    uint64_t keep = 0;
+    while (keep < n && acc < sm->p * total) acc += pr[keep++];
+    n = keep ? keep : 1;
+    total = acc > 0 ? acc : pr[0];
+  }
+  double r = rng_uniform(&sm->rng) * total, acc = 0;
+  int32_t id = scratch[n - 1].id;
+  for (uint64_t i = 0; i < n; i++) {
+    acc += pr[i];
+    if (r < acc) {
+      id = scratch[i].id;
+      break;
+    }
+  }
+  free(pr);
+  return id;
+}
+
+/* ---- Options ---- */
+
+static uint64_t parse_uint(const char *opt, const char *s, uint64_t lo, uint64_t hi) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (!*s || *end || errno || s[0] == '-' || v < lo || v > hi)
+    die("%s: '%s' is not a whole number in %llu..%llu", opt, s, (unsigned long long)lo, (unsigned long long)hi);
+  return v;
+}
+
+static double parse_double(const char *opt, const char *s, double lo, double hi) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (!*s || *end || errno || !(v >= lo && v <= hi)) die("%s: '%s' is not a number in [%g, %g]", opt, s, lo, hi);
+  return v;
+}
+
+static uint32_t parse_devices(const char *list) {
+  uint32_t bits = 0;
+  char buf[128];
+  if (strlen(list) >= sizeof buf) die("--devices: list too long");
+  strcpy(buf, list);
+  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+    if (!strcmp(tok, "cpu")) continue; /* always there */
+    else if (!strcmp(tok, "gpu")) bits |= NH_ENABLE_GPU;
+    else if (!strcmp(tok, "npu")) bits |= NH_ENABLE_NPU;
+    else if (!strcmp(tok, "sim")) bits |= NH_ENABLE_SIMULATED_NPU;
+    else die("--devices: unknown device '%s' (expected cpu, gpu, npu or sim, comma-separated)", tok);
+  }
+  return bits;
+}
+
+static void usage(const char *argv0) {
+  fprintf(stderr,
+          "usage: %s [--model DIR] [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]\n"
+          "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
+          "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|ops]\n"
+          "          [--warmup N] [--expect-placement] [--quiet]\n",
+          argv0);
+  exit(2);
+}
+
+static const char *kind_label(uint32_t k) {
+  switch (k) {
+    case NH_OP_MATMUL: return "matmul";
+    case NH_OP_MUL: return "mul";
+    case NH_OP_RMSNORM: return "rmsnorm";
+    case NH_OP_ROPE: return "rope";
+    case NH_OP_ATTENTION: return "attention";
+    case NH_OP_COPY: return "copy";
+    default: return "other";
+  }
+}
+
+static void device_stats(nh_runtime rt, uint32_t ndev, uint64_t *ops) {
+  for (uint32_t i = 0; i < ndev; i++) {
+    nh_device_stats s;
+    s.struct_size = sizeof s;
+    NH_CHECK(nh_device_get_stats(rt, i, &s));
+    ops[i] = s.ops_run;
+  }
+}
+
+int main(int argc, char **argv) {
+  const char *model_dir = NH_DEFAULT_MODEL, *policy = "llm_inference", *check = NULL, *trace = NULL;
+  const char *prompt_arg = NULL;
+  uint32_t devices = NH_ENABLE_GPU | NH_ENABLE_NPU, threads = 0;
+  uint64_t steps = 0, seed = 1, warmup = 1;
+  int steps_given = 0, decode_graph = 1, expect_placement = 0, quiet = 0, sample_given = 0;
+  double tol = 0;
+  sampler sm = {SAMPLE_GREEDY, 0, 0, 1.0, 0};
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_VALUE()                                     \
+  do {                                                   \
+    if (!v) die("%s needs a value (see --help)", a); \
+    i++;                                                 \
+  } while (0)
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
+    else if (!strcmp(a, "--model")) { NEED_VALUE(); model_dir = v; }
+    else if (!strcmp(a, "--policy")) { NEED_VALUE(); policy = v; }
+    else if (!strcmp(a, "--devices")) { NEED_VALUE(); devices = parse_devices(v); }
+    else if (!strcmp(a, "--steps")) { NEED_VALUE(); steps = parse_uint(a, v, 1, 1u << 20); steps_given = 1; }
+    else if (!strcmp(a, "--prompt")) { NEED_VALUE(); prompt_arg = v; }
+    else if (!strcmp(a, "--seed")) { NEED_VALUE(); seed = parse_uint(a, v, 0, UINT64_MAX); }
+    else if (!strcmp(a, "--check")) { NEED_VALUE(); check = v; }
+    else if (!strcmp(a, "--tol")) { NEED_VALUE(); tol = parse_double(a, v, 0, 1e6); }
+    else if (!strcmp(a, "--trace")) { NEED_VALUE(); trace = v; }
+    else if (!strcmp(a, "--threads")) { NEED_VALUE(); threads = (uint32_t)parse_uint(a, v, 1, 1024); }
+    else if (!strcmp(a, "--warmup")) { NEED_VALUE(); warmup = parse_uint(a, v, 0, 100); }
+    else if (!strcmp(a, "--temperature")) { NEED_VALUE(); sm.temperature = parse_double(a, v, 1e-3, 1e3); }
+    else if (!strcmp(a, "--expect-placement")) expect_placement = 1;
+    else if (!strcmp(a, "--quiet")) quiet = 1;
+    else if (!strcmp(a, "--decode")) {
+      NEED_VALUE();
+      if (!strcmp(v, "graph")) decode_graph = 1;
+      else if (!strcmp(v, "ops")) decode_graph = 0;
+      else die("--decode: '%s' is neither 'graph' nor 'ops'", v);
+    } else if (!strcmp(a, "--sample")) {
+      NEED_VALUE();
+      sample_given = 1;
+      if (!strcmp(v, "greedy")) sm.kind = SAMPLE_GREEDY;
+      else if (!strncmp(v, "topk:", 5)) { sm.kind = SAMPLE_TOPK; sm.k = parse_uint("--sample topk:K", v + 5, 1, 1u << 24); }
+      else if (!strncmp(v, "topp:", 5)) { sm.kind = SAMPLE_TOPP; sm.p = parse_double("--sample topp:P", v + 5, 1e-9, 1); }
+      else die("--sample: '%s' is not greedy, topk:K or topp:P", v);
+    } else {
+      fprintf(stderr, "generate: unknown option '%s'\n", a);
+      usage(argv[0]);
+    }
+#undef NEED_VALUE
+  }
+  sm.rng = seed;
+  if (check && sample_given && sm.kind != SAMPLE_GREEDY) die("--check compares greedy tokens: drop --sample");
+  if (expect_placement && decode_graph)
+    die("--expect-placement reads each op's event: use it with --decode ops");
+
+  /* The reference, when checking: prompt, tokens, logits. */
+  char *ref = NULL;
+  double *ref_prompt = NULL, *ref_tokens = NULL, *ref_logits = NULL, *ref_prefill = NULL;
+  size_t n_ref_prompt = 0, n_ref_tokens = 0, n_ref_logits = 0, n_ref_prefill = 0;
+  double ref_scale = 1;
+  if (check) {
+    ref = read_text(check);
+    ref_prompt = json_numbers(ref, "prompt", check, &n_ref_prompt);
+    ref_tokens = json_numbers(ref, "tokens", check, &n_ref_tokens);
+    ref_logits = json_numbers(ref, "logits", check, &n_ref_logits);
+    ref_prefill = json_numbers(ref, "prefill_logits", check, &n_ref_prefill);
+    ref_scale = json_number(ref, "logits_abs_max", check);
+    if (n_ref_prompt == 0 || n_ref_tokens == 0) die("%s: empty prompt or tokens", check);
+    if (!steps_given) steps = n_ref_tokens;
+    if (steps > n_ref_tokens)
+      die("--steps %llu: the reference %s has %zu steps", (unsigned long long)steps, check, n_ref_tokens);
+    if (prompt_arg) die("--check uses the reference's prompt: drop --prompt");
+  }
+  if (!steps) steps = 64;
+  /* Justified in docs/PERFORMANCE.md: f32 rounding (f32 vs f64) is ~5e-6 at logit scale ~13;
+   * 1e-4 of the scale leaves room for other summation orders (GPU, split K) and stays far
+   * below the smallest gap between the best and second-best logit (0.18). */
+  if (tol == 0) tol = 1e-4 * (ref_scale > 1 ? ref_scale : 1);
+
+  nh_runtime_desc desc;
+  NH_CHECK(nh_runtime_desc_init(&desc));
+  desc.devices = devices;
+  desc.threads = threads;
+  size_t plen = strlen(policy);
+  int policy_is_file = plen > 4 && !strcmp(policy + plen - 4, ".nhp");
+  desc.policy_kind = policy_is_file ? NH_POLICY_FILE : NH_POLICY_BUILTIN;
+  desc.policy = policy;
+  nh_runtime rt;
+  NH_CHECK(nh_runtime_create(&desc, &rt));
+
+  uint32_t ndev = 0;
+  NH_CHECK(nh_device_count(rt, &ndev));
+  if (ndev > MAX_DEVICES) ndev = MAX_DEVICES;
+  nh_device_info infos[MAX_DEVICES];
+  int gpu_available = 0, npu_available = 0;
+  printf("devices:\n");
+  for (uint32_t i = 0; i < ndev; i++) {
+    infos[i].struct_size = sizeof infos[i];
+    NH_CHECK(nh_device_get_info(rt, i, &infos[i]));
+    if (infos[i].available && infos[i].kind == NH_DEVICE_GPU) gpu_available = 1;
+    if (infos[i].available && (infos[i].kind == NH_DEVICE_NPU || infos[i].kind == NH_DEVICE_SIMULATED_NPU))
+      npu_available = 1;
+    printf("  [%u] %-14s %s%s%s%s\n", i, nh_kind_name(infos[i].kind), infos[i].name,
+           infos[i].available ? "" : "  (unavailable: ", infos[i].available ? "" : infos[i].unavailable_reason,
+           infos[i].available ? "" : ")");
+  }
+  char pname[64];
+  NH_CHECK(nh_policy_name(rt, pname, sizeof pname, NULL));
+
+  model m;
+  st_file stf;
+  load_model(rt, model_dir, &m, &stf);
+  const config *c = &m.c;
+
+  /* The prompt. */
+  uint64_t plen_tok = 0;
+  int32_t *prompt = NULL;
+  if (check) {
+    plen_tok = n_ref_prompt;
+    prompt = malloc(plen_tok * sizeof *prompt);
+    for (uint64_t i = 0; i < plen_tok; i++) prompt[i] = (int32_t)ref_prompt[i];
+  } else if (prompt_arg) {
+    char *buf = strdup(prompt_arg);
+    prompt = malloc((strlen(prompt_arg) / 2 + 1) * sizeof *prompt);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
+      prompt[plen_tok++] = (int32_t)parse_uint("--prompt", tok, 0, c->vocab - 1);
+    free(buf);
+    if (!plen_tok) die("--prompt: no token ids");
+  } else { /* 16 pseudo-random ids from the seed */
+    plen_tok = 16 < c->max_pos ? 16 : 1;
+    prompt = malloc(plen_tok * sizeof *prompt);
+    uint64_t r = seed ^ 0x5DEECE66Dull;
+    for (uint64_t i = 0; i < plen_tok; i++) prompt[i] = (int32_t)(rng_uniform(&r) * (double)c->vocab);
+  }
+  for (uint64_t i = 0; i < plen_tok; i++)
+    if (prompt[i] < 0 || (uint64_t)prompt[i] >= c->vocab)
+      die("prompt token %llu = %d is outside the vocabulary of %llu", (unsigned long long)i, prompt[i],
+          (unsigned long long)c->vocab);
+  if (check && (n_ref_logits != n_ref_tokens * c->vocab || n_ref_prefill != plen_tok * c->vocab))
+    die("%s: logits do not match %zu steps and %llu prompt positions of a %llu-token vocabulary", check, n_ref_tokens,
+        (unsigned long long)plen_tok, (unsigned long long)c->vocab);
+  if (plen_tok + steps > c->max_pos)
+    die("prompt (%llu) + steps (%llu) exceed max_position_embeddings %llu", (unsigned long long)plen_tok,
+        (unsigned long long)steps, (unsigned long long)c->max_pos);
+
+  printf("policy: %s\nmodel: %s: vocab %llu, hidden %llu, %llu layers, %llu heads (%llu kv, head_dim %llu), ffn %llu (f32)\n",
+         pname, model_dir, (unsigned long long)c->vocab, (unsigned long long)c->dim, (unsigned long long)c->layers,
+         (unsigned long long)c->heads, (unsigned long long)c->kv_heads, (unsigned long long)c->head_dim,
+         (unsigned long long)c->ffn);
+  printf("prompt: %llu tokens, %llu steps, decode as %s, sampling %s\n\n", (unsigned long long)plen_tok,
+         (unsigned long long)steps, decode_graph ? "a graph per step" : "ops one by one",
+         sm.kind == SAMPLE_GREEDY ? "greedy" : sm.kind == SAMPLE_TOPK ? "top-k" : "top-p");
+
+  state st;
+  memset(&st, 0, sizeof st);
+  st.rows = plen_tok;
+  st.positions = plen_tok + steps;
+  uint64_t QW = c->heads * c->head_dim, KVW = c->kv_heads * c->head_dim;
+  st.x = alloc_f32(rt, st.rows * c->dim);
+  st.h = alloc_f32(rt, st.rows * c->dim);
+  st.q = alloc_f32(rt, st.rows * QW);
+  st.attn = alloc_f32(rt, st.rows * QW);
+  st.g = alloc_f32(rt, st.rows * c->ffn);
+  st.u = alloc_f32(rt, st.rows * c->ffn);
+  st.logits = alloc_f32(rt, st.rows * c->vocab);
+  for (uint64_t l = 0; l < c->layers; l++) {
+    st.k[l] = alloc_f32(rt, st.positions * KVW);
+    st.v[l] = alloc_f32(rt, st.positions * KVW);
+  }
+
+  submitter sub;
+  memset(&sub, 0, sizeof sub);
+  sub.rt = rt;
+  sub.ndev = ndev;
+  float *logits = malloc(st.rows * c->vocab * sizeof(float));
+  cand *scratch = malloc(c->vocab * sizeof *scratch);
+  int32_t *out_tokens = malloc(steps * sizeof *out_tokens);
+  double max_diff_prefill = 0, max_diff_steps = 0;
+  uint64_t matched = 0, first_mismatch = UINT64_MAX;
+  double t_prefill = 0, t_decode = 0, t_record = 0;
+  uint64_t ops_before[MAX_DEVICES], ops_mid[MAX_DEVICES], ops_after[MAX_DEVICES];
+  uint64_t ops_per_step = 0;
+
+  /* Warm-up runs (weights reach the devices, shaders compile, the performance model learns),
+   * then the timed, traced and checked run. */
+  for (uint64_t run = 0; run <= warmup; run++) {
+    int timed = run == warmup;
+    uint64_t run_steps = timed ? steps : (steps < 4 ? steps : 4);
+    sampler rs = sm;
+    if (timed) {
+      memset(sub.placement, 0, sizeof sub.placement);
+      memset(sub.tracked, 0, sizeof sub.tracked);
+      if (trace) NH_CHECK(nh_trace_start(rt, trace));
+      device_stats(rt, ndev, ops_before);
+    }
+    /* Prefill: the whole prompt, logits of every position. */
+    double t0 = now_s();
+    forward(&sub, &m, &st, prompt, plen_tok, 0, PHASE_PREFILL);
+    NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, plen_tok * c->vocab * sizeof(float)));
+    retire(&sub);
+    double t1 = now_s();
+    int32_t tok = sample(&rs, logits + (plen_tok - 1) * c->vocab, c->vocab, scratch);
+    if (timed) {
+      t_prefill = t1 - t0;
+      device_stats(rt, ndev, ops_mid);
+      if (check) {
+        for (uint64_t i = 0; i < plen_tok * c->vocab; i++) {
+          double d = fabs(logits[i] - ref_prefill[i]);
+          if (!(d <= max_diff_prefill)) max_diff_prefill = d; /* NaN propagates */
+        }
+        for (uint64_t i = 0; i < c->vocab; i++) {
+          double d = fabs(logits[(plen_tok - 1) * c->vocab + i] - ref_logits[i]);
+          if (!(d <= max_diff_steps)) max_diff_steps = d;
+        }
+      }
+      out_tokens[0] = tok;
+    }
+    /* Decode: one token a step. */
+    double td = now_s();
+    for (uint64_t step = 1; step < run_steps; step++) {
+      uint64_t pos = plen_tok + step - 1;
+      if (decode_graph) {
+        double tr = now_s();
+        NH_CHECK(nh_graph_create(rt, &sub.graph));
+        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE);
+        if (timed) t_record += now_s() - tr;
+        nh_event ev;
+        NH_CHECK(nh_graph_submit(rt, sub.graph, &ev));
+        if (!ops_per_step) {
+          size_t n = 0;
+          NH_CHECK(nh_graph_op_count(rt, sub.graph, &n));
+          ops_per_step = n;
+        }
+        NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
+        NH_CHECK(nh_event_release(rt, ev));
+        NH_CHECK(nh_graph_destroy(rt, sub.graph));
+        sub.graph.id = 0;
+      } else {
+        size_t before = sub.npending;
+        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE);
+        if (!ops_per_step) ops_per_step = sub.npending - before;
+      }
+      NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, c->vocab * sizeof(float)));
+      if (!decode_graph) retire(&sub);
+      tok = sample(&rs, logits, c->vocab, scratch);
+      if (timed) {
+        out_tokens[step] = tok;
+        if (check) {
+          for (uint64_t i = 0; i < c->vocab; i++) {
+            double d = fabs(logits[i] - ref_logits[step * c->vocab + i]);
+            if (!(d <= max_diff_steps)) max_diff_steps = d;
+          }
+        }
+      }
+      /* Greedy decoding against a reference stops at the first wrong token: later steps
+       * would compare different sequences. */
+      if (timed && check && tok != (int32_t)ref_tokens[step]) {
+        run_steps = step + 1;
+        steps = step + 1;
+      }
+    }
+    if (timed) t_decode = now_s() - td;
+    if (timed) {
+      device_stats(rt, ndev, ops_after);
+      if (trace) {
+        NH_CHECK(nh_trace_stop(rt));
+        printf("trace written to %s\n", trace);
+      }
+    }
+  }
+
+  if (!quiet) {
+    printf("tokens:");
+    for (uint64_t i = 0; i < steps; i++) printf(" %d", out_tokens[i]);
+    printf("\n\n");
+  }
+  printf("prefill: %llu tokens in %.2f ms: %.1f tokens/s\n", (unsigned long long)plen_tok, t_prefill * 1e3,
+         plen_tok / t_prefill);
+  if (steps > 1) {
+    printf("decode:  %llu tokens in %.2f ms: %.1f tokens/s (%.3f ms/token, %llu ops a step", (unsigned long long)(steps - 1),
+           t_decode * 1e3, (steps - 1) / t_decode, t_decode * 1e3 / (steps - 1), (unsigned long long)ops_per_step);
+    if (decode_graph) printf(", recording %.3f ms/token", t_record * 1e3 / (steps - 1));
+    printf(")\n");
+  }
+
+  printf("\nops run per device (nh_device_get_stats):\n%-4s %-36s %10s %10s\n", "dev", "name", "prefill", "decode");
+  for (uint32_t i = 0; i < ndev; i++)
+    printf("[%u]  %-36.36s %10llu %10llu\n", i, infos[i].name, (unsigned long long)(ops_mid[i] - ops_before[i]),
+           (unsigned long long)(ops_after[i] - ops_mid[i]));
+
+  int failed = 0;
+  /* Placement from each op's event (ops submitted one by one). */
+  if (sub.tracked[PHASE_PREFILL] || sub.tracked[PHASE_DECODE]) {
+    printf("\nplacement by op kind (from each op's event):\n");
+    for (uint32_t ph = 0; ph < NPHASES; ph++) {
+      for (uint32_t k = 0; k < NKINDS; k++) {
+        uint64_t total = 0;
+        for (uint32_t d = 0; d < ndev; d++) total += sub.placement[ph][k][d];
+        if (!total) continue;
+        printf("  %-8s %-10s", phase_name[ph], kind_label(k));
+        for (uint32_t d = 0; d < ndev; d++)
+          if (sub.placement[ph][k][d]) printf("  %s[%u]: %llu", nh_kind_name(infos[d].kind), d, (unsigned long long)sub.placement[ph][k][d]);
+        printf("\n");
+      }
+    }
+  }
+  if (expect_placement) {
+    /* Every prefill matmul on an NPU; every decode matmul on the GPU when there is one
+     * (else on the CPU). */
+    if (!npu_available) {
+      fprintf(stderr, "FAILED: --expect-placement needs an NPU (real or --devices sim)\n");
+      failed = 1;
+    }
+    for (uint32_t ph = 0; ph < NPHASES; ph++) {
+      uint64_t want = 0, total = 0;
+      for (uint32_t d = 0; d < ndev; d++) {
+        uint32_t kind = infos[d].kind;
+        int ok = ph == PHASE_PREFILL ? (kind == NH_DEVICE_NPU || kind == NH_DEVICE_SIMULATED_NPU)
+                                     : (gpu_available ? kind == NH_DEVICE_GPU : kind == NH_DEVICE_CPU);
+        total += sub.placement[ph][NH_OP_MATMUL][d];
+        if (ok) want += sub.placement[ph][NH_OP_MATMUL][d];
+      }
+      uint64_t expected = ph == PHASE_PREFILL ? 7 * c->layers + 1 : (steps - 1) * (7 * c->layers + 1);
+      const char *where = ph == PHASE_PREFILL ? "the NPU" : gpu_available ? "the GPU" : "the CPU";
+      printf("placement check: %llu of %llu %s matmuls ran on %s (expected %llu)\n", (unsigned long long)want,
+             (unsigned long long)total, phase_name[ph], where, (unsigned long long)expected);
+      if (want != expected || total != expected) {
+        fprintf(stderr, "FAILED: %s matmuls did not all run on %s\n", phase_name[ph], where);
+        failed = 1;
+      }
+    }
+  }
+
+  if (check) {
+    for (uint64_t i = 0; i < steps; i++) {
+      if (out_tokens[i] == (int32_t)ref_tokens[i]) matched++;
+      else if (first_mismatch == UINT64_MAX) first_mismatch = i;
+    }
+    printf("\ncheck against %s:\n", check);
+    printf("  greedy tokens: %llu of %llu match (the reference has %zu)%s\n", (unsigned long long)matched,
+           (unsigned long long)steps, n_ref_tokens, first_mismatch == UINT64_MAX ? "" : "; stopped at the first mismatch");
+    printf("  max |logit - reference|: prefill (%llu positions) %.3g, steps %.3g; tolerance %.3g (1e-4 of max |logit| %.2f)\n",
+           (unsigned long long)plen_tok, max_diff_prefill, max_diff_steps, tol, ref_scale);
+    if (first_mismatch != UINT64_MAX) {
+      fprintf(stderr, "FAILED: token %llu is %d, the reference has %d\n", (unsigned long long)first_mismatch,
+              out_tokens[first_mismatch], (int)ref_tokens[first_mismatch]);
+      failed = 1;
+    }
+    if (!(max_diff_prefill <= tol) || !(max_diff_steps <= tol)) {
+      fprintf(stderr, "FAILED: logits differ from the reference by more than %.3g\n", tol);
+      failed = 1;
+    }
+    if (!failed) printf("  OK\n");
+  }
+
+  st_close(&stf);
+  free(logits);
+  free(scratch);
+  free(out_tokens);
+  free(prompt);
+  free(sub.pending);
+  free(ref_prompt);
+  free(ref_tokens);
+  free(ref_logits);
+  free(ref_prefill);
+  free(ref);
+  NH_CHECK(nh_runtime_destroy(rt));
+  return failed;
+}
