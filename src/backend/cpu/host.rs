@@ -18,6 +18,15 @@ pub(crate) struct SendPtr(pub *mut u8);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer as f32 (a method, so closures capture the Sync wrapper, not the field).
+    #[inline]
+    #[allow(dead_code)]
+    pub fn f32(self) -> *mut f32 {
+        self.0 as *mut f32
+    }
+}
+
 /// A tensor view with its buffer resolved: element `idx` lives at `ptr + (idx . strides) * size`.
 #[derive(Clone, Copy)]
 pub(crate) struct HostView {

@@ -24,6 +24,21 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
+/// True when AVX-512F is present too and this build has the AVX-512 kernels (`nh_avx512`,
+/// set by build.rs for compilers with stable AVX-512 support).
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(all(target_arch = "x86_64", nh_avx512))]
+    {
+        has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+    {
+        false
+    }
+}
+
 /// Defines `fn name(args) -> ret` whose body is compiled twice: for baseline x86-64 and with
 /// AVX2+FMA+F16C, chosen at run time. The body and every helper it calls must be
 /// `#[inline(always)]` so they are compiled with the wider instructions too.

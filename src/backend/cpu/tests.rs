@@ -272,6 +272,24 @@ fn matmul_batches_and_broadcasts() {
     );
 }
 
+/// Shapes past the packed GEMM's blocks: k over one depth slice (256), m over one row block,
+/// n over one column block (3072), ragged edges everywhere; f32 and half inputs.
+#[test]
+fn matmul_spans_several_blocks() {
+    let mut bench = Bench::new(7);
+    for &(m, k, n, dt) in &[
+        (401, 300, 45, DType::F32),
+        (20, 300, 3100, DType::F32),
+        (130, 513, 70, DType::F16),
+        (61, 270, 99, DType::BF16),
+    ] {
+        for (ta, tb) in [(false, false), (true, true), (false, true)] {
+            let p = OpParams { trans_a: ta, trans_b: tb, alpha: 0.75, beta: 0.5, ..Default::default() };
+            check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+        }
+    }
+}
+
 #[test]
 fn matmul_half_precision_inputs_and_outputs() {
     let mut bench = Bench::new(4);

@@ -82,32 +82,52 @@ pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView
     let m = out.shape[out.rank - 2];
     // GEMV streams B once and converts it on the fly; everything else converts up front.
     let gemv_b = m == 1 && gemv::streams(&Mat::new(b, p.trans_b));
-    let ca = (a.dtype != DType::F32).then(|| dense_copy(a));
-    let cb = (b.dtype != DType::F32 && !gemv_b).then(|| dense_copy(b));
+    let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
+    // The AVX-512 GEMM converts f16 / bf16 operands while packing; the others take f32.
+    // f16 / bf16 outputs are computed in f32 (from C's old values, for beta) and rounded
+    // once at the end, so C always has dense rows there.
+    let packed = !gemv_b && packed_gemm_usable(out, k);
+    let ca = (a.dtype != DType::F32 && !packed).then(|| dense_copy(a));
+    let cb = (b.dtype != DType::F32 && !gemv_b && !packed).then(|| dense_copy(b));
     let a = ca.as_ref().map(|c| &c.view).unwrap_or(a);
     let b = cb.as_ref().map(|c| &c.view).unwrap_or(b);
-    // f16 / bf16 outputs are computed in f32 (from C's old values, for beta) and rounded
-    // once at the end.
     let cc = (out.dtype != DType::F32).then(|| dense_copy(out));
     let c = cc.as_ref().map(|c| c.view).unwrap_or(*out);
     let bias = bias.map(load_dense);
 
     let r = c.rank;
     let n = c.shape[r - 1];
-    let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
     let batch: usize = c.shape[..r - 2].iter().product();
     let ma = Mat::new(a, p.trans_a);
     let mb = Mat::new(b, p.trans_b);
     let mc = Mat::new(&c, false);
-    let gemm = Gemm { a: ma, b: mb, b_dtype: b.dtype, c: mc, k, p, bias: bias.as_deref() };
+    let gemm = Gemm { a: ma, a_dtype: a.dtype, b: mb, b_dtype: b.dtype, c: mc, k, p, bias: bias.as_deref() };
 
     if gemv_b {
         gemv::gemv(&gemm, batch, n);
+    } else if packed {
+        #[cfg(all(target_arch = "x86_64", nh_avx512))]
+        super::gemm512::gemm(&gemm, batch, m, n);
     } else {
         gemm.run_all(batch, m, n);
     }
     if let Some(cc) = cc.as_ref() {
         store_dense(out, &cc.view);
+    }
+}
+
+/// Whether the AVX-512 packed GEMM takes this matmul: the CPU has it, C (or its f32 copy) has
+/// dense rows, k > 0.
+fn packed_gemm_usable(out: &HostView, k: usize) -> bool {
+    #[cfg(all(target_arch = "x86_64", nh_avx512))]
+    {
+        let dense_rows = out.dtype != DType::F32 || out.col_stride() == 1 || out.last() == 1;
+        dense_rows && k > 0 && super::super::simd::has_avx512()
+    }
+    #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+    {
+        let _ = (out, k);
+        false
     }
 }
 
@@ -124,8 +144,10 @@ pub(super) fn store_dense(out: &HostView, dense: &HostView) {
 
 pub(super) struct Gemm<'a> {
     pub a: Mat,
+    /// f32 except when the packed GEMM converts an f16 / bf16 A while packing.
+    pub a_dtype: DType,
     pub b: Mat,
-    /// f32 except when a GEMV streams an f16 / bf16 B directly.
+    /// f32 except when a GEMV streams, or the packed GEMM packs, an f16 / bf16 B directly.
     pub b_dtype: DType,
     pub c: Mat,
     pub k: usize,

@@ -3,6 +3,8 @@
 pub mod attention;
 pub mod convert;
 pub mod elementwise;
+#[cfg(all(target_arch = "x86_64", nh_avx512))]
+mod gemm512;
 mod gemv;
 pub mod iter;
 pub mod math;
