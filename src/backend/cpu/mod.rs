@@ -8,6 +8,7 @@ mod kernels;
 mod reference;
 mod scratch;
 pub(crate) mod simd;
+mod small_m;
 #[cfg(test)]
 mod tests;
 
@@ -35,19 +36,35 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
     let is_out = |i: usize| op.input(i) == Some(&op.output);
     let p = &op.params;
     match op.kind {
-        OpKind::Matmul => matmul::matmul(
-            &out,
-            &need(0)?,
-            &need(1)?,
-            view(2)?.as_ref(),
-            MatmulParams {
-                trans_a: p.trans_a,
-                trans_b: p.trans_b,
-                alpha: p.alpha,
-                beta: p.beta,
-                activation: p.activation,
-            },
-        ),
+        OpKind::Matmul => {
+            let (a, b, bias) = (need(0)?, need(1)?, view(2)?);
+            // A few rows times a [out, in] weight: dot products, no packing (small_m.rs).
+            if !small_m::try_matmul(
+                &out,
+                &a,
+                &b,
+                bias.as_ref(),
+                p.trans_a,
+                p.trans_b,
+                p.alpha,
+                p.beta,
+                p.activation,
+            ) {
+                matmul::matmul(
+                    &out,
+                    &a,
+                    &b,
+                    bias.as_ref(),
+                    MatmulParams {
+                        trans_a: p.trans_a,
+                        trans_b: p.trans_b,
+                        alpha: p.alpha,
+                        beta: p.beta,
+                        activation: p.activation,
+                    },
+                );
+            }
+        }
         OpKind::Add | OpKind::Mul => {
             let kind = if op.kind == OpKind::Add { Binary::Add } else { Binary::Mul };
             elementwise::binary(kind, &out, &need(0)?, &need(1)?, is_out(0), is_out(1));
