@@ -6,13 +6,25 @@
 //!
 //! Run where a Vulkan GPU exists: `cargo bench --bench hybrid_mixed -- [hidden] [seqs]`
 //! (defaults: hidden 1024, seqs 1,16,64,256,1024). Without a GPU it says so and exits.
+//!
+//! `-- --stand-in [hidden] [seqs]` replaces the GPU by a timed stand-in device (it sleeps for
+//! an op's modelled time and computes nothing) calibrated to this CPU's measured matmul and
+//! elementwise speed: two devices of comparable speed, where the hybrid schedule should beat
+//! both single-device ones by running independent ops (gate/up, rope q/k) at once.
+//! With `NH_BENCH_TRACE_DIR=DIR` each size's timed rounds are traced to DIR.
 
+#[path = "support/timed_device.rs"]
+mod timed_device;
+
+use npuhybrid::backend::cpu::CpuBackend;
+use npuhybrid::backend::{Backend, DeviceKind};
 use npuhybrid::graph::Graph;
 use npuhybrid::memory::BufferId;
 use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, Tags, TensorView};
 use npuhybrid::runtime::DeviceSelection;
 use npuhybrid::{PolicySource, Runtime, RuntimeConfig};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use timed_device::TimedDevice;
 
 const CPU: &str = "policy \"cpu\"\nrule all {\n  use cpu\n}\n";
 const GPU: &str = "policy \"gpu\"\nrule all {\n  use gpu\n}\n";
@@ -105,6 +117,29 @@ fn layer(rt: &Runtime, s: usize, d: usize) -> Layer {
     Layer { graph, buffers }
 }
 
+/// This CPU's matmul GFLOP/s (1024 x 1024 x 1024) and add GB/s (4 Mi floats), through the
+/// runtime, median of 5: what the stand-in device is given.
+fn cpu_speed(cfg: &RuntimeConfig) -> (f64, f64) {
+    let rt = Runtime::new(RuntimeConfig { policy: source("cpu", CPU), ..cfg.clone() }).expect("runtime");
+    let time = |op: OpDesc| {
+        let times = (0..6)
+            .map(|_| {
+                let t0 = Instant::now();
+                rt.submit(op.clone()).unwrap().wait(None).unwrap();
+                t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        median(times)
+    };
+    let n = 1024;
+    let (a, c) = (filled(&rt, n * n, 1, 1.0), rt.alloc(n * n * 4).unwrap());
+    let t = |b, len| TensorView::contiguous(b, DType::F32, &[len], 0);
+    let sq = TensorView::contiguous(a, DType::F32, &[n, n], 0);
+    let mm = time(OpDesc::new(OpKind::Matmul, &[sq, sq], TensorView { buffer: c, ..sq }));
+    let add = time(OpDesc::new(OpKind::Add, &[t(a, n * n), t(a, n * n)], t(c, n * n)));
+    (2.0 * (n * n * n) as f64 / mm / 1e9, 3.0 * (n * n * 4) as f64 / add / 1e9)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let d: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1024);
@@ -122,10 +157,23 @@ fn main() {
         policy: PolicySource::Builtin("default".into()),
         ..Default::default()
     };
-    let rt = Runtime::new(cfg).expect("runtime");
+    let stand_in = std::env::args().any(|a| a == "--stand-in");
+    // NH_BENCH_TRACE_DIR: one Chrome trace per size, of the timed rounds.
+    let trace_dir = std::env::var_os("NH_BENCH_TRACE_DIR").map(std::path::PathBuf::from);
+    let rt = if stand_in {
+        let (gflops, gbs) = cpu_speed(&cfg);
+        println!("stand-in GPU calibrated to the CPU: {gflops:.1} GFLOP/s, {gbs:.1} GB/s, 20 us a launch");
+        let devices: Vec<Box<dyn Backend>> = vec![
+            Box::new(CpuBackend::new(threads).expect("cpu")),
+            Box::new(TimedDevice::new(DeviceKind::Gpu, gflops, gbs, Duration::from_micros(20))),
+        ];
+        Runtime::with_backends(cfg, devices).expect("runtime")
+    } else {
+        Runtime::new(cfg).expect("runtime")
+    };
     let gpu = (0..rt.device_count()).find(|&i| {
         let info = rt.device_info(i).unwrap();
-        info.available && info.kind == npuhybrid::backend::DeviceKind::Gpu
+        info.available && info.kind == DeviceKind::Gpu
     });
     let Some(gpu) = gpu else {
         println!("no usable Vulkan GPU: nothing to measure");
@@ -152,6 +200,9 @@ fn main() {
         // Rounds of one timed run per policy (after one untimed run under it), so load from
         // other processes and clock changes hit the three alike.
         let mut times = [vec![], vec![], vec![]];
+        if let Some(dir) = &trace_dir {
+            rt.trace_start(&dir.join(format!("hybrid_mixed_{s}.trace.json"))).unwrap();
+        }
         let mut hybrid_ops = (0, 0);
         for _ in 0..reps {
             for (i, (p, t)) in policies.iter().zip(times.iter_mut()).enumerate() {
@@ -167,6 +218,9 @@ fn main() {
                     hybrid_ops.1 += rt.device_stats(gpu).unwrap().ops_run - ops.1;
                 }
             }
+        }
+        if trace_dir.is_some() {
+            rt.trace_stop().unwrap();
         }
         let [cpu, gpu_ms, hybrid] = times.map(median);
         let best = cpu.min(gpu_ms);
