@@ -14,7 +14,7 @@
  * With --f16 the weights are converted once with NH_OP_COPY and activations are f16; pooling
  * writes f32.
  *
- *   embed [--model DIR] [--policy NAME | --policy-file PATH] [--devices cpu|gpu,sim,npu]
+ *   embed [--model DIR] [--policy NAME | --policy-file PATH | --place gpu|npu|cpu] [--devices cpu|gpu,sim,npu]
  *         [--threads N] [--f16] [--batch N] [--sentences FILE | TEXT...]
  *         [--similarity | --full] [--check REF [--min-cos X]] [--trace FILE]
  *   embed --bench [--model DIR | --synthetic] [--sentences FILE] [--batch-sizes 1,16]
@@ -983,8 +983,8 @@ static double cosine(const float *a, const float *b) {
 
 static void usage(const char *argv0) {
   fprintf(stderr,
-          "usage: %s [--model DIR] [--policy NAME | --policy-file PATH] [--devices cpu|gpu,sim,npu] [--threads N]\n"
-          "          [--f16] [--batch N] [--sentences FILE | TEXT...] [--similarity | --full]\n"
+          "usage: %s [--model DIR] [--policy NAME | --policy-file PATH | --place gpu|npu|cpu] [--devices cpu|gpu,sim,npu]\n"
+          "          [--threads N] [--f16] [--batch N] [--sentences FILE | TEXT...] [--similarity | --full]\n"
           "          [--check REF [--min-cos X]] [--trace FILE]\n"
           "       %s --bench [--model DIR | --synthetic] [--sentences FILE] [--batch-sizes 1,16]\n"
           "          [--bench-seq 12,256] [--bench-seconds S] [--case NAME] ...\n",
@@ -994,7 +994,7 @@ static void usage(const char *argv0) {
 
 int main(int argc, char **argv) {
   const char *model_dir = "models/all-MiniLM-L6-v2", *policy = "default", *policy_file = NULL;
-  const char *sentences_path = NULL, *check_path = NULL, *trace = NULL, *case_name = NULL;
+  const char *sentences_path = NULL, *check_path = NULL, *trace = NULL, *case_name = NULL, *place = NULL;
   uint32_t devices = 0, threads = 0;
   int f16 = 0, similarity = 0, full = 0, bench = 0, synthetic = 0, verbose = 0;
   size_t batch = 1, batch_sizes[16] = {1, 16}, nbatch_sizes = 2, bench_seq[16] = {12, 256}, nbench_seq = 2;
@@ -1007,6 +1007,7 @@ int main(int argc, char **argv) {
     if (!strcmp(a, "--model") && more) model_dir = argv[++i];
     else if (!strcmp(a, "--policy") && more) policy = argv[++i];
     else if (!strcmp(a, "--policy-file") && more) policy_file = argv[++i];
+    else if (!strcmp(a, "--place") && more) place = argv[++i];
     else if (!strcmp(a, "--devices") && more) {
       const char *list = argv[++i];
       devices = (strstr(list, "gpu") ? NH_ENABLE_GPU : 0) | (strstr(list, "npu") ? NH_ENABLE_NPU : 0) |
@@ -1074,6 +1075,22 @@ int main(int argc, char **argv) {
   desc.threads = threads;
   desc.policy_kind = policy_file ? NH_POLICY_FILE : NH_POLICY_BUILTIN;
   desc.policy = policy_file ? policy_file : policy;
+  /* --place DEV: a one-rule policy that puts every op on DEV, the CPU only as the fallback. */
+  char place_src[512];
+  if (place) {
+    if (strcmp(place, "gpu") && strcmp(place, "npu") && strcmp(place, "cpu")) die("--place takes gpu, npu or cpu");
+    if (policy_file) die("--place and --policy-file exclude each other");
+    int on_cpu = !strcmp(place, "cpu");
+    snprintf(place_src, sizeof place_src,
+             "policy \"embed_on_%s\"\n"
+             "device cpu {\n    enabled = true\n}\n"
+             "%s%s%s"
+             "rule everything {\n    use %s%s\n}\n",
+             place, on_cpu ? "" : "device ", on_cpu ? "" : place, on_cpu ? "" : " {\n    enabled = true\n}\n", place,
+             on_cpu ? "" : ", cpu");
+    desc.policy_kind = NH_POLICY_SOURCE;
+    desc.policy = place_src;
+  }
   model m;
   memset(&m, 0, sizeof m);
   m.f16 = f16;
@@ -1095,7 +1112,9 @@ int main(int argc, char **argv) {
   model_alloc_acts(&m, max_b);
   fprintf(stderr, "embed: %s weights (%s) ready in %.2f s, policy %s, %u CPU threads requested\n",
           synthetic ? "synthetic" : "all-MiniLM-L6-v2", f16 ? "f16" : "f32", now_s() - t0,
-          policy_file ? policy_file : policy, threads);
+          place ? (place[0] == 'g' ? "embed_on_gpu" : place[0] == 'n' ? "embed_on_npu" : "embed_on_cpu")
+                : policy_file ? policy_file : policy,
+          threads);
   staging st;
   st.x = xmalloc(max_b * MAXTOK * D * m.esz);
   st.mask = xmalloc(max_b * MAXTOK * m.esz);
