@@ -47,6 +47,12 @@ fn random_failures_and_loss_lose_no_op() {
         ..Default::default()
     });
     let rt = runtime_with(vec![dev]);
+    // Matmuls to the NPU first whatever the performance model has learned (it learns from
+    // wall time, and the simulated NPU computes on the host), no retries there: every op meets
+    // the NPU, so the faults are met and each one is a fallback.
+    let policy = "policy \"npu_first\"\nrule mm {\n  when op = matmul\n  use npu, cpu\n  strategy first_available\n}\nrule rest {\n  use cpu\n}\nfallback {\n  retries = 0\n  degrade_for = 1 ms\n}\n";
+    rt.load_policy(&npuhybrid::PolicySource::Source { origin: "npu_first.nhp".into(), text: policy.into() })
+        .unwrap();
     let (m, k, n) = (256, 256, 256);
     let (a, b) = (random(m * k, 3), random(k * n, 4));
     let (ab, bb) = (upload(&rt, &a), upload(&rt, &b));
@@ -63,4 +69,11 @@ fn random_failures_and_loss_lose_no_op() {
     let st = npu.stats();
     assert!(st.failed > 0 && st.ops > 0, "the NPU ran ops and failed some: {st:?}");
     assert!(npu.is_lost(), "lost half-way; every later op ran on the CPU");
+    let stats = rt.stats();
+    assert_eq!((stats.ops_completed, stats.ops_failed), (60, 0), "{stats:?}");
+    let dev = rt.device_stats(1).unwrap();
+    assert!(dev.failures >= 2, "a random failure before the loss and the loss itself: {dev:?}");
+    assert_eq!(dev.fallbacks, dev.failures, "every failure fell back (no retries): {dev:?}");
+    assert_eq!(stats.fallbacks, dev.fallbacks, "the runtime counts the same fallbacks");
+    assert_eq!(rt.device_stats(0).unwrap().failures, 0, "the CPU never failed");
 }
