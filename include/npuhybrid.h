@@ -450,6 +450,12 @@ nh_status nh_graph_create(nh_runtime runtime, nh_graph *out_graph);
 // are tracked on submission.
 nh_status nh_graph_add(nh_runtime runtime, nh_graph graph, const nh_op_desc *desc);
 
+// Validates an op and puts it in place of op `index` (0-based, in the order added) of the
+// graph, so a recorded graph can be replayed with offsets or parameters that change between
+// submissions (a KV-cache position: `rope_position`, `kv_len`, views). Submissions already
+// made are not affected. On error the graph is unchanged.
+nh_status nh_graph_set_op(nh_runtime runtime, nh_graph graph, size_t index, const nh_op_desc *desc);
+
 // Submits every op of the graph; `*out_event` completes when all have.
 nh_status nh_graph_submit(nh_runtime runtime, nh_graph graph, nh_event *out_event);
 

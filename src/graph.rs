@@ -19,6 +19,16 @@ impl Graph {
         self.ops.push(op);
     }
 
+    /// Replaces op `index` by an op that the runtime already validated.
+    pub(crate) fn replace_validated(&mut self, index: usize, op: OpDesc) -> crate::Result<()> {
+        let n = self.ops.len();
+        let slot = self.ops.get_mut(index).ok_or_else(|| {
+            crate::Error::invalid(format!("graph op index {index} is out of range: the graph has {n} ops"))
+        })?;
+        *slot = op;
+        Ok(())
+    }
+
     pub fn ops(&self) -> &[OpDesc] {
         &self.ops
     }

@@ -363,6 +363,19 @@ impl Runtime {
         Ok(())
     }
 
+    /// Validates an op and puts it in place of op `index` of a graph (offsets or parameters
+    /// that change between submissions, such as a KV-cache position).
+    pub fn graph_set(&self, graph: &mut Graph, index: usize, op: OpDesc) -> Result<()> {
+        if index >= graph.len() {
+            return Err(Error::invalid(format!(
+                "graph op index {index} is out of range: the graph has {} ops",
+                graph.len()
+            )));
+        }
+        self.prepare(&op)?;
+        graph.replace_validated(index, op)
+    }
+
     /// Submits every op of a graph; the event completes when all have.
     pub fn submit_graph(&self, graph: &Graph) -> Result<Event> {
         if graph.is_empty() {

@@ -149,7 +149,25 @@ fn buffers_ops_events_and_graphs() {
     assert_eq!(nh_event_wait(rt, ev, u64::MAX), NH_OK);
     assert_eq!(nh_buffer_read(rt, b, 0, out.as_mut_ptr().cast(), 16), NH_OK);
     assert_eq!(out[0], 20.0);
+    // Replacing a recorded op: a bad op or index leaves the graph as it was.
+    assert_eq!(nh_graph_set_op(rt, g, 0, &bad), NH_ERR_INVALID_ARGUMENT);
+    assert_eq!(nh_graph_set_op(rt, g, 1, &add), NH_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("out of range"), "{}", last_error());
+    assert_eq!(nh_graph_set_op(rt, g, 0, null()), NH_ERR_NULL_POINTER);
+    let mut scale = op(nh_op_kind::NH_OP_SCALE);
+    scale.inputs[0] = tensor(a, &[4]);
+    scale.output = tensor(b, &[4]);
+    scale.alpha = 3.0;
+    assert_eq!(nh_graph_set_op(rt, g, 0, &scale), NH_OK);
+    assert_eq!(nh_graph_op_count(rt, g, &mut count), NH_OK);
+    assert_eq!(count, 1);
+    assert_eq!(nh_event_release(rt, ev), NH_OK);
+    assert_eq!(nh_graph_submit(rt, g, &mut ev), NH_OK);
+    assert_eq!(nh_event_wait(rt, ev, u64::MAX), NH_OK);
+    assert_eq!(nh_buffer_read(rt, b, 0, out.as_mut_ptr().cast(), 16), NH_OK);
+    assert_eq!(out[0], 30.0, "the replaced op ran: 3 * 10");
     assert_eq!(nh_graph_destroy(rt, g), NH_OK);
+    assert_eq!(nh_graph_set_op(rt, g, 0, &scale), NH_ERR_INVALID_HANDLE);
 
     let path = std::env::temp_dir().join(format!("nh_ffi_{}.bin", std::process::id()));
     std::fs::write(&path, [0u8; 64]).unwrap();

@@ -206,6 +206,26 @@ pub extern "C" fn nh_graph_add(runtime: nh_runtime, graph: nh_graph, desc: *cons
     })
 }
 
+/// Validates an op and puts it in place of op `index` (0-based, in the order added) of the
+/// graph, so a recorded graph can be replayed with offsets or parameters that change between
+/// submissions (a KV-cache position: `rope_position`, `kv_len`, views). Submissions already
+/// made are not affected. On error the graph is unchanged.
+#[no_mangle]
+pub extern "C" fn nh_graph_set_op(
+    runtime: nh_runtime,
+    graph: nh_graph,
+    index: usize,
+    desc: *const nh_op_desc,
+) -> nh_status {
+    guard(|| {
+        let e = entry(runtime)?;
+        let g = e.graphs.lock().get(graph.id)?;
+        let op = op_from_c(sized_input(desc, "desc")?)?;
+        let mut g = g.lock();
+        e.rt.graph_set(&mut g, index, op)
+    })
+}
+
 /// Submits every op of the graph; `*out_event` completes when all have.
 #[no_mangle]
 pub extern "C" fn nh_graph_submit(
