@@ -83,9 +83,14 @@ impl<T: Clone> HandleTable<T> {
         let (_, _, index) = unpack(handle);
         let slot = &mut self.slots[index as usize];
         let value = slot.value.take().expect("checked above");
-        // Generation 0 is never issued, so a wrapped generation skips it.
-        slot.generation = slot.generation.wrapping_add(1).max(1);
-        self.free.push(index);
+        // A slot is issued generations 1..=u16::MAX once each, then retired: reusing it with a
+        // wrapped generation would make a handle freed 65,535 frees ago valid again (naming
+        // whatever lives there now). Retiring costs one slot per 65,535 frees of that slot.
+        // A retired slot keeps generation u16::MAX and no value: every handle to it is stale.
+        if let Some(next) = slot.generation.checked_add(1) {
+            slot.generation = next;
+            self.free.push(index);
+        }
         self.live -= 1;
         Ok(value)
     }
@@ -138,5 +143,24 @@ mod tests {
         assert_ne!(h, h2, "reused slot must get a new generation");
         assert!(a.get(h).is_err());
         let _ = b.insert(1);
+    }
+
+    #[test]
+    fn a_slot_is_retired_before_its_generation_wraps() {
+        let mut t: HandleTable<u32> = HandleTable::new("buffer");
+        let first = t.insert(0);
+        t.remove(first).unwrap();
+        // Free and reuse the same slot past 65,535 generations: no handle is issued twice
+        // and the first one never becomes valid again.
+        let mut seen = std::collections::HashSet::from([first]);
+        let rounds = if cfg!(miri) { 66_000 } else { 140_000 };
+        for i in 1..rounds {
+            let h = t.insert(i);
+            assert!(seen.insert(h), "handle {h:#x} issued twice (round {i})");
+            assert!(t.get(first).is_err(), "a handle freed long ago is valid again (round {i})");
+            assert_eq!(t.remove(h).unwrap(), i);
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.slots.len() >= 2, "the first slot was retired and a new one used");
     }
 }
