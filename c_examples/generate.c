@@ -10,14 +10,15 @@
  *
  * Prefill runs the whole prompt at once (ops tagged phase=prefill), decode one token a step
  * (phase=decode), so a policy like llm_inference places them: prefill matmuls on the NPU,
- * decode on the GPU. A decode step is recorded as a graph and submitted as one unit; ops that
- * depend on the position (the K/V cache rows written, rope_position, the attention's key
- * count, the embedding row) change every step, so the step's graph is recorded anew each
- * step (`--decode ops` submits the same ops one by one instead).
+ * decode on the GPU. A decode step is recorded once as a graph and submitted as one unit each
+ * step; the ops that depend on the position or the token (the embedding row, the K/V cache
+ * rows written, rope_position, the attention's key count: 1 + 5 per layer) are replaced with
+ * nh_graph_set_op before each submission. `--decode rerecord` records the step's graph anew
+ * each step, `--decode ops` submits the same ops one by one.
  *
  *   generate [--model DIR] [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]
  *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
- *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|ops]
+ *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
  *            [--warmup N] [--expect-placement] [--quiet]
  */
 #include "common.h"
@@ -272,6 +273,10 @@ typedef struct {
 typedef struct {
   nh_runtime rt;
   nh_graph graph; /* id 0: submit op by op */
+  /* With a graph: 0 = record (append every op), 1 = update (replace only the ops that depend
+   * on the position or the token, found by their index in the recorded order). */
+  int updating;
+  size_t index;
   pending_op *pending;
   size_t npending, cap;
   /* placement[phase][op kind][device] = ops, from each op's event (op-by-op only) */
@@ -280,9 +285,13 @@ typedef struct {
   uint32_t ndev;
 } submitter;
 
-static void emit(submitter *s, const nh_op_desc *op, uint32_t phase) {
+/* `varies`: the op changes with the position or the token (the rest of a decode step is the
+ * same every step). */
+static void emit(submitter *s, const nh_op_desc *op, uint32_t phase, int varies) {
   if (s->graph.id) {
-    NH_CHECK(nh_graph_add(s->rt, s->graph, op));
+    if (!s->updating) NH_CHECK(nh_graph_add(s->rt, s->graph, op));
+    else if (varies) NH_CHECK(nh_graph_set_op(s->rt, s->graph, s->index, op));
+    s->index++;
     return;
   }
   if (s->npending == s->cap) {
@@ -322,7 +331,7 @@ static nh_op_desc op_init(uint32_t kind, uint32_t phase) {
 
 /* out (+)= a[rows, in] * W^T, W an nn.Linear weight [out, in]. */
 static void linear(submitter *s, uint32_t phase, nh_tensor a, nh_tensor w, nh_tensor out, int accumulate,
-                   uint32_t act) {
+                   uint32_t act, int varies) {
   nh_op_desc op = op_init(NH_OP_MATMUL, phase);
   op.inputs[0] = a;
   op.inputs[1] = w;
@@ -330,7 +339,7 @@ static void linear(submitter *s, uint32_t phase, nh_tensor a, nh_tensor w, nh_te
   op.flags = NH_FLAG_TRANS_B;
   op.beta = accumulate ? 1.0f : 0.0f;
   op.activation = act;
-  emit(s, &op, phase);
+  emit(s, &op, phase, varies);
 }
 
 static void rmsnorm(submitter *s, uint32_t phase, nh_tensor x, nh_tensor w, nh_tensor out, float eps) {
@@ -339,7 +348,7 @@ static void rmsnorm(submitter *s, uint32_t phase, nh_tensor x, nh_tensor w, nh_t
   op.inputs[1] = w;
   op.output = out;
   op.eps = eps;
-  emit(s, &op, phase);
+  emit(s, &op, phase, 0);
 }
 
 /* Runs tokens[0..n) at positions pos.. through the model: logits of all n rows land in
@@ -355,43 +364,43 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
     uint64_t shape[2] = {1, D};
     op.inputs[0] = nh_dense(m->file, NH_F32, 2, shape, m->embed->offset + (uint64_t)tokens[i] * D * sizeof(float));
     op.output = rows_view(st->x, i, 1, D);
-    emit(s, &op, phase);
+    emit(s, &op, phase, 1);
   }
   nh_tensor x = rows_view(st->x, 0, n, D), h = rows_view(st->h, 0, n, D);
   for (uint64_t l = 0; l < c->layers; l++) {
     const layer_weights *w = &m->layer[l];
     rmsnorm(s, phase, x, w->attn_norm, h, c->eps);
-    linear(s, phase, h, w->wq, rows_view(st->q, 0, n, QW), 0, NH_ACT_NONE);
-    linear(s, phase, h, w->wk, rows_view(st->k[l], pos, n, KVW), 0, NH_ACT_NONE);
-    linear(s, phase, h, w->wv, rows_view(st->v[l], pos, n, KVW), 0, NH_ACT_NONE);
+    linear(s, phase, h, w->wq, rows_view(st->q, 0, n, QW), 0, NH_ACT_NONE, 0);
+    linear(s, phase, h, w->wk, rows_view(st->k[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
+    linear(s, phase, h, w->wv, rows_view(st->v[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
     op = op_init(NH_OP_ROPE, phase);
     op.inputs[0] = op.output = seq_heads_view(st->q, 0, n, H, HD);
     op.rope_theta = c->theta;
     op.rope_position = (uint32_t)pos;
-    emit(s, &op, phase);
+    emit(s, &op, phase, 1);
     op.inputs[0] = op.output = seq_heads_view(st->k[l], pos, n, HKV, HD);
-    emit(s, &op, phase);
+    emit(s, &op, phase, 1);
     op = op_init(NH_OP_ATTENTION, phase);
     op.flags = NH_FLAG_CAUSAL; /* queries are the last n of the pos + n keys */
     op.inputs[0] = heads_seq_view(st->q, n, H, HD);
     op.inputs[1] = heads_seq_view(st->k[l], pos + n, HKV, HD);
     op.inputs[2] = heads_seq_view(st->v[l], pos + n, HKV, HD);
     op.output = heads_seq_view(st->attn, n, H, HD);
-    emit(s, &op, phase);
-    linear(s, phase, rows_view(st->attn, 0, n, QW), w->wo, x, 1, NH_ACT_NONE); /* x += attn Wo^T */
+    emit(s, &op, phase, 1);
+    linear(s, phase, rows_view(st->attn, 0, n, QW), w->wo, x, 1, NH_ACT_NONE, 0); /* x += attn Wo^T */
     rmsnorm(s, phase, x, w->ffn_norm, h, c->eps);
     nh_tensor g = rows_view(st->g, 0, n, c->ffn), u = rows_view(st->u, 0, n, c->ffn);
-    linear(s, phase, h, w->wgate, g, 0, NH_ACT_SILU);
-    linear(s, phase, h, w->wup, u, 0, NH_ACT_NONE);
+    linear(s, phase, h, w->wgate, g, 0, NH_ACT_SILU, 0);
+    linear(s, phase, h, w->wup, u, 0, NH_ACT_NONE, 0);
     op = op_init(NH_OP_MUL, phase);
     op.inputs[0] = g;
     op.inputs[1] = u;
     op.output = g;
-    emit(s, &op, phase);
-    linear(s, phase, g, w->wdown, x, 1, NH_ACT_NONE); /* x += (silu(gate) * up) Wdown^T */
+    emit(s, &op, phase, 0);
+    linear(s, phase, g, w->wdown, x, 1, NH_ACT_NONE, 0); /* x += (silu(gate) * up) Wdown^T */
   }
   rmsnorm(s, phase, x, m->norm, h, c->eps);
-  linear(s, phase, h, m->lm_head, rows_view(st->logits, 0, n, c->vocab), 0, NH_ACT_NONE);
+  linear(s, phase, h, m->lm_head, rows_view(st->logits, 0, n, c->vocab), 0, NH_ACT_NONE, 0);
 }
 
 /* ---- Sampling ---- */
@@ -497,7 +506,7 @@ static void usage(const char *argv0) {
   fprintf(stderr,
           "usage: %s [--model DIR] [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]\n"
           "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
-          "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|ops]\n"
+          "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
           "          [--warmup N] [--expect-placement] [--quiet]\n",
           argv0);
   exit(2);
@@ -529,7 +538,8 @@ int main(int argc, char **argv) {
   const char *prompt_arg = NULL;
   uint32_t devices = NH_ENABLE_GPU | NH_ENABLE_NPU, threads = 0;
   uint64_t steps = 0, seed = 1, warmup = 1;
-  int steps_given = 0, decode_graph = 1, expect_placement = 0, quiet = 0, sample_given = 0;
+  int steps_given = 0, expect_placement = 0, quiet = 0, sample_given = 0;
+  enum { DECODE_GRAPH, DECODE_RERECORD, DECODE_OPS } decode = DECODE_GRAPH;
   double tol = 0;
   sampler sm = {SAMPLE_GREEDY, 0, 0, 1.0, 0};
   for (int i = 1; i < argc; i++) {
@@ -557,9 +567,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--quiet")) quiet = 1;
     else if (!strcmp(a, "--decode")) {
       NEED_VALUE();
-      if (!strcmp(v, "graph")) decode_graph = 1;
-      else if (!strcmp(v, "ops")) decode_graph = 0;
-      else die("--decode: '%s' is neither 'graph' nor 'ops'", v);
+      if (!strcmp(v, "graph")) decode = DECODE_GRAPH;
+      else if (!strcmp(v, "rerecord")) decode = DECODE_RERECORD;
+      else if (!strcmp(v, "ops")) decode = DECODE_OPS;
+      else die("--decode: '%s' is not graph, rerecord or ops", v);
     } else if (!strcmp(a, "--sample")) {
       NEED_VALUE();
       sample_given = 1;
@@ -575,7 +586,7 @@ int main(int argc, char **argv) {
   }
   sm.rng = seed;
   if (check && sample_given && sm.kind != SAMPLE_GREEDY) die("--check compares greedy tokens: drop --sample");
-  if (expect_placement && decode_graph)
+  if (expect_placement && decode != DECODE_OPS)
     die("--expect-placement reads each op's event: use it with --decode ops");
 
   /* The reference, when checking: prompt, tokens, logits. */
@@ -673,7 +684,10 @@ int main(int argc, char **argv) {
          (unsigned long long)c->heads, (unsigned long long)c->kv_heads, (unsigned long long)c->head_dim,
          (unsigned long long)c->ffn);
   printf("prompt: %llu tokens, %llu steps, decode as %s, sampling %s\n\n", (unsigned long long)plen_tok,
-         (unsigned long long)steps, decode_graph ? "a graph per step" : "ops one by one",
+         (unsigned long long)steps,
+         decode == DECODE_GRAPH      ? "a graph recorded once, its position-dependent ops replaced each step"
+         : decode == DECODE_RERECORD ? "a graph recorded anew each step"
+                                     : "ops one by one",
          sm.kind == SAMPLE_GREEDY ? "greedy" : sm.kind == SAMPLE_TOPK ? "top-k" : "top-p");
 
   state st;
@@ -695,6 +709,8 @@ int main(int argc, char **argv) {
 
   submitter sub;
   memset(&sub, 0, sizeof sub);
+  nh_graph graph = {0};
+  size_t graph_ops = 0;
   sub.rt = rt;
   sub.ndev = ndev;
   float *logits = malloc(st.rows * c->vocab * sizeof(float));
@@ -744,29 +760,37 @@ int main(int argc, char **argv) {
     double td = now_s();
     for (uint64_t step = 1; step < run_steps; step++) {
       uint64_t pos = plen_tok + step - 1;
-      if (decode_graph) {
+      if (decode != DECODE_OPS) {
+        /* The step's graph: recorded at the first step (or every step with
+         * --decode rerecord); later steps replace only the ops that depend on the position
+         * or the token. */
         double tr = now_s();
-        NH_CHECK(nh_graph_create(rt, &sub.graph));
+        if (!graph.id) NH_CHECK(nh_graph_create(rt, &graph));
+        sub.graph = graph;
+        sub.updating = graph_ops > 0;
+        sub.index = 0;
         forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE);
+        sub.graph.id = 0;
+        if (!graph_ops) NH_CHECK(nh_graph_op_count(rt, graph, &graph_ops));
+        if (sub.index != graph_ops) die("internal: a decode step emitted %zu ops, its graph has %zu", sub.index, graph_ops);
         if (timed) t_record += now_s() - tr;
+        ops_per_step = graph_ops;
         nh_event ev;
-        NH_CHECK(nh_graph_submit(rt, sub.graph, &ev));
-        if (!ops_per_step) {
-          size_t n = 0;
-          NH_CHECK(nh_graph_op_count(rt, sub.graph, &n));
-          ops_per_step = n;
-        }
+        NH_CHECK(nh_graph_submit(rt, graph, &ev));
         NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
         NH_CHECK(nh_event_release(rt, ev));
-        NH_CHECK(nh_graph_destroy(rt, sub.graph));
-        sub.graph.id = 0;
+        if (decode == DECODE_RERECORD) {
+          NH_CHECK(nh_graph_destroy(rt, graph));
+          graph.id = 0;
+          graph_ops = 0;
+        }
       } else {
         size_t before = sub.npending;
         forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE);
         if (!ops_per_step) ops_per_step = sub.npending - before;
       }
       NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, c->vocab * sizeof(float)));
-      if (!decode_graph) retire(&sub);
+      if (decode == DECODE_OPS) retire(&sub);
       tok = sample(&rs, logits, c->vocab, scratch);
       if (timed) {
         out_tokens[step] = tok;
@@ -804,7 +828,8 @@ int main(int argc, char **argv) {
   if (steps > 1) {
     printf("decode:  %llu tokens in %.2f ms: %.1f tokens/s (%.3f ms/token, %llu ops a step", (unsigned long long)(steps - 1),
            t_decode * 1e3, (steps - 1) / t_decode, t_decode * 1e3 / (steps - 1), (unsigned long long)ops_per_step);
-    if (decode_graph) printf(", recording %.3f ms/token", t_record * 1e3 / (steps - 1));
+    if (decode != DECODE_OPS)
+      printf(", %s %.3f ms/token", decode == DECODE_GRAPH ? "graph updates" : "recording", t_record * 1e3 / (steps - 1));
     printf(")\n");
   }
 
@@ -878,6 +903,7 @@ int main(int argc, char **argv) {
     if (!failed) printf("  OK\n");
   }
 
+  if (graph.id) NH_CHECK(nh_graph_destroy(rt, graph));
   st_close(&stf);
   free(logits);
   free(scratch);
