@@ -3,14 +3,15 @@
 //! safetensors store linear layers in (a sentence of a dozen tokens through BERT). A packed
 //! GEMM repacks all of B on every call, which at such m costs more than the multiply itself
 //! (the profile of the MiniLM example: 58% packing, 27% kernel). Here every output is a dot
-//! product over k, in tiles of 2 rows x 4 columns (8 AVX2 accumulators), so B streams from
+//! product over k, in tiles of 2 rows x 4 columns (8 AVX2 accumulators; 4 x 4 with AVX-512's
+//! 32 registers), so B streams from
 //! memory exactly once and A (m x k, a few KiB) is re-read from L1; column blocks are split
 //! across the pool. Epilogue as the GEMM's: alpha, beta, bias, activation.
 
 use super::host::{load_dense, HostView, SendPtr};
 use super::kernels::iter::TASK_ELEMS;
 use super::kernels::math;
-use super::simd::has_avx2_fma;
+use super::simd::{has_avx2_fma, has_avx512};
 use crate::op::{Activation, DType};
 use rayon::prelude::*;
 
@@ -89,20 +90,27 @@ pub fn try_matmul(
     let Some(p) = plan(out, a, b, trans_a, trans_b) else { return false };
     let bias = bias.map(load_dense);
     let bias = bias.as_deref();
-    let avx2 = has_avx2_fma();
+    let isa = if has_avx512() {
+        Isa::Avx512
+    } else if has_avx2_fma() {
+        Isa::Avx2
+    } else {
+        Isa::Portable
+    };
+    let tile_rows = if isa == Isa::Avx512 { 4 } else { 2 };
     let block = |blk: usize| {
         let cols = blk * NB..((blk + 1) * NB).min(p.n);
         for j in cols.clone().step_by(4) {
             let nc = 4.min(cols.end - j);
-            for i in (0..p.m).step_by(2) {
-                let nr = 2.min(p.m - i);
-                let mut acc = [[0.0f32; 4]; 2];
+            for i in (0..p.m).step_by(tile_rows) {
+                let nr = tile_rows.min(p.m - i);
+                let mut acc = [[0.0f32; 4]; 4];
                 // SAFETY: rows i..i+nr of op(A) and columns j..j+nc of op(B) are k contiguous
                 // f32 elements inside validated views.
                 unsafe {
                     let a0 = p.a().add(i * p.lda);
                     let b0 = p.b().add(j * p.ldb);
-                    tile(avx2, a0, p.lda, b0, p.ldb, p.k, nr, nc, &mut acc);
+                    tile(isa, a0, p.lda, b0, p.ldb, p.k, nr, nc, &mut acc);
                 }
                 for (r, row) in acc.iter().enumerate().take(nr) {
                     // SAFETY: C[i + r, j..j + nc] lies in the output view; this task alone
@@ -141,13 +149,20 @@ pub fn try_matmul(
     true
 }
 
-/// acc[r][c] = sum_kk A[r, kk] * B[c, kk] for r < nr <= 2, c < nc <= 4.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// acc[r][c] = sum_kk A[r, kk] * B[c, kk] for r < nr (<= 2, or 4 with AVX-512), c < nc <= 4.
 ///
 /// # Safety
 /// Rows 0..nr of A (stride lda) and 0..nc of B (stride ldb) hold k readable f32 each.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
-    avx2: bool,
+    isa: Isa,
     a: *const f32,
     lda: usize,
     b: *const f32,
@@ -155,10 +170,32 @@ unsafe fn tile(
     k: usize,
     nr: usize,
     nc: usize,
-    acc: &mut [[f32; 4]; 2],
+    acc: &mut [[f32; 4]; 4],
 ) {
+    #[cfg(all(target_arch = "x86_64", nh_avx512))]
+    if isa == Isa::Avx512 {
+        match (nr, nc) {
+            (4, 4) => x512::tile::<4, 4>(a, lda, b, ldb, k, acc),
+            (3, 4) => x512::tile::<3, 4>(a, lda, b, ldb, k, acc),
+            (2, 4) => x512::tile::<2, 4>(a, lda, b, ldb, k, acc),
+            (1, 4) => x512::tile::<1, 4>(a, lda, b, ldb, k, acc),
+            (4, 3) => x512::tile::<4, 3>(a, lda, b, ldb, k, acc),
+            (3, 3) => x512::tile::<3, 3>(a, lda, b, ldb, k, acc),
+            (2, 3) => x512::tile::<2, 3>(a, lda, b, ldb, k, acc),
+            (1, 3) => x512::tile::<1, 3>(a, lda, b, ldb, k, acc),
+            (4, 2) => x512::tile::<4, 2>(a, lda, b, ldb, k, acc),
+            (3, 2) => x512::tile::<3, 2>(a, lda, b, ldb, k, acc),
+            (2, 2) => x512::tile::<2, 2>(a, lda, b, ldb, k, acc),
+            (1, 2) => x512::tile::<1, 2>(a, lda, b, ldb, k, acc),
+            (4, _) => x512::tile::<4, 1>(a, lda, b, ldb, k, acc),
+            (3, _) => x512::tile::<3, 1>(a, lda, b, ldb, k, acc),
+            (2, _) => x512::tile::<2, 1>(a, lda, b, ldb, k, acc),
+            _ => x512::tile::<1, 1>(a, lda, b, ldb, k, acc),
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
+    if isa != Isa::Portable {
         match (nr, nc) {
             (2, 4) => x86::tile::<2, 4>(a, lda, b, ldb, k, acc),
             (1, 4) => x86::tile::<1, 4>(a, lda, b, ldb, k, acc),
@@ -171,7 +208,7 @@ unsafe fn tile(
         }
         return;
     }
-    let _ = avx2;
+    let _ = isa;
     for (r, row) in acc.iter_mut().enumerate().take(nr) {
         let ar = std::slice::from_raw_parts(a.add(r * lda), k);
         for (c, out) in row.iter_mut().enumerate().take(nc) {
@@ -213,7 +250,7 @@ mod x86 {
         b: *const f32,
         ldb: usize,
         k: usize,
-        acc: &mut [[f32; 4]; 2],
+        acc: &mut [[f32; 4]; 4],
     ) {
         let mut v = [[_mm256_setzero_ps(); C]; R];
         let mut kk = 0;
@@ -233,6 +270,50 @@ mod x86 {
         for r in 0..R {
             for c in 0..C {
                 let mut s = hsum(v[r][c]);
+                for t in kk..k {
+                    s += *a.add(r * lda + t) * *b.add(c * ldb + t);
+                }
+                acc[r][c] = s;
+            }
+        }
+    }
+}
+
+// Built only when build.rs found a compiler with stable AVX-512 (>= 1.89, `nh_avx512`), so
+// the crate's lower MSRV does not apply to it.
+#[cfg(all(target_arch = "x86_64", nh_avx512))]
+#[allow(clippy::incompatible_msrv)]
+mod x512 {
+    use std::arch::x86_64::*;
+
+    /// R rows of A against C rows of B (both k-contiguous), 16 lanes of k per step.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const R: usize, const C: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        k: usize,
+        acc: &mut [[f32; 4]; 4],
+    ) {
+        let mut v = [[_mm512_setzero_ps(); C]; R];
+        let mut kk = 0;
+        while kk + 16 <= k {
+            let mut bv = [_mm512_setzero_ps(); C];
+            for (c, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(b.add(c * ldb + kk));
+            }
+            for (r, row) in v.iter_mut().enumerate() {
+                let av = _mm512_loadu_ps(a.add(r * lda + kk));
+                for (c, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(av, bv[c], *x);
+                }
+            }
+            kk += 16;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                let mut s = _mm512_reduce_add_ps(v[r][c]);
                 for t in kk..k {
                     s += *a.add(r * lda + t) * *b.add(c * ldb + t);
                 }
@@ -355,20 +436,32 @@ mod tests {
     }
 
     #[test]
-    fn portable_tile_matches_avx2() {
+    fn every_isa_tile_matches() {
         let k = 45;
-        let a = fill(2 * k, 5);
         let b = fill(4 * k, 6);
-        let mut x = [[0.0f32; 4]; 2];
-        let mut y = [[0.0f32; 4]; 2];
-        // SAFETY: 2 rows of a and 4 of b, k each.
-        unsafe {
-            tile(false, a.as_ptr(), k, b.as_ptr(), k, k, 2, 4, &mut x);
-            tile(has_avx2_fma(), a.as_ptr(), k, b.as_ptr(), k, k, 2, 4, &mut y);
+        let a = fill(4 * k, 5);
+        let mut isas = vec![Isa::Portable];
+        if has_avx2_fma() {
+            isas.push(Isa::Avx2);
         }
-        for r in 0..2 {
-            for c in 0..4 {
-                assert!((x[r][c] - y[r][c]).abs() < 1e-4, "{} vs {}", x[r][c], y[r][c]);
+        if has_avx512() {
+            isas.push(Isa::Avx512);
+        }
+        let mut want = [[0.0f32; 4]; 4];
+        // SAFETY: 2 rows of a and 4 of b, k each (4 rows of a for AVX-512).
+        unsafe { tile(Isa::Portable, a.as_ptr(), k, b.as_ptr(), k, k, 2, 4, &mut want) };
+        for isa in isas {
+            let rows = if isa == Isa::Avx512 { 4 } else { 2 };
+            let mut got = [[0.0f32; 4]; 4];
+            unsafe { tile(isa, a.as_ptr(), k, b.as_ptr(), k, k, rows, 4, &mut got) };
+            for r in 0..rows {
+                for c in 0..4 {
+                    let w: f32 = (0..k).map(|t| a[r * k + t] * b[c * k + t]).sum();
+                    assert!((got[r][c] - w).abs() < 1e-4, "{isa:?} ({r},{c}): {} vs {w}", got[r][c]);
+                    if r < 2 {
+                        assert!((want[r][c] - w).abs() < 1e-4, "portable ({r},{c})");
+                    }
+                }
             }
         }
     }
