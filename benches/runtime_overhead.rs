@@ -6,7 +6,8 @@
 //!  4. a matmul split across the CPU and a timed device of the CPU's measured speed vs the sum
 //!     of the two devices' separate throughputs.
 //!
-//! Run: `cargo bench --bench runtime_overhead` (release). Medians over repeated rounds.
+//! Run: `cargo bench --bench runtime_overhead [-- dispatch|scheduling|split]` (release).
+//! Medians over repeated rounds.
 
 use npuhybrid::backend::cpu::{execute_on_host, CpuBackend};
 use npuhybrid::backend::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory};
@@ -198,10 +199,21 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `-- dispatch|scheduling|split` runs only those parts.
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wants = |s: &str| which.is_empty() || which.iter().any(|w| w == s);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("threads: 2 (CPU backend); medians of 15 rounds");
     println!("| what | ours | baseline (same run) | note |");
     println!("| --- | --- | --- | --- |");
-    tiny_dispatch();
-    scheduling_overhead();
-    split_efficiency();
+    if wants("dispatch") {
+        tiny_dispatch();
+    }
+    if wants("scheduling") {
+        scheduling_overhead();
+    }
+    if wants("split") {
+        split_efficiency();
+    }
 }

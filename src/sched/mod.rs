@@ -49,22 +49,43 @@ pub struct Counters {
     pub inline_ops: AtomicU64,
 }
 
-/// A worker thread's next job: one op released by the job it just ran, for the same device.
+/// A thread's next job: one op released by the job it just ran, for a worker's own device,
+/// or (on a thread inside `submit_all`) a tiny op for the idle host device, which the
+/// submitter runs after the one that released it: a graph's chain of tiny ops runs on the
+/// caller without a thread hand-off, and without recursion.
 #[derive(Default)]
 struct LocalJob {
     device: Option<usize>,
+    submitting: bool,
     job: Option<Job>,
 }
 
 impl LocalJob {
-    /// Keeps `job` if this is a worker of its device with nothing kept yet; else gives it back.
-    fn keep(&mut self, job: Job) -> Option<Job> {
-        if self.device == Some(job.device) && self.job.is_none() {
+    /// Keeps `job` if this thread may run it next and has nothing kept yet; else gives it back.
+    /// `tiny_host`: the job is for an idle host device and predicted to be short.
+    fn keep(&mut self, job: Job, tiny_host: bool) -> Option<Job> {
+        let mine = self.device == Some(job.device) || (self.submitting && tiny_host);
+        if mine && self.job.is_none() {
             self.job = Some(job);
             None
         } else {
             Some(job)
         }
+    }
+}
+
+/// Marks the current thread as submitting while it lives (restores the previous state).
+struct Submitting(bool);
+
+impl Submitting {
+    fn enter() -> Submitting {
+        Submitting(LOCAL_JOB.with(|slot| std::mem::replace(&mut slot.borrow_mut().submitting, true)))
+    }
+}
+
+impl Drop for Submitting {
+    fn drop(&mut self) {
+        LOCAL_JOB.with(|slot| slot.borrow_mut().submitting = self.0);
     }
 }
 
@@ -148,9 +169,7 @@ impl Scheduler {
                             s.run_job(job);
                             // A dependent this job released for this same device runs next
                             // on this thread: no hand-off, no wake-up.
-                            while let Some(next) = LOCAL_JOB.with(|slot| slot.borrow_mut().job.take()) {
-                                s.run_job(next);
-                            }
+                            s.run_local_jobs();
                         }
                     })
                     .expect("spawning a device worker thread");
@@ -194,9 +213,18 @@ impl Scheduler {
                     }
                 }
             }
+            let _submitting = Submitting::enter();
             for task in ready {
                 self.dispatch(task, true);
+                self.run_local_jobs();
             }
+        }
+    }
+
+    /// Runs the jobs this thread kept for itself (see `LocalJob`) until none is left.
+    fn run_local_jobs(self: &Arc<Self>) {
+        while let Some(next) = LOCAL_JOB.with(|slot| slot.borrow_mut().job.take()) {
+            self.run_job(next);
         }
     }
 
@@ -401,14 +429,21 @@ impl Scheduler {
         let device = &self.devices[job.device];
         let idle = device.load.queued.fetch_add(1, Ordering::Relaxed) == 0;
         device.load.queued_ns.fetch_add(job.predicted_ns as u64, Ordering::Relaxed);
-        if may_inline && idle && device.is_host() && job.predicted_ns < INLINE_BELOW_NS {
+        let tiny_host = idle && device.is_host() && job.predicted_ns < INLINE_BELOW_NS;
+        if may_inline && tiny_host {
             self.counters.inline_ops.fetch_add(1, Ordering::Relaxed);
             self.run_job(job);
             return;
         }
-        // On a worker of this device, keep one released dependent for this thread to run next.
-        let job = match LOCAL_JOB.with(|slot| slot.borrow_mut().keep(job)) {
-            None => return,
+        // On a worker of this device, or on the submitting thread for a tiny host op, keep
+        // one released dependent for this thread to run next.
+        let job = match LOCAL_JOB.with(|slot| slot.borrow_mut().keep(job, tiny_host)) {
+            None => {
+                if tiny_host && LOCAL_JOB.with(|slot| slot.borrow().device.is_none()) {
+                    self.counters.inline_ops.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
             Some(job) => job,
         };
         let sent = match self.queues.read().get(device.index) {

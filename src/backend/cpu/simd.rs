@@ -31,7 +31,10 @@ pub(crate) fn has_avx2_fma() -> bool {
 pub(crate) fn has_avx512() -> bool {
     #[cfg(all(target_arch = "x86_64", nh_avx512))]
     {
-        has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+        has_avx2_fma()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
     {
@@ -39,8 +42,8 @@ pub(crate) fn has_avx512() -> bool {
     }
 }
 
-/// Defines `fn name(args) -> ret` whose body is compiled twice: for baseline x86-64 and with
-/// AVX2+FMA+F16C, chosen at run time. The body and every helper it calls must be
+/// Defines `fn name(args) -> ret` whose body is compiled three times: for baseline x86-64, with
+/// AVX2+FMA+F16C and (`nh_avx512` builds) with AVX-512 (16-lane vectors), chosen at run time. The body and every helper it calls must be
 /// `#[inline(always)]` so they are compiled with the wider instructions too.
 ///
 /// Written as `fn name<FMA>(..)`, the body also sees a `const FMA: bool` that is true in the
@@ -52,6 +55,17 @@ macro_rules! dispatch_avx2 {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn portable<const $fma: bool>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(all(target_arch = "x86_64", nh_avx512))]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    portable::<true>($($arg),*)
+                }
+                if $crate::backend::cpu::simd::has_avx512() {
+                    // SAFETY: the features were detected on this CPU.
+                    return unsafe { avx512($($arg),*) };
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma,f16c")]
