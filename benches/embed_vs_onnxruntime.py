@@ -12,7 +12,7 @@ Cases: `short` = the sentences of tests/data/embed_sentences.txt with at most 18
 runs at batch 1 and 16 (padded to the longest sentence of the batch, padding masked).
 
     /opt/nhvenv/bin/python benches/embed_vs_onnxruntime.py [--embed build/examples/embed]
-        [--threads 2] [--seconds 3] [--f16] [--devices cpu] [--policy default]
+        [--threads 2] [--seconds 3] [--f16] [--devices cpu] [--policy default] [--ort-no-spin]
 
 Prints a table: case, batch, tokens, ours sentences/s, ORT sentences/s, ratio (ours / ORT).
 """
@@ -171,6 +171,8 @@ def main():
     ap.add_argument("--f16", action="store_true", help="run ours in f16 (ORT stays f32)")
     ap.add_argument("--devices", default="cpu")
     ap.add_argument("--policy", default="default")
+    ap.add_argument("--ort-no-spin", action="store_true",
+                    help="turn off ORT's spin-waiting intra-op threads (kinder on a loaded machine)")
     args = ap.parse_args()
     import onnxruntime as ort
     from safetensors.numpy import load_file
@@ -188,6 +190,8 @@ def main():
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if args.ort_no_spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     print(f"ONNX graph: {len(model.graph.node)} nodes, session ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     # The ORT graph must reproduce sentence-transformers before it is timed.
@@ -236,7 +240,7 @@ def main():
         pass
     print(f"# {cpu}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (after the run); "
           f"onnxruntime {ort.__version__}; {args.threads} threads each; ours {'f16' if args.f16 else 'f32'} "
-          f"on {args.devices}, ORT f32")
+          f"on {args.devices}, ORT f32{' without spinning' if args.ort_no_spin else ''}; {args.seconds:g} s per figure")
     print(f"| case | batch | tokens (mean) | ours sentences/s | ORT sentences/s | ratio |")
     print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
     for cname, b, tok, o, r in rows:

@@ -425,7 +425,13 @@ static size_t tokenize(const vocab *v, const char *text, int32_t *ids, size_t ma
 
 typedef struct {
   nh_tensor wqkv, bqkv, wo, bo, ln1g, ln1b, w1, b1, w2, b2, ln2g, ln2b;
+  /* the four weights again as [in, out] (dense rows along out), for matmuls with many rows */
+  nh_tensor wqkv_t, wo_t, w1_t, w2_t;
 } layer_w;
+
+/* Up to this many rows a matmul reads the [out, in] weights (the CPU's dot-product path for
+ * small m); above it the [in, out] copies, which a packed GEMM packs faster. */
+#define KN_MIN_ROWS 32
 
 typedef struct {
   nh_runtime rt;
@@ -449,6 +455,7 @@ typedef struct {
   } graphs[32];
   size_t ngraphs;
   const char *tags;
+  int no_kn; /* --no-kn: always the [out, in] weights (for comparison) */
 } model;
 
 static nh_op_desc op_init(const model *m, uint32_t kind) {
@@ -518,6 +525,19 @@ static nh_tensor weight(model *m, nh_tensor src) {
   return dst;
 }
 
+/* A dense [in, out] copy of an [out, in] weight (already in the weight buffer or the file). */
+static nh_tensor transposed(model *m, nh_tensor w) {
+  uint64_t shape[2] = {w.shape[1], w.shape[0]};
+  nh_tensor src = w;
+  src.shape[0] = shape[0];
+  src.shape[1] = shape[1];
+  src.strides[0] = 1;
+  src.strides[1] = w.shape[1];
+  nh_tensor dst = walloc(m, 2, shape);
+  copy_into(m, dst, src);
+  return dst;
+}
+
 static void fill_random(model *m, nh_tensor t, uint32_t seed, float scale, float bias) {
   uint64_t n = 1;
   for (uint32_t i = 0; i < t.rank; i++) n *= t.shape[i];
@@ -549,6 +569,7 @@ static void model_load(model *m, const char *dir, int synthetic) {
   size_t elems = (size_t)L * (3 * D * D + 3 * D) + 2 * D;
   if (m->f16 || synthetic) elems = (size_t)VOCAB * D + (size_t)MAXPOS * D + 4 * D + L * per_layer;
   elems += (size_t)MAXPOS * D + 2 * D; /* positions + token type, and spare */
+  elems += (size_t)L * (4 * D * D + 2 * D * F); /* the [in, out] copies */
   m->wbuf_size = elems * m->esz + 64 * 128;
   m->wbuf = alloc_buf(m->rt, m->wbuf_size);
   m->wbuf_used = 0;
@@ -656,6 +677,13 @@ static void model_load(model *m, const char *dir, int synthetic) {
     }
     st_close(&f);
   }
+  for (int l = 0; l < L; l++) {
+    layer_w *w = &m->layer[l];
+    w->wqkv_t = transposed(m, w->wqkv);
+    w->wo_t = transposed(m, w->wo);
+    w->w1_t = transposed(m, w->w1);
+    w->w2_t = transposed(m, w->w2);
+  }
   /* Host access to the word table for the row gather. */
   void *ptr = NULL;
   size_t size = 0;
@@ -703,6 +731,7 @@ static nh_graph build_graph(model *m, size_t B, size_t S, int use_mask) {
   nh_graph g;
   NH_CHECK(nh_graph_create(m->rt, &g));
   size_t T = B * S;
+  int kn = T > KN_MIN_ROWS && !m->no_kn;
   nh_dtype a = m->act;
   uint64_t sh_bsd[3] = {B, S, D}, sh_sd[2] = {S, D};
   nh_tensor x2 = view2(m->x, a, T, D, 0);
@@ -725,9 +754,9 @@ static nh_graph build_graph(model *m, size_t B, size_t S, int use_mask) {
     const layer_w *w = &m->layer[l];
     op = op_init(m, NH_OP_MATMUL);
     op.inputs[0] = x2;
-    op.inputs[1] = w->wqkv;
+    op.inputs[1] = kn ? w->wqkv_t : w->wqkv;
     op.inputs[2] = w->bqkv;
-    op.flags = NH_FLAG_TRANS_B;
+    op.flags = kn ? 0 : NH_FLAG_TRANS_B;
     op.output = matmul_desc_out(m, m->qkv, T, 3 * D);
     NH_CHECK(nh_graph_add(m->rt, g, &op));
 
@@ -744,9 +773,9 @@ static nh_graph build_graph(model *m, size_t B, size_t S, int use_mask) {
 
     op = op_init(m, NH_OP_MATMUL);
     op.inputs[0] = view2(m->ctx, a, T, D, 0);
-    op.inputs[1] = w->wo;
+    op.inputs[1] = kn ? w->wo_t : w->wo;
     op.inputs[2] = w->bo;
-    op.flags = NH_FLAG_TRANS_B;
+    op.flags = kn ? 0 : NH_FLAG_TRANS_B;
     op.beta = 1.0f; /* + residual */
     op.output = x2;
     NH_CHECK(nh_graph_add(m->rt, g, &op));
@@ -761,18 +790,18 @@ static nh_graph build_graph(model *m, size_t B, size_t S, int use_mask) {
 
     op = op_init(m, NH_OP_MATMUL);
     op.inputs[0] = x2;
-    op.inputs[1] = w->w1;
+    op.inputs[1] = kn ? w->w1_t : w->w1;
     op.inputs[2] = w->b1;
-    op.flags = NH_FLAG_TRANS_B;
+    op.flags = kn ? 0 : NH_FLAG_TRANS_B;
     op.activation = NH_ACT_GELU; /* erf form (no NH_FLAG_GELU_TANH), as BERT */
     op.output = view2(m->ffn, a, T, F, 0);
     NH_CHECK(nh_graph_add(m->rt, g, &op));
 
     op = op_init(m, NH_OP_MATMUL);
     op.inputs[0] = view2(m->ffn, a, T, F, 0);
-    op.inputs[1] = w->w2;
+    op.inputs[1] = kn ? w->w2_t : w->w2;
     op.inputs[2] = w->b2;
-    op.flags = NH_FLAG_TRANS_B;
+    op.flags = kn ? 0 : NH_FLAG_TRANS_B;
     op.beta = 1.0f;
     op.output = x2;
     NH_CHECK(nh_graph_add(m->rt, g, &op));
@@ -996,7 +1025,7 @@ int main(int argc, char **argv) {
   const char *model_dir = "models/all-MiniLM-L6-v2", *policy = "default", *policy_file = NULL;
   const char *sentences_path = NULL, *check_path = NULL, *trace = NULL, *case_name = NULL, *place = NULL;
   uint32_t devices = 0, threads = 0;
-  int f16 = 0, similarity = 0, full = 0, bench = 0, synthetic = 0, verbose = 0;
+  int f16 = 0, similarity = 0, full = 0, bench = 0, synthetic = 0, verbose = 0, no_kn = 0;
   size_t batch = 1, batch_sizes[16] = {1, 16}, nbatch_sizes = 2, bench_seq[16] = {12, 256}, nbench_seq = 2;
   double min_cos = -1, bench_seconds = 3.0;
   lines input = {NULL, 0};
@@ -1029,6 +1058,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--bench-seconds") && more) bench_seconds = atof(argv[++i]);
     else if (!strcmp(a, "--case") && more) case_name = argv[++i];
     else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = 1;
+    else if (!strcmp(a, "--no-kn")) no_kn = 1;
     else if (a[0] == '-' && a[1] == '-') usage(argv[0]);
     else {
       if (input.count == cap_in) {
@@ -1094,6 +1124,7 @@ int main(int argc, char **argv) {
   model m;
   memset(&m, 0, sizeof m);
   m.f16 = f16;
+  m.no_kn = no_kn;
   m.tags = "model=minilm,phase=prefill";
   if (nh_runtime_create(&desc, &m.rt) != NH_OK) die("runtime: %s", nh_last_error_message());
   uint32_t ndev = 0;
@@ -1236,7 +1267,7 @@ int main(int argc, char **argv) {
         }
         if (verbose) printf("sentence %2zu: %3zu tokens, cosine %.7f\n", i, lens[i], c);
       }
-      printf("check: %zu sentences, %zu token mismatches, cosine min %.7f (sentence %zu, %zu tokens) mean %.7f, "
+      printf("check: %zu sentences, %zu token mismatches, cosine min %.8f (sentence %zu, %zu tokens) mean %.8f, "
              "threshold %.4f (%s, batch %zu)\n",
              n, bad_tok, worst, worst_i, lens[worst_i], sum / n, threshold, f16 ? "f16" : "f32", batch);
       if (bad_tok || worst < threshold) {
