@@ -149,12 +149,15 @@ impl TensorView {
     }
 }
 
+/// Row-major strides of `dims`. Runs on caller shapes before validation (the C boundary
+/// fills in dense strides first): a shape whose product overflows saturates instead of
+/// panicking, and validation then rejects it as overflowing.
 pub fn dense_strides(dims: &[usize]) -> [usize; MAX_RANK] {
     let mut strides = [0; MAX_RANK];
-    let mut acc = 1;
+    let mut acc: usize = 1;
     for i in (0..dims.len()).rev() {
         strides[i] = acc;
-        acc *= dims[i];
+        acc = acc.saturating_mul(dims[i]);
     }
     strides
 }
@@ -185,6 +188,17 @@ mod tests {
         assert!(view(&[4, 8], &[16, 1]).is_non_overlapping()); // padded rows
         assert!(view(&[2, 3, 4, 5], &[60, 20, 5, 1]).is_non_overlapping());
         assert!(view(&[1, 1 << 40], &[0, 1]).is_non_overlapping()); // size-1 dims are free
+    }
+
+    #[test]
+    fn dense_strides_of_overflowing_shapes_saturate_and_fail_validation() {
+        let shape = [1 << 20; 4];
+        let strides = dense_strides(&shape);
+        assert_eq!(strides[3], 1);
+        assert_eq!(strides[0], 1 << 60);
+        let v = TensorView { strides, ..view(&shape, &[]) };
+        assert!(v.validate("x", 64).unwrap_err().to_string().contains("overflows"));
+        assert_eq!(dense_strides(&[usize::MAX, usize::MAX, 2])[0], usize::MAX);
     }
 
     #[test]
