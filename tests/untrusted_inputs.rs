@@ -322,3 +322,43 @@ fn policy_text_cannot_name_a_path_for_device_settings() {
         assert!(e.as_deref().is_some_and(|e| e.starts_with("t.nhp:2:")), "{text}: {e:?}");
     }
 }
+
+/// Descriptors from C go through dense-stride filling before validation: shapes whose product
+/// overflows must be rejected as invalid, not panic (overflow checks are on in debug builds,
+/// where this once came back as NH_ERR_PANIC).
+#[test]
+fn overflowing_shapes_from_c_are_invalid_arguments_not_panics() {
+    use npuhybrid::ffi::*;
+    let mut d: nh_runtime_desc = unsafe { std::mem::zeroed() };
+    assert_eq!(nh_runtime_desc_init(&mut d), nh_status::NH_OK);
+    let empty = std::ffi::CString::new("").unwrap();
+    d.perf_cache_dir = empty.as_ptr();
+    let mut rt = nh_runtime::default();
+    assert_eq!(nh_runtime_create(&d, &mut rt), nh_status::NH_OK);
+    let mut b = nh_buffer::default();
+    assert_eq!(nh_buffer_alloc(rt, 64, &mut b), nh_status::NH_OK);
+    let tensor = |shape: &[u64]| {
+        let mut t = nh_tensor {
+            buffer: b,
+            dtype: nh_dtype::NH_F32 as u32,
+            rank: shape.len() as u32,
+            ..Default::default()
+        };
+        t.shape[..shape.len()].copy_from_slice(shape);
+        t
+    };
+    for shape in [&[1u64 << 20; 4][..], &[1 << 32, 1 << 32], &[u64::MAX, u64::MAX, 2], &[1 << 31, 1 << 31]] {
+        let mut op: nh_op_desc = unsafe { std::mem::zeroed() };
+        assert_eq!(nh_op_desc_init(&mut op), nh_status::NH_OK);
+        op.kind = nh_op_kind::NH_OP_SCALE as u32;
+        op.alpha = 1.0;
+        op.inputs[0] = tensor(shape);
+        op.output = tensor(&[16]);
+        let mut ev = nh_event::default();
+        assert_eq!(nh_submit(rt, &op, &mut ev), nh_status::NH_ERR_INVALID_ARGUMENT, "{shape:?}");
+        op.inputs[0] = tensor(&[16]);
+        op.output = tensor(shape);
+        assert_eq!(nh_submit(rt, &op, &mut ev), nh_status::NH_ERR_INVALID_ARGUMENT, "{shape:?}");
+    }
+    assert_eq!(nh_runtime_destroy(rt), nh_status::NH_OK);
+}
