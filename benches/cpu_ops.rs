@@ -197,8 +197,11 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
         "\"backend\": CpuBackend::execute; \"runtime\": Runtime::submit + Event::wait (what the C API's"
     );
     println!("nh_submit + nh_event_wait call); ratio = runtime / OpenBLAS, all timed in alternation.\n");
-    println!("| shape (MxKxN) | dtype | backend GFLOP/s | runtime GFLOP/s | OpenBLAS GFLOP/s | ratio | vs our f32 |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("GEMV rows (M = 1) also time a memcpy of B's bytes (same threads): \"B GB/s\" = B's bytes /");
+    println!("runtime time, next to that memcpy's GB/s (bytes read + written / time); \"time / bound\" =");
+    println!("runtime time / (B's bytes / memcpy GB/s).\n");
+    println!("| shape (MxKxN) | dtype | backend GFLOP/s | runtime GFLOP/s | OpenBLAS GFLOP/s | ratio | vs our f32 | GEMV: B GB/s, memcpy GB/s, time / bound |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let shapes: [(usize, usize, usize, bool); 8] = [
         (512, 512, 512, false),
         (1024, 1024, 1024, false),
@@ -236,7 +239,25 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
                     blas.sgemm((m, n, k), t.ptr(&a), t.ptr(&b), t.ptr(&c), trans_b)
                 }
             };
-            let secs = median_alternating(5, 3.0 * budget, &mut [&mut backend, &mut runtime, &mut theirs]);
+            let b_bytes = k * n * dtype.size();
+            let mut memcpy = (m == 1).then(|| Memcpy::new(cpu.threads(), b_bytes));
+            let mut copy = || {
+                if let Some(mc) = memcpy.as_mut() {
+                    mc.run()
+                }
+            };
+            let secs = median_alternating(
+                5,
+                3.0 * budget,
+                &mut [&mut backend, &mut runtime, &mut theirs, &mut copy],
+            );
+            let gemv = if m == 1 {
+                let bw = 2.0 * b_bytes as f64 / secs[3] * 1e-9;
+                let ours = b_bytes as f64 / secs[1] * 1e-9;
+                format!("{ours:.1}, {bw:.1}, {:.2}", bw / ours)
+            } else {
+                String::new()
+            };
             if dtype == DType::F32 {
                 f32_secs = secs[1];
             }
@@ -247,7 +268,7 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
                 _ => (String::new(), String::new()),
             };
             println!(
-                "| {shape} | {dtype} | {:.1} | {:.1} | {blas_g} | {ratio} | {:.2} |",
+                "| {shape} | {dtype} | {:.1} | {:.1} | {blas_g} | {ratio} | {:.2} | {gemv} |",
                 gflops(secs[0]),
                 gflops(secs[1]),
                 f32_secs / secs[1]

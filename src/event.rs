@@ -78,18 +78,23 @@ impl Event {
         }))
     }
 
-    /// Makes the event wait for `parts` completions instead (a split op). Only before any
-    /// part completed.
-    pub fn expect_parts(&self, parts: u32) {
+    /// Makes the event wait for `extra` more completions: the parts of a split op beyond the
+    /// one it was counted as (an op's own event, or a graph's shared one), before that op
+    /// completed anything.
+    pub fn add_parts(&self, extra: u32) {
         let mut st = self.0.state.lock();
-        debug_assert!(st.remaining == st.info.parts, "parts changed after a completion");
-        st.remaining = parts;
-        st.info.parts = parts;
+        st.remaining += extra;
+        st.info.parts += extra;
     }
 
     /// Whether a part already failed.
     pub fn has_error(&self) -> bool {
         self.0.state.lock().error.is_some()
+    }
+
+    /// The first error a part reported, if any (cheaper than `outcome`: no info copy).
+    pub fn error(&self) -> Option<Error> {
+        self.0.state.lock().error.clone()
     }
 
     pub fn is_done(&self) -> bool {

@@ -78,6 +78,8 @@ pub struct RuntimeStats {
 }
 
 pub struct Runtime {
+    /// Unique in the process (graphs remember which runtime validated their ops).
+    id: u64,
     sched: Arc<Scheduler>,
     buffers: RwLock<HandleTable<Arc<Buffer>>>,
     pool: Arc<HostPool>,
@@ -132,7 +134,9 @@ impl Runtime {
             })
             .collect();
         let sched = Scheduler::start(devices, &in_flight);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut rt = Runtime {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             sched,
             buffers: RwLock::new(HandleTable::new("buffer")),
             pool: HostPool::new(config.pool_cache_bytes),
@@ -352,14 +356,14 @@ impl Runtime {
     pub fn submit(&self, op: OpDesc) -> Result<Event> {
         let mem = self.prepare(&op)?;
         let event = Event::new(1);
-        self.sched.submit(op, mem, self.policy(), event.clone());
+        self.sched.submit(Arc::new(op), mem, self.policy(), event.clone());
         Ok(event)
     }
 
     /// Validates and appends an op to a graph.
     pub fn graph_add(&self, graph: &mut Graph, op: OpDesc) -> Result<()> {
         self.prepare(&op)?;
-        graph.push_validated(op);
+        graph.push_validated(op, self.id);
         Ok(())
     }
 
@@ -373,7 +377,7 @@ impl Runtime {
             )));
         }
         self.prepare(&op)?;
-        graph.replace_validated(index, op)
+        graph.replace_validated(index, op, self.id)
     }
 
     /// Submits every op of a graph; the event completes when all have.
@@ -382,14 +386,29 @@ impl Runtime {
             return Err(Error::invalid("graph has no ops"));
         }
         // Resolve everything first so a destroyed buffer rejects the whole graph, not half of it.
-        let prepared: Vec<OpMemory> = graph.ops().iter().map(|op| self.prepare(op)).collect::<Result<_>>()?;
+        let prepared: Vec<OpMemory> = if graph.validated_by() == self.id {
+            // Validated here when recorded: each buffer handle is resolved once, and a live
+            // handle is the buffer the ops were checked against (see graph.rs).
+            let (ids, per_op) = graph.buffers();
+            let resolved: Vec<Arc<Buffer>> = {
+                let table = self.buffers.read();
+                ids.iter().map(|&id| table.get(id)).collect::<Result<_>>()?
+            };
+            per_op
+                .iter()
+                .map(|idx| OpMemory::new(idx.iter().map(|&i| Arc::clone(&resolved[i as usize])).collect()))
+                .collect()
+        } else {
+            graph.ops().map(|op| self.prepare(op)).collect::<Result<_>>()?
+        };
         let policy = self.policy();
         let all = Event::new(graph.len() as u32);
         let ops = graph
-            .ops()
+            .shared_ops()
             .iter()
             .zip(prepared)
-            .map(|(op, mem)| (op.clone(), mem, Event::with_parent(1, Some(all.clone()))))
+            // Every op completes one part of the graph's event (no event of its own).
+            .map(|(op, mem)| (Arc::clone(op), mem, all.clone()))
             .collect();
         self.sched.submit_all(ops, policy);
         Ok(all)

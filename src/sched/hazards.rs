@@ -6,10 +6,10 @@
 //! write that covers an older access hides it from later lookups (anything that would
 //! conflict with the older one conflicts with the write, which already waits for it).
 
+use super::fasthash::FastMap;
 use super::task::{Access, Task};
 use crate::event::Event;
 use crate::memory::BufferId;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ struct Live {
 
 #[derive(Default)]
 pub struct HazardTracker {
-    live: HashMap<BufferId, Live>,
+    live: FastMap<BufferId, Live>,
 }
 
 fn covers(outer: &Access, inner: &Access) -> bool {

@@ -4,6 +4,7 @@
 //! soon as their inputs are ready and falls back to the next device when one fails.
 
 pub mod device;
+mod fasthash;
 mod hazards;
 pub mod perf_model;
 pub mod split;
@@ -105,7 +106,8 @@ struct Expected {
 
 struct Job {
     task: Arc<Task>,
-    op: OpDesc,
+    /// The task's op, or one part of it (split); shared, so queueing copies no descriptor.
+    op: Arc<OpDesc>,
     device: usize,
     /// Predicted time on the device: uploads + run (queue accounting, inlining).
     predicted_ns: f64,
@@ -181,14 +183,24 @@ impl Scheduler {
     }
 
     /// Submits one validated op. Its event completes when it ran (or failed everywhere).
-    pub fn submit(self: &Arc<Self>, op: OpDesc, mem: OpMemory, policy: Arc<CompiledPolicy>, event: Event) {
+    pub fn submit(
+        self: &Arc<Self>,
+        op: Arc<OpDesc>,
+        mem: OpMemory,
+        policy: Arc<CompiledPolicy>,
+        event: Event,
+    ) {
         self.submit_all(vec![(op, mem, event)], policy);
     }
 
     /// Submits ops in order. They are all registered with the hazard tracker before any is
     /// dispatched, so a graph's chain runs on the device's worker without racing the
     /// submitting thread (submission blocks in chunks while too many ops are in flight).
-    pub fn submit_all(self: &Arc<Self>, ops: Vec<(OpDesc, OpMemory, Event)>, policy: Arc<CompiledPolicy>) {
+    pub fn submit_all(
+        self: &Arc<Self>,
+        ops: Vec<(Arc<OpDesc>, OpMemory, Event)>,
+        policy: Arc<CompiledPolicy>,
+    ) {
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
             let admitted = {
@@ -267,14 +279,14 @@ impl Scheduler {
         if let Some(parts) = self.plan_split(&task.op, &task.mem, &decision) {
             self.counters.split_ops.fetch_add(1, Ordering::Relaxed);
             task.parts_left.store(parts.len() as u32, Ordering::Release);
-            task.event.expect_parts(parts.len() as u32);
+            task.event.add_parts(parts.len() as u32 - 1);
             self.trace.instant(None, "split", || json!({"op": task.op.kind.name(), "parts": parts.len()}));
             for (device, op) in parts {
                 let expected = self.expected_ns(&self.devices[device], &op, &task.mem);
                 self.enqueue(
                     Job {
                         task: Arc::clone(&task),
-                        op,
+                        op: Arc::new(op),
                         device,
                         predicted_ns: expected.busy,
                         upload_ns: expected.upload,
@@ -289,7 +301,7 @@ impl Scheduler {
         }
         match self.choose(&task.op, &task.mem, &decision, 0) {
             Some((device, expected)) => {
-                let op = task.op.clone();
+                let op = Arc::clone(&task.op);
                 let job = Job {
                     task,
                     op,
@@ -586,19 +598,21 @@ impl Scheduler {
 
     /// Completes one part of a task; the last part retires it and releases its dependents.
     fn finish_part(self: &Arc<Self>, task: &Arc<Task>, result: Result<()>, info: &EventInfo) {
+        if let Err(e) = &result {
+            task.error.lock().get_or_insert_with(|| e.clone());
+        }
         if task.parts_left.fetch_sub(1, Ordering::AcqRel) != 1 {
             task.event.complete_part(result, info);
             return;
         }
         let dependents = self.hazards.lock().retire(task);
+        let error = task.error.lock().clone();
         // Count before completing the event, so a waiter that wakes sees the counters.
-        let failed = result.is_err() || task.event.has_error();
-        let counter = if failed { &self.counters.failed } else { &self.counters.completed };
+        let counter = if error.is_some() { &self.counters.failed } else { &self.counters.completed };
         counter.fetch_add(1, Ordering::Relaxed);
         task.event.complete_part(result, info);
-        let (outcome, _) = task.event.outcome();
         for dep in dependents {
-            if let Err(e) = &outcome {
+            if let Some(e) = &error {
                 dep.failed_input.lock().get_or_insert_with(|| {
                     Error::DeviceFailed(format!("an op this one depends on failed: {e}"))
                 });

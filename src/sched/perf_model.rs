@@ -2,11 +2,11 @@
 //! declared peak and launch latency, then follows measured history (exponentially weighted),
 //! and is saved between runs so a second run starts calibrated.
 
+use super::fasthash::FastMap;
 use crate::backend::{DeviceInfo, DeviceKind};
 use crate::op::{DType, OpDesc, OpKind};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Weight of a new measurement.
@@ -33,7 +33,7 @@ pub struct DeviceModel {
     launch_ns: f64,
     peak_gflops: f64,
     bandwidth_gbs: f64,
-    entries: RwLock<HashMap<Key, Entry>>,
+    entries: RwLock<FastMap<Key, Entry>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -52,7 +52,9 @@ fn work_units(op: &OpDesc) -> f64 {
 
 fn key(op: &OpDesc) -> Key {
     let units = work_units(op);
-    Key { kind: op.kind as u32, dtype: op.dtype() as u32, bucket: units.log2().max(0.0) as u32 }
+    // floor(log2) of the integer part: the same bucket as f64::log2, without a libm call.
+    let bucket = (units as u64).max(1).ilog2();
+    Key { kind: op.kind as u32, dtype: op.dtype() as u32, bucket }
 }
 
 fn default_launch_ns(kind: DeviceKind) -> f64 {
@@ -70,7 +72,7 @@ impl DeviceModel {
             launch_ns: default_launch_ns(info.kind),
             peak_gflops: info.peak_gflops.max(0.1),
             bandwidth_gbs: info.bandwidth_gbs.max(0.1),
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(FastMap::default()),
         }
     }
 

@@ -29,8 +29,9 @@ impl Access {
 
 pub struct Task {
     pub id: u64,
-    pub op: OpDesc,
+    pub op: Arc<OpDesc>,
     pub mem: OpMemory,
+    /// Completed once per part; a graph's ops share the graph's event (one part each).
     pub event: Event,
     /// The policy in force when the op was submitted: it finishes under it.
     pub policy: Arc<CompiledPolicy>,
@@ -43,10 +44,13 @@ pub struct Task {
     pub parts_left: AtomicU32,
     /// Set when an op this one depends on failed: this one fails too, without running.
     pub failed_input: Mutex<Option<crate::error::Error>>,
+    /// The first error of any of its parts. Kept here, not read back from the event, which a
+    /// graph's ops share.
+    pub error: Mutex<Option<crate::error::Error>>,
 }
 
 impl Task {
-    pub fn new(id: u64, op: OpDesc, mem: OpMemory, event: Event, policy: Arc<CompiledPolicy>) -> Task {
+    pub fn new(id: u64, op: Arc<OpDesc>, mem: OpMemory, event: Event, policy: Arc<CompiledPolicy>) -> Task {
         let mut accesses = Vec::with_capacity(crate::op::MAX_INPUTS + 1);
         for v in op.inputs.iter().flatten() {
             let (start, end) = v.byte_range();
@@ -65,6 +69,7 @@ impl Task {
             dependents: Mutex::new(Vec::new()),
             parts_left: AtomicU32::new(1),
             failed_input: Mutex::new(None),
+            error: Mutex::new(None),
         }
     }
 }
