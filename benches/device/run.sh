@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (the `device` tool), over binaries built by prepare.sh. Every
+# measurement goes to $OUT as one file per step; a failing step does not stop the others.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+export XDG_CACHE_HOME=/tmp/nh-cache LD_LIBRARY_PATH="$PWD/.devbin/lib"
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+step() { # name timeout command...
+  local name=$1 limit=$2; shift 2
+  { echo "\$ $*"; timeout "$limit" "$@"; echo "exit status: $?"; } >"$out/$name.txt" 2>&1
+}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; } >"$out/machine.txt" 2>&1
+step vulkan_matmul 150 .devbin/vulkan_matmul --bench
+step cublas_baseline 120 python3 benches/vulkan_torch_baseline.py
+step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024
+step hybrid_sweep 120 .devbin/hybrid_sweep 8192
+if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then
+  step generate_gpu 60 .devbin/generate --model .devbin/tiny_llama --devices gpu --policy llm_inference \
+    --check .devbin/tiny_llama/reference.json
+  step generate_cpu16 60 .devbin/generate --model .devbin/tiny_llama --devices cpu
+fi
+[ -x .devbin/workload ] && step workload_gpu 60 .devbin/workload --policy default --devices gpu,sim --seq 512
+tail -n 25 "$out"/*.txt
