@@ -8,6 +8,7 @@ mod kernels;
 mod reference;
 mod scratch;
 pub(crate) mod simd;
+mod small_attn;
 mod small_m;
 #[cfg(test)]
 mod tests;
@@ -89,14 +90,29 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
             &RopeParams { theta: p.rope_theta, position: p.rope_position, interleaved: p.rope_interleaved },
             is_out(0),
         ),
-        OpKind::Attention => attention::attention(
-            &out,
-            &need(0)?,
-            &need(1)?,
-            &need(2)?,
-            view(3)?.as_ref(),
-            &AttentionParams { causal: p.causal, scale: p.attn_scale, kv_len: p.kv_len as usize },
-        ),
+        OpKind::Attention => {
+            let (q, k, v, mask) = (need(0)?, need(1)?, need(2)?, view(3)?);
+            // Short key sequences: row by row, no sgemm set-up (small_attn.rs).
+            if !small_attn::try_attention(
+                &out,
+                &q,
+                &k,
+                &v,
+                mask.as_ref(),
+                p.causal,
+                p.attn_scale,
+                p.kv_len as usize,
+            ) {
+                attention::attention(
+                    &out,
+                    &q,
+                    &k,
+                    &v,
+                    mask.as_ref(),
+                    &AttentionParams { causal: p.causal, scale: p.attn_scale, kv_len: p.kv_len as usize },
+                );
+            }
+        }
         OpKind::Copy => convert::copy(&out, &need(0)?),
     }
     Ok(())
