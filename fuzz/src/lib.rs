@@ -65,6 +65,11 @@ pub fn op_descriptor(data: &[u8]) {
         let (start, end) = v.byte_range();
         assert!(start <= end && end <= buffer_len(v).unwrap_or(0));
     }
+    // An output addresses each element once, so it cannot hold more bytes than its range
+    // (an op's work is bounded by its output buffer, whatever the strides).
+    let (start, end) = op.output.byte_range();
+    assert!(op.output.is_non_overlapping());
+    assert!(op.output.bytes() <= end - start, "output {:?} has more elements than bytes", op.output);
     let q = OpQuery::of(&op);
     let _ = op.flops();
     for name in builtin_names() {
