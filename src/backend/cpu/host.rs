@@ -74,6 +74,26 @@ impl HostView {
         off
     }
 
+    /// The element distance between consecutive rows when every row is that far from the
+    /// previous one (all dims but the last collapse into one), so `row_offset(r)` is
+    /// `r * stride` without a division per dim.
+    pub fn row_stride(&self) -> Option<usize> {
+        let mut step: Option<usize> = None;
+        let mut inner_rows = 1;
+        for d in (0..self.rank.saturating_sub(1)).rev() {
+            if self.shape[d] == 1 {
+                continue;
+            }
+            match step {
+                None => step = Some(self.strides[d]),
+                Some(s) if self.strides[d] != s * inner_rows => return None,
+                Some(_) => {}
+            }
+            inner_rows *= self.shape[d];
+        }
+        Some(step.unwrap_or(0))
+    }
+
     /// Strides of this view right-aligned to `dims`, 0 along dims it broadcasts over.
     pub fn broadcast_strides(&self, dims: &[usize]) -> [usize; MAX_RANK] {
         let mut out = [0; MAX_RANK];

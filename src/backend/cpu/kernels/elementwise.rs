@@ -4,6 +4,7 @@
 use super::super::host::{HostView, Run};
 use super::iter::{for_each_block, BLOCK};
 use super::math;
+use std::cell::RefCell;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Unary {
@@ -35,6 +36,12 @@ fn apply_binary(op: Binary, x: &mut [f32], b: &[f32]) {
     }
 }
 
+thread_local! {
+    /// Per-thread f32 blocks for operands that are not dense f32 (kept, not zeroed per block).
+    static SCRATCH_A: RefCell<[f32; BLOCK]> = const { RefCell::new([0.0; BLOCK]) };
+    static SCRATCH_B: RefCell<[f32; BLOCK]> = const { RefCell::new([0.0; BLOCK]) };
+}
+
 /// Where a block's result is computed: the output itself when it is dense f32, else scratch.
 /// `a` is loaded into it first unless it already is there (in place).
 ///
@@ -48,13 +55,13 @@ unsafe fn with_slot(out: Run, a: Run, a_is_out: bool, n: usize, f: impl FnOnce(&
             }
             f(slot);
         }
-        None => {
-            let mut scratch = [0.0f32; BLOCK];
+        None => SCRATCH_A.with(|s| {
+            let mut scratch = s.borrow_mut();
             let slot = &mut scratch[..n];
             a.load(slot);
             f(slot);
             out.store(slot);
-        }
+        }),
     }
 }
 
@@ -82,16 +89,14 @@ pub fn binary(op: Binary, out: &HostView, a: &HostView, b: &HostView, a_is_out: 
                     return;
                 }
             }
-            let mut b_scratch;
-            let b_vals: &[f32] = match b.as_f32(n) {
-                Some(direct) if !b_is_out => direct,
-                _ => {
-                    b_scratch = [0.0f32; BLOCK];
+            match b.as_f32(n) {
+                Some(direct) if !b_is_out => with_slot(o, a, a_is_out, n, |x| apply_binary(op, x, direct)),
+                _ => SCRATCH_B.with(|s| {
+                    let mut b_scratch = s.borrow_mut();
                     b.load(&mut b_scratch[..n]);
-                    &b_scratch[..n]
-                }
-            };
-            with_slot(o, a, a_is_out, n, |x| apply_binary(op, x, b_vals));
+                    with_slot(o, a, a_is_out, n, |x| apply_binary(op, x, &b_scratch[..n]));
+                }),
+            }
         }
     });
 }

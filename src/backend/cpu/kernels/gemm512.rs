@@ -8,6 +8,10 @@
 //! (its own, in L2) and runs the 12 x 32 micro-kernel over (B panel, A panel) pairs, the B
 //! micro-panel (KC x 32 floats = 32 KiB) staying in L1. f16 / bf16 operands are converted
 //! while packing (F16C / shifts), so they cost no separate conversion pass and no scratch copy.
+//!
+//! Built only with `nh_avx512` (build.rs: rustc >= 1.89, where AVX-512 intrinsics are stable),
+//! hence the MSRV lint (1.82) is off here.
+#![allow(clippy::incompatible_msrv)]
 
 use super::super::host::{Run, SendPtr};
 use super::super::scratch::Scratch;

@@ -2,19 +2,11 @@
 
 use super::super::host::{load_dense, HostView};
 use super::super::simd::dispatch_avx2;
-use super::rows::{map_rows, sum, sum_sq_dev};
+use super::rows::{map_rows, sum, sum_sq, sum_sq_dev};
 
 dispatch_avx2! {
     fn rmsnorm_row(x: &mut [f32], weight: Option<&[f32]>, eps: f32) {
-        let mut sq = [0.0f32; 8];
-        let chunks = x.chunks_exact(8);
-        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-        for c in chunks {
-            for i in 0..8 {
-                sq[i] += c[i] * c[i];
-            }
-        }
-        let ms = (sq.iter().sum::<f32>() + tail) / x.len() as f32;
+        let ms = sum_sq(x) / x.len() as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         match weight {
             Some(w) => x.iter_mut().zip(w).for_each(|(v, w)| *v = *v * inv * w),

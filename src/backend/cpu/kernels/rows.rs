@@ -16,9 +16,11 @@ where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
     let len = out.last();
+    // Evenly spaced rows (the common case) need no division per dim to find.
+    let (out_step, x_step) = (out.row_stride(), x.row_stride());
     for_each_row(out.rows(), len, |r| {
-        let o = out.run(out.row_offset(r), out.col_stride());
-        let xr = x.run(x.row_offset(r), x.col_stride());
+        let o = out.run(out_step.map_or_else(|| out.row_offset(r), |s| r * s), out.col_stride());
+        let xr = x.run(x_step.map_or_else(|| x.row_offset(r), |s| r * s), x.col_stride());
         // SAFETY: rows of validated views; each row is handled by one task only, and `x`
         // either does not overlap `out` or is exactly `out`.
         unsafe {
@@ -41,42 +43,50 @@ where
     });
 }
 
-/// Sum with eight independent accumulators, so the loop vectorises without fast-math.
+/// Independent accumulators of the reductions: 64 lanes are 4 zmm (or 8 ymm) registers, so
+/// the loop vectorises without fast-math and is not one long chain of dependent adds (a
+/// single 8-lane accumulator made softmax's max and sum passes latency bound: 4 cycles per
+/// 8 elements, more than the exp pass).
+const LANES: usize = 64;
+
+/// Sum of `f(x)` over the slice, vectorised with `LANES` accumulators.
 #[inline(always)]
-pub fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
+fn reduce_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
     for c in chunks {
-        for i in 0..8 {
-            acc[i] += c[i];
+        for i in 0..LANES {
+            acc[i] += f(c[i]);
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// Sum of squared deviations from `mean`, vectorised like `sum`.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    reduce_sum(x, |v| v)
+}
+
+/// Sum of squared deviations from `mean`.
 #[inline(always)]
 pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
-    for c in chunks {
-        for i in 0..8 {
-            let d = c[i] - mean;
-            acc[i] += d * d;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    reduce_sum(x, |v| (v - mean) * (v - mean))
+}
+
+/// Sum of squares.
+#[inline(always)]
+pub fn sum_sq(x: &[f32]) -> f32 {
+    reduce_sum(x, |v| v * v)
 }
 
 #[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     for c in chunks {
-        for i in 0..8 {
+        for i in 0..LANES {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
         }
     }
