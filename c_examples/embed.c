@@ -1171,7 +1171,7 @@ int main(int argc, char **argv) {
       int32_t **cids = ids;
       size_t *clens = lens;
       if (synthetic || !n) {
-        cn = 64;
+        cn = 16; /* one batch of 16, or 16 single sentences */
         seq = bench_seq[c];
         cids = xmalloc(cn * sizeof *cids);
         clens = xmalloc(cn * sizeof *clens);
