@@ -103,6 +103,14 @@ unsafe fn pack_a(a: &Operand, bi: usize, i0: usize, mr: usize, p0: usize, kc: us
 /// (columns past nr are zero).
 unsafe fn pack_b(b: &Operand, bi: usize, j0: usize, nr: usize, p0: usize, kc: usize, dst: *mut f32) {
     let m = &b.mat;
+    let first = m.ptr.0.add(m.offset(bi, p0, j0) * b.dtype.size());
+    let float = matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16);
+    if m.cs == 1 && float {
+        return pack_b_rows(first, b.dtype, m.rs, nr, kc, dst);
+    }
+    if m.rs == 1 && b.dtype == DType::F32 && NR * m.cs < i32::MAX as usize {
+        return pack_b_columns(first as *const f32, m.cs, nr, kc, dst);
+    }
     if m.cs == 1 || m.rs != 1 {
         // Rows of B are contiguous: one run of NR columns per depth.
         for k in 0..kc {
@@ -125,6 +133,83 @@ unsafe fn pack_b(b: &Operand, bi: usize, j0: usize, nr: usize, p0: usize, kc: us
                 *dst.add(k * NR + j) = 0.0;
             }
         }
+    }
+}
+
+/// Masks of the two 16-lane halves of an NR-wide row with `nr` valid columns.
+#[inline(always)]
+fn lane_masks(nr: usize) -> (__mmask16, __mmask16) {
+    let mask = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    };
+    (mask(nr), mask(nr.saturating_sub(16)))
+}
+
+/// `pack_b` for B with contiguous rows: per depth, two (masked) 16-lane loads, converted in
+/// registers for f16 (F16C) and bf16 (shift).
+///
+/// # Safety
+/// AVX-512F/BW/VL present; `first` is B's element (p0, j0); rows p0..p0+kc have nr elements
+/// from there, `rs` elements apart; dst holds kc x NR floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn pack_b_rows(first: *const u8, dtype: DType, rs: usize, nr: usize, kc: usize, dst: *mut f32) {
+    let (m0, m1) = lane_masks(nr);
+    for k in 0..kc {
+        let d = dst.add(k * NR);
+        let (x0, x1) = match dtype {
+            DType::F32 => {
+                let p = (first as *const f32).wrapping_add(k * rs);
+                (_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m1, p.wrapping_add(16)))
+            }
+            _ => {
+                let p = (first as *const i16).wrapping_add(k * rs);
+                let h0 = _mm256_maskz_loadu_epi16(m0, p);
+                let h1 = _mm256_maskz_loadu_epi16(m1, p.wrapping_add(16));
+                if dtype == DType::F16 {
+                    (_mm512_cvtph_ps(h0), _mm512_cvtph_ps(h1))
+                } else {
+                    let widen =
+                        |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+                    (widen(h0), widen(h1))
+                }
+            }
+        };
+        _mm512_storeu_ps(d, x0);
+        _mm512_storeu_ps(d.add(16), x1);
+    }
+}
+
+/// `pack_b` for f32 B with contiguous columns (transposed weights, element (k, j) at
+/// k + j * cs): per depth, two 16-lane gathers instead of 32 scalar scattered stores.
+///
+/// # Safety
+/// As `pack_b_rows`; `NR * cs` fits in an i32.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b_columns(first: *const f32, cs: usize, nr: usize, kc: usize, dst: *mut f32) {
+    let (m0, m1) = lane_masks(nr);
+    let idx = |base: i32| {
+        let c = cs as i32;
+        _mm512_mullo_epi32(
+            _mm512_add_epi32(
+                _mm512_set1_epi32(base),
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            ),
+            _mm512_set1_epi32(c),
+        )
+    };
+    let (i0, i1) = (idx(0), idx(16));
+    let zero = _mm512_setzero_ps();
+    for k in 0..kc {
+        let p = first.wrapping_add(k);
+        let x0 = _mm512_mask_i32gather_ps::<4>(zero, m0, i0, p);
+        let x1 = _mm512_mask_i32gather_ps::<4>(zero, m1, i1, p);
+        let d = dst.add(k * NR);
+        _mm512_storeu_ps(d, x0);
+        _mm512_storeu_ps(d.add(16), x1);
     }
 }
 
@@ -159,14 +244,7 @@ unsafe fn kernel(
         a = a.add(MR);
         b = b.add(NR);
     }
-    let mask = |n: usize| -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    };
-    let (m0, m1) = (mask(nr), mask(nr.saturating_sub(16)));
+    let (m0, m1) = lane_masks(nr);
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
     for (r, acc) in acc.iter().enumerate() {
