@@ -145,6 +145,25 @@ fn half_rows_avx2(g: &Gemm, bi: usize, a_rows: &[f32], k0: usize, c0: usize, y: 
     false
 }
 
+/// a . column for an f16 / bf16 column of B at element `off`, converted in registers (one
+/// pass, no scratch), when the CPU has AVX2 + F16C; None leaves it to the portable path.
+fn dot_half_avx2(a: &[f32], b: *mut u8, dtype: DType, off: usize) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::super::simd::has_avx2_fma() {
+        let col = (b as *const u16).wrapping_add(off);
+        // SAFETY: features detected; the column is a.len() contiguous elements of B.
+        return Some(unsafe {
+            if dtype == DType::BF16 {
+                x86::dot_half::<true>(a, col)
+            } else {
+                x86::dot_half::<false>(a, col)
+            }
+        });
+    }
+    let _ = (a, b, dtype, off);
+    None
+}
+
 /// Column-contiguous B ("dot" form, transposed weights): columns split across tasks, each
 /// column one contiguous dot product over k.
 fn columns_split(g: &Gemm, bi: usize, a: &[f32], n: usize) -> Vec<f32> {
@@ -159,6 +178,8 @@ fn columns_split(g: &Gemm, bi: usize, a: &[f32], n: usize) -> Vec<f32> {
             *o = if g.b_dtype == DType::F32 {
                 // SAFETY: the column is k contiguous f32 elements of B.
                 dot(a, unsafe { std::slice::from_raw_parts((b.ptr.0 as *const f32).add(off), k) })
+            } else if let Some(v) = dot_half_avx2(a, b.ptr.0, g.b_dtype, off) {
+                v
             } else {
                 // SAFETY: the column is k contiguous elements of B.
                 unsafe { convert_run(b.ptr.0, g.b_dtype, off, &mut col) };
@@ -196,6 +217,44 @@ pub(super) fn gemv(g: &Gemm, batch: usize, n: usize) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// a . col over 16-bit floats (bf16 when `BF16`, else f16), four 8-lane accumulators.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_half<const BF16: bool>(a: &[f32], col: *const u16) -> f32 {
+        let k = a.len();
+        let widen = |h: __m128i| {
+            if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            } else {
+                _mm256_cvtph_ps(h)
+            }
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= k {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let x = widen(_mm_loadu_si128(col.add(i + 8 * u) as *const __m128i));
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8 * u)), x, *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= k {
+            let x = widen(_mm_loadu_si128(col.add(i) as *const __m128i));
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), x, acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+        let mut total: f32 = lanes.iter().sum();
+        for (j, x) in a.iter().enumerate().skip(i) {
+            let bits = *col.add(j);
+            let v =
+                if BF16 { f32::from_bits((bits as u32) << 16) } else { half::f16::from_bits(bits).to_f32() };
+            total += x * v;
+        }
+        total
+    }
 
     /// acc[j] += sum_r coef[r] * row_r[j] over four rows of 16-bit floats (bf16 when `BF16`,
     /// else f16), converted in registers: 8 columns per step, one FMA per row.
