@@ -174,7 +174,7 @@ fn split_efficiency() {
         let c = rt.alloc(m * n * 4).unwrap();
         let op = OpDesc::new(OpKind::Matmul, &[t(a, &[m, k]), t(b, &[k, n])], t(c, &[m, n]));
         let mut times = Vec::new();
-        for i in 0..9 {
+        for i in 0..17 {
             let t0 = Instant::now();
             rt.submit(op.clone()).unwrap().wait(None).unwrap();
             if i >= 2 {
