@@ -5,6 +5,7 @@
 use npuhybrid::backend::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory};
 use npuhybrid::op::OpDesc;
 use npuhybrid::Result;
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub struct TimedDevice {
@@ -12,6 +13,8 @@ pub struct TimedDevice {
     gflops: f64,
     gbs: f64,
     launch: Duration,
+    /// One op at a time, like one engine, however many workers a policy gives the device.
+    engine: Mutex<()>,
 }
 
 impl TimedDevice {
@@ -24,7 +27,7 @@ impl TimedDevice {
         info.peak_gflops = gflops.max(1e-3);
         info.bandwidth_gbs = gbs.max(1e-3);
         info.max_in_flight = 1;
-        TimedDevice { info, gflops, gbs, launch }
+        TimedDevice { info, gflops, gbs, launch, engine: Mutex::new(()) }
     }
 }
 
@@ -35,6 +38,7 @@ impl Backend for TimedDevice {
 
     fn execute(&self, op: &OpDesc, _mem: &OpMemory) -> Result<ExecReport> {
         if self.gflops > 0.0 {
+            let _engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
             let bytes: usize = op.views().map(|v| v.bytes()).sum();
             let secs = (op.flops() / (self.gflops * 1e9)).max(bytes as f64 / (self.gbs * 1e9));
             std::thread::sleep(self.launch + Duration::from_secs_f64(secs));
