@@ -164,6 +164,38 @@ fn dot_half_avx2(a: &[f32], b: *mut u8, dtype: DType, off: usize) -> Option<f32>
     None
 }
 
+/// y[j] = a . column j for columns in groups of four (element offsets from `off`), when the
+/// CPU has AVX2 + F16C; returns how many leading outputs it wrote (a multiple of 4, or 0).
+fn dot4_half_avx2(
+    a: &[f32],
+    b: *mut u8,
+    dtype: DType,
+    off: impl Fn(usize) -> usize,
+    ys: &mut [f32],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if super::super::simd::has_avx2_fma() {
+        let done = ys.len() / 4 * 4;
+        let size = dtype.size();
+        for j in (0..done).step_by(4) {
+            let cols: [*const u16; 4] =
+                std::array::from_fn(|c| b.wrapping_add(off(j + c) * size) as *const u16);
+            // SAFETY: features detected; each column is a.len() contiguous elements of B.
+            let r = unsafe {
+                match dtype {
+                    DType::BF16 => x86::dot4_half::<true>(a, cols),
+                    DType::F16 => x86::dot4_half::<false>(a, cols),
+                    _ => x86::dot4_f32(a, cols.map(|p| p as *const f32)),
+                }
+            };
+            ys[j..j + 4].copy_from_slice(&r);
+        }
+        return done;
+    }
+    let _ = (a, b, dtype, off, ys);
+    0
+}
+
 /// Column-contiguous B ("dot" form, transposed weights): columns split across tasks, each
 /// column one contiguous dot product over k.
 fn columns_split(g: &Gemm, bi: usize, a: &[f32], n: usize) -> Vec<f32> {
@@ -173,7 +205,9 @@ fn columns_split(g: &Gemm, bi: usize, a: &[f32], n: usize) -> Vec<f32> {
     let nb = n.div_ceil(rayon::current_num_threads() * 4).max(16);
     let block = |(t, ys): (usize, &mut [f32])| {
         let mut col = vec![0.0f32; if g.b_dtype == DType::F32 { 0 } else { k }];
-        for (j, o) in ys.iter_mut().enumerate() {
+        // Columns four at a time: four memory streams per thread, `a` loaded once.
+        let four = dot4_half_avx2(a, b.ptr.0, g.b_dtype, |j| b.offset(bi, 0, t * nb + j), ys);
+        for (j, o) in ys.iter_mut().enumerate().skip(four) {
             let off = b.offset(bi, 0, t * nb + j);
             *o = if g.b_dtype == DType::F32 {
                 // SAFETY: the column is k contiguous f32 elements of B.
@@ -217,6 +251,75 @@ pub(super) fn gemv(g: &Gemm, batch: usize, n: usize) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// a . col_c for four f32 columns.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_f32(a: &[f32], cols: [*const f32; 4]) -> [f32; 4] {
+        let k = a.len();
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mut i = 0;
+        while i + 16 <= k {
+            let a0 = _mm256_loadu_ps(a.as_ptr().add(i));
+            let a1 = _mm256_loadu_ps(a.as_ptr().add(i + 8));
+            for (c, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(cols[c].add(i)), acc[0]);
+                acc[1] = _mm256_fmadd_ps(a1, _mm256_loadu_ps(cols[c].add(i + 8)), acc[1]);
+            }
+            i += 16;
+        }
+        let mut out = [0.0f32; 4];
+        for (c, o) in out.iter_mut().enumerate() {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[c][0], acc[c][1]));
+            *o = lanes.iter().sum();
+            for (j, x) in a.iter().enumerate().skip(i) {
+                *o += x * *cols[c].add(j);
+            }
+        }
+        out
+    }
+
+    /// a . col_c for four columns of 16-bit floats (bf16 when `BF16`, else f16).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4_half<const BF16: bool>(a: &[f32], cols: [*const u16; 4]) -> [f32; 4] {
+        let k = a.len();
+        let widen = |h: __m128i| {
+            if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            } else {
+                _mm256_cvtph_ps(h)
+            }
+        };
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mut i = 0;
+        while i + 16 <= k {
+            let a0 = _mm256_loadu_ps(a.as_ptr().add(i));
+            let a1 = _mm256_loadu_ps(a.as_ptr().add(i + 8));
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let x0 = widen(_mm_loadu_si128(cols[c].add(i) as *const __m128i));
+                let x1 = widen(_mm_loadu_si128(cols[c].add(i + 8) as *const __m128i));
+                acc[0] = _mm256_fmadd_ps(a0, x0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(a1, x1, acc[1]);
+            }
+            i += 16;
+        }
+        let mut out = [0.0f32; 4];
+        for (c, o) in out.iter_mut().enumerate() {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[c][0], acc[c][1]));
+            *o = lanes.iter().sum();
+            for (j, x) in a.iter().enumerate().skip(i) {
+                let bits = *cols[c].add(j);
+                let v = if BF16 {
+                    f32::from_bits((bits as u32) << 16)
+                } else {
+                    half::f16::from_bits(bits).to_f32()
+                };
+                *o += x * v;
+            }
+        }
+        out
+    }
 
     /// a . col over 16-bit floats (bf16 when `BF16`, else f16), four 8-lane accumulators.
     #[target_feature(enable = "avx2,fma,f16c")]
