@@ -76,13 +76,21 @@ impl DeviceModel {
         }
     }
 
-    /// Predicted nanoseconds to run `op` on this device (transfers excluded).
+    /// Predicted nanoseconds to run `op` on this device (transfers excluded): its size
+    /// bucket's history, else that of the nearest bucket within a factor of 4 of work (a split
+    /// asks about the whole op when only its parts have run), else the declared peak.
     pub fn predict_ns(&self, op: &OpDesc) -> f64 {
         let units = work_units(op);
-        if let Some(e) = self.entries.read().get(&key(op)) {
-            return e.ns_per_unit * units;
+        let at = key(op);
+        let entries = self.entries.read();
+        let near = [0i64, -1, 1, -2, 2].into_iter().find_map(|d| {
+            let bucket = u32::try_from(at.bucket as i64 + d).ok()?;
+            entries.get(&Key { bucket, ..at })
+        });
+        match near {
+            Some(e) => e.ns_per_unit * units,
+            None => self.prior_ns(op),
         }
-        self.prior_ns(op)
     }
 
     fn prior_ns(&self, op: &OpDesc) -> f64 {
@@ -158,4 +166,33 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .map(|p| p.join("npuhybrid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::op::TensorView;
+
+    fn matmul(m: usize) -> OpDesc {
+        let t = |id, r, c| TensorView::contiguous(id, DType::F32, &[r, c], 0);
+        OpDesc::new(OpKind::Matmul, &[t(1, m, 256), t(2, 256, 256)], t(3, m, 256))
+    }
+
+    #[test]
+    fn history_of_a_nearby_size_is_used_before_the_declared_peak() {
+        let cpu = crate::backend::cpu::CpuBackend::new(1).unwrap();
+        let model = DeviceModel::new(cpu.info());
+        let prior_64 = model.predict_ns(&matmul(64));
+        // Measured: 1 ns per flop at m = 128, far from the declared peak.
+        let flops_128 = matmul(128).flops();
+        model.record(&matmul(128), flops_128);
+        assert_eq!(model.predict_ns(&matmul(128)), flops_128);
+        // m = 256 and m = 32 are one and two buckets away: same cost per flop.
+        assert_eq!(model.predict_ns(&matmul(256)), matmul(256).flops());
+        assert_eq!(model.predict_ns(&matmul(32)), matmul(32).flops());
+        // m = 8 is four buckets away: the declared peak still decides.
+        assert_ne!(model.predict_ns(&matmul(8)), matmul(8).flops());
+        assert!(model.predict_ns(&matmul(64)) > prior_64, "the measured cost replaced the prior");
+    }
 }
