@@ -23,5 +23,6 @@ if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then
     --check .devbin/tiny_llama/reference.json
   step generate_cpu16 60 .devbin/generate --model .devbin/tiny_llama --devices cpu
 fi
+[ -x .devbin/embed ] && step embed_gpu 120 .devbin/embed --bench --synthetic --devices gpu --place gpu
 [ -x .devbin/workload ] && step workload_gpu 60 .devbin/workload --policy default --devices gpu,sim --seq 512
 tail -n 25 "$out"/*.txt
