@@ -13,6 +13,8 @@
 //! both single-device ones by running independent ops (gate/up, rope q/k) at once.
 //! With `NH_BENCH_TRACE_DIR=DIR` each size's timed rounds are traced to DIR.
 
+#[path = "support/gpu.rs"]
+mod gpu;
 #[path = "support/timed_device.rs"]
 mod timed_device;
 
@@ -21,7 +23,6 @@ use npuhybrid::backend::{Backend, DeviceKind};
 use npuhybrid::graph::Graph;
 use npuhybrid::memory::BufferId;
 use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, Tags, TensorView};
-use npuhybrid::runtime::DeviceSelection;
 use npuhybrid::{PolicySource, Runtime, RuntimeConfig};
 use std::time::{Duration, Instant};
 use timed_device::TimedDevice;
@@ -147,16 +148,8 @@ fn main() {
         .get(1)
         .map(|a| a.split(',').map(|x| x.parse().expect("seq length")).collect())
         .unwrap_or_else(|| vec![1, 16, 64, 256, 1024]);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let cfg = RuntimeConfig {
-        devices: DeviceSelection { gpu: true, ..Default::default() },
-        perf_cache_dir: None,
-        thermal_period: None,
-        telemetry_period: None,
-        threads,
-        policy: PolicySource::Builtin("default".into()),
-        ..Default::default()
-    };
+    let cfg = gpu::config(PolicySource::Builtin("default".into()));
+    let threads = cfg.threads;
     let stand_in = std::env::args().any(|a| a == "--stand-in");
     // NH_BENCH_TRACE_DIR: one Chrome trace per size, of the timed rounds.
     let trace_dir = std::env::var_os("NH_BENCH_TRACE_DIR").map(std::path::PathBuf::from);
@@ -171,10 +164,7 @@ fn main() {
     } else {
         Runtime::new(cfg).expect("runtime")
     };
-    let gpu = (0..rt.device_count()).find(|&i| {
-        let info = rt.device_info(i).unwrap();
-        info.available && info.kind == DeviceKind::Gpu
-    });
+    let gpu = gpu::gpu_index(&rt);
     let Some(gpu) = gpu else {
         println!("no usable Vulkan GPU: nothing to measure");
         return;

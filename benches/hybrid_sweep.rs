@@ -4,9 +4,11 @@
 //!
 //! Run where a Vulkan GPU exists: `cargo bench --bench hybrid_sweep -- [max_n]` (default 4096).
 
+#[path = "support/gpu.rs"]
+mod gpu;
+
 use npuhybrid::op::{DType, OpDesc, OpKind, TensorView};
-use npuhybrid::runtime::DeviceSelection;
-use npuhybrid::{PolicySource, Runtime, RuntimeConfig};
+use npuhybrid::{PolicySource, Runtime};
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -24,21 +26,10 @@ const HYBRID: &str = "policy \"hybrid\"\nrule mm {\n  when op = matmul\n  use gp
 
 fn main() {
     let max_n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(4096);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let cfg = RuntimeConfig {
-        devices: DeviceSelection { gpu: true, ..Default::default() },
-        perf_cache_dir: None,
-        thermal_period: None,
-        telemetry_period: None,
-        threads,
-        policy: policy(HYBRID),
-        ..Default::default()
-    };
+    let cfg = gpu::config(policy(HYBRID));
+    let threads = cfg.threads;
     let rt = Runtime::new(cfg).expect("runtime");
-    let gpu = (0..rt.device_count()).find(|&i| {
-        let info = rt.device_info(i).unwrap();
-        info.available && info.kind == npuhybrid::backend::DeviceKind::Gpu
-    });
+    let gpu = gpu::gpu_index(&rt);
     let Some(gpu) = gpu else {
         println!("no usable Vulkan GPU: nothing to measure");
         return;

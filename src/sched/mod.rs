@@ -119,6 +119,22 @@ struct Job {
     fallbacks: u32,
 }
 
+impl Job {
+    /// The first attempt of `op` (the task's op or one of its split parts) on `device`.
+    fn first(task: Arc<Task>, op: Arc<OpDesc>, device: usize, expected: Expected) -> Job {
+        Job {
+            task,
+            op,
+            device,
+            predicted_ns: expected.busy,
+            upload_ns: expected.upload,
+            tried: 0,
+            attempts_here: 0,
+            fallbacks: 0,
+        }
+    }
+}
+
 pub struct Scheduler {
     pub devices: Vec<Device>,
     /// Cleared at shutdown, which disconnects the workers' channels.
@@ -283,36 +299,14 @@ impl Scheduler {
             self.trace.instant(None, "split", || json!({"op": task.op.kind.name(), "parts": parts.len()}));
             for (device, op) in parts {
                 let expected = self.expected_ns(&self.devices[device], &op, &task.mem);
-                self.enqueue(
-                    Job {
-                        task: Arc::clone(&task),
-                        op: Arc::new(op),
-                        device,
-                        predicted_ns: expected.busy,
-                        upload_ns: expected.upload,
-                        tried: 0,
-                        attempts_here: 0,
-                        fallbacks: 0,
-                    },
-                    false,
-                );
+                self.enqueue(Job::first(Arc::clone(&task), Arc::new(op), device, expected), false);
             }
             return;
         }
         match self.choose(&task.op, &task.mem, &decision, 0) {
             Some((device, expected)) => {
                 let op = Arc::clone(&task.op);
-                let job = Job {
-                    task,
-                    op,
-                    device,
-                    predicted_ns: expected.busy,
-                    upload_ns: expected.upload,
-                    tried: 0,
-                    attempts_here: 0,
-                    fallbacks: 0,
-                };
-                self.enqueue(job, from_submitter)
+                self.enqueue(Job::first(task, op, device, expected), from_submitter)
             }
             None => {
                 let err = Error::Unsupported(format!(
