@@ -11,6 +11,8 @@ pub(crate) mod simd;
 mod small_attn;
 mod small_m;
 #[cfg(test)]
+mod test_data;
+#[cfg(test)]
 mod tests;
 
 use super::{Backend, DeviceInfo, ExecReport, OpMemory};

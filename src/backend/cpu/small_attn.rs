@@ -159,6 +159,7 @@ pub fn try_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::test_data::fill;
     use crate::op::MAX_RANK;
 
     fn view(data: &mut [f32], shape: &[usize]) -> HostView {
@@ -177,18 +178,6 @@ mod tests {
             shape: s,
             strides: st,
         }
-    }
-
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                ((s >> 8) & 0xFFFF) as f32 / 32768.0 - 1.0
-            })
-            .collect()
     }
 
     /// Padding masked with -30000 or -inf gives what leaving the padded keys out gives (and

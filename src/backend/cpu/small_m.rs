@@ -326,6 +326,7 @@ mod x512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::test_data::fill;
     use crate::op::MAX_RANK;
 
     fn view(data: &mut [f32], shape: [usize; 2], strides: [usize; 2]) -> HostView {
@@ -340,18 +341,6 @@ mod tests {
             shape: s,
             strides: st,
         }
-    }
-
-    fn fill(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                ((s >> 8) & 0xFFFF) as f32 / 32768.0 - 1.0
-            })
-            .collect()
     }
 
     /// Against an f64 triple loop: every tile shape (m and n remainders), k with and without
