@@ -379,19 +379,18 @@ impl Scheduler {
                 candidates.push(d);
             }
         }
-        let pick = match decision.strategy {
-            Strategy::FirstAvailable => candidates.first().copied(),
+        let with_cost = |d: &Device| (d.index, self.expected_ns(d, op, mem));
+        match decision.strategy {
+            Strategy::FirstAvailable => candidates.first().map(|d| with_cost(d)),
             Strategy::LeastLoaded => {
-                candidates.iter().copied().min_by_key(|d| d.load.queued.load(Ordering::Relaxed))
+                candidates.iter().min_by_key(|d| d.load.queued.load(Ordering::Relaxed)).map(|d| with_cost(d))
             }
+            // The estimate that picked the device is the one its job carries.
             Strategy::EarliestCompletion => candidates
                 .iter()
-                .copied()
-                .map(|d| (d, self.expected_ns(d, op, mem).completion))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(d, _)| d),
-        }?;
-        Some((pick.index, self.expected_ns(pick, op, mem)))
+                .map(|d| with_cost(d))
+                .min_by(|a, b| a.1.completion.total_cmp(&b.1.completion)),
+        }
     }
 
     /// Parts of a split matmul, one per usable device of the split's classes, sized by the
