@@ -22,9 +22,10 @@ for e in workload embed generate; do
 done
 [ -d tests/data/tiny_llama ] && cp -r tests/data/tiny_llama .devbin/
 strip .devbin/* .devbin/lib/* 2>/dev/null || true
-if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+# The NVIDIA Vulkan driver (libGLX_nvidia) needs glvnd's libGLdispatch, which the H200 image lacks.
+if ! ls .gl/libvulkan1_*.deb .gl/libglvnd0_*.deb >/dev/null 2>&1; then
   mkdir -p .gl /tmp/amd64/partial
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
-  apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1)
+  apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1 libglvnd0)
 fi
 du -sh .devbin .gl

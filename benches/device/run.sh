@@ -5,7 +5,10 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+# The NVIDIA ICD sits in /usr/local/nvidia on the H100 image and in /usr/share on the H200 one.
+for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json; do
+  [ -f "$icd" ] && export VK_DRIVER_FILES=$icd && break
+done
 export XDG_CACHE_HOME=/tmp/nh-cache LD_LIBRARY_PATH="$PWD/.devbin/lib"
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -26,3 +29,5 @@ fi
 [ -x .devbin/embed ] && step embed_gpu 120 .devbin/embed --bench --synthetic --devices gpu --place gpu
 [ -x .devbin/workload ] && step workload_gpu 60 .devbin/workload --policy default --devices gpu,sim --seq 512
 tail -n 25 "$out"/*.txt
+# At most 8 files come back from the device machine: hand back one.
+(cd "$out" && for f in *.txt; do echo "=== $f"; cat "$f"; done >all.log && rm -f ./*.txt)

@@ -145,6 +145,14 @@ pub trait Backend: Send + Sync {
         0.0
     }
 
+    /// The thread pool this device's ops run on, where it has one: the device's first worker
+    /// thread lives inside it, so an op's parallel kernels start on the worker itself instead
+    /// of waking the pool from outside and sleeping until it is done (two thread switches per
+    /// op, a large share of a small op's time on two cores).
+    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        None
+    }
+
     /// Current readings from the device's own interface (not the sysfs monitor).
     fn readings(&self) -> DeviceReadings {
         DeviceReadings::default()
@@ -181,6 +189,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn upload_ns(&self, op: &OpDesc, mem: &OpMemory) -> f64 {
         (**self).upload_ns(op, mem)
+    }
+    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        (**self).host_pool()
     }
     fn readings(&self) -> DeviceReadings {
         (**self).readings()

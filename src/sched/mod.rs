@@ -178,16 +178,24 @@ impl Scheduler {
                 let rx: Receiver<Job> = rx.clone();
                 let weak = Arc::downgrade(&sched);
                 let name = format!("nh-dev{i}-{w}");
+                // Only the first worker moves into the pool, so other threads can still use it.
+                let pool = if w == 0 { sched.devices[i].backend.host_pool() } else { None };
                 let handle = std::thread::Builder::new()
                     .name(name)
                     .spawn(move || {
-                        LOCAL_JOB.with(|slot| slot.borrow_mut().device = Some(i));
-                        while let Ok(job) = rx.recv() {
-                            let Some(s) = weak.upgrade() else { break };
-                            s.run_job(job);
-                            // A dependent this job released for this same device runs next
-                            // on this thread: no hand-off, no wake-up.
-                            s.run_local_jobs();
+                        let serve = move || {
+                            LOCAL_JOB.with(|slot| slot.borrow_mut().device = Some(i));
+                            while let Ok(job) = rx.recv() {
+                                let Some(s) = weak.upgrade() else { break };
+                                s.run_job(job);
+                                // A dependent this job released for this same device runs
+                                // next on this thread: no hand-off, no wake-up.
+                                s.run_local_jobs();
+                            }
+                        };
+                        match pool {
+                            Some(pool) => pool.install(serve),
+                            None => serve(),
                         }
                     })
                     .expect("spawning a device worker thread");

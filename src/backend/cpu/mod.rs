@@ -24,6 +24,7 @@ use kernels::elementwise::{Binary, Unary};
 use kernels::matmul::MatmulParams;
 use kernels::rope::RopeParams;
 use kernels::{attention, convert, elementwise, matmul, norm, rope, softmax};
+use std::sync::Arc;
 
 /// Runs any op on the host on the current rayon pool (callers use `pool.install`). Writes only
 /// the output view. The op must have passed `op::validate::validate`. Every other backend may
@@ -134,7 +135,7 @@ fn runs_serially(op: &OpDesc) -> bool {
 /// The host CPU as a device, with its own rayon pool.
 pub struct CpuBackend {
     info: DeviceInfo,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
 }
 
 impl CpuBackend {
@@ -146,7 +147,7 @@ impl CpuBackend {
             .thread_name(|i| format!("nh-cpu-{i}"))
             .build()
             .map_err(|e| Error::DeviceUnavailable(format!("cpu thread pool: {e}")))?;
-        Ok(CpuBackend { info: info::cpu_info(threads), pool })
+        Ok(CpuBackend { info: info::cpu_info(threads), pool: Arc::new(pool) })
     }
 
     pub fn threads(&self) -> usize {
@@ -164,8 +165,15 @@ impl Backend for CpuBackend {
             // Waking a pool thread costs more than the op itself.
             execute_on_host(op, mem)?;
         } else {
+            // Runs in place when called on a worker living in the pool (`host_pool`).
             self.pool.install(|| execute_on_host(op, mem))?;
         }
         Ok(ExecReport::default())
+    }
+
+    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        // A worker inside a one-thread pool would leave no pool thread for ops that other
+        // threads (the submitter's inline path) send to it: they would wait forever.
+        (self.threads() > 1).then(|| Arc::clone(&self.pool))
     }
 }
