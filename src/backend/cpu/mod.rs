@@ -14,6 +14,8 @@ mod small_m;
 mod test_data;
 #[cfg(test)]
 mod tests;
+mod warm;
+mod weight_cache;
 
 use super::{Backend, DeviceInfo, ExecReport, OpMemory};
 use crate::error::{Error, Result};
@@ -25,11 +27,17 @@ use kernels::matmul::MatmulParams;
 use kernels::rope::RopeParams;
 use kernels::{attention, convert, elementwise, matmul, norm, rope, softmax};
 use std::sync::Arc;
+use weight_cache::WeightCache;
 
 /// Runs any op on the host on the current rayon pool (callers use `pool.install`). Writes only
 /// the output view. The op must have passed `op::validate::validate`. Every other backend may
 /// use it as its reference or for the math of a simulated device.
 pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
+    execute_with_weights(op, mem, None)
+}
+
+/// `execute_on_host`, reusing constant matmul operands packed in `weights`.
+fn execute_with_weights(op: &OpDesc, mem: &OpMemory, weights: Option<&WeightCache>) -> Result<()> {
     let view =
         |i: usize| -> Result<Option<HostView>> { op.input(i).map(|v| HostView::new(v, mem)).transpose() };
     let need = |i: usize| -> Result<HostView> {
@@ -42,31 +50,29 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
     match op.kind {
         OpKind::Matmul => {
             let (a, b, bias) = (need(0)?, need(1)?, view(2)?);
-            // A few rows times a [out, in] weight: dot products, no packing (small_m.rs).
-            if !small_m::try_matmul(
-                &out,
-                &a,
-                &b,
-                bias.as_ref(),
-                p.trans_a,
-                p.trans_b,
-                p.alpha,
-                p.beta,
-                p.activation,
-            ) {
-                matmul::matmul(
+            let params = MatmulParams {
+                trans_a: p.trans_a,
+                trans_b: p.trans_b,
+                alpha: p.alpha,
+                beta: p.beta,
+                activation: p.activation,
+            };
+            let packed = weights.and_then(|w| w.packed_b(&op.inputs[1]?, mem, &out, &a, &b, &params));
+            // A few rows times a [out, in] weight not packed yet: dot products (small_m.rs).
+            let small = packed.is_none()
+                && small_m::try_matmul(
                     &out,
                     &a,
                     &b,
                     bias.as_ref(),
-                    MatmulParams {
-                        trans_a: p.trans_a,
-                        trans_b: p.trans_b,
-                        alpha: p.alpha,
-                        beta: p.beta,
-                        activation: p.activation,
-                    },
+                    p.trans_a,
+                    p.trans_b,
+                    p.alpha,
+                    p.beta,
+                    p.activation,
                 );
+            if !small {
+                matmul::matmul(&out, &a, &b, bias.as_ref(), params, packed.as_deref());
             }
         }
         OpKind::Add | OpKind::Mul => {
@@ -136,6 +142,8 @@ fn runs_serially(op: &OpDesc) -> bool {
 pub struct CpuBackend {
     info: DeviceInfo,
     pool: Arc<rayon::ThreadPool>,
+    weights: WeightCache,
+    warm: Arc<warm::KeepWarm>,
 }
 
 impl CpuBackend {
@@ -147,7 +155,12 @@ impl CpuBackend {
             .thread_name(|i| format!("nh-cpu-{i}"))
             .build()
             .map_err(|e| Error::DeviceUnavailable(format!("cpu thread pool: {e}")))?;
-        Ok(CpuBackend { info: info::cpu_info(threads), pool: Arc::new(pool) })
+        Ok(CpuBackend {
+            info: info::cpu_info(threads),
+            pool: Arc::new(pool),
+            weights: WeightCache::new(weight_cache::BUDGET_BYTES),
+            warm: warm::KeepWarm::new(if threads > 1 { warm::WINDOW } else { std::time::Duration::ZERO }),
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -163,10 +176,15 @@ impl Backend for CpuBackend {
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
         if runs_serially(op) {
             // Waking a pool thread costs more than the op itself.
-            execute_on_host(op, mem)?;
+            execute_with_weights(op, mem, Some(&self.weights))?;
         } else {
             // Runs in place when called on a worker living in the pool (`host_pool`).
-            self.pool.install(|| execute_on_host(op, mem))?;
+            self.pool.install(|| {
+                self.warm.touch(&self.pool);
+                let done = execute_with_weights(op, mem, Some(&self.weights));
+                self.warm.touch(&self.pool);
+                done
+            })?;
         }
         Ok(ExecReport::default())
     }

@@ -686,3 +686,125 @@ fn portable_fallbacks_match_reference() {
         );
     }
 }
+
+/// Rewrites a view with fresh random values and marks its buffer written (as `nh_buffer_write`
+/// and op outputs do); returns the new values.
+fn refill(bench: &mut Bench, v: &TensorView) -> T {
+    let base = unsafe { bench.buffer(v).as_ptr().add(v.offset) };
+    for off in elem_offsets(v) {
+        let x = bench.rng.random_range(-1.0..1.0);
+        unsafe { write_elem(base, v.dtype, off, x) };
+    }
+    bench.buffer(v).touch();
+    bench.read(v)
+}
+
+/// Matmuls whose B is a weight (the same view, unchanged) run through the backend's weight
+/// cache from their second run on: every run matches the reference, and after B is written
+/// the next runs use the new values, never the packed copy of the old ones.
+#[test]
+fn cached_weights_match_reference_and_follow_writes() {
+    use crate::backend::Backend;
+    let cpu = super::CpuBackend::new(2).unwrap();
+    let mut bench = Bench::new(21);
+    let cases = [(2, 40, 70), (12, 384, 100), (13, 300, 65), (30, 257, 33), (100, 70, 90), (5, 1000, 40)];
+    for dt in FLOATS {
+        for &(m, k, n) in &cases {
+            for tb in [false, true] {
+                let act = if tb { Activation::Gelu } else { Activation::None };
+                let p =
+                    OpParams { trans_b: tb, alpha: 0.75, beta: 0.5, activation: act, ..Default::default() };
+                let (a, mut ta) = bench.input(dt, &[3, m, k], Dense);
+                let b_shape = if tb { [n, k] } else { [k, n] };
+                let (b, mut tb_vals) = bench.input(dt, &b_shape, if tb { Dense } else { Padded });
+                let (bias, tbias) = bench.input(DType::F32, &[n], Dense);
+                let c = bench.view(DType::F32, &[3, m, n], Dense);
+                let op = OpDesc::new(OpKind::Matmul, &[a, b, bias], c).with_params(p);
+                validate::validate(&op, &|v| Ok(bench.buffer(v).len())).expect("op is valid");
+                for run in 0..5 {
+                    if run == 3 {
+                        tb_vals = refill(&mut bench, &b);
+                        ta = refill(&mut bench, &a);
+                    }
+                    let before = bench.read(&c);
+                    cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+                    let want = refr::matmul(&ta, &tb_vals, Some(&tbias), &before, &p);
+                    let t = tol(dt) * 0.5 + 2e-5 + 2e-6 * k as f64;
+                    let what = format!("{dt} m{m} k{k} n{n} trans_b {tb}, run {run}");
+                    assert_close(&bench.read(&c), &want, t, &what);
+                }
+            }
+        }
+    }
+    #[cfg(all(target_arch = "x86_64", nh_avx512))]
+    if super::simd::has_avx512() {
+        assert!(cpu.weights.bytes() > 0, "weights seen twice are packed");
+    }
+}
+
+/// Imported memory is never cached (the caller may write it without telling the library);
+/// a B used once is not packed either.
+#[test]
+fn imported_and_one_off_operands_are_not_cached() {
+    use crate::backend::Backend;
+    let cpu = super::CpuBackend::new(2).unwrap();
+    let mut bench = Bench::new(22);
+    let (m, k, n) = (12, 64, 96);
+    let (a, ta) = bench.input(DType::F32, &[m, k], Dense);
+    let mut host = vec![0.0f32; k * n];
+    for (i, x) in host.iter_mut().enumerate() {
+        *x = ((i * 7919) % 13) as f32 / 13.0 - 0.5;
+    }
+    let id = bench.bufs.len() as u64 + 1;
+    let imported = unsafe { Buffer::imported(id, host.as_mut_ptr() as *mut u8, k * n * 4) };
+    bench.bufs.push(Arc::new(imported));
+    let b = TensorView::contiguous(id, DType::F32, &[k, n], 0);
+    let c = bench.view(DType::F32, &[m, n], Dense);
+    let op = OpDesc::new(OpKind::Matmul, &[a, b], c);
+    for round in 0..4 {
+        // The caller rewrites its memory between runs and tells nobody.
+        host.iter_mut().for_each(|x| *x = -*x + round as f32 * 0.25);
+        let tb = bench.read(&b);
+        cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+        let want = refr::matmul(&ta, &tb, None, &T::zeros(&[m, n]), &OpParams::default());
+        assert_close(&bench.read(&c), &want, 1e-4, &format!("imported B, round {round}"));
+    }
+    let (b2, tb2) = bench.input(DType::F32, &[k, n], Dense);
+    let op = OpDesc::new(OpKind::Matmul, &[a, b2], c);
+    cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+    let want = refr::matmul(&ta, &tb2, None, &T::zeros(&[m, n]), &OpParams::default());
+    assert_close(&bench.read(&c), &want, 1e-4, "B used once");
+    assert_eq!(cpu.weights.bytes(), 0);
+}
+
+/// The cache keeps within its budget, dropping the least recently used weights.
+#[test]
+fn weight_cache_keeps_within_its_budget() {
+    use super::host::HostView;
+    use super::kernels::matmul::MatmulParams;
+    use super::weight_cache::WeightCache;
+    let mut bench = Bench::new(23);
+    let (m, k, n) = (4, 64, 64);
+    let (a, _) = bench.input(DType::F32, &[m, k], Dense);
+    let c = bench.view(DType::F32, &[m, n], Dense);
+    let weights: Vec<TensorView> = (0..3).map(|_| bench.input(DType::F32, &[k, n], Dense).0).collect();
+    let packed_bytes = k * n * 4;
+    let cache = WeightCache::new(2 * packed_bytes + 100);
+    let mem = OpMemory::new(bench.bufs.clone());
+    let p =
+        MatmulParams { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, activation: Activation::None };
+    let hv = |v: &TensorView| HostView::new(v, &mem).unwrap();
+    let (out, av) = (hv(&c), hv(&a));
+    let usable = super::kernels::matmul::prepacked_usable(&out, &av, &hv(&weights[0]), &p);
+    for round in 0..3 {
+        for w in &weights {
+            let got = cache.packed_b(w, &mem, &out, &av, &hv(w), &p);
+            // First sighting: not packed. From the second on: packed (where the GEMM can use it).
+            assert_eq!(got.is_some(), usable && round > 0, "round {round}");
+            assert!(cache.bytes() <= 2 * packed_bytes + 100);
+        }
+    }
+    if usable {
+        assert_eq!(cache.bytes(), 2 * packed_bytes);
+    }
+}

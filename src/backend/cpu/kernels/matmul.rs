@@ -78,7 +78,66 @@ impl Mat {
     }
 }
 
-pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: MatmulParams) {
+#[cfg(all(target_arch = "x86_64", nh_avx512))]
+pub use super::gemm512::PackedB;
+
+/// Without the AVX-512 GEMM nothing is prepacked (`prepacked_usable` is false).
+#[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+pub struct PackedB;
+
+#[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+impl PackedB {
+    pub fn bytes(&self) -> usize {
+        0
+    }
+}
+
+/// Whether a matmul may run with a prepacked B: the packed GEMM takes it, B has one batch
+/// (the packed copy is shared by every batch of A), and it is no GEMV (one row streams B
+/// as it is, at memory speed).
+pub fn prepacked_usable(out: &HostView, a: &HostView, b: &HostView, p: &MatmulParams) -> bool {
+    let m = out.shape[out.rank - 2];
+    let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
+    let one_batch = b.shape[..b.rank - 2].iter().all(|&d| d == 1);
+    let float = matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16);
+    m >= 2 && one_batch && float && packed_gemm_usable(out, k)
+}
+
+/// B of this matmul in the packed GEMM's layout (callers checked `prepacked_usable`).
+pub fn pack_b(a: &HostView, b: &HostView, p: &MatmulParams) -> PackedB {
+    let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
+    let n = if p.trans_b { b.shape[b.rank - 2] } else { b.last() };
+    #[cfg(all(target_arch = "x86_64", nh_avx512))]
+    {
+        let mb = Mat::new(b, p.trans_b);
+        let g = Gemm {
+            a: Mat::new(a, p.trans_a),
+            a_dtype: a.dtype,
+            b: mb,
+            b_dtype: b.dtype,
+            c: mb,
+            k,
+            p: *p,
+            bias: None,
+        };
+        super::gemm512::pack_whole_b(&g, n)
+    }
+    #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+    {
+        let _ = (k, n);
+        unreachable!("prepacked_usable is false without the AVX-512 GEMM")
+    }
+}
+
+/// `packed`: op(B) already packed (`weight_cache.rs`), for a matmul `prepacked_usable` took.
+pub fn matmul(
+    out: &HostView,
+    a: &HostView,
+    b: &HostView,
+    bias: Option<&HostView>,
+    p: MatmulParams,
+    prepacked: Option<&PackedB>,
+) {
     let m = out.shape[out.rank - 2];
     // GEMV streams B once and converts it on the fly; everything else converts up front.
     let gemv_b = m == 1 && gemv::streams(&Mat::new(b, p.trans_b));
@@ -107,7 +166,12 @@ pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView
         gemv::gemv(&gemm, batch, n);
     } else if packed {
         #[cfg(all(target_arch = "x86_64", nh_avx512))]
-        super::gemm512::gemm(&gemm, batch, m, n);
+        match prepacked {
+            Some(pb) => super::gemm512::gemm_prepacked(&gemm, pb, batch, m, n),
+            None => super::gemm512::gemm(&gemm, batch, m, n),
+        }
+        #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+        let _ = prepacked;
     } else {
         gemm.run_all(batch, m, n);
     }
