@@ -361,7 +361,10 @@ uint32_t nh_abi_version(void);
 nh_status nh_buffer_alloc(nh_runtime runtime, size_t size, nh_buffer *out_buffer);
 
 // Wraps caller memory without copying. The caller keeps `ptr` valid for `size` bytes until
-// `nh_buffer_destroy` returns, and does not touch it while ops using it run.
+// `nh_buffer_destroy` returns, and does not touch it while ops using it run. The caller may
+// write it between ops without telling the library, so devices never keep copies of it: a
+// GPU uploads it for every op that reads it, and the CPU does not cache it as a packed
+// weight. Keep weights in `nh_buffer_alloc` or file-mapped buffers.
 nh_status nh_buffer_import(nh_runtime runtime, void *ptr, size_t size, nh_buffer *out_buffer);
 
 // Maps a file read-only (model weights). Ops may read it; writing it is rejected.

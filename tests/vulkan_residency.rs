@@ -143,3 +143,32 @@ fn a_partial_overlap_splits_the_batch_and_stays_correct() {
     want.extend([1.0; 16]);
     assert_eq!(out.values(), want);
 }
+
+/// Imported memory may be rewritten by its owner without a word to the library (it is the
+/// caller's memory), so the GPU never trusts a copy of it: each run reads what is there now.
+#[test]
+fn imported_memory_is_uploaded_for_every_run() {
+    use npuhybrid::memory::Buffer;
+    use npuhybrid::op::TensorView;
+    use std::sync::Arc;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let mut host = vec![1.0f32; 256];
+    let id = vulkan_util::fresh_id();
+    let buf = Arc::new(unsafe { Buffer::imported(id, host.as_mut_ptr() as *mut u8, 256 * 4) });
+    let x = Tensor { view: TensorView::contiguous(id, DType::F32, &[256], 0), buf };
+    let out = Tensor::zeros(DType::F32, &[256]);
+    let op = OpDesc::new(OpKind::Scale, &[x.view], out.view)
+        .with_params(npuhybrid::op::OpParams { alpha: 2.0, ..Default::default() });
+    let mem = memory(&[&x, &out]);
+    for round in 1..4 {
+        host.iter_mut().for_each(|v| *v = round as f32);
+        gpu.execute(&op, &mem).unwrap();
+        assert!(
+            out.values().iter().all(|&v| v == 2.0 * round as f32),
+            "round {round}: {:?}",
+            &out.values()[..4]
+        );
+        assert!(gpu.upload_ns(&op, &mem) > 0.0, "the estimate counts the upload too");
+    }
+}

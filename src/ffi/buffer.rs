@@ -21,7 +21,10 @@ pub extern "C" fn nh_buffer_alloc(runtime: nh_runtime, size: usize, out_buffer: 
 }
 
 /// Wraps caller memory without copying. The caller keeps `ptr` valid for `size` bytes until
-/// `nh_buffer_destroy` returns, and does not touch it while ops using it run.
+/// `nh_buffer_destroy` returns, and does not touch it while ops using it run. The caller may
+/// write it between ops without telling the library, so devices never keep copies of it: a
+/// GPU uploads it for every op that reads it, and the CPU does not cache it as a packed
+/// weight. Keep weights in `nh_buffer_alloc` or file-mapped buffers.
 #[no_mangle]
 pub extern "C" fn nh_buffer_import(
     runtime: nh_runtime,

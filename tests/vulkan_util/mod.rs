@@ -38,6 +38,12 @@ pub struct Tensor {
     pub view: TensorView,
 }
 
+/// A buffer id no other test buffer has.
+#[allow(dead_code)]
+pub fn fresh_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 pub fn buffer(bytes: usize) -> Arc<Buffer> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let block = pool().alloc(bytes.max(1)).expect("host memory");

@@ -171,8 +171,10 @@ impl Backend for VulkanBackend {
             .iter()
             .flatten()
             .filter(|v| {
-                mem.buffer(v.buffer)
-                    .map_or(true, |b| !self.resident.is_current(&residency::ReplicaKey::of(v), b.version()))
+                // Imported memory is uploaded every time (submit.rs).
+                mem.buffer(v.buffer).map_or(true, |b| {
+                    b.is_imported() || !self.resident.is_current(&residency::ReplicaKey::of(v), b.version())
+                })
             })
             .map(|v| v.bytes())
             .sum();

@@ -20,6 +20,8 @@ use std::time::Duration;
 /// Ops per submission (sizes the descriptor and query pools).
 pub const MAX_OPS: usize = 256;
 const WAIT: Duration = Duration::from_secs(300);
+/// A version no buffer has (versions count up from 1).
+const NEVER_CURRENT: u64 = u64::MAX;
 
 pub struct State {
     ctx: Arc<Context>,
@@ -267,7 +269,10 @@ impl State {
                     r.alloc
                 } else {
                     let buf = mem.buffer(v.buffer)?;
-                    match self.residency.lookup(&key, buf.version(), &mut stale) {
+                    // The caller may write imported memory without telling the library, so
+                    // a replica of it is never trusted: it is uploaded for every submission.
+                    let wanted = if buf.is_imported() { NEVER_CURRENT } else { buf.version() };
+                    match self.residency.lookup(&key, wanted, &mut stale) {
                         Some(a) => a,
                         None => {
                             let a = self.upload(v, mem, seg)?;
