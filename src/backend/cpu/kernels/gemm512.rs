@@ -445,8 +445,9 @@ pub(super) fn pack_whole_b(g: &Gemm, n: usize) -> PackedB {
     PackedB { data, k, n }
 }
 
-/// Rows of packed A one task runs against a B panel, at most this many floats (in L2).
-const A_BLOCK_FLOATS: usize = 64 * 1024;
+/// Rows of packed A one task runs against each B panel, at most this many floats (1 MiB:
+/// with a B panel it stays in L2, and B is read from memory once per block of rows).
+const A_BLOCK_FLOATS: usize = 256 * 1024;
 
 /// The GEMM of `g` with B already packed: A is packed once and shared, then one parallel
 /// pass of tasks (row panels x column panels), each kernel running the whole depth in
