@@ -26,7 +26,13 @@ if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then
     --check .devbin/tiny_llama/reference.json
   step generate_cpu16 60 .devbin/generate --model .devbin/tiny_llama --devices cpu
 fi
-[ -x .devbin/embed ] && step embed_gpu 120 .devbin/embed --bench --synthetic --devices gpu --place gpu
+if [ -x .devbin/embed ]; then
+  step embed_gpu 120 .devbin/embed --bench --synthetic --devices gpu --place gpu
+  step embed_cpu 120 .devbin/embed --bench --synthetic --devices cpu
+  # Where the GPU's time goes, op by op (Chrome trace format).
+  step embed_gpu_trace 60 .devbin/embed --bench --synthetic --devices gpu --place gpu --bench-seq 256 \
+    --batch-sizes 16 --bench-seconds 1 --trace "$out/embed_gpu_trace.json"
+fi
 [ -x .devbin/workload ] && step workload_gpu 60 .devbin/workload --policy default --devices gpu,sim --seq 512
 tail -n 25 "$out"/*.txt
 # At most 8 files come back from the device machine: hand back one.
