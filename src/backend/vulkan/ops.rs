@@ -308,11 +308,24 @@ fn plan_attention(op: &OpDesc) -> Step {
         .u(usize::from(op.input(3).is_some()))
         .f(scale)
         .uvec4(mstride);
-    Step::Dispatch {
-        shader: shader_name(&format!("attention_{}", suffix(q.dtype))),
-        push: push.0,
-        groups: [sq as u32, h as u32, batch as u32],
+    // Head dims up to 64: blocks of 64 query rows share each key / value tile
+    // (attention_tiled.comp); wider heads: one workgroup per query row.
+    match d {
+        0..=32 => tiled_attention("attention_tiled32", q.dtype, push, sq, h, batch),
+        33..=64 => tiled_attention("attention_tiled64", q.dtype, push, sq, h, batch),
+        _ => Step::Dispatch {
+            shader: shader_name(&format!("attention_{}", suffix(q.dtype))),
+            push: push.0,
+            groups: [sq as u32, h as u32, batch as u32],
+        },
     }
+}
+
+/// Query rows per workgroup of attention_tiled.comp.
+const ATTENTION_ROWS: usize = 64;
+
+fn tiled_attention(base: &str, dt: DType, push: Push, sq: usize, h: usize, batch: usize) -> Step {
+    dispatch(base, suffix(dt), push, [sq.div_ceil(ATTENTION_ROWS) as u32, h as u32, batch as u32])
 }
 
 #[cfg(test)]
