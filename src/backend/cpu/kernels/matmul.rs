@@ -129,7 +129,7 @@ pub fn pack_b(a: &HostView, b: &HostView, p: &MatmulParams) -> PackedB {
     }
 }
 
-/// `packed`: op(B) already packed (`weight_cache.rs`), for a matmul `prepacked_usable` took.
+/// `prepacked`: op(B) already packed (`weight_cache.rs`), for a matmul `prepacked_usable` took.
 pub fn matmul(
     out: &HostView,
     a: &HostView,
