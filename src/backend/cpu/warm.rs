@@ -65,7 +65,9 @@ impl KeepWarm {
             if self.now_ns().saturating_sub(self.last_activity_ns.load(Ordering::Relaxed)) > window {
                 return;
             }
-            std::hint::spin_loop();
+            // Offer the core to other threads between looks, as rayon's own idle loop does:
+            // with many awake threads, tight stealing loops slow the thread that has the work.
+            std::thread::yield_now();
         }
     }
 }
