@@ -33,6 +33,16 @@
 
 #define NH_ENABLE_SIMULATED_NPU 4
 
+// Bits of `nh_runtime_desc.cpu_flags`: CPU backend behaviours that trade memory or power for
+// speed, on by default.
+// Do not keep packed copies of matmul weights (a B operand reused unchanged is packed once
+// into the GEMM's layout and kept, up to 1 GiB; imported memory never is).
+#define NH_CPU_NO_WEIGHT_CACHE 1
+
+// Let the CPU pool's threads sleep between ops instead of keeping them awake for 300 us
+// after each (saves power when ops are sparse; costs latency in graphs of short ops).
+#define NH_CPU_NO_KEEP_WARM 2
+
 // Bits of `nh_op_desc.flags`.
 #define NH_FLAG_TRANS_A 1
 
@@ -311,7 +321,8 @@ typedef struct {
   void *log_user_data;
   // 0 = off, 1 = error, 2 = warn (default), 3 = info, 4 = debug, 5 = trace.
   uint32_t log_level;
-  uint32_t reserved0;
+  // NH_CPU_* bits; 0 = the defaults.
+  uint32_t cpu_flags;
   // Directory for performance history kept between runs; NULL = the user cache directory
   // (~/.cache/npuhybrid), "" = keep none.
   const char *perf_cache_dir;

@@ -1,5 +1,6 @@
 //! The runtime: devices, buffers, the active policy and the scheduler, shared by all threads.
 
+use crate::backend::cpu::CpuOptions;
 use crate::backend::sim::Fault;
 use crate::backend::{Backend, DeviceInfo, DeviceReadings, OpMemory};
 use crate::device::{Action, ConfigPlan, Configurable, PowerMode, Sample, SysRoot, TelemetryMonitor};
@@ -48,6 +49,8 @@ pub struct RuntimeConfig {
     pub sys_root: SysRoot,
     /// How often sensors are sampled; None = no telemetry thread.
     pub telemetry_period: Option<Duration>,
+    /// CPU backend behaviours (weight cache, keep-warm threads).
+    pub cpu: CpuOptions,
 }
 
 impl Default for RuntimeConfig {
@@ -61,6 +64,7 @@ impl Default for RuntimeConfig {
             thermal_period: Some(Duration::from_millis(100)),
             sys_root: SysRoot::real(),
             telemetry_period: Some(Duration::from_millis(500)),
+            cpu: CpuOptions::default(),
         }
     }
 }

@@ -272,3 +272,51 @@ fn configuration_and_faults() {
     );
     assert_eq!(nh_runtime_destroy(rt), NH_OK);
 }
+
+/// `cpu_flags` turns the CPU's weight cache and keep-warm threads off; results stay the same,
+/// and unknown bits are refused.
+#[test]
+fn cpu_flags_switch_behaviours_off_and_reject_unknown_bits() {
+    for flags in
+        [0, NH_CPU_NO_WEIGHT_CACHE, NH_CPU_NO_KEEP_WARM, NH_CPU_NO_WEIGHT_CACHE | NH_CPU_NO_KEEP_WARM]
+    {
+        let mut d: nh_runtime_desc = unsafe { zeroed() };
+        assert_eq!(nh_runtime_desc_init(&mut d), NH_OK);
+        assert_eq!(d.cpu_flags, 0, "the defaults are on");
+        d.cpu_flags = flags;
+        d.threads = 2;
+        let dir = CString::new("").unwrap();
+        d.perf_cache_dir = dir.as_ptr();
+        let mut rt = nh_runtime::default();
+        assert_eq!(nh_runtime_create(&d, &mut rt), NH_OK, "{}", last_error());
+        // x [4, 64] times a weight [64, 32] that stays the same, run often enough to be cached.
+        let x: Vec<f32> = (0..4 * 64).map(|i| ((i * 37) % 17) as f32 / 17.0 - 0.5).collect();
+        let w: Vec<f32> = (0..64 * 32).map(|i| ((i * 11) % 13) as f32 / 13.0 - 0.5).collect();
+        let (xb, wb) = (alloc_f32(rt, &x), alloc_f32(rt, &w));
+        let yb = alloc_f32(rt, &[0.0; 4 * 32]);
+        let mut m = op(nh_op_kind::NH_OP_MATMUL);
+        m.inputs[0] = tensor(xb, &[4, 64]);
+        m.inputs[1] = tensor(wb, &[64, 32]);
+        m.output = tensor(yb, &[4, 32]);
+        for _ in 0..4 {
+            let mut ev = nh_event::default();
+            assert_eq!(nh_submit(rt, &m, &mut ev), NH_OK, "{}", last_error());
+            assert_eq!(nh_event_wait(rt, ev, u64::MAX), NH_OK);
+            assert_eq!(nh_event_release(rt, ev), NH_OK);
+            let mut y = vec![0.0f32; 4 * 32];
+            assert_eq!(nh_buffer_read(rt, yb, 0, y.as_mut_ptr().cast(), y.len() * 4), NH_OK);
+            for (i, got) in y.iter().enumerate() {
+                let (r, c) = (i / 32, i % 32);
+                let want: f32 = (0..64).map(|k| x[r * 64 + k] * w[k * 32 + c]).sum();
+                assert!((got - want).abs() <= 1e-4, "flags {flags}: y[{i}] = {got}, want {want}");
+            }
+        }
+        assert_eq!(nh_runtime_destroy(rt), NH_OK);
+    }
+    let mut d: nh_runtime_desc = unsafe { zeroed() };
+    assert_eq!(nh_runtime_desc_init(&mut d), NH_OK);
+    d.cpu_flags = 4;
+    let mut rt = nh_runtime::default();
+    assert_eq!(nh_runtime_create(&d, &mut rt), NH_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("cpu_flags"), "{}", last_error());
+}

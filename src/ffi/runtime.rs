@@ -4,6 +4,7 @@ use super::args::{c_str, opt_c_str, out, sized_input, sized_out, write_string};
 use super::status::guard;
 use super::types::*;
 use super::{entry, runtimes, RuntimeEntry};
+use crate::backend::cpu::CpuOptions;
 use crate::error::Error;
 use crate::handle::HandleTable;
 use crate::runtime::{PolicySource, Runtime, RuntimeConfig};
@@ -29,7 +30,7 @@ pub extern "C" fn nh_runtime_desc_init(desc: *mut nh_runtime_desc) -> nh_status 
             log_callback: None,
             log_user_data: std::ptr::null_mut(),
             log_level: 2,
-            reserved0: 0,
+            cpu_flags: 0,
             perf_cache_dir: std::ptr::null(),
             pool_cache_bytes: 0,
             sys_root: std::ptr::null(),
@@ -60,6 +61,9 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
         if d.devices & !(NH_ENABLE_GPU | NH_ENABLE_NPU | NH_ENABLE_SIMULATED_NPU) != 0 {
             return Err(Error::invalid(format!("devices has unknown bits {:#x}", d.devices)));
         }
+        if d.cpu_flags & !(NH_CPU_NO_WEIGHT_CACHE | NH_CPU_NO_KEEP_WARM) != 0 {
+            return Err(Error::invalid(format!("cpu_flags has unknown bits {:#x}", d.cpu_flags)));
+        }
         if d.log_level > 5 {
             return Err(Error::invalid(format!("log_level {} is not in 0..=5", d.log_level)));
         }
@@ -69,6 +73,10 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
             crate::logging::level_from_raw(d.log_level),
         );
         let mut config = RuntimeConfig { threads: d.threads as usize, ..Default::default() };
+        config.cpu = CpuOptions {
+            weight_cache: d.cpu_flags & NH_CPU_NO_WEIGHT_CACHE == 0,
+            keep_warm: d.cpu_flags & NH_CPU_NO_KEEP_WARM == 0,
+        };
         config.devices.gpu = d.devices & NH_ENABLE_GPU != 0;
         config.devices.npu = d.devices & NH_ENABLE_NPU != 0;
         if d.devices & NH_ENABLE_SIMULATED_NPU != 0 {

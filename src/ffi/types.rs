@@ -121,6 +121,15 @@ pub const NH_ENABLE_GPU: u32 = 1;
 pub const NH_ENABLE_NPU: u32 = 2;
 pub const NH_ENABLE_SIMULATED_NPU: u32 = 4;
 
+/// Bits of `nh_runtime_desc.cpu_flags`: CPU backend behaviours that trade memory or power for
+/// speed, on by default.
+/// Do not keep packed copies of matmul weights (a B operand reused unchanged is packed once
+/// into the GEMM's layout and kept, up to 1 GiB; imported memory never is).
+pub const NH_CPU_NO_WEIGHT_CACHE: u32 = 1;
+/// Let the CPU pool's threads sleep between ops instead of keeping them awake for 300 us
+/// after each (saves power when ops are sparse; costs latency in graphs of short ops).
+pub const NH_CPU_NO_KEEP_WARM: u32 = 2;
+
 /// Bits of `nh_op_desc.flags`.
 pub const NH_FLAG_TRANS_A: u32 = 1;
 pub const NH_FLAG_TRANS_B: u32 = 2;
@@ -151,7 +160,8 @@ pub struct nh_runtime_desc {
     pub log_user_data: *mut c_void,
     /// 0 = off, 1 = error, 2 = warn (default), 3 = info, 4 = debug, 5 = trace.
     pub log_level: u32,
-    pub reserved0: u32,
+    /// NH_CPU_* bits; 0 = the defaults.
+    pub cpu_flags: u32,
     /// Directory for performance history kept between runs; NULL = the user cache directory
     /// (~/.cache/npuhybrid), "" = keep none.
     pub perf_cache_dir: *const c_char,

@@ -29,7 +29,7 @@ pub fn probe(config: &RuntimeConfig) -> Result<Vec<Box<dyn Backend>>> {
     } else {
         config.threads
     };
-    let mut devices: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new(threads)?)];
+    let mut devices: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::with_options(threads, config.cpu)?)];
     let sel = &config.devices;
     if sel.gpu {
         match VulkanBackend::probe() {

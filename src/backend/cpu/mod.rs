@@ -138,16 +138,36 @@ fn runs_serially(op: &OpDesc) -> bool {
     work <= kernels::iter::TASK_ELEMS
 }
 
+/// CPU backend behaviours that trade memory or power for speed (`nh_runtime_desc.cpu_flags`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Keep packed copies of reused matmul weights (`weight_cache.rs`).
+    pub weight_cache: bool,
+    /// Keep the pool's threads awake between ops (`warm.rs`).
+    pub keep_warm: bool,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions { weight_cache: true, keep_warm: true }
+    }
+}
+
 /// The host CPU as a device, with its own rayon pool.
 pub struct CpuBackend {
     info: DeviceInfo,
     pool: Arc<rayon::ThreadPool>,
-    weights: WeightCache,
+    /// None with `CpuOptions::weight_cache` off.
+    weights: Option<WeightCache>,
     warm: Arc<warm::KeepWarm>,
 }
 
 impl CpuBackend {
     pub fn new(threads: usize) -> Result<CpuBackend> {
+        CpuBackend::with_options(threads, CpuOptions::default())
+    }
+
+    pub fn with_options(threads: usize, options: CpuOptions) -> Result<CpuBackend> {
         let threads =
             if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
@@ -158,8 +178,12 @@ impl CpuBackend {
         Ok(CpuBackend {
             info: info::cpu_info(threads),
             pool: Arc::new(pool),
-            weights: WeightCache::new(weight_cache::BUDGET_BYTES),
-            warm: warm::KeepWarm::new(if threads > 1 { warm::WINDOW } else { std::time::Duration::ZERO }),
+            weights: options.weight_cache.then(|| WeightCache::new(weight_cache::BUDGET_BYTES)),
+            warm: warm::KeepWarm::new(if threads > 1 && options.keep_warm {
+                warm::WINDOW
+            } else {
+                std::time::Duration::ZERO
+            }),
         })
     }
 
@@ -176,12 +200,12 @@ impl Backend for CpuBackend {
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
         if runs_serially(op) {
             // Waking a pool thread costs more than the op itself.
-            execute_with_weights(op, mem, Some(&self.weights))?;
+            execute_with_weights(op, mem, self.weights.as_ref())?;
         } else {
             // Runs in place when called on a worker living in the pool (`host_pool`).
             self.pool.install(|| {
                 self.warm.touch(&self.pool);
-                let done = execute_with_weights(op, mem, Some(&self.weights));
+                let done = execute_with_weights(op, mem, self.weights.as_ref());
                 self.warm.touch(&self.pool);
                 done
             })?;
