@@ -472,6 +472,7 @@ impl Runtime {
                 settings.max_in_flight.map(|n| n as usize),
                 settings.batch_rows.map(|n| n as usize),
             );
+            d.backend.set_keep_warm(settings.keep_warm);
             if let Some(mode) = settings.power_mode {
                 match d.backend.set_power_mode(mode) {
                     Ok(()) => log::info!("{}: power mode {mode}", d.info.name),

@@ -167,6 +167,9 @@ pub trait Backend: Send + Sync {
     /// NPU's dynamic batch size). Devices without such knobs ignore them.
     fn set_limits(&self, _max_in_flight: Option<usize>, _batch_rows: Option<usize>) {}
 
+    /// The policy's `keep_warm` for a device with a thread pool (None: the device's default).
+    fn set_keep_warm(&self, _window: Option<std::time::Duration>) {}
+
     /// Injects a fault for testing fallback paths; only simulated devices accept it.
     fn inject_fault(&self, _fault: sim::Fault) -> Result<()> {
         Err(Error::Unsupported(format!(
@@ -204,6 +207,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn set_limits(&self, max_in_flight: Option<usize>, batch_rows: Option<usize>) {
         (**self).set_limits(max_in_flight, batch_rows)
+    }
+    fn set_keep_warm(&self, window: Option<std::time::Duration>) {
+        (**self).set_keep_warm(window)
     }
 }
 

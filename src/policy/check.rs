@@ -34,7 +34,9 @@ pub(super) struct Checker<'a> {
     pub(super) file: u32,
 }
 
-const DEVICE_FIELDS: &str = "enabled, power, precision, max_in_flight, batch_rows or pool";
+const DEVICE_FIELDS: &str = "enabled, power, precision, max_in_flight, batch_rows, pool or keep_warm";
+/// Longest `keep_warm`: beyond this, threads would spin through gaps that are not gaps.
+const KEEP_WARM_RANGE: (f64, f64, &str) = (0.0, 0.1, "from 0 s to 100 ms");
 const FALLBACK_FIELDS: &str = "retries, degrade_after or degrade_for";
 const COND_FIELDS: &str = "op, dtype, m, n, k, batch, elements, bytes or tag <key>";
 
@@ -244,6 +246,20 @@ impl Checker<'_> {
                     let range = (0.0, (1u64 << 40) as f64, "from 0 B to 1 TiB");
                     if let Some(n) = n.and_then(|n| self.in_range(&s.key.name, s.value.span(), n, range)) {
                         p.settings[class as usize].pool_bytes = Some(n.round() as u64);
+                    }
+                }
+                "keep_warm" => {
+                    let secs = self.quantity_of(&s.key.name, &s.value, UnitKind::Duration);
+                    if let Some(n) =
+                        secs.and_then(|n| self.in_range(&s.key.name, s.value.span(), n, KEEP_WARM_RANGE))
+                    {
+                        p.settings[class as usize].keep_warm = Some(std::time::Duration::from_secs_f64(n));
+                        if class != DeviceClass::Cpu {
+                            self.warn(
+                                s.key.span,
+                                format!("'keep_warm' only configures the cpu, not the {}", class.name()),
+                            );
+                        }
                     }
                 }
                 other => self.error(

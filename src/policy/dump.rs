@@ -111,6 +111,9 @@ pub fn settings_text(s: &DeviceSettings) -> String {
     if let Some(n) = s.pool_bytes {
         let _ = write!(out, ", pool {}", bytes_text(n));
     }
+    if let Some(d) = s.keep_warm {
+        let _ = write!(out, ", keep_warm {} us", d.as_micros());
+    }
     out
 }
 

@@ -84,6 +84,8 @@ pub struct DeviceSettings {
     /// Rows of a matrix op per device launch (the NPU's dynamic batch size).
     pub batch_rows: Option<u32>,
     pub pool_bytes: Option<u64>,
+    /// CPU: how long the pool's threads stay awake after an op (0 = they sleep at once).
+    pub keep_warm: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -160,6 +160,10 @@ pub struct CpuBackend {
     /// None with `CpuOptions::weight_cache` off.
     weights: Option<WeightCache>,
     warm: Arc<warm::KeepWarm>,
+    /// The window when the policy sets none (zero with one thread or `keep_warm` off).
+    default_window: std::time::Duration,
+    /// False with one thread or `NH_CPU_NO_KEEP_WARM`: the policy cannot turn it on.
+    keep_warm_allowed: bool,
 }
 
 impl CpuBackend {
@@ -175,20 +179,25 @@ impl CpuBackend {
             .thread_name(|i| format!("nh-cpu-{i}"))
             .build()
             .map_err(|e| Error::DeviceUnavailable(format!("cpu thread pool: {e}")))?;
+        let allowed = threads > 1 && options.keep_warm;
+        let default_window = if allowed { warm::WINDOW } else { std::time::Duration::ZERO };
         Ok(CpuBackend {
             info: info::cpu_info(threads),
             pool: Arc::new(pool),
             weights: options.weight_cache.then(|| WeightCache::new(weight_cache::BUDGET_BYTES)),
-            warm: warm::KeepWarm::new(if threads > 1 && options.keep_warm {
-                warm::WINDOW
-            } else {
-                std::time::Duration::ZERO
-            }),
+            warm: warm::KeepWarm::new(default_window),
+            default_window,
+            keep_warm_allowed: allowed,
         })
     }
 
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// How long the pool's threads stay awake after an op now.
+    pub fn keep_warm(&self) -> std::time::Duration {
+        self.warm.window()
     }
 }
 
@@ -211,6 +220,12 @@ impl Backend for CpuBackend {
             })?;
         }
         Ok(ExecReport::default())
+    }
+
+    fn set_keep_warm(&self, window: Option<std::time::Duration>) {
+        if self.keep_warm_allowed {
+            self.warm.set_window(window.unwrap_or(self.default_window));
+        }
     }
 
     fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {

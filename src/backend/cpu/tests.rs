@@ -808,3 +808,24 @@ fn weight_cache_keeps_within_its_budget() {
         assert_eq!(cache.bytes(), 2 * packed_bytes);
     }
 }
+
+/// The policy's `keep_warm` sets the window; None restores the default; with one thread or
+/// `NH_CPU_NO_KEEP_WARM` it stays off whatever the policy says.
+#[test]
+fn keep_warm_follows_the_policy_within_the_options() {
+    use crate::backend::Backend;
+    use std::time::Duration;
+    let cpu = super::CpuBackend::new(2).unwrap();
+    assert_eq!(cpu.keep_warm(), super::warm::WINDOW);
+    cpu.set_keep_warm(Some(Duration::ZERO));
+    assert_eq!(cpu.keep_warm(), Duration::ZERO);
+    cpu.set_keep_warm(Some(Duration::from_micros(40)));
+    assert_eq!(cpu.keep_warm(), Duration::from_micros(40));
+    cpu.set_keep_warm(None);
+    assert_eq!(cpu.keep_warm(), super::warm::WINDOW);
+    let off = super::CpuOptions { keep_warm: false, ..Default::default() };
+    for cpu in [super::CpuBackend::new(1).unwrap(), super::CpuBackend::with_options(2, off).unwrap()] {
+        cpu.set_keep_warm(Some(Duration::from_millis(1)));
+        assert_eq!(cpu.keep_warm(), Duration::ZERO);
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long after the last op the other threads stay awake.
+/// How long after the last op the other threads stay awake, unless the policy says otherwise.
 pub const WINDOW: Duration = Duration::from_micros(300);
 
 pub struct KeepWarm {
@@ -19,7 +19,8 @@ pub struct KeepWarm {
     /// Threads currently kept awake.
     awake: AtomicUsize,
     epoch: Instant,
-    window: Duration,
+    /// The window in nanoseconds (0: off); the policy may change it (`keep_warm`).
+    window_ns: AtomicU64,
 }
 
 impl KeepWarm {
@@ -28,8 +29,16 @@ impl KeepWarm {
             last_activity_ns: AtomicU64::new(0),
             awake: AtomicUsize::new(0),
             epoch: Instant::now(),
-            window,
+            window_ns: AtomicU64::new(window.as_nanos() as u64),
         })
+    }
+
+    pub fn set_window(&self, window: Duration) {
+        self.window_ns.store(window.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.window_ns.load(Ordering::Relaxed))
     }
 
     fn now_ns(&self) -> u64 {
@@ -39,7 +48,7 @@ impl KeepWarm {
     /// Marks activity and makes sure the pool's other threads are awake (called by a thread
     /// of the pool, before and after each parallel op).
     pub fn touch(self: &Arc<Self>, pool: &Arc<ThreadPool>) {
-        if self.window.is_zero() {
+        if self.window_ns.load(Ordering::Relaxed) == 0 {
             return;
         }
         self.last_activity_ns.store(self.now_ns(), Ordering::Relaxed);
@@ -57,11 +66,11 @@ impl KeepWarm {
     }
 
     fn stay_awake(&self, pool: &ThreadPool) {
-        let window = self.window.as_nanos() as u64;
         loop {
             if let Some(Yield::Executed) = pool.yield_now() {
                 continue;
             }
+            let window = self.window_ns.load(Ordering::Relaxed);
             if self.now_ns().saturating_sub(self.last_activity_ns.load(Ordering::Relaxed)) > window {
                 return;
             }

@@ -114,6 +114,7 @@ fn battery_saver_prefers_npu_in_powersaver_never_turbo_gpu_off() {
     let none = tags("");
     assert_eq!(p.settings(DeviceClass::Npu).power_mode, Some(PowerMode::Powersaver));
     assert!(!p.settings(DeviceClass::Gpu).enabled);
+    assert_eq!(p.settings(DeviceClass::Cpu).keep_warm, Some(std::time::Duration::ZERO), "idle threads sleep");
     for c in DeviceClass::ALL {
         assert_ne!(p.settings(c).power_mode, Some(PowerMode::Turbo));
     }

@@ -73,7 +73,7 @@ fn unknown_dtype() {
 fn unknown_field() {
     assert_eq!(
         error("device npu {\n  powr = balanced\n}\n"),
-        "t.nhp:2:3: error: unknown field 'powr' in a device block (expected enabled, power, precision, max_in_flight, batch_rows or pool)"
+        "t.nhp:2:3: error: unknown field 'powr' in a device block (expected enabled, power, precision, max_in_flight, batch_rows, pool or keep_warm)"
     );
     assert_eq!(
         error("rule r {\n  when rows > 4\n  use cpu\n}\n"),
@@ -273,4 +273,21 @@ fn warnings_for_suspicious_but_legal_policies() {
             "t.nhp:13:9: warning: npu has thermal rules but no emergency level (add 'emergency thermal ...')",
         ]
     );
+}
+
+#[test]
+fn keep_warm_takes_a_short_duration_and_only_configures_the_cpu() {
+    assert_eq!(
+        error("device cpu {\n  keep_warm = 2 s\n}\n"),
+        "t.nhp:2:15: error: 'keep_warm' must be from 0 s to 100 ms, found 2 s"
+    );
+    assert_eq!(
+        error("device cpu {\n  keep_warm = 5\n}\n"),
+        "t.nhp:2:15: error: missing unit: 'keep_warm' is a duration (us, ms, s or min)"
+    );
+    let src = format!("device gpu {{\n  keep_warm = 1 ms\n}}\n{BACKSTOP}");
+    assert_eq!(warnings(&src), ["t.nhp:2:3: warning: 'keep_warm' only configures the cpu, not the gpu"]);
+    let p = compile_str("t.nhp", &format!("device cpu {{\n  keep_warm = 50 us\n}}\n{BACKSTOP}")).unwrap();
+    let cpu = p.settings(crate::policy::DeviceClass::Cpu);
+    assert_eq!(cpu.keep_warm, Some(std::time::Duration::from_micros(50)));
 }
