@@ -160,9 +160,8 @@ pub struct CpuBackend {
     /// None with `CpuOptions::weight_cache` off.
     weights: Option<WeightCache>,
     warm: Arc<warm::KeepWarm>,
-    /// The window when the policy sets none (zero with one thread or `keep_warm` off).
-    default_window: std::time::Duration,
-    /// False with one thread or `NH_CPU_NO_KEEP_WARM`: the policy cannot turn it on.
+    /// False with one thread or `NH_CPU_NO_KEEP_WARM`: the window stays 0 whatever the
+    /// policy says.
     keep_warm_allowed: bool,
 }
 
@@ -180,13 +179,11 @@ impl CpuBackend {
             .build()
             .map_err(|e| Error::DeviceUnavailable(format!("cpu thread pool: {e}")))?;
         let allowed = threads > 1 && options.keep_warm;
-        let default_window = if allowed { warm::WINDOW } else { std::time::Duration::ZERO };
         Ok(CpuBackend {
             info: info::cpu_info(threads),
             pool: Arc::new(pool),
             weights: options.weight_cache.then(|| WeightCache::new(weight_cache::BUDGET_BYTES)),
-            warm: warm::KeepWarm::new(default_window),
-            default_window,
+            warm: warm::KeepWarm::new(if allowed { warm::WINDOW } else { std::time::Duration::ZERO }),
             keep_warm_allowed: allowed,
         })
     }
@@ -224,7 +221,7 @@ impl Backend for CpuBackend {
 
     fn set_keep_warm(&self, window: Option<std::time::Duration>) {
         if self.keep_warm_allowed {
-            self.warm.set_window(window.unwrap_or(self.default_window));
+            self.warm.set_window(window.unwrap_or(warm::WINDOW));
         }
     }
 

@@ -48,8 +48,13 @@ struct Inner {
     entries: HashMap<Key, Entry>,
     /// Operands seen once, with the version they had.
     seen: HashMap<Key, u64>,
-    bytes: usize,
     tick: u64,
+}
+
+impl Inner {
+    fn bytes(&self) -> usize {
+        self.entries.values().map(|e| e.packed.bytes()).sum()
+    }
 }
 
 #[derive(Default)]
@@ -100,8 +105,7 @@ impl WeightCache {
                     e.last_use = tick;
                     return Some(Arc::clone(&e.packed));
                 }
-                let stale = inner.entries.remove(&key).expect("present");
-                inner.bytes -= stale.packed.bytes();
+                inner.entries.remove(&key);
             }
             if inner.seen.get(&key) != Some(&version) {
                 if inner.seen.len() >= MAX_SEEN {
@@ -119,29 +123,28 @@ impl WeightCache {
         let mut inner = self.inner.lock();
         inner.seen.remove(&key);
         inner.entries.retain(|_, e| e.owner.strong_count() > 0);
-        inner.bytes = inner.entries.values().map(|e| e.packed.bytes()).sum();
-        while inner.bytes + packed.bytes() > self.budget {
+        // Another thread may have packed the same key meanwhile: this copy replaces it.
+        inner.entries.remove(&key);
+        let mut bytes = inner.bytes();
+        while bytes + packed.bytes() > self.budget {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, e)| e.last_use).map(|(k, _)| *k) else {
                 break;
             };
             let e = inner.entries.remove(&oldest).expect("present");
-            inner.bytes -= e.packed.bytes();
+            bytes -= e.packed.bytes();
             // Still a known weight: packed again at its next use, not two uses later.
             inner.seen.insert(oldest, e.version);
         }
         let tick = inner.tick;
-        inner.bytes += packed.bytes();
         let entry =
             Entry { version, packed: Arc::clone(&packed), owner: Arc::downgrade(buffer), last_use: tick };
-        if let Some(old) = inner.entries.insert(key, entry) {
-            inner.bytes -= old.packed.bytes();
-        }
+        inner.entries.insert(key, entry);
         Some(packed)
     }
 
     /// Bytes of packed weights held.
     #[cfg(test)]
     pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
+        self.inner.lock().bytes()
     }
 }
