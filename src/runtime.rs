@@ -51,6 +51,9 @@ pub struct RuntimeConfig {
     pub telemetry_period: Option<Duration>,
     /// CPU backend behaviours (weight cache, keep-warm threads).
     pub cpu: CpuOptions,
+    /// Measure devices with their own memory on first use (a few ms on a GPU), in the
+    /// background; until then they take only work no other device can do.
+    pub calibrate: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -65,6 +68,7 @@ impl Default for RuntimeConfig {
             sys_root: SysRoot::real(),
             telemetry_period: Some(Duration::from_millis(500)),
             cpu: CpuOptions::default(),
+            calibrate: true,
         }
     }
 }
@@ -127,7 +131,12 @@ impl Runtime {
         let devices: Vec<Device> = backends.into_iter().enumerate().map(|(i, b)| Device::new(i, b)).collect();
         if let Some(dir) = &config.perf_cache_dir {
             for d in &devices {
-                d.model.load(dir);
+                let path = dir.join(d.model.file_name());
+                if d.model.load(dir) {
+                    log::info!("{}: performance history from {} (it steers placement; delete it to start over)", d.info.name, path.display());
+                } else {
+                    log::info!("{}: no performance history yet; it will be kept in {}", d.info.name, path.display());
+                }
             }
         }
         let in_flight: Vec<usize> = devices
@@ -138,6 +147,9 @@ impl Runtime {
             })
             .collect();
         let sched = Scheduler::start(devices, &in_flight);
+        if config.calibrate {
+            sched.start_calibration();
+        }
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut rt = Runtime {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -561,7 +573,7 @@ impl Drop for Runtime {
         self.sched.shutdown();
         if let Some(dir) = &self.perf_cache_dir {
             for d in &self.sched.devices {
-                if d.model.samples() > 0 {
+                if d.model.samples() > 0 || d.model.is_calibrated() {
                     if let Err(e) = d.model.save(dir) {
                         log::warn!("could not save performance history to {}: {e}", dir.display());
                     }

@@ -115,6 +115,18 @@ impl OpMemory {
 pub struct ExecReport {
     /// Time the device itself measured (GPU timestamps, simulated clock), if it has one.
     pub device_ns: Option<u64>,
+    /// One-time set-up paid during this call (pipeline or kernel compilation): not run time,
+    /// so the performance model never learns it.
+    pub setup_ns: u64,
+}
+
+/// What a device reports after running a segment: one report per op that completed, in
+/// order; `error` stops the segment at op `reports.len()`, whose output and every later op's
+/// output were not written (so the rest can run elsewhere without redoing anything).
+#[derive(Debug, Default)]
+pub struct SegmentReport {
+    pub reports: Vec<ExecReport>,
+    pub error: Option<Error>,
 }
 
 /// Live readings a backend can give (temperatures and power from its own interface).
@@ -139,10 +151,46 @@ pub trait Backend: Send + Sync {
     /// (`Error::is_device_fault`), and the scheduler falls back on them.
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport>;
 
+    /// Runs a chain of ops in order as one unit: devices with queues record it into one
+    /// submission, and intermediates stay in device memory inside it. Outputs are in host
+    /// memory when it returns. The default runs the ops one by one.
+    fn execute_segment(&self, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
+        let mut out = SegmentReport::default();
+        for (op, mem) in ops {
+            match self.execute(op, mem) {
+                Ok(r) => out.reports.push(r),
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     /// Predicted nanoseconds to bring the op's inputs that this device holds no current copy
     /// of into its memory. 0 where ops read host memory directly (the CPU).
-    fn upload_ns(&self, _op: &OpDesc, _mem: &OpMemory) -> f64 {
+    fn upload_ns(&self, op: &OpDesc, mem: &OpMemory) -> f64 {
+        op.inputs.iter().flatten().map(|v| self.input_upload_ns(v, mem)).sum()
+    }
+
+    /// Predicted nanoseconds to bring one input view into this device's memory (0 when it
+    /// holds a current copy, or reads host memory directly).
+    fn input_upload_ns(&self, _view: &TensorView, _mem: &OpMemory) -> f64 {
         0.0
+    }
+
+    /// Compiles what the device's ops will need (pipelines, kernels) ahead of use, on a
+    /// background thread, so no op pays for it; stops early once `stop` is set. Returns how
+    /// many were made.
+    fn prepare_kernels(&self, _stop: &std::sync::atomic::AtomicBool) -> usize {
+        0
+    }
+
+    /// Rate at which data crosses between host memory and this device's memory, GB/s; None
+    /// where the device works on host memory itself (CPU, simulated NPU, an APU's NPU).
+    fn link_gbs(&self) -> Option<f64> {
+        None
     }
 
     /// The thread pool this device's ops run on, where it has one: the device's first worker
@@ -190,8 +238,20 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
         (**self).execute(op, mem)
     }
+    fn execute_segment(&self, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
+        (**self).execute_segment(ops)
+    }
     fn upload_ns(&self, op: &OpDesc, mem: &OpMemory) -> f64 {
         (**self).upload_ns(op, mem)
+    }
+    fn input_upload_ns(&self, view: &TensorView, mem: &OpMemory) -> f64 {
+        (**self).input_upload_ns(view, mem)
+    }
+    fn link_gbs(&self) -> Option<f64> {
+        (**self).link_gbs()
+    }
+    fn prepare_kernels(&self, stop: &std::sync::atomic::AtomicBool) -> usize {
+        (**self).prepare_kernels(stop)
     }
     fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
         (**self).host_pool()

@@ -47,6 +47,9 @@ pub struct Device {
     pub backend: Box<dyn Backend>,
     pub model: DeviceModel,
     pub load: DeviceLoad,
+    /// Being measured (see `calibrate.rs`): left out wherever another device can take the op,
+    /// so the user's work is never the experiment.
+    pub calibrating: AtomicBool,
 }
 
 impl Device {
@@ -58,7 +61,13 @@ impl Device {
             DeviceKind::Npu | DeviceKind::SimulatedNpu => DeviceClass::Npu,
         };
         let model = DeviceModel::new(&info);
-        Device { index, class, info, backend, model, load: DeviceLoad::default() }
+        Device { index, class, info, backend, model, load: DeviceLoad::default(), calibrating: AtomicBool::new(false) }
+    }
+
+    /// Whether the device is measured before use: it has its own memory (a link to cross)
+    /// and no measured starting point yet.
+    pub fn needs_calibration(&self) -> bool {
+        self.info.available && !self.is_host() && self.backend.link_gbs().is_some() && !self.model.is_calibrated()
     }
 
     /// Host devices run ops on host memory directly (no transfers, can run inline).

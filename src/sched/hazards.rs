@@ -29,12 +29,13 @@ fn covers(outer: &Access, inner: &Access) -> bool {
 }
 
 impl HazardTracker {
-    /// Records the task's accesses and links it behind every conflicting unfinished task.
-    /// Returns how many tasks it waits for (also stored in `task.pending`).
+    /// Records the task's accesses and links it behind every conflicting unfinished task,
+    /// except members of its own segment (a segment runs its ops in order). Returns how many
+    /// tasks it waits for (also stored in `task.pending`).
     pub fn register(&mut self, task: &Arc<Task>) -> usize {
         let mut waits_for: Vec<Arc<Task>> = Vec::new();
         let mut wait = |other: &Arc<Task>| {
-            if other.id != task.id && !waits_for.iter().any(|t| t.id == other.id) {
+            if other.id != task.id && !task.same_segment(other) && !waits_for.iter().any(|t| t.id == other.id) {
                 waits_for.push(Arc::clone(other));
             }
         };

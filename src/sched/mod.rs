@@ -3,10 +3,13 @@
 //! expected completion by default), splits matmuls where the policy says so, runs ops as
 //! soon as their inputs are ready and falls back to the next device when one fails.
 
+mod calibrate;
 pub mod device;
 mod fasthash;
 mod hazards;
 pub mod perf_model;
+mod segment;
+mod segment_exec;
 pub mod split;
 mod task;
 pub mod thermal;
@@ -22,6 +25,8 @@ use crate::policy::{CompiledPolicy, Decision, OpQuery, Strategy};
 use crate::trace::Trace;
 use crossbeam_channel::{Receiver, Sender};
 use hazards::HazardTracker;
+use segment::SegmentRun;
+use task::Placement;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::json;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -135,10 +140,16 @@ impl Job {
     }
 }
 
+/// What a device worker runs: one op (or part), or a segment of a graph.
+enum Work {
+    Op(Job),
+    Segment(Arc<SegmentRun>),
+}
+
 pub struct Scheduler {
     pub devices: Vec<Device>,
     /// Cleared at shutdown, which disconnects the workers' channels.
-    queues: RwLock<Vec<Sender<Job>>>,
+    queues: RwLock<Vec<Sender<Work>>>,
     hazards: Mutex<HazardTracker>,
     pub trace: Trace,
     pub counters: Counters,
@@ -147,6 +158,9 @@ pub struct Scheduler {
     drained: Condvar,
     next_task: AtomicU64,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Calibration threads (joined at shutdown) and the flag that stops them early.
+    calibrations: Mutex<Vec<JoinHandle<()>>>,
+    stop_calibration: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Scheduler {
@@ -156,7 +170,7 @@ impl Scheduler {
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         for _ in &devices {
-            let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+            let (tx, rx) = crossbeam_channel::unbounded::<Work>();
             senders.push(tx);
             receivers.push(rx);
         }
@@ -170,12 +184,14 @@ impl Scheduler {
             drained: Condvar::new(),
             next_task: AtomicU64::new(1),
             workers: Mutex::new(Vec::new()),
+            calibrations: Mutex::new(Vec::new()),
+            stop_calibration: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         let mut workers = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {
             let n = in_flight.get(i).copied().unwrap_or(1).max(1);
             for w in 0..n {
-                let rx: Receiver<Job> = rx.clone();
+                let rx: Receiver<Work> = rx.clone();
                 let weak = Arc::downgrade(&sched);
                 let name = format!("nh-dev{i}-{w}");
                 // Only the first worker moves into the pool, so other threads can still use it.
@@ -185,9 +201,12 @@ impl Scheduler {
                     .spawn(move || {
                         let serve = move || {
                             LOCAL_JOB.with(|slot| slot.borrow_mut().device = Some(i));
-                            while let Ok(job) = rx.recv() {
+                            while let Ok(work) = rx.recv() {
                                 let Some(s) = weak.upgrade() else { break };
-                                s.run_job(job);
+                                match work {
+                                    Work::Op(job) => s.run_job(job),
+                                    Work::Segment(seg) => s.run_segment(seg),
+                                }
                                 // A dependent this job released for this same device runs
                                 // next on this thread: no hand-off, no wake-up.
                                 s.run_local_jobs();
@@ -238,12 +257,20 @@ impl Scheduler {
                 chunk
             };
             self.counters.submitted.fetch_add(admitted.len() as u64, Ordering::Relaxed);
+            let tasks: Vec<Arc<Task>> = admitted
+                .into_iter()
+                .map(|(op, mem, event)| {
+                    let id = self.next_task.fetch_add(1, Ordering::Relaxed);
+                    Arc::new(Task::new(id, op, mem, event, Arc::clone(&policy)))
+                })
+                .collect();
+            if tasks.len() > 1 {
+                self.place_graph(&tasks);
+            }
             let mut ready = Vec::new();
             {
                 let mut hazards = self.hazards.lock();
-                for (op, mem, event) in admitted {
-                    let id = self.next_task.fetch_add(1, Ordering::Relaxed);
-                    let task = Arc::new(Task::new(id, op, mem, event, Arc::clone(&policy)));
+                for task in tasks {
                     if hazards.register(&task) == 0 {
                         ready.push(task);
                     }
@@ -277,8 +304,66 @@ impl Scheduler {
         self.hazards.lock().pending_on(buffer)
     }
 
+    /// Measures, on a background thread each, the devices that need it (see `calibrate.rs`).
+    /// A device measured earlier in this process is not measured again.
+    pub fn start_calibration(self: &Arc<Self>) {
+        for device in self.devices.iter().filter(|d| d.needs_calibration()) {
+            if let Some(p) = calibrate::measured_in_this_process(&device.model) {
+                device.model.calibrate(p);
+                continue;
+            }
+            device.calibrating.store(true, Ordering::Relaxed);
+            let weak = Arc::downgrade(self);
+            let stop = Arc::clone(&self.stop_calibration);
+            let index = device.index;
+            let spawned = std::thread::Builder::new().name(format!("nh-calibrate-{index}")).spawn(move || {
+                let Some(s) = weak.upgrade() else { return };
+                let d = &s.devices[index];
+                match calibrate::calibrate(&*d.backend, &stop) {
+                    Ok(c) => {
+                        d.model.calibrate(c.priors);
+                        calibrate::remember(&d.model);
+                        s.trace.instant(Some(index), "calibrated", || {
+                            json!({"took_ms": c.took.as_secs_f64() * 1e3, "setup_ms": c.setup.as_secs_f64() * 1e3})
+                        });
+                        log::info!(
+                            "calibrated {} in {:.0} ms ({:.0} ms of it compiling): launch {:.1} us, {:.2} us per \
+                             batched op, {:.1} GFLOP/s f32 matmul, {:.1} GB/s",
+                            d.info.name,
+                            c.took.as_secs_f64() * 1e3,
+                            c.setup.as_secs_f64() * 1e3,
+                            c.priors.launch_ns / 1e3,
+                            c.priors.op_ns / 1e3,
+                            c.priors.peak_gflops,
+                            c.priors.bandwidth_gbs
+                        );
+                    }
+                    Err(e) => log::info!("{} was not calibrated ({e}); its declared figures stand", d.info.name),
+                }
+                d.calibrating.store(false, Ordering::Relaxed);
+                if !stop.load(Ordering::Relaxed) {
+                    let made = d.backend.prepare_kernels(&stop);
+                    log::debug!("{}: {made} kernels prepared ahead of use", d.info.name);
+                }
+            });
+            match spawned {
+                Ok(handle) => self.calibrations.lock().push(handle),
+                Err(_) => device.calibrating.store(false, Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// Blocks until every calibration started by `start_calibration` has ended.
+    pub fn wait_calibrated(&self) {
+        for handle in std::mem::take(&mut *self.calibrations.lock()) {
+            let _ = handle.join();
+        }
+    }
+
     /// Stops the workers after draining. Called once, when the runtime is destroyed.
     pub fn shutdown(&self) {
+        self.stop_calibration.store(true, Ordering::Relaxed);
+        self.wait_calibrated();
         self.drain();
         self.queues.write().clear();
         for worker in std::mem::take(&mut *self.workers.lock()) {
@@ -295,9 +380,26 @@ impl Scheduler {
     /// `from_submitter`: called on the caller's thread (not from a completing op), where a
     /// tiny host op may run inline without growing the stack along a dependency chain.
     fn dispatch(self: &Arc<Self>, task: Arc<Task>, from_submitter: bool) {
+        if let Some(seg) = task.segment() {
+            // The segment checks its members' failed inputs when it runs.
+            if seg.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let seg = Arc::clone(seg);
+                self.enqueue_segment(seg);
+            }
+            return;
+        }
         if let Some(err) = task.failed_input.lock().take() {
             self.finish_part(&task, Err(err), &EventInfo::default());
             return;
+        }
+        if let Some(&Placement::Device(d)) = task.placement.get() {
+            let device = &self.devices[d];
+            if self.usable(device, &task.op, Instant::now()) {
+                let expected = self.expected_ns(device, &task.op, &task.mem);
+                let op = Arc::clone(&task.op);
+                self.enqueue(Job::first(task, op, d, expected), from_submitter);
+                return;
+            }
         }
         let decision = task.policy.decide(&Self::query(&task.op));
         if let Some(parts) = self.plan_split(&task.op, &task.mem, &decision) {
@@ -354,6 +456,30 @@ impl Scheduler {
         decision: &Decision,
         tried: u64,
     ) -> Option<(usize, Expected)> {
+        let mut candidates = self.candidates(op, decision, tried);
+        // Thermal load shifting sends a fraction of a hot device's ops to the others.
+        if candidates.len() > 1 {
+            if let Some(pos) = candidates.iter().position(|d| d.shifted_away()) {
+                let d = candidates.remove(pos);
+                self.trace.instant(Some(d.index), "thermal shift", || json!({"op": op.kind.name()}));
+            }
+        }
+        let with_cost = |d: &Device| (d.index, self.expected_ns(d, op, mem));
+        match decision.strategy {
+            Strategy::FirstAvailable => candidates.first().map(|d| with_cost(d)),
+            Strategy::LeastLoaded => {
+                candidates.iter().min_by_key(|d| d.load.queued.load(Ordering::Relaxed)).map(|d| with_cost(d))
+            }
+            // The estimate that picked the device is the one its job carries.
+            Strategy::EarliestCompletion => {
+                candidates.iter().map(|d| with_cost(d)).min_by(|a, b| a.1.completion.total_cmp(&b.1.completion))
+            }
+        }
+    }
+
+    /// The devices that may take `op` now, in the rule's order, skipping devices in `tried`;
+    /// when none of the rule's can, any device that can run it, CPU first (nothing is lost).
+    fn candidates(&self, op: &OpDesc, decision: &Decision, tried: u64) -> Vec<&Device> {
         let now = Instant::now();
         let mut candidates: Vec<&Device> = Vec::with_capacity(self.devices.len());
         for class in decision.candidates {
@@ -363,12 +489,9 @@ impl Scheduler {
                 }
             }
         }
-        // Thermal load shifting sends a fraction of a hot device's ops to the others.
-        if candidates.len() > 1 {
-            if let Some(pos) = candidates.iter().position(|d| d.shifted_away()) {
-                let d = candidates.remove(pos);
-                self.trace.instant(Some(d.index), "thermal shift", || json!({"op": op.kind.name()}));
-            }
+        // A device being calibrated takes no work another device can do.
+        if candidates.iter().any(|d| !d.calibrating.load(Ordering::Relaxed)) {
+            candidates.retain(|d| !d.calibrating.load(Ordering::Relaxed));
         }
         if candidates.is_empty() {
             // Backstop outside the rule's list: any device that can run it, CPU first.
@@ -387,18 +510,7 @@ impl Scheduler {
                 candidates.push(d);
             }
         }
-        let with_cost = |d: &Device| (d.index, self.expected_ns(d, op, mem));
-        match decision.strategy {
-            Strategy::FirstAvailable => candidates.first().map(|d| with_cost(d)),
-            Strategy::LeastLoaded => {
-                candidates.iter().min_by_key(|d| d.load.queued.load(Ordering::Relaxed)).map(|d| with_cost(d))
-            }
-            // The estimate that picked the device is the one its job carries.
-            Strategy::EarliestCompletion => candidates
-                .iter()
-                .map(|d| with_cost(d))
-                .min_by(|a, b| a.1.completion.total_cmp(&b.1.completion)),
-        }
+        candidates
     }
 
     /// Parts of a split matmul, one per usable device of the split's classes, sized by the
@@ -460,10 +572,10 @@ impl Scheduler {
             Some(job) => job,
         };
         let sent = match self.queues.read().get(device.index) {
-            Some(queue) => queue.send(job).map_err(|e| e.into_inner()),
-            None => Err(job),
+            Some(queue) => queue.send(Work::Op(job)).map_err(|e| e.into_inner()),
+            None => Err(Work::Op(job)),
         };
-        if let Err(job) = sent {
+        if let Err(Work::Op(job)) = sent {
             // Only possible while shutting down: complete the op with an error, never drop it.
             self.release_load(&job);
             self.finish_part(
@@ -508,7 +620,9 @@ impl Scheduler {
                 // the caller waits for; a GPU timestamp alone would make small ops look free.
                 // Uploads are predicted apart (they happen once per buffer version), so
                 // their estimate is taken out, never below a tenth of the wall time.
-                let run_ns = (elapsed as f64 - job.upload_ns).max(elapsed as f64 / 10.0);
+                // Set-up (pipeline compilation) is not run time either.
+                let worked = elapsed.saturating_sub(report.setup_ns) as f64;
+                let run_ns = (worked - job.upload_ns).max(worked / 10.0);
                 device.model.record(&job.op, run_ns);
                 self.trace.slice(
                     device.index,
@@ -545,28 +659,7 @@ impl Scheduler {
         let device = &self.devices[job.device];
         let decision = job.task.policy.decide(&Self::query(&job.task.op));
         let fallback = decision.fallback;
-        device.load.failures.fetch_add(1, Ordering::Relaxed);
-        let streak = device.load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let lost = matches!(err, Error::DeviceLost(_));
-        let degrade = lost || streak >= fallback.degrade_after.max(1);
-        if degrade {
-            let mut until = device.load.degraded_until.lock();
-            if until.is_none() {
-                log::warn!(
-                    "device {} ({}) degraded for {:?}: {err}",
-                    device.index,
-                    device.info.name,
-                    fallback.degrade_for
-                );
-                self.trace.instant(Some(device.index), "degraded", || json!({"error": err.to_string()}));
-            }
-            *until = Some(Instant::now() + fallback.degrade_for);
-        }
-        self.trace.instant(
-            Some(device.index),
-            "fault",
-            || json!({"op": job.op.kind.name(), "error": err.to_string()}),
-        );
+        let degrade = self.record_fault(device, &job.op, &err, fallback);
         if !degrade && job.attempts_here < fallback.retries {
             job.attempts_here += 1;
             self.enqueue(job, false);
@@ -595,6 +688,30 @@ impl Scheduler {
                 self.finish_part(&job.task, Err(err), &info);
             }
         }
+    }
+
+    /// Counts a device fault, degrades the device when the policy says so, traces it.
+    /// Returns whether the device is now degraded.
+    fn record_fault(&self, device: &Device, op: &OpDesc, err: &Error, fallback: &crate::policy::FallbackSpec) -> bool {
+        device.load.failures.fetch_add(1, Ordering::Relaxed);
+        let streak = device.load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let lost = matches!(err, Error::DeviceLost(_));
+        let degrade = lost || streak >= fallback.degrade_after.max(1);
+        if degrade {
+            let mut until = device.load.degraded_until.lock();
+            if until.is_none() {
+                log::warn!(
+                    "device {} ({}) degraded for {:?}: {err}",
+                    device.index,
+                    device.info.name,
+                    fallback.degrade_for
+                );
+                self.trace.instant(Some(device.index), "degraded", || json!({"error": err.to_string()}));
+            }
+            *until = Some(Instant::now() + fallback.degrade_for);
+        }
+        self.trace.instant(Some(device.index), "fault", || json!({"op": op.kind.name(), "error": err.to_string()}));
+        degrade
     }
 
     /// Completes one part of a task; the last part retires it and releases its dependents.

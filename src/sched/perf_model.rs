@@ -1,6 +1,11 @@
 //! Predicted run time per (device, op kind, dtype, size bucket). Starts from each device's
-//! declared peak and launch latency, then follows measured history (exponentially weighted),
-//! and is saved between runs so a second run starts calibrated.
+//! declared peak and launch latency, replaced by a short calibration where the device has
+//! one, then follows measured history (exponentially weighted, outliers damped), and is
+//! saved between runs, keyed by device identity, so a second run starts where the first
+//! ended.
+//!
+//! Times are kept as a device's time for an op inside a segment (`run_ns`); a lone op pays
+//! the device's launch (a submission and its wait) on top (`predict_ns`).
 
 use super::fasthash::FastMap;
 use crate::backend::{DeviceInfo, DeviceKind};
@@ -11,6 +16,12 @@ use std::path::{Path, PathBuf};
 
 /// Weight of a new measurement.
 const EWMA_ALPHA: f64 = 0.3;
+/// Weight of a measurement far above the estimate (a first run, a preempted run).
+const OUTLIER_ALPHA: f64 = 0.05;
+/// A measurement this many times the estimate counts as an outlier once the entry has
+/// enough samples to trust.
+const OUTLIER_FACTOR: f64 = 4.0;
+const TRUSTED_SAMPLES: u64 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Key {
@@ -27,18 +38,31 @@ struct Entry {
     samples: u64,
 }
 
+/// A device's starting point: declared by its backend, or measured by calibration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Priors {
+    /// One submission and its wait (a lone op's fixed cost).
+    pub launch_ns: f64,
+    /// Fixed cost of one more op inside a submission.
+    pub op_ns: f64,
+    pub peak_gflops: f64,
+    pub bandwidth_gbs: f64,
+}
+
 /// The model of one device.
 pub struct DeviceModel {
-    name: String,
-    launch_ns: f64,
-    peak_gflops: f64,
-    bandwidth_gbs: f64,
+    /// Device identity (name and driver): history of another driver is not this device's.
+    identity: String,
+    priors: RwLock<Priors>,
+    calibrated: std::sync::atomic::AtomicBool,
     entries: RwLock<FastMap<Key, Entry>>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Saved {
     device: String,
+    #[serde(default)]
+    calibration: Option<Priors>,
     entries: Vec<(Key, Entry)>,
 }
 
@@ -67,19 +91,53 @@ fn default_launch_ns(kind: DeviceKind) -> f64 {
 
 impl DeviceModel {
     pub fn new(info: &DeviceInfo) -> DeviceModel {
+        let launch = default_launch_ns(info.kind);
         DeviceModel {
-            name: info.name.clone(),
-            launch_ns: default_launch_ns(info.kind),
-            peak_gflops: info.peak_gflops.max(0.1),
-            bandwidth_gbs: info.bandwidth_gbs.max(0.1),
+            identity: format!("{} {}", info.name, info.driver).trim().to_string(),
+            priors: RwLock::new(Priors {
+                launch_ns: launch,
+                op_ns: launch / 10.0,
+                peak_gflops: info.peak_gflops.max(0.1),
+                bandwidth_gbs: info.bandwidth_gbs.max(0.1),
+            }),
+            calibrated: std::sync::atomic::AtomicBool::new(false),
             entries: RwLock::new(FastMap::default()),
         }
     }
 
-    /// Predicted nanoseconds to run `op` on this device (transfers excluded): its size
-    /// bucket's history, else that of the nearest bucket within a factor of 4 of work (a split
-    /// asks about the whole op when only its parts have run), else the declared peak.
+    /// Replaces the declared starting point with measured figures.
+    pub fn calibrate(&self, measured: Priors) {
+        *self.priors.write() = measured;
+        self.calibrated.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the starting point was measured (now or in an earlier run).
+    pub fn is_calibrated(&self) -> bool {
+        self.calibrated.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn priors(&self) -> Priors {
+        *self.priors.read()
+    }
+
+    /// One submission and its wait: what a lone op pays on top of `run_ns`.
+    pub fn launch_ns(&self) -> f64 {
+        self.priors.read().launch_ns
+    }
+
+    /// Predicted nanoseconds for `op` alone (a submission of its own), transfers excluded.
     pub fn predict_ns(&self, op: &OpDesc) -> f64 {
+        self.launch_ns() + self.run_ns(op)
+    }
+
+    /// Predicted nanoseconds for `op` inside a segment (transfers excluded): its size
+    /// bucket's history, else that of the nearest bucket within a factor of 4 of work (a split
+    /// asks about the whole op when only its parts have run), else the starting point.
+    pub fn run_ns(&self, op: &OpDesc) -> f64 {
         let units = work_units(op);
         let at = key(op);
         let entries = self.entries.read();
@@ -94,24 +152,36 @@ impl DeviceModel {
     }
 
     fn prior_ns(&self, op: &OpDesc) -> f64 {
+        let p = self.priors();
         let bytes = op.views().map(|v| v.bytes()).sum::<usize>() as f64;
         let peak = match op.dtype() {
-            DType::F16 | DType::BF16 => self.peak_gflops * 2.0,
-            _ => self.peak_gflops,
+            DType::F16 | DType::BF16 => p.peak_gflops * 2.0,
+            _ => p.peak_gflops,
         };
         let compute_ns = op.flops() / peak;
-        let memory_ns = bytes / self.bandwidth_gbs;
-        self.launch_ns + compute_ns.max(memory_ns)
+        let memory_ns = bytes / p.bandwidth_gbs;
+        p.op_ns + compute_ns.max(memory_ns)
     }
 
-    /// Folds a measured run time into the model.
+    /// Folds the measured time of a lone op (set-up such as compilation already taken out)
+    /// into the model: its launch is taken out, never below a tenth of the time.
     pub fn record(&self, op: &OpDesc, measured_ns: f64) {
+        let run = (measured_ns - self.launch_ns()).max(measured_ns / 10.0);
+        self.record_in_segment(op, run);
+    }
+
+    /// Folds the measured time of an op inside a segment into the model. A time far above
+    /// a trusted estimate moves it only a little: one preempted run must not send the
+    /// device's work elsewhere for the rest of the session.
+    pub fn record_in_segment(&self, op: &OpDesc, measured_ns: f64) {
         let units = work_units(op);
         let observed = measured_ns.max(1.0) / units;
         let mut entries = self.entries.write();
         let e = entries.entry(key(op)).or_insert(Entry { ns_per_unit: observed, samples: 0 });
         if e.samples > 0 {
-            e.ns_per_unit = (1.0 - EWMA_ALPHA) * e.ns_per_unit + EWMA_ALPHA * observed;
+            let outlier = e.samples >= TRUSTED_SAMPLES && observed > OUTLIER_FACTOR * e.ns_per_unit;
+            let alpha = if outlier { OUTLIER_ALPHA } else { EWMA_ALPHA };
+            e.ns_per_unit = (1.0 - alpha) * e.ns_per_unit + alpha * observed;
         }
         e.samples += 1;
     }
@@ -120,16 +190,19 @@ impl DeviceModel {
         self.entries.read().values().map(|e| e.samples).sum()
     }
 
-    fn file_name(&self) -> String {
-        let safe: String =
-            self.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    /// The history file's name: the device identity, made safe for a file name.
+    pub fn file_name(&self) -> String {
+        let mut safe: String =
+            self.identity.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        safe.truncate(120);
         format!("perf-{safe}.json")
     }
 
     pub fn save(&self, dir: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let saved = Saved {
-            device: self.name.clone(),
+            device: self.identity.clone(),
+            calibration: self.is_calibrated().then(|| self.priors()),
             entries: self.entries.read().iter().map(|(k, v)| (*k, *v)).collect(),
         };
         let path = dir.join(self.file_name());
@@ -143,7 +216,12 @@ impl DeviceModel {
     pub fn load(&self, dir: &Path) -> bool {
         let Ok(bytes) = std::fs::read(dir.join(self.file_name())) else { return false };
         match serde_json::from_slice::<Saved>(&bytes) {
-            Ok(saved) if saved.device == self.name => {
+            Ok(saved) if saved.device == self.identity => {
+                if let Some(p) = saved.calibration.filter(|p| {
+                    [p.launch_ns, p.op_ns, p.peak_gflops, p.bandwidth_gbs].iter().all(|x| x.is_finite() && *x > 0.0)
+                }) {
+                    self.calibrate(p);
+                }
                 let mut entries = self.entries.write();
                 for (k, v) in saved.entries {
                     if v.ns_per_unit.is_finite() && v.ns_per_unit > 0.0 {
@@ -153,7 +231,7 @@ impl DeviceModel {
                 true
             }
             _ => {
-                log::warn!("ignoring unreadable performance history for {}", self.name);
+                log::warn!("ignoring unreadable performance history for {}", self.identity);
                 false
             }
         }
@@ -186,13 +264,64 @@ mod tests {
         let prior_64 = model.predict_ns(&matmul(64));
         // Measured: 1 ns per flop at m = 128, far from the declared peak.
         let flops_128 = matmul(128).flops();
-        model.record(&matmul(128), flops_128);
-        assert_eq!(model.predict_ns(&matmul(128)), flops_128);
+        model.record_in_segment(&matmul(128), flops_128);
+        assert_eq!(model.run_ns(&matmul(128)), flops_128);
+        // A lone op pays the launch on top.
+        assert_eq!(model.predict_ns(&matmul(128)), flops_128 + model.launch_ns());
         // m = 256 and m = 32 are one and two buckets away: same cost per flop.
-        assert_eq!(model.predict_ns(&matmul(256)), matmul(256).flops());
-        assert_eq!(model.predict_ns(&matmul(32)), matmul(32).flops());
+        assert_eq!(model.run_ns(&matmul(256)), matmul(256).flops());
+        assert_eq!(model.run_ns(&matmul(32)), matmul(32).flops());
         // m = 8 is four buckets away: the declared peak still decides.
-        assert_ne!(model.predict_ns(&matmul(8)), matmul(8).flops());
+        assert_ne!(model.run_ns(&matmul(8)), matmul(8).flops());
         assert!(model.predict_ns(&matmul(64)) > prior_64, "the measured cost replaced the prior");
+    }
+
+    #[test]
+    fn a_lone_op_is_learned_without_its_launch() {
+        let cpu = crate::backend::cpu::CpuBackend::new(1).unwrap();
+        let model = DeviceModel::new(cpu.info());
+        let launch = model.launch_ns();
+        model.record(&matmul(128), launch + 1e6);
+        assert_eq!(model.run_ns(&matmul(128)), 1e6);
+        assert_eq!(model.predict_ns(&matmul(128)), launch + 1e6);
+    }
+
+    #[test]
+    fn one_slow_run_does_not_poison_a_trusted_estimate() {
+        let cpu = crate::backend::cpu::CpuBackend::new(1).unwrap();
+        let model = DeviceModel::new(cpu.info());
+        for _ in 0..TRUSTED_SAMPLES {
+            model.record_in_segment(&matmul(128), 1e6);
+        }
+        // A preempted run, 50 times slower: the estimate moves by a few percent at most.
+        model.record_in_segment(&matmul(128), 5e7);
+        let after = model.run_ns(&matmul(128));
+        assert!(after < 1e6 * 3.5, "{after}");
+        // A new entry's first samples are not outliers: the estimate follows them.
+        let model = DeviceModel::new(cpu.info());
+        model.record_in_segment(&matmul(128), 1e6);
+        model.record_in_segment(&matmul(128), 5e7);
+        assert!(model.run_ns(&matmul(128)) > 1e7);
+    }
+
+    #[test]
+    fn calibration_replaces_the_declared_figures_and_is_saved_with_the_history() {
+        let cpu = crate::backend::cpu::CpuBackend::new(1).unwrap();
+        let model = DeviceModel::new(cpu.info());
+        let declared = model.run_ns(&matmul(128));
+        let measured = Priors { launch_ns: 50_000.0, op_ns: 3_000.0, peak_gflops: 1.0, bandwidth_gbs: 2.0 };
+        assert!(!model.is_calibrated());
+        model.calibrate(measured);
+        assert!(model.is_calibrated());
+        // 1 GFLOP/s: 1 ns per flop, plus the per-op cost.
+        assert_eq!(model.run_ns(&matmul(128)), matmul(128).flops() + 3_000.0);
+        assert_ne!(model.run_ns(&matmul(128)), declared);
+        let dir = tempfile::tempdir().unwrap();
+        let path = model.save(dir.path()).unwrap();
+        assert!(path.file_name().unwrap().to_string_lossy().starts_with("perf-"));
+        let again = DeviceModel::new(cpu.info());
+        assert!(again.load(dir.path()));
+        assert!(again.is_calibrated());
+        assert_eq!(again.priors(), measured);
     }
 }

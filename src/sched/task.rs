@@ -6,8 +6,9 @@ use crate::memory::BufferId;
 use crate::op::OpDesc;
 use crate::policy::CompiledPolicy;
 use parking_lot::Mutex;
+use super::segment::SegmentRun;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One byte range of one buffer that a task reads or writes.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +48,30 @@ pub struct Task {
     /// The first error of any of its parts. Kept here, not read back from the event, which a
     /// graph's ops share.
     pub error: Mutex<Option<crate::error::Error>>,
+    /// Where the graph's placement put it (unset: chosen when it is dispatched).
+    pub placement: OnceLock<Placement>,
+}
+
+/// A graph op's place from the whole-graph plan (see `segment.rs`).
+pub enum Placement {
+    /// Runs on this device (per op), where it is still usable.
+    Device(usize),
+    /// Runs as part of a segment.
+    Segment(Arc<SegmentRun>),
+}
+
+impl Task {
+    pub fn segment(&self) -> Option<&Arc<SegmentRun>> {
+        match self.placement.get() {
+            Some(Placement::Segment(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether this task and `other` are members of the same segment.
+    pub fn same_segment(&self, other: &Task) -> bool {
+        matches!((self.segment(), other.segment()), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
+    }
 }
 
 impl Task {
@@ -70,6 +95,7 @@ impl Task {
             parts_left: AtomicU32::new(1),
             failed_input: Mutex::new(None),
             error: Mutex::new(None),
+            placement: OnceLock::new(),
         }
     }
 }

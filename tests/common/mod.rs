@@ -101,6 +101,9 @@ pub fn config() -> RuntimeConfig {
         thermal_period: None,
         telemetry_period: None,
         threads: 2,
+        // Placement in these tests follows the declared figures; tests/segments.rs covers
+        // calibration.
+        calibrate: false,
         ..Default::default()
     }
 }

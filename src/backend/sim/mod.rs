@@ -290,7 +290,7 @@ impl Backend for SimNpu {
         if !self.cfg.virtual_time {
             self.wait_until(slot.start + slot.duration);
         }
-        Ok(ExecReport { device_ns: Some(slot.duration.as_nanos() as u64) })
+        Ok(ExecReport { device_ns: Some(slot.duration.as_nanos() as u64), ..Default::default() })
     }
 
     fn readings(&self) -> DeviceReadings {

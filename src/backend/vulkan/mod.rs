@@ -14,9 +14,9 @@ mod pipelines;
 mod residency;
 mod submit;
 
-use crate::backend::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory};
+use crate::backend::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory, SegmentReport};
 use crate::error::{Error, Result};
-use crate::op::{DType, OpDesc, OpKind};
+use crate::op::{DType, OpDesc, OpKind, TensorView};
 use ash::vk;
 use context::{heaps, version_string, Capabilities, Context, Instance};
 use parking_lot::Mutex;
@@ -110,15 +110,11 @@ impl VulkanBackend {
     /// buffer, barriers between ops); one report per op. Inputs that are exactly the output
     /// of an earlier op of the batch are read on the device without a round trip.
     pub fn execute_batch(&self, ops: &[(&OpDesc, &OpMemory)]) -> Result<Vec<ExecReport>> {
-        for (op, _) in ops {
-            if !self.supports(op) {
-                return Err(Error::Unsupported(format!(
-                    "{}: {} with these dtypes or sizes",
-                    self.info.name, op.kind
-                )));
-            }
+        let report = self.execute_segment(ops);
+        match report.error {
+            Some(e) => Err(e),
+            None => Ok(report.reports),
         }
-        self.state.lock().run(self.features, ops)
     }
 
     /// Whether f16 matmuls run on the cooperative-matrix (tensor core) shader.
@@ -165,20 +161,48 @@ impl Backend for VulkanBackend {
         Ok(reports[0])
     }
 
-    fn upload_ns(&self, op: &OpDesc, mem: &OpMemory) -> f64 {
-        let missing: usize = op
-            .inputs
-            .iter()
-            .flatten()
-            .filter(|v| {
-                // Imported memory is uploaded every time (submit.rs).
-                mem.buffer(v.buffer).map_or(true, |b| {
-                    b.is_imported() || !self.resident.is_current(&residency::ReplicaKey::of(v), b.version())
-                })
-            })
-            .map(|v| v.bytes())
-            .sum();
-        missing as f64 / self.upload_gbs
+    fn execute_segment(&self, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
+        // Ops this device cannot run end the segment before it, so what precedes still runs.
+        let runnable = ops.iter().position(|(op, _)| !self.supports(op)).unwrap_or(ops.len());
+        let mut report = self.state.lock().run(self.features, &ops[..runnable]);
+        if report.error.is_none() && runnable < ops.len() {
+            let op = ops[runnable].0;
+            report.error = Some(Error::Unsupported(format!(
+                "{}: {} with these dtypes or sizes",
+                self.info.name, op.kind
+            )));
+        }
+        report
+    }
+
+    fn input_upload_ns(&self, v: &TensorView, mem: &OpMemory) -> f64 {
+        // Imported memory is uploaded every time (submit.rs).
+        let current = mem.buffer(v.buffer).is_ok_and(|b| {
+            !b.is_imported() && self.resident.is_current(&residency::ReplicaKey::of(v), b.version())
+        });
+        if current {
+            0.0
+        } else {
+            v.bytes() as f64 / self.upload_gbs
+        }
+    }
+
+    fn prepare_kernels(&self, stop: &std::sync::atomic::AtomicBool) -> usize {
+        // On a CPU implementation (lavapipe) compiling every variant would take the cores the
+        // work runs on for many seconds: there they are compiled on first use (and cached).
+        if self.ctx.caps.device_type == vk::PhysicalDeviceType::CPU {
+            return 0;
+        }
+        // One at a time, so ops submitted meanwhile wait for one pipeline at most.
+        pipelines::Pipelines::variants()
+            .take_while(|_| !stop.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|name| self.state.lock().pipelines.warm(name).unwrap_or(false))
+            .count()
+    }
+
+    fn link_gbs(&self) -> Option<f64> {
+        // Replicas are copies even where memory is shared (packing into device buffers).
+        Some(self.upload_gbs)
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Pipelines {
     cache: vk::PipelineCache,
     cache_file: Option<PathBuf>,
     pipelines: HashMap<&'static str, vk::Pipeline>,
+    /// A pipeline was created since the last `take_created`.
+    created: bool,
 }
 
 /// `$NPUHYBRID_CACHE_DIR`, else `$XDG_CACHE_HOME/npuhybrid`, else `~/.cache/npuhybrid`.
@@ -81,7 +83,7 @@ impl Pipelines {
         }
         .or_else(|_| unsafe { d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default(), None) })
         .map_err(|e| vk_err("vkCreatePipelineCache", e))?;
-        Ok(Pipelines { ctx, set_layout, layout, cache, cache_file, pipelines: HashMap::new() })
+        Ok(Pipelines { ctx, set_layout, layout, cache, cache_file, pipelines: HashMap::new(), created: false })
     }
 
     /// The pipeline of a shader variant, created on first use.
@@ -108,7 +110,28 @@ impl Pipelines {
         unsafe { d.destroy_shader_module(module, None) };
         let pipeline = made.map_err(|(_, e)| vk_err(&format!("creating pipeline {name}"), e))?[0];
         self.pipelines.insert(key, pipeline);
+        self.created = true;
         Ok(pipeline)
+    }
+
+    /// Whether `get` created a pipeline since the last call (its time is set-up, not run).
+    pub fn take_created(&mut self) -> bool {
+        std::mem::take(&mut self.created)
+    }
+
+    /// Names of every shader variant (for warming the cache ahead of use).
+    pub fn variants() -> impl Iterator<Item = &'static str> {
+        SHADERS.iter().map(|(name, _)| *name)
+    }
+
+    /// Creates the pipeline of `name` now unless it exists; true when it was created.
+    pub fn warm(&mut self, name: &str) -> Result<bool> {
+        if self.pipelines.contains_key(name) {
+            return Ok(false);
+        }
+        self.get(name)?;
+        self.created = false;
+        Ok(true)
     }
 
     /// Writes the pipeline cache to disk (best effort: a read-only home is not an error).

@@ -10,7 +10,7 @@ use super::ops::{self, Features, Step};
 use super::pack;
 use super::pipelines::{Pipelines, BINDINGS};
 use super::residency::{ReplicaKey, ResidencyCache};
-use crate::backend::{ExecReport, OpMemory};
+use crate::backend::{ExecReport, OpMemory, SegmentReport};
 use crate::error::{Error, Result};
 use crate::op::{OpDesc, OpKind, TensorView};
 use ash::vk;
@@ -209,19 +209,28 @@ impl State {
         self.staging.as_mut().expect("staging heap exists on devices that need it").allocate(bytes)
     }
 
-    /// Runs the ops in order; one report per op.
-    pub fn run(&mut self, features: Features, ops: &[(&OpDesc, &OpMemory)]) -> Result<Vec<ExecReport>> {
+    /// Runs the ops in order, in as few submissions as their overlaps allow; one report per
+    /// op that completed. A failed submission stops the run: ops before it are done and
+    /// written back, it and the ops after it did not write anything to the host.
+    pub fn run(&mut self, features: Features, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
+        let mut out = SegmentReport::default();
         if let Some(why) = &self.lost {
-            return Err(Error::DeviceLost(why.clone()));
+            out.error = Some(Error::DeviceLost(why.clone()));
+            return out;
         }
-        let mut reports = Vec::with_capacity(ops.len());
         let mut start = 0;
         while start < ops.len() {
             let end = segment_end(&ops[start..]) + start;
-            reports.extend(self.run_segment(features, &ops[start..end])?);
+            match self.run_segment(features, &ops[start..end]) {
+                Ok(reports) => out.reports.extend(reports),
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
             start = end;
         }
-        Ok(reports)
+        out
     }
 
     fn run_segment(&mut self, features: Features, ops: &[(&OpDesc, &OpMemory)]) -> Result<Vec<ExecReport>> {
@@ -234,9 +243,13 @@ impl State {
         let mut seg = Segment::default();
         let result = self.prepare(ops, &mut seg).and_then(|_| self.record_and_submit(ops, &steps, &seg));
         match result {
-            Ok(times) => {
-                self.finish(ops, seg, &times)?;
-                Ok(times.into_iter().map(|device_ns| ExecReport { device_ns }).collect())
+            Ok((times, setup)) => {
+                self.finish(ops, seg)?;
+                Ok(times
+                    .into_iter()
+                    .zip(setup)
+                    .map(|(device_ns, setup_ns)| ExecReport { device_ns, setup_ns })
+                    .collect())
             }
             Err(e) => {
                 if matches!(e, Error::DeviceLost(_)) {
@@ -297,13 +310,21 @@ impl State {
                 self.alloc_device(out.bytes() as u64)?
             };
             slots[BINDINGS as usize - 1] = Some(alloc);
-            seg.outputs.push(Output { key: ReplicaKey::of(out), alloc, staging: None });
+            seg.outputs.push(Output { key: ReplicaKey::of(out), alloc, staging: None, written_back: true });
             seg.slots.push(slots);
         }
         self.free_all(stale);
+        // An output that a later op of this submission writes again through the same view
+        // never reaches the host: the host sees the last value, as if the ops ran one by one.
+        for (i, (op, _)) in ops.iter().enumerate() {
+            seg.outputs[i].written_back = !ops[i + 1..].iter().any(|(later, _)| later.output == op.output);
+        }
         // Downloads need staging space on devices without shared memory.
         if self.staging.is_some() {
             for ((op, _), out) in ops.iter().zip(seg.outputs.iter_mut()) {
+                if !out.written_back {
+                    continue;
+                }
                 let s = self.alloc_staging(op.output.bytes() as u64)?;
                 seg.temporary.push(s);
                 out.staging = Some(s);
@@ -340,13 +361,19 @@ impl State {
         ops: &[(&OpDesc, &OpMemory)],
         steps: &[Step],
         seg: &Segment,
-    ) -> Result<Vec<Option<u64>>> {
+    ) -> Result<(Vec<Option<u64>>, Vec<u64>)> {
         let mut pipelines = Vec::with_capacity(steps.len());
-        for s in steps {
+        // Pipeline creation (driver compilation on a cold cache) is set-up, not run time.
+        let mut setup = vec![0u64; steps.len()];
+        for (s, setup) in steps.iter().zip(&mut setup) {
+            let started = std::time::Instant::now();
             pipelines.push(match s {
                 Step::Dispatch { shader, .. } => Some(self.pipelines.get(shader)?),
                 Step::CopyBuffer { .. } => None,
             });
+            if self.pipelines.take_created() {
+                *setup = started.elapsed().as_nanos() as u64;
+            }
         }
         let d = &self.ctx.device;
         let cb = self.cmd;
@@ -466,7 +493,7 @@ impl State {
                 }
             }
             for (i, o) in seg.outputs.iter().enumerate() {
-                if let Some(s) = o.staging {
+                if let (true, Some(s)) = (o.written_back, o.staging) {
                     let region = vk::BufferCopy::default()
                         .src_offset(o.alloc.offset)
                         .dst_offset(s.offset)
@@ -534,18 +561,20 @@ impl State {
                 *t = Some((ticks as f64 * period).round() as u64);
             }
         }
-        Ok(times)
+        Ok((times, setup))
     }
 
     /// Writes outputs back to the host views, records the new replicas, frees the rest.
-    fn finish(&mut self, ops: &[(&OpDesc, &OpMemory)], seg: Segment, _times: &[Option<u64>]) -> Result<()> {
+    fn finish(&mut self, ops: &[(&OpDesc, &OpMemory)], seg: Segment) -> Result<()> {
         let mut release = seg.temporary;
         let mut written = Vec::with_capacity(ops.len());
         for ((op, mem), o) in ops.iter().zip(&seg.outputs) {
             let v = &op.output;
-            let src = o.staging.unwrap_or(o.alloc);
-            let dst = mem.ptr(v)?;
-            unsafe { pack::unpack(v, src.bytes_mut(v.bytes()), dst) };
+            if o.written_back {
+                let src = o.staging.unwrap_or(o.alloc);
+                let dst = mem.ptr(v)?;
+                unsafe { pack::unpack(v, src.bytes_mut(v.bytes()), dst) };
+            }
             let buf = mem.buffer(v.buffer)?;
             buf.touch();
             written.push((o, buf.clone()));
@@ -655,6 +684,8 @@ struct Output {
     key: ReplicaKey,
     alloc: Allocation,
     staging: Option<Allocation>,
+    /// Copied back to the host view (false: a later op of the submission overwrites it).
+    written_back: bool,
 }
 
 struct NewReplica {

@@ -1,0 +1,145 @@
+//! A device's first use: a few measured runs (a lone tiny op, a batch of tiny ops, a
+//! bandwidth-bound op, a matmul) replace the figures its backend declares, so placement is
+//! never decided by a guess (lavapipe declares 50 GFLOP/s and delivers about 1) nor learned
+//! from the user's own work. Pipeline compilation is reported apart and not counted.
+
+use super::perf_model::{DeviceModel, Priors};
+use std::sync::atomic::{AtomicBool, Ordering};
+use crate::backend::{Backend, OpMemory};
+use crate::error::{Error, Result};
+use crate::memory::{Buffer, BufferId, HostPool};
+use crate::op::{DType, OpDesc, OpKind, TensorView};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What calibration measured, and what it cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Calibration {
+    pub priors: Priors,
+    /// Wall time of the whole calibration.
+    pub took: Duration,
+    /// The part of it spent creating pipelines or kernels.
+    pub setup: Duration,
+}
+
+/// Scratch buffers for calibration. Their ids have generation 0, which no runtime handle has
+/// (handles start at generation 1), so device replicas of them never alias a caller's.
+struct Scratch {
+    pool: Arc<HostPool>,
+    buffers: Vec<Arc<Buffer>>,
+}
+
+impl Scratch {
+    fn buffer(&mut self, bytes: usize) -> Result<BufferId> {
+        let id = self.buffers.len() as BufferId + 1;
+        let block = self.pool.alloc(bytes)?;
+        let buf = Arc::new(Buffer::pooled(id, block, bytes));
+        // Small non-zero values: no denormals, no infinities.
+        let fill: Vec<u8> = (0..bytes / 4).flat_map(|i| (1.0f32 + (i % 7) as f32 / 8.0).to_le_bytes()).collect();
+        buf.write(0, &fill)?;
+        self.buffers.push(buf);
+        Ok(id)
+    }
+
+    fn memory(&self) -> OpMemory {
+        OpMemory::new(self.buffers.clone())
+    }
+}
+
+fn f32_view(buffer: BufferId, shape: &[usize]) -> TensorView {
+    TensorView::contiguous(buffer, DType::F32, shape, 0)
+}
+
+/// Best of `runs` timed runs of a segment, after one untimed run (uploads, compilation).
+fn best_of(backend: &dyn Backend, ops: &[OpDesc], mem: &OpMemory, runs: usize, setup: &mut Duration) -> Result<f64> {
+    let pairs: Vec<(&OpDesc, &OpMemory)> = ops.iter().map(|op| (op, mem)).collect();
+    let mut best = f64::INFINITY;
+    for i in 0..=runs {
+        let started = Instant::now();
+        let report = backend.execute_segment(&pairs);
+        let wall = started.elapsed();
+        if let Some(e) = report.error {
+            return Err(e);
+        }
+        let compiled: u64 = report.reports.iter().map(|r| r.setup_ns).sum();
+        *setup += Duration::from_nanos(compiled);
+        if i > 0 {
+            best = best.min(wall.as_nanos().saturating_sub(compiled as u128) as f64);
+        }
+    }
+    Ok(best)
+}
+
+/// Calibrations made in this process, by device identity: runtimes created one after
+/// another (tests, short-lived tools) measure a device once.
+static MEASURED: parking_lot::Mutex<Vec<(String, Priors)>> = parking_lot::Mutex::new(Vec::new());
+
+pub fn measured_in_this_process(model: &DeviceModel) -> Option<Priors> {
+    MEASURED.lock().iter().find(|(id, _)| id == model.identity()).map(|(_, p)| *p)
+}
+
+pub fn remember(model: &DeviceModel) {
+    let mut measured = MEASURED.lock();
+    measured.retain(|(id, _)| id != model.identity());
+    measured.push((model.identity().to_string(), model.priors()));
+}
+
+/// Measures the device. Takes a few milliseconds on a GPU; on a CPU implementation of
+/// Vulkan most of it is compiling two pipelines. `stop` ends it early (runtime destroyed).
+pub fn calibrate(backend: &dyn Backend, stop: &AtomicBool) -> Result<Calibration> {
+    let stopped = || {
+        if stop.load(Ordering::Relaxed) {
+            Err(Error::Internal("calibration stopped: the runtime is shutting down".into()))
+        } else {
+            Ok(())
+        }
+    };
+    let started = Instant::now();
+    let mut setup = Duration::ZERO;
+    let mut s = Scratch { pool: HostPool::new(0), buffers: Vec::new() };
+
+    // Launch: a lone 16-element add. Per-op cost inside a submission: 8 of them at once.
+    let (a, b) = (s.buffer(64)?, s.buffer(64)?);
+    let outs: Vec<BufferId> = (0..8).map(|_| s.buffer(64)).collect::<Result<_>>()?;
+    let add = |out| OpDesc::new(OpKind::Add, &[f32_view(a, &[16]), f32_view(b, &[16])], f32_view(out, &[16]));
+    let mem = s.memory();
+    let launch = best_of(backend, &[add(outs[0])], &mem, 5, &mut setup)?;
+    let eight: Vec<OpDesc> = outs.iter().map(|&o| add(o)).collect();
+    let batch = best_of(backend, &eight, &mem, 3, &mut setup)?;
+    let op_ns = ((batch - launch) / 7.0).max(launch / 100.0).max(100.0);
+    stopped()?;
+
+    // Bandwidth: a 1 Mi-element add reads 8 MiB and writes 4 MiB.
+    const N: usize = 1 << 20;
+    let (x, y, z) = (s.buffer(4 * N)?, s.buffer(4 * N)?, s.buffer(4 * N)?);
+    let big = OpDesc::new(OpKind::Add, &[f32_view(x, &[N]), f32_view(y, &[N])], f32_view(z, &[N]));
+    let t = best_of(backend, &[big], &s.memory(), 2, &mut setup)?;
+    let bandwidth_gbs = (12 * N) as f64 / (t - launch).max(op_ns);
+    stopped()?;
+
+    // Compute: square f32 matmuls, doubling while one takes under a millisecond (a fast
+    // GPU needs a large one to show its peak; a slow device stops at 256).
+    let mut peak_gflops = 0.0f64;
+    let mut n = 256;
+    loop {
+        let (p, q, r) = (s.buffer(4 * n * n)?, s.buffer(4 * n * n)?, s.buffer(4 * n * n)?);
+        let mm = OpDesc::new(OpKind::Matmul, &[f32_view(p, &[n, n]), f32_view(q, &[n, n])], f32_view(r, &[n, n]));
+        let flops = mm.flops();
+        let t = best_of(backend, &[mm], &s.memory(), 2, &mut setup)?;
+        let run = (t - launch).max(op_ns);
+        peak_gflops = peak_gflops.max(flops / run);
+        if run > 1e6 || n >= 2048 {
+            break;
+        }
+        stopped()?;
+        n *= 2;
+    }
+    if !(launch.is_finite() && bandwidth_gbs.is_finite() && peak_gflops.is_finite()) {
+        return Err(Error::Internal(format!("{}: calibration measured no time", backend.info().name)));
+    }
+    Ok(Calibration {
+        priors: Priors { launch_ns: launch, op_ns, peak_gflops, bandwidth_gbs },
+        took: started.elapsed(),
+        setup,
+    })
+}

@@ -1,0 +1,360 @@
+//! The scheduler's side of segments: placing a graph when it is submitted, and running a
+//! segment on its device when all of its members are ready, with fallback op by op (in
+//! order, so the members' own dependencies hold) when the device fails midway.
+
+use super::segment::{self, Costs, SegmentRun};
+use super::task::{Access, Placement, Task};
+use super::{panic_message, Device, Scheduler, Work};
+use crate::error::{Error, Result};
+use crate::event::EventInfo;
+use crate::op::{OpDesc, OpKind};
+use crate::policy::Strategy;
+use serde_json::json;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The scheduler's performance models as the planner's costs.
+struct ModelCosts<'a> {
+    devices: &'a [Device],
+    tasks: &'a [Arc<Task>],
+}
+
+impl ModelCosts<'_> {
+    /// Time to move `bytes` across one device's link to the host (0 for host memory).
+    fn hop_ns(&self, device: usize, bytes: usize) -> f64 {
+        self.devices.get(device).and_then(|d| d.backend.link_gbs()).map_or(0.0, |gbs| bytes as f64 / gbs)
+    }
+}
+
+impl Costs for ModelCosts<'_> {
+    fn run_ns(&self, op: usize, device: usize) -> f64 {
+        self.devices[device].model.run_ns(&self.tasks[op].op)
+    }
+
+    fn transfer_ns(&self, bytes: usize, from: usize, to: usize) -> f64 {
+        self.hop_ns(from, bytes) + self.hop_ns(to, bytes)
+    }
+
+    fn input_ns(&self, op: usize, input: usize, device: usize) -> f64 {
+        let task = &self.tasks[op];
+        task.op.inputs[input].map_or(0.0, |v| self.devices[device].backend.input_upload_ns(&v, &task.mem))
+    }
+
+    fn segment_start_ns(&self, device: usize) -> f64 {
+        let d = &self.devices[device];
+        if d.is_host() {
+            0.0
+        } else {
+            d.model.launch_ns()
+        }
+    }
+}
+
+impl Scheduler {
+    /// Places a graph's ops (see `segment.rs`) before they are registered: runs of two or
+    /// more ops on a device other than the host become segments, the rest are pinned to their
+    /// device. Ops whose rule does not ask for the earliest completion, or splits them, are
+    /// left to per-op dispatch, as are graphs no device but the host could take.
+    pub(super) fn place_graph(&self, tasks: &[Arc<Task>]) {
+        let mut reasons = Vec::with_capacity(tasks.len());
+        let choices: Vec<Vec<usize>> = tasks
+            .iter()
+            .map(|t| {
+                let decision = t.policy.decide(&Self::query(&t.op));
+                reasons.push(decision.rule_label.to_string());
+                let planned = decision.strategy == Strategy::EarliestCompletion
+                    && !(decision.split.is_some() && t.op.kind == OpKind::Matmul);
+                if !planned {
+                    return Vec::new();
+                }
+                self.candidates(&t.op, &decision, 0).iter().map(|d| d.index).collect()
+            })
+            .collect();
+        if choices.iter().flatten().all(|&d| self.devices[d].is_host()) {
+            return;
+        }
+        let ops: Vec<&OpDesc> = tasks.iter().map(|t| &*t.op).collect();
+        let plan = segment::plan(&ops, &choices, &ModelCosts { devices: &self.devices, tasks });
+        let runs = segment::runs(&plan.devices);
+        log::debug!(
+            "graph of {} ops: {} ({:.1} us expected), {} runs",
+            tasks.len(),
+            plan.chosen,
+            plan.expected_ns / 1e3,
+            runs.len()
+        );
+        for (n, &(device, start, end)) in runs.iter().enumerate() {
+            let ends = match runs.get(n + 1) {
+                None if end == tasks.len() => "end of graph".to_string(),
+                _ if end < tasks.len() && choices[end].is_empty() => {
+                    format!("op {end} ({}) is dispatched on its own (rule '{}')", tasks[end].op.kind, reasons[end])
+                }
+                _ if end < tasks.len() && !choices[end].contains(&device) => format!(
+                    "op {end} ({}) cannot run on {} under rule '{}'",
+                    tasks[end].op.kind, self.devices[device].info.name, reasons[end]
+                ),
+                _ => format!("the model expects op {end} ({}) to finish sooner elsewhere", tasks[end.min(tasks.len() - 1)].op.kind),
+            };
+            self.trace.instant(Some(device), "segment", || {
+                json!({"first_op": start, "ops": end - start, "plan": plan.chosen, "ends": ends})
+            });
+            if end - start < 2 || self.devices[device].is_host() {
+                for t in &tasks[start..end] {
+                    let _ = t.placement.set(Placement::Device(device));
+                }
+                continue;
+            }
+            let seg = Arc::new(SegmentRun {
+                device,
+                tasks: parking_lot::Mutex::new(tasks[start..end].to_vec()),
+                waiting: AtomicUsize::new(end - start),
+                ends,
+            });
+            for t in &tasks[start..end] {
+                let _ = t.placement.set(Placement::Segment(Arc::clone(&seg)));
+            }
+        }
+    }
+
+    /// All members are ready: queue the segment on its device.
+    pub(super) fn enqueue_segment(self: &Arc<Self>, seg: Arc<SegmentRun>) {
+        let device = &self.devices[seg.device];
+        let predicted: f64 = seg.tasks.lock().iter().map(|t| device.model.run_ns(&t.op)).sum();
+        device.load.queued.fetch_add(1, Ordering::Relaxed);
+        device.load.queued_ns.fetch_add(predicted as u64, Ordering::Relaxed);
+        let sent = match self.queues.read().get(seg.device) {
+            Some(queue) => queue.send(Work::Segment(seg)).map_err(|e| e.into_inner()),
+            None => Err(Work::Segment(seg)),
+        };
+        if let Err(Work::Segment(seg)) = sent {
+            // Only while shutting down: the members fail, none is dropped.
+            device.load.queued.fetch_sub(1, Ordering::Relaxed);
+            device.load.queued_ns.fetch_sub(predicted as u64, Ordering::Relaxed);
+            let tasks = std::mem::take(&mut *seg.tasks.lock());
+            for t in tasks {
+                self.finish_part(&t, Err(Error::Internal("runtime is shutting down".into())), &EventInfo::default());
+            }
+        }
+    }
+
+    /// Runs a segment on its device's worker: in one unit where the device is still usable,
+    /// then whatever did not complete op by op elsewhere.
+    pub(super) fn run_segment(self: &Arc<Self>, seg: Arc<SegmentRun>) {
+        let tasks = std::mem::take(&mut *seg.tasks.lock());
+        let device = &self.devices[seg.device];
+        let predicted: f64 = tasks.iter().map(|t| device.model.run_ns(&t.op)).sum();
+        let release = || {
+            device.load.queued.fetch_sub(1, Ordering::Relaxed);
+            device.load.queued_ns.fetch_sub(predicted as u64, Ordering::Relaxed);
+        };
+        let now = Instant::now();
+        let usable = tasks.iter().all(|t| self.usable(device, &t.op, now));
+        let any_failed_input = tasks.iter().any(|t| t.failed_input.lock().is_some());
+        if !usable || any_failed_input {
+            release();
+            self.run_in_order(&tasks, 0, Vec::new());
+            return;
+        }
+        for t in &tasks {
+            if let Ok(out) = t.mem.buffer(t.op.output.buffer) {
+                out.touch();
+            }
+        }
+        let pairs: Vec<(&OpDesc, &crate::backend::OpMemory)> = tasks.iter().map(|t| (&*t.op, &t.mem)).collect();
+        let started = Instant::now();
+        let report = catch_unwind(AssertUnwindSafe(|| device.backend.execute_segment(&pairs))).unwrap_or_else(|p| {
+            crate::backend::SegmentReport {
+                reports: Vec::new(),
+                error: Some(Error::DeviceFailed(format!("backend panicked: {}", panic_message(&p)))),
+            }
+        });
+        let finished = Instant::now();
+        release();
+        let done = report.reports.len().min(tasks.len());
+        self.complete_members(device, &tasks[..done], &report.reports[..done], started, finished);
+        let Some(err) = report.error else {
+            if done < tasks.len() {
+                // A backend that stopped without saying why: run the rest elsewhere.
+                self.run_in_order(&tasks, done, vec![seg.device]);
+            }
+            return;
+        };
+        let failed = &tasks[done];
+        if err.is_device_fault() {
+            let decision = failed.policy.decide(&Self::query(&failed.op));
+            self.record_fault(device, &failed.op, &err, decision.fallback);
+            log::info!(
+                "a segment of {} ops failed on {} at op {done} ({err}); the rest runs op by op elsewhere",
+                tasks.len(),
+                device.info.name
+            );
+            self.run_in_order(&tasks, done, vec![seg.device]);
+        } else {
+            let info = EventInfo { device: Some(seg.device), devices_mask: 1 << seg.device, ..Default::default() };
+            self.finish_part(failed, Err(err.clone()), &info);
+            self.run_in_order_after_failure(&tasks, done, err);
+        }
+    }
+
+    /// Records and completes the members that ran, sharing the segment's wall time among
+    /// them by their device time (evenly without timestamps); set-up is not run time.
+    fn complete_members(
+        self: &Arc<Self>,
+        device: &Device,
+        tasks: &[Arc<Task>],
+        reports: &[ExecReport],
+        started: Instant,
+        finished: Instant,
+    ) {
+        if tasks.is_empty() {
+            return;
+        }
+        let wall = finished.duration_since(started).as_nanos() as f64;
+        let setup: f64 = reports.iter().map(|r| r.setup_ns as f64).sum();
+        let run = (wall - setup - device.model.launch_ns()).max(wall / 10.0);
+        let device_total: f64 = reports.iter().filter_map(|r| r.device_ns).sum::<u64>() as f64;
+        let load = &device.load;
+        load.ops_run.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        load.busy_ns.fetch_add(wall as u64, Ordering::Relaxed);
+        load.consecutive_failures.store(0, Ordering::Relaxed);
+        let mut at = started;
+        let n = tasks.len() as f64;
+        self.trace.slice(device.index, "segment", started, finished, || {
+            json!({"ops": tasks.len(), "setup_us": setup / 1e3, "first_task": tasks[0].id})
+        });
+        for (t, r) in tasks.iter().zip(reports) {
+            let share = match r.device_ns {
+                Some(ns) if device_total > 0.0 => ns as f64 / device_total,
+                _ => 1.0 / n,
+            };
+            let op_ns = run * share;
+            device.model.record_in_segment(&t.op, op_ns);
+            load.bytes_moved.fetch_add(t.op.views().map(|v| v.bytes() as u64).sum(), Ordering::Relaxed);
+            let end = (at + std::time::Duration::from_nanos(op_ns as u64)).min(finished);
+            self.trace.slice(device.index, t.op.kind.name(), at, end, || {
+                json!({"dtype": t.op.dtype().name(), "dims": dims_json(&t.op), "task": t.id, "segment": true})
+            });
+            let info = EventInfo {
+                device: Some(device.index),
+                devices_mask: 1 << device.index,
+                started: Some(at),
+                finished: Some(end),
+                device_ns: r.device_ns.unwrap_or(op_ns as u64),
+                ..Default::default()
+            };
+            at = end;
+            self.finish_part(t, Ok(()), &info);
+        }
+    }
+
+    /// Runs members `from..` one at a time, in order, on the thread that called it: each on
+    /// the best usable device except `excluded`, falling back per op on device faults.
+    /// Members that depend on a failed member fail too.
+    fn run_in_order(self: &Arc<Self>, tasks: &[Arc<Task>], from: usize, excluded: Vec<usize>) {
+        let mut failed: Vec<Access> = Vec::new();
+        for t in &tasks[from..] {
+            if let Some(err) = t.failed_input.lock().take() {
+                failed.extend(t.accesses.iter().filter(|a| a.write).copied());
+                self.finish_part(t, Err(err), &EventInfo::default());
+                continue;
+            }
+            if let Some(err) = depends_on_failed(t, &failed) {
+                failed.extend(t.accesses.iter().filter(|a| a.write).copied());
+                self.finish_part(t, Err(err), &EventInfo::default());
+                continue;
+            }
+            if let Err(()) = self.run_one_now(t, &excluded) {
+                failed.extend(t.accesses.iter().filter(|a| a.write).copied());
+            }
+        }
+    }
+
+    /// After member `failed_at` failed with a caller error: later members that depend on it
+    /// fail, the others run op by op.
+    fn run_in_order_after_failure(self: &Arc<Self>, tasks: &[Arc<Task>], failed_at: usize, err: Error) {
+        for t in &tasks[failed_at + 1..] {
+            if depends_on_failed(t, &tasks[failed_at].accesses).is_some() {
+                t.failed_input.lock().get_or_insert_with(|| {
+                    Error::DeviceFailed(format!("an op this one depends on failed: {err}"))
+                });
+            }
+        }
+        self.run_in_order(tasks, failed_at + 1, Vec::new());
+    }
+
+    /// Runs one task to completion on this thread (no queue), trying devices in the rule's
+    /// order of expected completion. Err(()) when it failed everywhere (already completed).
+    fn run_one_now(self: &Arc<Self>, task: &Arc<Task>, excluded: &[usize]) -> std::result::Result<(), ()> {
+        let decision = task.policy.decide(&Self::query(&task.op));
+        let mut tried: u64 = excluded.iter().fold(0, |m, d| m | 1 << d);
+        let mut fallbacks = excluded.len() as u32;
+        let mut last_err = Error::Unsupported(format!("no device can run {} in {}", task.op.kind, task.op.dtype()));
+        while let Some((index, _)) = self.choose(&task.op, &task.mem, &decision, tried) {
+            let device = &self.devices[index];
+            if let Ok(out) = task.mem.buffer(task.op.output.buffer) {
+                out.touch();
+            }
+            let started = Instant::now();
+            let result: Result<ExecReport> =
+                catch_unwind(AssertUnwindSafe(|| device.backend.execute(&task.op, &task.mem)))
+                    .unwrap_or_else(|p| Err(Error::DeviceFailed(format!("backend panicked: {}", panic_message(&p)))));
+            let finished = Instant::now();
+            match result {
+                Ok(report) => {
+                    let elapsed = finished.duration_since(started).as_nanos() as u64;
+                    device.load.ops_run.fetch_add(1, Ordering::Relaxed);
+                    device.load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
+                    device.model.record(&task.op, elapsed.saturating_sub(report.setup_ns) as f64);
+                    self.trace.slice(index, task.op.kind.name(), started, finished, || {
+                        json!({"dtype": task.op.dtype().name(), "dims": dims_json(&task.op), "task": task.id, "fallbacks": fallbacks})
+                    });
+                    let info = EventInfo {
+                        device: Some(index),
+                        devices_mask: 1 << index,
+                        started: Some(started),
+                        finished: Some(finished),
+                        device_ns: report.device_ns.unwrap_or(elapsed),
+                        fallbacks,
+                        ..Default::default()
+                    };
+                    if fallbacks > 0 {
+                        self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.finish_part(task, Ok(()), &info);
+                    return Ok(());
+                }
+                Err(err) if err.is_device_fault() => {
+                    self.record_fault(device, &task.op, &err, decision.fallback);
+                    device.load.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tried |= 1 << index;
+                    fallbacks += 1;
+                    last_err = err;
+                }
+                Err(err) => {
+                    let info = EventInfo { device: Some(index), devices_mask: 1 << index, ..Default::default() };
+                    self.finish_part(task, Err(err), &info);
+                    return Err(());
+                }
+            }
+        }
+        let info = EventInfo { fallbacks, ..Default::default() };
+        self.finish_part(task, Err(last_err), &info);
+        Err(())
+    }
+}
+
+/// The error for a task that reads or writes what a failed member wrote.
+fn depends_on_failed(task: &Task, failed_writes: &[Access]) -> Option<Error> {
+    let hit = task.accesses.iter().any(|a| failed_writes.iter().any(|w| w.write && a.conflicts(w)));
+    hit.then(|| Error::DeviceFailed("an op this one depends on failed".into()))
+}
+
+/// An op's sizes as JSON fields for the trace.
+fn dims_json(op: &OpDesc) -> serde_json::Value {
+    let d = op.dims();
+    json!({"m": d.m, "n": d.n, "k": d.k, "batch": d.batch, "elements": d.elements})
+}
+
+use crate::backend::ExecReport;

@@ -1,0 +1,252 @@
+//! Graphs placed as a whole and run in segments: a chain of GPU ops is one submission, a
+//! device that fails midway hands the rest of its segment to another device without losing
+//! or repeating an op, and a new GPU is measured before it gets work another device can do.
+
+mod common;
+
+use common::*;
+use npuhybrid::backend::sim::{Fault, SimNpu, SimNpuConfig};
+use npuhybrid::backend::vulkan::VulkanBackend;
+use npuhybrid::backend::{Backend, DeviceInfo, ExecReport, OpMemory, SegmentReport};
+use npuhybrid::graph::Graph;
+use npuhybrid::memory::BufferId;
+use npuhybrid::op::{OpDesc, OpKind, OpParams};
+use npuhybrid::{Error, PolicySource, Result, Runtime, RuntimeConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn policy(text: &str) -> RuntimeConfig {
+    RuntimeConfig { policy: PolicySource::Source { origin: "test".into(), text: text.into() }, ..config() }
+}
+
+fn lavapipe() -> Arc<VulkanBackend> {
+    Arc::new(
+        VulkanBackend::probe()
+            .unwrap_or_else(|e| panic!("no Vulkan device for the tests (install mesa-vulkan-drivers): {e}"))
+            .remove(0),
+    )
+}
+
+/// x <- x * 0.5 + y, `rounds` times, as scale / add pairs through a scratch buffer; returns
+/// the graph and what x holds afterwards.
+fn chain(rt: &Runtime, x: BufferId, y: BufferId, tmp: BufferId, n: usize, rounds: usize) -> Graph {
+    let mut g = Graph::new();
+    for _ in 0..rounds {
+        let scale = OpDesc::new(OpKind::Scale, &[t(x, &[n])], t(tmp, &[n]))
+            .with_params(OpParams { alpha: 0.5, ..Default::default() });
+        rt.graph_add(&mut g, scale).unwrap();
+        rt.graph_add(&mut g, add(tmp, y, x, n)).unwrap();
+    }
+    g
+}
+
+fn expected_chain(x: &[f32], y: &[f32], rounds: usize) -> Vec<f32> {
+    let mut x = x.to_vec();
+    for _ in 0..rounds {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a = *a * 0.5 + b;
+        }
+    }
+    x
+}
+
+#[test]
+fn a_chain_of_gpu_ops_is_one_submission_and_its_results_are_exact() {
+    let gpu = lavapipe();
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
+        vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>],
+    )
+    .unwrap();
+    // Make the GPU the model's choice for every op of the chain.
+    for d in &rt.scheduler().devices {
+        if d.index == 1 {
+            d.model.calibrate(npuhybrid::sched::perf_model::Priors {
+                launch_ns: 1_000.0,
+                op_ns: 10.0,
+                peak_gflops: 1e6,
+                bandwidth_gbs: 1e6,
+            });
+        }
+    }
+    let n = 1000;
+    let (x0, y) = (random(n, 1), random(n, 2));
+    let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
+    let rounds = 12;
+    let g = chain(&rt, x, yb, tmp, n, rounds);
+    let before = gpu.stats().submissions;
+    let ev = rt.submit_graph(&g).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(ev.outcome().1.devices_mask, 1 << 1, "every op ran on the GPU");
+    assert_eq!(gpu.stats().submissions - before, 1, "24 ops, one submission");
+    assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, rounds), 1e-5);
+    // tmp is written by every round: only its last value went back to the host.
+    let last_tmp: Vec<f32> = expected_chain(&x0, &y, rounds - 1).iter().map(|v| v * 0.5).collect();
+    assert_close(&download(&rt, tmp, n), &last_tmp, 1e-5);
+}
+
+#[test]
+fn a_slow_gpu_gets_no_part_of_a_graph_the_cpu_runs_sooner() {
+    let gpu = lavapipe();
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
+        vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>],
+    )
+    .unwrap();
+    for d in &rt.scheduler().devices {
+        if d.index == 1 {
+            d.model.calibrate(npuhybrid::sched::perf_model::Priors {
+                launch_ns: 5e6,
+                op_ns: 1e5,
+                peak_gflops: 0.5,
+                bandwidth_gbs: 0.5,
+            });
+        }
+    }
+    let n = 256;
+    let (x0, y) = (random(n, 3), random(n, 4));
+    let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
+    let before = gpu.stats().submissions;
+    let ev = rt.submit_graph(&chain(&rt, x, yb, tmp, n, 4)).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(ev.outcome().1.devices_mask, 1, "every op ran on the CPU");
+    assert_eq!(gpu.stats().submissions, before);
+    assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, 4), 1e-5);
+}
+
+#[test]
+fn a_simulated_npu_that_fails_midway_hands_the_rest_of_its_segment_to_the_cpu() {
+    let npu = Arc::new(SimNpu::new(SimNpuConfig {
+        virtual_time: true,
+        peak_gflops: vec![(npuhybrid::op::DType::F32, 1e6)],
+        launch_latency: std::time::Duration::ZERO,
+        ..Default::default()
+    }));
+    let rt = Runtime::with_backends(
+        policy("policy \"npu\"\nrule all {\n use npu, cpu\n strategy earliest_completion\n}\n"),
+        vec![cpu(), Box::new(Arc::clone(&npu)) as Box<dyn Backend>],
+    )
+    .unwrap();
+    // x <- x W + y with W = I / 2: matmuls large enough that the NPU's model wins.
+    let (m, k) = (64, 256);
+    let n = m * k;
+    let mut w = vec![0.0f32; k * k];
+    for i in 0..k {
+        w[i * k + i] = 0.5;
+    }
+    let (x0, y) = (random(n, 5), random(n, 6));
+    let (x, yb, tmp, wb) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap(), upload(&rt, &w));
+    let rounds = 10;
+    let mut g = Graph::new();
+    for _ in 0..rounds {
+        rt.graph_add(&mut g, matmul(x, wb, tmp, m, k, k)).unwrap();
+        rt.graph_add(&mut g, add(tmp, yb, x, n)).unwrap();
+    }
+    // The 7th op fails: 6 ran on the NPU, the other 14 on the CPU, in order, once each.
+    npu.inject_fault(Fault::FailNth(7)).unwrap();
+    let ev = rt.submit_graph(&g).unwrap();
+    ev.wait(None).unwrap();
+    let info = ev.outcome().1;
+    assert_eq!(info.devices_mask, 0b11, "both devices ran ops: {info:?}");
+    assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, rounds), 1e-5);
+    assert_eq!(npu.stats().failed, 1);
+    assert_eq!(rt.stats().ops_failed, 0);
+}
+
+/// A GPU that reports device lost after running `ok` ops of a segment.
+struct LosingGpu {
+    inner: Arc<VulkanBackend>,
+    ok: usize,
+    lost: std::sync::atomic::AtomicBool,
+    ran: AtomicUsize,
+}
+
+impl Backend for LosingGpu {
+    fn info(&self) -> &DeviceInfo {
+        self.inner.info()
+    }
+
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::DeviceLost("test: the GPU is gone".into()));
+        }
+        self.ran.fetch_add(1, Ordering::SeqCst);
+        self.inner.execute(op, mem)
+    }
+
+    fn execute_segment(&self, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
+        if self.lost.swap(true, Ordering::SeqCst) {
+            return SegmentReport { reports: vec![], error: Some(Error::DeviceLost("test: the GPU is gone".into())) };
+        }
+        let ok = self.ok.min(ops.len());
+        let mut report = self.inner.execute_segment(&ops[..ok]);
+        self.ran.fetch_add(report.reports.len(), Ordering::SeqCst);
+        if report.error.is_none() {
+            report.error = Some(Error::DeviceLost("test: the GPU fell off the bus".into()));
+        }
+        report
+    }
+
+    fn link_gbs(&self) -> Option<f64> {
+        self.inner.link_gbs()
+    }
+}
+
+#[test]
+fn a_gpu_lost_midway_through_a_segment_loses_no_op_and_repeats_none() {
+    let gpu = Arc::new(LosingGpu { inner: lavapipe(), ok: 5, lost: false.into(), ran: AtomicUsize::new(0) });
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
+        vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>],
+    )
+    .unwrap();
+    for d in &rt.scheduler().devices {
+        if d.index == 1 {
+            d.model.calibrate(npuhybrid::sched::perf_model::Priors {
+                launch_ns: 1_000.0,
+                op_ns: 10.0,
+                peak_gflops: 1e6,
+                bandwidth_gbs: 1e6,
+            });
+        }
+    }
+    let n = 300;
+    let (x0, y) = (random(n, 7), random(n, 8));
+    let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
+    // x <- x * 0.5 + y is not idempotent: an op run twice would show in the result.
+    let ev = rt.submit_graph(&chain(&rt, x, yb, tmp, n, 8)).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(gpu.ran.load(Ordering::SeqCst), 5);
+    assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, 8), 1e-5);
+    let stats = rt.device_stats(1).unwrap();
+    assert!(stats.degraded, "a lost device is left out");
+    // Later graphs run on the CPU.
+    let ev = rt.submit_graph(&chain(&rt, x, yb, tmp, n, 2)).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(ev.outcome().1.devices_mask, 1);
+}
+
+#[test]
+fn a_new_gpu_is_measured_before_it_takes_work_the_cpu_can_do() {
+    let gpu = lavapipe();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RuntimeConfig { calibrate: true, perf_cache_dir: Some(dir.path().to_path_buf()), ..config() };
+    let rt = Runtime::with_backends(cfg.clone(), vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>])
+        .unwrap();
+    let declared = rt.device_info(1).unwrap().peak_gflops;
+    rt.scheduler().wait_calibrated();
+    let model = &rt.scheduler().devices[1].model;
+    assert!(model.is_calibrated());
+    let measured = model.priors();
+    assert!(measured.peak_gflops < declared, "lavapipe delivers less than it declares: {measured:?}");
+    assert!(measured.launch_ns > 0.0 && measured.bandwidth_gbs > 0.0);
+    drop(rt);
+    // The next runtime starts from the saved calibration and measures nothing.
+    let rt = Runtime::with_backends(cfg, vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>]).unwrap();
+    let model = &rt.scheduler().devices[1].model;
+    assert!(model.is_calibrated());
+    let again = model.priors();
+    let same = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs();
+    assert!(same(again.peak_gflops, measured.peak_gflops) && same(again.launch_ns, measured.launch_ns), "{again:?}");
+    assert!(!rt.scheduler().devices[1].calibrating.load(Ordering::Relaxed));
+}
