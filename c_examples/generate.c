@@ -16,7 +16,14 @@
  * nh_graph_set_op before each submission. `--decode rerecord` records the step's graph anew
  * each step, `--decode ops` submits the same ops one by one.
  *
- *   generate [--model DIR] [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]
+ * Prefill is recorded as a graph too (one submission per device segment) unless --decode ops.
+ *
+ * --synthetic CONFIG runs a model of the shapes in CONFIG (a Hugging Face config.json, or
+ * `llama-3.2-1b`) with random weights made in-process, in f16 (--dtype f32 for f32), for speed
+ * measurements on machines without the model; its prefill computes the last row's logits only.
+ *
+ *   generate [--model DIR | --synthetic CONFIG [--dtype f16|f32] [--prompt-len N]]
+ *            [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]
  *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
  *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
  *            [--warmup N] [--expect-placement] [--quiet]
@@ -152,10 +159,16 @@ typedef struct {
 typedef struct {
   config c;
   nh_buffer file;
-  const st_tensor *embed;
+  /* The token embeddings [vocab, dim]: rows are copied out of this buffer. */
+  nh_buffer embed_buf;
+  uint64_t embed_offset;
   nh_tensor norm, lm_head;
   layer_weights layer[MAX_LAYERS];
 } model;
+
+/* Element type of the weights and activations (logits are always f32). */
+static uint32_t g_dt = NH_F32;
+static size_t g_es = sizeof(float);
 
 /* The view of weight `name`, which must be F32 and shaped [d0] or [d0, d1]. */
 static nh_tensor weight(const st_file *st, nh_buffer file, const char *path, const char *name, uint64_t d0,
@@ -174,12 +187,8 @@ static nh_tensor weight(const st_file *st, nh_buffer file, const char *path, con
   return st_view(file, t);
 }
 
-static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
-  size_t path_cap = strlen(dir) + 32;
-  char *path = malloc(path_cap); /* heap: its size is not a compile-time constant */
-  snprintf(path, path_cap, "%s/config.json", dir);
-  char *cj = read_text(path);
-  config *c = &m->c;
+/* Reads a Hugging Face config.json's Llama fields into c (`path` names it in errors). */
+static void parse_config(const char *cj, const char *path, config *c) {
   c->vocab = json_uint(cj, "vocab_size", path, 1, 1u << 24);
   c->dim = json_uint(cj, "hidden_size", path, 2, 1u << 16);
   c->layers = json_uint(cj, "num_hidden_layers", path, 1, MAX_LAYERS);
@@ -189,12 +198,21 @@ static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
   c->max_pos = json_uint(cj, "max_position_embeddings", path, 1, 1u << 20);
   c->theta = (float)json_number(cj, "rope_theta", path);
   c->eps = (float)json_number(cj, "rms_norm_eps", path);
-  free(cj);
   if (c->dim % c->heads || c->heads % c->kv_heads || (c->dim / c->heads) % 2)
     die("%s: hidden_size %llu, %llu heads and %llu kv heads do not give an even head_dim shared by whole groups",
         path, (unsigned long long)c->dim, (unsigned long long)c->heads, (unsigned long long)c->kv_heads);
   if (!(c->theta > 0) || !(c->eps >= 0)) die("%s: rope_theta must be > 0 and rms_norm_eps >= 0", path);
   c->head_dim = c->dim / c->heads;
+}
+
+static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
+  size_t path_cap = strlen(dir) + 32;
+  char *path = malloc(path_cap); /* heap: its size is not a compile-time constant */
+  snprintf(path, path_cap, "%s/config.json", dir);
+  char *cj = read_text(path);
+  config *c = &m->c;
+  parse_config(cj, path, c);
+  free(cj);
 
   snprintf(path, path_cap, "%s/model.safetensors", dir);
   char err[512];
@@ -202,8 +220,8 @@ static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
   NH_CHECK(nh_buffer_map_file(rt, path, &m->file));
   uint64_t D = c->dim, Q = c->heads * c->head_dim, KV = c->kv_heads * c->head_dim;
   nh_tensor e = weight(st, m->file, path, "model.embed_tokens.weight", c->vocab, D);
-  (void)e;
-  m->embed = st_find(st, "model.embed_tokens.weight");
+  m->embed_buf = m->file;
+  m->embed_offset = e.offset;
   m->norm = weight(st, m->file, path, "model.norm.weight", D, 0);
   m->lm_head = weight(st, m->file, path, "lm_head.weight", c->vocab, D);
   for (uint64_t i = 0; i < c->layers; i++) {
@@ -226,6 +244,94 @@ static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
   free(path);
 }
 
+/* ---- Synthetic models: real shapes, random weights made here ---- */
+
+/* Llama-3.2-1B's shapes (hidden 2048, 16 layers, 32 heads, 8 KV heads, FFN 8192, vocab 128256). */
+static const char *LLAMA_3_2_1B =
+    "{\"vocab_size\": 128256, \"hidden_size\": 2048, \"num_hidden_layers\": 16, \"num_attention_heads\": 32,"
+    " \"num_key_value_heads\": 8, \"intermediate_size\": 8192, \"max_position_embeddings\": 131072,"
+    " \"rope_theta\": 500000.0, \"rms_norm_eps\": 1e-5}";
+
+static uint16_t f32_to_f16(float f) { /* round to nearest even; the values here are small and finite */
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u, mant = x & 0x7fffffu;
+  int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+  if (exp <= 0) return (uint16_t)sign; /* underflow to zero */
+  if (exp >= 31) return (uint16_t)(sign | 0x7c00u);
+  uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13), rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
+  return (uint16_t)h;
+}
+
+/* A library buffer of n elements of the model's type: uniform in [-scale, scale), or all
+ * `scale` when constant (norm weights). Written through nh_buffer_map, no host copy. */
+static nh_buffer synthetic_tensor(nh_runtime rt, uint64_t n, float scale, int constant, uint64_t *rng) {
+  nh_buffer b;
+  NH_CHECK(nh_buffer_alloc(rt, n * g_es, &b));
+  void *p;
+  size_t size;
+  NH_CHECK(nh_buffer_map(rt, b, &p, &size));
+  uint64_t s = *rng;
+  for (uint64_t i = 0; i < n; i++) {
+    float v = scale;
+    if (!constant) {
+      s ^= s << 13, s ^= s >> 7, s ^= s << 17; /* xorshift64 */
+      v = ((float)(s >> 40) / (float)(1u << 24) * 2.0f - 1.0f) * scale;
+    }
+    if (g_dt == NH_F16) ((uint16_t *)p)[i] = f32_to_f16(v);
+    else ((float *)p)[i] = v;
+  }
+  *rng = s;
+  NH_CHECK(nh_buffer_unmap(rt, b, 1));
+  return b;
+}
+
+static nh_tensor whole(nh_buffer b, uint64_t d0, uint64_t d1) {
+  uint64_t shape[2] = {d0, d1};
+  return nh_dense(b, g_dt, d1 ? 2 : 1, shape, 0);
+}
+
+/* Random weights of the shapes in `spec` (a config.json path or `llama-3.2-1b`). */
+static void synthetic_model(nh_runtime rt, const char *spec, model *m, uint64_t seed) {
+  config *c = &m->c;
+  if (!strcmp(spec, "llama-3.2-1b")) parse_config(LLAMA_3_2_1B, spec, c);
+  else {
+    char *cj = read_text(spec);
+    parse_config(cj, spec, c);
+    free(cj);
+  }
+  if (c->layers > MAX_LAYERS) die("%s: at most %d layers", spec, MAX_LAYERS);
+  uint64_t D = c->dim, Q = c->heads * c->head_dim, KV = c->kv_heads * c->head_dim, F = c->ffn;
+  uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 1;
+  /* Uniform weights of std ~ 1/sqrt(fan_in) keep activations O(1) through the layers. */
+  float sd = 1.7f / sqrtf((float)D), sf = 1.7f / sqrtf((float)F);
+  m->file.id = 0;
+  m->embed_buf = synthetic_tensor(rt, c->vocab * D, 1.0f, 0, &rng);
+  m->embed_offset = 0;
+  m->norm = whole(synthetic_tensor(rt, D, 1.0f, 1, &rng), D, 0);
+  m->lm_head = whole(synthetic_tensor(rt, c->vocab * D, sd, 0, &rng), c->vocab, D);
+  for (uint64_t i = 0; i < c->layers; i++) {
+    layer_weights *l = &m->layer[i];
+    l->attn_norm = whole(synthetic_tensor(rt, D, 1.0f, 1, &rng), D, 0);
+    l->ffn_norm = whole(synthetic_tensor(rt, D, 1.0f, 1, &rng), D, 0);
+    l->wq = whole(synthetic_tensor(rt, Q * D, sd, 0, &rng), Q, D);
+    l->wk = whole(synthetic_tensor(rt, KV * D, sd, 0, &rng), KV, D);
+    l->wv = whole(synthetic_tensor(rt, KV * D, sd, 0, &rng), KV, D);
+    l->wo = whole(synthetic_tensor(rt, D * Q, sd, 0, &rng), D, Q);
+    l->wgate = whole(synthetic_tensor(rt, F * D, sd, 0, &rng), F, D);
+    l->wup = whole(synthetic_tensor(rt, F * D, sd, 0, &rng), F, D);
+    l->wdown = whole(synthetic_tensor(rt, D * F, sf, 0, &rng), D, F);
+  }
+}
+
+/* Bytes of weights one decode step reads (every matrix once, the embedding row aside). */
+static double weight_bytes(const config *c) {
+  double D = (double)c->dim, Q = (double)(c->heads * c->head_dim), KV = (double)(c->kv_heads * c->head_dim);
+  double per_layer = Q * D + 2 * KV * D + D * Q + 3 * D * (double)c->ffn + 2 * D;
+  return ((double)c->layers * per_layer + (double)c->vocab * D + D) * (double)g_es;
+}
+
 /* ---- Activations and the KV cache ---- */
 
 typedef struct {
@@ -234,28 +340,34 @@ typedef struct {
   uint64_t rows, positions;
 } state;
 
-static nh_buffer alloc_f32(nh_runtime rt, uint64_t n) {
+/* n elements of the model's type (`f32`: of f32, for the logits). */
+static nh_buffer alloc_act(nh_runtime rt, uint64_t n, int f32) {
   nh_buffer b;
-  NH_CHECK(nh_buffer_alloc(rt, n * sizeof(float), &b));
+  NH_CHECK(nh_buffer_alloc(rt, n * (f32 ? sizeof(float) : g_es), &b));
   return b;
 }
 
-/* [rows, cols] f32 at row `row0` of a [.., cols] buffer. */
-static nh_tensor rows_view(nh_buffer b, uint64_t row0, uint64_t rows, uint64_t cols) {
+/* [rows, cols] of type dt at row `row0` of a [.., cols] buffer. */
+static nh_tensor rows_view_of(nh_buffer b, uint32_t dt, uint64_t row0, uint64_t rows, uint64_t cols) {
   uint64_t s[2] = {rows, cols};
-  return nh_dense(b, NH_F32, 2, s, row0 * cols * sizeof(float));
+  return nh_dense(b, dt, 2, s, row0 * cols * (dt == NH_F32 ? sizeof(float) : 2));
+}
+
+/* [rows, cols] of the model's type at row `row0` of a [.., cols] buffer. */
+static nh_tensor rows_view(nh_buffer b, uint64_t row0, uint64_t rows, uint64_t cols) {
+  return rows_view_of(b, g_dt, row0, rows, cols);
 }
 
 /* Rows [row0, row0 + seq) of a [.., heads * hd] buffer seen as [seq, heads, hd] (RoPE's layout). */
 static nh_tensor seq_heads_view(nh_buffer b, uint64_t row0, uint64_t seq, uint64_t heads, uint64_t hd) {
   uint64_t s[3] = {seq, heads, hd};
-  return nh_dense(b, NH_F32, 3, s, row0 * heads * hd * sizeof(float));
+  return nh_dense(b, g_dt, 3, s, row0 * heads * hd * g_es);
 }
 
 /* The first `seq` rows of a [.., heads * hd] buffer seen as [heads, seq, hd] (attention's). */
 static nh_tensor heads_seq_view(nh_buffer b, uint64_t seq, uint64_t heads, uint64_t hd) {
   uint64_t s[3] = {heads, seq, hd};
-  nh_tensor t = nh_dense(b, NH_F32, 3, s, 0);
+  nh_tensor t = nh_dense(b, g_dt, 3, s, 0);
   t.strides[0] = hd;
   t.strides[1] = heads * hd;
   t.strides[2] = 1;
@@ -352,9 +464,10 @@ static void rmsnorm(submitter *s, uint32_t phase, nh_tensor x, nh_tensor w, nh_t
 }
 
 /* Runs tokens[0..n) at positions pos.. through the model: logits of all n rows land in
- * st->logits rows 0..n. The ops are emitted (submitted or recorded), not waited for. */
+ * st->logits rows 0..n (only the last row's in row 0 with `last_logits`). The ops are emitted
+ * (submitted or recorded), not waited for. */
 static void forward(submitter *s, const model *m, const state *st, const int32_t *tokens, uint64_t n, uint64_t pos,
-                    uint32_t phase) {
+                    uint32_t phase, int last_logits) {
   const config *c = &m->c;
   uint64_t D = c->dim, H = c->heads, HKV = c->kv_heads, HD = c->head_dim, QW = H * HD, KVW = HKV * HD;
   nh_op_desc op;
@@ -362,7 +475,7 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
   for (uint64_t i = 0; i < n; i++) {
     op = op_init(NH_OP_COPY, phase);
     uint64_t shape[2] = {1, D};
-    op.inputs[0] = nh_dense(m->file, NH_F32, 2, shape, m->embed->offset + (uint64_t)tokens[i] * D * sizeof(float));
+    op.inputs[0] = nh_dense(m->embed_buf, g_dt, 2, shape, m->embed_offset + (uint64_t)tokens[i] * D * g_es);
     op.output = rows_view(st->x, i, 1, D);
     emit(s, &op, phase, 1);
   }
@@ -399,8 +512,10 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
     emit(s, &op, phase, 0);
     linear(s, phase, g, w->wdown, x, 1, NH_ACT_NONE, 0); /* x += (silu(gate) * up) Wdown^T */
   }
-  rmsnorm(s, phase, x, m->norm, h, c->eps);
-  linear(s, phase, h, m->lm_head, rows_view(st->logits, 0, n, c->vocab), 0, NH_ACT_NONE, 0);
+  uint64_t first = last_logits ? n - 1 : 0, rows = last_logits ? 1 : n;
+  rmsnorm(s, phase, rows_view(st->x, first, rows, D), m->norm, rows_view(st->h, first, rows, D), c->eps);
+  linear(s, phase, rows_view(st->h, first, rows, D), m->lm_head, rows_view_of(st->logits, NH_F32, 0, rows, c->vocab), 0,
+         NH_ACT_NONE, 0);
 }
 
 /* ---- Sampling ---- */
@@ -504,7 +619,8 @@ static uint32_t parse_devices(const char *list) {
 
 static void usage(const char *argv0) {
   fprintf(stderr,
-          "usage: %s [--model DIR] [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]\n"
+          "usage: %s [--model DIR | --synthetic CONFIG [--dtype f16|f32] [--prompt-len N]]\n"
+          "          [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]\n"
           "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
           "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
           "          [--warmup N] [--expect-placement] [--quiet]\n",
@@ -535,7 +651,8 @@ static void device_stats(nh_runtime rt, uint32_t ndev, uint64_t *ops) {
 
 int main(int argc, char **argv) {
   const char *model_dir = NH_DEFAULT_MODEL, *policy = "llm_inference", *check = NULL, *trace = NULL;
-  const char *prompt_arg = NULL;
+  const char *prompt_arg = NULL, *synthetic = NULL, *dtype_arg = NULL;
+  uint64_t prompt_len = 0;
   uint32_t devices = NH_ENABLE_GPU | NH_ENABLE_NPU, threads = 0;
   uint64_t steps = 0, seed = 1, warmup = 1;
   int steps_given = 0, expect_placement = 0, quiet = 0, sample_given = 0;
@@ -552,6 +669,9 @@ int main(int argc, char **argv) {
   } while (0)
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
     else if (!strcmp(a, "--model")) { NEED_VALUE(); model_dir = v; }
+    else if (!strcmp(a, "--synthetic")) { NEED_VALUE(); synthetic = v; }
+    else if (!strcmp(a, "--dtype")) { NEED_VALUE(); dtype_arg = v; }
+    else if (!strcmp(a, "--prompt-len")) { NEED_VALUE(); prompt_len = parse_uint(a, v, 1, 1u << 20); }
     else if (!strcmp(a, "--policy")) { NEED_VALUE(); policy = v; }
     else if (!strcmp(a, "--devices")) { NEED_VALUE(); devices = parse_devices(v); }
     else if (!strcmp(a, "--steps")) { NEED_VALUE(); steps = parse_uint(a, v, 1, 1u << 20); steps_given = 1; }
@@ -585,6 +705,15 @@ int main(int argc, char **argv) {
 #undef NEED_VALUE
   }
   sm.rng = seed;
+  if (dtype_arg && !synthetic) die("--dtype is for --synthetic models (a safetensors model's file decides)");
+  if (prompt_len && prompt_arg) die("--prompt-len makes random ids: drop --prompt");
+  if (synthetic && check) die("--check needs a real model's reference: drop --synthetic");
+  if (synthetic) {
+    g_dt = NH_F16;
+    if (dtype_arg && !strcmp(dtype_arg, "f32")) g_dt = NH_F32;
+    else if (dtype_arg && strcmp(dtype_arg, "f16")) die("--dtype: '%s' is not f16 or f32", dtype_arg);
+    g_es = g_dt == NH_F16 ? 2 : sizeof(float);
+  }
   if (check && sample_given && sm.kind != SAMPLE_GREEDY) die("--check compares greedy tokens: drop --sample");
   if (expect_placement && decode != DECODE_OPS)
     die("--expect-placement reads each op's event: use it with --decode ops");
@@ -644,9 +773,16 @@ int main(int argc, char **argv) {
   NH_CHECK(nh_policy_name(rt, pname, sizeof pname, NULL));
 
   model m;
+  memset(&m, 0, sizeof m);
   st_file stf;
-  load_model(rt, model_dir, &m, &stf);
+  memset(&stf, 0, sizeof stf);
+  double t_load = now_s();
+  if (synthetic) synthetic_model(rt, synthetic, &m, seed);
+  else load_model(rt, model_dir, &m, &stf);
+  t_load = now_s() - t_load;
   const config *c = &m.c;
+  /* A synthetic model's prefill computes the last row's logits only (no reference to check). */
+  int last_logits = synthetic != NULL;
 
   /* The prompt. */
   uint64_t plen_tok = 0;
@@ -662,8 +798,8 @@ int main(int argc, char **argv) {
       prompt[plen_tok++] = (int32_t)parse_uint("--prompt", tok, 0, c->vocab - 1);
     free(buf);
     if (!plen_tok) die("--prompt: no token ids");
-  } else { /* 16 pseudo-random ids from the seed */
-    plen_tok = 16 < c->max_pos ? 16 : 1;
+  } else { /* pseudo-random ids from the seed: --prompt-len of them, else 16 */
+    plen_tok = prompt_len ? prompt_len : 16 < c->max_pos ? 16 : 1;
     prompt = malloc(plen_tok * sizeof *prompt);
     uint64_t r = seed ^ 0x5DEECE66Dull;
     for (uint64_t i = 0; i < plen_tok; i++) prompt[i] = (int32_t)(rng_uniform(&r) * (double)c->vocab);
@@ -679,10 +815,11 @@ int main(int argc, char **argv) {
     die("prompt (%llu) + steps (%llu) exceed max_position_embeddings %llu", (unsigned long long)plen_tok,
         (unsigned long long)steps, (unsigned long long)c->max_pos);
 
-  printf("policy: %s\nmodel: %s: vocab %llu, hidden %llu, %llu layers, %llu heads (%llu kv, head_dim %llu), ffn %llu (f32)\n",
-         pname, model_dir, (unsigned long long)c->vocab, (unsigned long long)c->dim, (unsigned long long)c->layers,
+  printf("policy: %s\nmodel: %s%s: vocab %llu, hidden %llu, %llu layers, %llu heads (%llu kv, head_dim %llu), ffn %llu (%s)"
+         ", %.2f GB of weights, ready in %.1f s\n",
+         pname, synthetic ? "synthetic " : "", synthetic ? synthetic : model_dir, (unsigned long long)c->vocab, (unsigned long long)c->dim, (unsigned long long)c->layers,
          (unsigned long long)c->heads, (unsigned long long)c->kv_heads, (unsigned long long)c->head_dim,
-         (unsigned long long)c->ffn);
+         (unsigned long long)c->ffn, g_dt == NH_F16 ? "f16" : "f32", weight_bytes(c) / 1e9, t_load);
   printf("prompt: %llu tokens, %llu steps, decode as %s, sampling %s\n\n", (unsigned long long)plen_tok,
          (unsigned long long)steps,
          decode == DECODE_GRAPH      ? "a graph recorded once, its position-dependent ops replaced each step"
@@ -695,16 +832,16 @@ int main(int argc, char **argv) {
   st.rows = plen_tok;
   st.positions = plen_tok + steps;
   uint64_t QW = c->heads * c->head_dim, KVW = c->kv_heads * c->head_dim;
-  st.x = alloc_f32(rt, st.rows * c->dim);
-  st.h = alloc_f32(rt, st.rows * c->dim);
-  st.q = alloc_f32(rt, st.rows * QW);
-  st.attn = alloc_f32(rt, st.rows * QW);
-  st.g = alloc_f32(rt, st.rows * c->ffn);
-  st.u = alloc_f32(rt, st.rows * c->ffn);
-  st.logits = alloc_f32(rt, st.rows * c->vocab);
+  st.x = alloc_act(rt, st.rows * c->dim, 0);
+  st.h = alloc_act(rt, st.rows * c->dim, 0);
+  st.q = alloc_act(rt, st.rows * QW, 0);
+  st.attn = alloc_act(rt, st.rows * QW, 0);
+  st.g = alloc_act(rt, st.rows * c->ffn, 0);
+  st.u = alloc_act(rt, st.rows * c->ffn, 0);
+  st.logits = alloc_act(rt, (last_logits ? 1 : st.rows) * c->vocab, 1);
   for (uint64_t l = 0; l < c->layers; l++) {
-    st.k[l] = alloc_f32(rt, st.positions * KVW);
-    st.v[l] = alloc_f32(rt, st.positions * KVW);
+    st.k[l] = alloc_act(rt, st.positions * KVW, 0);
+    st.v[l] = alloc_act(rt, st.positions * KVW, 0);
   }
 
   submitter sub;
@@ -713,12 +850,14 @@ int main(int argc, char **argv) {
   size_t graph_ops = 0;
   sub.rt = rt;
   sub.ndev = ndev;
-  float *logits = malloc(st.rows * c->vocab * sizeof(float));
+  uint64_t prefill_rows = last_logits ? 1 : plen_tok;
+  float *logits = malloc(prefill_rows * c->vocab * sizeof(float));
   cand *scratch = malloc(c->vocab * sizeof *scratch);
   int32_t *out_tokens = malloc(steps * sizeof *out_tokens);
   double max_diff_prefill = 0, max_diff_steps = 0;
   uint64_t matched = 0, first_mismatch = UINT64_MAX;
-  double t_prefill = 0, t_decode = 0, t_record = 0;
+  double t_prefill = 0, t_decode = 0, t_record = 0, decode_device_s = 0;
+  nh_graph prefill_graph = {0};
   uint64_t ops_before[MAX_DEVICES], ops_mid[MAX_DEVICES], ops_after[MAX_DEVICES];
   uint64_t ops_per_step = 0;
 
@@ -734,18 +873,34 @@ int main(int argc, char **argv) {
       if (trace) NH_CHECK(nh_trace_start(rt, trace));
       device_stats(rt, ndev, ops_before);
     }
-    /* Prefill: the whole prompt, logits of every position. */
+    /* Prefill: the whole prompt, logits of every position (or of the last). As a graph,
+     * recorded once (its ops never change), unless ops are submitted one by one. */
     double t0 = now_s();
-    forward(&sub, &m, &st, prompt, plen_tok, 0, PHASE_PREFILL);
-    NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, plen_tok * c->vocab * sizeof(float)));
+    if (decode != DECODE_OPS) {
+      if (!prefill_graph.id) {
+        NH_CHECK(nh_graph_create(rt, &prefill_graph));
+        sub.graph = prefill_graph;
+        sub.updating = 0;
+        sub.index = 0;
+        forward(&sub, &m, &st, prompt, plen_tok, 0, PHASE_PREFILL, last_logits);
+        sub.graph.id = 0;
+      }
+      nh_event ev;
+      NH_CHECK(nh_graph_submit(rt, prefill_graph, &ev));
+      NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
+      NH_CHECK(nh_event_release(rt, ev));
+    } else {
+      forward(&sub, &m, &st, prompt, plen_tok, 0, PHASE_PREFILL, last_logits);
+    }
+    NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, prefill_rows * c->vocab * sizeof(float)));
     retire(&sub);
     double t1 = now_s();
-    int32_t tok = sample(&rs, logits + (plen_tok - 1) * c->vocab, c->vocab, scratch);
+    int32_t tok = sample(&rs, logits + (prefill_rows - 1) * c->vocab, c->vocab, scratch);
     if (timed) {
       t_prefill = t1 - t0;
       device_stats(rt, ndev, ops_mid);
       if (check) {
-        for (uint64_t i = 0; i < plen_tok * c->vocab; i++) {
+        for (uint64_t i = 0; i < prefill_rows * c->vocab; i++) {
           double d = fabs(logits[i] - ref_prefill[i]);
           if (!(d <= max_diff_prefill)) max_diff_prefill = d; /* NaN propagates */
         }
@@ -769,7 +924,7 @@ int main(int argc, char **argv) {
         sub.graph = graph;
         sub.updating = graph_ops > 0;
         sub.index = 0;
-        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE);
+        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE, 0);
         sub.graph.id = 0;
         if (!graph_ops) NH_CHECK(nh_graph_op_count(rt, graph, &graph_ops));
         if (sub.index != graph_ops) die("internal: a decode step emitted %zu ops, its graph has %zu", sub.index, graph_ops);
@@ -778,6 +933,12 @@ int main(int argc, char **argv) {
         nh_event ev;
         NH_CHECK(nh_graph_submit(rt, graph, &ev));
         NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
+        if (timed) { /* the devices' own time for the step (GPU timestamps where there are) */
+          nh_event_info info;
+          info.struct_size = sizeof info;
+          NH_CHECK(nh_event_get_info(rt, ev, &info));
+          decode_device_s += info.device_ns / 1e9;
+        }
         NH_CHECK(nh_event_release(rt, ev));
         if (decode == DECODE_RERECORD) {
           NH_CHECK(nh_graph_destroy(rt, graph));
@@ -786,7 +947,7 @@ int main(int argc, char **argv) {
         }
       } else {
         size_t before = sub.npending;
-        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE);
+        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE, 0);
         if (!ops_per_step) ops_per_step = sub.npending - before;
       }
       NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, c->vocab * sizeof(float)));
@@ -831,6 +992,11 @@ int main(int argc, char **argv) {
     if (decode != DECODE_OPS)
       printf(", %s %.3f ms/token", decode == DECODE_GRAPH ? "graph updates" : "recording", t_record * 1e3 / (steps - 1));
     printf(")\n");
+    if (decode != DECODE_OPS)
+      printf("decode:  devices busy %.1f%% of the wall time (their own timers: GPU timestamps, else wall time on the device)\n",
+             100.0 * decode_device_s / t_decode);
+    printf("decode:  %.2f GB of weights a token: %.1f GB/s of weights\n", weight_bytes(c) / 1e9,
+           weight_bytes(c) * (steps - 1) / t_decode / 1e9);
   }
 
   printf("\nops run per device (nh_device_get_stats):\n%-4s %-36s %10s %10s\n", "dev", "name", "prefill", "decode");
@@ -904,7 +1070,8 @@ int main(int argc, char **argv) {
   }
 
   if (graph.id) NH_CHECK(nh_graph_destroy(rt, graph));
-  st_close(&stf);
+  if (prefill_graph.id) NH_CHECK(nh_graph_destroy(rt, prefill_graph));
+  if (!synthetic) st_close(&stf);
   free(logits);
   free(scratch);
   free(out_tokens);

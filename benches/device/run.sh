@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), over binaries built by prepare.sh. Every
 # measurement goes to $OUT as one file per step; a failing step does not stop the others.
+#   bash benches/device/run.sh [GROUP...]   groups: kernels, models, hybrid (default: all)
+# kernels: Vulkan matmul/GEMV vs cuBLAS; models: embeddings, tiny Llama and a
+# Llama-3.2-1B-shaped f16 model on the GPU vs the machine's CPU; hybrid: every device enabled
+# under the built-in policies vs the best single device, same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -12,28 +16,53 @@ done
 export XDG_CACHE_HOME=/tmp/nh-cache LD_LIBRARY_PATH="$PWD/.devbin/lib"
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
+groups=${*:-kernels models hybrid}
+want() { [[ " $groups " == *" $1 "* ]]; }
 step() { # name timeout command...
   local name=$1 limit=$2; shift 2
-  { echo "\$ $*"; timeout "$limit" "$@"; echo "exit status: $?"; } >"$out/$name.txt" 2>&1
+  local t0=$SECONDS
+  { echo "\$ $*"; timeout "$limit" "$@"; echo "exit status: $? after $((SECONDS - t0)) s"; } >"$out/$name.txt" 2>&1
 }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; } >"$out/machine.txt" 2>&1
-step vulkan_matmul 150 .devbin/vulkan_matmul --bench
-step cublas_baseline 120 python3 benches/vulkan_torch_baseline.py
-step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024
-step hybrid_sweep 120 .devbin/hybrid_sweep 8192
-if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then
-  step generate_gpu 60 .devbin/generate --model .devbin/tiny_llama --devices gpu --policy llm_inference \
-    --check .devbin/tiny_llama/reference.json
-  step generate_cpu16 60 .devbin/generate --model .devbin/tiny_llama --devices cpu
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; date -u; } >"$out/machine.txt" 2>&1
+# The GPU's own copy bandwidth (device to device), the bound for weight-streaming decode.
+step copy_bandwidth 60 python3 -c "
+import torch
+x = torch.empty(1 << 28, dtype=torch.float32, device='cuda'); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(20): y.copy_(x)
+e.record(); torch.cuda.synchronize()
+print(f'RESULT case=copy_bandwidth GBps={2 * x.numel() * 4 * 20 / (s.elapsed_time(e) / 1e3) / 1e9:.0f}')"
+if want kernels; then
+  step vulkan_matmul 150 .devbin/vulkan_matmul --bench
+  step cublas_baseline 120 python3 benches/vulkan_torch_baseline.py
 fi
-if [ -x .devbin/embed ]; then
-  step embed_gpu 120 .devbin/embed --bench --synthetic --devices gpu --place gpu
-  step embed_cpu 120 .devbin/embed --bench --synthetic --devices cpu
-  # Where the GPU's time goes, op by op (Chrome trace format).
-  step embed_gpu_trace 60 .devbin/embed --bench --synthetic --devices gpu --place gpu --bench-seq 256 \
-    --batch-sizes 16 --bench-seconds 1 --trace "$out/embed_gpu_trace.json"
+if want models; then
+  if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then
+    step generate_gpu 60 .devbin/generate --model .devbin/tiny_llama --devices gpu --policy llm_inference \
+      --check .devbin/tiny_llama/reference.json --quiet
+    step generate_cpu16 60 .devbin/generate --model .devbin/tiny_llama --devices cpu --quiet
+    # Llama-3.2-1B shapes, f16, random weights: prefill 512 tokens, then decode.
+    step llama1b_gpu 240 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 33 \
+      --devices gpu --policy llm_inference --quiet --trace "$out/llama1b_gpu_trace.json"
+    step llama1b_cpu16 240 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 9 \
+      --devices cpu --quiet
+  fi
+  if [ -x .devbin/embed ]; then
+    step embed_gpu 150 .devbin/embed --bench --synthetic --devices gpu --place gpu --bench-seconds 2
+    step embed_cpu 150 .devbin/embed --bench --synthetic --devices cpu --bench-seconds 2
+  fi
 fi
-[ -x .devbin/workload ] && step workload_gpu 60 .devbin/workload --policy default --devices gpu,sim --seq 512
+if want hybrid; then
+  # Every device on, the built-in policies: never slower than the best single device above.
+  [ -x .devbin/embed ] && step embed_hybrid 150 .devbin/embed --bench --synthetic --devices gpu,sim --bench-seconds 2
+  [ -x .devbin/generate ] && step generate_hybrid 60 .devbin/generate --model .devbin/tiny_llama \
+    --devices gpu,sim --policy llm_inference --quiet
+  [ -x .devbin/workload ] && step workload_hybrid 60 .devbin/workload --policy default --devices gpu,sim --seq 512
+  [ -x .devbin/workload ] && step workload_cpu 60 .devbin/workload --policy default --cpu-only --seq 512
+  [ -x .devbin/hybrid_mixed ] && step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024
+fi
 tail -n 25 "$out"/*.txt
-# At most 8 files come back from the device machine: hand back one.
+# At most 8 files come back from the device machine: hand back the logs as one.
 (cd "$out" && for f in *.txt; do echo "=== $f"; cat "$f"; done >all.log && rm -f ./*.txt)

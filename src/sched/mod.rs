@@ -471,9 +471,10 @@ impl Scheduler {
                 candidates.iter().min_by_key(|d| d.load.queued.load(Ordering::Relaxed)).map(|d| with_cost(d))
             }
             // The estimate that picked the device is the one its job carries.
-            Strategy::EarliestCompletion => {
-                candidates.iter().map(|d| with_cost(d)).min_by(|a, b| a.1.completion.total_cmp(&b.1.completion))
-            }
+            Strategy::EarliestCompletion => without_calibrating(candidates)
+                .iter()
+                .map(|d| with_cost(d))
+                .min_by(|a, b| a.1.completion.total_cmp(&b.1.completion)),
         }
     }
 
@@ -488,10 +489,6 @@ impl Scheduler {
                     candidates.push(d);
                 }
             }
-        }
-        // A device being calibrated takes no work another device can do.
-        if candidates.iter().any(|d| !d.calibrating.load(Ordering::Relaxed)) {
-            candidates.retain(|d| !d.calibrating.load(Ordering::Relaxed));
         }
         if candidates.is_empty() {
             // Backstop outside the rule's list: any device that can run it, CPU first.
@@ -745,6 +742,16 @@ impl Scheduler {
             self.drained.notify_all();
         }
     }
+}
+
+/// Drops devices being calibrated where another candidate remains: the model's choice is not
+/// made on a guess, nor is the user's work the experiment. (Rules that name their order,
+/// first available or least loaded, keep it.)
+fn without_calibrating(mut candidates: Vec<&Device>) -> Vec<&Device> {
+    if candidates.iter().any(|d| !d.calibrating.load(Ordering::Relaxed)) {
+        candidates.retain(|d| !d.calibrating.load(Ordering::Relaxed));
+    }
+    candidates
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -55,8 +55,10 @@ impl Costs for ModelCosts<'_> {
 impl Scheduler {
     /// Places a graph's ops (see `segment.rs`) before they are registered: runs of two or
     /// more ops on a device other than the host become segments, the rest are pinned to their
-    /// device. Ops whose rule does not ask for the earliest completion, or splits them, are
-    /// left to per-op dispatch, as are graphs no device but the host could take.
+    /// device. Under `earliest_completion` the plan picks among the rule's devices; under
+    /// `first_available` the op's device is the rule's first usable one. Ops the policy
+    /// splits or balances by load are left to per-op dispatch, as are graphs no device but
+    /// the host could take.
     pub(super) fn place_graph(&self, tasks: &[Arc<Task>]) {
         let mut reasons = Vec::with_capacity(tasks.len());
         let choices: Vec<Vec<usize>> = tasks
@@ -64,12 +66,17 @@ impl Scheduler {
             .map(|t| {
                 let decision = t.policy.decide(&Self::query(&t.op));
                 reasons.push(decision.rule_label.to_string());
-                let planned = decision.strategy == Strategy::EarliestCompletion
-                    && !(decision.split.is_some() && t.op.kind == OpKind::Matmul);
-                if !planned {
+                if decision.split.is_some() && t.op.kind == OpKind::Matmul {
                     return Vec::new();
                 }
-                self.candidates(&t.op, &decision, 0).iter().map(|d| d.index).collect()
+                let candidates = self.candidates(&t.op, &decision, 0);
+                match decision.strategy {
+                    Strategy::EarliestCompletion => {
+                        super::without_calibrating(candidates).iter().map(|d| d.index).collect()
+                    }
+                    Strategy::FirstAvailable => candidates.first().map(|d| d.index).into_iter().collect(),
+                    Strategy::LeastLoaded => Vec::new(),
+                }
             })
             .collect();
         if choices.iter().flatten().all(|&d| self.devices[d].is_host()) {
