@@ -251,8 +251,15 @@ int main(int argc, char **argv) {
     total += t;
     if (t < best) best = t;
   }
-  printf("block as a graph: %d runs, mean %.2f ms, best %.2f ms (%.0f tokens/s)\n\n", iters, total / iters, best,
+  printf("block as a graph: %d runs, mean %.2f ms, best %.2f ms (%.0f tokens/s)\n", iters, total / iters, best,
          S / (best / 1e3));
+  /* Where the scheduler puts the graph now (its segments, and why each ends where it does). */
+  size_t need = 0;
+  NH_CHECK(nh_graph_explain(rt, graph, NULL, 0, &need));
+  char *plan = malloc(need);
+  NH_CHECK(nh_graph_explain(rt, graph, plan, need, NULL));
+  printf("graph placement: %s\n", plan);
+  free(plan);
   NH_CHECK(nh_graph_destroy(rt, graph));
 
   if (trace) {

@@ -479,6 +479,11 @@ nh_status nh_graph_destroy(nh_runtime runtime, nh_graph graph);
 
 // Explains where the active policy would run `desc`: the rule that matched, the rules
 // tried before it, and each device with why it was or was not a candidate.
+// Explains where the active policy and the performance model would run the graph's ops if
+// it were submitted now: the placement plan, each segment (a run of ops one device runs as
+// one submission) and why each ends where it does. Output as for `nh_policy_explain`.
+nh_status nh_graph_explain(nh_runtime runtime, nh_graph graph, char *buf, size_t capacity, size_t *needed);
+
 nh_status nh_policy_explain(nh_runtime runtime, const nh_op_desc *desc, char *buf, size_t capacity, size_t *needed);
 
 // Fills `desc` with defaults: CPU only, built-in "default" policy, all cores, stderr logging

@@ -430,6 +430,17 @@ impl Runtime {
         Ok(all)
     }
 
+    /// Where the active policy and the performance model would run a graph's ops now: the
+    /// plan chosen, its segments, and why each ends where it does.
+    pub fn explain_graph(&self, graph: &Graph) -> Result<String> {
+        let ops = graph
+            .shared_ops()
+            .iter()
+            .map(|op| Ok((Arc::clone(op), self.prepare(op)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.sched.explain_graph(ops, self.policy()))
+    }
+
     /// Blocks until every submitted op has completed.
     pub fn synchronize(&self) {
         self.sched.drain();

@@ -74,6 +74,8 @@ fn a_chain_of_gpu_ops_is_one_submission_and_its_results_are_exact() {
     let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
     let rounds = 12;
     let g = chain(&rt, x, yb, tmp, n, rounds);
+    let explained = rt.explain_graph(&g).unwrap();
+    assert!(explained.contains("ops 0..24 on [1]") && explained.contains("one segment"), "{explained}");
     let before = gpu.stats().submissions;
     let ev = rt.submit_graph(&g).unwrap();
     ev.wait(None).unwrap();
@@ -107,7 +109,10 @@ fn a_slow_gpu_gets_no_part_of_a_graph_the_cpu_runs_sooner() {
     let (x0, y) = (random(n, 3), random(n, 4));
     let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
     let before = gpu.stats().submissions;
-    let ev = rt.submit_graph(&chain(&rt, x, yb, tmp, n, 4)).unwrap();
+    let g = chain(&rt, x, yb, tmp, n, 4);
+    let explained = rt.explain_graph(&g).unwrap();
+    assert!(explained.contains("one device: 0") && explained.contains("op by op"), "{explained}");
+    let ev = rt.submit_graph(&g).unwrap();
     ev.wait(None).unwrap();
     assert_eq!(ev.outcome().1.devices_mask, 1, "every op ran on the CPU");
     assert_eq!(gpu.stats().submissions, before);

@@ -46,7 +46,7 @@ if want models; then
     # Llama-3.2-1B shapes, f16, random weights: prefill 512 tokens, then decode.
     step llama1b_gpu 240 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 33 \
       --devices gpu --policy llm_inference --quiet --trace "$out/llama1b_gpu_trace.json"
-    step llama1b_cpu16 240 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 9 \
+    step llama1b_cpu16 150 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 9 \
       --devices cpu --quiet
   fi
   if [ -x .devbin/embed ]; then

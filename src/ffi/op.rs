@@ -264,6 +264,25 @@ pub extern "C" fn nh_graph_destroy(runtime: nh_runtime, graph: nh_graph) -> nh_s
 
 /// Explains where the active policy would run `desc`: the rule that matched, the rules
 /// tried before it, and each device with why it was or was not a candidate.
+/// Explains where the active policy and the performance model would run the graph's ops if
+/// it were submitted now: the placement plan, each segment (a run of ops one device runs as
+/// one submission) and why each ends where it does. Output as for `nh_policy_explain`.
+#[no_mangle]
+pub extern "C" fn nh_graph_explain(
+    runtime: nh_runtime,
+    graph: nh_graph,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+) -> nh_status {
+    guard(|| {
+        let e = entry(runtime)?;
+        let g = e.graphs.lock().get(graph.id)?;
+        let text = e.rt.explain_graph(&g.lock())?;
+        write_string(&text, buf, capacity, needed)
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn nh_policy_explain(
     runtime: nh_runtime,

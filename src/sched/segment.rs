@@ -29,7 +29,8 @@ pub trait Costs {
     fn segment_start_ns(&self, device: usize) -> f64;
 }
 
-/// A placement: the device of each op, None for ops left to per-op dispatch.
+/// A placement: the device of each op, None for ops left to per-op dispatch. `chosen` names
+/// the candidate that won: "one device: N" keeps every op it can on device N.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub devices: Vec<Option<usize>>,

@@ -15,6 +15,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A run of consecutive ops on one device, and why it ends where it does.
+struct Run {
+    device: usize,
+    start: usize,
+    end: usize,
+    ends: String,
+}
+
+/// A graph's placement and its runs.
+struct GraphPlan {
+    plan: segment::Plan,
+    runs: Vec<Run>,
+}
+
+impl GraphPlan {
+    fn describe(&self, devices: &[Device]) -> String {
+        let mut text = format!(
+            "{} ops; plan: {} (expected {:.1} us); {} runs:\n",
+            self.plan.devices.len(),
+            self.plan.chosen,
+            self.plan.expected_ns / 1e3,
+            self.runs.len()
+        );
+        for r in &self.runs {
+            let d = &devices[r.device];
+            let how = if r.end - r.start >= 2 && !d.is_host() { "one segment" } else { "op by op" };
+            text.push_str(&format!(
+                "  ops {}..{} on [{}] {} ({how}): ends at {}\n",
+                r.start, r.end, d.index, d.info.name, r.ends
+            ));
+        }
+        let loose = self.plan.devices.iter().filter(|d| d.is_none()).count();
+        if loose > 0 {
+            text.push_str(&format!("  {loose} ops are dispatched on their own when ready\n"));
+        }
+        text
+    }
+}
+
 /// The scheduler's performance models as the planner's costs.
 struct ModelCosts<'a> {
     devices: &'a [Device],
@@ -53,19 +92,17 @@ impl Costs for ModelCosts<'_> {
 }
 
 impl Scheduler {
-    /// Places a graph's ops (see `segment.rs`) before they are registered: runs of two or
-    /// more ops on a device other than the host become segments, the rest are pinned to their
-    /// device. Under `earliest_completion` the plan picks among the rule's devices; under
-    /// `first_available` the op's device is the rule's first usable one. Ops the policy
-    /// splits or balances by load are left to per-op dispatch, as are graphs no device but
-    /// the host could take.
-    pub(super) fn place_graph(&self, tasks: &[Arc<Task>]) {
-        let mut reasons = Vec::with_capacity(tasks.len());
+    /// Plans a graph's placement (see `segment.rs`). Under `earliest_completion` the plan
+    /// picks among the rule's devices; under `first_available` an op's device is the rule's
+    /// first usable one. Ops the policy splits or balances by load are left to per-op
+    /// dispatch. None when no device but the host could take any op.
+    fn plan_graph(&self, tasks: &[Arc<Task>]) -> Option<GraphPlan> {
+        let mut rules = Vec::with_capacity(tasks.len());
         let choices: Vec<Vec<usize>> = tasks
             .iter()
             .map(|t| {
                 let decision = t.policy.decide(&Self::query(&t.op));
-                reasons.push(decision.rule_label.to_string());
+                rules.push(decision.rule_label.to_string());
                 if decision.split.is_some() && t.op.kind == OpKind::Matmul {
                     return Vec::new();
                 }
@@ -80,32 +117,38 @@ impl Scheduler {
             })
             .collect();
         if choices.iter().flatten().all(|&d| self.devices[d].is_host()) {
-            return;
+            return None;
         }
         let ops: Vec<&OpDesc> = tasks.iter().map(|t| &*t.op).collect();
         let plan = segment::plan(&ops, &choices, &ModelCosts { devices: &self.devices, tasks });
-        let runs = segment::runs(&plan.devices);
-        log::debug!(
-            "graph of {} ops: {} ({:.1} us expected), {} runs",
-            tasks.len(),
-            plan.chosen,
-            plan.expected_ns / 1e3,
-            runs.len()
-        );
-        for (n, &(device, start, end)) in runs.iter().enumerate() {
-            let ends = match runs.get(n + 1) {
-                None if end == tasks.len() => "end of graph".to_string(),
-                _ if end < tasks.len() && choices[end].is_empty() => {
-                    format!("op {end} ({}) is dispatched on its own (rule '{}')", tasks[end].op.kind, reasons[end])
-                }
-                _ if end < tasks.len() && !choices[end].contains(&device) => format!(
-                    "op {end} ({}) cannot run on {} under rule '{}'",
-                    tasks[end].op.kind, self.devices[device].info.name, reasons[end]
-                ),
-                _ => format!("the model expects op {end} ({}) to finish sooner elsewhere", tasks[end.min(tasks.len() - 1)].op.kind),
-            };
+        let runs = segment::runs(&plan.devices)
+            .into_iter()
+            .map(|(device, start, end)| {
+                let op = |i: usize| format!("op {i} ({})", tasks[i].op.kind);
+                let ends = if end == tasks.len() {
+                    "end of graph".to_string()
+                } else if choices[end].is_empty() {
+                    format!("{} is dispatched on its own (rule '{}' splits it or balances load)", op(end), rules[end])
+                } else if !choices[end].contains(&device) {
+                    format!("{} cannot run on {} under rule '{}'", op(end), self.devices[device].info.name, rules[end])
+                } else {
+                    format!("the model expects {} to finish sooner on another device", op(end))
+                };
+                Run { device, start, end, ends }
+            })
+            .collect();
+        Some(GraphPlan { plan, runs })
+    }
+
+    /// Places a graph's ops before they are registered: runs of two or more ops on a device
+    /// other than the host become segments, the rest are pinned to their device.
+    pub(super) fn place_graph(&self, tasks: &[Arc<Task>]) {
+        let Some(gp) = self.plan_graph(tasks) else { return };
+        log::debug!("graph of {} ops: {}", tasks.len(), gp.describe(&self.devices));
+        for run in gp.runs {
+            let Run { device, start, end, ends } = run;
             self.trace.instant(Some(device), "segment", || {
-                json!({"first_op": start, "ops": end - start, "plan": plan.chosen, "ends": ends})
+                json!({"first_op": start, "ops": end - start, "plan": gp.plan.chosen, "ends": ends})
             });
             if end - start < 2 || self.devices[device].is_host() {
                 for t in &tasks[start..end] {
@@ -125,6 +168,19 @@ impl Scheduler {
         }
     }
 
+    /// What `place_graph` would do with these ops now, in words: the plan chosen, each run of
+    /// ops with its device and why it ends where it does.
+    pub fn explain_graph(&self, ops: Vec<(Arc<OpDesc>, crate::backend::OpMemory)>, policy: Arc<crate::policy::CompiledPolicy>) -> String {
+        let tasks: Vec<Arc<Task>> = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, (op, mem))| Arc::new(Task::new(i as u64, op, mem, crate::event::Event::new(1), Arc::clone(&policy))))
+            .collect();
+        match self.plan_graph(&tasks) {
+            None => format!("{} ops: every op runs on the host, one by one (no other device could take any)\n", tasks.len()),
+            Some(gp) => gp.describe(&self.devices),
+        }
+    }
     /// All members are ready: queue the segment on its device.
     pub(super) fn enqueue_segment(self: &Arc<Self>, seg: Arc<SegmentRun>) {
         let device = &self.devices[seg.device];
