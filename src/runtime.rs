@@ -133,9 +133,17 @@ impl Runtime {
             for d in &devices {
                 let path = dir.join(d.model.file_name());
                 if d.model.load(dir) {
-                    log::info!("{}: performance history from {} (it steers placement; delete it to start over)", d.info.name, path.display());
+                    log::info!(
+                        "{}: performance history from {} (it steers placement; delete it to start over)",
+                        d.info.name,
+                        path.display()
+                    );
                 } else {
-                    log::info!("{}: no performance history yet; it will be kept in {}", d.info.name, path.display());
+                    log::info!(
+                        "{}: no performance history yet; it will be kept in {}",
+                        d.info.name,
+                        path.display()
+                    );
                 }
             }
         }

@@ -181,7 +181,10 @@ impl Backend for LosingGpu {
 
     fn execute_segment(&self, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
         if self.lost.swap(true, Ordering::SeqCst) {
-            return SegmentReport { reports: vec![], error: Some(Error::DeviceLost("test: the GPU is gone".into())) };
+            return SegmentReport {
+                reports: vec![],
+                error: Some(Error::DeviceLost("test: the GPU is gone".into())),
+            };
         }
         let ok = self.ok.min(ops.len());
         let mut report = self.inner.execute_segment(&ops[..ok]);
@@ -247,11 +250,15 @@ fn a_new_gpu_is_measured_before_it_takes_work_the_cpu_can_do() {
     assert!(measured.launch_ns > 0.0 && measured.bandwidth_gbs > 0.0);
     drop(rt);
     // The next runtime starts from the saved calibration and measures nothing.
-    let rt = Runtime::with_backends(cfg, vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>]).unwrap();
+    let rt =
+        Runtime::with_backends(cfg, vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>]).unwrap();
     let model = &rt.scheduler().devices[1].model;
     assert!(model.is_calibrated());
     let again = model.priors();
     let same = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs();
-    assert!(same(again.peak_gflops, measured.peak_gflops) && same(again.launch_ns, measured.launch_ns), "{again:?}");
+    assert!(
+        same(again.peak_gflops, measured.peak_gflops) && same(again.launch_ns, measured.launch_ns),
+        "{again:?}"
+    );
     assert!(!rt.scheduler().devices[1].calibrating.load(Ordering::Relaxed));
 }

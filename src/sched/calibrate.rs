@@ -4,11 +4,11 @@
 //! from the user's own work. Pipeline compilation is reported apart and not counted.
 
 use super::perf_model::{DeviceModel, Priors};
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::backend::{Backend, OpMemory};
 use crate::error::{Error, Result};
 use crate::memory::{Buffer, BufferId, HostPool};
 use crate::op::{DType, OpDesc, OpKind, TensorView};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,8 @@ impl Scratch {
         let block = self.pool.alloc(bytes)?;
         let buf = Arc::new(Buffer::pooled(id, block, bytes));
         // Small non-zero values: no denormals, no infinities.
-        let fill: Vec<u8> = (0..bytes / 4).flat_map(|i| (1.0f32 + (i % 7) as f32 / 8.0).to_le_bytes()).collect();
+        let fill: Vec<u8> =
+            (0..bytes / 4).flat_map(|i| (1.0f32 + (i % 7) as f32 / 8.0).to_le_bytes()).collect();
         buf.write(0, &fill)?;
         self.buffers.push(buf);
         Ok(id)
@@ -51,7 +52,13 @@ fn f32_view(buffer: BufferId, shape: &[usize]) -> TensorView {
 }
 
 /// Best of `runs` timed runs of a segment, after one untimed run (uploads, compilation).
-fn best_of(backend: &dyn Backend, ops: &[OpDesc], mem: &OpMemory, runs: usize, setup: &mut Duration) -> Result<f64> {
+fn best_of(
+    backend: &dyn Backend,
+    ops: &[OpDesc],
+    mem: &OpMemory,
+    runs: usize,
+    setup: &mut Duration,
+) -> Result<f64> {
     let pairs: Vec<(&OpDesc, &OpMemory)> = ops.iter().map(|op| (op, mem)).collect();
     let mut best = f64::INFINITY;
     for i in 0..=runs {
@@ -123,7 +130,8 @@ pub fn calibrate(backend: &dyn Backend, stop: &AtomicBool) -> Result<Calibration
     let mut n = 256;
     loop {
         let (p, q, r) = (s.buffer(4 * n * n)?, s.buffer(4 * n * n)?, s.buffer(4 * n * n)?);
-        let mm = OpDesc::new(OpKind::Matmul, &[f32_view(p, &[n, n]), f32_view(q, &[n, n])], f32_view(r, &[n, n]));
+        let mm =
+            OpDesc::new(OpKind::Matmul, &[f32_view(p, &[n, n]), f32_view(q, &[n, n])], f32_view(r, &[n, n]));
         let flops = mm.flops();
         let t = best_of(backend, &[mm], &s.memory(), 2, &mut setup)?;
         let run = (t - launch).max(op_ns);

@@ -61,13 +61,24 @@ impl Device {
             DeviceKind::Npu | DeviceKind::SimulatedNpu => DeviceClass::Npu,
         };
         let model = DeviceModel::new(&info);
-        Device { index, class, info, backend, model, load: DeviceLoad::default(), calibrating: AtomicBool::new(false) }
+        Device {
+            index,
+            class,
+            info,
+            backend,
+            model,
+            load: DeviceLoad::default(),
+            calibrating: AtomicBool::new(false),
+        }
     }
 
     /// Whether the device is measured before use: it has its own memory (a link to cross)
     /// and no measured starting point yet.
     pub fn needs_calibration(&self) -> bool {
-        self.info.available && !self.is_host() && self.backend.link_gbs().is_some() && !self.model.is_calibrated()
+        self.info.available
+            && !self.is_host()
+            && self.backend.link_gbs().is_some()
+            && !self.model.is_calibrated()
     }
 
     /// Host devices run ops on host memory directly (no transfers, can run inline).

@@ -35,7 +35,8 @@ impl HazardTracker {
     pub fn register(&mut self, task: &Arc<Task>) -> usize {
         let mut waits_for: Vec<Arc<Task>> = Vec::new();
         let mut wait = |other: &Arc<Task>| {
-            if other.id != task.id && !task.same_segment(other) && !waits_for.iter().any(|t| t.id == other.id) {
+            if other.id != task.id && !task.same_segment(other) && !waits_for.iter().any(|t| t.id == other.id)
+            {
                 waits_for.push(Arc::clone(other));
             }
         };

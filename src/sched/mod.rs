@@ -25,15 +25,15 @@ use crate::policy::{CompiledPolicy, Decision, OpQuery, Strategy};
 use crate::trace::Trace;
 use crossbeam_channel::{Receiver, Sender};
 use hazards::HazardTracker;
-use segment::SegmentRun;
-use task::Placement;
 use parking_lot::{Condvar, Mutex, RwLock};
+use segment::SegmentRun;
 use serde_json::json;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+use task::Placement;
 
 /// Ops predicted to take less than this on a host device run on the submitting thread when
 /// that device is idle: a thread hand-off would cost more than the op.
@@ -689,7 +689,13 @@ impl Scheduler {
 
     /// Counts a device fault, degrades the device when the policy says so, traces it.
     /// Returns whether the device is now degraded.
-    fn record_fault(&self, device: &Device, op: &OpDesc, err: &Error, fallback: &crate::policy::FallbackSpec) -> bool {
+    fn record_fault(
+        &self,
+        device: &Device,
+        op: &OpDesc,
+        err: &Error,
+        fallback: &crate::policy::FallbackSpec,
+    ) -> bool {
         device.load.failures.fetch_add(1, Ordering::Relaxed);
         let streak = device.load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let lost = matches!(err, Error::DeviceLost(_));
@@ -707,7 +713,11 @@ impl Scheduler {
             }
             *until = Some(Instant::now() + fallback.degrade_for);
         }
-        self.trace.instant(Some(device.index), "fault", || json!({"op": op.kind.name(), "error": err.to_string()}));
+        self.trace.instant(
+            Some(device.index),
+            "fault",
+            || json!({"op": op.kind.name(), "error": err.to_string()}),
+        );
         degrade
     }
 

@@ -218,7 +218,9 @@ impl DeviceModel {
         match serde_json::from_slice::<Saved>(&bytes) {
             Ok(saved) if saved.device == self.identity => {
                 if let Some(p) = saved.calibration.filter(|p| {
-                    [p.launch_ns, p.op_ns, p.peak_gflops, p.bandwidth_gbs].iter().all(|x| x.is_finite() && *x > 0.0)
+                    [p.launch_ns, p.op_ns, p.peak_gflops, p.bandwidth_gbs]
+                        .iter()
+                        .all(|x| x.is_finite() && *x > 0.0)
                 }) {
                     self.calibrate(p);
                 }

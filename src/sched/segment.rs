@@ -72,7 +72,13 @@ fn producers(ops: &[&OpDesc]) -> Vec<Vec<Producer>> {
 /// Time to run op `i` on `d` after the ops before it were placed as in `devices`: its run,
 /// a segment start unless the previous op is on `d`, and moving its inputs to `d`. Ops left
 /// unplanned count as run elsewhere: what they produce is moved to whoever reads it.
-fn op_ns(i: usize, d: usize, devices: &[Option<usize>], producers: &[Vec<Producer>], costs: &impl Costs) -> f64 {
+fn op_ns(
+    i: usize,
+    d: usize,
+    devices: &[Option<usize>],
+    producers: &[Vec<Producer>],
+    costs: &impl Costs,
+) -> f64 {
     let mut total = costs.run_ns(i, d);
     if i == 0 || devices[i - 1] != Some(d) {
         total += costs.segment_start_ns(d);

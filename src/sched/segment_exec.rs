@@ -128,9 +128,18 @@ impl Scheduler {
                 let ends = if end == tasks.len() {
                     "end of graph".to_string()
                 } else if choices[end].is_empty() {
-                    format!("{} is dispatched on its own (rule '{}' splits it or balances load)", op(end), rules[end])
+                    format!(
+                        "{} is dispatched on its own (rule '{}' splits it or balances load)",
+                        op(end),
+                        rules[end]
+                    )
                 } else if !choices[end].contains(&device) {
-                    format!("{} cannot run on {} under rule '{}'", op(end), self.devices[device].info.name, rules[end])
+                    format!(
+                        "{} cannot run on {} under rule '{}'",
+                        op(end),
+                        self.devices[device].info.name,
+                        rules[end]
+                    )
                 } else {
                     format!("the model expects {} to finish sooner on another device", op(end))
                 };
@@ -147,9 +156,11 @@ impl Scheduler {
         log::debug!("graph of {} ops: {}", tasks.len(), gp.describe(&self.devices));
         for run in gp.runs {
             let Run { device, start, end, ends } = run;
-            self.trace.instant(Some(device), "segment", || {
-                json!({"first_op": start, "ops": end - start, "plan": gp.plan.chosen, "ends": ends})
-            });
+            self.trace.instant(
+                Some(device),
+                "segment",
+                || json!({"first_op": start, "ops": end - start, "plan": gp.plan.chosen, "ends": ends}),
+            );
             if end - start < 2 || self.devices[device].is_host() {
                 for t in &tasks[start..end] {
                     let _ = t.placement.set(Placement::Device(device));
@@ -170,14 +181,23 @@ impl Scheduler {
 
     /// What `place_graph` would do with these ops now, in words: the plan chosen, each run of
     /// ops with its device and why it ends where it does.
-    pub fn explain_graph(&self, ops: Vec<(Arc<OpDesc>, crate::backend::OpMemory)>, policy: Arc<crate::policy::CompiledPolicy>) -> String {
+    pub fn explain_graph(
+        &self,
+        ops: Vec<(Arc<OpDesc>, crate::backend::OpMemory)>,
+        policy: Arc<crate::policy::CompiledPolicy>,
+    ) -> String {
         let tasks: Vec<Arc<Task>> = ops
             .into_iter()
             .enumerate()
-            .map(|(i, (op, mem))| Arc::new(Task::new(i as u64, op, mem, crate::event::Event::new(1), Arc::clone(&policy))))
+            .map(|(i, (op, mem))| {
+                Arc::new(Task::new(i as u64, op, mem, crate::event::Event::new(1), Arc::clone(&policy)))
+            })
             .collect();
         match self.plan_graph(&tasks) {
-            None => format!("{} ops: every op runs on the host, one by one (no other device could take any)\n", tasks.len()),
+            None => format!(
+                "{} ops: every op runs on the host, one by one (no other device could take any)\n",
+                tasks.len()
+            ),
             Some(gp) => gp.describe(&self.devices),
         }
     }
@@ -197,7 +217,11 @@ impl Scheduler {
             device.load.queued_ns.fetch_sub(predicted as u64, Ordering::Relaxed);
             let tasks = std::mem::take(&mut *seg.tasks.lock());
             for t in tasks {
-                self.finish_part(&t, Err(Error::Internal("runtime is shutting down".into())), &EventInfo::default());
+                self.finish_part(
+                    &t,
+                    Err(Error::Internal("runtime is shutting down".into())),
+                    &EventInfo::default(),
+                );
             }
         }
     }
@@ -225,14 +249,14 @@ impl Scheduler {
                 out.touch();
             }
         }
-        let pairs: Vec<(&OpDesc, &crate::backend::OpMemory)> = tasks.iter().map(|t| (&*t.op, &t.mem)).collect();
+        let pairs: Vec<(&OpDesc, &crate::backend::OpMemory)> =
+            tasks.iter().map(|t| (&*t.op, &t.mem)).collect();
         let started = Instant::now();
-        let report = catch_unwind(AssertUnwindSafe(|| device.backend.execute_segment(&pairs))).unwrap_or_else(|p| {
-            crate::backend::SegmentReport {
+        let report = catch_unwind(AssertUnwindSafe(|| device.backend.execute_segment(&pairs)))
+            .unwrap_or_else(|p| crate::backend::SegmentReport {
                 reports: Vec::new(),
                 error: Some(Error::DeviceFailed(format!("backend panicked: {}", panic_message(&p)))),
-            }
-        });
+            });
         let finished = Instant::now();
         release();
         let done = report.reports.len().min(tasks.len());
@@ -255,7 +279,8 @@ impl Scheduler {
             );
             self.run_in_order(&tasks, done, vec![seg.device]);
         } else {
-            let info = EventInfo { device: Some(seg.device), devices_mask: 1 << seg.device, ..Default::default() };
+            let info =
+                EventInfo { device: Some(seg.device), devices_mask: 1 << seg.device, ..Default::default() };
             self.finish_part(failed, Err(err.clone()), &info);
             self.run_in_order_after_failure(&tasks, done, err);
         }
@@ -284,9 +309,13 @@ impl Scheduler {
         load.consecutive_failures.store(0, Ordering::Relaxed);
         let mut at = started;
         let n = tasks.len() as f64;
-        self.trace.slice(device.index, "segment", started, finished, || {
-            json!({"ops": tasks.len(), "setup_us": setup / 1e3, "first_task": tasks[0].id})
-        });
+        self.trace.slice(
+            device.index,
+            "segment",
+            started,
+            finished,
+            || json!({"ops": tasks.len(), "setup_us": setup / 1e3, "first_task": tasks[0].id}),
+        );
         for (t, r) in tasks.iter().zip(reports) {
             let share = match r.device_ns {
                 Some(ns) if device_total > 0.0 => ns as f64 / device_total,
@@ -353,7 +382,8 @@ impl Scheduler {
         let decision = task.policy.decide(&Self::query(&task.op));
         let mut tried: u64 = excluded.iter().fold(0, |m, d| m | 1 << d);
         let mut fallbacks = excluded.len() as u32;
-        let mut last_err = Error::Unsupported(format!("no device can run {} in {}", task.op.kind, task.op.dtype()));
+        let mut last_err =
+            Error::Unsupported(format!("no device can run {} in {}", task.op.kind, task.op.dtype()));
         while let Some((index, _)) = self.choose(&task.op, &task.mem, &decision, tried) {
             let device = &self.devices[index];
             if let Ok(out) = task.mem.buffer(task.op.output.buffer) {
@@ -362,7 +392,9 @@ impl Scheduler {
             let started = Instant::now();
             let result: Result<ExecReport> =
                 catch_unwind(AssertUnwindSafe(|| device.backend.execute(&task.op, &task.mem)))
-                    .unwrap_or_else(|p| Err(Error::DeviceFailed(format!("backend panicked: {}", panic_message(&p)))));
+                    .unwrap_or_else(|p| {
+                        Err(Error::DeviceFailed(format!("backend panicked: {}", panic_message(&p))))
+                    });
             let finished = Instant::now();
             match result {
                 Ok(report) => {
@@ -396,7 +428,8 @@ impl Scheduler {
                     last_err = err;
                 }
                 Err(err) => {
-                    let info = EventInfo { device: Some(index), devices_mask: 1 << index, ..Default::default() };
+                    let info =
+                        EventInfo { device: Some(index), devices_mask: 1 << index, ..Default::default() };
                     self.finish_part(task, Err(err), &info);
                     return Err(());
                 }

@@ -1,12 +1,12 @@
 //! A submitted op on its way through the scheduler.
 
+use super::segment::SegmentRun;
 use crate::backend::OpMemory;
 use crate::event::Event;
 use crate::memory::BufferId;
 use crate::op::OpDesc;
 use crate::policy::CompiledPolicy;
 use parking_lot::Mutex;
-use super::segment::SegmentRun;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 

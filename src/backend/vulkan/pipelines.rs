@@ -83,7 +83,15 @@ impl Pipelines {
         }
         .or_else(|_| unsafe { d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default(), None) })
         .map_err(|e| vk_err("vkCreatePipelineCache", e))?;
-        Ok(Pipelines { ctx, set_layout, layout, cache, cache_file, pipelines: HashMap::new(), created: false })
+        Ok(Pipelines {
+            ctx,
+            set_layout,
+            layout,
+            cache,
+            cache_file,
+            pipelines: HashMap::new(),
+            created: false,
+        })
     }
 
     /// The pipeline of a shader variant, created on first use.
