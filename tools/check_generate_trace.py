@@ -5,7 +5,8 @@ trace (python3 standard library only, for CI).
     check_generate_trace.py TRACE --prefill-matmuls N --decode-matmuls M
 
 The trace has one lane (tid) per device, named "INDEX: DEVICE NAME" (lane 0 is the CPU), and
-one "X" slice per op, named by the op kind. Passes when
+one "X" slice per op, named by the op kind (a "segment" slice encloses the ops a device ran as
+one submission; it is not an op). Passes when
   - the NPU lanes (names containing "NPU") ran exactly N matmuls, and nothing but matmuls,
   - the GPU lanes (the other device lanes) ran exactly M matmuls,
   - the CPU ran no matmul,
@@ -37,7 +38,7 @@ def main():
     gpu = {t for t, n in lanes.items() if t != 0 and t not in npu and n != "scheduler"}
     if not npu or not gpu:
         sys.exit(f"{a.trace}: needs an NPU lane and a GPU lane; lanes: {lanes}")
-    slices = [e for e in events if e.get("ph") == "X"]
+    slices = [e for e in events if e.get("ph") == "X" and e["name"] != "segment"]
     mm = [e for e in slices if e["name"] == "matmul"]
     npu_mm = [e for e in mm if e["tid"] in npu]
     gpu_mm = [e for e in mm if e["tid"] in gpu]
