@@ -495,9 +495,12 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
     emit(s, &op, phase, 1);
     op = op_init(NH_OP_ATTENTION, phase);
     op.flags = NH_FLAG_CAUSAL; /* queries are the last n of the pos + n keys */
+    /* The whole cache, the first pos + n keys valid: the same views every step, so a device
+     * keeps its copy of the cache and only the new rows reach it. */
     op.inputs[0] = heads_seq_view(st->q, n, H, HD);
-    op.inputs[1] = heads_seq_view(st->k[l], pos + n, HKV, HD);
-    op.inputs[2] = heads_seq_view(st->v[l], pos + n, HKV, HD);
+    op.inputs[1] = heads_seq_view(st->k[l], st->positions, HKV, HD);
+    op.inputs[2] = heads_seq_view(st->v[l], st->positions, HKV, HD);
+    op.kv_len = (uint32_t)(pos + n);
     op.output = heads_seq_view(st->attn, n, H, HD);
     emit(s, &op, phase, 1);
     linear(s, phase, rows_view(st->attn, 0, n, QW), w->wo, x, 1, NH_ACT_NONE, 0); /* x += attn Wo^T */

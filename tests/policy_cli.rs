@@ -61,7 +61,7 @@ fn explain_shows_the_decision() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(
-        text.contains("#0 gemv [policies/llm_inference.nhp:13]: MATCHES (op = matmul and m = 1)"),
+        text.contains("#0 gemv [policies/llm_inference.nhp:15]: MATCHES (op = matmul and m = 1)"),
         "{text}"
     );
     assert!(text.contains("decision: rule #0 gemv"), "{text}");

@@ -262,3 +262,67 @@ fn a_new_gpu_is_measured_before_it_takes_work_the_cpu_can_do() {
     );
     assert!(!rt.scheduler().devices[1].calibrating.load(Ordering::Relaxed));
 }
+
+/// A decode step's KV-cache pattern: a row written into the cache, updated in place, then the
+/// whole cache read through a head-major strided view. One submission per step, and the cache
+/// is not uploaded again each step: the written row is copied into the device's copy of it.
+#[test]
+fn a_kv_cache_row_written_then_read_whole_stays_on_the_gpu() {
+    let gpu = lavapipe();
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu\n}\n"),
+        vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>],
+    )
+    .unwrap();
+    let (positions, heads, hd) = (16, 2, 4);
+    let width = heads * hd;
+    let mut cache = random(positions * width, 9);
+    let cb = upload(&rt, &cache);
+    let out = rt.alloc(positions * width * 4).unwrap();
+    let src = rt.alloc(width * 4).unwrap();
+    let row = |p: usize| npuhybrid::op::TensorView::contiguous(cb, npuhybrid::op::DType::F32, &[1, width], p * width * 4);
+    let mut whole = t(cb, &[heads, positions, hd]);
+    whole.strides[..3].copy_from_slice(&[hd, width, 1]);
+    let step_ops = |p: usize| {
+        vec![
+            OpDesc::new(OpKind::Copy, &[t(src, &[1, width])], row(p)),
+            OpDesc::new(OpKind::Scale, &[row(p)], row(p)).with_params(OpParams { alpha: 2.0, ..Default::default() }),
+            OpDesc::new(OpKind::Copy, &[whole], t(out, &[heads, positions, hd])),
+        ]
+    };
+    let mut g = Graph::new();
+    for op in step_ops(0) {
+        rt.graph_add(&mut g, op).unwrap();
+    }
+    for p in 0..6 {
+        if p > 0 {
+            for (i, op) in step_ops(p).into_iter().enumerate() {
+                rt.graph_set(&mut g, i, op).unwrap();
+            }
+        }
+        let new_row = random(width, 100 + p as u64);
+        rt.write(src, 0, bytemuck_f32(&new_row)).unwrap();
+        for (c, v) in cache[p * width..(p + 1) * width].iter_mut().zip(&new_row) {
+            *c = 2.0 * v;
+        }
+        let (subs, uploaded) = (gpu.stats().submissions, gpu.stats().uploaded_bytes);
+        let ev = rt.submit_graph(&g).unwrap();
+        ev.wait(None).unwrap();
+        assert_eq!(ev.outcome().1.devices_mask, 1 << 1);
+        assert_eq!(gpu.stats().submissions - subs, 1, "step {p}: one submission");
+        if p > 0 {
+            // Only the new source row goes up; the cache stays on the device.
+            assert_eq!(gpu.stats().uploaded_bytes - uploaded, (width * 4) as u64, "step {p}");
+        }
+        let mut want = vec![0.0f32; positions * width];
+        for h in 0..heads {
+            for s in 0..positions {
+                for d in 0..hd {
+                    want[(h * positions + s) * hd + d] = cache[s * width + h * hd + d];
+                }
+            }
+        }
+        assert_close(&download(&rt, out, positions * width), &want, 0.0);
+        assert_close(&download(&rt, cb, positions * width), &cache, 0.0);
+    }
+}

@@ -123,8 +123,11 @@ fn a_batch_chains_ops_on_the_device_and_matches_the_cpu() {
     assert_close(&hv, &cpu_h, 1e-4, "matmul in the chain");
 }
 
+/// An op that reads a larger view of what an earlier op of the batch wrote (a KV-cache row,
+/// then the whole cache) gets the written part copied into its input on the device: still one
+/// submission. A reader the written part cannot be mapped into (a broadcast) splits the batch.
 #[test]
-fn a_partial_overlap_splits_the_batch_and_stays_correct() {
+fn a_partial_overlap_is_patched_on_the_device_or_splits_the_batch() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = gpu();
     // op 1 writes rows 0..4 of a [8, 4] buffer; op 2 reads all 8 rows.
@@ -138,10 +141,22 @@ fn a_partial_overlap_splits_the_batch_and_stays_correct() {
     let before = gpu.stats().submissions;
     gpu.execute_batch(&[(&write_top, &memory(&[&src, &top])), (&read_all, &memory(&[&whole, &out]))])
         .unwrap();
-    assert_eq!(gpu.stats().submissions - before, 2);
+    assert_eq!(gpu.stats().submissions - before, 1);
     let mut want = vec![3.0; 16];
     want.extend([1.0; 16]);
     assert_eq!(out.values(), want);
+
+    // Row 0 read broadcast over 8 rows (stride 0): no element-to-element map, two submissions.
+    let src2 = Tensor::new(DType::F32, &[4, 4], &[5.0; 16]);
+    let write_top = OpDesc::new(OpKind::Copy, &[src2.view], top.view);
+    let mut bcast = whole.clone();
+    bcast.view.strides[0] = 0;
+    let read_bcast = OpDesc::new(OpKind::Scale, &[bcast.view], out.view);
+    let before = gpu.stats().submissions;
+    gpu.execute_batch(&[(&write_top, &memory(&[&src2, &top])), (&read_bcast, &memory(&[&bcast, &out]))])
+        .unwrap();
+    assert_eq!(gpu.stats().submissions - before, 2);
+    assert_eq!(out.values(), vec![5.0; 32]);
 }
 
 /// Imported memory may be rewritten by its owner without a word to the library (it is the

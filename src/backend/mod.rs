@@ -180,6 +180,13 @@ pub trait Backend: Send + Sync {
         0.0
     }
 
+    /// Whether the backend gives each output buffer its new version itself, once the bytes
+    /// are written (it keeps device copies keyed by version and must record the version it
+    /// wrote). Otherwise the scheduler does, before the op runs.
+    fn touches_outputs(&self) -> bool {
+        false
+    }
+
     /// Compiles what the device's ops will need (pipelines, kernels) ahead of use, on a
     /// background thread, so no op pays for it; stops early once `stop` is set. Returns how
     /// many were made.
@@ -252,6 +259,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn prepare_kernels(&self, stop: &std::sync::atomic::AtomicBool) -> usize {
         (**self).prepare_kernels(stop)
+    }
+    fn touches_outputs(&self) -> bool {
+        (**self).touches_outputs()
     }
     fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
         (**self).host_pool()

@@ -244,9 +244,11 @@ impl Scheduler {
             self.run_in_order(&tasks, 0, Vec::new());
             return;
         }
-        for t in &tasks {
-            if let Ok(out) = t.mem.buffer(t.op.output.buffer) {
-                out.touch();
+        if !device.backend.touches_outputs() {
+            for t in &tasks {
+                if let Ok(out) = t.mem.buffer(t.op.output.buffer) {
+                    out.touch();
+                }
             }
         }
         let pairs: Vec<(&OpDesc, &crate::backend::OpMemory)> =
@@ -386,8 +388,10 @@ impl Scheduler {
             Error::Unsupported(format!("no device can run {} in {}", task.op.kind, task.op.dtype()));
         while let Some((index, _)) = self.choose(&task.op, &task.mem, &decision, tried) {
             let device = &self.devices[index];
-            if let Ok(out) = task.mem.buffer(task.op.output.buffer) {
-                out.touch();
+            if !device.backend.touches_outputs() {
+                if let Ok(out) = task.mem.buffer(task.op.output.buffer) {
+                    out.touch();
+                }
             }
             let started = Instant::now();
             let result: Result<ExecReport> =

@@ -200,6 +200,13 @@ impl Backend for VulkanBackend {
             .count()
     }
 
+    fn touches_outputs(&self) -> bool {
+        // submit.rs touches each output after writing it back and records its replicas at the
+        // version that results: a touch before the run would make every replica it reads
+        // look stale (a KV cache written then read in one submission).
+        true
+    }
+
     fn link_gbs(&self) -> Option<f64> {
         // Replicas are copies even where memory is shared (packing into device buffers).
         Some(self.upload_gbs)

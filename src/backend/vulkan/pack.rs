@@ -65,10 +65,152 @@ fn for_each_run(v: &TensorView, mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// Copy regions (source byte, destination byte, bytes) that bring what an op wrote through
+/// view `w` (its dense device copy) into the dense device copy of view `r` of the same buffer:
+/// the elements of `w` that `r` also reads, at their place in `r`'s packing. This is how a
+/// KV-cache row written by one op reaches an attention that reads the whole cache, on the
+/// device. None where the views cannot be mapped element to element (other element sizes,
+/// broadcast or overlapping strides in `r`, misaligned offsets): the caller then goes through
+/// the host instead.
+pub fn device_patch(w: &TensorView, r: &TensorView) -> Option<Vec<(u64, u64, u64)>> {
+    let es = w.dtype.size();
+    if r.dtype.size() != es || w.buffer != r.buffer {
+        return None;
+    }
+    // r's dims from the largest stride to the smallest; every stride must step over all the
+    // elements of the dims inside it, so an address has at most one index.
+    let mut order: Vec<usize> = (0..r.rank).filter(|&d| r.shape[d] > 1).collect();
+    order.sort_by_key(|&d| std::cmp::Reverse(r.strides[d]));
+    for pair in order.windows(2) {
+        let (outer, inner) = (pair[0], pair[1]);
+        if r.strides[inner] == 0 || r.strides[outer] < r.strides[inner] * r.shape[inner] {
+            return None;
+        }
+    }
+    let packed = crate::op::dense_strides(r.dims());
+    let innermost = order.last().copied();
+    // Consecutive addresses stay consecutive in r's packing only along a dim that is unit
+    // stride both in memory and in the packing.
+    let inner_contiguous = innermost.is_some_and(|d| r.strides[d] == 1 && packed[d] == 1);
+    // Where element address `e` (in elements from r's base) sits in r's packing, and how many
+    // elements from there on stay contiguous in both.
+    let locate = |e: usize| -> Option<(usize, usize)> {
+        let mut rest = e;
+        let mut at = 0;
+        let mut left_in_row = 1;
+        for &d in &order {
+            let idx = rest / r.strides[d];
+            if idx >= r.shape[d] {
+                return None;
+            }
+            rest -= idx * r.strides[d];
+            at += idx * packed[d];
+            if Some(d) == innermost && inner_contiguous {
+                left_in_row = r.shape[d] - idx;
+            }
+        }
+        (rest == 0).then_some((at, left_in_row))
+    };
+    if w.offset % es != 0 || r.offset % es != 0 {
+        return None;
+    }
+    let (r_base, w_base) = (r.offset / es, w.offset / es);
+    let mut regions: Vec<(u64, u64, u64)> = Vec::new();
+    let mut src = 0usize;
+    let mut push = |s: usize, d: usize, n: usize| {
+        let (s, d, n) = ((s * es) as u64, (d * es) as u64, (n * es) as u64);
+        match regions.last_mut() {
+            Some(last) if last.0 + last.2 == s && last.1 + last.2 == d => last.2 += n,
+            _ => regions.push((s, d, n)),
+        }
+    };
+    for_each_run(w, |off, len| {
+        let mut k = 0;
+        while k < len {
+            let addr = w_base + off + k;
+            let chunk = match addr.checked_sub(r_base).and_then(&locate) {
+                Some((at, left)) => {
+                    let n = left.min(len - k).max(1);
+                    push(src + k, at, n);
+                    n
+                }
+                None => 1, // an element r does not read
+            };
+            k += chunk;
+        }
+        src += len;
+    });
+    Some(regions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::op::DType;
+
+    /// What `r`'s dense copy holds after patching: built on the host the slow way.
+    fn patched_by_hand(w: &TensorView, r: &TensorView, buffer_len: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut host: Vec<f32> = (0..buffer_len).map(|i| i as f32).collect();
+        let before = {
+            let mut d = vec![0u8; r.bytes()];
+            unsafe { pack(r, (host.as_ptr() as *const u8).add(r.offset), &mut d) };
+            d
+        };
+        // w writes negative values.
+        let written: Vec<f32> = (0..w.numel()).map(|i| -(i as f32) - 1.0).collect();
+        let wb: Vec<u8> = written.iter().flat_map(|v| v.to_le_bytes()).collect();
+        unsafe { unpack(w, &wb, (host.as_mut_ptr() as *mut u8).add(w.offset)) };
+        let mut want = vec![0u8; r.bytes()];
+        unsafe { pack(r, (host.as_ptr() as *const u8).add(r.offset), &mut want) };
+        // The patch applied to the old copy.
+        let mut got = before;
+        for (s, d, n) in device_patch(w, r).expect("mappable") {
+            got[d as usize..(d + n) as usize].copy_from_slice(&wb[s as usize..(s + n) as usize]);
+        }
+        let f = |b: &[u8]| b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<f32>>();
+        (f(&got), f(&want))
+    }
+
+    #[test]
+    fn a_kv_cache_row_patches_the_attention_view_of_the_whole_cache() {
+        // Cache [positions 10, kv_heads 2 * head_dim 4]; row 6 written; attention reads it as
+        // [heads 2, seq 10, hd 4] with strides (4, 8, 1).
+        let row = TensorView::contiguous(1, DType::F32, &[1, 8], 6 * 8 * 4);
+        let mut heads = TensorView::contiguous(1, DType::F32, &[2, 10, 4], 0);
+        heads.strides[0] = 4;
+        heads.strides[1] = 8;
+        heads.strides[2] = 1;
+        let regions = device_patch(&row, &heads).unwrap();
+        assert_eq!(regions.len(), 2, "one region per head: {regions:?}");
+        let (got, want) = patched_by_hand(&row, &heads, 80);
+        assert_eq!(got, want);
+        // Rows 3..5 of the cache seen as [seq, heads, hd] (RoPE's view) into the same.
+        let mut rope = TensorView::contiguous(1, DType::F32, &[2, 2, 4], 3 * 8 * 4);
+        rope.strides[..3].copy_from_slice(&[8, 4, 1]);
+        let (got, want) = patched_by_hand(&rope, &heads, 80);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn partial_and_foreign_overlaps_map_or_refuse() {
+        // w covers more than r reads: only the shared elements are copied.
+        let w = TensorView::contiguous(1, DType::F32, &[4, 6], 0);
+        let r = TensorView::contiguous(1, DType::F32, &[2, 6], 12 * 4);
+        let (got, want) = patched_by_hand(&w, &r, 24);
+        assert_eq!(got, want);
+        // A transposed reader.
+        let mut t = TensorView::contiguous(1, DType::F32, &[6, 4], 0);
+        t.strides[0] = 1;
+        t.strides[1] = 6;
+        let (got, want) = patched_by_hand(&w, &t, 24);
+        assert_eq!(got, want);
+        // A broadcast reader cannot be mapped back; nor can another element size.
+        let mut b = TensorView::contiguous(1, DType::F32, &[3, 6], 0);
+        b.strides[0] = 0;
+        assert!(device_patch(&w, &b).is_none());
+        let h = TensorView::contiguous(1, DType::F16, &[4, 6], 0);
+        assert!(device_patch(&w, &h).is_none());
+    }
 
     #[test]
     fn a_transposed_view_packs_and_unpacks() {

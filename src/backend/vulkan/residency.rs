@@ -113,6 +113,24 @@ impl<A: Copy> ResidencyCache<A> {
         })
     }
 
+    /// Marks a replica current at `version`: its bytes were brought up to date on the device.
+    pub fn set_version(&mut self, key: &ReplicaKey, version: u64) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.version = version;
+            self.resident.0.write().insert(*key, version);
+        }
+    }
+
+    /// Drops a replica; its memory is returned for freeing.
+    pub fn forget(&mut self, key: &ReplicaKey) -> Option<A> {
+        self.entries.contains_key(key).then(|| self.remove(key).alloc)
+    }
+
+    /// The memory of a replica, current or not.
+    pub fn peek(&self, key: &ReplicaKey) -> Option<A> {
+        self.entries.get(key).map(|e| e.alloc)
+    }
+
     /// Removes replicas of buffers that no longer exist.
     pub fn evict_dead(&mut self, out: &mut Vec<A>) {
         let dead: Vec<ReplicaKey> =

@@ -255,9 +255,17 @@ impl State {
                 if matches!(e, Error::DeviceLost(_)) {
                     self.lost = Some(e.to_string());
                 }
+                // Replicas patched in place may hold half of this submission's writes.
+                let mut list = Vec::new();
+                for u in seg.used.iter().filter(|u| u.looked_up) {
+                    let patched = self.residency.peek(&u.key).is_some_and(|a| seg.patches.iter().any(|p| p.dst == a));
+                    if patched {
+                        list.extend(self.residency.forget(&u.key));
+                    }
+                }
                 if !self.hung {
                     // The GPU no longer uses anything of this segment.
-                    let mut list = seg.temporary;
+                    list.extend(seg.temporary);
                     list.extend(seg.new_replicas.into_iter().map(|r| r.alloc));
                     list.extend(seg.outputs.into_iter().map(|o| o.alloc));
                     self.free_all(list);
@@ -267,50 +275,34 @@ impl State {
         }
     }
 
-    /// Resolves every operand to device memory and schedules the uploads it needs.
+    /// Resolves every operand to device memory and schedules the uploads and device-side
+    /// copies it needs.
     fn prepare(&mut self, ops: &[(&OpDesc, &OpMemory)], seg: &mut Segment) -> Result<()> {
         let mut stale = Vec::new();
-        for (op, mem) in ops {
+        for (i, (op, mem)) in ops.iter().enumerate() {
             let mut slots = [None; BINDINGS as usize];
-            for (i, v) in op.inputs.iter().enumerate() {
+            for (slot, v) in op.inputs.iter().enumerate() {
                 let Some(v) = v else { continue };
-                let key = ReplicaKey::of(v);
-                let produced = seg.outputs.iter().rev().find(|o| o.key == key);
-                let alloc = if let Some(o) = produced {
-                    o.alloc
-                } else if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key) {
-                    r.alloc
-                } else {
-                    let buf = mem.buffer(v.buffer)?;
-                    // The caller may write imported memory without telling the library, so
-                    // a replica of it is never trusted: it is uploaded for every submission.
-                    let wanted = if buf.is_imported() { NEVER_CURRENT } else { buf.version() };
-                    match self.residency.lookup(&key, wanted, &mut stale) {
-                        Some(a) => a,
-                        None => {
-                            let a = self.upload(v, mem, seg)?;
-                            seg.new_replicas.push(NewReplica {
-                                key,
-                                version: buf.version(),
-                                owner: Arc::downgrade(buf),
-                                alloc: a,
-                                bytes: v.bytes() as u64,
-                            });
-                            a
-                        }
-                    }
-                };
-                slots[i] = Some(alloc);
+                let (alloc, _) = self.resolve(i, v, mem, seg, &mut stale, false)?;
+                slots[slot] = Some(alloc);
             }
             let out = &op.output;
-            // C = alpha*AB + beta*C needs the current C on the device.
             let alloc = if op.kind == OpKind::Matmul && op.params.beta != 0.0 {
-                self.upload(out, mem, seg)?
+                // C = alpha*AB + beta*C needs the current C on the device: a fresh upload
+                // becomes the output; a copy held elsewhere is copied into a new output.
+                let (current, fresh) = self.resolve(i, out, mem, seg, &mut stale, true)?;
+                if fresh {
+                    current
+                } else {
+                    let a = self.alloc_device(out.bytes() as u64)?;
+                    seg.patches.push(Patch { op: i, src: current, dst: a, regions: vec![(0, 0, out.bytes() as u64)] });
+                    a
+                }
             } else {
                 self.alloc_device(out.bytes() as u64)?
             };
             slots[BINDINGS as usize - 1] = Some(alloc);
-            seg.outputs.push(Output { key: ReplicaKey::of(out), alloc, staging: None, written_back: true });
+            seg.outputs.push(Output { key: ReplicaKey::of(out), view: *out, alloc, staging: None, written_back: true });
             seg.slots.push(slots);
         }
         self.free_all(stale);
@@ -331,6 +323,66 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Device memory holding view `v` as op `i` of the submission must see it: an earlier op's
+    /// output through the same view; else a replica (or an upload of the host bytes, which
+    /// hold the state before the submission) brought up to date on the device with the parts
+    /// earlier ops of the submission wrote (`device_patch` regions, recorded before op `i`).
+    /// `own`: the caller writes into the memory (a matmul's C): never a shared replica, and
+    /// a fresh upload is not kept as one. Returns the memory and whether it is fresh.
+    fn resolve(
+        &mut self,
+        i: usize,
+        v: &TensorView,
+        mem: &OpMemory,
+        seg: &mut Segment,
+        stale: &mut Vec<Allocation>,
+        own: bool,
+    ) -> Result<(Allocation, bool)> {
+        let key = ReplicaKey::of(v);
+        if let Some(o) = seg.outputs.iter().rev().find(|o| o.key == key) {
+            return Ok((o.alloc, false));
+        }
+        let buf = mem.buffer(v.buffer)?;
+        let (alloc, fresh) = if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own) {
+            (r.alloc, false)
+        } else {
+            // The caller may write imported memory without telling the library, so a replica
+            // of it is never trusted: it is uploaded for every submission.
+            let wanted = if buf.is_imported() { NEVER_CURRENT } else { buf.version() };
+            match self.residency.lookup(&key, wanted, stale) {
+                Some(a) => {
+                    if !seg.used.iter().any(|u| u.key == key) {
+                        seg.used.push(Used { key, view: *v, first_op: i, looked_up: true });
+                    }
+                    (a, false)
+                }
+                None => {
+                    let a = self.upload(v, mem, seg)?;
+                    if !own {
+                        seg.new_replicas.push(NewReplica {
+                            key,
+                            owner: Arc::downgrade(buf),
+                            alloc: a,
+                            bytes: v.bytes() as u64,
+                        });
+                        seg.used.push(Used { key, view: *v, first_op: i, looked_up: false });
+                    }
+                    (a, true)
+                }
+            }
+        };
+        for o in &seg.outputs {
+            if o.view.buffer == v.buffer && overlaps(&o.view, v) {
+                let regions = pack::device_patch(&o.view, v)
+                    .ok_or_else(|| Error::Internal("segment_end let an unmappable overlap through".into()))?;
+                if !regions.is_empty() {
+                    seg.patches.push(Patch { op: i, src: o.alloc, dst: alloc, regions });
+                }
+            }
+        }
+        Ok((alloc, fresh))
     }
 
     /// Copies a host view into fresh device memory (directly when mapped, else via staging).
@@ -415,6 +467,22 @@ impl State {
                 )
                 .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?;
             for (i, step) in steps.iter().enumerate() {
+                // What earlier ops of this submission wrote, brought into the copies op i reads.
+                let mut copied = false;
+                for p in seg.patches.iter().filter(|p| p.op == i) {
+                    let regions: Vec<vk::BufferCopy> = p
+                        .regions
+                        .iter()
+                        .map(|&(s, t, n)| {
+                            vk::BufferCopy::default().src_offset(p.src.offset + s).dst_offset(p.dst.offset + t).size(n)
+                        })
+                        .collect();
+                    d.cmd_copy_buffer(cb, p.src.buffer, p.dst.buffer, &regions);
+                    copied = true;
+                }
+                if copied {
+                    barrier(d, cb);
+                }
                 if timestamps {
                     d.cmd_write_timestamp(
                         cb,
@@ -579,9 +647,40 @@ impl State {
             buf.touch();
             written.push((o, buf.clone()));
         }
+        // A replica the submission read is current for the final version when no op from its
+        // first reader on wrote into it (earlier writes were patched into it on the device);
+        // else it is dropped. Outputs through the same view replace it below.
+        let outputs = &seg.outputs;
+        let verdict = |u: &Used| -> Option<u64> {
+            if outputs.iter().any(|o| o.key == u.key) {
+                return None;
+            }
+            let later_write =
+                outputs[u.first_op..].iter().any(|o| o.view.buffer == u.view.buffer && overlaps(&o.view, &u.view));
+            if later_write {
+                return None;
+            }
+            ops[u.first_op].1.buffer(u.view.buffer).ok().map(|b| b.version())
+        };
+        for u in seg.used.iter().filter(|u| u.looked_up) {
+            match verdict(u) {
+                Some(version) => self.residency.set_version(&u.key, version),
+                None if outputs.iter().any(|o| o.key == u.key) => {}
+                None => release.extend(self.residency.forget(&u.key)),
+            }
+        }
         for r in seg.new_replicas {
-            if let Some(old) = self.residency.insert(r.key, r.version, r.owner, r.alloc, r.bytes) {
-                release.push(old);
+            let Some(u) = seg.used.iter().find(|u| u.key == r.key && !u.looked_up) else {
+                release.push(r.alloc);
+                continue;
+            };
+            match verdict(u) {
+                Some(version) => {
+                    if let Some(old) = self.residency.insert(r.key, version, r.owner, r.alloc, r.bytes) {
+                        release.push(old);
+                    }
+                }
+                None => release.push(r.alloc),
             }
         }
         // The device copy of each output is current for the version just written: keep it
@@ -642,18 +741,25 @@ unsafe fn barrier(d: &ash::Device, cb: vk::CommandBuffer) {
     d.cmd_pipeline_barrier(cb, all, all, vk::DependencyFlags::empty(), &[b], &[], &[]);
 }
 
-/// Length of the longest prefix that can share one submission: at most MAX_OPS ops, and no
-/// op may read memory an earlier op of the prefix writes unless it reads that exact output.
+/// Length of the longest prefix that can share one submission: at most MAX_OPS ops, and an
+/// op that reads memory an earlier op of the prefix wrote must read it either through that
+/// op's own output view, or through a view the written part maps into (`device_patch`: a
+/// KV-cache row into the whole cache) with no such exact output before the partial writes.
 pub fn segment_end(ops: &[(&OpDesc, &OpMemory)]) -> usize {
     for j in 1..ops.len().min(MAX_OPS) {
         let op = ops[j].0;
         let beta_reads_c = op.kind == OpKind::Matmul && op.params.beta != 0.0;
-        let reads =
-            op.inputs.iter().flatten().map(|v| (v, false)).chain(beta_reads_c.then_some((&op.output, true)));
-        for (r, is_output) in reads {
-            for (earlier, _) in &ops[..j] {
+        let reads = op.inputs.iter().flatten().chain(beta_reads_c.then_some(&op.output));
+        for r in reads {
+            let exact = ops[..j].iter().rposition(|(earlier, _)| earlier.output == *r);
+            for (k, (earlier, _)) in ops[..j].iter().enumerate() {
                 let w = &earlier.output;
-                if w.buffer == r.buffer && overlaps(w, r) && (is_output || w != r) {
+                if w.buffer != r.buffer || !overlaps(w, r) || w == r {
+                    continue;
+                }
+                // A partial write after an exact output would have to patch that output.
+                let mappable = exact.is_none_or(|e| k < e) && pack::device_patch(w, r).is_some();
+                if !mappable {
                     return j;
                 }
             }
@@ -678,10 +784,31 @@ struct Segment {
     copies_in: Vec<(Allocation, Allocation, u64)>,
     /// Freed after the segment, whatever happens.
     temporary: Vec<Allocation>,
+    /// Device copies recorded just before an op's dispatch.
+    patches: Vec<Patch>,
+    /// Replicas the submission read (looked up or made), with the first op that read them.
+    used: Vec<Used>,
+}
+
+/// Regions (source byte, destination byte, bytes) copied from `src` into `dst` before op `op`.
+struct Patch {
+    op: usize,
+    src: Allocation,
+    dst: Allocation,
+    regions: Vec<(u64, u64, u64)>,
+}
+
+struct Used {
+    key: ReplicaKey,
+    view: TensorView,
+    first_op: usize,
+    /// An existing replica (patches change it in place), not one made by this submission.
+    looked_up: bool,
 }
 
 struct Output {
     key: ReplicaKey,
+    view: TensorView,
     alloc: Allocation,
     staging: Option<Allocation>,
     /// Copied back to the host view (false: a later op of the submission overwrites it).
@@ -690,7 +817,6 @@ struct Output {
 
 struct NewReplica {
     key: ReplicaKey,
-    version: u64,
     owner: std::sync::Weak<crate::memory::Buffer>,
     alloc: Allocation,
     bytes: u64,

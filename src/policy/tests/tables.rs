@@ -125,18 +125,18 @@ fn explain_says_why_each_rule_did_not_match() {
     let p = builtin("llm_inference").expect("built in");
     let t = tags("phase=prefill");
     let text = p.explain(&query(OpKind::Matmul, DType::F16, 128, 384, 1536, &t));
-    assert!(text.contains("#0 gemv [policies/llm_inference.nhp:13]: no, m is 128, not m = 1"), "{text}");
+    assert!(text.contains("#0 gemv [policies/llm_inference.nhp:15]: no, m is 128, not m = 1"), "{text}");
     assert!(
         text.contains(
-            "#1 decode [policies/llm_inference.nhp:18]: no, tag phase is prefill, not tag phase = decode"
+            "#1 decode [policies/llm_inference.nhp:21]: no, tag phase is prefill, not tag phase = decode"
         ),
         "{text}"
     );
     assert!(
-        text.contains("#2 prefill_huge [policies/llm_inference.nhp:23]: no, m is 128, not m >= 1024"),
+        text.contains("#2 prefill_huge [policies/llm_inference.nhp:27]: no, m is 128, not m >= 1024"),
         "{text}"
     );
-    assert!(text.contains("#3 prefill [policies/llm_inference.nhp:30]: MATCHES"), "{text}");
+    assert!(text.contains("#3 prefill [policies/llm_inference.nhp:34]: MATCHES"), "{text}");
     assert!(text.contains("decision: rule #3 prefill"), "{text}");
     assert!(text.contains("  npu: candidate 1"), "{text}");
     let none = tags("");
