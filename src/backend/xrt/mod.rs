@@ -11,6 +11,7 @@
 mod api;
 mod device;
 pub mod manifest;
+pub mod shim;
 pub mod tiling;
 
 use super::{Backend, DeviceInfo, DeviceKind, DeviceReadings, ExecReport, OpMemory, UnavailableBackend};
@@ -80,16 +81,19 @@ impl XrtBackend {
             Ok((api, log)) => (api, log.as_ref()),
             Err(e) => return Err(e.clone()),
         };
-        let session = Session::open(api, log)?;
+        let session = Session::open(api, log, shim::system())?;
         let dir = kernel_dir(kernel_dir_arg).ok_or_else(|| {
             format!("NPU opened, but no kernel directory: pass one or set {ENV_KERNEL_DIR}")
         })?;
         let specs = manifest::load(&dir)?;
-        let kernels = specs.iter().map(|s| session.load_kernel(s)).collect::<Result<Vec<_>, String>>()?;
+        let qos = shim::Qos::default();
+        let kernels =
+            specs.iter().map(|s| session.load_kernel(s, qos)).collect::<Result<Vec<_>, String>>()?;
         let version = api.version.clone().unwrap_or_else(|| "?".into());
         let mut details = vec![
             ("xrt".to_string(), format!("{version} ({})", api.library)),
             ("kernels".to_string(), dir.display().to_string()),
+            ("kernel loading".to_string(), session.path()),
         ];
         for k in &kernels {
             let s = &k.spec;
