@@ -162,14 +162,26 @@ fn matmuls_of_any_shape_run_on_the_fake_npu() {
 }
 
 #[test]
-fn power_mode_needs_the_amdxdna_driver() {
+fn without_cap_sys_admin_or_amdxdna_power_modes_become_context_qos() {
     use npuhybrid::device::{amdxdna, PowerMode, SysRoot};
-    let f = fixture();
-    if amdxdna::find_npus(&SysRoot::real()).is_empty() {
-        let err = f.backend.set_power_mode(PowerMode::Turbo).unwrap_err();
-        assert!(matches!(err, npuhybrid::Error::Unsupported(_)), "{err:?}");
-        assert_eq!(f.backend.readings().power_w, None);
+    if !amdxdna::find_npus(&SysRoot::real()).is_empty() {
+        return; // a real NPU: this test is about the fake device
     }
+    let _turn = serial();
+    let f = fixture();
+    let priority = || f.counter(b"fake_xrt_last_qos_priority");
+    assert_eq!(priority(), 0, "contexts start without QoS");
+    for (mode, want) in [(PowerMode::Powersaver, 0x280), (PowerMode::Turbo, 0x100), (PowerMode::Default, 0)] {
+        f.backend.set_power_mode(mode).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while priority() != want {
+            assert!(std::time::Instant::now() < deadline, "{mode}: QoS priority {:#x}", priority());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(f.counter(b"fake_xrt_contexts_open"), 1, "old contexts closed, one per kernel");
+        run_matmul(9, 70, 17, false);
+    }
+    assert_eq!(f.backend.readings().power_w, None);
 }
 
 #[test]
@@ -303,6 +315,8 @@ fn child_case() {
         Ok(b) => {
             let path = b.info().details.iter().find(|(k, _)| k == "kernel loading").unwrap().1.clone();
             if case == "run" {
+                let err = b.set_power_mode(npuhybrid::device::PowerMode::Turbo).unwrap_err();
+                assert!(matches!(err, npuhybrid::Error::Unsupported(_)), "{err:?}");
                 // The fixture's backend, through the C API this time.
                 let f = Fixture {
                     _dir: dir,

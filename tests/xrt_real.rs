@@ -9,7 +9,7 @@
 use half::bf16;
 use npuhybrid::backend::xrt::XrtBackend;
 use npuhybrid::backend::{Backend, OpMemory};
-use npuhybrid::device::PowerMode;
+use npuhybrid::device::{amdxdna, PowerMode, SysRoot};
 use npuhybrid::memory::{Buffer, HostPool};
 use npuhybrid::op::{DType, OpDesc, OpKind, TensorView};
 use std::path::Path;
@@ -75,8 +75,39 @@ fn real_xrt_and_the_xdna_shim_run_matmuls_on_the_fake_device() {
     let gemms = log.lines().filter(|l| l.contains("gemm 32x64x16 ninstr=4")).count();
     assert_eq!(gemms, 27 + 1, "{log}");
 
-    // Power: without CAP_SYS_ADMIN nothing is asked of SET_STATE (see the power tests); here
-    // only that a mode change does not break the device.
-    let _ = backend.set_power_mode(PowerMode::Default);
+    // Power. The script runs this test twice: as root (SET_STATE, system-wide) and without
+    // CAP_SYS_ADMIN (the mode becomes QoS of re-created hardware contexts).
+    let lines_before = log.lines().count();
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap();
+            if log.lines().skip(lines_before).any(|l| l.contains(what)) {
+                return log;
+            }
+            assert!(std::time::Instant::now() < deadline, "no '{what}' in the device log:\n{log}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    if amdxdna::may_set_power_mode(&SysRoot::real()) {
+        eprintln!("power: SET_STATE path (CAP_SYS_ADMIN)");
+        let err = backend.set_power_mode(PowerMode::Powersaver).unwrap_err();
+        assert!(
+            matches!(&err, npuhybrid::Error::Unsupported(m) if m.contains("does not offer that power mode")),
+            "{err:?}"
+        );
+        let err = backend.set_power_mode(PowerMode::Turbo).unwrap_err();
+        assert!(matches!(&err, npuhybrid::Error::Unsupported(m) if m.contains("refuse turbo")), "{err:?}");
+        backend.set_power_mode(PowerMode::Performance).unwrap();
+        wait_for("set_state power_mode=3");
+        let node = SysRoot::real().path("/dev/accel/accel0");
+        assert_eq!(amdxdna::get_power_mode(&node).unwrap(), PowerMode::Performance);
+    } else {
+        eprintln!("power: QoS path (no CAP_SYS_ADMIN)");
+        backend.set_power_mode(PowerMode::Powersaver).unwrap();
+        let log = wait_for("create gops=0 fps=0 latency=0 priority=0x280");
+        assert!(!log.contains("set_state"), "SET_STATE must not be tried without CAP_SYS_ADMIN: {log}");
+        assert!(log.lines().skip(lines_before).any(|l| l == "ctx 1 destroy"), "old context closed: {log}");
+    }
     matmul(&backend, 5, 7, 3);
 }

@@ -116,13 +116,38 @@ fn param_ioctl<T>(path: &Path, request: u64, param: u32, what: &str, value: &mut
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
-    let msg = format!("ioctl {}({what}) on {}: {err}", ioctl_name(request), path.display());
-    Err(match err.raw_os_error() {
+    Err(ioctl_error(&format!("ioctl {}({what}) on {}", ioctl_name(request), path.display()), write, err))
+}
+
+/// What a refused ioctl means, in the driver's terms. SET_STATE's refusals of a mode depend on
+/// the driver (`aie2_pm.c`): before AMD's 2026-03-31 staging driver, LOW and MEDIUM are
+/// EOPNOTSUPP and TURBO is EINVAL while any hardware context exists; those are "this driver
+/// cannot", not I/O failures.
+fn ioctl_error(call: &str, set_state: bool, err: std::io::Error) -> Error {
+    let msg = format!("{call}: {err}");
+    match err.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => {
             Error::Permission(format!("{msg} (changing the NPU power mode needs CAP_SYS_ADMIN)"))
         }
+        Some(libc::EOPNOTSUPP) if set_state => Error::Unsupported(format!(
+            "{msg}: this amdxdna driver does not offer that power mode (drivers before 2026-03-31 \
+             accept only default, performance and turbo)"
+        )),
+        Some(libc::EINVAL) if set_state => Error::Unsupported(format!(
+            "{msg}: the amdxdna driver refused the mode (drivers before 2026-03-31 refuse turbo \
+             while any hardware context exists)"
+        )),
         _ => Error::Io(msg),
-    })
+    }
+}
+
+/// Whether this process may change the NPU's power mode: SET_STATE is DRM_ROOT_ONLY, i.e.
+/// needs CAP_SYS_ADMIN (bit 21 of `CapEff` in /proc/self/status).
+pub fn may_set_power_mode(root: &SysRoot) -> bool {
+    root.read("/proc/self/status")
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .is_some_and(|caps| caps & (1 << 21) != 0)
 }
 
 /// Reads the configured power mode.
@@ -217,6 +242,34 @@ mod tests {
         }
         let npus = find_npus(&root);
         assert_eq!(npus, [NpuNode { name: "accel0".into(), dev: "/dev/accel/accel0".into() }]);
+    }
+
+    #[test]
+    fn driver_refusals_are_unsupported_with_the_reason() {
+        let e = |code| ioctl_error("ioctl SET", true, std::io::Error::from_raw_os_error(code));
+        assert!(
+            matches!(e(libc::EOPNOTSUPP), Error::Unsupported(m) if m.contains("does not offer that power mode"))
+        );
+        assert!(matches!(e(libc::EINVAL), Error::Unsupported(m) if m.contains("refuse turbo")));
+        assert!(matches!(e(libc::EACCES), Error::Permission(m) if m.contains("CAP_SYS_ADMIN")));
+        assert!(matches!(e(libc::EIO), Error::Io(_)));
+        let get = ioctl_error("ioctl GET", false, std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(matches!(get, Error::Io(_)), "a refused query is not a power-mode refusal");
+    }
+
+    #[test]
+    fn cap_sys_admin_is_read_from_capeff() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(dir.path());
+        assert!(!may_set_power_mode(&root), "unknown: assume not");
+        std::fs::create_dir_all(root.path("/proc/self")).unwrap();
+        let status = |caps: &str| format!("Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{caps}\n");
+        std::fs::write(root.path("/proc/self/status"), status("000001ffffffffff")).unwrap();
+        assert!(may_set_power_mode(&root));
+        std::fs::write(root.path("/proc/self/status"), status("0000000000000000")).unwrap();
+        assert!(!may_set_power_mode(&root));
+        std::fs::write(root.path("/proc/self/status"), status("0000000000200000")).unwrap();
+        assert!(may_set_power_mode(&root), "CAP_SYS_ADMIN alone");
     }
 
     #[test]

@@ -341,7 +341,7 @@ int nhx_run_set_arg_scalar(void *rh, int index, const void *value, size_t size) 
 }
 
 /* Counters for the test. */
-unsigned fake_xrt_last_qos_priority(void) { return last_qos_priority; }
+long fake_xrt_last_qos_priority(void) { return (long)last_qos_priority; }
 long fake_xrt_contexts_open(void) { return contexts_open; }
 long fake_xrt_runs_started(void) { return runs_started; }
 long fake_xrt_max_in_flight(void) { return max_in_flight; }

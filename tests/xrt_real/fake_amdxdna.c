@@ -11,6 +11,9 @@
  *   kernel arguments:    mlir-aie's (opcode u64, instr, ninstr u32, a, b, c, tmp, trace)
  *   A bf16 m x k, B bf16 k x n (row-major), C f32 m x n
  *
+ * Power modes behave as drivers before 2026-03-31 do: SET_STATE refuses LOW and MEDIUM with
+ * EOPNOTSUPP, and TURBO with EINVAL while a hardware context exists.
+ *
  * It checks what the hardware would need and fails the command (ERT state ERROR) otherwise:
  * opcode 3, ninstr equal to the stream's length, the instruction BO allocated as device
  * memory (XRT's cacheable flag -> AMDXDNA_BO_DEV), operands as shared host memory
@@ -70,7 +73,8 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t *mem; /* the node file, mapped shared */
 static uint64_t next_off = PAGE, heap_used;
 static int heap_bo;
-static uint32_t next_ctx = 1;
+static uint32_t next_ctx = 1, contexts;
+static uint8_t power_mode;
 static uint64_t seq;
 static ino_t node_ino;
 static dev_t node_dev;
@@ -257,6 +261,10 @@ static int get_info(struct get_info *g) {
     memcpy((void *)(uintptr_t)g->buffer, &md, sizeof md);
     return 0;
   }
+  if (g->param == 9 && g->buffer_size >= 1) { /* GET_POWER_MODE */
+    memcpy((void *)(uintptr_t)g->buffer, &power_mode, 1);
+    return 0;
+  }
   if (g->param == 2 && g->buffer_size >= 8) { /* AIE version */
     uint32_t v[2] = {1, 1};
     memcpy((void *)(uintptr_t)g->buffer, v, 8);
@@ -282,12 +290,14 @@ static int fake(unsigned long req, void *arg) {
     if (c->qos_p)
       memcpy(&q, (void *)(uintptr_t)c->qos_p, sizeof q);
     c->handle = next_ctx++;
+    contexts++;
     c->syncobj_handle = 0; /* no syncobj: the shim waits with WAIT_CMD */
     note("ctx %u create gops=%u fps=%u latency=%u priority=0x%x num_tiles=%u", c->handle, q.gops, q.fps,
          q.latency, q.priority, c->num_tiles);
     return 0;
   }
   case 0x41:
+    contexts--;
     note("ctx %u destroy", ((struct destroy_hwctx *)arg)->handle);
     return 0;
   case 0x42: { /* CONFIG_HWCTX: the CUs and their PDIs */
@@ -329,6 +339,20 @@ static int fake(unsigned long req, void *arg) {
     return exec(arg);
   case 0x47:
     return get_info(arg);
+  case 0x48: { /* SET_STATE(SET_POWER_MODE) */
+    struct get_info *st = arg; /* same layout: param, buffer_size, buffer */
+    uint8_t mode;
+    if (st->param != 0 || st->buffer_size < 1)
+      return -EINVAL;
+    memcpy(&mode, (void *)(uintptr_t)st->buffer, 1);
+    if (mode == 1 || mode == 2)
+      return note("set_state power_mode=%u refused: EOPNOTSUPP", mode), -EOPNOTSUPP;
+    if (mode > 4 || (mode == 4 && contexts))
+      return note("set_state power_mode=%u refused: EINVAL", mode), -EINVAL;
+    power_mode = mode;
+    note("set_state power_mode=%u", mode);
+    return 0;
+  }
   case 0x49: /* WAIT_CMD: commands complete within EXEC_CMD */
     return 0;
   default:
