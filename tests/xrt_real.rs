@@ -75,6 +75,15 @@ fn real_xrt_and_the_xdna_shim_run_matmuls_on_the_fake_device() {
     let gemms = log.lines().filter(|l| l.contains("gemm 32x64x16 ninstr=4")).count();
     assert_eq!(gemms, 27 + 1, "{log}");
 
+    // Telemetry from the hwmon, and no GET_INFO while the NPU is runtime-suspended.
+    let r = backend.readings();
+    assert_eq!(r.power_w, Some(1.5), "NPU_power from the amdxdna hwmon");
+    assert_eq!(r.clock_mhz, None, "suspended: no clock query");
+    assert!(
+        !std::fs::read_to_string(&log_path).unwrap().contains("get_info param 3"),
+        "GET_INFO woke the NPU"
+    );
+
     // Power. The script runs this test twice: as root (SET_STATE, system-wide) and without
     // CAP_SYS_ADMIN (the mode becomes QoS of re-created hardware contexts).
     let lines_before = log.lines().count();

@@ -100,14 +100,26 @@ fn ioctl_name(request: u64) -> &'static str {
     }
 }
 
+/// Opens an NPU node (GET_INFO needs read access, SET_STATE write access).
+pub fn open_node(path: &Path, write: bool) -> Result<File> {
+    File::options().read(true).write(write).open(path).map_err(|e| super::sysfs::io_error("open", path, e))
+}
+
 /// Issues one GET_INFO / SET_STATE with `value` as the parameter buffer.
 fn param_ioctl<T>(path: &Path, request: u64, param: u32, what: &str, value: &mut T) -> Result<()> {
+    let file = open_node(path, request == IOCTL_SET_STATE)?;
+    param_ioctl_on(&file, path, request, param, what, value)
+}
+
+fn param_ioctl_on<T>(
+    file: &File,
+    path: &Path,
+    request: u64,
+    param: u32,
+    what: &str,
+    value: &mut T,
+) -> Result<()> {
     let write = request == IOCTL_SET_STATE;
-    let file = File::options()
-        .read(true)
-        .write(write)
-        .open(path)
-        .map_err(|e| super::sysfs::io_error("open", path, e))?;
     let mut arg =
         ParamBuffer { param, buffer_size: std::mem::size_of::<T>() as u32, buffer: value as *mut T as u64 };
     // SAFETY: `arg` points at a live buffer of `buffer_size` bytes for the call's duration.
@@ -181,11 +193,17 @@ fn sensor_value(input: u32, unitm: i8) -> f32 {
 }
 
 /// Reads the power sensor and the clocks. Each part is optional: older firmware may lack one.
+/// Every GET_INFO resumes a runtime-suspended NPU: see `telemetry::NpuReader` for when to ask.
 pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
+    read_sensors_on(&open_node(path, false)?, path)
+}
+
+/// `read_sensors` on an already open node (`path` names it in errors).
+pub fn read_sensors_on(file: &File, path: &Path) -> Result<NpuSensors> {
     let mut out = NpuSensors::default();
     let mut clocks = [QueryClock { name: [0; 16], freq_mhz: 0, pad: 0 }; 2];
     let clock_res =
-        param_ioctl(path, IOCTL_GET_INFO, QUERY_CLOCK_METADATA, "QUERY_CLOCK_METADATA", &mut clocks);
+        param_ioctl_on(file, path, IOCTL_GET_INFO, QUERY_CLOCK_METADATA, "QUERY_CLOCK_METADATA", &mut clocks);
     if clock_res.is_ok() {
         out.mp_npu_clock_mhz = Some(clocks[0].freq_mhz as f32);
         out.h_clock_mhz = Some(clocks[1].freq_mhz as f32);
@@ -202,7 +220,7 @@ pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
         kind: 0,
         pad: [0; 6],
     };
-    let sensor_res = param_ioctl(path, IOCTL_GET_INFO, QUERY_SENSORS, "QUERY_SENSORS", &mut sensor);
+    let sensor_res = param_ioctl_on(file, path, IOCTL_GET_INFO, QUERY_SENSORS, "QUERY_SENSORS", &mut sensor);
     if sensor_res.is_ok() {
         out.power_w = Some(sensor_value(sensor.input, sensor.unitm));
     }

@@ -71,6 +71,8 @@ pub struct XrtBackend {
     _session: Arc<Session>,
     in_flight: InFlight,
     batch_rows: AtomicUsize,
+    /// Reads the NPU's sensors without waking it.
+    sensors: Mutex<telemetry::NpuReader>,
 }
 
 /// A power mode as hardware-context QoS, for a process that may not use SET_STATE. In the
@@ -215,6 +217,7 @@ impl XrtBackend {
                 limit: AtomicUsize::new(DEFAULT_IN_FLIGHT),
             },
             batch_rows: AtomicUsize::new(DEFAULT_BATCH_ROWS),
+            sensors: Mutex::new(telemetry::NpuReader::default()),
         })
     }
 
@@ -291,18 +294,15 @@ impl Backend for XrtBackend {
         result.map(|_| ExecReport::default())
     }
 
-    /// Power and clock from amdxdna's sensors; the temperature is the die's (k10temp), which
-    /// the NPU shares with the CPU cores.
+    /// Power, temperature and clock from amdxdna (hwmon, else GET_INFO while the NPU is awake);
+    /// without an NPU temperature, the die's (k10temp), which the NPU shares with the CPU cores.
     fn readings(&self) -> DeviceReadings {
         let root = SysRoot::real();
-        let sensors = amdxdna::find_npus(&root)
-            .first()
-            .and_then(|n| amdxdna::read_sensors(&root.path(&n.dev)).ok())
-            .unwrap_or_default();
+        let npu = self.sensors.lock().read(&root);
         DeviceReadings {
-            temperature_c: telemetry::cpu_temperature(&root),
-            power_w: sensors.power_w,
-            clock_mhz: sensors.h_clock_mhz.or(sensors.mp_npu_clock_mhz),
+            temperature_c: npu.temp_c.or_else(|| telemetry::cpu_temperature(&root)),
+            power_w: npu.power_w,
+            clock_mhz: npu.clock_mhz,
         }
     }
 
