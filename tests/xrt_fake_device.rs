@@ -6,6 +6,7 @@
 //! pipeline and the in-flight limit. Runs against real XRT 2.25: `.ci/xrt-real`.
 
 use half::bf16;
+use npuhybrid::backend::xrt::manifest::file_sha256;
 use npuhybrid::backend::xrt::XrtBackend;
 use npuhybrid::backend::{Backend, OpMemory};
 use npuhybrid::memory::{Buffer, HostPool};
@@ -40,13 +41,17 @@ fn kernel_dir_with(dir: &Path, name: &str, extra: &str) -> PathBuf {
     std::fs::create_dir_all(&k).unwrap();
     std::fs::write(k.join("mm.xclbin"), "FAKE-XCLBIN 32 64 16\n").unwrap();
     std::fs::write(k.join("mm.insts.txt"), "06030100\n00000105\n00000001\n").unwrap();
+    let sum = |f: &str| file_sha256(&k.join(f)).unwrap();
     std::fs::write(
         k.join("manifest.json"),
-        r#"{ "format": 1, "kernels": [ {
+        r#"{ "format": 2, "device": "1022:1502", "kernels": [ {
             "op": "matmul", "dtype_in": "bf16", "dtype_out": "f32",
-            "tile": { "m": 32, "k": 64, "n": 16 },
-            "xclbin": "mm.xclbin", "instructions": "mm.insts.txt", "gflops": 900 EXTRA } ] }"#
-            .replace("EXTRA", extra),
+            "xclbin": "mm.xclbin", "xclbin_sha256": "XS",
+            "instructions": [ { "tile": { "m": 32, "k": 64, "n": 16 }, "file": "mm.insts.txt", "sha256": "IS" } ],
+            "gflops": 900 EXTRA } ] }"#
+            .replace("EXTRA", extra)
+            .replace("XS", &sum("mm.xclbin"))
+            .replace("IS", &sum("mm.insts.txt")),
     )
     .unwrap();
     k
@@ -249,16 +254,19 @@ fn the_launch_height_follows_the_policys_batch_rows() {
     std::fs::write(k.join("short.xclbin"), "FAKE-XCLBIN 32 64 16\n").unwrap();
     std::fs::write(k.join("tall.xclbin"), "FAKE-XCLBIN 128 64 16\n").unwrap();
     std::fs::write(k.join("i.txt"), "06030100\n").unwrap();
+    let sum = |f: &str| file_sha256(&k.join(f)).unwrap();
     let entry = |x: &str, m: usize| {
         format!(
-            r#"{{ "op": "matmul", "dtype_in": "bf16", "dtype_out": "f32", "tile": {{ "m": {m}, "k": 64, "n": 16 }},
-                "xclbin": "{x}", "instructions": "i.txt" }}"#
+            r#"{{ "op": "matmul", "dtype_in": "bf16", "dtype_out": "f32", "xclbin": "{x}", "xclbin_sha256": "{}",
+                "instructions": [ {{ "tile": {{ "m": {m}, "k": 64, "n": 16 }}, "file": "i.txt", "sha256": "{}" }} ] }}"#,
+            sum(x),
+            sum("i.txt")
         )
     };
     std::fs::write(
         k.join("manifest.json"),
         format!(
-            r#"{{ "format": 1, "kernels": [ {}, {} ] }}"#,
+            r#"{{ "format": 2, "device": "1022:1502", "kernels": [ {}, {} ] }}"#,
             entry("short.xclbin", 32),
             entry("tall.xclbin", 128)
         ),

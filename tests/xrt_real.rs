@@ -62,18 +62,26 @@ fn real_xrt_and_the_xdna_shim_run_matmuls_on_the_fake_device() {
     assert!(info.driver.starts_with("XRT 2.25"), "{}", info.driver);
     let path = detail("kernel loading").unwrap();
     assert!(path.contains("libnpuhybrid_xrt_shim.so"), "{path}");
+    let built_for = detail("kernels built for").unwrap();
+    assert!(built_for.starts_with("1022:1502 (XDNA1") && built_for.ends_with("(checked)"), "{built_for}");
 
-    // 70 x 130 x 40 on the design's 32 x 64 x 16 tile: 3 * 3 * 3 launches with padding.
+    // One xclbin with two instruction streams. 70 x 130 x 40 with the default 64 rows per
+    // launch: the 64 x 64 x 16 stream, 2 * 3 * 3 launches with padding; 1 x 1 x 1: the 32-row one.
     matmul(&backend, 70, 130, 40);
     matmul(&backend, 1, 1, 1);
 
     let log = std::fs::read_to_string(&log_path).unwrap();
     eprintln!("fake device log:\n{log}");
     assert!(!log.contains("error") && !log.contains("unsupported"), "{log}");
-    assert_eq!(log.lines().filter(|l| l.contains(" create ")).count(), 1, "one hardware context: {log}");
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" create ")).count(),
+        1,
+        "one context for both streams: {log}"
+    );
     assert!(log.contains("cu 0 func=0 pdi=npuhybrid-fake-p"), "the xclbin's PDI reached the device: {log}");
-    let gemms = log.lines().filter(|l| l.contains("gemm 32x64x16 ninstr=4")).count();
-    assert_eq!(gemms, 27 + 1, "{log}");
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(count("gemm 64x64x16 ninstr=4"), 18, "{log}");
+    assert_eq!(count("gemm 32x64x16 ninstr=4"), 1, "{log}");
 
     // Telemetry from the hwmon, and no GET_INFO while the NPU is runtime-suspended.
     let r = backend.readings();

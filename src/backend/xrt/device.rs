@@ -16,6 +16,7 @@ use crate::device::{amdxdna, SysRoot};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::{c_int, c_uint, CString};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs prepared per kernel: the most the policy's in-flight limit may use at once.
@@ -147,18 +148,46 @@ impl Session {
         Ok((kernel, &api.calls, self.device))
     }
 
-    /// Loads the xclbin, opens its kernel (through the shim when it is there), writes the
-    /// instruction stream and prepares the runs.
-    pub fn load_kernel(&self, spec: &KernelSpec, qos: Qos) -> Result<LoadedKernel, String> {
-        let (kernel, calls, bo_owner) = match &self.shim {
+    /// Loads the xclbin and opens its kernel (through the shim when it is there): one
+    /// hardware context.
+    fn open_kernel(&self, spec: &KernelSpec, qos: Qos) -> Result<Arc<OpenKernel>, String> {
+        let (handle, calls, bo_owner) = match &self.shim {
             Ok(shim) => self.open_with_shim(shim, spec, qos)?,
             Err(_) => self.open_with_c_api(spec)?,
         };
+        Ok(Arc::new(OpenKernel { calls, handle, bo_owner }))
+    }
+
+    /// Every stream of the manifest, each xclbin opened once (its streams share its context).
+    pub fn load_all(&self, specs: &[KernelSpec], qos: Qos) -> Result<Vec<LoadedKernel>, String> {
+        let mut open: Vec<(&KernelSpec, Arc<OpenKernel>)> = Vec::new();
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let same = |(o, _): &&(&KernelSpec, Arc<OpenKernel>)| {
+                o.xclbin == spec.xclbin && o.kernel_name == spec.kernel_name
+            };
+            let kernel = match open.iter().find(same) {
+                Some((_, k)) => Arc::clone(k),
+                None => {
+                    let k = self.open_kernel(spec, qos)?;
+                    open.push((spec, Arc::clone(&k)));
+                    k
+                }
+            };
+            out.push(self.load_stream(spec, kernel)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes the instruction stream of `spec` and prepares its runs on `kernel`.
+    fn load_stream(&self, spec: &KernelSpec, kernel: Arc<OpenKernel>) -> Result<LoadedKernel, String> {
+        let calls = kernel.calls;
         let mut k = LoadedKernel {
             spec: spec.clone(),
             api: calls,
-            bo_owner,
-            kernel,
+            bo_owner: kernel.bo_owner,
+            kernel: kernel.handle,
+            _open: kernel,
             owned: Vec::new(),
             instr: std::ptr::null_mut(),
             instr_words: 0,
@@ -198,13 +227,32 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s.as_bytes()).map_err(|_| format!("{what} has a NUL byte"))
 }
 
-/// A kernel with its instruction buffer and a pool of prepared runs.
+/// An opened kernel (with its hardware context), closed when its last stream is dropped.
+struct OpenKernel {
+    calls: &'static RunCalls,
+    handle: Handle,
+    /// What buffers are allocated on: the device (C API) or the kernel (shim).
+    bo_owner: Handle,
+}
+
+unsafe impl Send for OpenKernel {}
+unsafe impl Sync for OpenKernel {}
+
+impl Drop for OpenKernel {
+    fn drop(&mut self) {
+        unsafe { (self.calls.kernel_close)(self.handle) };
+    }
+}
+
+/// One instruction stream on an opened kernel, with its instruction buffer and a pool of
+/// prepared runs.
 pub struct LoadedKernel {
     pub spec: KernelSpec,
     api: &'static RunCalls,
-    /// What buffers are allocated on: the device (C API) or the kernel (shim).
     bo_owner: Handle,
     kernel: Handle,
+    /// Keeps the kernel open; dropped after this stream's runs and buffers (`Drop`).
+    _open: Arc<OpenKernel>,
     /// Buffers and runs to release, in creation order.
     owned: Vec<Owned>,
     instr: Handle,
@@ -318,7 +366,6 @@ impl Drop for LoadedKernel {
                 };
             }
         }
-        unsafe { (self.api.kernel_close)(self.kernel) };
     }
 }
 

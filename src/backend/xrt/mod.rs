@@ -12,6 +12,7 @@ mod api;
 mod device;
 pub mod manifest;
 mod power;
+mod sha256;
 pub mod shim;
 pub mod tiling;
 
@@ -118,6 +119,14 @@ fn power_path(session: &Session) -> PowerPath {
     }
 }
 
+/// The PCI id of the first amdxdna NPU, from sysfs.
+fn npu_pci_id() -> Option<manifest::PciId> {
+    let root = SysRoot::real();
+    let npu = amdxdna::find_npus(&root).into_iter().next()?;
+    let read = |f: &str| root.read(format!("/sys/class/accel/{}/device/{f}", npu.name));
+    manifest::PciId::parse(&format!("{}:{}", read("vendor")?, read("device")?))
+}
+
 /// Re-opens every kernel with `qos`. The old contexts are closed first, so the device never
 /// holds more than the manifest's count (Phoenix allows 6); ops wait meanwhile.
 fn reload(
@@ -128,8 +137,7 @@ fn reload(
 ) -> Result<()> {
     let mut k = kernels.write();
     k.clear();
-    let loaded = specs.iter().map(|s| session.load_kernel(s, qos)).collect::<Result<Vec<_>, String>>();
-    match loaded {
+    match session.load_all(specs, qos) {
         Ok(new) => {
             *k = new;
             Ok(())
@@ -157,16 +165,22 @@ impl XrtBackend {
         let dir = kernel_dir(kernel_dir_arg).ok_or_else(|| {
             format!("NPU opened, but no kernel directory: pass one or set {ENV_KERNEL_DIR}")
         })?;
-        let specs = manifest::load(&dir)?;
-        let kernels = specs
-            .iter()
-            .map(|s| session.load_kernel(s, shim::Qos::default()))
-            .collect::<Result<Vec<_>, String>>()?;
+        let manifest = manifest::load(&dir)?;
+        let checked = match npu_pci_id() {
+            Some(id) => {
+                manifest.check_device(id).map_err(|e| format!("{}: {e}", dir.display()))?;
+                format!("{} (checked)", manifest.device.describe())
+            }
+            None => format!("{} (not checked: no amdxdna device in sysfs)", manifest.device.describe()),
+        };
+        let specs = manifest.kernels;
+        let kernels = session.load_all(&specs, shim::Qos::default())?;
         let version = api.version.clone().unwrap_or_else(|| "?".into());
         let mut details = vec![
             ("xrt".to_string(), format!("{version} ({})", api.library)),
             ("kernels".to_string(), dir.display().to_string()),
             ("kernel loading".to_string(), session.path()),
+            ("kernels built for".to_string(), checked),
         ];
         for k in &kernels {
             let s = &k.spec;
