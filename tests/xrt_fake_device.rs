@@ -1,10 +1,12 @@
-//! The XRT backend end to end against `fake_xrt.c`, a stand-in for XRT's C API that behaves
-//! like an NPU running an mlir-aie matmul design (no NPU exists on CI). This drives the real
-//! loader, the symbol table, the variadic `xrtRunSetArg` calls, buffer allocation by memory
-//! group, instruction upload, syncs in both directions, the tiling pipeline and the in-flight
-//! limit.
+//! The XRT backend end to end against `fake_xrt.c`, a stand-in for XRT's C API and for our
+//! registration shim that behaves like an NPU running an mlir-aie matmul design (no NPU exists
+//! on CI). Like XRT on amdxdna, it refuses `xrtDeviceLoadXclbinFile`, so kernels load through
+//! the shim's entry points. This drives the real loaders, the symbol tables, argument widths,
+//! buffer allocation by memory group, instruction upload, syncs in both directions, the tiling
+//! pipeline and the in-flight limit. Runs against real XRT 2.25: `.ci/xrt-real`.
 
 use half::bf16;
+use npuhybrid::backend::xrt::manifest::file_sha256;
 use npuhybrid::backend::xrt::XrtBackend;
 use npuhybrid::backend::{Backend, OpMemory};
 use npuhybrid::memory::{Buffer, HostPool};
@@ -39,13 +41,17 @@ fn kernel_dir_with(dir: &Path, name: &str, extra: &str) -> PathBuf {
     std::fs::create_dir_all(&k).unwrap();
     std::fs::write(k.join("mm.xclbin"), "FAKE-XCLBIN 32 64 16\n").unwrap();
     std::fs::write(k.join("mm.insts.txt"), "06030100\n00000105\n00000001\n").unwrap();
+    let sum = |f: &str| file_sha256(&k.join(f)).unwrap();
     std::fs::write(
         k.join("manifest.json"),
-        r#"{ "format": 1, "kernels": [ {
+        r#"{ "format": 2, "device": "1022:1502", "kernels": [ {
             "op": "matmul", "dtype_in": "bf16", "dtype_out": "f32",
-            "tile": { "m": 32, "k": 64, "n": 16 },
-            "xclbin": "mm.xclbin", "instructions": "mm.insts.txt", "gflops": 900 EXTRA } ] }"#
-            .replace("EXTRA", extra),
+            "xclbin": "mm.xclbin", "xclbin_sha256": "XS",
+            "instructions": [ { "tile": { "m": 32, "k": 64, "n": 16 }, "file": "mm.insts.txt", "sha256": "IS" } ],
+            "gflops": 900 EXTRA } ] }"#
+            .replace("EXTRA", extra)
+            .replace("XS", &sum("mm.xclbin"))
+            .replace("IS", &sum("mm.insts.txt")),
     )
     .unwrap();
     k
@@ -64,6 +70,7 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let lib = fake_library(dir.path());
         std::env::set_var("NPUHYBRID_XRT_LIB", &lib);
+        std::env::set_var("NPUHYBRID_XRT_SHIM", &lib);
         let backend = XrtBackend::probe(Some(&kernel_dir(dir.path()))).expect("fake NPU opens");
         let counters = unsafe { libloading::Library::new(&lib) }.unwrap();
         Fixture { _dir: dir, backend, counters }
@@ -96,9 +103,12 @@ fn buffer(pool: &Arc<HostPool>, id: u64, bytes: &[u8]) -> Arc<Buffer> {
     Arc::new(b)
 }
 
-/// Runs C = A B (+ bias) on the fake NPU and compares with a host reference.
+/// Runs C = A B on the fake NPU and compares with a host reference.
 fn run_matmul(m: usize, k: usize, n: usize, trans_b: bool) {
-    let f = fixture();
+    run_on(fixture(), m, k, n, trans_b)
+}
+
+fn run_on(f: &Fixture, m: usize, k: usize, n: usize, trans_b: bool) {
     let pool = HostPool::new(0);
     let a: Vec<f32> = values(m * k, 1);
     let b: Vec<f32> = values(k * n, 2);
@@ -145,6 +155,8 @@ fn matmuls_of_any_shape_run_on_the_fake_npu() {
     assert!(info.available);
     assert_eq!(info.peak_gflops, 900.0);
     assert_eq!(info.dtypes, DType::BF16.bit());
+    let path = info.details.iter().find(|(k, _)| k == "kernel loading").map(|(_, v)| v.as_str());
+    assert!(path.unwrap_or_default().starts_with("xclbin registration + hardware context"), "{path:?}");
     f.reset();
     // 70 x 130 x 40 on 32 x 64 x 16 tiles: 3 * 3 * 3 launches, padded on every edge.
     run_matmul(70, 130, 40, false);
@@ -155,14 +167,26 @@ fn matmuls_of_any_shape_run_on_the_fake_npu() {
 }
 
 #[test]
-fn power_mode_needs_the_amdxdna_driver() {
+fn without_cap_sys_admin_or_amdxdna_power_modes_become_context_qos() {
     use npuhybrid::device::{amdxdna, PowerMode, SysRoot};
-    let f = fixture();
-    if amdxdna::find_npus(&SysRoot::real()).is_empty() {
-        let err = f.backend.set_power_mode(PowerMode::Turbo).unwrap_err();
-        assert!(matches!(err, npuhybrid::Error::Unsupported(_)), "{err:?}");
-        assert_eq!(f.backend.readings().power_w, None);
+    if !amdxdna::find_npus(&SysRoot::real()).is_empty() {
+        return; // a real NPU: this test is about the fake device
     }
+    let _turn = serial();
+    let f = fixture();
+    let priority = || f.counter(b"fake_xrt_last_qos_priority");
+    assert_eq!(priority(), 0, "contexts start without QoS");
+    for (mode, want) in [(PowerMode::Powersaver, 0x280), (PowerMode::Turbo, 0x100), (PowerMode::Default, 0)] {
+        f.backend.set_power_mode(mode).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while priority() != want {
+            assert!(std::time::Instant::now() < deadline, "{mode}: QoS priority {:#x}", priority());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(f.counter(b"fake_xrt_contexts_open"), 1, "old contexts closed, one per kernel");
+        run_matmul(9, 70, 17, false);
+    }
+    assert_eq!(f.backend.readings().power_w, None);
 }
 
 #[test]
@@ -217,7 +241,7 @@ fn device_failures_carry_xrts_reason() {
     assert!(err.contains("manifest.json"), "{err}");
     let bad = kernel_dir_with(dir.path(), "bad", r#", "kernel": "OTHER""#);
     let err = XrtBackend::probe(Some(&bad)).err().unwrap();
-    assert!(err.contains("xrtPLKernelOpen(OTHER): No such compute unit"), "{err}");
+    assert!(err.contains("No such compute unit: OTHER"), "{err}");
 }
 
 #[test]
@@ -230,16 +254,19 @@ fn the_launch_height_follows_the_policys_batch_rows() {
     std::fs::write(k.join("short.xclbin"), "FAKE-XCLBIN 32 64 16\n").unwrap();
     std::fs::write(k.join("tall.xclbin"), "FAKE-XCLBIN 128 64 16\n").unwrap();
     std::fs::write(k.join("i.txt"), "06030100\n").unwrap();
+    let sum = |f: &str| file_sha256(&k.join(f)).unwrap();
     let entry = |x: &str, m: usize| {
         format!(
-            r#"{{ "op": "matmul", "dtype_in": "bf16", "dtype_out": "f32", "tile": {{ "m": {m}, "k": 64, "n": 16 }},
-                "xclbin": "{x}", "instructions": "i.txt" }}"#
+            r#"{{ "op": "matmul", "dtype_in": "bf16", "dtype_out": "f32", "xclbin": "{x}", "xclbin_sha256": "{}",
+                "instructions": [ {{ "tile": {{ "m": {m}, "k": 64, "n": 16 }}, "file": "i.txt", "sha256": "{}" }} ] }}"#,
+            sum(x),
+            sum("i.txt")
         )
     };
     std::fs::write(
         k.join("manifest.json"),
         format!(
-            r#"{{ "format": 1, "kernels": [ {}, {} ] }}"#,
+            r#"{{ "format": 2, "device": "1022:1502", "kernels": [ {}, {} ] }}"#,
             entry("short.xclbin", 32),
             entry("tall.xclbin", 128)
         ),
@@ -263,4 +290,71 @@ fn the_launch_height_follows_the_policys_batch_rows() {
         backend.execute(&op, &mem).unwrap();
         assert_eq!(f.counter(b"fake_xrt_runs_started"), launches, "batch rows {rows}");
     }
+}
+
+/// Set in a child process (this binary run again) with the case to run.
+const CHILD: &str = "NPUHYBRID_TEST_FAKE_XRT_CHILD";
+
+/// Runs `child_case` in a process of its own (XRT and the shim are loaded once per process).
+fn in_child(case: &str, envs: &[(&str, &str)]) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_case", "--nocapture", "--test-threads=1"])
+        .env(CHILD, case)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "child {case} failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT: ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string()
+}
+
+#[test]
+fn child_case() {
+    let Ok(case) = std::env::var(CHILD) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lib = fake_library(dir.path());
+    std::env::set_var("NPUHYBRID_XRT_LIB", &lib);
+    match XrtBackend::probe(Some(&kernel_dir(dir.path()))) {
+        Err(reason) => println!("RESULT: unavailable: {reason}"),
+        Ok(b) => {
+            let path = b.info().details.iter().find(|(k, _)| k == "kernel loading").unwrap().1.clone();
+            if case == "run" {
+                let err = b.set_power_mode(npuhybrid::device::PowerMode::Turbo).unwrap_err();
+                assert!(matches!(err, npuhybrid::Error::Unsupported(_)), "{err:?}");
+                // The fixture's backend, through the C API this time.
+                let f = Fixture {
+                    _dir: dir,
+                    backend: b,
+                    counters: unsafe { libloading::Library::new(&lib) }.unwrap(),
+                };
+                run_on(&f, 37, 70, 20, false);
+            }
+            println!("RESULT: available: {path}");
+        }
+    }
+}
+
+#[test]
+fn without_the_shim_an_amdxdna_like_xrt_leaves_the_npu_unavailable_and_says_why() {
+    let r = in_child("probe", &[("NPUHYBRID_XRT_SHIM", "/nonexistent/libnpuhybrid_xrt_shim.so")]);
+    assert!(r.starts_with("unavailable: "), "{r}");
+    assert!(
+        r.contains("xrtDeviceLoadXclbinFile(") && r.contains("load_axlf: Operation not supported"),
+        "{r}"
+    );
+    assert!(r.contains("must be registered through npuhybrid's XRT shim (libnpuhybrid_xrt_shim.so)"), "{r}");
+    assert!(r.ends_with("could not be loaded: /nonexistent/libnpuhybrid_xrt_shim.so"), "{r}");
+}
+
+#[test]
+fn where_xrt_can_load_xclbins_the_c_api_path_still_runs() {
+    let r = in_child(
+        "run",
+        &[("NPUHYBRID_XRT_SHIM", "/nonexistent/libnpuhybrid_xrt_shim.so"), ("FAKE_XRT_LEGACY_LOAD", "1")],
+    );
+    assert_eq!(r, "available: XRT's C API (xrtDeviceLoadXclbinFile)");
 }

@@ -100,14 +100,26 @@ fn ioctl_name(request: u64) -> &'static str {
     }
 }
 
+/// Opens an NPU node (GET_INFO needs read access, SET_STATE write access).
+pub fn open_node(path: &Path, write: bool) -> Result<File> {
+    File::options().read(true).write(write).open(path).map_err(|e| super::sysfs::io_error("open", path, e))
+}
+
 /// Issues one GET_INFO / SET_STATE with `value` as the parameter buffer.
 fn param_ioctl<T>(path: &Path, request: u64, param: u32, what: &str, value: &mut T) -> Result<()> {
+    let file = open_node(path, request == IOCTL_SET_STATE)?;
+    param_ioctl_on(&file, path, request, param, what, value)
+}
+
+fn param_ioctl_on<T>(
+    file: &File,
+    path: &Path,
+    request: u64,
+    param: u32,
+    what: &str,
+    value: &mut T,
+) -> Result<()> {
     let write = request == IOCTL_SET_STATE;
-    let file = File::options()
-        .read(true)
-        .write(write)
-        .open(path)
-        .map_err(|e| super::sysfs::io_error("open", path, e))?;
     let mut arg =
         ParamBuffer { param, buffer_size: std::mem::size_of::<T>() as u32, buffer: value as *mut T as u64 };
     // SAFETY: `arg` points at a live buffer of `buffer_size` bytes for the call's duration.
@@ -116,13 +128,38 @@ fn param_ioctl<T>(path: &Path, request: u64, param: u32, what: &str, value: &mut
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
-    let msg = format!("ioctl {}({what}) on {}: {err}", ioctl_name(request), path.display());
-    Err(match err.raw_os_error() {
+    Err(ioctl_error(&format!("ioctl {}({what}) on {}", ioctl_name(request), path.display()), write, err))
+}
+
+/// What a refused ioctl means, in the driver's terms. SET_STATE's refusals of a mode depend on
+/// the driver (`aie2_pm.c`): before AMD's 2026-03-31 staging driver, LOW and MEDIUM are
+/// EOPNOTSUPP and TURBO is EINVAL while any hardware context exists; those are "this driver
+/// cannot", not I/O failures.
+fn ioctl_error(call: &str, set_state: bool, err: std::io::Error) -> Error {
+    let msg = format!("{call}: {err}");
+    match err.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => {
             Error::Permission(format!("{msg} (changing the NPU power mode needs CAP_SYS_ADMIN)"))
         }
+        Some(libc::EOPNOTSUPP) if set_state => Error::Unsupported(format!(
+            "{msg}: this amdxdna driver does not offer that power mode (drivers before 2026-03-31 \
+             accept only default, performance and turbo)"
+        )),
+        Some(libc::EINVAL) if set_state => Error::Unsupported(format!(
+            "{msg}: the amdxdna driver refused the mode (drivers before 2026-03-31 refuse turbo \
+             while any hardware context exists)"
+        )),
         _ => Error::Io(msg),
-    })
+    }
+}
+
+/// Whether this process may change the NPU's power mode: SET_STATE is DRM_ROOT_ONLY, i.e.
+/// needs CAP_SYS_ADMIN (bit 21 of `CapEff` in /proc/self/status).
+pub fn may_set_power_mode(root: &SysRoot) -> bool {
+    root.read("/proc/self/status")
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .is_some_and(|caps| caps & (1 << 21) != 0)
 }
 
 /// Reads the configured power mode.
@@ -156,11 +193,17 @@ fn sensor_value(input: u32, unitm: i8) -> f32 {
 }
 
 /// Reads the power sensor and the clocks. Each part is optional: older firmware may lack one.
+/// Every GET_INFO resumes a runtime-suspended NPU: see `telemetry::NpuReader` for when to ask.
 pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
+    read_sensors_on(&open_node(path, false)?, path)
+}
+
+/// `read_sensors` on an already open node (`path` names it in errors).
+pub fn read_sensors_on(file: &File, path: &Path) -> Result<NpuSensors> {
     let mut out = NpuSensors::default();
     let mut clocks = [QueryClock { name: [0; 16], freq_mhz: 0, pad: 0 }; 2];
     let clock_res =
-        param_ioctl(path, IOCTL_GET_INFO, QUERY_CLOCK_METADATA, "QUERY_CLOCK_METADATA", &mut clocks);
+        param_ioctl_on(file, path, IOCTL_GET_INFO, QUERY_CLOCK_METADATA, "QUERY_CLOCK_METADATA", &mut clocks);
     if clock_res.is_ok() {
         out.mp_npu_clock_mhz = Some(clocks[0].freq_mhz as f32);
         out.h_clock_mhz = Some(clocks[1].freq_mhz as f32);
@@ -177,7 +220,7 @@ pub fn read_sensors(path: &Path) -> Result<NpuSensors> {
         kind: 0,
         pad: [0; 6],
     };
-    let sensor_res = param_ioctl(path, IOCTL_GET_INFO, QUERY_SENSORS, "QUERY_SENSORS", &mut sensor);
+    let sensor_res = param_ioctl_on(file, path, IOCTL_GET_INFO, QUERY_SENSORS, "QUERY_SENSORS", &mut sensor);
     if sensor_res.is_ok() {
         out.power_w = Some(sensor_value(sensor.input, sensor.unitm));
     }
@@ -217,6 +260,34 @@ mod tests {
         }
         let npus = find_npus(&root);
         assert_eq!(npus, [NpuNode { name: "accel0".into(), dev: "/dev/accel/accel0".into() }]);
+    }
+
+    #[test]
+    fn driver_refusals_are_unsupported_with_the_reason() {
+        let e = |code| ioctl_error("ioctl SET", true, std::io::Error::from_raw_os_error(code));
+        assert!(
+            matches!(e(libc::EOPNOTSUPP), Error::Unsupported(m) if m.contains("does not offer that power mode"))
+        );
+        assert!(matches!(e(libc::EINVAL), Error::Unsupported(m) if m.contains("refuse turbo")));
+        assert!(matches!(e(libc::EACCES), Error::Permission(m) if m.contains("CAP_SYS_ADMIN")));
+        assert!(matches!(e(libc::EIO), Error::Io(_)));
+        let get = ioctl_error("ioctl GET", false, std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(matches!(get, Error::Io(_)), "a refused query is not a power-mode refusal");
+    }
+
+    #[test]
+    fn cap_sys_admin_is_read_from_capeff() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(dir.path());
+        assert!(!may_set_power_mode(&root), "unknown: assume not");
+        std::fs::create_dir_all(root.path("/proc/self")).unwrap();
+        let status = |caps: &str| format!("Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{caps}\n");
+        std::fs::write(root.path("/proc/self/status"), status("000001ffffffffff")).unwrap();
+        assert!(may_set_power_mode(&root));
+        std::fs::write(root.path("/proc/self/status"), status("0000000000000000")).unwrap();
+        assert!(!may_set_power_mode(&root));
+        std::fs::write(root.path("/proc/self/status"), status("0000000000200000")).unwrap();
+        assert!(may_set_power_mode(&root), "CAP_SYS_ADMIN alone");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Telemetry: a monitor thread samples thermal zones, hwmon (k10temp/zenpower for the CPU,
-//! amdgpu for the iGPU) and the amdxdna driver's sensors at a fixed period and keeps recent
-//! history for the policy's thermal rules and the C API.
+//! amdgpu for the iGPU, amdxdna for the NPU) and, where hwmon has nothing for the NPU, the
+//! amdxdna driver's GET_INFO, at a fixed period, and keeps recent history for the policy's
+//! thermal rules and the C API. Reading the NPU never wakes it: see `NpuReader`.
 
 use super::amdxdna;
 use super::sysfs::SysRoot;
@@ -8,7 +9,8 @@ use crate::policy::DeviceClass;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::os::unix::fs::FileTypeExt;
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,19 +25,22 @@ pub struct Readings {
     /// iGPU (on APUs: whole package) power from amdgpu `power1_average`/`power1_input`.
     pub gpu_power_w: Option<f32>,
     pub gpu_clock_mhz: Option<f32>,
-    /// NPU power and clock from amdxdna's sensor and clock queries.
+    /// NPU power (amdxdna hwmon `NPU_power`, else GET_INFO's sensor) and clock (GET_INFO).
     pub npu_power_w: Option<f32>,
     pub npu_clock_mhz: Option<f32>,
+    /// NPU temperature (amdxdna hwmon `NPU_temperature`, where the platform's PMF reports it).
+    pub npu_temp_c: Option<f32>,
     /// Every thermal zone: (type, degrees C).
     pub zones: Vec<(String, f32)>,
 }
 
 impl Readings {
     /// The temperature that governs a device class. The NPU sits on the same die as the CPU
-    /// cores and amdxdna reports no temperature of its own, so it shares the CPU's.
+    /// cores; where the driver reports no NPU temperature it shares the CPU's.
     pub fn temperature(&self, class: DeviceClass) -> Option<f32> {
         match class {
-            DeviceClass::Cpu | DeviceClass::Npu => self.cpu_temp_c,
+            DeviceClass::Cpu => self.cpu_temp_c,
+            DeviceClass::Npu => self.npu_temp_c.or(self.cpu_temp_c),
             DeviceClass::Gpu => self.gpu_temp_c.or(self.cpu_temp_c),
         }
     }
@@ -90,8 +95,15 @@ pub fn cpu_temperature(root: &SysRoot) -> Option<f32> {
     })
 }
 
-/// Reads every sensor once.
+/// Reads every sensor once (the NPU's through a fresh `NpuReader`).
 pub fn sample(root: &SysRoot) -> Readings {
+    let mut r = sample_without_npu(root);
+    let npu = NpuReader::default().read(root);
+    (r.npu_power_w, r.npu_temp_c, r.npu_clock_mhz) = (npu.power_w, npu.temp_c, npu.clock_mhz);
+    r
+}
+
+fn sample_without_npu(root: &SysRoot) -> Readings {
     let mut r = Readings::default();
     for zone in root.list("/sys/class/thermal", "thermal_zone") {
         let dir = format!("/sys/class/thermal/{zone}");
@@ -123,18 +135,73 @@ pub fn sample(root: &SysRoot) -> Readings {
     if r.cpu_temp_c.is_none() {
         r.cpu_temp_c = r.zones.iter().find(|(kind, _)| kind == "x86_pkg_temp").map(|(_, t)| *t);
     }
-    // Only a real character device answers the driver's ioctls.
-    if let Some(npu) = amdxdna::find_npus(root).first() {
-        let node = root.path(&npu.dev);
-        let is_dev = std::fs::metadata(&node).map(|m| m.file_type().is_char_device()).unwrap_or(false);
-        if is_dev {
-            if let Ok(s) = amdxdna::read_sensors(&node) {
-                r.npu_power_w = s.power_w;
-                r.npu_clock_mhz = s.h_clock_mhz.or(s.mp_npu_clock_mhz);
+    r
+}
+
+/// What the NPU reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NpuReading {
+    pub power_w: Option<f32>,
+    pub temp_c: Option<f32>,
+    pub clock_mhz: Option<f32>,
+}
+
+/// The shortest time between two GET_INFO queries: the driver's autosuspend delay (5 s).
+pub const NPU_QUERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reads the NPU without waking it. The amdxdna hwmon device (2026 drivers: `NPU_power`,
+/// `NPU_temperature` where PMF provides it) is read first: it does not resume the NPU. Every
+/// GET_INFO does resume a runtime-suspended NPU, so it is only issued while the device is
+/// already awake (`power/runtime_status` "active"), at most once per `NPU_QUERY_INTERVAL`,
+/// on one descriptor kept open (each open also binds a client to the device).
+#[derive(Default)]
+pub struct NpuReader {
+    node: Option<(PathBuf, File)>,
+    last_query: Option<Instant>,
+    last_clock_mhz: Option<f32>,
+    last_power_w: Option<f32>,
+    /// GET_INFO attempts so far (tests check the limit).
+    pub queries: u64,
+}
+
+impl NpuReader {
+    pub fn read(&mut self, root: &SysRoot) -> NpuReading {
+        let mut out = NpuReading::default();
+        for hw in root.list("/sys/class/hwmon", "hwmon") {
+            let dir = format!("/sys/class/hwmon/{hw}");
+            if root.read(format!("{dir}/name")).as_deref() == Some("amdxdna") {
+                out.power_w = root.read_i64(format!("{dir}/power1_input")).map(|uw| uw as f32 / 1e6);
+                out.temp_c = hwmon_temp_by_label(root, &dir, &["NPU_temperature"]);
+                break;
             }
         }
+        let Some(npu) = amdxdna::find_npus(root).into_iter().next() else { return out };
+        let status = root.read(format!("/sys/class/accel/{}/device/power/runtime_status", npu.name));
+        let awake = status.as_deref().is_none_or(|s| s == "active");
+        let due = self.last_query.is_none_or(|t| t.elapsed() >= NPU_QUERY_INTERVAL);
+        if awake && due {
+            self.last_query = Some(Instant::now());
+            self.queries += 1;
+            let path = root.path(&npu.dev);
+            if self.node.as_ref().is_none_or(|(p, _)| *p != path) {
+                self.node = amdxdna::open_node(&path, false).ok().map(|f| (path.clone(), f));
+            }
+            if let Some((p, f)) = &self.node {
+                if let Ok(s) = amdxdna::read_sensors_on(f, p) {
+                    self.last_clock_mhz = s.h_clock_mhz.or(s.mp_npu_clock_mhz);
+                    self.last_power_w = s.power_w;
+                }
+            }
+        }
+        if !awake {
+            // Suspended: its clock is off; the last active reading no longer holds.
+            self.last_clock_mhz = None;
+            self.last_power_w = None;
+        }
+        out.power_w = out.power_w.or(self.last_power_w);
+        out.clock_mhz = self.last_clock_mhz;
+        out
     }
-    r
 }
 
 struct Shared {
@@ -175,14 +242,21 @@ impl TelemetryMonitor {
             capacity: capacity.max(1),
         });
         let t0 = Instant::now();
-        shared.push(Sample { at: Duration::ZERO, readings: sample(&root) });
+        let mut npu = NpuReader::default();
+        let sample_with = |root: &SysRoot, npu: &mut NpuReader| {
+            let mut r = sample_without_npu(root);
+            let n = npu.read(root);
+            (r.npu_power_w, r.npu_temp_c, r.npu_clock_mhz) = (n.power_w, n.temp_c, n.clock_mhz);
+            r
+        };
+        shared.push(Sample { at: Duration::ZERO, readings: sample_with(&root, &mut npu) });
         let (stop, stopped) = bounded::<()>(0);
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("nh-telemetry".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
-                    worker.push(Sample { at: t0.elapsed(), readings: sample(&root) });
+                    worker.push(Sample { at: t0.elapsed(), readings: sample_with(&root, &mut npu) });
                 }
             })
             .ok();
@@ -287,6 +361,51 @@ mod tests {
         put(&root, "/sys/class/thermal/thermal_zone3/temp", "66000\n");
         assert_eq!(sample(&root).cpu_temp_c, Some(66.0));
         assert_eq!(cpu_temperature(&root), Some(66.0));
+    }
+
+    /// An amdxdna node as sysfs shows it, with its runtime PM status.
+    fn npu_node(root: &SysRoot, status: &str) {
+        let dev = root.path("/sys/class/accel/accel0/device");
+        fs::create_dir_all(dev.join("power")).unwrap();
+        let _ = std::os::unix::fs::symlink("../../../../bus/pci/drivers/amdxdna", dev.join("driver"));
+        fs::write(dev.join("power/runtime_status"), format!("{status}\n")).unwrap();
+        put(root, "/dev/accel/accel0", "");
+    }
+
+    #[test]
+    fn npu_power_and_temperature_come_from_the_amdxdna_hwmon() {
+        let (_d, root) = laptop_tree();
+        put(&root, "/sys/class/hwmon/hwmon7/name", "amdxdna\n");
+        put(&root, "/sys/class/hwmon/hwmon7/power1_label", "NPU_power\n");
+        put(&root, "/sys/class/hwmon/hwmon7/power1_input", "1830000\n");
+        put(&root, "/sys/class/hwmon/hwmon7/temp1_label", "NPU_temperature\n");
+        put(&root, "/sys/class/hwmon/hwmon7/temp1_input", "52000\n");
+        let r = sample(&root);
+        assert_eq!((r.npu_power_w, r.npu_temp_c), (Some(1.83), Some(52.0)));
+        assert_eq!(r.temperature(DeviceClass::Npu), Some(52.0), "its own, not the CPU's");
+        assert_eq!(r.power(DeviceClass::Npu), Some(1.83));
+        // Phoenix without PMF temperature: reading temp1_input fails, the CPU's stands in.
+        fs::remove_file(root.path("/sys/class/hwmon/hwmon7/temp1_input")).unwrap();
+        assert_eq!(sample(&root).temperature(DeviceClass::Npu), Some(61.375));
+    }
+
+    #[test]
+    fn get_info_only_while_the_npu_is_awake_and_at_most_every_5_s() {
+        let (_d, root) = laptop_tree();
+        npu_node(&root, "suspended");
+        let mut reader = NpuReader::default();
+        for _ in 0..3 {
+            reader.read(&root);
+        }
+        assert_eq!(reader.queries, 0, "a suspended NPU is never woken for telemetry");
+        npu_node(&root, "active");
+        reader.read(&root);
+        reader.read(&root);
+        assert_eq!(reader.queries, 1, "at most one query per {NPU_QUERY_INTERVAL:?}");
+        assert!(reader.node.is_some(), "the descriptor is kept for the next query");
+        reader.last_query = Some(Instant::now() - NPU_QUERY_INTERVAL);
+        reader.read(&root);
+        assert_eq!(reader.queries, 2);
     }
 
     #[test]

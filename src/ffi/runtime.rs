@@ -80,7 +80,8 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
         config.devices.gpu = d.devices & NH_ENABLE_GPU != 0;
         config.devices.npu = d.devices & NH_ENABLE_NPU != 0;
         if d.devices & NH_ENABLE_SIMULATED_NPU != 0 {
-            config.devices.simulated_npu = Some(crate::backend::sim::SimNpuConfig::default());
+            // The simulated NPU runs what an XDNA1 NPU runs (bf16/i8 matmuls only): see docs/SIMULATED_NPU.md.
+            config.devices.simulated_npu = Some(crate::backend::sim::SimNpuConfig::xdna1());
         }
         config.policy = policy_source(d.policy_kind, opt_c_str(d.policy, "policy")?)?;
         match opt_c_str(d.perf_cache_dir, "perf_cache_dir")? {

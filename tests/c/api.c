@@ -173,8 +173,10 @@ int main(void) {
   NH_CHECK(nh_buffer_alloc(rt, 128 * 128 * 4, &bc));
   NH_CHECK(nh_op_desc_init(&op));
   op.kind = NH_OP_MATMUL;
-  op.inputs[0] = nh_t2(ba, 128, 256);
-  op.inputs[1] = nh_t2(ba, 256, 128);
+  /* bf16 inputs: the simulated NPU runs what an XDNA1 NPU runs (no f32 matmul). */
+  uint64_t sa[2] = {128, 256}, sb[2] = {256, 128};
+  op.inputs[0] = nh_dense(ba, NH_BF16, 2, sa, 0);
+  op.inputs[1] = nh_dense(ba, NH_BF16, 2, sb, 0);
   op.output = nh_t2(bc, 128, 128);
   op.tags = "phase=prefill";
   NH_CHECK(nh_policy_explain(rt, &op, text, sizeof text, NULL));

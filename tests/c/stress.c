@@ -83,6 +83,18 @@ static void *run(void *arg) {
   NH_CHECK(nh_buffer_alloc(rt, sizeof(float) * N * N, &id));
   NH_CHECK(nh_buffer_write(rt, one, 0, ones, sizeof(float) * N * N));
   NH_CHECK(nh_buffer_write(rt, id, 0, eye, sizeof(float) * N * N));
+  /* bf16 I and ones for the matmul: the simulated NPU (an XDNA1 profile) runs bf16 matmuls
+   * only; I x ones is exact in any precision. */
+  uint16_t *b16 = malloc(2 * N * N);
+  nh_buffer idb, oneb;
+  NH_CHECK(nh_buffer_alloc(rt, 2 * N * N, &idb));
+  NH_CHECK(nh_buffer_alloc(rt, 2 * N * N, &oneb));
+  for (int i = 0; i < N * N; i++) b16[i] = eye[i] ? 0x3F80 : 0; /* bf16 1.0 */
+  NH_CHECK(nh_buffer_write(rt, idb, 0, b16, 2 * N * N));
+  for (int i = 0; i < N * N; i++) b16[i] = 0x3F80;
+  NH_CHECK(nh_buffer_write(rt, oneb, 0, b16, 2 * N * N));
+  free(b16);
+  uint64_t sq[2] = {N, N};
 
   /* A graph adding one three times. */
   nh_graph g;
@@ -102,10 +114,12 @@ static void *run(void *arg) {
         op = binary(NH_OP_MUL, x, one, x);
         submit(w, &op);
         break;
-      case 2: /* y = I x (a matmul), then x = y + 1 */
-        op = binary(NH_OP_MATMUL, id, x, y);
+      case 2: /* y = I ones (a bf16 matmul into f32), then x = x + y */
+        op = binary(NH_OP_MATMUL, idb, oneb, y);
+        op.inputs[0] = nh_dense(idb, NH_BF16, 2, sq, 0);
+        op.inputs[1] = nh_dense(oneb, NH_BF16, 2, sq, 0);
         submit(w, &op);
-        op = binary(NH_OP_ADD, y, one, x);
+        op = binary(NH_OP_ADD, x, y, x);
         submit(w, &op);
         expected += 1;
         i++;
@@ -146,6 +160,8 @@ static void *run(void *arg) {
   NH_CHECK(nh_buffer_destroy(rt, y));
   NH_CHECK(nh_buffer_destroy(rt, one));
   NH_CHECK(nh_buffer_destroy(rt, id));
+  NH_CHECK(nh_buffer_destroy(rt, idb));
+  NH_CHECK(nh_buffer_destroy(rt, oneb));
   free(out);
   free(ones);
   free(eye);

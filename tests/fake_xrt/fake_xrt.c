@@ -6,7 +6,14 @@
  * checks what a real device would need: the kernel name, the xclbin uuid, memory groups from
  * xrtKernelArgGroupId, opcode 3, the instruction stream and its length. A run that breaks a
  * rule ends in ERT_CMD_STATE_ERROR and logs an "[XRT] ERROR: ..." line to the runtime log set
- * through xrtIniStringSet, as XRT does. Counters are exported for the test. */
+ * through xrtIniStringSet, as XRT does. Counters are exported for the test.
+ *
+ * Like XRT 2.25 on an amdxdna device, xrtDeviceLoadXclbinFile fails ("load_axlf: Operation not
+ * supported": the xdna shim does not implement load_axlf), so kernels can only be opened
+ * through the registration shim's entry points (nhx_*, as src/backend/xrt/shim/nh_xrt_shim.h
+ * declares them), which this library also provides. FAKE_XRT_LEGACY_LOAD=1 makes the load
+ * succeed, as on a device whose shim implements load_axlf. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -40,6 +47,7 @@ typedef struct {
   kernel_t *kernel;
   uint64_t opcode;
   unsigned ninstr;
+  int bad_width; /* a scalar set at the wrong width through the shim */
   bo_t *args[8];
   int state;
 } run_t;
@@ -79,8 +87,8 @@ int xrtDeviceClose(void *d) {
   return 0;
 }
 
-int xrtDeviceLoadXclbinFile(void *d, const char *path) {
-  device_t *dev = d;
+/* Reads the fake design's m, k, n and derives its uuid (what registering an xclbin yields). */
+static int read_design(device_t *dev, const char *path) {
   FILE *f = fopen(path, "r");
   int ok = f && fscanf(f, "FAKE-XCLBIN %d %d %d", &dev->m, &dev->k, &dev->n) == 3;
   if (f)
@@ -92,6 +100,16 @@ int xrtDeviceLoadXclbinFile(void *d, const char *path) {
   for (int i = 0; i < 16; i++)
     dev->uuid[i] = (unsigned char)(i * 7 + dev->m);
   return 0;
+}
+
+int xrtDeviceLoadXclbinFile(void *d, const char *path) {
+  const char *legacy = getenv("FAKE_XRT_LEGACY_LOAD");
+  if (!legacy || strcmp(legacy, "1") != 0) {
+    log_error("load_axlf: Operation not supported");
+    errno = EOPNOTSUPP;
+    return -1;
+  }
+  return read_design(d, path);
 }
 
 int xrtDeviceGetXclbinUUID(void *d, unsigned char *out) {
@@ -195,6 +213,8 @@ static float bf16_to_f32(uint16_t v) {
 
 static int check(run_t *r) {
   kernel_t *d = r->kernel;
+  if (r->bad_width)
+    return log_error("scalar argument of the wrong width (opcode uint64_t, ninstr uint32_t)"), 0;
   if (r->opcode != 3)
     return log_error("opcode is not 3"), 0;
   for (int i = 1; i < 8; i++)
@@ -247,7 +267,82 @@ int xrtRunWaitFor(void *rh, unsigned timeout_ms) {
   return ((run_t *)rh)->state;
 }
 
+/* The registration shim's entry points (nh_xrt_shim.h): register + hardware context + kernel;
+ * buffers and runs are the C API's own, which have the same signatures here. */
+static __thread char shim_error[256];
+static unsigned last_qos_priority, contexts_open;
+
+unsigned nhx_abi_version(void) { return 1; }
+const char *nhx_last_error(void) { return shim_error; }
+
+struct nhx_qos {
+  uint32_t gops, fps, latency_ms, priority;
+};
+
+void *nhx_kernel_open(void *d, const char *path, const char *name, const struct nhx_qos *qos,
+                      unsigned char *uuid_out) {
+  device_t *dev = d;
+  shim_error[0] = 0;
+  if (read_design(dev, path) != 0) {
+    snprintf(shim_error, sizeof shim_error, "register_xclbin: not a fake xclbin");
+    return NULL;
+  }
+  if (strcmp(name, "MLIR_AIE") != 0) {
+    snprintf(shim_error, sizeof shim_error, "No such compute unit: %s", name);
+    return NULL;
+  }
+  memcpy(uuid_out, dev->uuid, 16);
+  pthread_mutex_lock(&lock);
+  last_qos_priority = qos ? qos->priority : 0;
+  contexts_open++;
+  pthread_mutex_unlock(&lock);
+  return xrtPLKernelOpen(d, dev->uuid, name);
+}
+
+int nhx_kernel_close(void *k) {
+  pthread_mutex_lock(&lock);
+  contexts_open--;
+  pthread_mutex_unlock(&lock);
+  return xrtKernelClose(k);
+}
+
+int nhx_kernel_arg_group_id(void *k, int argno) { return xrtKernelArgGroupId(k, argno); }
+void *nhx_bo_alloc(void *k, size_t size, uint64_t flags, unsigned group) {
+  return xrtBOAlloc(((kernel_t *)k)->dev, size, flags, group);
+}
+int nhx_bo_free(void *b) { return xrtBOFree(b); }
+void *nhx_bo_map(void *b) { return xrtBOMap(b); }
+int nhx_bo_sync(void *b, int dir, size_t size, size_t offset) { return xrtBOSync(b, dir, size, offset); }
+void *nhx_run_open(void *k) { return xrtRunOpen(k); }
+int nhx_run_close(void *r) { return xrtRunClose(r); }
+int nhx_run_start(void *r) { return xrtRunStart(r); }
+int nhx_run_wait_for(void *r, unsigned ms) { return xrtRunWaitFor(r, ms); }
+
+int nhx_run_set_arg_bo(void *rh, int index, void *bo) {
+  run_t *r = rh;
+  if (index < 1 || index >= 8 || index == 2)
+    return 22;
+  r->args[index] = bo;
+  return 0;
+}
+
+int nhx_run_set_arg_scalar(void *rh, int index, const void *value, size_t size) {
+  run_t *r = rh;
+  if (index == 0) {
+    r->bad_width |= size != 8;
+    memcpy(&r->opcode, value, size < 8 ? size : 8);
+  } else if (index == 2) {
+    r->bad_width |= size != 4;
+    memcpy(&r->ninstr, value, size < 4 ? size : 4);
+  } else {
+    return 22;
+  }
+  return 0;
+}
+
 /* Counters for the test. */
+long fake_xrt_last_qos_priority(void) { return (long)last_qos_priority; }
+long fake_xrt_contexts_open(void) { return contexts_open; }
 long fake_xrt_runs_started(void) { return runs_started; }
 long fake_xrt_max_in_flight(void) { return max_in_flight; }
 long fake_xrt_syncs(int dir) { return dir == 0 ? syncs_to : syncs_from; }

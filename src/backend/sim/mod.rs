@@ -9,6 +9,7 @@
 
 mod faults;
 mod model;
+pub mod profiles;
 mod thermal;
 
 pub use faults::Fault;
@@ -68,7 +69,10 @@ pub struct Slot {
 impl SimNpu {
     pub fn new(cfg: SimNpuConfig) -> SimNpu {
         let units = cfg.units.max(1);
-        let perf = cfg.throughput(crate::op::DType::F32, cfg.initial_mode);
+        // The f32 figure where the model has one, else its best float dtype's (XDNA: bf16).
+        let perf = cfg
+            .throughput(crate::op::DType::F32, cfg.initial_mode)
+            .or_else(|| cfg.throughput(crate::op::DType::BF16, cfg.initial_mode));
         let mut details = vec![
             ("model".to_string(), "simulated; not hardware".to_string()),
             ("units".to_string(), units.to_string()),
@@ -280,7 +284,21 @@ impl Backend for SimNpu {
         &self.info
     }
 
+    /// What the modelled hardware runs: its op kinds, input dtypes and (input, output) pairs.
+    fn supports(&self, op: &OpDesc) -> bool {
+        self.cfg.accepts(op.kind, op.dtype(), op.output.dtype)
+    }
+
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        if !self.supports(op) {
+            return Err(crate::error::Error::Unsupported(format!(
+                "{}: {} with {} inputs and {} output is not something this NPU runs",
+                self.info.name,
+                op.kind,
+                op.dtype(),
+                op.output.dtype
+            )));
+        }
         let slot = self.admit(op)?;
         if !self.cfg.virtual_time {
             // Wait for a free unit as the device queue would.

@@ -44,6 +44,8 @@ pub struct SimNpuConfig {
     pub throttle_hysteresis_c: f32,
     /// `OpKind::bit` set of ops it accepts (results are computed on the host).
     pub ops: u32,
+    /// (input, output) dtype pairs it produces; empty: any dtype in `peak_gflops`, in and out.
+    pub outputs: Vec<(DType, DType)>,
     pub memory_bytes: u64,
     /// Time runs on a virtual clock (tests: minutes in milliseconds) instead of the wall clock
     /// (ops then take their modelled time for real).
@@ -84,6 +86,7 @@ impl Default for SimNpuConfig {
             throttle_c: 95.0,
             throttle_hysteresis_c: 5.0,
             ops: OpKind::ALL.iter().fold(0, |acc, k| acc | k.bit()),
+            outputs: Vec::new(),
             memory_bytes: 4 << 30,
             virtual_time: false,
             faults: Vec::new(),
@@ -123,7 +126,7 @@ impl SimNpuConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::op::TensorView;
 

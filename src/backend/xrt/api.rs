@@ -24,6 +24,68 @@ pub const BO_FLAGS_HOST_ONLY: u64 = 1 << 29;
 /// `ERT_CMD_STATE_COMPLETED`.
 pub const CMD_STATE_COMPLETED: c_int = 4;
 
+/// The calls that run a kernel: XRT's C API, or the registration shim's calls of the same
+/// signatures (`shim::ShimApi`). `owner` of `bo_alloc` is the device for the C API and the
+/// kernel for the shim.
+pub struct RunCalls {
+    pub kernel_close: unsafe extern "C" fn(Handle) -> c_int,
+    pub kernel_arg_group_id: unsafe extern "C" fn(Handle, c_int) -> c_int,
+    pub bo_alloc: unsafe extern "C" fn(Handle, usize, u64, u32) -> Handle,
+    pub bo_free: unsafe extern "C" fn(Handle) -> c_int,
+    pub bo_map: unsafe extern "C" fn(Handle) -> *mut c_void,
+    pub bo_sync: unsafe extern "C" fn(Handle, c_int, usize, usize) -> c_int,
+    pub run_open: unsafe extern "C" fn(Handle) -> Handle,
+    pub run_close: unsafe extern "C" fn(Handle) -> c_int,
+    pub set_arg: SetArg,
+    pub run_start: unsafe extern "C" fn(Handle) -> c_int,
+    pub run_wait_for: unsafe extern "C" fn(Handle, c_uint) -> c_int,
+}
+
+/// How a run's arguments are set.
+pub enum SetArg {
+    /// `xrtRunSetArg(run, index, ...)`: C variadic, read by XRT at the width the xclbin
+    /// declares for the argument, so each value must be passed at exactly that width.
+    Variadic(unsafe extern "C" fn(Handle, c_int, ...) -> c_int),
+    /// The shim's typed calls.
+    Typed {
+        bo: unsafe extern "C" fn(Handle, c_int, Handle) -> c_int,
+        scalar: unsafe extern "C" fn(Handle, c_int, *const c_void, usize) -> c_int,
+    },
+}
+
+impl RunCalls {
+    /// # Safety
+    /// `run` and `bo` are live handles of this table's library.
+    pub unsafe fn set_bo(&self, run: Handle, index: c_int, bo: Handle) -> c_int {
+        match self.set_arg {
+            SetArg::Variadic(f) => f(run, index, bo),
+            SetArg::Typed { bo: f, .. } => f(run, index, bo),
+        }
+    }
+
+    /// mlir-aie designs declare the opcode as `uint64_t`.
+    ///
+    /// # Safety
+    /// `run` is a live run handle of this table's library.
+    pub unsafe fn set_u64(&self, run: Handle, index: c_int, v: u64) -> c_int {
+        match self.set_arg {
+            SetArg::Variadic(f) => f(run, index, v),
+            SetArg::Typed { scalar, .. } => scalar(run, index, &v as *const u64 as *const c_void, 8),
+        }
+    }
+
+    /// The instruction count is `uint32_t` in mlir-aie designs (and so in XRT's view of them).
+    ///
+    /// # Safety
+    /// `run` is a live run handle of this table's library.
+    pub unsafe fn set_u32(&self, run: Handle, index: c_int, v: u32) -> c_int {
+        match self.set_arg {
+            SetArg::Variadic(f) => f(run, index, v as c_uint),
+            SetArg::Typed { scalar, .. } => scalar(run, index, &v as *const u32 as *const c_void, 4),
+        }
+    }
+}
+
 /// The XRT functions the backend calls.
 pub struct XrtApi {
     pub library: String,
@@ -33,18 +95,7 @@ pub struct XrtApi {
     pub device_load_xclbin_file: unsafe extern "C" fn(Handle, *const c_char) -> c_int,
     pub device_get_xclbin_uuid: unsafe extern "C" fn(Handle, *mut u8) -> c_int,
     pub kernel_open: unsafe extern "C" fn(Handle, *const u8, *const c_char) -> Handle,
-    pub kernel_close: unsafe extern "C" fn(Handle) -> c_int,
-    pub kernel_arg_group_id: unsafe extern "C" fn(Handle, c_int) -> c_int,
-    pub bo_alloc: unsafe extern "C" fn(Handle, usize, u64, u32) -> Handle,
-    pub bo_free: unsafe extern "C" fn(Handle) -> c_int,
-    pub bo_map: unsafe extern "C" fn(Handle) -> *mut c_void,
-    pub bo_sync: unsafe extern "C" fn(Handle, c_int, usize, usize) -> c_int,
-    pub run_open: unsafe extern "C" fn(Handle) -> Handle,
-    pub run_close: unsafe extern "C" fn(Handle) -> c_int,
-    /// `xrtRunSetArg(run, index, ...)`: C variadic; scalars go as 64-bit, buffers as handles.
-    pub run_set_arg: unsafe extern "C" fn(Handle, c_int, ...) -> c_int,
-    pub run_start: unsafe extern "C" fn(Handle) -> c_int,
-    pub run_wait_for: unsafe extern "C" fn(Handle, c_uint) -> c_int,
+    pub calls: RunCalls,
     /// `xrtIniStringSet` (XRT 2.11+): used to send XRT's log to a file instead of stderr.
     pub ini_string_set: Option<unsafe extern "C" fn(*const c_char, *const c_char) -> c_int>,
     /// `xclProbe` from libxrt_core: counts devices without opening one.
@@ -70,7 +121,7 @@ pub fn candidates(stem: &str) -> Vec<String> {
     out
 }
 
-fn open_first(names: &[String]) -> Result<(Library, String), String> {
+pub(super) fn open_first(names: &[String]) -> Result<(Library, String), String> {
     let mut tried = Vec::new();
     for name in names {
         // Absolute candidates that do not exist are skipped quietly; sonames go to the loader.
@@ -158,17 +209,19 @@ pub fn load(coreutil: &[String], core: &[String]) -> Result<XrtApi, String> {
         device_load_xclbin_file: device_load_xclbin_file.unwrap(),
         device_get_xclbin_uuid: device_get_xclbin_uuid.unwrap(),
         kernel_open: kernel_open.unwrap(),
-        kernel_close: kernel_close.unwrap(),
-        kernel_arg_group_id: kernel_arg_group_id.unwrap(),
-        bo_alloc: bo_alloc.unwrap(),
-        bo_free: bo_free.unwrap(),
-        bo_map: bo_map.unwrap(),
-        bo_sync: bo_sync.unwrap(),
-        run_open: run_open.unwrap(),
-        run_close: run_close.unwrap(),
-        run_set_arg: run_set_arg.unwrap(),
-        run_start: run_start.unwrap(),
-        run_wait_for: run_wait_for.unwrap(),
+        calls: RunCalls {
+            kernel_close: kernel_close.unwrap(),
+            kernel_arg_group_id: kernel_arg_group_id.unwrap(),
+            bo_alloc: bo_alloc.unwrap(),
+            bo_free: bo_free.unwrap(),
+            bo_map: bo_map.unwrap(),
+            bo_sync: bo_sync.unwrap(),
+            run_open: run_open.unwrap(),
+            run_close: run_close.unwrap(),
+            set_arg: SetArg::Variadic(run_set_arg.unwrap()),
+            run_start: run_start.unwrap(),
+            run_wait_for: run_wait_for.unwrap(),
+        },
         ini_string_set,
         probe,
     })

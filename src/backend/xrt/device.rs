@@ -8,13 +8,15 @@
 //! mapped buffer memory stays valid while its buffer is open, and a run's buffers are touched
 //! only by the thread that took the run from the pool.
 
-use super::api::{self, Handle, XrtApi, XrtLog};
+use super::api::{self, Handle, RunCalls, XrtApi, XrtLog};
 use super::manifest::{self, KernelSpec};
+use super::shim::{self, Qos, ShimApi};
 use super::tiling::TileSlot;
 use crate::device::{amdxdna, SysRoot};
 use crate::error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::{c_int, c_uint, CString};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs prepared per kernel: the most the policy's in-flight limit may use at once.
@@ -26,6 +28,10 @@ pub struct Session {
     pub api: &'static XrtApi,
     pub log: Option<&'static XrtLog>,
     device: Handle,
+    /// The registration shim, or why it could not be loaded.
+    pub shim: Result<&'static ShimApi, String>,
+    /// The kernel driver binds an NPU to amdxdna (where only the shim can load xclbins).
+    pub amdxdna: bool,
 }
 
 // The device handle is used through XRT's thread-safe C API.
@@ -35,7 +41,10 @@ unsafe impl Sync for Session {}
 impl Session {
     /// XRT's own error messages since the last failure, or `fallback`.
     pub fn reason(&self, fallback: &str) -> String {
-        let errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
+        let mut errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
+        if let Ok(shim) = &self.shim {
+            errors.extend(Some(shim.last_error()).filter(|e| !e.is_empty()));
+        }
         if errors.is_empty() {
             fallback.to_string()
         } else {
@@ -44,7 +53,11 @@ impl Session {
     }
 
     /// Opens device 0. The error carries XRT's own reason.
-    pub fn open(api: &'static XrtApi, log: Option<&'static XrtLog>) -> Result<Session, String> {
+    pub fn open(
+        api: &'static XrtApi,
+        log: Option<&'static XrtLog>,
+        shim: Result<&'static ShimApi, String>,
+    ) -> Result<Session, String> {
         let version = api.version.as_deref().unwrap_or("unknown version");
         let devices = api.probe.map(|p| unsafe { p() });
         // Without a shim already in the process, Debian's XRT 2.13 aborts the process on a
@@ -71,34 +84,110 @@ impl Session {
             };
             return Err(reason);
         }
-        Ok(Session { api, log, device })
+        Ok(Session { api, log, device, shim, amdxdna: npu_present })
     }
 
-    /// Loads the xclbin, opens its kernel, writes the instruction stream and prepares the runs.
-    pub fn load_kernel(&self, spec: &KernelSpec) -> Result<LoadedKernel, String> {
+    /// Which path loads kernels, for the device's details.
+    pub fn path(&self) -> String {
+        match &self.shim {
+            Ok(s) => format!("xclbin registration + hardware context through {}", s.library),
+            Err(_) => "XRT's C API (xrtDeviceLoadXclbinFile)".into(),
+        }
+    }
+
+    /// Through the shim: register the xclbin, create a hardware context with `qos`, open the
+    /// kernel in it. Returns the kernel and the table that drives it.
+    fn open_with_shim(
+        &self,
+        shim: &'static ShimApi,
+        spec: &KernelSpec,
+        qos: Qos,
+    ) -> Result<(Handle, &'static RunCalls, Handle), String> {
+        let path = cstring(&spec.xclbin.to_string_lossy(), "xclbin path")?;
+        let name = cstring(&spec.kernel_name, "kernel name")?;
+        let mut uuid = [0u8; 16];
+        let kernel =
+            unsafe { (shim.kernel_open)(self.device, path.as_ptr(), name.as_ptr(), &qos, uuid.as_mut_ptr()) };
+        if kernel.is_null() {
+            let what = format!("{}: {}", spec.xclbin.display(), shim.last_error());
+            return Err(self.reason(&what));
+        }
+        Ok((kernel, &shim.calls, kernel))
+    }
+
+    /// Through XRT's C API: load the xclbin onto the device, open the kernel from its uuid
+    /// (XRT then makes a hardware context of its own, without QoS). Works where the device
+    /// shim implements `load_axlf`, which the amdxdna shim does not.
+    fn open_with_c_api(&self, spec: &KernelSpec) -> Result<(Handle, &'static RunCalls, Handle), String> {
         let api = self.api;
-        let path = CString::new(spec.xclbin.to_string_lossy().as_bytes())
-            .map_err(|_| "xclbin path has a NUL byte".to_string())?;
+        let path = cstring(&spec.xclbin.to_string_lossy(), "xclbin path")?;
+        let no_shim = || match &self.shim {
+            Err(e) => format!(
+                "; on amdxdna devices XRT's C API cannot load an xclbin: it must be registered \
+                 through npuhybrid's XRT shim ({}), which could not be loaded: {e}",
+                shim::SONAME
+            ),
+            Ok(_) => String::new(),
+        };
+        if self.amdxdna {
+            return Err(format!("{}: NPU unavailable{}", spec.xclbin.display(), no_shim()));
+        }
         if unsafe { (api.device_load_xclbin_file)(self.device, path.as_ptr()) } != 0 {
-            return Err(self.reason(&format!("xrtDeviceLoadXclbinFile({})", spec.xclbin.display())));
+            let reason = self.reason(&format!("xrtDeviceLoadXclbinFile({})", spec.xclbin.display()));
+            return Err(format!("{reason}{}", no_shim()));
         }
         let mut uuid = [0u8; 16];
         if unsafe { (api.device_get_xclbin_uuid)(self.device, uuid.as_mut_ptr()) } != 0 {
             return Err(self.reason("xrtDeviceGetXclbinUUID"));
         }
-        let name = CString::new(spec.kernel_name.as_bytes())
-            .map_err(|_| "kernel name has a NUL byte".to_string())?;
-        // XRT's C API has no hardware-context calls (those are C++ only); the kernel is opened
-        // from the device and the xclbin's uuid, as the C API allows. Whether the amdxdna shim
-        // accepts this path could not be checked without an NPU (docs/XRT.md).
+        let name = cstring(&spec.kernel_name, "kernel name")?;
         let kernel = unsafe { (api.kernel_open)(self.device, uuid.as_ptr(), name.as_ptr()) };
         if kernel.is_null() {
             return Err(self.reason(&format!("xrtPLKernelOpen({})", spec.kernel_name)));
         }
+        Ok((kernel, &api.calls, self.device))
+    }
+
+    /// Loads the xclbin and opens its kernel (through the shim when it is there): one
+    /// hardware context.
+    fn open_kernel(&self, spec: &KernelSpec, qos: Qos) -> Result<Arc<OpenKernel>, String> {
+        let (handle, calls, bo_owner) = match &self.shim {
+            Ok(shim) => self.open_with_shim(shim, spec, qos)?,
+            Err(_) => self.open_with_c_api(spec)?,
+        };
+        Ok(Arc::new(OpenKernel { calls, handle, bo_owner }))
+    }
+
+    /// Every stream of the manifest, each xclbin opened once (its streams share its context).
+    pub fn load_all(&self, specs: &[KernelSpec], qos: Qos) -> Result<Vec<LoadedKernel>, String> {
+        let mut open: Vec<(&KernelSpec, Arc<OpenKernel>)> = Vec::new();
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let same = |(o, _): &&(&KernelSpec, Arc<OpenKernel>)| {
+                o.xclbin == spec.xclbin && o.kernel_name == spec.kernel_name
+            };
+            let kernel = match open.iter().find(same) {
+                Some((_, k)) => Arc::clone(k),
+                None => {
+                    let k = self.open_kernel(spec, qos)?;
+                    open.push((spec, Arc::clone(&k)));
+                    k
+                }
+            };
+            out.push(self.load_stream(spec, kernel)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes the instruction stream of `spec` and prepares its runs on `kernel`.
+    fn load_stream(&self, spec: &KernelSpec, kernel: Arc<OpenKernel>) -> Result<LoadedKernel, String> {
+        let calls = kernel.calls;
         let mut k = LoadedKernel {
             spec: spec.clone(),
-            api,
-            kernel,
+            api: calls,
+            bo_owner: kernel.bo_owner,
+            kernel: kernel.handle,
+            _open: kernel,
             owned: Vec::new(),
             instr: std::ptr::null_mut(),
             instr_words: 0,
@@ -106,8 +195,9 @@ impl Session {
             returned: Condvar::new(),
         };
         let words = manifest::read_instructions(&spec.instructions)?;
-        k.instr_words = words.len();
+        k.instr_words = u32::try_from(words.len()).map_err(|_| "instruction stream too long".to_string())?;
         k.instr = k.alloc(self, 4 * words.len(), api::BO_FLAGS_CACHEABLE, spec.args.instr)?;
+        let api = calls;
         unsafe {
             let dst = (api.bo_map)(k.instr) as *mut u32;
             if dst.is_null() {
@@ -133,15 +223,40 @@ impl Drop for Session {
     }
 }
 
-/// A kernel with its instruction buffer and a pool of prepared runs.
+fn cstring(s: &str, what: &str) -> Result<CString, String> {
+    CString::new(s.as_bytes()).map_err(|_| format!("{what} has a NUL byte"))
+}
+
+/// An opened kernel (with its hardware context), closed when its last stream is dropped.
+struct OpenKernel {
+    calls: &'static RunCalls,
+    handle: Handle,
+    /// What buffers are allocated on: the device (C API) or the kernel (shim).
+    bo_owner: Handle,
+}
+
+unsafe impl Send for OpenKernel {}
+unsafe impl Sync for OpenKernel {}
+
+impl Drop for OpenKernel {
+    fn drop(&mut self) {
+        unsafe { (self.calls.kernel_close)(self.handle) };
+    }
+}
+
+/// One instruction stream on an opened kernel, with its instruction buffer and a pool of
+/// prepared runs.
 pub struct LoadedKernel {
     pub spec: KernelSpec,
-    api: &'static XrtApi,
+    api: &'static RunCalls,
+    bo_owner: Handle,
     kernel: Handle,
+    /// Keeps the kernel open; dropped after this stream's runs and buffers (`Drop`).
+    _open: Arc<OpenKernel>,
     /// Buffers and runs to release, in creation order.
     owned: Vec<Owned>,
     instr: Handle,
-    instr_words: usize,
+    instr_words: u32,
     pool: Mutex<Vec<XrtSlot>>,
     returned: Condvar,
 }
@@ -160,7 +275,7 @@ impl LoadedKernel {
         if group < 0 {
             return Err(s.reason(&format!("xrtKernelArgGroupId({arg})")));
         }
-        let bo = unsafe { (self.api.bo_alloc)(s.device, bytes, flags, group as u32) };
+        let bo = unsafe { (self.api.bo_alloc)(self.bo_owner, bytes, flags, group as u32) };
         if bo.is_null() {
             return Err(s.reason(&format!("xrtBOAlloc({bytes} bytes, group {group})")));
         }
@@ -186,21 +301,22 @@ impl LoadedKernel {
         self.owned.push(Owned::Run(run));
         let args = &spec.args;
         // mlir-aie's argument list: opcode, instructions, their count, A, B, C, extra buffers.
+        // Each at the width the design declares: opcode uint64_t, the count uint32_t.
         let rc = unsafe {
             [
-                (api.run_set_arg)(run, args.opcode, spec.opcode),
-                (api.run_set_arg)(run, args.instr, self.instr),
-                (api.run_set_arg)(run, args.ninstr, self.instr_words as u64),
-                (api.run_set_arg)(run, args.a, a),
-                (api.run_set_arg)(run, args.b, b),
-                (api.run_set_arg)(run, args.c, c),
+                api.set_u64(run, args.opcode, spec.opcode),
+                api.set_bo(run, args.instr, self.instr),
+                api.set_u32(run, args.ninstr, self.instr_words),
+                api.set_bo(run, args.a, a),
+                api.set_bo(run, args.b, b),
+                api.set_bo(run, args.c, c),
             ]
         };
         if rc.iter().any(|&r| r != 0) {
             return Err(s.reason("xrtRunSetArg"));
         }
         for (arg, bo) in scratch {
-            if unsafe { (api.run_set_arg)(run, arg, bo) } != 0 {
+            if unsafe { api.set_bo(run, arg, bo) } != 0 {
                 return Err(s.reason(&format!("xrtRunSetArg({arg})")));
             }
         }
@@ -215,6 +331,7 @@ impl LoadedKernel {
         Ok(XrtSlot {
             api,
             log: s.log,
+            shim: s.shim.as_ref().ok().copied(),
             run,
             bos: [a, b, c],
             ptrs: [map(a, "A")?, map(b, "B")?, map(c, "C")?],
@@ -249,7 +366,6 @@ impl Drop for LoadedKernel {
                 };
             }
         }
-        unsafe { (self.api.kernel_close)(self.kernel) };
     }
 }
 
@@ -273,8 +389,9 @@ fn state_name(state: c_int) -> String {
 
 /// One prepared run with its mapped A, B and C buffers.
 pub struct XrtSlot {
-    api: &'static XrtApi,
+    api: &'static RunCalls,
     log: Option<&'static XrtLog>,
+    shim: Option<&'static ShimApi>,
     run: Handle,
     bos: [Handle; 3],
     ptrs: [*mut u8; 3],
@@ -287,7 +404,10 @@ unsafe impl Send for XrtSlot {}
 impl XrtSlot {
     /// A device failure described as `what`, with what XRT logged about it.
     fn fail(&self, what: &str) -> Error {
-        let errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
+        let mut errors = self.log.map(|l| l.take_errors()).unwrap_or_default();
+        if let Some(shim) = self.shim {
+            errors.extend(Some(shim.last_error()).filter(|e| !e.is_empty()));
+        }
         Error::DeviceFailed(if errors.is_empty() {
             format!("XRT: {what}")
         } else {

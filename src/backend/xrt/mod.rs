@@ -11,6 +11,9 @@
 mod api;
 mod device;
 pub mod manifest;
+mod power;
+mod sha256;
+pub mod shim;
 pub mod tiling;
 
 use super::{Backend, DeviceInfo, DeviceKind, DeviceReadings, ExecReport, OpMemory, UnavailableBackend};
@@ -18,9 +21,11 @@ use crate::device::{amdxdna, telemetry, PowerMode, SysRoot};
 use crate::error::{Error, Result};
 use crate::op::{DType, OpDesc, OpKind};
 use device::{LoadedKernel, Session, SLOTS_PER_KERNEL};
-use parking_lot::{Condvar, Mutex};
+use manifest::KernelSpec;
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 pub use manifest::ENV_KERNEL_DIR;
 
@@ -60,11 +65,87 @@ impl InFlight {
 
 pub struct XrtBackend {
     info: DeviceInfo,
-    // Kernels hold handles of the session's device: declared first so they drop first.
-    kernels: Vec<LoadedKernel>,
-    _session: Session,
+    // The worker holds the kernels and the session: stopped first. Kernels hold handles of the
+    // session's device: declared before it so they drop first.
+    power: power::PowerWorker,
+    kernels: Arc<RwLock<Vec<LoadedKernel>>>,
+    _session: Arc<Session>,
     in_flight: InFlight,
     batch_rows: AtomicUsize,
+    /// Reads the NPU's sensors without waking it.
+    sensors: Mutex<telemetry::NpuReader>,
+}
+
+/// A power mode as hardware-context QoS, for a process that may not use SET_STATE. In the
+/// driver (`aie2_calc_ctx_dpm`) low priority asks for DPM level 0, the lowest clock; without
+/// gops and fps every other context asks for the highest level. So QoS can lower the clock
+/// (powersaver) and order contexts, but cannot do what turbo does (clock gating off).
+pub fn qos_for(mode: PowerMode) -> shim::Qos {
+    let priority = match mode {
+        PowerMode::Default => 0,
+        PowerMode::Powersaver => shim::PRIORITY_LOW,
+        PowerMode::Balanced => shim::PRIORITY_NORMAL,
+        PowerMode::Performance => shim::PRIORITY_HIGH,
+        PowerMode::Turbo => shim::PRIORITY_REALTIME,
+    };
+    shim::Qos { priority, ..Default::default() }
+}
+
+/// How the worker applies a power mode.
+enum PowerPath {
+    /// SET_STATE on each amdxdna node (the process has CAP_SYS_ADMIN).
+    SetState(Vec<PathBuf>),
+    /// Re-create the hardware contexts with the mode's QoS (through the shim).
+    Qos,
+    /// Neither is possible: why.
+    None(String),
+}
+
+fn power_path(session: &Session) -> PowerPath {
+    let root = SysRoot::real();
+    let npus = amdxdna::find_npus(&root);
+    if !npus.is_empty() && amdxdna::may_set_power_mode(&root) {
+        return PowerPath::SetState(npus.iter().map(|n| root.path(&n.dev)).collect());
+    }
+    match (&session.shim, npus.is_empty()) {
+        (Ok(_), _) => PowerPath::Qos,
+        (Err(e), true) => PowerPath::None(format!(
+            "no /sys/class/accel/accel* is bound to amdxdna and the registration shim is not loaded ({e}): \
+             there is no power mode to set"
+        )),
+        (Err(e), false) => PowerPath::None(format!(
+            "SET_STATE needs CAP_SYS_ADMIN, and per-context QoS needs the registration shim ({e})"
+        )),
+    }
+}
+
+/// The PCI id of the first amdxdna NPU, from sysfs.
+fn npu_pci_id() -> Option<manifest::PciId> {
+    let root = SysRoot::real();
+    let npu = amdxdna::find_npus(&root).into_iter().next()?;
+    let read = |f: &str| root.read(format!("/sys/class/accel/{}/device/{f}", npu.name));
+    manifest::PciId::parse(&format!("{}:{}", read("vendor")?, read("device")?))
+}
+
+/// Re-opens every kernel with `qos`. The old contexts are closed first, so the device never
+/// holds more than the manifest's count (Phoenix allows 6); ops wait meanwhile.
+fn reload(
+    session: &Session,
+    specs: &[KernelSpec],
+    kernels: &RwLock<Vec<LoadedKernel>>,
+    qos: shim::Qos,
+) -> Result<()> {
+    let mut k = kernels.write();
+    k.clear();
+    match session.load_all(specs, qos) {
+        Ok(new) => {
+            *k = new;
+            Ok(())
+        }
+        Err(e) => Err(Error::DeviceFailed(format!(
+            "{NAME}: re-creating the hardware contexts with QoS {qos:?} failed, the NPU has no kernels now: {e}"
+        ))),
+    }
 }
 
 /// The kernel directory: the argument, else `$NPUHYBRID_XRT_KERNELS`.
@@ -80,16 +161,26 @@ impl XrtBackend {
             Ok((api, log)) => (api, log.as_ref()),
             Err(e) => return Err(e.clone()),
         };
-        let session = Session::open(api, log)?;
+        let session = Session::open(api, log, shim::system())?;
         let dir = kernel_dir(kernel_dir_arg).ok_or_else(|| {
             format!("NPU opened, but no kernel directory: pass one or set {ENV_KERNEL_DIR}")
         })?;
-        let specs = manifest::load(&dir)?;
-        let kernels = specs.iter().map(|s| session.load_kernel(s)).collect::<Result<Vec<_>, String>>()?;
+        let manifest = manifest::load(&dir)?;
+        let checked = match npu_pci_id() {
+            Some(id) => {
+                manifest.check_device(id).map_err(|e| format!("{}: {e}", dir.display()))?;
+                format!("{} (checked)", manifest.device.describe())
+            }
+            None => format!("{} (not checked: no amdxdna device in sysfs)", manifest.device.describe()),
+        };
+        let specs = manifest.kernels;
+        let kernels = session.load_all(&specs, shim::Qos::default())?;
         let version = api.version.clone().unwrap_or_else(|| "?".into());
         let mut details = vec![
             ("xrt".to_string(), format!("{version} ({})", api.library)),
             ("kernels".to_string(), dir.display().to_string()),
+            ("kernel loading".to_string(), session.path()),
+            ("kernels built for".to_string(), checked),
         ];
         for k in &kernels {
             let s = &k.spec;
@@ -114,8 +205,24 @@ impl XrtBackend {
             max_in_flight: DEFAULT_IN_FLIGHT,
             details,
         };
+        let session = Arc::new(session);
+        let kernels = Arc::new(RwLock::new(kernels));
+        let path = power_path(&session);
+        let (s, k) = (Arc::clone(&session), Arc::clone(&kernels));
+        let said_qos = std::sync::Once::new();
+        let apply = move |mode: PowerMode| match &path {
+            PowerPath::SetState(nodes) => nodes.iter().try_for_each(|n| amdxdna::set_power_mode(n, mode)),
+            PowerPath::Qos => {
+                said_qos.call_once(|| {
+                    log::info!("{NAME}: power modes are applied as hardware-context QoS (SET_STATE needs CAP_SYS_ADMIN)")
+                });
+                reload(&s, &specs, &k, qos_for(mode))
+            }
+            PowerPath::None(why) => Err(Error::Unsupported(format!("{NAME}: {why}"))),
+        };
         Ok(XrtBackend {
             info,
+            power: power::PowerWorker::start(NAME, Box::new(apply)),
             kernels,
             _session: session,
             in_flight: InFlight {
@@ -124,6 +231,7 @@ impl XrtBackend {
                 limit: AtomicUsize::new(DEFAULT_IN_FLIGHT),
             },
             batch_rows: AtomicUsize::new(DEFAULT_BATCH_ROWS),
+            sensors: Mutex::new(telemetry::NpuReader::default()),
         })
     }
 
@@ -147,7 +255,7 @@ impl XrtBackend {
 
     /// The kernel for `op`: inputs in its dtype, and the launch height closest to the policy's
     /// batch rows (the smallest tile at least that tall, else the tallest).
-    fn kernel_for(&self, op: &OpDesc) -> Option<&LoadedKernel> {
+    fn kernel_for<'k>(&self, kernels: &'k [LoadedKernel], op: &OpDesc) -> Option<&'k LoadedKernel> {
         if op.kind != OpKind::Matmul {
             return None;
         }
@@ -157,7 +265,7 @@ impl XrtBackend {
                 && (k.spec.dtype_out == DType::F32 || k.spec.dtype_out == op.output.dtype)
         };
         let rows = self.batch_rows.load(Ordering::Relaxed).min(op.dims().m.max(1));
-        let mut fitting: Vec<&LoadedKernel> = self.kernels.iter().filter(fits).collect();
+        let mut fitting: Vec<&LoadedKernel> = kernels.iter().filter(fits).collect();
         fitting.sort_by_key(|k| k.spec.tile.m);
         fitting.iter().find(|k| k.spec.tile.m >= rows).or(fitting.last()).copied()
     }
@@ -169,7 +277,7 @@ impl Backend for XrtBackend {
     }
 
     fn supports(&self, op: &OpDesc) -> bool {
-        self.kernel_for(op).is_some()
+        self.kernel_for(&self.kernels.read(), op).is_some()
     }
 
     /// Runs in flight (at most `SLOTS_PER_KERNEL`; default 3) and rows per launch (default 64).
@@ -181,7 +289,9 @@ impl Backend for XrtBackend {
     }
 
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
-        let kernel = self.kernel_for(op).ok_or_else(|| {
+        // Held through the op: a QoS change waits for running ops.
+        let kernels = self.kernels.read();
+        let kernel = self.kernel_for(&kernels, op).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{NAME}: no kernel for {} {} in the kernel directory",
                 op.dtype(),
@@ -198,32 +308,23 @@ impl Backend for XrtBackend {
         result.map(|_| ExecReport::default())
     }
 
-    /// Power and clock from amdxdna's sensors; the temperature is the die's (k10temp), which
-    /// the NPU shares with the CPU cores.
+    /// Power, temperature and clock from amdxdna (hwmon, else GET_INFO while the NPU is awake);
+    /// without an NPU temperature, the die's (k10temp), which the NPU shares with the CPU cores.
     fn readings(&self) -> DeviceReadings {
         let root = SysRoot::real();
-        let sensors = amdxdna::find_npus(&root)
-            .first()
-            .and_then(|n| amdxdna::read_sensors(&root.path(&n.dev)).ok())
-            .unwrap_or_default();
+        let npu = self.sensors.lock().read(&root);
         DeviceReadings {
-            temperature_c: telemetry::cpu_temperature(&root),
-            power_w: sensors.power_w,
-            clock_mhz: sensors.h_clock_mhz.or(sensors.mp_npu_clock_mhz),
+            temperature_c: npu.temp_c.or_else(|| telemetry::cpu_temperature(&root)),
+            power_w: npu.power_w,
+            clock_mhz: npu.clock_mhz,
         }
     }
 
-    /// Through amdxdna's SET_STATE ioctl, as `xrt-smi configure --pmode` does (needs
-    /// CAP_SYS_ADMIN: a refusal is `Error::Permission` naming the call and node).
+    /// With CAP_SYS_ADMIN, through amdxdna's SET_STATE ioctl (system-wide, as `xrt-smi
+    /// configure --pmode`); without, as QoS of the hardware contexts (this process only). Never
+    /// blocks the caller (the thermal thread) for long: see `power`.
     fn set_power_mode(&self, mode: PowerMode) -> Result<()> {
-        let root = SysRoot::real();
-        let npus = amdxdna::find_npus(&root);
-        if npus.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "{NAME}: no /sys/class/accel/accel* is bound to amdxdna, so there is no power mode to set"
-            )));
-        }
-        npus.iter().try_for_each(|n| amdxdna::set_power_mode(&root.path(&n.dev), mode))
+        self.power.request(mode)
     }
 }
 
