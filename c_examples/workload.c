@@ -68,6 +68,14 @@ static nh_op_desc op_init(uint32_t kind, const char *tags) {
   return op;
 }
 
+/* Library messages: warnings and errors, and at info level what makes a first run cost more
+ * than later ones (devices measured, performance history read or started). */
+static void on_log(uint32_t level, const char *message, void *user_data) {
+  (void)user_data;
+  if (level <= 2 || strstr(message, "calibrated") || strstr(message, "performance history"))
+    fprintf(stderr, "npuhybrid: %s\n", message);
+}
+
 int main(int argc, char **argv) {
   const char *policy = "default", *policy_file = NULL, *trace = NULL;
   int cpu_only = 0, iters = 20;
@@ -103,6 +111,8 @@ int main(int argc, char **argv) {
   desc.devices = cpu_only ? 0 : devices;
   desc.policy_kind = policy_file ? NH_POLICY_FILE : NH_POLICY_BUILTIN;
   desc.policy = policy_file ? policy_file : policy;
+  desc.log_callback = on_log;
+  desc.log_level = 3;
   nh_runtime rt;
   NH_CHECK(nh_runtime_create(&desc, &rt));
 

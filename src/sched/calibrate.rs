@@ -8,7 +8,6 @@ use crate::backend::{Backend, OpMemory};
 use crate::error::{Error, Result};
 use crate::memory::{Buffer, BufferId, HostPool};
 use crate::op::{DType, OpDesc, OpKind, TensorView};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,15 +91,10 @@ pub fn remember(model: &DeviceModel) {
 }
 
 /// Measures the device. Takes a few milliseconds on a GPU; on a CPU implementation of
-/// Vulkan most of it is compiling two pipelines. `stop` ends it early (runtime destroyed).
-pub fn calibrate(backend: &dyn Backend, stop: &AtomicBool) -> Result<Calibration> {
-    let stopped = || {
-        if stop.load(Ordering::Relaxed) {
-            Err(Error::Internal("calibration stopped: the runtime is shutting down".into()))
-        } else {
-            Ok(())
-        }
-    };
+/// Vulkan most of it is compiling two pipelines (once: they are cached on disk). A runtime
+/// destroyed meanwhile waits for it, so that the result is saved and the next run does not
+/// pay it again.
+pub fn calibrate(backend: &dyn Backend) -> Result<Calibration> {
     let started = Instant::now();
     let mut setup = Duration::ZERO;
     let mut s = Scratch { pool: HostPool::new(0), buffers: Vec::new() };
@@ -114,7 +108,6 @@ pub fn calibrate(backend: &dyn Backend, stop: &AtomicBool) -> Result<Calibration
     let eight: Vec<OpDesc> = outs.iter().map(|&o| add(o)).collect();
     let batch = best_of(backend, &eight, &mem, 3, &mut setup)?;
     let op_ns = ((batch - launch) / 7.0).max(launch / 100.0).max(100.0);
-    stopped()?;
 
     // Bandwidth: a 1 Mi-element add reads 8 MiB and writes 4 MiB.
     const N: usize = 1 << 20;
@@ -122,7 +115,6 @@ pub fn calibrate(backend: &dyn Backend, stop: &AtomicBool) -> Result<Calibration
     let big = OpDesc::new(OpKind::Add, &[f32_view(x, &[N]), f32_view(y, &[N])], f32_view(z, &[N]));
     let t = best_of(backend, &[big], &s.memory(), 2, &mut setup)?;
     let bandwidth_gbs = (12 * N) as f64 / (t - launch).max(op_ns);
-    stopped()?;
 
     // Compute: square f32 matmuls, doubling while one takes under a millisecond (a fast
     // GPU needs a large one to show its peak; a slow device stops at 256).
@@ -139,8 +131,7 @@ pub fn calibrate(backend: &dyn Backend, stop: &AtomicBool) -> Result<Calibration
         if run > 1e6 || n >= 2048 {
             break;
         }
-        stopped()?;
-        n *= 2;
+            n *= 2;
     }
     if !(launch.is_finite() && bandwidth_gbs.is_finite() && peak_gflops.is_finite()) {
         return Err(Error::Internal(format!("{}: calibration measured no time", backend.info().name)));

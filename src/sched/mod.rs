@@ -319,7 +319,7 @@ impl Scheduler {
             let spawned = std::thread::Builder::new().name(format!("nh-calibrate-{index}")).spawn(move || {
                 let Some(s) = weak.upgrade() else { return };
                 let d = &s.devices[index];
-                match calibrate::calibrate(&*d.backend, &stop) {
+                match calibrate::calibrate(&*d.backend) {
                     Ok(c) => {
                         d.model.calibrate(c.priors);
                         calibrate::remember(&d.model);
