@@ -125,6 +125,28 @@ fn gemv_for_decode_in_both_weight_layouts() {
 }
 
 #[test]
+fn gemv_tile_shapes_for_wide_outputs() {
+    // Wide N picks more rows per subgroup ([N, K] weights) and wider row segments ([K, N]);
+    // odd K leaves tails after the unrolled steps; a batch offsets both operands.
+    let mut seed = 400;
+    for dt in DTYPES {
+        for (k, n, tb) in [
+            (40, 8200, true),
+            (16, 4100, true),
+            (1000, 2056, true),
+            (24, 16392, false),
+            (520, 8200, false),
+            (9, 4104, false),
+        ] {
+            seed += 1;
+            matmul_case(dt, dt, &[], (1, k, n), false, tb, seed % 2 == 0, OpParams::default(), seed);
+        }
+        matmul_case(dt, dt, &[3], (1, 72, 4104), false, false, true, OpParams::default(), seed + 50);
+        matmul_case(dt, dt, &[2], (1, 72, 4104), false, true, false, OpParams::default(), seed + 51);
+    }
+}
+
+#[test]
 fn elementwise_with_broadcast_and_activations() {
     let mut r = rng(7);
     for dt in DTYPES {

@@ -190,6 +190,52 @@ fn shader_name(name: &str) -> &'static str {
     super::pipelines::SHADERS.iter().map(|(n, _)| *n).find(|n| *n == name).unwrap_or("missing")
 }
 
+/// A shader variant with specialisation constants (`base#c0,c1`, see pipelines.rs), as the
+/// `&'static str` the pipeline table and `Step` use. The set of names is small and fixed by
+/// the planner's choices, so each is leaked once and reused.
+fn spec_name(base: &str, constants: &[u32]) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let base = shader_name(base);
+    if constants.is_empty() || base == "missing" {
+        return base;
+    }
+    let list: Vec<String> = constants.iter().map(|c| c.to_string()).collect();
+    let name = format!("{base}#{}", list.join(","));
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.get(name.as_str()) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// Workgroups a GEMV wants at least: the H100/H200 have 132 SMs, and fewer workgroups than a
+/// few per SM leave memory bandwidth unused.
+const GEMV_MIN_GROUPS: usize = 256;
+
+/// GEMV plan: (b_mode, workgroups, [rows per subgroup, threads per row segment]). Weights
+/// are streamed along their rows in 16-byte loads whenever the row length allows.
+fn gemv_shape(k: usize, n: usize, trans_b: bool, in16: bool) -> (usize, usize, [u32; 2]) {
+    let vec = if in16 { 8 } else { 4 };
+    if trans_b {
+        // [N, K]: 8 row groups of `rps` rows per workgroup; more rows per subgroup share the
+        // x loads, fewer give more workgroups.
+        let rps = [4usize, 2, 1].into_iter().find(|r| n.div_ceil(8 * r) >= GEMV_MIN_GROUPS).unwrap_or(1);
+        let mode = if k % vec == 0 { VEC_K } else { SCALAR_K };
+        (mode, n.div_ceil(8 * rps), [rps as u32, 4])
+    } else if n % vec == 0 {
+        // [K, N]: `cg` threads side by side read cg*16 contiguous bytes of a row; at least
+        // two, a whole 32-byte sector.
+        let cg = [8usize, 4, 2].into_iter().find(|c| n.div_ceil(c * vec) >= GEMV_MIN_GROUPS).unwrap_or(2);
+        (VEC_ROW, n.div_ceil(cg * vec), [2, cg as u32])
+    } else {
+        (SCALAR_ROW, n.div_ceil(32), [2, 4])
+    }
+}
+
 /// Loader modes, see shaders/matmul_params.glsl.
 const SCALAR_K: usize = 0;
 const SCALAR_ROW: usize = 1;
@@ -234,19 +280,11 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
             .0
     };
     if m == 1 && f.subgroup_arithmetic {
-        let vec = if in16 { 8 } else { 4 };
-        // Outputs per workgroup: 32 columns ([K, N] weights) or 16 rows ([N, K] weights).
-        let (b_mode, groups) = if !p.trans_b {
-            (SCALAR_ROW, n.div_ceil(32))
-        } else if k % vec == 0 {
-            (VEC_K, n.div_ceil(16))
-        } else {
-            (SCALAR_K, n.div_ceil(16))
-        };
+        let (b_mode, groups, spec) = gemv_shape(k, n, p.trans_b, in16);
         let mut g = fold(groups);
         g[2] = batch as u32;
         return Ok(Step::Dispatch {
-            shader: shader_name(&format!("gemv_{variant}")),
+            shader: spec_name(&format!("gemv_{variant}"), &spec),
             push: push(SCALAR_K, b_mode),
             groups: g,
         });
