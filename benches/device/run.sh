@@ -17,8 +17,16 @@ step() { # name timeout command...
   { echo "\$ $*"; timeout "$limit" "$@"; echo "exit status: $?"; } >"$out/$name.txt" 2>&1
 }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; } >"$out/machine.txt" 2>&1
-step vulkan_matmul 150 .devbin/vulkan_matmul --bench
-step cublas_baseline 120 python3 benches/vulkan_torch_baseline.py
+step vulkan_matmul 400 .devbin/vulkan_matmul --bench
+step cublas_baseline 200 python3 benches/vulkan_torch_baseline.py
+# The table: ours / cuBLAS per case, targets, sizes whose rate falls below the one before.
+step compare 30 python3 benches/device/compare.py "$out/vulkan_matmul.txt" "$out/cublas_baseline.txt"
+# The 4096 fall-off, one thing varied at a time: sizes around the power of two, memory blocks
+# of 64 MiB and 2 GiB instead of 1 GiB, the portable f16 shader instead of coopmat.
+step matmul_near_4096 120 .devbin/vulkan_matmul --bench --sizes 3968,4096,4224
+step matmul_4096_block64m 60 env NPUHYBRID_VULKAN_BLOCK_MB=64 .devbin/vulkan_matmul --bench --sizes 4096
+step matmul_4096_block2g 60 env NPUHYBRID_VULKAN_BLOCK_MB=2048 .devbin/vulkan_matmul --bench --sizes 4096
+step matmul_4096_no_coopmat 60 env NPUHYBRID_VULKAN_NO_COOPMAT=1 .devbin/vulkan_matmul --bench --sizes 4096
 step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024
 step hybrid_sweep 120 .devbin/hybrid_sweep 8192
 if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then

@@ -182,6 +182,28 @@ impl Backend for VulkanBackend {
     }
 }
 
+/// The memory type and block size tensors get (submit.rs asks alloc.rs for the same flags),
+/// so a benchmark log says where its operands lived.
+fn tensor_memory(ctx: &Context) -> String {
+    use vk::MemoryPropertyFlags as M;
+    let (want, prefer) = if ctx.caps.unified_memory() {
+        (M::DEVICE_LOCAL | M::HOST_VISIBLE | M::HOST_COHERENT, M::HOST_CACHED)
+    } else {
+        (M::DEVICE_LOCAL, M::DEVICE_LOCAL)
+    };
+    match alloc::pick_memory_type(&ctx.caps.memory, want, prefer) {
+        Some((i, flags)) => {
+            let heap = ctx.caps.memory.memory_types[i as usize].heap_index;
+            let heap_mib = ctx.caps.memory.memory_heaps[heap as usize].size >> 20;
+            format!(
+                "type {i} ({flags:?}) in heap {heap} ({heap_mib} MiB), blocks of {} MiB",
+                alloc::block_size(ctx) >> 20
+            )
+        }
+        None => "none".into(),
+    }
+}
+
 fn device_info(ctx: &Context) -> DeviceInfo {
     let c = &ctx.caps;
     let mut dtypes = DType::F32.bit();
@@ -225,6 +247,7 @@ fn device_info(ctx: &Context) -> DeviceInfo {
         ("memory_heaps".into(), heap_list.join(", ")),
         ("unified_memory".into(), yes(c.unified_memory())),
         ("timestamp_period_ns".into(), c.timestamp_period.to_string()),
+        ("tensor_memory".into(), tensor_memory(ctx)),
     ];
     DeviceInfo {
         kind: DeviceKind::Gpu,
