@@ -43,6 +43,17 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("coopmat_f16_nt", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=2u"]),
     ("coopmat_f16_f32_nn", "matmul_coopmat.comp", &["F16", "B_MODE=3u"]),
     ("coopmat_f16_f32_nt", "matmul_coopmat.comp", &["F16", "B_MODE=2u"]),
+    // The same with the fragments emulated in plain code, for lavapipe (tests only).
+    ("coopmat_emu_f16_nn", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=3u", "EMULATE_COOPMAT"]),
+    ("coopmat_emu_f16_nt", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=2u", "EMULATE_COOPMAT"]),
+    ("coopmat_emu_f16_f32_nn", "matmul_coopmat.comp", &["F16", "B_MODE=3u", "EMULATE_COOPMAT"]),
+    ("coopmat_emu_f16_f32_nt", "matmul_coopmat.comp", &["F16", "B_MODE=2u", "EMULATE_COOPMAT"]),
+    // The first cooperative-matrix shader, kept for A/B runs on the GPU
+    // (NPUHYBRID_VULKAN_COOPMAT=v1); to be removed once the new one is measured.
+    ("coopmat_v1_f16_nn", "matmul_coopmat_v1.comp", &["F16", "OUT_F16", "B_MODE=3u"]),
+    ("coopmat_v1_f16_nt", "matmul_coopmat_v1.comp", &["F16", "OUT_F16", "B_MODE=2u"]),
+    ("coopmat_v1_f16_f32_nn", "matmul_coopmat_v1.comp", &["F16", "B_MODE=3u"]),
+    ("coopmat_v1_f16_f32_nt", "matmul_coopmat_v1.comp", &["F16", "B_MODE=2u"]),
 ];
 
 pub fn run() {

@@ -27,6 +27,8 @@ step matmul_near_4096 120 .devbin/vulkan_matmul --bench --sizes 3968,4096,4224
 step matmul_4096_block64m 60 env NPUHYBRID_VULKAN_BLOCK_MB=64 .devbin/vulkan_matmul --bench --sizes 4096
 step matmul_4096_block2g 60 env NPUHYBRID_VULKAN_BLOCK_MB=2048 .devbin/vulkan_matmul --bench --sizes 4096
 step matmul_4096_no_coopmat 60 env NPUHYBRID_VULKAN_NO_COOPMAT=1 .devbin/vulkan_matmul --bench --sizes 4096
+# A/B: the first cooperative-matrix shader (fixed 16x16x16, 64 x 32 per subgroup) on the same machine.
+step matmul_coopmat_v1 90 env NPUHYBRID_VULKAN_COOPMAT=v1 .devbin/vulkan_matmul --bench --sizes 1024,2048,4096
 step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024
 step hybrid_sweep 120 .devbin/hybrid_sweep 8192
 if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then

@@ -85,10 +85,19 @@ impl VulkanBackend {
 
     fn open(inst: Arc<Instance>, pdev: vk::PhysicalDevice, caps: Capabilities) -> Result<Self> {
         let ctx = Arc::new(Context::open(inst, pdev, caps)?);
+        // NPUHYBRID_VULKAN_EMULATE_COOPMAT=MxNxK runs the cooperative-matrix shader with that
+        // fragment shape emulated in plain code (tests on devices without tensor cores).
+        let emulate: Option<[u32; 3]> =
+            std::env::var("NPUHYBRID_VULKAN_EMULATE_COOPMAT").ok().and_then(|v| parse_shape(&v));
         let features = ops::Features {
             f16: ctx.f16,
-            coopmat: ctx.coopmat && std::env::var("NPUHYBRID_VULKAN_NO_COOPMAT").is_err(),
+            coopmat: (ctx.coopmat || (emulate.is_some() && ctx.f16))
+                && std::env::var("NPUHYBRID_VULKAN_NO_COOPMAT").is_err(),
             subgroup_arithmetic: ctx.caps.subgroup_arithmetic,
+            coopmat_shape: emulate.unwrap_or(ctx.coopmat_shape),
+            subgroup_size: ctx.caps.subgroup_size,
+            coopmat_emulated: emulate.is_some(),
+            coopmat_v1: std::env::var("NPUHYBRID_VULKAN_COOPMAT").is_ok_and(|v| v == "v1"),
         };
         let state = submit::State::new(ctx.clone())?;
         // A discrete GPU copies through staging over PCIe; elsewhere an upload is a host copy
@@ -182,6 +191,12 @@ impl Backend for VulkanBackend {
     }
 }
 
+/// "16x8x16" as [16, 8, 16].
+fn parse_shape(v: &str) -> Option<[u32; 3]> {
+    let d: Vec<u32> = v.split('x').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    d.try_into().ok()
+}
+
 /// The memory type and block size tensors get (submit.rs asks alloc.rs for the same flags),
 /// so a benchmark log says where its operands lived.
 fn tensor_memory(ctx: &Context) -> String {
@@ -244,6 +259,8 @@ fn device_info(ctx: &Context) -> DeviceInfo {
         ("cooperative_matrix_khr".into(), yes(c.coopmat_khr)),
         ("cooperative_matrix_nv".into(), yes(c.coopmat_nv)),
         ("coopmat_matmul".into(), yes(ctx.coopmat)),
+        ("coopmat_shapes_f16_f32".into(), format!("{:?}", c.coopmat_shapes)),
+        ("coopmat_shape".into(), format!("{:?}", ctx.coopmat_shape)),
         ("memory_heaps".into(), heap_list.join(", ")),
         ("unified_memory".into(), yes(c.unified_memory())),
         ("timestamp_period_ns".into(), c.timestamp_period.to_string()),

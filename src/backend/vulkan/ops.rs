@@ -12,6 +12,16 @@ pub struct Features {
     pub f16: bool,
     pub coopmat: bool,
     pub subgroup_arithmetic: bool,
+    /// Cooperative-matrix fragment (M, N, K) the driver offers (context.rs picks it).
+    pub coopmat_shape: [u32; 3],
+    /// Subgroup size the driver reports.
+    pub subgroup_size: u32,
+    /// The cooperative-matrix shader with its fragments emulated in plain code, so devices
+    /// without them (lavapipe in CI) run and test it: `NPUHYBRID_VULKAN_EMULATE_COOPMAT`.
+    pub coopmat_emulated: bool,
+    /// Run the first cooperative-matrix shader (matmul_coopmat_v1.comp, 16x16x16 fixed)
+    /// instead: `NPUHYBRID_VULKAN_COOPMAT=v1`, for A/B measurements on the GPU.
+    pub coopmat_v1: bool,
 }
 
 /// One step of an op on the device.
@@ -290,12 +300,25 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
         });
     }
     let groups = [n.div_ceil(128) as u32, m.div_ceil(128) as u32, batch as u32];
-    if in16 && f.coopmat && !p.trans_a && k % 4 == 0 && (p.trans_b || n % 4 == 0) {
-        let (b_mode, layout) = if p.trans_b { (VEC_K, "nt") } else { (VEC_ROW, "nn") };
+    let layout = if p.trans_b { "nt" } else { "nn" };
+    let b_mode = if p.trans_b { VEC_K } else { VEC_ROW };
+    if in16 && f.coopmat && f.coopmat_v1 && !p.trans_a && k % 4 == 0 && (p.trans_b || n % 4 == 0) {
         return Ok(Step::Dispatch {
-            shader: shader_name(&format!("coopmat_{variant}_{layout}")),
+            shader: shader_name(&format!("coopmat_v1_{variant}_{layout}")),
             push: push(VEC_K, b_mode),
             groups,
+        });
+    }
+    // 16-byte loads of 8 halves along k (A, and B when transposed) or along n.
+    if in16 && f.coopmat && !p.trans_a && k % 8 == 0 && (p.trans_b || n % 8 == 0) {
+        let [fm, fn_, fk] = f.coopmat_shape;
+        // Four subgroups per workgroup, whatever size the driver's subgroups are.
+        let spec = [fm, fn_, fk, 4 * f.subgroup_size];
+        let (base, block) = if f.coopmat_emulated { ("coopmat_emu", 64) } else { ("coopmat", 128) };
+        return Ok(Step::Dispatch {
+            shader: spec_name(&format!("{base}_{variant}_{layout}"), &spec),
+            push: push(VEC_K, b_mode),
+            groups: [n.div_ceil(block) as u32, m.div_ceil(block) as u32, batch as u32],
         });
     }
     let a_mode = match (p.trans_a, k % 4 == 0, m % 4 == 0) {
@@ -394,8 +417,21 @@ mod tests {
             op.params.trans_b = trans_b;
             op
         };
-        for (dt, coopmat) in [(DType::F32, false), (DType::F16, false), (DType::F16, true)] {
-            let f = Features { f16: true, coopmat, subgroup_arithmetic: true };
+        for (dt, coopmat, v1) in [
+            (DType::F32, false, false),
+            (DType::F16, false, false),
+            (DType::F16, true, false),
+            (DType::F16, true, true),
+        ] {
+            let f = Features {
+                f16: true,
+                coopmat,
+                subgroup_arithmetic: true,
+                coopmat_shape: [16, 16, 16],
+                subgroup_size: 32,
+                coopmat_v1: v1,
+                coopmat_emulated: false,
+            };
             for m in [1, 5] {
                 for t in [false, true] {
                     let Step::Dispatch { shader, .. } = plan(&mk(dt, m, t), f).unwrap() else {
