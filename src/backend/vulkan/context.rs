@@ -82,6 +82,7 @@ pub struct Capabilities {
     pub pipeline_cache_uuid: [u8; 16],
     pub subgroup_size: u32,
     pub subgroup_arithmetic: bool,
+    pub subgroup_shuffle: bool,
     pub shared_memory: u32,
     pub shader_f16: bool,
     pub shader_int8: bool,
@@ -195,6 +196,8 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
         pipeline_cache_uuid: props.pipeline_cache_uuid,
         subgroup_size: subgroup.subgroup_size,
         subgroup_arithmetic: subgroup.supported_operations.contains(vk::SubgroupFeatureFlags::ARITHMETIC)
+            && subgroup.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
+        subgroup_shuffle: subgroup.supported_operations.contains(vk::SubgroupFeatureFlags::SHUFFLE)
             && subgroup.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
         shared_memory: props.limits.max_compute_shared_memory_size,
         shader_f16: f12.shader_float16 == vk::TRUE,

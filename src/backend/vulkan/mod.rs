@@ -94,6 +94,7 @@ impl VulkanBackend {
             coopmat: (ctx.coopmat || (emulate.is_some() && ctx.f16))
                 && std::env::var("NPUHYBRID_VULKAN_NO_COOPMAT").is_err(),
             subgroup_arithmetic: ctx.caps.subgroup_arithmetic,
+            subgroup_shuffle: ctx.caps.subgroup_shuffle,
             coopmat_shape: emulate.unwrap_or(ctx.coopmat_shape),
             subgroup_size: ctx.caps.subgroup_size,
             coopmat_emulated: emulate.is_some(),

@@ -12,6 +12,8 @@ pub struct Features {
     pub f16: bool,
     pub coopmat: bool,
     pub subgroup_arithmetic: bool,
+    /// Subgroup shuffles (the tiled attention shader at head_dim 128 uses one).
+    pub subgroup_shuffle: bool,
     /// Cooperative-matrix fragment (M, N, K) the driver offers (context.rs picks it).
     pub coopmat_shape: [u32; 3],
     /// Subgroup size the driver reports.
@@ -176,7 +178,7 @@ pub fn plan(op: &OpDesc, f: Features) -> Result<Step> {
                 .f(p.rope_theta);
             dispatch("rope", dt, push, fold((n / 2).div_ceil(256)))
         }
-        OpKind::Attention => plan_attention(op),
+        OpKind::Attention => plan_attention(op, f),
         OpKind::Copy => {
             let (src, dst) = (a.dtype, op.output.dtype);
             if src == dst {
@@ -346,7 +348,7 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     })
 }
 
-fn plan_attention(op: &OpDesc) -> Step {
+fn plan_attention(op: &OpDesc, f: Features) -> Step {
     let q = op.input(0).expect("validated");
     let k = op.input(1).expect("validated");
     let r = q.rank;
@@ -369,18 +371,25 @@ fn plan_attention(op: &OpDesc) -> Step {
         .u(usize::from(op.input(3).is_some()))
         .f(scale)
         .uvec4(mstride);
-    // Head dims up to 64: blocks of 64 query rows share each key / value tile
-    // (attention_tiled.comp); wider heads: one workgroup per query row.
+    // Blocks of 64 query rows share each key / value tile (attention_tiled.comp) for head dims
+    // up to 128. Few query rows (decode) leave most of such a block idle and walk the keys
+    // in one thread per row, so they take one workgroup per row instead, whose 64 threads
+    // split the keys; so do heads wider than 128.
+    let per_row = sq < TILED_MIN_ROWS || d > 128 || (d > 64 && !f.subgroup_shuffle);
     match d {
-        0..=32 => tiled_attention("attention_tiled32", q.dtype, push, sq, h, batch),
-        33..=64 => tiled_attention("attention_tiled64", q.dtype, push, sq, h, batch),
-        _ => Step::Dispatch {
+        _ if per_row => Step::Dispatch {
             shader: shader_name(&format!("attention_{}", suffix(q.dtype))),
             push: push.0,
             groups: [sq as u32, h as u32, batch as u32],
         },
+        0..=32 => tiled_attention("attention_tiled32", q.dtype, push, sq, h, batch),
+        33..=64 => tiled_attention("attention_tiled64", q.dtype, push, sq, h, batch),
+        _ => tiled_attention("attention_tiled128", q.dtype, push, sq, h, batch),
     }
 }
+
+/// Fewest query rows that take the tiled attention shader (a guess: not measured on a GPU).
+const TILED_MIN_ROWS: usize = 16;
 
 /// Query rows per workgroup of attention_tiled.comp.
 const ATTENTION_ROWS: usize = 64;
@@ -427,6 +436,7 @@ mod tests {
                 f16: true,
                 coopmat,
                 subgroup_arithmetic: true,
+                subgroup_shuffle: true,
                 coopmat_shape: [16, 16, 16],
                 subgroup_size: 32,
                 coopmat_v1: v1,
