@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), over binaries built by prepare.sh. Every
 # measurement goes to $OUT as one file per step; a failing step does not stop the others.
+# `run.sh matmul` runs only the Vulkan matmul / GEMV steps (about 5 minutes less).
+mode=${1:-all}
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -29,6 +31,7 @@ step matmul_4096_block2g 60 env NPUHYBRID_VULKAN_BLOCK_MB=2048 .devbin/vulkan_ma
 step matmul_4096_no_coopmat 60 env NPUHYBRID_VULKAN_NO_COOPMAT=1 .devbin/vulkan_matmul --bench --sizes 4096
 # A/B: the first cooperative-matrix shader (fixed 16x16x16, 64 x 32 per subgroup) on the same machine.
 step matmul_coopmat_v1 90 env NPUHYBRID_VULKAN_COOPMAT=v1 .devbin/vulkan_matmul --bench --sizes 1024,2048,4096
+if [ "$mode" = all ]; then
 step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024
 step hybrid_sweep 120 .devbin/hybrid_sweep 8192
 if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then
@@ -44,6 +47,7 @@ if [ -x .devbin/embed ]; then
     --batch-sizes 16 --bench-seconds 1 --trace "$out/embed_gpu_trace.json"
 fi
 [ -x .devbin/workload ] && step workload_gpu 60 .devbin/workload --policy default --devices gpu,sim --seq 512
+fi
 tail -n 25 "$out"/*.txt
 # At most 8 files come back from the device machine: hand back one.
 (cd "$out" && for f in *.txt; do echo "=== $f"; cat "$f"; done >all.log && rm -f ./*.txt)
