@@ -3,8 +3,10 @@
 //! elements against f64 dot products on the host before it is timed.
 //!
 //! cargo bench --bench vulkan_matmul [-- --quick | --sizes 2048,4096]
-//! Prints one `RESULT` line per case; `benches/vulkan_torch_baseline.py` prints the cuBLAS
-//! figures for the same cases on the same GPU.
+//! Prints one `RESULT` line per case: square matmuls f32 and f16 and f16 GEMVs in both weight
+//! layouts at 1024, 2048, 4096 and 8192 (`--sizes` measures those matmul sizes only);
+//! `benches/vulkan_torch_baseline.py` prints the cuBLAS figures for the same cases on the same
+//! GPU and `benches/device/compare.py` puts the two side by side.
 
 use half::f16;
 use npuhybrid::backend::vulkan::VulkanBackend;
@@ -36,12 +38,13 @@ fn fill(b: &Buffer, dt: DType, vals: &[f32]) {
     b.write(0, &bytes).unwrap();
 }
 
-fn read(b: &Buffer, dt: DType, i: usize) -> f64 {
-    let mut x = vec![0u8; dt.size()];
-    b.read(i * dt.size(), &mut x).unwrap();
+/// Every element of a buffer as f64 (one read: element-wise reads of 8192^2 took seconds).
+fn read_all(b: &Buffer, dt: DType, len: usize) -> Vec<f64> {
+    let mut x = vec![0u8; len * dt.size()];
+    b.read(0, &mut x).unwrap();
     match dt {
-        DType::F16 => f16::from_le_bytes([x[0], x[1]]).to_f64(),
-        _ => f32::from_le_bytes(x.try_into().unwrap()) as f64,
+        DType::F16 => x.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        _ => x.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
     }
 }
 
@@ -86,8 +89,7 @@ fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) -> bool {
     let ns = median(times) as f64;
     // Check sampled outputs against f64 dot products of the rounded inputs (after timing, so
     // the slow host check does not let the GPU clock down in between).
-    let (ar, br): (Vec<f64>, Vec<f64>) =
-        ((0..m * k).map(|i| read(&a, c.dt, i)).collect(), (0..k * n).map(|i| read(&b, c.dt, i)).collect());
+    let (ar, br, outr) = (read_all(&a, c.dt, m * k), read_all(&b, c.dt, k * n), read_all(&out, c.dt, m * n));
     let mut worst = 0.0f64;
     for _ in 0..64 {
         let (i, j) = (rng.random_range(0..m), rng.random_range(0..n));
@@ -97,7 +99,7 @@ fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) -> bool {
                 ar[i * k + p] * bij
             })
             .sum();
-        let got = read(&out, c.dt, i * n + j);
+        let got = outr[i * n + j];
         worst = worst.max((got - want).abs() / (k as f64).sqrt());
     }
     let limit = if c.dt == DType::F16 { 2e-2 } else { 1e-4 };
@@ -129,6 +131,9 @@ fn main() {
     let info = gpu.info();
     println!("device: {} ({})", info.name, info.driver);
     println!("coopmat f16 path: {}", gpu.uses_coopmat());
+    for (k, v) in &info.details {
+        println!("  {k}: {v}");
+    }
     // `--sizes 3968,4096` measures square matmuls of these sizes only.
     let args: Vec<String> = std::env::args().collect();
     let custom: Option<Vec<usize>> = args
@@ -139,7 +144,7 @@ fn main() {
     let sizes: &[usize] = match &custom {
         Some(v) => v,
         None if quick => &[64, 200],
-        None => &[1024, 2048, 4096],
+        None => &[1024, 2048, 4096, 8192],
     };
     let mut cases = Vec::new();
     for &s in sizes {
@@ -147,16 +152,22 @@ fn main() {
             cases.push(Case { name: format!("matmul_{dt}_{s}"), dt, m: s, k: s, n: s, trans_b: false });
         }
     }
-    let g = if quick { 300 } else { 8192 };
-    for trans_b in [true, false].into_iter().filter(|_| custom.is_none()) {
-        cases.push(Case {
-            name: format!("gemv_f16_{g}_{}", if trans_b { "nt" } else { "nn" }),
-            dt: DType::F16,
-            m: 1,
-            k: g,
-            n: g,
-            trans_b,
-        });
+    let gemv_sizes: &[usize] = match &custom {
+        Some(_) => &[],
+        None if quick => &[300],
+        None => &[1024, 2048, 4096, 8192],
+    };
+    for &g in gemv_sizes {
+        for trans_b in [true, false] {
+            cases.push(Case {
+                name: format!("gemv_f16_{g}_{}", if trans_b { "nt" } else { "nn" }),
+                dt: DType::F16,
+                m: 1,
+                k: g,
+                n: g,
+                trans_b,
+            });
+        }
     }
     let iters = if quick { 3 } else { 20 };
     let mut rng = StdRng::seed_from_u64(1);

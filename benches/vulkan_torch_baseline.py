@@ -22,16 +22,18 @@ def timed(fn, iters=20):
 
 
 print("device:", torch.cuda.get_device_name(), "torch", torch.__version__)
-for s in (1024, 2048, 4096):
+SIZES = (1024, 2048, 4096, 8192)
+for s in SIZES:
     for dt, name in ((torch.float32, "f32"), (torch.float16, "f16")):
         a = torch.randn(s, s, device="cuda", dtype=dt)
         b = torch.randn(s, s, device="cuda", dtype=dt)
         us = timed(lambda: torch.matmul(a, b))
         print(f"RESULT case=torch_matmul_{name}_{s} us={us:.1f} tflops={2*s**3/us/1e6:.2f}")
-g = 8192
-x = torch.randn(1, g, device="cuda", dtype=torch.float16)
-w = torch.randn(g, g, device="cuda", dtype=torch.float16)
-for name, fn in (("nt", lambda: torch.nn.functional.linear(x, w)), ("nn", lambda: torch.matmul(x, w))):
-    us = timed(fn)
-    gbs = (g * g + 2 * g) * 2 / us / 1e3
-    print(f"RESULT case=torch_gemv_f16_{g}_{name} us={us:.1f} gbs={gbs:.0f}")
+for g in SIZES:
+    x = torch.randn(1, g, device="cuda", dtype=torch.float16)
+    w = torch.randn(g, g, device="cuda", dtype=torch.float16)
+    for name, fn in (("nt", lambda: torch.nn.functional.linear(x, w)), ("nn", lambda: torch.matmul(x, w))):
+        us = timed(fn)
+        gbs = (g * g + 2 * g) * 2 / us / 1e3
+        print(f"RESULT case=torch_gemv_f16_{g}_{name} us={us:.1f} gbs={gbs:.0f}")
+    del x, w

@@ -24,6 +24,8 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("attention_tiled32_f16", "attention_tiled.comp", &["F16", "TD=32u"]),
     ("attention_tiled64_f32", "attention_tiled.comp", &["TD=64u"]),
     ("attention_tiled64_f16", "attention_tiled.comp", &["F16", "TD=64u"]),
+    ("attention_tiled128_f32", "attention_tiled.comp", &["TD=128u", "SPLIT2"]),
+    ("attention_tiled128_f16", "attention_tiled.comp", &["F16", "TD=128u", "SPLIT2"]),
     ("convert_f32_f16", "convert.comp", &["OUT_F16"]),
     ("convert_f16_f32", "convert.comp", &["F16"]),
     ("matmul_f32", "matmul.comp", &[]),
@@ -43,6 +45,17 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("coopmat_f16_nt", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=2u"]),
     ("coopmat_f16_f32_nn", "matmul_coopmat.comp", &["F16", "B_MODE=3u"]),
     ("coopmat_f16_f32_nt", "matmul_coopmat.comp", &["F16", "B_MODE=2u"]),
+    // The same with the fragments emulated in plain code, for lavapipe (tests only).
+    ("coopmat_emu_f16_nn", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=3u", "EMULATE_COOPMAT"]),
+    ("coopmat_emu_f16_nt", "matmul_coopmat.comp", &["F16", "OUT_F16", "B_MODE=2u", "EMULATE_COOPMAT"]),
+    ("coopmat_emu_f16_f32_nn", "matmul_coopmat.comp", &["F16", "B_MODE=3u", "EMULATE_COOPMAT"]),
+    ("coopmat_emu_f16_f32_nt", "matmul_coopmat.comp", &["F16", "B_MODE=2u", "EMULATE_COOPMAT"]),
+    // The first cooperative-matrix shader, kept for A/B runs on the GPU
+    // (NPUHYBRID_VULKAN_COOPMAT=v1); to be removed once the new one is measured.
+    ("coopmat_v1_f16_nn", "matmul_coopmat_v1.comp", &["F16", "OUT_F16", "B_MODE=3u"]),
+    ("coopmat_v1_f16_nt", "matmul_coopmat_v1.comp", &["F16", "OUT_F16", "B_MODE=2u"]),
+    ("coopmat_v1_f16_f32_nn", "matmul_coopmat_v1.comp", &["F16", "B_MODE=3u"]),
+    ("coopmat_v1_f16_f32_nt", "matmul_coopmat_v1.comp", &["F16", "B_MODE=2u"]),
 ];
 
 pub fn run() {

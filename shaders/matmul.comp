@@ -1,7 +1,8 @@
 #version 450
 // C = epilogue(A·B): 128x128 tile per workgroup, 256 threads each computing 8x8 in
-// registers, K in steps of 16 through shared memory, the next tile prefetched into
-// registers while the current one is multiplied. Accumulators and prefetch registers are
+// registers, K in steps of 16 through two shared-memory stages: the next step's global loads
+// are in flight while the current stage is multiplied, then stored into the other stage, so
+// one barrier per step suffices (one stage needed two). Accumulators and prefetch registers are
 // plain variables, not arrays: a driver compiler that does not unroll would otherwise keep
 // arrays in (slow) local memory.
 #include "common.glsl"
@@ -27,8 +28,8 @@ layout(set = 0, binding = 4) buffer C { TO c[]; };
 #define BN 128u
 #define BK 16u
 
-shared float As[BK][BM];   // [k][m]
-shared float Bs[BK][BN];   // [k][n]
+shared float As[2][BK][BM];   // [stage][k][m]
+shared float Bs[2][BK][BN];   // [stage][k][n]
 vec4 ra0, ra1, rb0, rb1;
 
 // Element e of a 128 x 16 tile of an operand whose element (r, k) is x[base + r*rs + k*ks],
@@ -105,13 +106,13 @@ void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
         } \
     }
 
-void store(uint t) {
+void store(uint t, uint st) {
     uint e1a = AMODE >= 2u ? t + 256u : t + 1024u;
     uint e1b = BMODE >= 2u ? t + 256u : t + 1024u;
-    PUT(As, AMODE, t, ra0)
-    PUT(As, AMODE, e1a, ra1)
-    PUT(Bs, BMODE, t, rb0)
-    PUT(Bs, BMODE, e1b, rb1)
+    PUT(As[st], AMODE, t, ra0)
+    PUT(As[st], AMODE, e1a, ra1)
+    PUT(Bs[st], BMODE, t, rb0)
+    PUT(Bs[st], BMODE, e1b, rb1)
 }
 
 void store_row(uint cbase, uint gm, uint gn0, vec4 lo, vec4 hi) {
@@ -144,19 +145,24 @@ void main() {
     uint r = ty * 4u, q = tx * 4u;
 
     load(m0, n0, 0u, abase, bbase);
+    store(t, 0u);
+    barrier();
+    uint st = 0u;
     for (uint k0 = 0u; k0 < p.K; k0 += BK) {
-        barrier();
-        store(t);
-        barrier();
-        if (k0 + BK < p.K) load(m0, n0, k0 + BK, abase, bbase);
+        bool more = k0 + BK < p.K;
+        if (more) load(m0, n0, k0 + BK, abase, bbase);
         for (uint kk = 0u; kk < BK; kk++) {
-            vec4 a0 = vec4(As[kk][r], As[kk][r + 1u], As[kk][r + 2u], As[kk][r + 3u]);
-            vec4 a1 = vec4(As[kk][r + 64u], As[kk][r + 65u], As[kk][r + 66u], As[kk][r + 67u]);
-            vec4 b0 = vec4(Bs[kk][q], Bs[kk][q + 1u], Bs[kk][q + 2u], Bs[kk][q + 3u]);
-            vec4 b1 = vec4(Bs[kk][q + 64u], Bs[kk][q + 65u], Bs[kk][q + 66u], Bs[kk][q + 67u]);
+            vec4 a0 = vec4(As[st][kk][r], As[st][kk][r + 1u], As[st][kk][r + 2u], As[st][kk][r + 3u]);
+            vec4 a1 = vec4(As[st][kk][r + 64u], As[st][kk][r + 65u], As[st][kk][r + 66u], As[st][kk][r + 67u]);
+            vec4 b0 = vec4(Bs[st][kk][q], Bs[st][kk][q + 1u], Bs[st][kk][q + 2u], Bs[st][kk][q + 3u]);
+            vec4 b1 = vec4(Bs[st][kk][q + 64u], Bs[st][kk][q + 65u], Bs[st][kk][q + 66u], Bs[st][kk][q + 67u]);
             FMA_ROW(0, a0.x) FMA_ROW(1, a0.y) FMA_ROW(2, a0.z) FMA_ROW(3, a0.w)
             FMA_ROW(4, a1.x) FMA_ROW(5, a1.y) FMA_ROW(6, a1.z) FMA_ROW(7, a1.w)
         }
+        // The other stage was last read before the previous barrier: safe to overwrite.
+        if (more) store(t, st ^ 1u);
+        barrier();
+        st ^= 1u;
     }
 
     uint cbase = z * p.M * p.N;

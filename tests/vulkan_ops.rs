@@ -125,6 +125,28 @@ fn gemv_for_decode_in_both_weight_layouts() {
 }
 
 #[test]
+fn gemv_tile_shapes_for_wide_outputs() {
+    // Wide N picks more rows per subgroup ([N, K] weights) and wider row segments ([K, N]);
+    // odd K leaves tails after the unrolled steps; a batch offsets both operands.
+    let mut seed = 400;
+    for dt in DTYPES {
+        for (k, n, tb) in [
+            (40, 8200, true),
+            (16, 4100, true),
+            (1000, 2056, true),
+            (24, 16392, false),
+            (520, 8200, false),
+            (9, 4104, false),
+        ] {
+            seed += 1;
+            matmul_case(dt, dt, &[], (1, k, n), false, tb, seed % 2 == 0, OpParams::default(), seed);
+        }
+        matmul_case(dt, dt, &[3], (1, 72, 4104), false, false, true, OpParams::default(), seed + 50);
+        matmul_case(dt, dt, &[2], (1, 72, 4104), false, true, false, OpParams::default(), seed + 51);
+    }
+}
+
+#[test]
 fn elementwise_with_broadcast_and_activations() {
     let mut r = rng(7);
     for dt in DTYPES {
@@ -282,6 +304,22 @@ fn attention_causal_gqa_kv_len_and_mask() {
                 kv_len: 0,
                 mask: Some(&[2, 1, 70]),
             },
+            // head_dim 128 (two threads per row): several row blocks and key tiles of 32,
+            // GQA, kv_len; a padded head_dim; decode rows (one workgroup per row).
+            Attn {
+                batch: 1,
+                h: 4,
+                hkv: 2,
+                sq: 130,
+                skv: 200,
+                d: 128,
+                causal: true,
+                kv_len: 180,
+                mask: Some(&[1, 1, 1, 200]),
+            },
+            Attn { batch: 0, h: 2, hkv: 2, sq: 40, skv: 75, d: 80, causal: false, kv_len: 0, mask: None },
+            Attn { batch: 2, h: 4, hkv: 1, sq: 1, skv: 300, d: 128, causal: true, kv_len: 257, mask: None },
+            Attn { batch: 0, h: 2, hkv: 2, sq: 20, skv: 33, d: 256, causal: true, kv_len: 0, mask: None },
         ];
         for Attn { batch: bt, h, hkv, sq, skv, d, causal, kv_len, mask } in cases {
             let pre: Vec<usize> = if bt > 0 { vec![bt] } else { vec![] };

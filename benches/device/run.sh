@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), over binaries built by prepare.sh. Every
 # measurement goes to $OUT as one file per step; a failing step does not stop the others.
-#   bash benches/device/run.sh [GROUP...]   groups: kernels, models, hybrid (default: all)
-# kernels: Vulkan matmul/GEMV vs cuBLAS; models: embeddings, tiny Llama and a
+#   bash benches/device/run.sh [GROUP...]   groups: kernels, falloff, models, hybrid
+# (default: all four; one call of the device tool must end within 10 minutes: take kernels
+# alone, then the rest). kernels: Vulkan matmul/GEMV vs cuBLAS (benches/device/compare.py
+# prints the issue's table); falloff: the 4096 fall-off varied one thing at a time and the
+# first coopmat shader as an A/B; models: embeddings, tiny Llama and a
 # Llama-3.2-1B-shaped f16 model on the GPU vs the machine's CPU; hybrid: every device enabled
 # under the built-in policies vs the best single device, same call.
 set -uo pipefail
@@ -16,7 +19,7 @@ done
 export XDG_CACHE_HOME=/tmp/nh-cache LD_LIBRARY_PATH="$PWD/.devbin/lib"
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-groups=${*:-kernels models hybrid}
+groups=${*:-kernels falloff models hybrid}
 want() { [[ " $groups " == *" $1 "* ]]; }
 step() { # name timeout command...
   local name=$1 limit=$2; shift 2
@@ -35,8 +38,19 @@ for _ in range(20): y.copy_(x)
 e.record(); torch.cuda.synchronize()
 print(f'RESULT case=copy_bandwidth GBps={2 * x.numel() * 4 * 20 / (s.elapsed_time(e) / 1e3) / 1e9:.0f}')"
 if want kernels; then
-  step vulkan_matmul 150 .devbin/vulkan_matmul --bench
-  step cublas_baseline 120 python3 benches/vulkan_torch_baseline.py
+  step vulkan_matmul 400 .devbin/vulkan_matmul --bench
+  step cublas_baseline 200 python3 benches/vulkan_torch_baseline.py
+  # The issue's table: ours / cuBLAS per case, targets, sizes whose rate falls below the one before.
+  step compare 30 python3 benches/device/compare.py "$out/vulkan_matmul.txt" "$out/cublas_baseline.txt"
+fi
+if want falloff; then
+  # Sizes around the power of two, memory blocks of 64 MiB and 2 GiB instead of 1 GiB, the
+  # portable f16 shader instead of coopmat; then the first coopmat shader on the same machine.
+  step matmul_near_4096 120 .devbin/vulkan_matmul --bench --sizes 3968,4096,4224
+  step matmul_4096_block64m 60 env NPUHYBRID_VULKAN_BLOCK_MB=64 .devbin/vulkan_matmul --bench --sizes 4096
+  step matmul_4096_block2g 60 env NPUHYBRID_VULKAN_BLOCK_MB=2048 .devbin/vulkan_matmul --bench --sizes 4096
+  step matmul_4096_no_coopmat 60 env NPUHYBRID_VULKAN_NO_COOPMAT=1 .devbin/vulkan_matmul --bench --sizes 4096
+  step matmul_coopmat_v1 90 env NPUHYBRID_VULKAN_COOPMAT=v1 .devbin/vulkan_matmul --bench --sizes 1024,2048,4096
 fi
 if want models; then
   if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then

@@ -159,7 +159,11 @@ pub fn check_valid(op: &OpDesc, ts: &[&Tensor]) {
 /// Runs `op` (whose output is `out`) on the GPU and, with a copy of `out`, on the CPU
 /// backend; asserts they agree within `tol` (absolute + relative). Returns the GPU values.
 pub fn compare(op: &OpDesc, inputs: &[&Tensor], out: &Tensor, tol: f32) -> Vec<f32> {
-    let gpu = gpu();
+    compare_on(gpu(), op, inputs, out, tol)
+}
+
+/// `compare` on a given backend (one opened with other settings than `gpu()`).
+pub fn compare_on(gpu: &VulkanBackend, op: &OpDesc, inputs: &[&Tensor], out: &Tensor, tol: f32) -> Vec<f32> {
     let mut all: Vec<&Tensor> = inputs.to_vec();
     all.push(out);
     check_valid(op, &all);

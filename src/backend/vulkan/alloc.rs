@@ -134,7 +134,7 @@ unsafe impl Send for Heap {}
 /// CPU implementations); `NPUHYBRID_VULKAN_BLOCK_MB` overrides it. On the H100, matmuls on
 /// tensors in 1 GiB blocks ran up to 1.6x faster than in 64 MiB blocks (see
 /// docs/PERFORMANCE-vulkan.md).
-fn block_size(ctx: &Context) -> u64 {
+pub fn block_size(ctx: &Context) -> u64 {
     const MIN: u64 = 64 << 20;
     const MAX: u64 = 1 << 30;
     let default = if ctx.caps.device_type == vk::PhysicalDeviceType::CPU {
@@ -150,6 +150,26 @@ fn block_size(ctx: &Context) -> u64 {
         .unwrap_or(default)
 }
 
+/// The memory type for a heap: it has all of `want`; then, best first, it has `prefer`, it
+/// lives in the largest heap of its kind (on a discrete GPU the small 256 MiB BAR window is
+/// DEVICE_LOCAL too) and it has no property beyond `want | prefer` (a host-visible type is
+/// not what a device-only heap should take when a plain one exists).
+pub fn pick_memory_type(
+    mem: &vk::PhysicalDeviceMemoryProperties,
+    want: vk::MemoryPropertyFlags,
+    prefer: vk::MemoryPropertyFlags,
+) -> Option<(u32, vk::MemoryPropertyFlags)> {
+    let heap_size = |t: &vk::MemoryType| mem.memory_heaps[t.heap_index as usize].size;
+    types(mem)
+        .enumerate()
+        .filter(|(_, t)| t.property_flags.contains(want))
+        .max_by_key(|(i, t)| {
+            let extra = t.property_flags & !(want | prefer);
+            (t.property_flags.contains(prefer), heap_size(t), extra.is_empty(), std::cmp::Reverse(*i))
+        })
+        .map(|(i, t)| (i as u32, t.property_flags))
+}
+
 impl Heap {
     /// Picks a memory type with all of `want` (preferring one that also has `prefer`).
     pub fn new(
@@ -158,22 +178,13 @@ impl Heap {
         want: vk::MemoryPropertyFlags,
         prefer: vk::MemoryPropertyFlags,
     ) -> Result<Heap> {
-        let mem = &ctx.caps.memory;
-        let candidates: Vec<(u32, vk::MemoryPropertyFlags)> = types(mem)
-            .enumerate()
-            .filter(|(_, t)| t.property_flags.contains(want))
-            .map(|(i, t)| (i as u32, t.property_flags))
-            .collect();
-        let chosen = candidates
-            .iter()
-            .find(|(_, f)| f.contains(prefer))
-            .or(candidates.first())
+        let (index, flags) = pick_memory_type(&ctx.caps.memory, want, prefer)
             .ok_or_else(|| Error::DeviceUnavailable(format!("no Vulkan memory type with {want:?}")))?;
         let align = ctx.caps.min_storage_align.max(256).next_power_of_two();
         Ok(Heap {
             kind,
-            memory_type: chosen.0,
-            host_visible: chosen.1.contains(vk::MemoryPropertyFlags::HOST_VISIBLE),
+            memory_type: index,
+            host_visible: flags.contains(vk::MemoryPropertyFlags::HOST_VISIBLE),
             // Staging only carries transfers: small blocks suffice.
             block_size: if kind == HeapKind::Staging { 64 << 20 } else { block_size(&ctx) },
             align,
@@ -313,7 +324,34 @@ impl Drop for Heap {
 
 #[cfg(test)]
 mod tests {
-    use super::RangeAllocator;
+    use super::{pick_memory_type, RangeAllocator};
+    use ash::vk;
+
+    #[test]
+    fn device_heap_takes_the_large_plain_device_type() {
+        use vk::MemoryPropertyFlags as M;
+        // NVIDIA-like: host heap, VRAM, and the 256 MiB BAR window listed first.
+        let mut mem = vk::PhysicalDeviceMemoryProperties {
+            memory_heap_count: 3,
+            memory_type_count: 4,
+            ..Default::default()
+        };
+        mem.memory_heaps[0].size = 64 << 30;
+        mem.memory_heaps[1].size = 80 << 30;
+        mem.memory_heaps[2].size = 256 << 20;
+        let ty = |flags, heap| vk::MemoryType { property_flags: flags, heap_index: heap };
+        mem.memory_types[0] = ty(M::DEVICE_LOCAL | M::HOST_VISIBLE | M::HOST_COHERENT, 2);
+        mem.memory_types[1] = ty(M::HOST_VISIBLE | M::HOST_COHERENT, 0);
+        mem.memory_types[2] = ty(M::DEVICE_LOCAL, 1);
+        mem.memory_types[3] = ty(M::HOST_VISIBLE | M::HOST_COHERENT | M::HOST_CACHED, 0);
+        assert_eq!(pick_memory_type(&mem, M::DEVICE_LOCAL, M::DEVICE_LOCAL).unwrap().0, 2);
+        let staging = pick_memory_type(&mem, M::HOST_VISIBLE | M::HOST_COHERENT, M::HOST_CACHED);
+        assert_eq!(staging.unwrap().0, 3);
+        // Resizable BAR: the host-visible VRAM type is as large; the plain one still wins.
+        mem.memory_heaps[2].size = 80 << 30;
+        assert_eq!(pick_memory_type(&mem, M::DEVICE_LOCAL, M::DEVICE_LOCAL).unwrap().0, 2);
+        assert!(pick_memory_type(&mem, M::LAZILY_ALLOCATED, M::empty()).is_none());
+    }
 
     #[test]
     fn allocations_are_aligned_disjoint_and_coalesce_back() {

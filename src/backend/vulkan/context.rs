@@ -82,6 +82,7 @@ pub struct Capabilities {
     pub pipeline_cache_uuid: [u8; 16],
     pub subgroup_size: u32,
     pub subgroup_arithmetic: bool,
+    pub subgroup_shuffle: bool,
     pub shared_memory: u32,
     pub shader_f16: bool,
     pub shader_int8: bool,
@@ -89,6 +90,8 @@ pub struct Capabilities {
     pub timeline_semaphore: bool,
     pub coopmat_khr: bool,
     pub coopmat_nv: bool,
+    /// Fragment shapes (M, N, K) the NV extension offers for f16 x f16 + f32 in a subgroup.
+    pub coopmat_shapes: Vec<[u32; 3]>,
     pub queue_family: u32,
     pub timestamp_bits: u32,
     pub timestamp_period: f32,
@@ -180,6 +183,7 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
     }
     let memory = unsafe { i.get_physical_device_memory_properties(pdev) };
     let coopmat_nv = has_ext(ash::nv::cooperative_matrix::NAME);
+    let coopmat_shapes = if coopmat_nv { coopmat_nv_shapes(inst, pdev) } else { Vec::new() };
     Some(Capabilities {
         name: c_string(&props.device_name),
         device_type: props.device_type,
@@ -193,6 +197,8 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
         subgroup_size: subgroup.subgroup_size,
         subgroup_arithmetic: subgroup.supported_operations.contains(vk::SubgroupFeatureFlags::ARITHMETIC)
             && subgroup.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
+        subgroup_shuffle: subgroup.supported_operations.contains(vk::SubgroupFeatureFlags::SHUFFLE)
+            && subgroup.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
         shared_memory: props.limits.max_compute_shared_memory_size,
         shader_f16: f12.shader_float16 == vk::TRUE,
         shader_int8: f12.shader_int8 == vk::TRUE,
@@ -200,6 +206,7 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
         timeline_semaphore: f12.timeline_semaphore == vk::TRUE,
         coopmat_khr: has_ext(ash::khr::cooperative_matrix::NAME),
         coopmat_nv,
+        coopmat_shapes,
         queue_family: family as u32,
         timestamp_bits: families[family].timestamp_valid_bits,
         timestamp_period: props.limits.timestamp_period,
@@ -208,6 +215,45 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
         max_push_constants: props.limits.max_push_constants_size,
         memory,
     })
+}
+
+/// vkGetPhysicalDeviceCooperativeMatrixPropertiesNV, kept to the f16 x f16 + f32 -> f32
+/// subgroup shapes the matmul shader can use.
+fn coopmat_nv_shapes(inst: &Instance, pdev: vk::PhysicalDevice) -> Vec<[u32; 3]> {
+    let ext = ash::nv::cooperative_matrix::Instance::new(&inst.entry, &inst.instance);
+    let get = ext.fp().get_physical_device_cooperative_matrix_properties_nv;
+    let mut count = 0u32;
+    if unsafe { get(pdev, &mut count, std::ptr::null_mut()) } != vk::Result::SUCCESS {
+        return Vec::new();
+    }
+    let mut props = vec![vk::CooperativeMatrixPropertiesNV::default(); count as usize];
+    let r = unsafe { get(pdev, &mut count, props.as_mut_ptr()) };
+    if r != vk::Result::SUCCESS && r != vk::Result::INCOMPLETE {
+        return Vec::new();
+    }
+    props.truncate(count as usize);
+    props
+        .iter()
+        .filter(|p| {
+            p.a_type == vk::ComponentTypeNV::FLOAT16
+                && p.b_type == vk::ComponentTypeNV::FLOAT16
+                && p.c_type == vk::ComponentTypeNV::FLOAT32
+                && p.d_type == vk::ComponentTypeNV::FLOAT32
+                && p.scope == vk::ScopeNV::SUBGROUP
+        })
+        .map(|p| [p.m_size, p.n_size, p.k_size])
+        .collect()
+}
+
+/// The fragment shape shaders/matmul_coopmat.comp uses: one that tiles its 64 x 64
+/// subgroup quadrant and its K step of 32, the largest such (fewest fragment loads per
+/// multiply-add). None: the device offers no shape the shader can use.
+pub fn pick_coopmat_shape(shapes: &[[u32; 3]]) -> Option<[u32; 3]> {
+    shapes
+        .iter()
+        .filter(|[m, n, k]| *m > 0 && *n > 0 && *k > 0 && 64 % m == 0 && 64 % n == 0 && 32 % k == 0)
+        .max_by_key(|[m, n, k]| (m * n * k, *n))
+        .copied()
 }
 
 /// An open logical device with its compute queue.
@@ -222,6 +268,8 @@ pub struct Context {
     pub f16: bool,
     /// The NV cooperative-matrix feature was enabled and the subgroup size suits the shader.
     pub coopmat: bool,
+    /// Fragment shape (M, N, K) of the cooperative-matrix shader, when `coopmat`.
+    pub coopmat_shape: [u32; 3],
 }
 
 impl Context {
@@ -229,7 +277,8 @@ impl Context {
         let f16 = caps.shader_f16 && caps.storage_16bit;
         let mut coopmat_feat = vk::PhysicalDeviceCooperativeMatrixFeaturesNV::default();
         let mut coopmat = false;
-        if caps.coopmat_nv && f16 && caps.subgroup_size == 32 {
+        let shape = pick_coopmat_shape(&caps.coopmat_shapes);
+        if caps.coopmat_nv && f16 && caps.subgroup_size == 32 && shape.is_some() {
             let mut probe = vk::PhysicalDeviceFeatures2::default().push_next(&mut coopmat_feat);
             unsafe { inst.instance.get_physical_device_features2(pdev, &mut probe) };
             coopmat = coopmat_feat.cooperative_matrix == vk::TRUE;
@@ -258,7 +307,8 @@ impl Context {
         let device = unsafe { inst.instance.create_device(pdev, &info, None) }
             .map_err(|e| vk_err("vkCreateDevice", e))?;
         let queue = unsafe { device.get_device_queue(caps.queue_family, 0) };
-        Ok(Context { inst, device, queue, caps, f16, coopmat })
+        let coopmat_shape = shape.unwrap_or([16, 16, 16]);
+        Ok(Context { inst, device, queue, caps, f16, coopmat, coopmat_shape })
     }
 }
 
@@ -268,5 +318,19 @@ impl Drop for Context {
             let _ = self.device.device_wait_idle();
             self.device.destroy_device(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_coopmat_shape;
+
+    #[test]
+    fn coopmat_shape_is_the_largest_that_tiles_the_shader() {
+        assert_eq!(pick_coopmat_shape(&[[16, 8, 16], [16, 16, 16], [16, 8, 8]]), Some([16, 16, 16]));
+        assert_eq!(pick_coopmat_shape(&[[16, 8, 8], [16, 8, 16]]), Some([16, 8, 16]));
+        // 48 rows do not tile 64; K 64 is more than one step.
+        assert_eq!(pick_coopmat_shape(&[[48, 16, 16], [16, 16, 64]]), None);
+        assert_eq!(pick_coopmat_shape(&[]), None);
     }
 }

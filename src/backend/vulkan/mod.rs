@@ -85,10 +85,20 @@ impl VulkanBackend {
 
     fn open(inst: Arc<Instance>, pdev: vk::PhysicalDevice, caps: Capabilities) -> Result<Self> {
         let ctx = Arc::new(Context::open(inst, pdev, caps)?);
+        // NPUHYBRID_VULKAN_EMULATE_COOPMAT=MxNxK runs the cooperative-matrix shader with that
+        // fragment shape emulated in plain code (tests on devices without tensor cores).
+        let emulate: Option<[u32; 3]> =
+            std::env::var("NPUHYBRID_VULKAN_EMULATE_COOPMAT").ok().and_then(|v| parse_shape(&v));
         let features = ops::Features {
             f16: ctx.f16,
-            coopmat: ctx.coopmat && std::env::var("NPUHYBRID_VULKAN_NO_COOPMAT").is_err(),
+            coopmat: (ctx.coopmat || (emulate.is_some() && ctx.f16))
+                && std::env::var("NPUHYBRID_VULKAN_NO_COOPMAT").is_err(),
             subgroup_arithmetic: ctx.caps.subgroup_arithmetic,
+            subgroup_shuffle: ctx.caps.subgroup_shuffle,
+            coopmat_shape: emulate.unwrap_or(ctx.coopmat_shape),
+            subgroup_size: ctx.caps.subgroup_size,
+            coopmat_emulated: emulate.is_some(),
+            coopmat_v1: std::env::var("NPUHYBRID_VULKAN_COOPMAT").is_ok_and(|v| v == "v1"),
         };
         let state = submit::State::new(ctx.clone())?;
         // A discrete GPU copies through staging over PCIe; elsewhere an upload is a host copy
@@ -213,6 +223,34 @@ impl Backend for VulkanBackend {
     }
 }
 
+/// "16x8x16" as [16, 8, 16].
+fn parse_shape(v: &str) -> Option<[u32; 3]> {
+    let d: Vec<u32> = v.split('x').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    d.try_into().ok()
+}
+
+/// The memory type and block size tensors get (submit.rs asks alloc.rs for the same flags),
+/// so a benchmark log says where its operands lived.
+fn tensor_memory(ctx: &Context) -> String {
+    use vk::MemoryPropertyFlags as M;
+    let (want, prefer) = if ctx.caps.unified_memory() {
+        (M::DEVICE_LOCAL | M::HOST_VISIBLE | M::HOST_COHERENT, M::HOST_CACHED)
+    } else {
+        (M::DEVICE_LOCAL, M::DEVICE_LOCAL)
+    };
+    match alloc::pick_memory_type(&ctx.caps.memory, want, prefer) {
+        Some((i, flags)) => {
+            let heap = ctx.caps.memory.memory_types[i as usize].heap_index;
+            let heap_mib = ctx.caps.memory.memory_heaps[heap as usize].size >> 20;
+            format!(
+                "type {i} ({flags:?}) in heap {heap} ({heap_mib} MiB), blocks of {} MiB",
+                alloc::block_size(ctx) >> 20
+            )
+        }
+        None => "none".into(),
+    }
+}
+
 fn device_info(ctx: &Context) -> DeviceInfo {
     let c = &ctx.caps;
     let mut dtypes = DType::F32.bit();
@@ -253,9 +291,12 @@ fn device_info(ctx: &Context) -> DeviceInfo {
         ("cooperative_matrix_khr".into(), yes(c.coopmat_khr)),
         ("cooperative_matrix_nv".into(), yes(c.coopmat_nv)),
         ("coopmat_matmul".into(), yes(ctx.coopmat)),
+        ("coopmat_shapes_f16_f32".into(), format!("{:?}", c.coopmat_shapes)),
+        ("coopmat_shape".into(), format!("{:?}", ctx.coopmat_shape)),
         ("memory_heaps".into(), heap_list.join(", ")),
         ("unified_memory".into(), yes(c.unified_memory())),
         ("timestamp_period_ns".into(), c.timestamp_period.to_string()),
+        ("tensor_memory".into(), tensor_memory(ctx)),
     ];
     DeviceInfo {
         kind: DeviceKind::Gpu,

@@ -12,6 +12,18 @@ pub struct Features {
     pub f16: bool,
     pub coopmat: bool,
     pub subgroup_arithmetic: bool,
+    /// Subgroup shuffles (the tiled attention shader at head_dim 128 uses one).
+    pub subgroup_shuffle: bool,
+    /// Cooperative-matrix fragment (M, N, K) the driver offers (context.rs picks it).
+    pub coopmat_shape: [u32; 3],
+    /// Subgroup size the driver reports.
+    pub subgroup_size: u32,
+    /// The cooperative-matrix shader with its fragments emulated in plain code, so devices
+    /// without them (lavapipe in CI) run and test it: `NPUHYBRID_VULKAN_EMULATE_COOPMAT`.
+    pub coopmat_emulated: bool,
+    /// Run the first cooperative-matrix shader (matmul_coopmat_v1.comp, 16x16x16 fixed)
+    /// instead: `NPUHYBRID_VULKAN_COOPMAT=v1`, for A/B measurements on the GPU.
+    pub coopmat_v1: bool,
 }
 
 /// One step of an op on the device.
@@ -166,7 +178,7 @@ pub fn plan(op: &OpDesc, f: Features) -> Result<Step> {
                 .f(p.rope_theta);
             dispatch("rope", dt, push, fold((n / 2).div_ceil(256)))
         }
-        OpKind::Attention => plan_attention(op),
+        OpKind::Attention => plan_attention(op, f),
         OpKind::Copy => {
             let (src, dst) = (a.dtype, op.output.dtype);
             if src == dst {
@@ -188,6 +200,52 @@ fn dispatch(base: &str, dt: &str, push: Push, groups: [u32; 3]) -> Step {
 /// The static name of a shader variant (the pipeline table is keyed by them).
 fn shader_name(name: &str) -> &'static str {
     super::pipelines::SHADERS.iter().map(|(n, _)| *n).find(|n| *n == name).unwrap_or("missing")
+}
+
+/// A shader variant with specialisation constants (`base#c0,c1`, see pipelines.rs), as the
+/// `&'static str` the pipeline table and `Step` use. The set of names is small and fixed by
+/// the planner's choices, so each is leaked once and reused.
+fn spec_name(base: &str, constants: &[u32]) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let base = shader_name(base);
+    if constants.is_empty() || base == "missing" {
+        return base;
+    }
+    let list: Vec<String> = constants.iter().map(|c| c.to_string()).collect();
+    let name = format!("{base}#{}", list.join(","));
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.get(name.as_str()) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// Workgroups a GEMV wants at least: the H100/H200 have 132 SMs, and fewer workgroups than a
+/// few per SM leave memory bandwidth unused.
+const GEMV_MIN_GROUPS: usize = 256;
+
+/// GEMV plan: (b_mode, workgroups, [rows per subgroup, threads per row segment]). Weights
+/// are streamed along their rows in 16-byte loads whenever the row length allows.
+fn gemv_shape(k: usize, n: usize, trans_b: bool, in16: bool) -> (usize, usize, [u32; 2]) {
+    let vec = if in16 { 8 } else { 4 };
+    if trans_b {
+        // [N, K]: 8 row groups of `rps` rows per workgroup; more rows per subgroup share the
+        // x loads, fewer give more workgroups.
+        let rps = [4usize, 2, 1].into_iter().find(|r| n.div_ceil(8 * r) >= GEMV_MIN_GROUPS).unwrap_or(1);
+        let mode = if k % vec == 0 { VEC_K } else { SCALAR_K };
+        (mode, n.div_ceil(8 * rps), [rps as u32, 4])
+    } else if n % vec == 0 {
+        // [K, N]: `cg` threads side by side read cg*16 contiguous bytes of a row; at least
+        // two, a whole 32-byte sector.
+        let cg = [8usize, 4, 2].into_iter().find(|c| n.div_ceil(c * vec) >= GEMV_MIN_GROUPS).unwrap_or(2);
+        (VEC_ROW, n.div_ceil(cg * vec), [2, cg as u32])
+    } else {
+        (SCALAR_ROW, n.div_ceil(32), [2, 4])
+    }
 }
 
 /// Loader modes, see shaders/matmul_params.glsl.
@@ -234,30 +292,35 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
             .0
     };
     if m == 1 && f.subgroup_arithmetic {
-        let vec = if in16 { 8 } else { 4 };
-        // Outputs per workgroup: 32 columns ([K, N] weights) or 16 rows ([N, K] weights).
-        let (b_mode, groups) = if !p.trans_b {
-            (SCALAR_ROW, n.div_ceil(32))
-        } else if k % vec == 0 {
-            (VEC_K, n.div_ceil(16))
-        } else {
-            (SCALAR_K, n.div_ceil(16))
-        };
+        let (b_mode, groups, spec) = gemv_shape(k, n, p.trans_b, in16);
         let mut g = fold(groups);
         g[2] = batch as u32;
         return Ok(Step::Dispatch {
-            shader: shader_name(&format!("gemv_{variant}")),
+            shader: spec_name(&format!("gemv_{variant}"), &spec),
             push: push(SCALAR_K, b_mode),
             groups: g,
         });
     }
     let groups = [n.div_ceil(128) as u32, m.div_ceil(128) as u32, batch as u32];
-    if in16 && f.coopmat && !p.trans_a && k % 4 == 0 && (p.trans_b || n % 4 == 0) {
-        let (b_mode, layout) = if p.trans_b { (VEC_K, "nt") } else { (VEC_ROW, "nn") };
+    let layout = if p.trans_b { "nt" } else { "nn" };
+    let b_mode = if p.trans_b { VEC_K } else { VEC_ROW };
+    if in16 && f.coopmat && f.coopmat_v1 && !p.trans_a && k % 4 == 0 && (p.trans_b || n % 4 == 0) {
         return Ok(Step::Dispatch {
-            shader: shader_name(&format!("coopmat_{variant}_{layout}")),
+            shader: shader_name(&format!("coopmat_v1_{variant}_{layout}")),
             push: push(VEC_K, b_mode),
             groups,
+        });
+    }
+    // 16-byte loads of 8 halves along k (A, and B when transposed) or along n.
+    if in16 && f.coopmat && !p.trans_a && k % 8 == 0 && (p.trans_b || n % 8 == 0) {
+        let [fm, fn_, fk] = f.coopmat_shape;
+        // Four subgroups per workgroup, whatever size the driver's subgroups are.
+        let spec = [fm, fn_, fk, 4 * f.subgroup_size];
+        let (base, block) = if f.coopmat_emulated { ("coopmat_emu", 64) } else { ("coopmat", 128) };
+        return Ok(Step::Dispatch {
+            shader: spec_name(&format!("{base}_{variant}_{layout}"), &spec),
+            push: push(VEC_K, b_mode),
+            groups: [n.div_ceil(block) as u32, m.div_ceil(block) as u32, batch as u32],
         });
     }
     let a_mode = match (p.trans_a, k % 4 == 0, m % 4 == 0) {
@@ -285,7 +348,7 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     })
 }
 
-fn plan_attention(op: &OpDesc) -> Step {
+fn plan_attention(op: &OpDesc, f: Features) -> Step {
     let q = op.input(0).expect("validated");
     let k = op.input(1).expect("validated");
     let r = q.rank;
@@ -308,18 +371,25 @@ fn plan_attention(op: &OpDesc) -> Step {
         .u(usize::from(op.input(3).is_some()))
         .f(scale)
         .uvec4(mstride);
-    // Head dims up to 64: blocks of 64 query rows share each key / value tile
-    // (attention_tiled.comp); wider heads: one workgroup per query row.
+    // Blocks of 64 query rows share each key / value tile (attention_tiled.comp) for head dims
+    // up to 128. Few query rows (decode) leave most of such a block idle and walk the keys
+    // in one thread per row, so they take one workgroup per row instead, whose 64 threads
+    // split the keys; so do heads wider than 128.
+    let per_row = sq < TILED_MIN_ROWS || d > 128 || (d > 64 && !f.subgroup_shuffle);
     match d {
-        0..=32 => tiled_attention("attention_tiled32", q.dtype, push, sq, h, batch),
-        33..=64 => tiled_attention("attention_tiled64", q.dtype, push, sq, h, batch),
-        _ => Step::Dispatch {
+        _ if per_row => Step::Dispatch {
             shader: shader_name(&format!("attention_{}", suffix(q.dtype))),
             push: push.0,
             groups: [sq as u32, h as u32, batch as u32],
         },
+        0..=32 => tiled_attention("attention_tiled32", q.dtype, push, sq, h, batch),
+        33..=64 => tiled_attention("attention_tiled64", q.dtype, push, sq, h, batch),
+        _ => tiled_attention("attention_tiled128", q.dtype, push, sq, h, batch),
     }
 }
+
+/// Fewest query rows that take the tiled attention shader (a guess: not measured on a GPU).
+const TILED_MIN_ROWS: usize = 16;
 
 /// Query rows per workgroup of attention_tiled.comp.
 const ATTENTION_ROWS: usize = 64;
@@ -356,8 +426,22 @@ mod tests {
             op.params.trans_b = trans_b;
             op
         };
-        for (dt, coopmat) in [(DType::F32, false), (DType::F16, false), (DType::F16, true)] {
-            let f = Features { f16: true, coopmat, subgroup_arithmetic: true };
+        for (dt, coopmat, v1) in [
+            (DType::F32, false, false),
+            (DType::F16, false, false),
+            (DType::F16, true, false),
+            (DType::F16, true, true),
+        ] {
+            let f = Features {
+                f16: true,
+                coopmat,
+                subgroup_arithmetic: true,
+                subgroup_shuffle: true,
+                coopmat_shape: [16, 16, 16],
+                subgroup_size: 32,
+                coopmat_v1: v1,
+                coopmat_emulated: false,
+            };
             for m in [1, 5] {
                 for t in [false, true] {
                     let Step::Dispatch { shader, .. } = plan(&mk(dt, m, t), f).unwrap() else {

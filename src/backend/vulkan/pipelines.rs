@@ -1,6 +1,8 @@
 //! Compute pipelines from the embedded SPIR-V, created on first use and kept. Every shader
 //! shares one layout (five storage buffers, 128 bytes of push constants). A VkPipelineCache is
 //! loaded from and saved to the cache directory so later runs skip driver compilation.
+//! A variant name may carry specialisation constants after a `#`: `gemv_f16#4,8` is the
+//! `gemv_f16` SPIR-V with constant_id 0 = 4 and 1 = 8 (tile shapes without file copies).
 
 use super::context::{vk_err, Context};
 use crate::error::{Error, Result};
@@ -21,9 +23,21 @@ pub struct Pipelines {
     pub layout: vk::PipelineLayout,
     cache: vk::PipelineCache,
     cache_file: Option<PathBuf>,
-    pipelines: HashMap<&'static str, vk::Pipeline>,
+    pipelines: HashMap<String, vk::Pipeline>,
     /// A pipeline was created since the last `take_created`.
     created: bool,
+}
+
+/// Splits `base#c0,c1,..` into the SPIR-V variant and its specialisation constants.
+pub fn split_spec(name: &str) -> Result<(&str, Vec<u32>)> {
+    let Some((base, list)) = name.split_once('#') else {
+        return Ok((name, Vec::new()));
+    };
+    let values = list
+        .split(',')
+        .map(|v| v.parse::<u32>().map_err(|_| Error::Internal(format!("bad constants in {name}"))))
+        .collect::<Result<Vec<u32>>>()?;
+    Ok((base, values))
 }
 
 /// `$NPUHYBRID_CACHE_DIR`, else `$XDG_CACHE_HOME/npuhybrid`, else `~/.cache/npuhybrid`.
@@ -99,9 +113,10 @@ impl Pipelines {
         if let Some(p) = self.pipelines.get(name) {
             return Ok(*p);
         }
-        let (key, spv) = SHADERS
+        let (base, constants) = split_spec(name)?;
+        let (_, spv) = SHADERS
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| *n == base)
             .ok_or_else(|| Error::Internal(format!("no shader variant {name}")))?;
         let d = &self.ctx.device;
         let words = ash::util::read_spv(&mut std::io::Cursor::new(spv))
@@ -109,15 +124,23 @@ impl Pipelines {
         let module =
             unsafe { d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None) }
                 .map_err(|e| vk_err("vkCreateShaderModule", e))?;
-        let stage = vk::PipelineShaderStageCreateInfo::default()
+        let entries: Vec<vk::SpecializationMapEntry> = (0..constants.len() as u32)
+            .map(|i| vk::SpecializationMapEntry::default().constant_id(i).offset(4 * i).size(4))
+            .collect();
+        let data: Vec<u8> = constants.iter().flat_map(|c| c.to_le_bytes()).collect();
+        let spec = vk::SpecializationInfo::default().map_entries(&entries).data(&data);
+        let mut stage = vk::PipelineShaderStageCreateInfo::default()
             .stage(vk::ShaderStageFlags::COMPUTE)
             .module(module)
             .name(c"main");
+        if !constants.is_empty() {
+            stage = stage.specialization_info(&spec);
+        }
         let info = vk::ComputePipelineCreateInfo::default().stage(stage).layout(self.layout);
         let made = unsafe { d.create_compute_pipelines(self.cache, &[info], None) };
         unsafe { d.destroy_shader_module(module, None) };
         let pipeline = made.map_err(|(_, e)| vk_err(&format!("creating pipeline {name}"), e))?[0];
-        self.pipelines.insert(key, pipeline);
+        self.pipelines.insert(name.to_string(), pipeline);
         self.created = true;
         Ok(pipeline)
     }
