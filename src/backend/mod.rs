@@ -145,11 +145,11 @@ pub trait Backend: Send + Sync {
         0.0
     }
 
-    /// The thread pool this device's ops run on, where it has one: the device's first worker
-    /// thread lives inside it, so an op's parallel kernels start on the worker itself instead
-    /// of waking the pool from outside and sleeping until it is done (two thread switches per
-    /// op, a large share of a small op's time on two cores).
-    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+    /// A thread of the pool this device's ops run on, held for the device's first worker loop
+    /// (`cpu/seat.rs`), where the device has a pool: an op's parallel kernels then start on the
+    /// worker itself instead of waking the pool from outside and sleeping until it is done
+    /// (two thread switches per op, a large share of a small op's time on two cores).
+    fn host_seat(&self) -> Option<cpu::Seat> {
         None
     }
 
@@ -193,8 +193,8 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn upload_ns(&self, op: &OpDesc, mem: &OpMemory) -> f64 {
         (**self).upload_ns(op, mem)
     }
-    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
-        (**self).host_pool()
+    fn host_seat(&self) -> Option<cpu::Seat> {
+        (**self).host_seat()
     }
     fn readings(&self) -> DeviceReadings {
         (**self).readings()
