@@ -381,7 +381,10 @@ nh_status nh_buffer_import(nh_runtime runtime, void *ptr, size_t size, nh_buffer
 // Maps a file read-only (model weights). Ops may read it; writing it is rejected.
 nh_status nh_buffer_map_file(nh_runtime runtime, const char *path, nh_buffer *out_buffer);
 
-// Destroys a buffer after the ops using it have completed. Its handle is invalid afterwards.
+// Destroys a buffer. Its handle is invalid as soon as the call starts (a submit made
+// meanwhile fails with NH_ERR_INVALID_HANDLE); the call returns once every op holding the
+// buffer has completed, including ops other threads were submitting at that moment, so
+// imported memory may be freed as soon as it returns.
 nh_status nh_buffer_destroy(nh_runtime runtime, nh_buffer buffer);
 
 nh_status nh_buffer_size(nh_runtime runtime, nh_buffer buffer, size_t *out_size);
@@ -490,8 +493,11 @@ nh_status nh_runtime_desc_init(nh_runtime_desc *desc);
 // does not compile.
 nh_status nh_runtime_create(const nh_runtime_desc *desc, nh_runtime *out_runtime);
 
-// Destroys a runtime: ops in flight complete first, then its buffers, events and graphs
-// are released. The handle (and every handle it issued) is invalid afterwards.
+// Destroys a runtime: calls on it that other threads are inside of return first (a
+// waiting `nh_event_wait` returns when its op completes), ops in flight complete, then its
+// buffers, events and graphs are released. The handle (and every handle it issued) is
+// invalid as soon as the call starts: calls made meanwhile fail with NH_ERR_INVALID_HANDLE.
+// After it returns, no op touches imported memory. Do not call it from a log callback.
 nh_status nh_runtime_destroy(nh_runtime runtime);
 
 // Blocks until every op submitted to the runtime has completed.

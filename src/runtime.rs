@@ -302,10 +302,13 @@ impl Runtime {
         }
     }
 
+    /// Invalidates the handle at once (later submits fail with an invalid handle), then waits
+    /// for every op holding the buffer, including ops other threads were submitting at that
+    /// moment: after it returns, no op touches the memory (imported memory may be freed).
     pub fn destroy_buffer(&self, id: BufferId) -> Result<()> {
-        self.buffer(id)?;
-        self.quiesce(id);
-        self.buffers.write().remove(id).map(|_| ())
+        let buf = self.buffers.write().remove(id)?;
+        buf.wait_unused();
+        Ok(())
     }
 
     pub fn write(&self, id: BufferId, offset: usize, data: &[u8]) -> Result<()> {

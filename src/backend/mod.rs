@@ -88,7 +88,11 @@ pub struct OpMemory {
 }
 
 impl OpMemory {
+    /// Holds each buffer until dropped: destroying one waits for every op holding it.
     pub fn new(buffers: Vec<Arc<Buffer>>) -> OpMemory {
+        for b in &buffers {
+            b.hold_op();
+        }
         OpMemory { buffers }
     }
 
@@ -107,6 +111,14 @@ impl OpMemory {
 
     pub fn buffers(&self) -> &[Arc<Buffer>] {
         &self.buffers
+    }
+}
+
+impl Drop for OpMemory {
+    fn drop(&mut self) {
+        for b in &self.buffers {
+            b.release_op();
+        }
     }
 }
 

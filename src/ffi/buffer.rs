@@ -57,7 +57,10 @@ pub extern "C" fn nh_buffer_map_file(
     })
 }
 
-/// Destroys a buffer after the ops using it have completed. Its handle is invalid afterwards.
+/// Destroys a buffer. Its handle is invalid as soon as the call starts (a submit made
+/// meanwhile fails with NH_ERR_INVALID_HANDLE); the call returns once every op holding the
+/// buffer has completed, including ops other threads were submitting at that moment, so
+/// imported memory may be freed as soon as it returns.
 #[no_mangle]
 pub extern "C" fn nh_buffer_destroy(runtime: nh_runtime, buffer: nh_buffer) -> nh_status {
     guard(|| entry(runtime)?.rt.destroy_buffer(buffer.id))

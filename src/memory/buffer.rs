@@ -5,7 +5,8 @@
 
 use super::pool::Block;
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Runtime-wide identity of a buffer (its handle value).
 pub type BufferId = u64;
@@ -24,6 +25,17 @@ pub struct Buffer {
     storage: Storage,
     len: usize,
     version: AtomicU64,
+    /// Ops holding the buffer (`OpMemory`), from validation until they are dropped.
+    users: Users,
+}
+
+/// Counts the ops that hold a buffer, so destroying it can wait for all of them: also for
+/// ops another thread is still submitting, which no event or hazard list knows about yet.
+#[derive(Default)]
+struct Users {
+    count: AtomicUsize,
+    lock: Mutex<()>,
+    none_left: Condvar,
 }
 
 // Concurrent access to the bytes is ordered by the runtime's hazard tracking.
@@ -38,13 +50,25 @@ fn fresh_version() -> u64 {
 
 impl Buffer {
     pub fn pooled(id: BufferId, block: Block, len: usize) -> Buffer {
-        Buffer { id, storage: Storage::Pooled(block), len, version: AtomicU64::new(fresh_version()) }
+        Buffer {
+            id,
+            storage: Storage::Pooled(block),
+            len,
+            version: AtomicU64::new(fresh_version()),
+            users: Users::default(),
+        }
     }
 
     /// # Safety
     /// `ptr` must be valid for reads and writes of `len` bytes until the buffer is dropped.
     pub unsafe fn imported(id: BufferId, ptr: *mut u8, len: usize) -> Buffer {
-        Buffer { id, storage: Storage::Imported { ptr }, len, version: AtomicU64::new(fresh_version()) }
+        Buffer {
+            id,
+            storage: Storage::Imported { ptr },
+            len,
+            version: AtomicU64::new(fresh_version()),
+            users: Users::default(),
+        }
     }
 
     /// Maps a file read-only, ready for `Buffer::mapped`.
@@ -60,7 +84,13 @@ impl Buffer {
 
     pub fn mapped(id: BufferId, map: memmap2::Mmap) -> Buffer {
         let len = map.len();
-        Buffer { id, storage: Storage::Mapped(map), len, version: AtomicU64::new(fresh_version()) }
+        Buffer {
+            id,
+            storage: Storage::Mapped(map),
+            len,
+            version: AtomicU64::new(fresh_version()),
+            users: Users::default(),
+        }
     }
 
     pub fn id(&self) -> BufferId {
@@ -97,6 +127,33 @@ impl Buffer {
             Storage::Imported { ptr } => *ptr,
             Storage::Mapped(m) => m.as_ptr() as *mut u8,
         }
+    }
+
+    /// An op takes the buffer (`OpMemory::new`); `release_op` gives it back.
+    pub fn hold_op(&self) {
+        self.users.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn release_op(&self) {
+        if self.users.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Under the lock, so a waiter between its check and its wait cannot miss it.
+            let _g = self.users.lock.lock();
+            self.users.none_left.notify_all();
+        }
+    }
+
+    /// Blocks until no op holds the buffer. Call it once no new op can take the buffer
+    /// (its handle is gone), or it may wait for ops submitted later.
+    pub fn wait_unused(&self) {
+        let mut g = self.users.lock.lock();
+        while self.users.count.load(Ordering::Acquire) > 0 {
+            self.users.none_left.wait(&mut g);
+        }
+    }
+
+    /// Ops holding the buffer now.
+    pub fn op_users(&self) -> usize {
+        self.users.count.load(Ordering::Acquire)
     }
 
     /// Version of the contents; replicas with this version are current.

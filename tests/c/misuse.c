@@ -3,6 +3,9 @@
 #include "../../c_examples/common.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static int passed = 0, failed = 0;
 
@@ -605,6 +608,113 @@ static void destroy_with_ops_in_flight(void) {
   EXPECT(nh_buffer_destroy(rt, a), NH_ERR_INVALID_HANDLE);
 }
 
+/* Issue 17, items 2 and 3: destroying an imported buffer (or the whole runtime) while another
+ * thread keeps submitting matmuls that read it. After destroy returns, the memory is unmapped:
+ * an op still reading it would crash the process, and a submit that started after destroy
+ * returned must fail with NH_ERR_INVALID_HANDLE. */
+enum { RN = 96 };
+
+typedef struct {
+  nh_runtime rt;
+  nh_buffer in, out;
+  atomic_int destroyed; /* set once destroy has returned */
+  int late_ok;          /* submits begun after that which still returned NH_OK */
+  int other;            /* statuses that are neither NH_OK nor NH_ERR_INVALID_HANDLE */
+} race;
+
+static void *submit_until_invalid(void *arg) {
+  race *r = arg;
+  for (;;) {
+    int after = atomic_load(&r->destroyed);
+    nh_op_desc op;
+    NH_CHECK(nh_op_desc_init(&op));
+    op.kind = NH_OP_MATMUL;
+    op.inputs[0] = nh_t2(r->in, RN, RN);
+    op.inputs[1] = nh_t2(r->in, RN, RN);
+    op.output = nh_t2(r->out, RN, RN);
+    nh_event ev;
+    nh_status s = nh_submit(r->rt, &op, &ev);
+    if (s == NH_OK) {
+      if (after) r->late_ok++;
+      nh_event_release(r->rt, ev); /* NH_ERR_INVALID_HANDLE once the runtime is gone */
+    } else if (s == NH_ERR_INVALID_HANDLE) {
+      if (after) return NULL;
+    } else {
+      fprintf(stderr, "FAIL: submit racing a destroy gave %s: %s\n", nh_status_name(s), nh_last_error_message());
+      r->other++;
+      return NULL;
+    }
+  }
+}
+
+static float *mapped_input(void) {
+  float *p = mmap(NULL, RN * RN * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    perror("mmap");
+    exit(1);
+  }
+  for (int i = 0; i < RN * RN; i++) p[i] = 1.0f / RN;
+  return p;
+}
+
+static void race_verdict(const char *what, int rounds, int late_ok, int other) {
+  if (late_ok == 0 && other == 0) passed++;
+  else {
+    failed++;
+    fprintf(stderr, "FAIL: %s: in %d rounds, %d submits begun after destroy returned were accepted, %d failed oddly\n",
+            what, rounds, late_ok, other);
+  }
+}
+
+static int race_rounds(void) {
+  const char *env = getenv("NH_MISUSE_RACE_ROUNDS");
+  int n = env ? atoi(env) : 100;
+  return n > 0 ? n : 100;
+}
+
+static void destroy_imported_while_submitting(void) {
+  nh_runtime rt = make_runtime();
+  int rounds = race_rounds(), late_ok = 0, other = 0;
+  for (int i = 0; i < rounds; i++) {
+    float *mem = mapped_input();
+    race r = {.rt = rt};
+    NH_CHECK(nh_buffer_import(rt, mem, RN * RN * 4, &r.in));
+    NH_CHECK(nh_buffer_alloc(rt, RN * RN * 4, &r.out));
+    pthread_t t;
+    pthread_create(&t, NULL, submit_until_invalid, &r);
+    usleep((useconds_t)(i * 37 % 1000));
+    EXPECT(nh_buffer_destroy(rt, r.in), NH_OK);
+    atomic_store(&r.destroyed, 1);
+    munmap(mem, RN * RN * 4); /* an op still reading it would crash here */
+    pthread_join(t, NULL);
+    NH_CHECK(nh_buffer_destroy(rt, r.out));
+    late_ok += r.late_ok;
+    other += r.other;
+  }
+  NH_CHECK(nh_runtime_destroy(rt));
+  race_verdict("nh_buffer_destroy of an imported buffer under concurrent submits", rounds, late_ok, other);
+}
+
+static void destroy_runtime_while_submitting(void) {
+  int rounds = race_rounds(), late_ok = 0, other = 0;
+  for (int i = 0; i < rounds; i++) {
+    float *mem = mapped_input();
+    race r = {.rt = make_runtime()};
+    NH_CHECK(nh_buffer_import(r.rt, mem, RN * RN * 4, &r.in));
+    NH_CHECK(nh_buffer_alloc(r.rt, RN * RN * 4, &r.out));
+    pthread_t t;
+    pthread_create(&t, NULL, submit_until_invalid, &r);
+    usleep((useconds_t)(i * 37 % 1000));
+    EXPECT(nh_runtime_destroy(r.rt), NH_OK);
+    atomic_store(&r.destroyed, 1);
+    munmap(mem, RN * RN * 4);
+    pthread_join(t, NULL);
+    late_ok += r.late_ok;
+    other += r.other;
+  }
+  race_verdict("nh_runtime_destroy under concurrent submits on imported memory", rounds, late_ok, other);
+}
+
 int main(void) {
   nh_runtime rt = make_runtime();
   null_pointers(rt);
@@ -618,6 +728,8 @@ int main(void) {
   destroy_with_ops_in_flight();
   waiting();
   destroy_buffer_in_use();
+  destroy_imported_while_submitting();
+  destroy_runtime_while_submitting();
   printf("misuse: %d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }
