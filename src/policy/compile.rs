@@ -104,7 +104,17 @@ pub fn compile_program(
         tag_keys,
         settings: program.settings,
         thermal: program.thermal.into_iter().map(|t| t.rule).collect(),
-        warnings: report.warnings.iter().map(|w| w.to_string()).collect(),
+        warnings: report
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .chain((report.warnings_not_shown() > 0).then(|| {
+                format!(
+                    "... and {} more warnings (only the first ones are shown)",
+                    report.warnings_not_shown()
+                )
+            }))
+            .collect(),
         overridden,
     })
 }
