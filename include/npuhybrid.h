@@ -530,8 +530,10 @@ nh_status nh_policy_dump(nh_runtime runtime, char *buf, size_t capacity, size_t 
 // stays valid until the next `nh_` call on the same thread. Never NULL.
 const char *nh_last_error_message(void);
 
-// A static name for a status, e.g. "NH_ERR_INVALID_HANDLE". Never NULL.
-const char *nh_status_name(nh_status status);
+// A static name for a status, e.g. "NH_ERR_INVALID_HANDLE"; "unknown status" for a value
+// that is not an `nh_status` (the parameter is an int so that any value a caller passes is
+// defined behaviour). Never NULL.
+const char *nh_status_name(int status);
 
 #ifdef __cplusplus
 }  // extern "C"

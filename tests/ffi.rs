@@ -52,7 +52,7 @@ fn version_status_names_and_last_error() {
     let v = unsafe { CStr::from_ptr(nh_version()) }.to_str().unwrap();
     assert_eq!(v, env!("CARGO_PKG_VERSION"));
     assert_eq!(nh_abi_version(), 1);
-    let name = unsafe { CStr::from_ptr(nh_status_name(NH_ERR_INVALID_HANDLE)) }.to_str().unwrap();
+    let name = unsafe { CStr::from_ptr(nh_status_name(NH_ERR_INVALID_HANDLE as i32)) }.to_str().unwrap();
     assert_eq!(name, "NH_ERR_INVALID_HANDLE");
     assert_eq!(nh_runtime_destroy(nh_runtime { id: 7 }), NH_ERR_INVALID_HANDLE);
     assert!(last_error().contains("runtime"), "{}", last_error());

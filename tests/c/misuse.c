@@ -302,6 +302,17 @@ static void more_null_pointers(nh_runtime rt) {
   /* Strings the library returns are never NULL, whatever the status. */
   if (nh_status_name((nh_status)12345) && nh_last_error_message() && nh_version()) passed++;
   else failed++;
+  /* A value that is no status gets a fixed name, not a wild pointer (issue 17, item 5). */
+  const int not_statuses[] = {18, 100, -1, 12345};
+  for (size_t i = 0; i < sizeof not_statuses / sizeof not_statuses[0]; i++) {
+    if (strcmp(nh_status_name(not_statuses[i]), "unknown status") == 0) passed++;
+    else {
+      fprintf(stderr, "FAIL: nh_status_name(%d) is not \"unknown status\"\n", not_statuses[i]);
+      failed++;
+    }
+  }
+  if (strcmp(nh_status_name(NH_ERR_INTERNAL), "NH_ERR_INTERNAL") == 0) passed++;
+  else failed++;
   NH_CHECK(nh_buffer_destroy(rt, a));
   NH_CHECK(nh_buffer_destroy(rt, b));
   NH_CHECK(nh_buffer_destroy(rt, c));
