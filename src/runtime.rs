@@ -285,7 +285,9 @@ impl Runtime {
 
     /// Maps a file read-only (model weights).
     pub fn map_file(&self, path: &Path) -> Result<BufferId> {
-        let file = std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        // Regular files only: a FIFO would block here forever, a directory fail obscurely.
+        let file =
+            crate::files::open_regular(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
         let map = Buffer::map_file(&file)?;
         Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::mapped(id, map))))
     }
