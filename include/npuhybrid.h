@@ -269,6 +269,7 @@ typedef struct {
   float attn_scale;
   uint32_t reserved0;
   // Workload tags "key=value,key=value" for the policy (e.g. "phase=decode"); may be NULL.
+  // At most 64 tags in 4096 bytes.
   const char *tags;
 } nh_op_desc;
 
@@ -310,7 +311,7 @@ typedef struct {
   uint32_t struct_size;
   // NH_ENABLE_* bits.
   uint32_t devices;
-  // CPU worker threads; 0 = one per core.
+  // CPU worker threads; 0 = one per core; at most 1024.
   uint32_t threads;
   // An `nh_policy_kind` value.
   uint32_t policy_kind;

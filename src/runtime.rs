@@ -428,12 +428,18 @@ impl Runtime {
         self.sched.drain();
     }
 
+    /// A consistent snapshot: completed + failed <= submitted, although ops keep running.
     pub fn stats(&self) -> RuntimeStats {
         let c = &self.sched.counters;
+        // An op is counted submitted before it can finish: read the finished counts first, and
+        // still clamp, as the counters are not updated together.
+        let ops_failed = c.failed.load(Ordering::Acquire);
+        let ops_completed = c.completed.load(Ordering::Acquire);
+        let submitted = c.submitted.load(Ordering::Acquire);
         RuntimeStats {
-            ops_submitted: c.submitted.load(Ordering::Relaxed),
-            ops_completed: c.completed.load(Ordering::Relaxed),
-            ops_failed: c.failed.load(Ordering::Relaxed),
+            ops_submitted: submitted.max(ops_completed + ops_failed),
+            ops_completed,
+            ops_failed,
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
             split_ops: c.split_ops.load(Ordering::Relaxed),
             inline_ops: c.inline_ops.load(Ordering::Relaxed),

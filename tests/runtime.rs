@@ -284,3 +284,31 @@ fn a_panicking_backend_fails_that_op_there_and_it_falls_back() {
     assert!(ev.outcome().1.fallbacks >= 1);
     assert_close(&download(&rt, bc, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
 }
+
+/// Issue 17, item 9: statistics read while ops run are a consistent snapshot.
+#[test]
+fn stats_never_count_more_finished_than_submitted() {
+    let rt = std::sync::Arc::new(runtime_with(vec![]));
+    let n = 64;
+    let x = upload(&rt, &vec![0.0; n]);
+    let one = upload(&rt, &vec![1.0; n]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let submitter = {
+        let (rt, stop) = (std::sync::Arc::clone(&rt), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 200_000 {
+                let y = if i % 2 == 0 { x } else { one };
+                rt.submit(add(y, y, y, n)).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let s = rt.stats();
+        assert!(s.ops_completed + s.ops_failed <= s.ops_submitted, "{s:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    submitter.join().unwrap();
+}

@@ -149,7 +149,7 @@ pub struct nh_runtime_desc {
     pub struct_size: u32,
     /// NH_ENABLE_* bits.
     pub devices: u32,
-    /// CPU worker threads; 0 = one per core.
+    /// CPU worker threads; 0 = one per core; at most 1024.
     pub threads: u32,
     /// An `nh_policy_kind` value.
     pub policy_kind: u32,
@@ -246,6 +246,7 @@ pub struct nh_op_desc {
     pub attn_scale: f32,
     pub reserved0: u32,
     /// Workload tags "key=value,key=value" for the policy (e.g. "phase=decode"); may be NULL.
+    /// At most 64 tags in 4096 bytes.
     pub tags: *const c_char,
 }
 

@@ -163,6 +163,31 @@ static void wrong_sizes_and_shapes(nh_runtime rt) {
   nh_op_desc op = add_op(a, b, c, 16);
   op.struct_size = 4;
   EXPECT(nh_submit(rt, &op, &ev), NH_ERR_STRUCT_SIZE);
+  /* Untrusted sizes are capped, and fail fast (issue 17, item 9): UINT32_MAX threads used to
+   * spend 36 s spawning threads, 40,000 tags 3-9 s of parsing. */
+  nh_runtime_desc_init(&d);
+  d.threads = UINT32_MAX;
+  EXPECT(nh_runtime_create(&d, &r2), NH_ERR_INVALID_ARGUMENT);
+  EXPECT_MSG_CONTAINS("the limit is 1024");
+  {
+    size_t ntags = 40000, len = 0;
+    char *tags = malloc(ntags * 12 + 1);
+    for (size_t i = 0; i < ntags; i++) len += (size_t)sprintf(tags + len, "k%zu=v,", i);
+    op = add_op(a, b, c, 16);
+    op.tags = tags;
+    EXPECT(nh_submit(rt, &op, &ev), NH_ERR_INVALID_ARGUMENT);
+    EXPECT_MSG_CONTAINS("the limit is 4096");
+    /* 64 distinct tags are fine; a 65th is not. */
+    len = 0;
+    for (int i = 0; i < 65; i++) len += (size_t)sprintf(tags + len, "k%d=v ", i);
+    EXPECT(nh_submit(rt, &op, &ev), NH_ERR_INVALID_ARGUMENT);
+    EXPECT_MSG_CONTAINS("more than 64 tags");
+    tags[strlen(tags) - strlen("k64=v ")] = '\0';
+    EXPECT(nh_submit(rt, &op, &ev), NH_OK);
+    NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
+    NH_CHECK(nh_event_release(rt, ev));
+    free(tags);
+  }
   nh_device_info info;
   info.struct_size = 12;
   EXPECT(nh_device_get_info(rt, 0, &info), NH_ERR_STRUCT_SIZE);

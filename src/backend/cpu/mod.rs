@@ -141,6 +141,10 @@ fn runs_serially(op: &OpDesc) -> bool {
     work <= kernels::iter::TASK_ELEMS
 }
 
+/// Most CPU threads a runtime may ask for (a caller's `threads` is untrusted: UINT32_MAX used
+/// to spend 36 s spawning threads).
+pub const MAX_THREADS: usize = 1024;
+
 /// CPU backend behaviours that trade memory or power for speed (`nh_runtime_desc.cpu_flags`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuOptions {
@@ -179,6 +183,9 @@ impl CpuBackend {
     }
 
     pub fn with_options(threads: usize, options: CpuOptions) -> Result<CpuBackend> {
+        if threads > MAX_THREADS {
+            return Err(Error::invalid(format!("threads = {threads}: the limit is {MAX_THREADS}")));
+        }
         let threads =
             if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
