@@ -317,7 +317,11 @@ typedef struct {
   uint32_t policy_kind;
   // Built-in name, file path or source text (per policy_kind); NULL = built-in "default".
   const char *policy;
-  // Log callback; NULL = messages at `log_level` and above go to stderr.
+  // Log callback; NULL = messages at `log_level` and above go to stderr. Each runtime has
+  // its own: the callback gets the messages logged while this runtime is created and the
+  // library's other messages (which runtime they concern is not known), never after
+  // `nh_runtime_destroy` of this runtime returns. Another runtime's settings do not
+  // change it. It must not call `nh_runtime_destroy`.
   nh_log_fn log_callback;
   void *log_user_data;
   // 0 = off, 1 = error, 2 = warn (default), 3 = info, 4 = debug, 5 = trace.

@@ -67,11 +67,13 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
         if d.log_level > 5 {
             return Err(Error::invalid(format!("log_level {} is not in 0..=5", d.log_level)));
         }
-        crate::logging::set_sink(
+        // This runtime's own sink, until it is destroyed; creation's messages go to it alone.
+        let log = crate::logging::Registration::new(
             d.log_callback,
             d.log_user_data,
             crate::logging::level_from_raw(d.log_level),
         );
+        let _scope = log.scope();
         let mut config = RuntimeConfig { threads: d.threads as usize, ..Default::default() };
         config.cpu = CpuOptions {
             weight_cache: d.cpu_flags & NH_CPU_NO_WEIGHT_CACHE == 0,
@@ -99,6 +101,7 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
             rt,
             events: Mutex::new(HandleTable::new("event")),
             graphs: Mutex::new(HandleTable::new("graph")),
+            _log: log,
         });
         slot.id = runtimes().write().insert(entry);
         Ok(())
