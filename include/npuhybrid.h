@@ -383,7 +383,11 @@ nh_status nh_buffer_alloc(nh_runtime runtime, size_t size, nh_buffer *out_buffer
 // weight. Keep weights in `nh_buffer_alloc` or file-mapped buffers.
 nh_status nh_buffer_import(nh_runtime runtime, void *ptr, size_t size, nh_buffer *out_buffer);
 
-// Maps a file read-only (model weights). Ops may read it; writing it is rejected.
+// Maps a file read-only (model weights). Ops may read it; writing it is rejected. `path`
+// must name a regular file. The file must not be truncated or rewritten while it is mapped:
+// reading past its new end would kill the process with SIGBUS, as with any memory-mapped
+// loader. Reads, maps and submits check its size first and fail with NH_ERR_IO once it
+// shrank, but a truncation racing an op in progress cannot be caught.
 nh_status nh_buffer_map_file(nh_runtime runtime, const char *path, nh_buffer *out_buffer);
 
 // Destroys a buffer. Its handle is invalid as soon as the call starts (a submit made

@@ -289,7 +289,7 @@ impl Runtime {
         let file =
             crate::files::open_regular(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
         let map = Buffer::map_file(&file)?;
-        Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::mapped(id, map))))
+        Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::mapped(id, map, file))))
     }
 
     pub fn buffer(&self, id: BufferId) -> Result<Arc<Buffer>> {
@@ -322,6 +322,7 @@ impl Runtime {
     pub fn read(&self, id: BufferId, offset: usize, out: &mut [u8]) -> Result<()> {
         let buf = self.buffer(id)?;
         self.quiesce(id);
+        buf.check_mapping()?;
         buf.read(offset, out)
     }
 
@@ -330,6 +331,7 @@ impl Runtime {
     pub fn map(&self, id: BufferId) -> Result<(*mut u8, usize)> {
         let buf = self.buffer(id)?;
         self.quiesce(id);
+        buf.check_mapping()?;
         Ok((buf.as_ptr(), buf.len()))
     }
 
@@ -356,7 +358,9 @@ impl Runtime {
         let mut buffers: Vec<Arc<Buffer>> = Vec::with_capacity(crate::op::MAX_INPUTS + 1);
         for v in op.views() {
             if !buffers.iter().any(|b| b.id() == v.buffer) {
-                buffers.push(table.get(v.buffer)?);
+                let b = table.get(v.buffer)?;
+                b.check_mapping()?;
+                buffers.push(b);
             }
         }
         Ok(OpMemory::new(buffers))
@@ -403,6 +407,9 @@ impl Runtime {
                 let table = self.buffers.read();
                 ids.iter().map(|&id| table.get(id)).collect::<Result<_>>()?
             };
+            for b in &resolved {
+                b.check_mapping()?;
+            }
             per_op
                 .iter()
                 .map(|idx| OpMemory::new(idx.iter().map(|&i| Arc::clone(&resolved[i as usize])).collect()))

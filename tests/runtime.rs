@@ -156,6 +156,25 @@ fn mapped_files_are_read_only_inputs() {
     assert!(rt.write(w, 0, &[0; 4]).is_err());
 }
 
+/// Issue 17, item 8: a mapped file truncated after mapping used to kill the process with
+/// SIGBUS on the next read or op; reads and submits now notice it first and fail.
+#[test]
+fn a_mapped_file_truncated_later_is_an_error_not_sigbus() {
+    let rt = runtime_with(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.bin");
+    std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
+    let w = rt.map_file(&path).unwrap();
+    let out = rt.alloc(3 * 4096).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(100).unwrap();
+    let mut back = vec![0u8; 3 * 4096];
+    let err = rt.read(w, 0, &mut back).unwrap_err().to_string();
+    assert!(err.contains("truncated"), "{err}");
+    let err = rt.submit(add(w, w, out, 3 * 1024)).unwrap_err().to_string();
+    assert!(err.contains("truncated"), "{err}");
+    assert!(rt.map(w).is_err());
+}
+
 #[test]
 fn pool_memory_returns_to_baseline() {
     let rt = runtime_with(vec![]);

@@ -41,7 +41,11 @@ pub extern "C" fn nh_buffer_import(
     })
 }
 
-/// Maps a file read-only (model weights). Ops may read it; writing it is rejected.
+/// Maps a file read-only (model weights). Ops may read it; writing it is rejected. `path`
+/// must name a regular file. The file must not be truncated or rewritten while it is mapped:
+/// reading past its new end would kill the process with SIGBUS, as with any memory-mapped
+/// loader. Reads, maps and submits check its size first and fail with NH_ERR_IO once it
+/// shrank, but a truncation racing an op in progress cannot be caught.
 #[no_mangle]
 pub extern "C" fn nh_buffer_map_file(
     runtime: nh_runtime,

@@ -17,7 +17,8 @@ enum Storage {
     Imported {
         ptr: *mut u8,
     },
-    Mapped(memmap2::Mmap),
+    /// The file stays open so a truncation can be noticed (`check_mapping`).
+    Mapped(memmap2::Mmap, std::fs::File),
 }
 
 pub struct Buffer {
@@ -82,11 +83,11 @@ impl Buffer {
         Ok(map)
     }
 
-    pub fn mapped(id: BufferId, map: memmap2::Mmap) -> Buffer {
+    pub fn mapped(id: BufferId, map: memmap2::Mmap, file: std::fs::File) -> Buffer {
         let len = map.len();
         Buffer {
             id,
-            storage: Storage::Mapped(map),
+            storage: Storage::Mapped(map, file),
             len,
             version: AtomicU64::new(fresh_version()),
             users: Users::default(),
@@ -106,7 +107,7 @@ impl Buffer {
     }
 
     pub fn read_only(&self) -> bool {
-        matches!(self.storage, Storage::Mapped(_))
+        matches!(self.storage, Storage::Mapped(..))
     }
 
     pub fn is_imported(&self) -> bool {
@@ -117,7 +118,7 @@ impl Buffer {
         match self.storage {
             Storage::Pooled(_) => "pooled",
             Storage::Imported { .. } => "imported",
-            Storage::Mapped(_) => "mapped",
+            Storage::Mapped(..) => "mapped",
         }
     }
 
@@ -125,7 +126,7 @@ impl Buffer {
         match &self.storage {
             Storage::Pooled(b) => b.as_ptr(),
             Storage::Imported { ptr } => *ptr,
-            Storage::Mapped(m) => m.as_ptr() as *mut u8,
+            Storage::Mapped(m, _) => m.as_ptr() as *mut u8,
         }
     }
 
@@ -154,6 +155,22 @@ impl Buffer {
     /// Ops holding the buffer now.
     pub fn op_users(&self) -> usize {
         self.users.count.load(Ordering::Acquire)
+    }
+
+    /// For a file mapping: an error if the file is now shorter than the mapping. Reading the
+    /// part past its end would kill the process with SIGBUS; this check (a `fstat`) catches a
+    /// truncation that happened before it, not one racing the read (see the header).
+    pub fn check_mapping(&self) -> Result<()> {
+        let Storage::Mapped(map, file) = &self.storage else { return Ok(()) };
+        let now = file.metadata().map_err(|e| Error::Io(format!("mapped file: {e}")))?.len();
+        if now < map.len() as u64 {
+            return Err(Error::Io(format!(
+                "the mapped file was truncated to {now} bytes after it was mapped ({} bytes): \
+                 a file must not change while it is mapped",
+                map.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Version of the contents; replicas with this version are current.
