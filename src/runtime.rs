@@ -236,9 +236,21 @@ impl Runtime {
         crate::device::apply(&self.sys_root, plan, dry_run)
     }
 
-    /// What this machine lets be configured, as `key: value` lines.
+    /// What this machine lets be configured, as `key: value` lines; one line saying so when
+    /// nothing is (an empty answer read as a failure).
     pub fn configurable(&self) -> Vec<(String, String)> {
-        Configurable::discover(&self.sys_root).describe()
+        let found = Configurable::discover(&self.sys_root).describe();
+        if !found.is_empty() {
+            return found;
+        }
+        vec![(
+            "nothing".into(),
+            format!(
+                "no amdxdna NPU, amdgpu card with a performance level or cpufreq policy with an \
+                 energy preference was found under {}",
+                self.sys_root.0.display()
+            ),
+        )]
     }
 
     /// Injects a fault into a simulated device.

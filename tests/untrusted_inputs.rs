@@ -427,3 +427,24 @@ fn fifos_are_refused_instead_of_blocking() {
     drop(rt);
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
 }
+
+/// A machine with nothing configurable says so instead of answering an empty list.
+#[test]
+fn configurable_says_when_nothing_is() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let rt = Runtime::new(RuntimeConfig {
+        perf_cache_dir: None,
+        telemetry_period: None,
+        thermal_period: None,
+        sys_root: SysRoot::new(empty.path()),
+        threads: 2,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let lines = rt.configurable();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].0, "nothing");
+    assert!(
+        lines[0].1.contains("no amdxdna NPU") && lines[0].1.contains(&empty.path().display().to_string())
+    );
+}
