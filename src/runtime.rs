@@ -40,6 +40,9 @@ pub struct RuntimeConfig {
     pub threads: usize,
     /// Where performance history is kept between runs; None = not kept.
     pub perf_cache_dir: Option<PathBuf>,
+    /// Start without the saved history (it is overwritten when the runtime ends). Defaults
+    /// to the environment variable `NPUHYBRID_PERF_RESET` being set to anything but "0".
+    pub perf_reset: bool,
     /// Bytes of freed host blocks the pool keeps for reuse.
     pub pool_cache_bytes: u64,
     /// How often thermal rules are evaluated; None = only through `thermal_tick` (tests
@@ -60,6 +63,7 @@ impl Default for RuntimeConfig {
             policy: PolicySource::Builtin("default".into()),
             threads: 0,
             perf_cache_dir: perf_model::default_cache_dir(),
+            perf_reset: std::env::var_os("NPUHYBRID_PERF_RESET").is_some_and(|v| !v.is_empty() && v != "0"),
             pool_cache_bytes: 256 << 20,
             thermal_period: Some(Duration::from_millis(100)),
             sys_root: SysRoot::real(),
@@ -126,8 +130,22 @@ impl Runtime {
         let policy = compile_policy(&config.policy)?;
         let devices: Vec<Device> = backends.into_iter().enumerate().map(|(i, b)| Device::new(i, b)).collect();
         if let Some(dir) = &config.perf_cache_dir {
-            for d in &devices {
-                d.model.load(dir);
+            // Said at info level: saved history changes placement from one run to the next.
+            if config.perf_reset {
+                log::info!(
+                    "performance history in {} ignored (reset); it is rewritten at exit",
+                    dir.display()
+                );
+            }
+            for d in devices.iter().filter(|_| !config.perf_reset) {
+                if d.model.load(dir) {
+                    log::info!(
+                        "{}: performance history loaded from {} (it steers placement; \
+                         NPUHYBRID_PERF_RESET=1 starts afresh)",
+                        d.info.name,
+                        dir.display()
+                    );
+                }
             }
         }
         let in_flight: Vec<usize> = devices

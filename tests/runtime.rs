@@ -271,6 +271,11 @@ fn performance_history_is_saved_and_loaded() {
     assert!(std::fs::read_dir(dir.path()).unwrap().count() >= 1, "history file written");
     let rt = Runtime::with_backends(cfg(), vec![cpu()]).unwrap();
     assert!(rt.scheduler().devices[0].model.samples() >= 5, "second run starts calibrated");
+    drop(rt);
+    // Asked to, a runtime starts without it (NPUHYBRID_PERF_RESET sets this by default).
+    let rt =
+        Runtime::with_backends(npuhybrid::RuntimeConfig { perf_reset: true, ..cfg() }, vec![cpu()]).unwrap();
+    assert_eq!(rt.scheduler().devices[0].model.samples(), 0, "history was reset");
 }
 
 #[test]
