@@ -336,3 +336,20 @@ fn stats_never_count_more_finished_than_submitted() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     submitter.join().unwrap();
 }
+
+/// What the checker's "uses only npu" warning promises: with no NPU, such a rule's ops are not
+/// lost, the backstop runs them on the CPU.
+#[test]
+fn an_npu_only_rule_without_an_npu_runs_on_the_backstop() {
+    let policy = npuhybrid::PolicySource::Source {
+        origin: "npu_only.nhp".into(),
+        text: "rule m {\n  when op = matmul\n  use npu\n}\nrule rest {\n  use cpu\n}\n".into(),
+    };
+    let rt = Runtime::with_backends(npuhybrid::RuntimeConfig { policy, ..config() }, vec![cpu()]).unwrap();
+    assert_eq!(rt.policy().warnings().len(), 1, "{:?}", rt.policy().warnings());
+    let a = upload(&rt, &random(16 * 16, 3));
+    let c = rt.alloc(16 * 16 * 4).unwrap();
+    let ev = rt.submit(matmul(a, a, c, 16, 16, 16)).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(ev.outcome().1.device, Some(0));
+}

@@ -314,7 +314,8 @@ fn warn_devices(map: &SourceMap, program: &Program, rule: &RuleDef, report: &mut
                 map,
                 rule.use_span,
                 format!(
-                    "rule '{}' uses only {}: its ops fail when {} is unavailable (add cpu as a backstop)",
+                    "rule '{}' uses only {}: when {} is unavailable or fails, its ops run on the backstop \
+                     (any device that can, the CPU first), not where this rule says (list cpu to say so)",
                     rule.name,
                     only.name(),
                     only.name()

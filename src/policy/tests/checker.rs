@@ -269,7 +269,8 @@ fn warnings_for_suspicious_but_legal_policies() {
             "t.nhp:3:3: warning: gpu has no power modes: 'power' only configures the npu",
             "t.nhp:7:3: warning: rule 'r' uses npu, which runs matmul only: it is never chosen for this rule's ops",
             "t.nhp:7:3: warning: rule 'r' uses gpu, which this policy disables",
-            "t.nhp:11:3: warning: rule 'm' uses only npu: its ops fail when npu is unavailable (add cpu as a backstop)",
+            "t.nhp:11:3: warning: rule 'm' uses only npu: when npu is unavailable or fails, its ops run on the backstop \
+             (any device that can, the CPU first), not where this rule says (list cpu to say so)",
             "t.nhp:13:9: warning: npu has thermal rules but no emergency level (add 'emergency thermal ...')",
         ]
     );
