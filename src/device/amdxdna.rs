@@ -103,9 +103,12 @@ fn ioctl_name(request: u64) -> &'static str {
 /// Issues one GET_INFO / SET_STATE with `value` as the parameter buffer.
 fn param_ioctl<T>(path: &Path, request: u64, param: u32, what: &str, value: &mut T) -> Result<()> {
     let write = request == IOCTL_SET_STATE;
-    let file =
-        crate::files::open(path, File::options().read(true).write(write), crate::files::Expect::CharDevice)
-            .map_err(|e| super::sysfs::io_error("open", path, e))?;
+    let file = crate::files::open(
+        path,
+        File::options().read(true).write(write),
+        crate::files::Expect::CharDevice,
+    )
+    .map_err(|e| super::sysfs::io_error(&format!("open for {}({what})", ioctl_name(request)), path, e))?;
     let mut arg =
         ParamBuffer { param, buffer_size: std::mem::size_of::<T>() as u32, buffer: value as *mut T as u64 };
     // SAFETY: `arg` points at a live buffer of `buffer_size` bytes for the call's duration.
