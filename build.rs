@@ -1,5 +1,9 @@
 //! Build steps: check and compile the built-in policies, compile the GLSL compute shaders.
 
+// The policy loader reads files through it (regular files only, never blocking).
+#[allow(dead_code)]
+#[path = "src/files.rs"]
+mod files;
 #[path = "buildsrc/policies.rs"]
 mod policies;
 #[path = "buildsrc/shaders.rs"]

@@ -67,7 +67,9 @@ use std::path::{Path, PathBuf};
 pub fn run() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets this"));
     let dir = root.join("policies");
-    for watched in ["policies", "src/policy", "src/op/dtype.rs", "src/op/kind.rs", "src/device/power.rs"] {
+    for watched in
+        ["policies", "src/policy", "src/files.rs", "src/op/dtype.rs", "src/op/kind.rs", "src/device/power.rs"]
+    {
         println!("cargo:rerun-if-changed={watched}");
     }
     let policies = read_policies(&dir);

@@ -1207,11 +1207,14 @@ int main(int argc, char **argv) {
   m.bf16 = !f16 && npu_needs_bf16(infos, ndev < 16 ? ndev : 16);
   if (m.bf16) convert_weights(&m);
   model_alloc_acts(&m, max_b);
-  fprintf(stderr, "embed: %s weights (%s) ready in %.2f s, policy %s, %u CPU threads requested\n",
+  char thread_text[48];
+  if (threads) snprintf(thread_text, sizeof thread_text, "%u CPU threads", threads);
+  else snprintf(thread_text, sizeof thread_text, "one CPU thread per core");
+  fprintf(stderr, "embed: %s weights (%s) ready in %.2f s, policy %s, %s\n",
           synthetic ? "synthetic" : "all-MiniLM-L6-v2", f16 ? "f16" : m.bf16 ? "f32, bf16 matmul operands for the NPU" : "f32", now_s() - t0,
           place ? (place[0] == 'g' ? "embed_on_gpu" : place[0] == 'n' ? "embed_on_npu" : "embed_on_cpu")
                 : policy_file ? policy_file : policy,
-          threads);
+          thread_text);
   staging st;
   st.x = xmalloc(max_b * MAXTOK * D * m.esz);
   st.mask = xmalloc(max_b * MAXTOK * m.esz);

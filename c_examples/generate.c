@@ -1108,6 +1108,10 @@ int main(int argc, char **argv) {
         printf("\n");
       }
     }
+    /* A graph has one event for all its ops: say where the decode rows went. */
+    if (!sub.tracked[PHASE_DECODE] && decode != DECODE_OPS)
+      printf("  decode     ran as a %s: no per-op events (ops per device above; --decode ops or --trace for placement)\n",
+             decode == DECODE_GRAPH ? "graph" : "re-recorded graph");
   }
   if (expect_placement) {
     /* Every prefill matmul on an NPU; every decode matmul on the GPU when there is one

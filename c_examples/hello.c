@@ -18,9 +18,9 @@ int main(void) {
     nh_device_info info;
     info.struct_size = sizeof info;
     NH_CHECK(nh_device_get_info(rt, i, &info));
-    printf("device %u: %-14s %s%s%s\n", i, nh_kind_name(info.kind), info.name,
-           info.available ? "" : " (unavailable: ", info.available ? "" : info.unavailable_reason);
-    if (!info.available) printf("\n");
+    printf("device %u: %-14s %s%s%s%s\n", i, nh_kind_name(info.kind), info.name,
+           info.available ? "" : " (unavailable: ", info.available ? "" : info.unavailable_reason,
+           info.available ? "" : ")");
   }
 
   enum { M = 64, K = 96, N = 80 };

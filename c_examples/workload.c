@@ -231,7 +231,11 @@ int main(int argc, char **argv) {
   if (trace) NH_CHECK(nh_trace_start(rt, trace));
 
   /* 1. Op by op, waiting on each, so each line shows one op's device and time. */
-  printf("%-12s %-30s %10s %9s\n", "op", "device", "time (us)", "fallbacks");
+  /* Columns as wide as the longest device name: names are never cut. */
+  int w = 6;
+  for (uint32_t i = 0; i < ndev && i < 16; i++)
+    if ((int)strlen(infos[i].name) > w) w = (int)strlen(infos[i].name);
+  printf("%-12s %-*s %10s %9s\n", "op", w + 4, "device", "time (us)", "fallbacks");
   double t0 = now_ms();
   for (int i = 0; i < n; i++) {
     nh_event ev;
@@ -242,7 +246,7 @@ int main(int argc, char **argv) {
     NH_CHECK(nh_event_get_info(rt, ev, &info));
     NH_CHECK(nh_event_release(rt, ev));
     const char *dev = info.device >= 0 && (uint32_t)info.device < ndev ? infos[info.device].name : "?";
-    printf("%-12s [%d] %-26.26s %10.1f %9u\n", ops[i].name, info.device, dev, info.run_ns / 1e3, info.fallbacks);
+    printf("%-12s [%d] %-*s %10.1f %9u\n", ops[i].name, info.device, w, dev, info.run_ns / 1e3, info.fallbacks);
   }
   printf("block, op by op: %.2f ms\n\n", now_ms() - t0);
 
@@ -277,12 +281,12 @@ int main(int argc, char **argv) {
     printf("trace written to %s (open in https://ui.perfetto.dev or chrome://tracing)\n\n", trace);
   }
 
-  printf("%-4s %-30s %8s %12s %9s %9s\n", "dev", "name", "ops", "busy (ms)", "failures", "fallbacks");
+  printf("%-4s %-*s %8s %12s %9s %9s\n", "dev", w, "name", "ops", "busy (ms)", "failures", "fallbacks");
   for (uint32_t i = 0; i < ndev && i < 16; i++) {
     nh_device_stats st;
     st.struct_size = sizeof st;
     NH_CHECK(nh_device_get_stats(rt, i, &st));
-    printf("[%u]  %-30.30s %8llu %12.2f %9llu %9llu\n", i, infos[i].name, (unsigned long long)st.ops_run,
+    printf("[%u]  %-*s %8llu %12.2f %9llu %9llu\n", i, w, infos[i].name, (unsigned long long)st.ops_run,
            st.busy_ns / 1e6, (unsigned long long)st.failures, (unsigned long long)st.fallbacks);
   }
 

@@ -269,6 +269,7 @@ typedef struct {
   float attn_scale;
   uint32_t reserved0;
   // Workload tags "key=value,key=value" for the policy (e.g. "phase=decode"); may be NULL.
+  // At most 64 tags in 4096 bytes.
   const char *tags;
 } nh_op_desc;
 
@@ -310,13 +311,17 @@ typedef struct {
   uint32_t struct_size;
   // NH_ENABLE_* bits.
   uint32_t devices;
-  // CPU worker threads; 0 = one per core.
+  // CPU worker threads; 0 = one per core; at most 1024.
   uint32_t threads;
   // An `nh_policy_kind` value.
   uint32_t policy_kind;
   // Built-in name, file path or source text (per policy_kind); NULL = built-in "default".
   const char *policy;
-  // Log callback; NULL = messages at `log_level` and above go to stderr.
+  // Log callback; NULL = messages at `log_level` and above go to stderr. Each runtime has
+  // its own: the callback gets the messages logged while this runtime is created and the
+  // library's other messages (which runtime they concern is not known), never after
+  // `nh_runtime_destroy` of this runtime returns. Another runtime's settings do not
+  // change it. It must not call `nh_runtime_destroy`.
   nh_log_fn log_callback;
   void *log_user_data;
   // 0 = off, 1 = error, 2 = warn (default), 3 = info, 4 = debug, 5 = trace.
@@ -378,10 +383,17 @@ nh_status nh_buffer_alloc(nh_runtime runtime, size_t size, nh_buffer *out_buffer
 // weight. Keep weights in `nh_buffer_alloc` or file-mapped buffers.
 nh_status nh_buffer_import(nh_runtime runtime, void *ptr, size_t size, nh_buffer *out_buffer);
 
-// Maps a file read-only (model weights). Ops may read it; writing it is rejected.
+// Maps a file read-only (model weights). Ops may read it; writing it is rejected. `path`
+// must name a regular file. The file must not be truncated or rewritten while it is mapped:
+// reading past its new end would kill the process with SIGBUS, as with any memory-mapped
+// loader. Reads, maps and submits check its size first and fail with NH_ERR_IO once it
+// shrank, but a truncation racing an op in progress cannot be caught.
 nh_status nh_buffer_map_file(nh_runtime runtime, const char *path, nh_buffer *out_buffer);
 
-// Destroys a buffer after the ops using it have completed. Its handle is invalid afterwards.
+// Destroys a buffer. Its handle is invalid as soon as the call starts (a submit made
+// meanwhile fails with NH_ERR_INVALID_HANDLE); the call returns once every op holding the
+// buffer has completed, including ops other threads were submitting at that moment, so
+// imported memory may be freed as soon as it returns.
 nh_status nh_buffer_destroy(nh_runtime runtime, nh_buffer buffer);
 
 nh_status nh_buffer_size(nh_runtime runtime, nh_buffer buffer, size_t *out_size);
@@ -495,8 +507,11 @@ nh_status nh_runtime_desc_init(nh_runtime_desc *desc);
 // does not compile.
 nh_status nh_runtime_create(const nh_runtime_desc *desc, nh_runtime *out_runtime);
 
-// Destroys a runtime: ops in flight complete first, then its buffers, events and graphs
-// are released. The handle (and every handle it issued) is invalid afterwards.
+// Destroys a runtime: calls on it that other threads are inside of return first (a
+// waiting `nh_event_wait` returns when its op completes), ops in flight complete, then its
+// buffers, events and graphs are released. The handle (and every handle it issued) is
+// invalid as soon as the call starts: calls made meanwhile fail with NH_ERR_INVALID_HANDLE.
+// After it returns, no op touches imported memory. Do not call it from a log callback.
 nh_status nh_runtime_destroy(nh_runtime runtime);
 
 // Blocks until every op submitted to the runtime has completed.
@@ -529,8 +544,10 @@ nh_status nh_policy_dump(nh_runtime runtime, char *buf, size_t capacity, size_t 
 // stays valid until the next `nh_` call on the same thread. Never NULL.
 const char *nh_last_error_message(void);
 
-// A static name for a status, e.g. "NH_ERR_INVALID_HANDLE". Never NULL.
-const char *nh_status_name(nh_status status);
+// A static name for a status, e.g. "NH_ERR_INVALID_HANDLE"; "unknown status" for a value
+// that is not an `nh_status` (the parameter is an int so that any value a caller passes is
+// defined behaviour). Never NULL.
+const char *nh_status_name(int status);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -65,8 +65,10 @@ impl<T: Clone> HandleTable<T> {
         }
         if tag != self.tag {
             return Err(Error::InvalidHandle(format!(
-                "{} handle {handle:#x} belongs to another runtime or is not a {} handle",
-                self.what, self.what
+                "{} handle {handle:#x} belongs to another runtime or is not {} {} handle",
+                self.what,
+                article(self.what),
+                self.what
             )));
         }
         match self.slots.get(index as usize) {
@@ -124,9 +126,34 @@ fn unpack(handle: u64) -> (u16, u16, u32) {
     ((handle >> 48) as u16, (handle >> 32) as u16, handle as u32)
 }
 
+/// "an event", "a buffer".
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_name_the_kind_of_handle_in_plain_english() {
+        let events: HandleTable<u32> = HandleTable::new("event");
+        let mut buffers: HandleTable<u32> = HandleTable::new("buffer");
+        let h = buffers.insert(1);
+        let msg = events.get(h).unwrap_err().to_string();
+        assert!(msg.contains("is not an event handle"), "{msg}");
+        let msg = buffers.get(events_like(h)).unwrap_err().to_string();
+        assert!(msg.contains("is not a buffer handle"), "{msg}");
+    }
+
+    /// The same slot under another table's tag.
+    fn events_like(h: u64) -> u64 {
+        h ^ (1 << 63)
+    }
 
     #[test]
     fn stale_foreign_and_null_handles_are_rejected() {

@@ -22,4 +22,5 @@ pub mod trace;
 pub use event::{Event, EventInfo};
 pub use runtime::{PolicySource, Runtime, RuntimeConfig};
 pub mod ffi;
+mod files;
 mod logging;

@@ -40,6 +40,9 @@ pub struct RuntimeConfig {
     pub threads: usize,
     /// Where performance history is kept between runs; None = not kept.
     pub perf_cache_dir: Option<PathBuf>,
+    /// Start without the saved history (it is overwritten when the runtime ends). Defaults
+    /// to the environment variable `NPUHYBRID_PERF_RESET` being set to anything but "0".
+    pub perf_reset: bool,
     /// Bytes of freed host blocks the pool keeps for reuse.
     pub pool_cache_bytes: u64,
     /// How often thermal rules are evaluated; None = only through `thermal_tick` (tests
@@ -63,6 +66,7 @@ impl Default for RuntimeConfig {
             policy: PolicySource::Builtin("default".into()),
             threads: 0,
             perf_cache_dir: perf_model::default_cache_dir(),
+            perf_reset: std::env::var_os("NPUHYBRID_PERF_RESET").is_some_and(|v| !v.is_empty() && v != "0"),
             pool_cache_bytes: 256 << 20,
             thermal_period: Some(Duration::from_millis(100)),
             sys_root: SysRoot::real(),
@@ -130,20 +134,21 @@ impl Runtime {
         let policy = compile_policy(&config.policy)?;
         let devices: Vec<Device> = backends.into_iter().enumerate().map(|(i, b)| Device::new(i, b)).collect();
         if let Some(dir) = &config.perf_cache_dir {
-            for d in &devices {
+            // Said at info level: saved history changes placement from one run to the next.
+            if config.perf_reset {
+                log::info!("performance history in {} ignored (reset); it is rewritten at exit", dir.display());
+            }
+            for d in devices.iter().filter(|_| !config.perf_reset) {
                 let path = dir.join(d.model.file_name());
                 if d.model.load(dir) {
                     log::info!(
-                        "{}: performance history from {} (it steers placement; delete it to start over)",
+                        "{}: performance history from {} (it steers placement; NPUHYBRID_PERF_RESET=1 \
+                         starts afresh)",
                         d.info.name,
                         path.display()
                     );
                 } else {
-                    log::info!(
-                        "{}: no performance history yet; it will be kept in {}",
-                        d.info.name,
-                        path.display()
-                    );
+                    log::info!("{}: no performance history yet; it will be kept in {}", d.info.name, path.display());
                 }
             }
         }
@@ -256,9 +261,21 @@ impl Runtime {
         crate::device::apply(&self.sys_root, plan, dry_run)
     }
 
-    /// What this machine lets be configured, as `key: value` lines.
+    /// What this machine lets be configured, as `key: value` lines; one line saying so when
+    /// nothing is (an empty answer read as a failure).
     pub fn configurable(&self) -> Vec<(String, String)> {
-        Configurable::discover(&self.sys_root).describe()
+        let found = Configurable::discover(&self.sys_root).describe();
+        if !found.is_empty() {
+            return found;
+        }
+        vec![(
+            "nothing".into(),
+            format!(
+                "no amdxdna NPU, amdgpu card with a performance level or cpufreq policy with an \
+                 energy preference was found under {}",
+                self.sys_root.0.display()
+            ),
+        )]
     }
 
     /// Injects a fault into a simulated device.
@@ -305,9 +322,11 @@ impl Runtime {
 
     /// Maps a file read-only (model weights).
     pub fn map_file(&self, path: &Path) -> Result<BufferId> {
-        let file = std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        // Regular files only: a FIFO would block here forever, a directory fail obscurely.
+        let file =
+            crate::files::open_regular(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
         let map = Buffer::map_file(&file)?;
-        Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::mapped(id, map))))
+        Ok(self.buffers.write().insert_with(|id| Arc::new(Buffer::mapped(id, map, file))))
     }
 
     pub fn buffer(&self, id: BufferId) -> Result<Arc<Buffer>> {
@@ -322,10 +341,13 @@ impl Runtime {
         }
     }
 
+    /// Invalidates the handle at once (later submits fail with an invalid handle), then waits
+    /// for every op holding the buffer, including ops other threads were submitting at that
+    /// moment: after it returns, no op touches the memory (imported memory may be freed).
     pub fn destroy_buffer(&self, id: BufferId) -> Result<()> {
-        self.buffer(id)?;
-        self.quiesce(id);
-        self.buffers.write().remove(id).map(|_| ())
+        let buf = self.buffers.write().remove(id)?;
+        buf.wait_unused();
+        Ok(())
     }
 
     pub fn write(&self, id: BufferId, offset: usize, data: &[u8]) -> Result<()> {
@@ -337,6 +359,7 @@ impl Runtime {
     pub fn read(&self, id: BufferId, offset: usize, out: &mut [u8]) -> Result<()> {
         let buf = self.buffer(id)?;
         self.quiesce(id);
+        buf.check_mapping()?;
         buf.read(offset, out)
     }
 
@@ -345,6 +368,7 @@ impl Runtime {
     pub fn map(&self, id: BufferId) -> Result<(*mut u8, usize)> {
         let buf = self.buffer(id)?;
         self.quiesce(id);
+        buf.check_mapping()?;
         Ok((buf.as_ptr(), buf.len()))
     }
 
@@ -371,7 +395,9 @@ impl Runtime {
         let mut buffers: Vec<Arc<Buffer>> = Vec::with_capacity(crate::op::MAX_INPUTS + 1);
         for v in op.views() {
             if !buffers.iter().any(|b| b.id() == v.buffer) {
-                buffers.push(table.get(v.buffer)?);
+                let b = table.get(v.buffer)?;
+                b.check_mapping()?;
+                buffers.push(b);
             }
         }
         Ok(OpMemory::new(buffers))
@@ -418,6 +444,9 @@ impl Runtime {
                 let table = self.buffers.read();
                 ids.iter().map(|&id| table.get(id)).collect::<Result<_>>()?
             };
+            for b in &resolved {
+                b.check_mapping()?;
+            }
             per_op
                 .iter()
                 .map(|idx| OpMemory::new(idx.iter().map(|&i| Arc::clone(&resolved[i as usize])).collect()))
@@ -454,12 +483,18 @@ impl Runtime {
         self.sched.drain();
     }
 
+    /// A consistent snapshot: completed + failed <= submitted, although ops keep running.
     pub fn stats(&self) -> RuntimeStats {
         let c = &self.sched.counters;
+        // An op is counted submitted before it can finish: read the finished counts first, and
+        // still clamp, as the counters are not updated together.
+        let ops_failed = c.failed.load(Ordering::Acquire);
+        let ops_completed = c.completed.load(Ordering::Acquire);
+        let submitted = c.submitted.load(Ordering::Acquire);
         RuntimeStats {
-            ops_submitted: c.submitted.load(Ordering::Relaxed),
-            ops_completed: c.completed.load(Ordering::Relaxed),
-            ops_failed: c.failed.load(Ordering::Relaxed),
+            ops_submitted: submitted.max(ops_completed + ops_failed),
+            ops_completed,
+            ops_failed,
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
             split_ops: c.split_ops.load(Ordering::Relaxed),
             inline_ops: c.inline_ops.load(Ordering::Relaxed),

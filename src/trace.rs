@@ -29,7 +29,8 @@ impl Trace {
 
     pub fn start(&self, path: &Path) -> crate::Result<()> {
         // Fail now rather than at stop if the file cannot be written.
-        std::fs::write(path, b"")?;
+        crate::files::write_regular(path, b"")
+            .map_err(|e| crate::Error::Io(format!("{}: {e}", path.display())))?;
         let mut events: Vec<Value> =
             vec![json!({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "npuhybrid"}})];
         for (i, lane) in self.lanes.iter().enumerate() {
@@ -49,7 +50,9 @@ impl Trace {
         }
         let n = sink.events.len();
         let doc = json!({"traceEvents": sink.events, "displayTimeUnit": "ns"});
-        std::fs::write(&sink.path, serde_json::to_vec(&doc).map_err(|e| crate::Error::Io(e.to_string()))?)?;
+        let bytes = serde_json::to_vec(&doc).map_err(|e| crate::Error::Io(e.to_string()))?;
+        crate::files::write_regular(&sink.path, &bytes)
+            .map_err(|e| crate::Error::Io(format!("{}: {e}", sink.path.display())))?;
         Ok(n)
     }
 

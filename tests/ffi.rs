@@ -52,7 +52,7 @@ fn version_status_names_and_last_error() {
     let v = unsafe { CStr::from_ptr(nh_version()) }.to_str().unwrap();
     assert_eq!(v, env!("CARGO_PKG_VERSION"));
     assert_eq!(nh_abi_version(), 1);
-    let name = unsafe { CStr::from_ptr(nh_status_name(NH_ERR_INVALID_HANDLE)) }.to_str().unwrap();
+    let name = unsafe { CStr::from_ptr(nh_status_name(NH_ERR_INVALID_HANDLE as i32)) }.to_str().unwrap();
     assert_eq!(name, "NH_ERR_INVALID_HANDLE");
     assert_eq!(nh_runtime_destroy(nh_runtime { id: 7 }), NH_ERR_INVALID_HANDLE);
     assert!(last_error().contains("runtime"), "{}", last_error());
@@ -319,4 +319,52 @@ fn cpu_flags_switch_behaviours_off_and_reject_unknown_bits() {
     let mut rt = nh_runtime::default();
     assert_eq!(nh_runtime_create(&d, &mut rt), NH_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("cpu_flags"), "{}", last_error());
+}
+
+static LOG_A: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LOG_B: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe extern "C" fn count_log(_level: u32, _msg: *const std::ffi::c_char, user: *mut std::ffi::c_void) {
+    (*(user as *const std::sync::atomic::AtomicUsize)).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn logged_runtime(counter: Option<&'static std::sync::atomic::AtomicUsize>, level: u32) -> nh_runtime {
+    let mut d: nh_runtime_desc = unsafe { zeroed() };
+    assert_eq!(nh_runtime_desc_init(&mut d), NH_OK);
+    let dir = CString::new("").unwrap();
+    d.perf_cache_dir = dir.as_ptr();
+    if let Some(c) = counter {
+        d.log_callback = Some(count_log);
+        d.log_user_data = c as *const _ as *mut std::ffi::c_void;
+    }
+    d.log_level = level;
+    let mut rt = nh_runtime::default();
+    assert_eq!(nh_runtime_create(&d, &mut rt), NH_OK, "{}", last_error());
+    rt
+}
+
+/// Issue 17, item 6: a runtime's log callback is never called after its runtime is destroyed,
+/// and a runtime created with logging off does not disconnect another's callback.
+#[test]
+fn log_callbacks_live_and_die_with_their_runtime() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let load = |rt: nh_runtime| {
+        // Loading a policy logs "policy '...' is active" at info.
+        let name = CString::new("battery_saver").unwrap();
+        assert_eq!(nh_policy_load(rt, nh_policy_kind::NH_POLICY_BUILTIN as u32, name.as_ptr()), NH_OK);
+    };
+    let a = logged_runtime(Some(&LOG_A), 3);
+    let b = logged_runtime(Some(&LOG_B), 3);
+    let quiet = logged_runtime(None, 0);
+    let (a0, b0) = (LOG_A.load(SeqCst), LOG_B.load(SeqCst));
+    load(b);
+    assert!(LOG_B.load(SeqCst) > b0, "b's callback still gets messages after a quiet runtime was created");
+    assert_eq!(nh_runtime_destroy(a), NH_OK);
+    let a1 = LOG_A.load(SeqCst);
+    assert!(a1 >= a0);
+    load(b);
+    load(quiet);
+    assert_eq!(LOG_A.load(SeqCst), a1, "a destroyed runtime's callback was called");
+    assert_eq!(nh_runtime_destroy(b), NH_OK);
+    assert_eq!(nh_runtime_destroy(quiet), NH_OK);
 }

@@ -78,3 +78,20 @@ fn dump_prints_the_tables_and_usage_errors_exit_2() {
     assert_eq!(run(&["frobnicate", "default"]).status.code(), Some(2));
     assert_eq!(run(&["explain", "default", "--op", "conv"]).status.code(), Some(2));
 }
+
+/// What a new user mistypes: the errors list what would have been accepted.
+#[test]
+fn errors_list_the_valid_choices() {
+    let o = run(&["explain", "default", "--op", "matmull"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown op 'matmull' (one of matmul, add,"), "{}", stderr(&o));
+    let o = run(&["explain", "default", "--op", "matmul", "--dtype", "fp32"]);
+    assert!(stderr(&o).contains("unknown dtype 'fp32' (one of f32, f16, bf16"), "{}", stderr(&o));
+    let o = run(&["check", "llm-inference"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("'llm-inference' is neither a file nor a built-in policy (battery_saver, continuous_audio, default, llm_inference)"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -156,6 +156,25 @@ fn mapped_files_are_read_only_inputs() {
     assert!(rt.write(w, 0, &[0; 4]).is_err());
 }
 
+/// Issue 17, item 8: a mapped file truncated after mapping used to kill the process with
+/// SIGBUS on the next read or op; reads and submits now notice it first and fail.
+#[test]
+fn a_mapped_file_truncated_later_is_an_error_not_sigbus() {
+    let rt = runtime_with(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.bin");
+    std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
+    let w = rt.map_file(&path).unwrap();
+    let out = rt.alloc(3 * 4096).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(100).unwrap();
+    let mut back = vec![0u8; 3 * 4096];
+    let err = rt.read(w, 0, &mut back).unwrap_err().to_string();
+    assert!(err.contains("truncated"), "{err}");
+    let err = rt.submit(add(w, w, out, 3 * 1024)).unwrap_err().to_string();
+    assert!(err.contains("truncated"), "{err}");
+    assert!(rt.map(w).is_err());
+}
+
 #[test]
 fn pool_memory_returns_to_baseline() {
     let rt = runtime_with(vec![]);
@@ -252,6 +271,11 @@ fn performance_history_is_saved_and_loaded() {
     assert!(std::fs::read_dir(dir.path()).unwrap().count() >= 1, "history file written");
     let rt = Runtime::with_backends(cfg(), vec![cpu()]).unwrap();
     assert!(rt.scheduler().devices[0].model.samples() >= 5, "second run starts calibrated");
+    drop(rt);
+    // Asked to, a runtime starts without it (NPUHYBRID_PERF_RESET sets this by default).
+    let rt =
+        Runtime::with_backends(npuhybrid::RuntimeConfig { perf_reset: true, ..cfg() }, vec![cpu()]).unwrap();
+    assert_eq!(rt.scheduler().devices[0].model.samples(), 0, "history was reset");
 }
 
 #[test]
@@ -283,4 +307,49 @@ fn a_panicking_backend_fails_that_op_there_and_it_falls_back() {
     assert_eq!(ev.outcome().1.device, Some(0));
     assert!(ev.outcome().1.fallbacks >= 1);
     assert_close(&download(&rt, bc, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+}
+
+/// Issue 17, item 9: statistics read while ops run are a consistent snapshot.
+#[test]
+fn stats_never_count_more_finished_than_submitted() {
+    let rt = std::sync::Arc::new(runtime_with(vec![]));
+    let n = 64;
+    let x = upload(&rt, &vec![0.0; n]);
+    let one = upload(&rt, &vec![1.0; n]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let submitter = {
+        let (rt, stop) = (std::sync::Arc::clone(&rt), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 200_000 {
+                let y = if i % 2 == 0 { x } else { one };
+                rt.submit(add(y, y, y, n)).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let s = rt.stats();
+        assert!(s.ops_completed + s.ops_failed <= s.ops_submitted, "{s:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    submitter.join().unwrap();
+}
+
+/// What the checker's "uses only npu" warning promises: with no NPU, such a rule's ops are not
+/// lost, the backstop runs them on the CPU.
+#[test]
+fn an_npu_only_rule_without_an_npu_runs_on_the_backstop() {
+    let policy = npuhybrid::PolicySource::Source {
+        origin: "npu_only.nhp".into(),
+        text: "rule m {\n  when op = matmul\n  use npu\n}\nrule rest {\n  use cpu\n}\n".into(),
+    };
+    let rt = Runtime::with_backends(npuhybrid::RuntimeConfig { policy, ..config() }, vec![cpu()]).unwrap();
+    assert_eq!(rt.policy().warnings().len(), 1, "{:?}", rt.policy().warnings());
+    let a = upload(&rt, &random(16 * 16, 3));
+    let c = rt.alloc(16 * 16 * 4).unwrap();
+    let ev = rt.submit(matmul(a, a, c, 16, 16, 16)).unwrap();
+    ev.wait(None).unwrap();
+    assert_eq!(ev.outcome().1.device, Some(0));
 }

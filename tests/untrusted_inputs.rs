@@ -94,12 +94,12 @@ fn size_limit_for_text_and_files() {
         headline(compile_file(&path, &PolicyLimits::default())),
         format!("{0}: error: {0} is larger than the limit of 262144 bytes for a policy file", path.display())
     );
-    // An endless file is read only up to the limit.
+    // An endless device is not read at all: policies are regular files (issue 17, item 7).
     let started = std::time::Instant::now();
     let zero = Path::new("/dev/zero");
     assert_eq!(
         headline(compile_file(zero, &PolicyLimits::default())),
-        "/dev/zero: error: /dev/zero is larger than the limit of 262144 bytes for a policy file"
+        "/dev/zero: error: cannot read /dev/zero: is a character device, not a regular file"
     );
     assert!(started.elapsed().as_secs() < 5);
     // An included file is limited the same way.
@@ -361,4 +361,90 @@ fn overflowing_shapes_from_c_are_invalid_arguments_not_panics() {
         assert_eq!(nh_submit(rt, &op, &mut ev), nh_status::NH_ERR_INVALID_ARGUMENT, "{shape:?}");
     }
     assert_eq!(nh_runtime_destroy(rt), nh_status::NH_OK);
+}
+
+fn mkfifo(path: &Path) {
+    fs::create_dir_all(path.parent().expect("parent")).expect("writable");
+    let c = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+/// Issue 17, item 7: FIFOs (and other special files) named by a caller, a policy or a fake
+/// sysfs tree are refused at once with an error naming them; each used to block for ever.
+#[test]
+fn fifos_are_refused_instead_of_blocking() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("pipe.nhp");
+    mkfifo(&fifo);
+    let started = std::time::Instant::now();
+    let rt = Runtime::new(RuntimeConfig {
+        perf_cache_dir: None,
+        telemetry_period: None,
+        thermal_period: None,
+        threads: 2,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let err = rt.map_file(&fifo).expect_err("a FIFO is no weight file").to_string();
+    assert!(err.contains("pipe") && err.contains("FIFO"), "{err}");
+    let err = rt.map_file(dir.path()).expect_err("a directory is no weight file").to_string();
+    assert!(err.contains(&dir.path().display().to_string()) && err.contains("directory"), "{err}");
+    let err = rt.load_policy(&PolicySource::File(fifo.clone())).expect_err("FIFO policy").to_string();
+    assert!(err.contains("FIFO"), "{err}");
+    let main = write(dir.path(), "main.nhp", "include \"pipe.nhp\"\nrule rest {\n  use cpu\n}\n");
+    let err = rt.load_policy(&PolicySource::File(main)).expect_err("FIFO include").to_string();
+    assert!(err.contains("FIFO"), "{err}");
+    let err = rt.trace_start(&fifo).expect_err("a FIFO is no trace file").to_string();
+    assert!(err.contains("FIFO"), "{err}");
+    drop(rt);
+
+    // Every sensor and configuration file of a caller's tree is a FIFO.
+    let sys = fake_sys();
+    for f in [
+        "sys/class/thermal/thermal_zone0/temp",
+        "sys/class/drm/card1/device/power_dpm_force_performance_level",
+        "sys/devices/system/cpu/cpufreq/policy0/energy_performance_preference",
+        "sys/devices/system/cpu/cpufreq/policy0/energy_performance_available_preferences",
+    ] {
+        fs::remove_file(sys.path().join(f)).expect("exists");
+        mkfifo(&sys.path().join(f));
+    }
+    let rt = Runtime::new(RuntimeConfig {
+        perf_cache_dir: None,
+        telemetry_period: Some(std::time::Duration::from_millis(50)),
+        sys_root: SysRoot::new(sys.path()),
+        threads: 2,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime over a tree of FIFOs");
+    let _ = rt.configurable();
+    let plan = ConfigPlan {
+        npu_power_mode: None,
+        gpu_performance_level: Some("high".into()),
+        cpu_energy_preference: None,
+    };
+    assert!(rt.configure(&plan, false).is_err());
+    drop(rt);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+}
+
+/// A machine with nothing configurable says so instead of answering an empty list.
+#[test]
+fn configurable_says_when_nothing_is() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let rt = Runtime::new(RuntimeConfig {
+        perf_cache_dir: None,
+        telemetry_period: None,
+        thermal_period: None,
+        sys_root: SysRoot::new(empty.path()),
+        threads: 2,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let lines = rt.configurable();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].0, "nothing");
+    assert!(
+        lines[0].1.contains("no amdxdna NPU") && lines[0].1.contains(&empty.path().display().to_string())
+    );
 }

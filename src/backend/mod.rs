@@ -88,7 +88,11 @@ pub struct OpMemory {
 }
 
 impl OpMemory {
+    /// Holds each buffer until dropped: destroying one waits for every op holding it.
     pub fn new(buffers: Vec<Arc<Buffer>>) -> OpMemory {
+        for b in &buffers {
+            b.hold_op();
+        }
         OpMemory { buffers }
     }
 
@@ -107,6 +111,14 @@ impl OpMemory {
 
     pub fn buffers(&self) -> &[Arc<Buffer>] {
         &self.buffers
+    }
+}
+
+impl Drop for OpMemory {
+    fn drop(&mut self) {
+        for b in &self.buffers {
+            b.release_op();
+        }
     }
 }
 
@@ -200,11 +212,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// The thread pool this device's ops run on, where it has one: the device's first worker
-    /// thread lives inside it, so an op's parallel kernels start on the worker itself instead
-    /// of waking the pool from outside and sleeping until it is done (two thread switches per
-    /// op, a large share of a small op's time on two cores).
-    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+    /// A thread of the pool this device's ops run on, held for the device's first worker loop
+    /// (`cpu/seat.rs`), where the device has a pool: an op's parallel kernels then start on the
+    /// worker itself instead of waking the pool from outside and sleeping until it is done
+    /// (two thread switches per op, a large share of a small op's time on two cores).
+    fn host_seat(&self) -> Option<cpu::Seat> {
         None
     }
 
@@ -263,8 +275,8 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn touches_outputs(&self) -> bool {
         (**self).touches_outputs()
     }
-    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
-        (**self).host_pool()
+    fn host_seat(&self) -> Option<cpu::Seat> {
+        (**self).host_seat()
     }
     fn readings(&self) -> DeviceReadings {
         (**self).readings()

@@ -47,6 +47,12 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
+            if !Path::new(file).exists() {
+                eprintln!(
+                    "'{file}' is neither a file nor a built-in policy ({})",
+                    policy::builtin_names().join(", ")
+                );
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -83,6 +89,15 @@ fn load(file: &str) -> Result<std::sync::Arc<CompiledPolicy>, policy::PolicyErro
 
 type Query = (OpKind, DType, OpDims, Tags);
 
+/// "one of matmul, add, ...", for error messages.
+fn op_names() -> String {
+    format!("one of {}", OpKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "))
+}
+
+fn dtype_names() -> String {
+    format!("one of {}", DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>().join(", "))
+}
+
 fn parse_query(args: &[String]) -> Result<Query, String> {
     let mut kind = None;
     let mut dtype = DType::F32;
@@ -95,8 +110,16 @@ fn parse_query(args: &[String]) -> Result<Query, String> {
         let number =
             || value.parse::<usize>().map_err(|_| format!("{flag}: '{value}' is not a whole number"));
         match flag.as_str() {
-            "--op" => kind = Some(OpKind::from_name(value).ok_or_else(|| format!("unknown op '{value}'"))?),
-            "--dtype" => dtype = DType::from_name(value).ok_or_else(|| format!("unknown dtype '{value}'"))?,
+            "--op" => {
+                kind = Some(
+                    OpKind::from_name(value)
+                        .ok_or_else(|| format!("unknown op '{value}' ({})", op_names()))?,
+                )
+            }
+            "--dtype" => {
+                dtype = DType::from_name(value)
+                    .ok_or_else(|| format!("unknown dtype '{value}' ({})", dtype_names()))?
+            }
             "--m" => dims.m = number()?,
             "--n" => dims.n = number()?,
             "--k" => dims.k = number()?,

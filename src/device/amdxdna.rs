@@ -102,7 +102,8 @@ fn ioctl_name(request: u64) -> &'static str {
 
 /// Opens an NPU node (GET_INFO needs read access, SET_STATE write access).
 pub fn open_node(path: &Path, write: bool) -> Result<File> {
-    File::options().read(true).write(write).open(path).map_err(|e| super::sysfs::io_error("open", path, e))
+    crate::files::open(path, File::options().read(true).write(write), crate::files::Expect::CharDevice)
+        .map_err(|e| super::sysfs::io_error("open", path, e))
 }
 
 /// Issues one GET_INFO / SET_STATE with `value` as the parameter buffer.

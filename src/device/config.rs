@@ -37,8 +37,9 @@ pub struct ConfigPlan {
 pub enum Action {
     /// Write `value` to the sysfs attribute `path` (a system path, e.g. `/sys/...`).
     WriteSysfs { path: PathBuf, value: String, previous: String },
-    /// `DRM_IOCTL_AMDXDNA_SET_STATE(DRM_AMDXDNA_SET_POWER_MODE)` on `node`.
-    NpuPowerMode { node: PathBuf, mode: PowerMode, previous: PowerMode },
+    /// `DRM_IOCTL_AMDXDNA_SET_STATE(DRM_AMDXDNA_SET_POWER_MODE)` on `node`. `previous` is None
+    /// only in a dry run whose read of the current mode failed (say, on a fake tree).
+    NpuPowerMode { node: PathBuf, mode: PowerMode, previous: Option<PowerMode> },
 }
 
 impl fmt::Display for Action {
@@ -53,7 +54,7 @@ impl fmt::Display for Action {
                 mode.name(),
                 mode.amdxdna_value(),
                 node.display(),
-                previous.name()
+                previous.map_or("unknown: the current mode could not be read", |p| p.name())
             ),
         }
     }
@@ -164,7 +165,14 @@ impl Configurable {
 }
 
 /// The exact actions `plan` needs on this machine, skipping settings already in place.
-pub fn plan_actions(root: &SysRoot, plan: &ConfigPlan, npu: &dyn NpuPowerControl) -> Result<Vec<Action>> {
+/// A dry run lists an NPU action even when the current mode cannot be read (its previous
+/// mode is then unknown); a real run needs it, to roll back.
+pub fn plan_actions(
+    root: &SysRoot,
+    plan: &ConfigPlan,
+    npu: &dyn NpuPowerControl,
+    dry_run: bool,
+) -> Result<Vec<Action>> {
     let found = Configurable::discover(root);
     let mut actions = Vec::new();
     if let Some(level) = &plan.gpu_performance_level {
@@ -217,8 +225,12 @@ pub fn plan_actions(root: &SysRoot, plan: &ConfigPlan, npu: &dyn NpuPowerControl
             ));
         }
         for n in &found.npus {
-            let previous = npu.get(&root.path(&n.dev))?;
-            if previous != mode {
+            let previous = match npu.get(&root.path(&n.dev)) {
+                Ok(previous) => Some(previous),
+                Err(_) if dry_run => None,
+                Err(e) => return Err(e),
+            };
+            if previous != Some(mode) {
                 actions.push(Action::NpuPowerMode { node: n.dev.clone(), mode, previous });
             }
         }
@@ -236,7 +248,9 @@ fn perform(root: &SysRoot, action: &Action, npu: &dyn NpuPowerControl) -> Result
 fn undo(root: &SysRoot, action: &Action, npu: &dyn NpuPowerControl) -> Result<()> {
     match action {
         Action::WriteSysfs { path, previous, .. } => root.write(path, previous),
-        Action::NpuPowerMode { node, previous, .. } => npu.set(&root.path(node), *previous),
+        Action::NpuPowerMode { node, previous: Some(previous), .. } => npu.set(&root.path(node), *previous),
+        // Only dry runs have an unknown previous mode, and they change nothing.
+        Action::NpuPowerMode { previous: None, .. } => Ok(()),
     }
 }
 
@@ -253,7 +267,7 @@ pub fn apply_with(
     dry_run: bool,
     npu: &dyn NpuPowerControl,
 ) -> Result<Vec<Action>> {
-    let actions = plan_actions(root, plan, npu)?;
+    let actions = plan_actions(root, plan, npu, dry_run)?;
     if dry_run {
         return Ok(actions);
     }
@@ -396,6 +410,35 @@ mod tests {
         assert_eq!(*npu.mode.lock(), PowerMode::Default);
     }
 
+    /// On a fake tree the NPU node is no device: a dry run still lists the whole plan (it
+    /// used to fail whole with "Inappropriate ioctl"); a real run still refuses.
+    #[test]
+    fn a_dry_run_lists_an_npu_change_whose_current_mode_cannot_be_read() {
+        struct Unreadable;
+        impl NpuPowerControl for Unreadable {
+            fn get(&self, node: &Path) -> Result<PowerMode> {
+                Err(Error::Io(format!(
+                    "ioctl on {}: Inappropriate ioctl for device (os error 25)",
+                    node.display()
+                )))
+            }
+            fn set(&self, _: &Path, _: PowerMode) -> Result<()> {
+                unreachable!("a dry run sets nothing")
+            }
+        }
+        let (_d, root) = fake_tree();
+        let actions = apply_with(&root, &full_plan(), true, &Unreadable).unwrap();
+        assert_eq!(actions.len(), 4);
+        assert_eq!(
+            actions[3].to_string(),
+            "ioctl DRM_IOCTL_AMDXDNA_SET_STATE(DRM_AMDXDNA_SET_POWER_MODE, turbo=4) on /dev/accel/accel0 \
+             (was unknown: the current mode could not be read)"
+        );
+        let err = apply_with(&root, &full_plan(), false, &Unreadable).unwrap_err();
+        assert!(err.to_string().contains("Inappropriate ioctl"), "{err}");
+        assert_eq!(values(&root), ["auto", "balance_performance", "balance_performance"]);
+    }
+
     #[test]
     fn apply_changes_everything_and_skips_settings_in_place() {
         let (_d, root) = fake_tree();
@@ -477,7 +520,10 @@ mod tests {
     fn the_real_ioctl_path_reports_a_fake_node_cleanly() {
         let (_d, root) = fake_tree();
         let plan = ConfigPlan { npu_power_mode: Some(PowerMode::Balanced), ..Default::default() };
-        let err = apply(&root, &plan, true).unwrap_err();
+        // A dry run lists the change (the current mode is unknown); a real run names the call.
+        let actions = apply(&root, &plan, true).unwrap();
+        assert!(matches!(actions[..], [Action::NpuPowerMode { previous: None, .. }]), "{actions:?}");
+        let err = apply(&root, &plan, false).unwrap_err();
         assert!(err.to_string().contains("DRM_IOCTL_AMDXDNA_GET_INFO(GET_POWER_MODE)"), "{err}");
     }
 }

@@ -25,10 +25,33 @@ impl SysRoot {
         self.0.join(abs.strip_prefix("/").unwrap_or(abs))
     }
 
+    /// The real path of `abs` under this root for a write, refused when a symlink leads out of
+    /// the root (a caller's tree must not make the library write elsewhere). Reads follow the
+    /// tree's links, as in the real sysfs, but only ever read regular files.
+    fn resolve_for_write(&self, abs: impl AsRef<Path>) -> std::io::Result<PathBuf> {
+        let path = self.path(abs);
+        if self.0 == Path::new("/") {
+            return Ok(path);
+        }
+        let (real, root) = (fs::canonicalize(&path)?, fs::canonicalize(&self.0)?);
+        if !real.starts_with(&root) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("leads out of the system root {} (to {})", self.0.display(), real.display()),
+            ));
+        }
+        Ok(real)
+    }
+
+    fn read_file(&self, abs: impl AsRef<Path>) -> std::io::Result<String> {
+        crate::files::read_to_string(&self.path(abs))
+    }
+
     /// Contents of a file with surrounding whitespace removed, or `None` when it cannot be read
-    /// (sensors come and go; a missing file is not an error for a reader).
+    /// (sensors come and go; a missing file is not an error for a reader). Regular files
+    /// only: a FIFO in a caller's tree would block the reader for ever.
     pub fn read(&self, abs: impl AsRef<Path>) -> Option<String> {
-        fs::read_to_string(self.path(abs)).ok().map(|s| s.trim().to_string())
+        self.read_file(abs).ok().map(|s| s.trim().to_string())
     }
 
     pub fn read_i64(&self, abs: impl AsRef<Path>) -> Option<i64> {
@@ -38,17 +61,19 @@ impl SysRoot {
     /// Like `read`, but a missing or unreadable file is an error naming the path.
     pub fn read_required(&self, abs: impl AsRef<Path>) -> Result<String> {
         let path = self.path(&abs);
-        fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|e| io_error("read", &path, e))
+        self.read_file(&abs).map(|s| s.trim().to_string()).map_err(|e| io_error("read", &path, e))
     }
 
     /// Writes `value` to an existing attribute file (sysfs files are never created).
     pub fn write(&self, abs: impl AsRef<Path>, value: &str) -> Result<()> {
         let path = self.path(&abs);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| io_error("open for writing", &path, e))?;
+        let real = self.resolve_for_write(&abs).map_err(|e| io_error("open for writing", &path, e))?;
+        let mut file = crate::files::open(
+            &real,
+            fs::OpenOptions::new().write(true).truncate(true),
+            crate::files::Expect::RegularFile,
+        )
+        .map_err(|e| io_error("open for writing", &path, e))?;
         file.write_all(value.as_bytes()).map_err(|e| io_error("write", &path, e))
     }
 
@@ -121,6 +146,33 @@ mod tests {
         let err = root.write("/sys/nothing", "1").unwrap_err();
         assert!(matches!(err, Error::Io(_)), "{err:?}");
         assert!(!root.exists("/sys/nothing"));
+    }
+
+    /// Issue 17, item 7: a FIFO in a caller's tree is not read (it would block for ever), and
+    /// a write does not follow a symlink out of the root.
+    #[test]
+    fn fifos_and_symlinks_out_of_the_root_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysRoot::new(dir.path().join("root"));
+        fs::create_dir_all(root.path("/sys/x")).unwrap();
+        let fifo = std::ffi::CString::new(root.path("/sys/x/temp").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let t = std::time::Instant::now();
+        assert_eq!(root.read("/sys/x/temp"), None);
+        let err = root.read_required("/sys/x/temp").unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        assert!(root.write("/sys/x/temp", "1").is_err());
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
+        // A file outside the root, reached through a symlink inside it.
+        fs::write(dir.path().join("secret"), "42").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.path("/sys/x/link")).unwrap();
+        let err = root.write("/sys/x/link", "7").unwrap_err();
+        assert!(err.to_string().contains("leads out of the system root"), "{err}");
+        assert_eq!(fs::read_to_string(dir.path().join("secret")).unwrap(), "42");
+        // Links inside the root are followed, as in the real sysfs.
+        fs::write(root.path("/sys/x/real"), "5").unwrap();
+        std::os::unix::fs::symlink("real", root.path("/sys/x/inside")).unwrap();
+        assert_eq!(root.read_i64("/sys/x/inside"), Some(5));
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub extern "C" fn nh_buffer_import(
     })
 }
 
-/// Maps a file read-only (model weights). Ops may read it; writing it is rejected.
+/// Maps a file read-only (model weights). Ops may read it; writing it is rejected. `path`
+/// must name a regular file. The file must not be truncated or rewritten while it is mapped:
+/// reading past its new end would kill the process with SIGBUS, as with any memory-mapped
+/// loader. Reads, maps and submits check its size first and fail with NH_ERR_IO once it
+/// shrank, but a truncation racing an op in progress cannot be caught.
 #[no_mangle]
 pub extern "C" fn nh_buffer_map_file(
     runtime: nh_runtime,
@@ -57,7 +61,10 @@ pub extern "C" fn nh_buffer_map_file(
     })
 }
 
-/// Destroys a buffer after the ops using it have completed. Its handle is invalid afterwards.
+/// Destroys a buffer. Its handle is invalid as soon as the call starts (a submit made
+/// meanwhile fails with NH_ERR_INVALID_HANDLE); the call returns once every op holding the
+/// buffer has completed, including ops other threads were submitting at that moment, so
+/// imported memory may be freed as soon as it returns.
 #[no_mangle]
 pub extern "C" fn nh_buffer_destroy(runtime: nh_runtime, buffer: nh_buffer) -> nh_status {
     guard(|| entry(runtime)?.rt.destroy_buffer(buffer.id))

@@ -33,6 +33,8 @@ pub(crate) struct RuntimeEntry {
     pub rt: Runtime,
     pub events: Mutex<HandleTable<Event>>,
     pub graphs: Mutex<HandleTable<Arc<Mutex<Graph>>>>,
+    /// Last, so it is dropped after the runtime: its threads may log until they are joined.
+    pub _log: crate::logging::Registration,
 }
 
 fn runtimes() -> &'static RwLock<HandleTable<Arc<RuntimeEntry>>> {

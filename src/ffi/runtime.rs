@@ -67,11 +67,13 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
         if d.log_level > 5 {
             return Err(Error::invalid(format!("log_level {} is not in 0..=5", d.log_level)));
         }
-        crate::logging::set_sink(
+        // This runtime's own sink, until it is destroyed; creation's messages go to it alone.
+        let log = crate::logging::Registration::new(
             d.log_callback,
             d.log_user_data,
             crate::logging::level_from_raw(d.log_level),
         );
+        let _scope = log.scope();
         let mut config = RuntimeConfig { threads: d.threads as usize, ..Default::default() };
         config.cpu = CpuOptions {
             weight_cache: d.cpu_flags & NH_CPU_NO_WEIGHT_CACHE == 0,
@@ -100,21 +102,40 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
             rt,
             events: Mutex::new(HandleTable::new("event")),
             graphs: Mutex::new(HandleTable::new("graph")),
+            _log: log,
         });
         slot.id = runtimes().write().insert(entry);
         Ok(())
     })
 }
 
-/// Destroys a runtime: ops in flight complete first, then its buffers, events and graphs
-/// are released. The handle (and every handle it issued) is invalid afterwards.
+/// Destroys a runtime: calls on it that other threads are inside of return first (a
+/// waiting `nh_event_wait` returns when its op completes), ops in flight complete, then its
+/// buffers, events and graphs are released. The handle (and every handle it issued) is
+/// invalid as soon as the call starts: calls made meanwhile fail with NH_ERR_INVALID_HANDLE.
+/// After it returns, no op touches imported memory. Do not call it from a log callback.
 #[no_mangle]
 pub extern "C" fn nh_runtime_destroy(runtime: nh_runtime) -> nh_status {
     guard(|| {
         let entry = runtimes().write().remove(runtime.id)?;
-        entry.rt.synchronize();
+        // Another thread inside a call holds the entry (an op being submitted, say): once it
+        // is the last owner, dropping it shuts the runtime down (ops in flight finish first).
+        drop(sole_owner(entry));
         Ok(())
     })
+}
+
+/// Waits until no other thread holds `entry` (they hold it only for the length of a call).
+fn sole_owner(mut entry: Arc<RuntimeEntry>) -> RuntimeEntry {
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        match Arc::try_unwrap(entry) {
+            Ok(owned) => return owned,
+            Err(shared) => entry = shared,
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Blocks until every op submitted to the runtime has completed.

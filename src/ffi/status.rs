@@ -97,28 +97,70 @@ pub extern "C" fn nh_last_error_message() -> *const c_char {
     LAST_ERROR.with(|slot| slot.borrow().as_ptr())
 }
 
-/// A static name for a status, e.g. "NH_ERR_INVALID_HANDLE". Never NULL.
+/// A static name for a status, e.g. "NH_ERR_INVALID_HANDLE"; "unknown status" for a value
+/// that is not an `nh_status` (the parameter is an int so that any value a caller passes is
+/// defined behaviour). Never NULL.
 #[no_mangle]
-pub extern "C" fn nh_status_name(status: nh_status) -> *const c_char {
-    let name: &'static [u8] = match status {
-        NH_OK => b"NH_OK\0",
-        NH_ERR_INVALID_ARGUMENT => b"NH_ERR_INVALID_ARGUMENT\0",
-        NH_ERR_NULL_POINTER => b"NH_ERR_NULL_POINTER\0",
-        NH_ERR_INVALID_HANDLE => b"NH_ERR_INVALID_HANDLE\0",
-        NH_ERR_STRUCT_SIZE => b"NH_ERR_STRUCT_SIZE\0",
-        NH_ERR_OUT_OF_MEMORY => b"NH_ERR_OUT_OF_MEMORY\0",
-        NH_ERR_UNSUPPORTED => b"NH_ERR_UNSUPPORTED\0",
-        NH_ERR_DEVICE_UNAVAILABLE => b"NH_ERR_DEVICE_UNAVAILABLE\0",
-        NH_ERR_DEVICE_FAILED => b"NH_ERR_DEVICE_FAILED\0",
-        NH_ERR_DEVICE_LOST => b"NH_ERR_DEVICE_LOST\0",
-        NH_ERR_TIMEOUT => b"NH_ERR_TIMEOUT\0",
-        NH_ERR_POLICY => b"NH_ERR_POLICY\0",
-        NH_ERR_IO => b"NH_ERR_IO\0",
-        NH_ERR_PERMISSION => b"NH_ERR_PERMISSION\0",
-        NH_ERR_BUSY => b"NH_ERR_BUSY\0",
-        NH_ERR_BUFFER_TOO_SMALL => b"NH_ERR_BUFFER_TOO_SMALL\0",
-        NH_ERR_PANIC => b"NH_ERR_PANIC\0",
-        NH_ERR_INTERNAL => b"NH_ERR_INTERNAL\0",
-    };
-    name.as_ptr() as *const c_char
+pub extern "C" fn nh_status_name(status: std::ffi::c_int) -> *const c_char {
+    status_name(status).as_ptr() as *const c_char
+}
+
+fn status_name(status: std::ffi::c_int) -> &'static [u8] {
+    const NAMES: [&[u8]; 18] = [
+        b"NH_OK\0",
+        b"NH_ERR_INVALID_ARGUMENT\0",
+        b"NH_ERR_NULL_POINTER\0",
+        b"NH_ERR_INVALID_HANDLE\0",
+        b"NH_ERR_STRUCT_SIZE\0",
+        b"NH_ERR_OUT_OF_MEMORY\0",
+        b"NH_ERR_UNSUPPORTED\0",
+        b"NH_ERR_DEVICE_UNAVAILABLE\0",
+        b"NH_ERR_DEVICE_FAILED\0",
+        b"NH_ERR_DEVICE_LOST\0",
+        b"NH_ERR_TIMEOUT\0",
+        b"NH_ERR_POLICY\0",
+        b"NH_ERR_IO\0",
+        b"NH_ERR_PERMISSION\0",
+        b"NH_ERR_BUSY\0",
+        b"NH_ERR_BUFFER_TOO_SMALL\0",
+        b"NH_ERR_PANIC\0",
+        b"NH_ERR_INTERNAL\0",
+    ];
+    usize::try_from(status).ok().and_then(|i| NAMES.get(i).copied()).unwrap_or(b"unknown status\0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_has_its_name_and_others_are_unknown() {
+        let all = [
+            NH_OK,
+            NH_ERR_INVALID_ARGUMENT,
+            NH_ERR_NULL_POINTER,
+            NH_ERR_INVALID_HANDLE,
+            NH_ERR_STRUCT_SIZE,
+            NH_ERR_OUT_OF_MEMORY,
+            NH_ERR_UNSUPPORTED,
+            NH_ERR_DEVICE_UNAVAILABLE,
+            NH_ERR_DEVICE_FAILED,
+            NH_ERR_DEVICE_LOST,
+            NH_ERR_TIMEOUT,
+            NH_ERR_POLICY,
+            NH_ERR_IO,
+            NH_ERR_PERMISSION,
+            NH_ERR_BUSY,
+            NH_ERR_BUFFER_TOO_SMALL,
+            NH_ERR_PANIC,
+            NH_ERR_INTERNAL,
+        ];
+        for s in all {
+            let name = std::str::from_utf8(status_name(s as i32)).unwrap();
+            assert_eq!(name.trim_end_matches('\0'), format!("{s:?}"));
+        }
+        for raw in [18, 100, -1, i32::MIN, i32::MAX] {
+            assert_eq!(status_name(raw), b"unknown status\0");
+        }
+    }
 }

@@ -149,13 +149,17 @@ pub struct nh_runtime_desc {
     pub struct_size: u32,
     /// NH_ENABLE_* bits.
     pub devices: u32,
-    /// CPU worker threads; 0 = one per core.
+    /// CPU worker threads; 0 = one per core; at most 1024.
     pub threads: u32,
     /// An `nh_policy_kind` value.
     pub policy_kind: u32,
     /// Built-in name, file path or source text (per policy_kind); NULL = built-in "default".
     pub policy: *const c_char,
-    /// Log callback; NULL = messages at `log_level` and above go to stderr.
+    /// Log callback; NULL = messages at `log_level` and above go to stderr. Each runtime has
+    /// its own: the callback gets the messages logged while this runtime is created and the
+    /// library's other messages (which runtime they concern is not known), never after
+    /// `nh_runtime_destroy` of this runtime returns. Another runtime's settings do not
+    /// change it. It must not call `nh_runtime_destroy`.
     pub log_callback: nh_log_fn,
     pub log_user_data: *mut c_void,
     /// 0 = off, 1 = error, 2 = warn (default), 3 = info, 4 = debug, 5 = trace.
@@ -246,6 +250,7 @@ pub struct nh_op_desc {
     pub attn_scale: f32,
     pub reserved0: u32,
     /// Workload tags "key=value,key=value" for the policy (e.g. "phase=decode"); may be NULL.
+    /// At most 64 tags in 4096 bytes.
     pub tags: *const c_char,
 }
 

@@ -5,7 +5,8 @@
 
 use super::pool::Block;
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Runtime-wide identity of a buffer (its handle value).
 pub type BufferId = u64;
@@ -16,7 +17,8 @@ enum Storage {
     Imported {
         ptr: *mut u8,
     },
-    Mapped(memmap2::Mmap),
+    /// The file stays open so a truncation can be noticed (`check_mapping`).
+    Mapped(memmap2::Mmap, std::fs::File),
 }
 
 pub struct Buffer {
@@ -24,6 +26,17 @@ pub struct Buffer {
     storage: Storage,
     len: usize,
     version: AtomicU64,
+    /// Ops holding the buffer (`OpMemory`), from validation until they are dropped.
+    users: Users,
+}
+
+/// Counts the ops that hold a buffer, so destroying it can wait for all of them: also for
+/// ops another thread is still submitting, which no event or hazard list knows about yet.
+#[derive(Default)]
+struct Users {
+    count: AtomicUsize,
+    lock: Mutex<()>,
+    none_left: Condvar,
 }
 
 // Concurrent access to the bytes is ordered by the runtime's hazard tracking.
@@ -38,13 +51,25 @@ fn fresh_version() -> u64 {
 
 impl Buffer {
     pub fn pooled(id: BufferId, block: Block, len: usize) -> Buffer {
-        Buffer { id, storage: Storage::Pooled(block), len, version: AtomicU64::new(fresh_version()) }
+        Buffer {
+            id,
+            storage: Storage::Pooled(block),
+            len,
+            version: AtomicU64::new(fresh_version()),
+            users: Users::default(),
+        }
     }
 
     /// # Safety
     /// `ptr` must be valid for reads and writes of `len` bytes until the buffer is dropped.
     pub unsafe fn imported(id: BufferId, ptr: *mut u8, len: usize) -> Buffer {
-        Buffer { id, storage: Storage::Imported { ptr }, len, version: AtomicU64::new(fresh_version()) }
+        Buffer {
+            id,
+            storage: Storage::Imported { ptr },
+            len,
+            version: AtomicU64::new(fresh_version()),
+            users: Users::default(),
+        }
     }
 
     /// Maps a file read-only, ready for `Buffer::mapped`.
@@ -58,9 +83,15 @@ impl Buffer {
         Ok(map)
     }
 
-    pub fn mapped(id: BufferId, map: memmap2::Mmap) -> Buffer {
+    pub fn mapped(id: BufferId, map: memmap2::Mmap, file: std::fs::File) -> Buffer {
         let len = map.len();
-        Buffer { id, storage: Storage::Mapped(map), len, version: AtomicU64::new(fresh_version()) }
+        Buffer {
+            id,
+            storage: Storage::Mapped(map, file),
+            len,
+            version: AtomicU64::new(fresh_version()),
+            users: Users::default(),
+        }
     }
 
     pub fn id(&self) -> BufferId {
@@ -76,7 +107,7 @@ impl Buffer {
     }
 
     pub fn read_only(&self) -> bool {
-        matches!(self.storage, Storage::Mapped(_))
+        matches!(self.storage, Storage::Mapped(..))
     }
 
     pub fn is_imported(&self) -> bool {
@@ -87,7 +118,7 @@ impl Buffer {
         match self.storage {
             Storage::Pooled(_) => "pooled",
             Storage::Imported { .. } => "imported",
-            Storage::Mapped(_) => "mapped",
+            Storage::Mapped(..) => "mapped",
         }
     }
 
@@ -95,8 +126,51 @@ impl Buffer {
         match &self.storage {
             Storage::Pooled(b) => b.as_ptr(),
             Storage::Imported { ptr } => *ptr,
-            Storage::Mapped(m) => m.as_ptr() as *mut u8,
+            Storage::Mapped(m, _) => m.as_ptr() as *mut u8,
         }
+    }
+
+    /// An op takes the buffer (`OpMemory::new`); `release_op` gives it back.
+    pub fn hold_op(&self) {
+        self.users.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn release_op(&self) {
+        if self.users.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Under the lock, so a waiter between its check and its wait cannot miss it.
+            let _g = self.users.lock.lock();
+            self.users.none_left.notify_all();
+        }
+    }
+
+    /// Blocks until no op holds the buffer. Call it once no new op can take the buffer
+    /// (its handle is gone), or it may wait for ops submitted later.
+    pub fn wait_unused(&self) {
+        let mut g = self.users.lock.lock();
+        while self.users.count.load(Ordering::Acquire) > 0 {
+            self.users.none_left.wait(&mut g);
+        }
+    }
+
+    /// Ops holding the buffer now.
+    pub fn op_users(&self) -> usize {
+        self.users.count.load(Ordering::Acquire)
+    }
+
+    /// For a file mapping: an error if the file is now shorter than the mapping. Reading the
+    /// part past its end would kill the process with SIGBUS; this check (a `fstat`) catches a
+    /// truncation that happened before it, not one racing the read (see the header).
+    pub fn check_mapping(&self) -> Result<()> {
+        let Storage::Mapped(map, file) = &self.storage else { return Ok(()) };
+        let now = file.metadata().map_err(|e| Error::Io(format!("mapped file: {e}")))?.len();
+        if now < map.len() as u64 {
+            return Err(Error::Io(format!(
+                "the mapped file was truncated to {now} bytes after it was mapped ({} bytes): \
+                 a file must not change while it is mapped",
+                map.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Version of the contents; replicas with this version are current.

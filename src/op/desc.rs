@@ -68,15 +68,26 @@ impl Default for OpParams {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tags(Vec<(String, String)>);
 
+/// Limits of an op's tag text (`nh_op_desc.tags`).
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_BYTES: usize = 4096;
+
 impl Tags {
     pub fn new() -> Tags {
         Tags(Vec::new())
     }
 
-    /// Parses `key=value` pairs separated by commas or spaces.
+    /// Parses `key=value` pairs separated by commas or spaces: at most `MAX_TAGS` pairs in
+    /// `MAX_TAG_BYTES` (callers' text is untrusted; lookups are linear in the tag count).
     pub fn parse(text: &str) -> Result<Tags, String> {
+        if text.len() > MAX_TAG_BYTES {
+            return Err(format!("tags are {} bytes long: the limit is {MAX_TAG_BYTES}", text.len()));
+        }
         let mut tags = Tags::new();
         for item in text.split([',', ' ']).filter(|s| !s.is_empty()) {
+            if tags.0.len() == MAX_TAGS {
+                return Err(format!("more than {MAX_TAGS} tags"));
+            }
             let (k, v) =
                 item.split_once('=').ok_or_else(|| format!("tag '{item}' is not of the form key=value"))?;
             let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');

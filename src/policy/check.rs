@@ -23,9 +23,9 @@ pub fn check_file(
     let ast = super::syntax::parse(map, file, report)?;
     let mut checker = Checker { map, report, file };
     let base = checker.resolve_include(&ast, loader, depth)?;
-    let errors_before = checker.report.errors.len();
+    let errors_before = checker.report.error_count();
     let program = checker.merge(base, &ast);
-    (checker.report.errors.len() == errors_before).then_some(program)
+    (checker.report.error_count() == errors_before).then_some(program)
 }
 
 pub(super) struct Checker<'a> {
@@ -87,9 +87,9 @@ impl Checker<'_> {
         }
         let inc_file = self.map.add(&inc_origin, &text);
         self.map.set_parent(inc_file, self.file);
-        let errors_before = self.report.errors.len();
+        let errors_before = self.report.error_count();
         let base = check_file(self.map, inc_file, loader, depth + 1, self.report);
-        if base.is_none() && self.report.errors.len() > errors_before {
+        if base.is_none() && self.report.error_count() > errors_before {
             // Point back at the include, so the user sees why the other file was read.
             self.error(first.span, format!("included policy \"{}\" has errors", first.name));
         }
@@ -298,7 +298,7 @@ impl Checker<'_> {
     }
 
     fn rule(&mut self, ast: &RuleAst) -> Option<RuleDef> {
-        let errors_before = self.report.errors.len();
+        let errors_before = self.report.error_count();
         let mut def = RuleDef {
             name: ast.name.name.clone(),
             span: ast.name.span,
@@ -374,7 +374,7 @@ impl Checker<'_> {
         if let (Some(split), Some(span)) = (&def.split, split_stmt) {
             self.check_split(&def, split, span);
         }
-        if self.report.errors.len() > errors_before {
+        if self.report.error_count() > errors_before {
             return None;
         }
         if !def.satisfiable() {

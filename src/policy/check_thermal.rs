@@ -10,7 +10,7 @@ use super::PowerMode;
 
 impl Checker<'_> {
     pub(super) fn thermal(&mut self, t: &ThermalAst) -> Option<ThermalDef> {
-        let errors_before = self.report.errors.len();
+        let errors_before = self.report.error_count();
         let mut trigger = None;
         let mut clear = None;
         let mut actions = Vec::new();
@@ -70,7 +70,7 @@ impl Checker<'_> {
             }
         }
         let Some((device, metric, unit, trigger_v, trigger_q, hold)) = trigger else {
-            if self.report.errors.len() == errors_before {
+            if self.report.error_count() == errors_before {
                 self.error(
                     t.name.span,
                     format!(
@@ -111,7 +111,7 @@ impl Checker<'_> {
         if !seen_do {
             self.error(t.name.span, format!("thermal rule '{}' has no 'do' actions", t.name.name));
         }
-        if self.report.errors.len() > errors_before {
+        if self.report.error_count() > errors_before {
             return None;
         }
         Some(ThermalDef {

@@ -104,7 +104,17 @@ pub fn compile_program(
         tag_keys,
         settings: program.settings,
         thermal: program.thermal.into_iter().map(|t| t.rule).collect(),
-        warnings: report.warnings.iter().map(|w| w.to_string()).collect(),
+        warnings: report
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .chain((report.warnings_not_shown() > 0).then(|| {
+                format!(
+                    "... and {} more warnings (only the first ones are shown)",
+                    report.warnings_not_shown()
+                )
+            }))
+            .collect(),
         overridden,
     })
 }
@@ -304,7 +314,8 @@ fn warn_devices(map: &SourceMap, program: &Program, rule: &RuleDef, report: &mut
                 map,
                 rule.use_span,
                 format!(
-                    "rule '{}' uses only {}: its ops fail when {} is unavailable (add cpu as a backstop)",
+                    "rule '{}' uses only {}: when {} is unavailable or fails, its ops run on the backstop \
+                     (any device that can, the CPU first), not where this rule says (list cpu to say so)",
                     rule.name,
                     only.name(),
                     only.name()

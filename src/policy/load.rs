@@ -86,12 +86,9 @@ impl Loader for FileLoader<'_, '_> {
 
 /// Reads a policy file of at most `max` bytes as UTF-8.
 pub fn read_limited(path: &Path, max: usize) -> Result<String, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    // Read one byte past the limit, so a larger file is detected without reading all of it.
-    file.take(max as u64 + 1)
-        .read_to_end(&mut bytes)
+    // Regular files only (a FIFO would block for ever); one byte past the limit is read, so
+    // a larger file is detected without reading all of it.
+    let bytes = crate::files::read_limited(path, max as u64)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.len() > max {
         return Err(format!("{} is larger than the limit of {max} bytes for a policy file", path.display()));

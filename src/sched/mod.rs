@@ -195,7 +195,8 @@ impl Scheduler {
                 let weak = Arc::downgrade(&sched);
                 let name = format!("nh-dev{i}-{w}");
                 // Only the first worker moves into the pool, so other threads can still use it.
-                let pool = if w == 0 { sched.devices[i].backend.host_pool() } else { None };
+                // The seat is taken here, before any op can run in the pool (`cpu/seat.rs`).
+                let seat = if w == 0 { sched.devices[i].backend.host_seat() } else { None };
                 let handle = std::thread::Builder::new()
                     .name(name)
                     .spawn(move || {
@@ -212,8 +213,8 @@ impl Scheduler {
                                 s.run_local_jobs();
                             }
                         };
-                        match pool {
-                            Some(pool) => pool.install(serve),
+                        match seat {
+                            Some(seat) => seat.run(Box::new(serve)),
                             None => serve(),
                         }
                     })

@@ -214,7 +214,7 @@ impl DeviceModel {
 
     /// Loads saved history for this device if a file exists; a corrupt file is ignored.
     pub fn load(&self, dir: &Path) -> bool {
-        let Ok(bytes) = std::fs::read(dir.join(self.file_name())) else { return false };
+        let Ok(bytes) = crate::files::read(&dir.join(self.file_name())) else { return false };
         match serde_json::from_slice::<Saved>(&bytes) {
             Ok(saved) if saved.device == self.identity => {
                 if let Some(p) = saved.calibration.filter(|p| {

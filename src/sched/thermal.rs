@@ -71,7 +71,12 @@ impl ThermalController {
                     if became_active || cleared {
                         self.transitions += 1;
                         let what = if became_active { "thermal rule active" } else { "thermal rule cleared" };
-                        log::warn!("{}: {what}: {} (reading {:?})", device.info.name, rule.label, value);
+                        log::warn!(
+                            "{}: {what}: {} ({})",
+                            device.info.name,
+                            rule.label,
+                            describe_reading(value)
+                        );
                         trace.instant(
                             Some(device.index),
                             what,
@@ -143,10 +148,24 @@ fn step(state: RuleState, value: Option<f32>, rule: &ThermalRule, now: Duration)
     }
 }
 
+/// "reading 41.7", or "no reading" (log text for people, not Rust's Debug form).
+fn describe_reading(value: Option<f32>) -> String {
+    match value {
+        Some(v) => format!("reading {v:.1}"),
+        None => "no reading".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::DeviceClass;
+
+    #[test]
+    fn readings_are_logged_as_numbers() {
+        assert_eq!(describe_reading(Some(41.698605)), "reading 41.7");
+        assert_eq!(describe_reading(None), "no reading");
+    }
 
     fn rule(trigger: f32, clear: f32, hold_ms: u64) -> ThermalRule {
         ThermalRule {

@@ -3,6 +3,9 @@
 #include "../../c_examples/common.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static int passed = 0, failed = 0;
 
@@ -160,6 +163,31 @@ static void wrong_sizes_and_shapes(nh_runtime rt) {
   nh_op_desc op = add_op(a, b, c, 16);
   op.struct_size = 4;
   EXPECT(nh_submit(rt, &op, &ev), NH_ERR_STRUCT_SIZE);
+  /* Untrusted sizes are capped, and fail fast (issue 17, item 9): UINT32_MAX threads used to
+   * spend 36 s spawning threads, 40,000 tags 3-9 s of parsing. */
+  nh_runtime_desc_init(&d);
+  d.threads = UINT32_MAX;
+  EXPECT(nh_runtime_create(&d, &r2), NH_ERR_INVALID_ARGUMENT);
+  EXPECT_MSG_CONTAINS("the limit is 1024");
+  {
+    size_t ntags = 40000, len = 0;
+    char *tags = malloc(ntags * 12 + 1);
+    for (size_t i = 0; i < ntags; i++) len += (size_t)sprintf(tags + len, "k%zu=v,", i);
+    op = add_op(a, b, c, 16);
+    op.tags = tags;
+    EXPECT(nh_submit(rt, &op, &ev), NH_ERR_INVALID_ARGUMENT);
+    EXPECT_MSG_CONTAINS("the limit is 4096");
+    /* 64 distinct tags are fine; a 65th is not. */
+    len = 0;
+    for (int i = 0; i < 65; i++) len += (size_t)sprintf(tags + len, "k%d=v ", i);
+    EXPECT(nh_submit(rt, &op, &ev), NH_ERR_INVALID_ARGUMENT);
+    EXPECT_MSG_CONTAINS("more than 64 tags");
+    tags[strlen(tags) - strlen("k64=v ")] = '\0';
+    EXPECT(nh_submit(rt, &op, &ev), NH_OK);
+    NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
+    NH_CHECK(nh_event_release(rt, ev));
+    free(tags);
+  }
   nh_device_info info;
   info.struct_size = 12;
   EXPECT(nh_device_get_info(rt, 0, &info), NH_ERR_STRUCT_SIZE);
@@ -298,6 +326,17 @@ static void more_null_pointers(nh_runtime rt) {
   else failed++;
   /* Strings the library returns are never NULL, whatever the status. */
   if (nh_status_name((nh_status)12345) && nh_last_error_message() && nh_version()) passed++;
+  else failed++;
+  /* A value that is no status gets a fixed name, not a wild pointer (issue 17, item 5). */
+  const int not_statuses[] = {18, 100, -1, 12345};
+  for (size_t i = 0; i < sizeof not_statuses / sizeof not_statuses[0]; i++) {
+    if (strcmp(nh_status_name(not_statuses[i]), "unknown status") == 0) passed++;
+    else {
+      fprintf(stderr, "FAIL: nh_status_name(%d) is not \"unknown status\"\n", not_statuses[i]);
+      failed++;
+    }
+  }
+  if (strcmp(nh_status_name(NH_ERR_INTERNAL), "NH_ERR_INTERNAL") == 0) passed++;
   else failed++;
   NH_CHECK(nh_buffer_destroy(rt, a));
   NH_CHECK(nh_buffer_destroy(rt, b));
@@ -605,6 +644,128 @@ static void destroy_with_ops_in_flight(void) {
   EXPECT(nh_buffer_destroy(rt, a), NH_ERR_INVALID_HANDLE);
 }
 
+/* Issue 17, items 2 and 3: destroying an imported buffer (or the whole runtime) while another
+ * thread keeps submitting matmuls that read it. After destroy returns, the memory is unmapped:
+ * an op still reading it would crash the process, and a submit that started after destroy
+ * returned must fail with NH_ERR_INVALID_HANDLE. */
+enum { RN = 96 };
+
+typedef struct {
+  nh_runtime rt;
+  nh_buffer in, out;
+  atomic_int destroyed; /* set once destroy has returned */
+  int late_ok;          /* submits begun after that which still returned NH_OK */
+  int other;            /* statuses that are neither NH_OK nor NH_ERR_INVALID_HANDLE */
+} race;
+
+/* At most RQ ops outstanding: a destroy waits for every op holding the buffer, so an
+ * unbounded queue (thousands of matmuls) would make each round slow, under valgrind minutes. */
+enum { RQ = 16 };
+
+static void *submit_until_invalid(void *arg) {
+  race *r = arg;
+  nh_event queue[RQ];
+  int queued = 0;
+  for (;;) {
+    int after = atomic_load(&r->destroyed);
+    nh_op_desc op;
+    NH_CHECK(nh_op_desc_init(&op));
+    op.kind = NH_OP_MATMUL;
+    op.inputs[0] = nh_t2(r->in, RN, RN);
+    op.inputs[1] = nh_t2(r->in, RN, RN);
+    op.output = nh_t2(r->out, RN, RN);
+    nh_event ev;
+    nh_status s = nh_submit(r->rt, &op, &ev);
+    if (s == NH_OK) {
+      if (after) r->late_ok++;
+      if (queued == RQ) {
+        /* NH_ERR_INVALID_HANDLE once the runtime is gone: fine. */
+        nh_event_wait(r->rt, queue[0], UINT64_MAX);
+        nh_event_release(r->rt, queue[0]);
+        memmove(queue, queue + 1, sizeof queue[0] * (RQ - 1));
+        queued--;
+      }
+      queue[queued++] = ev;
+    } else if (s == NH_ERR_INVALID_HANDLE && after) {
+      break;
+    } else if (s != NH_ERR_INVALID_HANDLE) {
+      fprintf(stderr, "FAIL: submit racing a destroy gave %s: %s\n", nh_status_name(s), nh_last_error_message());
+      r->other++;
+      break;
+    }
+  }
+  for (int i = 0; i < queued; i++) nh_event_release(r->rt, queue[i]);
+  return NULL;
+}
+
+static float *mapped_input(void) {
+  float *p = mmap(NULL, RN * RN * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    perror("mmap");
+    exit(1);
+  }
+  for (int i = 0; i < RN * RN; i++) p[i] = 1.0f / RN;
+  return p;
+}
+
+static void race_verdict(const char *what, int rounds, int late_ok, int other) {
+  if (late_ok == 0 && other == 0) passed++;
+  else {
+    failed++;
+    fprintf(stderr, "FAIL: %s: in %d rounds, %d submits begun after destroy returned were accepted, %d failed oddly\n",
+            what, rounds, late_ok, other);
+  }
+}
+
+static int race_rounds(void) {
+  const char *env = getenv("NH_MISUSE_RACE_ROUNDS");
+  int n = env ? atoi(env) : 100;
+  return n > 0 ? n : 100;
+}
+
+static void destroy_imported_while_submitting(void) {
+  nh_runtime rt = make_runtime();
+  int rounds = race_rounds(), late_ok = 0, other = 0;
+  for (int i = 0; i < rounds; i++) {
+    float *mem = mapped_input();
+    race r = {.rt = rt};
+    NH_CHECK(nh_buffer_import(rt, mem, RN * RN * 4, &r.in));
+    NH_CHECK(nh_buffer_alloc(rt, RN * RN * 4, &r.out));
+    pthread_t t;
+    pthread_create(&t, NULL, submit_until_invalid, &r);
+    usleep((useconds_t)(i * 37 % 1000));
+    EXPECT(nh_buffer_destroy(rt, r.in), NH_OK);
+    atomic_store(&r.destroyed, 1);
+    munmap(mem, RN * RN * 4); /* an op still reading it would crash here */
+    pthread_join(t, NULL);
+    NH_CHECK(nh_buffer_destroy(rt, r.out));
+    late_ok += r.late_ok;
+    other += r.other;
+  }
+  NH_CHECK(nh_runtime_destroy(rt));
+  race_verdict("nh_buffer_destroy of an imported buffer under concurrent submits", rounds, late_ok, other);
+}
+
+static void destroy_runtime_while_submitting(void) {
+  int rounds = race_rounds(), late_ok = 0, other = 0;
+  for (int i = 0; i < rounds; i++) {
+    float *mem = mapped_input();
+    race r = {.rt = make_runtime()};
+    NH_CHECK(nh_buffer_import(r.rt, mem, RN * RN * 4, &r.in));
+    NH_CHECK(nh_buffer_alloc(r.rt, RN * RN * 4, &r.out));
+    pthread_t t;
+    pthread_create(&t, NULL, submit_until_invalid, &r);
+    usleep((useconds_t)(i * 37 % 1000));
+    EXPECT(nh_runtime_destroy(r.rt), NH_OK);
+    atomic_store(&r.destroyed, 1);
+    munmap(mem, RN * RN * 4);
+    pthread_join(t, NULL);
+    late_ok += r.late_ok;
+    other += r.other;
+  }
+  race_verdict("nh_runtime_destroy under concurrent submits on imported memory", rounds, late_ok, other);
+}
+
 int main(void) {
   nh_runtime rt = make_runtime();
   null_pointers(rt);
@@ -618,6 +779,8 @@ int main(void) {
   destroy_with_ops_in_flight();
   waiting();
   destroy_buffer_in_use();
+  destroy_imported_while_submitting();
+  destroy_runtime_while_submitting();
   printf("misuse: %d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

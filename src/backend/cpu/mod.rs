@@ -7,6 +7,7 @@ mod kernels;
 #[cfg(test)]
 mod reference;
 mod scratch;
+mod seat;
 pub(crate) mod simd;
 mod small_attn;
 mod small_m;
@@ -26,6 +27,8 @@ use kernels::elementwise::{Binary, Unary};
 use kernels::matmul::MatmulParams;
 use kernels::rope::RopeParams;
 use kernels::{attention, convert, elementwise, matmul, norm, rope, softmax};
+pub use seat::Seat;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use weight_cache::WeightCache;
 
@@ -138,6 +141,10 @@ fn runs_serially(op: &OpDesc) -> bool {
     work <= kernels::iter::TASK_ELEMS
 }
 
+/// Most CPU threads a runtime may ask for (a caller's `threads` is untrusted: UINT32_MAX used
+/// to spend 36 s spawning threads).
+pub const MAX_THREADS: usize = 1024;
+
 /// CPU backend behaviours that trade memory or power for speed (`nh_runtime_desc.cpu_flags`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuOptions {
@@ -163,6 +170,11 @@ pub struct CpuBackend {
     /// False with one thread or `NH_CPU_NO_KEEP_WARM`: the window stays 0 whatever the
     /// policy says.
     keep_warm_allowed: bool,
+    /// Held for reading while an op runs in the pool, for writing while a seat is taken
+    /// (`seat.rs`: the seat must not land on a thread inside an op).
+    gate: parking_lot::RwLock<()>,
+    /// One seat per pool: a second would leave no thread for ops sent from outside.
+    seated: AtomicBool,
 }
 
 impl CpuBackend {
@@ -171,6 +183,9 @@ impl CpuBackend {
     }
 
     pub fn with_options(threads: usize, options: CpuOptions) -> Result<CpuBackend> {
+        if threads > MAX_THREADS {
+            return Err(Error::invalid(format!("threads = {threads}: the limit is {MAX_THREADS}")));
+        }
         let threads =
             if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
@@ -185,6 +200,8 @@ impl CpuBackend {
             weights: options.weight_cache.then(|| WeightCache::new(weight_cache::BUDGET_BYTES)),
             warm: warm::KeepWarm::new(if allowed { warm::WINDOW } else { std::time::Duration::ZERO }),
             keep_warm_allowed: allowed,
+            gate: parking_lot::RwLock::new(()),
+            seated: AtomicBool::new(false),
         })
     }
 
@@ -208,7 +225,8 @@ impl Backend for CpuBackend {
             // Waking a pool thread costs more than the op itself.
             execute_with_weights(op, mem, self.weights.as_ref())?;
         } else {
-            // Runs in place when called on a worker living in the pool (`host_pool`).
+            let _gate = self.gate.read();
+            // Runs in place when called on the worker seated in the pool (`host_seat`).
             self.pool.install(|| {
                 self.warm.touch(&self.pool);
                 let done = execute_with_weights(op, mem, self.weights.as_ref());
@@ -225,9 +243,16 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn host_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+    fn host_seat(&self) -> Option<Seat> {
         // A worker inside a one-thread pool would leave no pool thread for ops that other
         // threads (the submitter's inline path) send to it: they would wait forever.
-        (self.threads() > 1).then(|| Arc::clone(&self.pool))
+        if self.threads() < 2 || self.seated.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // No op may run in the pool while the seat is taken, and the keep-warm loops (which
+        // run whatever they find) must have ended: then every pool thread is idle.
+        let _no_ops = self.gate.write();
+        self.warm.wait_asleep();
+        Some(Seat::take_idle(&self.pool))
     }
 }

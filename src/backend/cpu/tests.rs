@@ -829,3 +829,47 @@ fn keep_warm_follows_the_policy_within_the_options() {
         assert_eq!(cpu.keep_warm(), Duration::ZERO);
     }
 }
+
+/// Issue 17, item 1: the device worker's seat is never taken while an op runs in the pool
+/// (a pool thread waiting inside that op's join would take it and the op would never finish);
+/// a second seat is refused (it would leave no thread for ops sent from outside), and the
+/// seated loop runs ops in place.
+#[test]
+fn the_worker_seat_waits_for_ops_in_the_pool() {
+    use crate::backend::Backend;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let cpu = Arc::new(super::CpuBackend::new(2).unwrap());
+    let mut bench = Bench::new(17);
+    let (a, _) = bench.input(DType::F32, &[384, 384], Dense);
+    let (b, _) = bench.input(DType::F32, &[384, 384], Dense);
+    let out = bench.view(DType::F32, &[384, 384], Dense);
+    let op = Arc::new(OpDesc::new(OpKind::Matmul, &[a, b], out));
+    let bufs = bench.bufs.clone();
+    let busy = Arc::new(AtomicBool::new(true));
+    let runner = {
+        let (cpu, op, busy) = (Arc::clone(&cpu), Arc::clone(&op), Arc::clone(&busy));
+        let mem = OpMemory::new(bufs.clone());
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                cpu.execute(&op, &mem).unwrap();
+            }
+            busy.store(false, Ordering::SeqCst);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    let seat = cpu.host_seat().expect("a two-thread pool has a seat");
+    assert!(cpu.host_seat().is_none(), "one seat per pool");
+    let start = Instant::now();
+    let (cpu2, op2, mem2) = (Arc::clone(&cpu), Arc::clone(&op), OpMemory::new(bufs));
+    let worker = std::thread::spawn(move || {
+        seat.run(Box::new(move || {
+            assert!(rayon::current_thread_index().is_some(), "the loop runs in the pool");
+            cpu2.execute(&op2, &mem2).unwrap();
+        }))
+    });
+    worker.join().unwrap();
+    runner.join().unwrap();
+    assert!(!busy.load(Ordering::SeqCst));
+    assert!(start.elapsed() < Duration::from_secs(60));
+}

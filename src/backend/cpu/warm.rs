@@ -60,8 +60,15 @@ impl KeepWarm {
                 if let Some(pool) = p.upgrade() {
                     me.stay_awake(&pool);
                 }
-                me.awake.fetch_sub(1, Ordering::Relaxed);
+                me.awake.fetch_sub(1, Ordering::Release);
             });
+        }
+    }
+
+    /// Returns once no thread is kept awake any more (no new op may start meanwhile).
+    pub fn wait_asleep(&self) {
+        while self.awake.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 

@@ -91,7 +91,7 @@ impl Pipelines {
         let uuid: String = caps.pipeline_cache_uuid.iter().map(|b| format!("{b:02x}")).collect();
         let cache_file = cache_dir()
             .map(|d| d.join(format!("vulkan-{:04x}-{:04x}-{uuid}.bin", caps.vendor_id, caps.device_id)));
-        let initial = cache_file.as_ref().and_then(|f| std::fs::read(f).ok()).unwrap_or_default();
+        let initial = cache_file.as_ref().and_then(|f| crate::files::read(f).ok()).unwrap_or_default();
         let cache = unsafe {
             d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default().initial_data(&initial), None)
         }

@@ -210,7 +210,8 @@ impl Manifest {
 /// Reads and checks `dir/manifest.json`.
 pub fn load(dir: &Path) -> Result<Manifest, String> {
     let path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        crate::files::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(dir, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -309,7 +310,7 @@ fn kernel(dir: &Path, k: RawKernel) -> Result<Vec<KernelSpec>, String> {
 /// Reads an instruction stream: mlir-aie's text form (one 32-bit hex word per line) or its
 /// binary form (little-endian 32-bit words).
 pub fn read_instructions(path: &Path) -> Result<Vec<u32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::files::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let words = if path.extension().is_some_and(|e| e == "txt") {
         let text = String::from_utf8(bytes).map_err(|_| format!("{}: not text", path.display()))?;
         text.lines()

@@ -269,7 +269,8 @@ fn warnings_for_suspicious_but_legal_policies() {
             "t.nhp:3:3: warning: gpu has no power modes: 'power' only configures the npu",
             "t.nhp:7:3: warning: rule 'r' uses npu, which runs matmul only: it is never chosen for this rule's ops",
             "t.nhp:7:3: warning: rule 'r' uses gpu, which this policy disables",
-            "t.nhp:11:3: warning: rule 'm' uses only npu: its ops fail when npu is unavailable (add cpu as a backstop)",
+            "t.nhp:11:3: warning: rule 'm' uses only npu: when npu is unavailable or fails, its ops run on the backstop \
+             (any device that can, the CPU first), not where this rule says (list cpu to say so)",
             "t.nhp:13:9: warning: npu has thermal rules but no emergency level (add 'emergency thermal ...')",
         ]
     );
@@ -290,4 +291,43 @@ fn keep_warm_takes_a_short_duration_and_only_configures_the_cpu() {
     let p = compile_str("t.nhp", &format!("device cpu {{\n  keep_warm = 50 us\n}}\n{BACKSTOP}")).unwrap();
     let cpu = p.settings(crate::policy::DeviceClass::Cpu);
     assert_eq!(cpu.keep_warm, Some(std::time::Duration::from_micros(50)));
+}
+
+/// Issue 17, item 4: a policy of one 250 KB line with an error every few bytes. Each
+/// diagnostic used to repeat the whole line (8 KB of source gave a 10.8 MB message, 250 KB ran
+/// out of memory) and positions rescanned the text from its start.
+#[test]
+fn errors_on_one_huge_line_stay_bounded() {
+    use crate::policy::diag::{EXCERPT_SIDE, MAX_SHOWN};
+    let body: String = (0..24_000).map(|i| format!("x{i} = 1;")).collect();
+    let src = format!("device cpu {{\n{body}\n}}\n");
+    assert!(src.len() > 200_000 && src.len() < 256 * 1024);
+    let started = std::time::Instant::now();
+    let e = compile_str("t.nhp", &src).unwrap_err();
+    let msg = e.to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(msg.len() < 128 * 1024, "message of {} bytes", msg.len());
+    assert_eq!(e.diagnostics.len(), MAX_SHOWN);
+    assert!(e.not_shown > 1000, "{} not shown", e.not_shown);
+    assert!(msg.ends_with(&format!("more errors (only the first {MAX_SHOWN} are shown)")), "{msg}");
+    for d in &e.diagnostics {
+        let line = d.excerpt.lines().next().unwrap();
+        assert!(line.chars().count() < 2 * EXCERPT_SIDE + 20, "{line}");
+    }
+}
+
+/// The window keeps the caret under the offending text, with ellipses where the line was cut,
+/// and columns count characters, not bytes.
+#[test]
+fn long_lines_show_a_window_around_the_column() {
+    let before = format!("policy \"{}\"; device cpu {{ ", "é".repeat(100));
+    let src = format!("# é\n{before}bogus = 1 }} # {}\n{BACKSTOP}", "b".repeat(100));
+    let e = compile_str("t.nhp", &src).unwrap_err();
+    let d = &e.diagnostics[0];
+    assert_eq!(d.location, format!("t.nhp:2:{}", before.chars().count() + 1));
+    let mut lines = d.excerpt.lines();
+    let (text, caret) = (lines.next().unwrap(), lines.next().unwrap());
+    assert!(text.starts_with("2 | …") && text.ends_with('…'), "{text}");
+    let col = caret.find('^').unwrap();
+    assert_eq!(&text[text.char_indices().nth(col).unwrap().0..][..5], "bogus", "{text}\n{caret}");
 }
