@@ -641,16 +641,7 @@ fn cpu_backend_reports_itself_and_runs_on_its_pool() {
 /// meanwhile may take the portable paths too, which is harmless: both are correct.
 #[test]
 fn portable_fallbacks_match_reference() {
-    use super::simd::FORCE_PORTABLE;
-    use std::sync::atomic::Ordering;
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            FORCE_PORTABLE.store(false, Ordering::Relaxed);
-        }
-    }
-    let _reset = Reset;
-    FORCE_PORTABLE.store(true, Ordering::Relaxed);
+    let _cap = super::simd::test_cap(super::simd::Isa::Portable);
     assert!(!super::simd::has_avx2_fma());
 
     let mut bench = Bench::new(14);
@@ -705,6 +696,8 @@ fn refill(bench: &mut Bench, v: &TensorView) -> T {
 #[test]
 fn cached_weights_match_reference_and_follow_writes() {
     use crate::backend::Backend;
+    // No other test may lower the level meanwhile: the packing is asserted below.
+    let _cap = super::simd::test_cap(super::simd::Isa::Avx512);
     let cpu = super::CpuBackend::new(2).unwrap();
     let mut bench = Bench::new(21);
     let cases = [(2, 40, 70), (12, 384, 100), (13, 300, 65), (30, 257, 33), (100, 70, 90), (5, 1000, 40)];
@@ -736,9 +729,66 @@ fn cached_weights_match_reference_and_follow_writes() {
             }
         }
     }
-    #[cfg(all(target_arch = "x86_64", nh_avx512))]
-    if super::simd::has_avx512() {
+    if super::simd::has_avx2_fma() {
         assert!(cpu.weights.as_ref().unwrap().bytes() > 0, "weights seen twice are packed");
+    }
+}
+
+/// The packed GEMM and the weight cache at every instruction-set level this machine has
+/// (on an AVX-512 CPU the AVX2 kernels run too, as they do on AVX2-only machines): odd shapes
+/// that leave ragged micro-tiles for both tile sizes (6 x 16 and 12 x 32), several depth
+/// slices, transposed and strided operands, half-precision packing, beta, bias, activation.
+#[test]
+fn packed_gemm_matches_reference_at_every_level() {
+    use super::simd::{test_cap, test_levels, Isa};
+    use crate::backend::Backend;
+    for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
+        let _cap = test_cap(level);
+        assert_eq!(super::simd::isa(), level);
+        let mut bench = Bench::new(30 + level as u64);
+        for &(m, k, n, dt) in &[
+            (7, 5, 17, DType::F32),
+            (13, 257, 33, DType::F32),
+            (25, 300, 47, DType::F16),
+            (31, 70, 65, DType::BF16),
+            (200, 260, 20, DType::F32),
+            (8, 20, 3090, DType::F32),
+        ] {
+            for (ta, tb) in [(false, false), (true, true), (false, true)] {
+                let p = OpParams {
+                    trans_a: ta,
+                    trans_b: tb,
+                    alpha: 0.75,
+                    beta: 0.5,
+                    activation: Activation::Silu,
+                    ..Default::default()
+                };
+                check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+                let layouts = [Padded, Transposed, Padded];
+                check_matmul(&mut bench, dt, DType::F32, (&[2], &[1], &[2]), (m, k, n), p, false, layouts);
+            }
+        }
+        // Through the weight cache: packed once for this level, reused, right every time.
+        let cpu = super::CpuBackend::new(2).unwrap();
+        for &(m, k, n, tb) in &[(9, 300, 70, true), (40, 37, 33, false)] {
+            let p = OpParams { trans_b: tb, ..Default::default() };
+            let (a, ta) = bench.input(DType::F32, &[m, k], Dense);
+            let (b, tbv) = bench.input(DType::F32, &if tb { [n, k] } else { [k, n] }, Dense);
+            let c = bench.view(DType::F32, &[m, n], Dense);
+            let op = OpDesc::new(OpKind::Matmul, &[a, b], c).with_params(p);
+            for run in 0..3 {
+                let before = bench.read(&c);
+                cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+                let want = refr::matmul(&ta, &tbv, None, &before, &p);
+                assert_close(
+                    &bench.read(&c),
+                    &want,
+                    2e-5 + 2e-6 * k as f64,
+                    &format!("{level:?} cached run {run}"),
+                );
+            }
+        }
+        assert!(cpu.weights.as_ref().unwrap().bytes() > 0, "{level:?}: weights seen twice are packed");
     }
 }
 
