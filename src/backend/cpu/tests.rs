@@ -637,44 +637,53 @@ fn cpu_backend_reports_itself_and_runs_on_its_pool() {
     assert_close(&bench.read(&z), &want, 1e-6, "tiny add on the backend");
 }
 
-/// The portable (non-AVX2) builds of every kernel give the same results. Other tests running
-/// meanwhile may take the portable paths too, which is harmless: both are correct.
+/// Every instruction-set level this machine has (portable, AVX2, AVX-512) gives the same
+/// results: matmul, the fused activation / softmax / rope / add streams (in place and not,
+/// padded rows, a length with tails) and rmsnorm. Other tests running meanwhile may take the
+/// lower paths too, which is harmless: all are correct.
 #[test]
-fn portable_fallbacks_match_reference() {
-    let _cap = super::simd::test_cap(super::simd::Isa::Portable);
-    assert!(!super::simd::has_avx2_fma());
-
-    let mut bench = Bench::new(14);
-    for dt in FLOATS {
-        for &(m, k, n) in &[(1, 37, 53), (1, 301, 203), (40, 33, 65)] {
-            for tb in [false, true] {
-                let p = OpParams { trans_b: tb, activation: Activation::Gelu, ..Default::default() };
-                check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+fn every_level_matches_reference() {
+    use super::simd::{test_cap, test_levels, Isa};
+    for level in test_levels() {
+        let _cap = test_cap(level);
+        assert_eq!(super::simd::has_avx2_fma(), level >= Isa::Avx2);
+        let mut bench = Bench::new(14);
+        for dt in FLOATS {
+            for &(m, k, n) in &[(1, 37, 53), (1, 301, 203), (40, 33, 65)] {
+                for tb in [false, true] {
+                    let p = OpParams { trans_b: tb, activation: Activation::Gelu, ..Default::default() };
+                    check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+                }
             }
+            let (x, tx) = bench.input(dt, &[37, 130], Padded);
+            let out = bench.view(dt, &[37, 130], Dense);
+            let what = |op: &str| format!("{level:?} {op} {dt}");
+            for (kind, p) in [
+                (OpKind::Silu, OpParams::default()),
+                (OpKind::Gelu, OpParams::default()),
+                (OpKind::Gelu, OpParams { gelu_tanh: true, ..Default::default() }),
+            ] {
+                let want = refr::unary(&tx, unary_op(kind, &p));
+                bench.run(&OpDesc::new(kind, &[x], out).with_params(p));
+                assert_close(&bench.read(&out), &want, tol(dt), &what(&kind.to_string()));
+                bench.run(&OpDesc::new(kind, &[out], out).with_params(p));
+                let twice = refr::unary(&want, unary_op(kind, &p));
+                assert_close(&bench.read(&out), &twice, tol(dt) * 2.0, &what("in place"));
+            }
+            let (y, ty) = bench.input(dt, &[37, 130], Dense);
+            bench.run(&OpDesc::new(OpKind::Add, &[x, y], out));
+            let sum = T::new(&tx.shape, tx.data.iter().zip(&ty.data).map(|(a, b)| a + b).collect());
+            assert_close(&bench.read(&out), &sum, tol(dt), &what("add"));
+            bench.run(&OpDesc::new(OpKind::Softmax, &[x], out));
+            assert_close(&bench.read(&out), &refr::softmax(&tx), tol(dt), &what("softmax"));
+            bench.run(&OpDesc::new(OpKind::RmsNorm, &[x], out));
+            assert_close(&bench.read(&out), &refr::rmsnorm(&tx, None, 1e-5), tol(dt), &what("rmsnorm"));
+            let p = OpParams { rope_theta: 500.0, rope_position: 3, ..Default::default() };
+            let (r, tr) = bench.input(dt, &[9, 3, 42], Padded);
+            let rout = bench.view(dt, &[9, 3, 42], Dense);
+            bench.run(&OpDesc::new(OpKind::Rope, &[r], rout).with_params(p));
+            assert_close(&bench.read(&rout), &refr::rope(&tr, &p), tol(dt) * 2.0, &what("rope"));
         }
-        let (x, tx) = bench.input(dt, &[37, 130], Padded);
-        let out = bench.view(dt, &[37, 130], Dense);
-        for (kind, p) in [
-            (OpKind::Silu, OpParams::default()),
-            (OpKind::Gelu, OpParams { gelu_tanh: true, ..Default::default() }),
-        ] {
-            bench.run(&OpDesc::new(kind, &[x], out).with_params(p));
-            assert_close(
-                &bench.read(&out),
-                &refr::unary(&tx, unary_op(kind, &p)),
-                tol(dt),
-                &format!("portable {kind} {dt}"),
-            );
-        }
-        bench.run(&OpDesc::new(OpKind::Softmax, &[x], out));
-        assert_close(&bench.read(&out), &refr::softmax(&tx), tol(dt), &format!("portable softmax {dt}"));
-        bench.run(&OpDesc::new(OpKind::RmsNorm, &[x], out));
-        assert_close(
-            &bench.read(&out),
-            &refr::rmsnorm(&tx, None, 1e-5),
-            tol(dt),
-            &format!("portable rmsnorm {dt}"),
-        );
     }
 }
 

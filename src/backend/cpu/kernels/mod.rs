@@ -13,3 +13,4 @@ pub mod norm;
 pub mod rope;
 mod rows;
 pub mod softmax;
+mod vmath;

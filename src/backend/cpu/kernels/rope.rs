@@ -5,7 +5,8 @@
 use super::super::host::HostView;
 use super::super::simd::dispatch_avx2;
 use super::iter::TASK_ELEMS;
-use super::rows::map_rows;
+use super::rows::{map_rows, stream_rows};
+use super::vmath;
 use rayon::prelude::*;
 
 pub struct RopeParams {
@@ -71,6 +72,21 @@ pub fn rope(out: &HostView, x: &HostView, p: &RopeParams, in_place: bool) {
     let (seq, heads, dim) = (x.shape[r - 3], x.shape[r - 2], x.shape[r - 1]);
     let half = dim / 2;
     let (cos, sin) = angle_table(seq, half, p);
+    // Halves paired, contiguous rows, AVX2 / AVX-512: rotated from x into out in one pass.
+    if !p.interleaved
+        && dim % 2 == 0
+        && vmath::level().is_some()
+        && stream_rows(out, x, |row, o, xr| {
+            let pos = (row / heads) % seq;
+            // SAFETY: rows of validated views, one task each; the tables hold seq x half.
+            let done = unsafe {
+                vmath::rope_row(o, xr, half, cos[pos * half..].as_ptr(), sin[pos * half..].as_ptr())
+            };
+            debug_assert!(done, "float rows, vector level checked");
+        })
+    {
+        return;
+    }
     map_rows(out, x, in_place, |row, v| {
         let pos = (row / heads) % seq;
         let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
