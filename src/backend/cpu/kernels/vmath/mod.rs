@@ -117,16 +117,6 @@ unsafe fn gelu_tanh<T: V>(x: T) -> T {
     x.mul(e.mul(e.add(T::splat(1.0)).recip()))
 }
 
-#[inline(always)]
-unsafe fn apply<T: V>(act: Act, x: T) -> T {
-    match act {
-        Act::Scale(a) => x.mul(T::splat(a)),
-        Act::Silu => silu(x),
-        Act::Gelu => gelu(x),
-        Act::GeluTanh => gelu_tanh(x),
-    }
-}
-
 /// Where a stream reads or writes: dense f32, f16 or bf16 elements.
 #[derive(Clone, Copy)]
 pub(super) struct Dense {
@@ -259,25 +249,86 @@ pub(super) unsafe fn rope_row(out: Dense, x: Dense, half: usize, c: *const f32, 
 mod stream {
     use super::*;
 
+    /// 0, 1, 2 for f32, f16, bf16: a const parameter, so that the loops below carry no
+    /// dtype dispatch (a jump per vector, before).
+    fn code(d: DType) -> u8 {
+        match d {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            _ => 2,
+        }
+    }
+
     #[inline(always)]
-    pub unsafe fn unary<T: V>(act: Act, out: Dense, a: Dense, n: usize) {
+    unsafe fn ld<T: V, const D: u8>(p: *mut u8, i: usize) -> T {
+        match D {
+            0 => T::load((p as *const f32).add(i)),
+            1 => T::load_half((p as *const u16).add(i), false),
+            _ => T::load_half((p as *const u16).add(i), true),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn st<T: V, const D: u8>(p: *mut u8, i: usize, v: T) {
+        match D {
+            0 => v.store((p as *mut f32).add(i)),
+            1 => v.store_half((p as *mut u16).add(i), false),
+            _ => v.store_half((p as *mut u16).add(i), true),
+        }
+    }
+
+    /// The function of `Act` numbered K (a const, for the same reason; closures would not
+    /// be inlined into the target-feature functions, and every intrinsic became a call).
+    #[inline(always)]
+    unsafe fn act<T: V, const K: u8>(x: T, scale: f32) -> T {
+        match K {
+            0 => x.mul(T::splat(scale)),
+            1 => silu(x),
+            2 => gelu(x),
+            _ => gelu_tanh(x),
+        }
+    }
+
+    #[inline(always)]
+    pub unsafe fn unary<T: V>(f: Act, out: Dense, a: Dense, n: usize) {
+        match f {
+            Act::Scale(s) => by_dtype::<T, 0>(out, a, n, s),
+            Act::Silu => by_dtype::<T, 1>(out, a, n, 0.0),
+            Act::Gelu => by_dtype::<T, 2>(out, a, n, 0.0),
+            Act::GeluTanh => by_dtype::<T, 3>(out, a, n, 0.0),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn by_dtype<T: V, const K: u8>(out: Dense, a: Dense, n: usize, s: f32) {
+        match (code(a.dtype), code(out.dtype)) {
+            (0, 0) => map::<T, K, 0, 0>(out, a, n, s),
+            (0, 1) => map::<T, K, 0, 1>(out, a, n, s),
+            (0, _) => map::<T, K, 0, 2>(out, a, n, s),
+            (1, 0) => map::<T, K, 1, 0>(out, a, n, s),
+            (1, 1) => map::<T, K, 1, 1>(out, a, n, s),
+            (1, _) => map::<T, K, 1, 2>(out, a, n, s),
+            (_, 0) => map::<T, K, 2, 0>(out, a, n, s),
+            (_, 1) => map::<T, K, 2, 1>(out, a, n, s),
+            (_, _) => map::<T, K, 2, 2>(out, a, n, s),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn map<T: V, const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
         let l = T::LANES;
         let mut i = 0;
         // Two vectors per step: independent chains for the out-of-order core.
         while i + 2 * l <= n {
-            let (x0, x1) = (a.load::<T>(i), a.load::<T>(i + l));
-            let (y0, y1) = (apply(act, x0), apply(act, x1));
-            out.store(i, y0);
-            out.store(i + l, y1);
+            let (x0, x1) = (ld::<T, A>(a.ptr, i), ld::<T, A>(a.ptr, i + l));
+            let (y0, y1) = (act::<T, K>(x0, s), act::<T, K>(x1, s));
+            st::<T, O>(out.ptr, i, y0);
+            st::<T, O>(out.ptr, i + l, y1);
             i += 2 * l;
         }
         while i < n {
             let k = l.min(n - i);
-            if k == l {
-                out.store(i, apply(act, a.load::<T>(i)));
-            } else {
-                out.store_tail(i, k, apply(act, a.load_tail::<T>(i, k)));
-            }
+            out.store_tail(i, k, act::<T, K>(a.load_tail::<T>(i, k), s));
             i += k;
         }
     }
