@@ -498,6 +498,20 @@ fn rope_matches_reference_in_both_pairings() {
     }
 }
 
+/// The angle table is reused while positions, theta and shape stay the same, and rebuilt
+/// when any of them changes (decode steps move the position by one).
+#[test]
+fn rope_table_follows_position_and_theta() {
+    let mut bench = Bench::new(10);
+    let (x, tx) = bench.input(DType::F32, &[6, 2, 16], Dense);
+    let out = bench.view(DType::F32, &[6, 2, 16], Dense);
+    for (position, theta) in [(5, 10000.0), (5, 10000.0), (6, 10000.0), (6, 500.0), (5, 10000.0)] {
+        let p = OpParams { rope_theta: theta, rope_position: position, ..Default::default() };
+        bench.run(&OpDesc::new(OpKind::Rope, &[x], out).with_params(p));
+        assert_close(&bench.read(&out), &refr::rope(&tx, &p), tol(DType::F32) * 2.0, &format!("{p:?}"));
+    }
+}
+
 #[test]
 fn attention_matches_reference() {
     let mut bench = Bench::new(10);
