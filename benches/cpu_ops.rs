@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench cpu_ops [-- matmul|bandwidth|dispatch]`
 //! Threads: `NH_BENCH_THREADS` (default 2), used by both sides and printed.
+//! Kernels: `NPUHYBRID_CPU_ISA=avx2` runs our AVX2 path on an AVX-512 machine;
+//! `OPENBLAS_CORETYPE=Haswell` does the same for OpenBLAS. Both are printed.
 
 use npuhybrid::backend::cpu::CpuBackend;
 use npuhybrid::backend::{Backend, OpMemory};
@@ -75,6 +77,8 @@ type SgemmFn = unsafe extern "C" fn(
 struct OpenBlas {
     _lib: libloading::Library,
     sgemm: SgemmFn,
+    /// `openblas_get_corename()`: the kernel set it picked (`OPENBLAS_CORETYPE` overrides it).
+    core: String,
 }
 
 impl OpenBlas {
@@ -86,7 +90,11 @@ impl OpenBlas {
             let set: libloading::Symbol<unsafe extern "C" fn(c_int)> =
                 lib.get(b"openblas_set_num_threads\0").ok()?;
             set(threads as c_int);
-            Some(OpenBlas { _lib: lib, sgemm })
+            let core = lib
+                .get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"openblas_get_corename\0")
+                .map(|f| std::ffi::CStr::from_ptr(f()).to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "?".into());
+            Some(OpenBlas { _lib: lib, sgemm, core })
         }
     }
 
@@ -202,7 +210,8 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
     println!("runtime time / (B's bytes / memcpy GB/s).\n");
     println!("| shape (MxKxN) | dtype | backend GFLOP/s | runtime GFLOP/s | OpenBLAS GFLOP/s | ratio | vs our f32 | GEMV: B GB/s, memcpy GB/s, time / bound |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    let shapes: [(usize, usize, usize, bool); 8] = [
+    let shapes: [(usize, usize, usize, bool); 9] = [
+        (256, 256, 256, false),
         (512, 512, 512, false),
         (1024, 1024, 1024, false),
         (2048, 2048, 2048, false),
@@ -405,6 +414,15 @@ fn main() {
     println!(
         "threads: ours {threads}, OpenBLAS {}",
         if blas.is_some() { threads.to_string() } else { "not loaded (libopenblas.so.0 missing)".into() }
+    );
+    // Which kernels each side runs: ours per NPUHYBRID_CPU_ISA (capped to the CPU), OpenBLAS's
+    // per OPENBLAS_CORETYPE (e.g. Haswell for its AVX2 kernels on an AVX-512 machine).
+    let isa = cpu.info().details.iter().find(|(k, _)| k == "isa").map_or("?", |(_, v)| v.as_str());
+    println!(
+        "kernels: ours {isa} (NPUHYBRID_CPU_ISA={}), OpenBLAS {} (OPENBLAS_CORETYPE={})",
+        std::env::var("NPUHYBRID_CPU_ISA").unwrap_or_default(),
+        blas.as_ref().map_or("-", |b| b.core.as_str()),
+        std::env::var("OPENBLAS_CORETYPE").unwrap_or_default()
     );
     if wants("matmul") {
         bench_matmul(&cpu, &rt, blas.as_ref());

@@ -1,7 +1,7 @@
 //! What the CPU device reports: name and memory from /proc, throughput estimates from the
 //! SIMD width, clock and thread count (the scheduler's starting point, refined by measurement).
 
-use super::simd::has_avx2_fma;
+use super::simd::{isa, Isa};
 use crate::backend::{DeviceInfo, DeviceKind};
 use crate::op::{DType, OpKind};
 
@@ -20,9 +20,14 @@ pub fn cpu_info(threads: usize) -> DeviceInfo {
     let memory_bytes = proc_field("/proc/meminfo", "MemTotal")
         .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024);
-    // f32 flops per cycle per core: two 8-wide FMA pipes with AVX2, else two 4-wide SSE.
-    let flops_per_cycle = if has_avx2_fma() { 32.0 } else { 8.0 };
-    let simd = if has_avx2_fma() { "avx2+fma+f16c" } else { "sse2" };
+    // f32 flops per cycle per core: two 8-wide FMA pipes with AVX2 (AVX-512 kept at that
+    // starting point: the perf model measures), else two 4-wide SSE. The level is the one
+    // the kernels use (`NPUHYBRID_CPU_ISA` may lower it).
+    let (flops_per_cycle, simd) = match isa() {
+        Isa::Avx512 => (32.0, "avx512+avx2+fma+f16c"),
+        Isa::Avx2 => (32.0, "avx2+fma+f16c"),
+        Isa::Portable => (8.0, "sse2"),
+    };
     DeviceInfo {
         kind: DeviceKind::Cpu,
         name,
@@ -37,6 +42,11 @@ pub fn cpu_info(threads: usize) -> DeviceInfo {
         bandwidth_gbs: (threads as f64 * 12.0).min(60.0),
         unified_memory: true,
         max_in_flight: 1,
-        details: vec![("threads".to_string(), threads.to_string()), ("simd".to_string(), simd.to_string())],
+        details: vec![
+            ("threads".to_string(), threads.to_string()),
+            ("simd".to_string(), simd.to_string()),
+            // The level the kernels run at (`NPUHYBRID_CPU_ISA` caps it).
+            ("isa".to_string(), isa().name().to_string()),
+        ],
     }
 }

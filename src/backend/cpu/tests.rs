@@ -498,6 +498,20 @@ fn rope_matches_reference_in_both_pairings() {
     }
 }
 
+/// The angle table is reused while positions, theta and shape stay the same, and rebuilt
+/// when any of them changes (decode steps move the position by one).
+#[test]
+fn rope_table_follows_position_and_theta() {
+    let mut bench = Bench::new(10);
+    let (x, tx) = bench.input(DType::F32, &[6, 2, 16], Dense);
+    let out = bench.view(DType::F32, &[6, 2, 16], Dense);
+    for (position, theta) in [(5, 10000.0), (5, 10000.0), (6, 10000.0), (6, 500.0), (5, 10000.0)] {
+        let p = OpParams { rope_theta: theta, rope_position: position, ..Default::default() };
+        bench.run(&OpDesc::new(OpKind::Rope, &[x], out).with_params(p));
+        assert_close(&bench.read(&out), &refr::rope(&tx, &p), tol(DType::F32) * 2.0, &format!("{p:?}"));
+    }
+}
+
 #[test]
 fn attention_matches_reference() {
     let mut bench = Bench::new(10);
@@ -637,53 +651,53 @@ fn cpu_backend_reports_itself_and_runs_on_its_pool() {
     assert_close(&bench.read(&z), &want, 1e-6, "tiny add on the backend");
 }
 
-/// The portable (non-AVX2) builds of every kernel give the same results. Other tests running
-/// meanwhile may take the portable paths too, which is harmless: both are correct.
+/// Every instruction-set level this machine has (portable, AVX2, AVX-512) gives the same
+/// results: matmul, the fused activation / softmax / rope / add streams (in place and not,
+/// padded rows, a length with tails) and rmsnorm. Other tests running meanwhile may take the
+/// lower paths too, which is harmless: all are correct.
 #[test]
-fn portable_fallbacks_match_reference() {
-    use super::simd::FORCE_PORTABLE;
-    use std::sync::atomic::Ordering;
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            FORCE_PORTABLE.store(false, Ordering::Relaxed);
-        }
-    }
-    let _reset = Reset;
-    FORCE_PORTABLE.store(true, Ordering::Relaxed);
-    assert!(!super::simd::has_avx2_fma());
-
-    let mut bench = Bench::new(14);
-    for dt in FLOATS {
-        for &(m, k, n) in &[(1, 37, 53), (1, 301, 203), (40, 33, 65)] {
-            for tb in [false, true] {
-                let p = OpParams { trans_b: tb, activation: Activation::Gelu, ..Default::default() };
-                check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+fn every_level_matches_reference() {
+    use super::simd::{test_cap, test_levels, Isa};
+    for level in test_levels() {
+        let _cap = test_cap(level);
+        assert_eq!(super::simd::has_avx2_fma(), level >= Isa::Avx2);
+        let mut bench = Bench::new(14);
+        for dt in FLOATS {
+            for &(m, k, n) in &[(1, 37, 53), (1, 301, 203), (40, 33, 65)] {
+                for tb in [false, true] {
+                    let p = OpParams { trans_b: tb, activation: Activation::Gelu, ..Default::default() };
+                    check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+                }
             }
+            let (x, tx) = bench.input(dt, &[37, 130], Padded);
+            let out = bench.view(dt, &[37, 130], Dense);
+            let what = |op: &str| format!("{level:?} {op} {dt}");
+            for (kind, p) in [
+                (OpKind::Silu, OpParams::default()),
+                (OpKind::Gelu, OpParams::default()),
+                (OpKind::Gelu, OpParams { gelu_tanh: true, ..Default::default() }),
+            ] {
+                let want = refr::unary(&tx, unary_op(kind, &p));
+                bench.run(&OpDesc::new(kind, &[x], out).with_params(p));
+                assert_close(&bench.read(&out), &want, tol(dt), &what(&kind.to_string()));
+                bench.run(&OpDesc::new(kind, &[out], out).with_params(p));
+                let twice = refr::unary(&want, unary_op(kind, &p));
+                assert_close(&bench.read(&out), &twice, tol(dt) * 2.0, &what("in place"));
+            }
+            let (y, ty) = bench.input(dt, &[37, 130], Dense);
+            bench.run(&OpDesc::new(OpKind::Add, &[x, y], out));
+            let sum = T::new(&tx.shape, tx.data.iter().zip(&ty.data).map(|(a, b)| a + b).collect());
+            assert_close(&bench.read(&out), &sum, tol(dt), &what("add"));
+            bench.run(&OpDesc::new(OpKind::Softmax, &[x], out));
+            assert_close(&bench.read(&out), &refr::softmax(&tx), tol(dt), &what("softmax"));
+            bench.run(&OpDesc::new(OpKind::RmsNorm, &[x], out));
+            assert_close(&bench.read(&out), &refr::rmsnorm(&tx, None, 1e-5), tol(dt), &what("rmsnorm"));
+            let p = OpParams { rope_theta: 500.0, rope_position: 3, ..Default::default() };
+            let (r, tr) = bench.input(dt, &[9, 3, 42], Padded);
+            let rout = bench.view(dt, &[9, 3, 42], Dense);
+            bench.run(&OpDesc::new(OpKind::Rope, &[r], rout).with_params(p));
+            assert_close(&bench.read(&rout), &refr::rope(&tr, &p), tol(dt) * 2.0, &what("rope"));
         }
-        let (x, tx) = bench.input(dt, &[37, 130], Padded);
-        let out = bench.view(dt, &[37, 130], Dense);
-        for (kind, p) in [
-            (OpKind::Silu, OpParams::default()),
-            (OpKind::Gelu, OpParams { gelu_tanh: true, ..Default::default() }),
-        ] {
-            bench.run(&OpDesc::new(kind, &[x], out).with_params(p));
-            assert_close(
-                &bench.read(&out),
-                &refr::unary(&tx, unary_op(kind, &p)),
-                tol(dt),
-                &format!("portable {kind} {dt}"),
-            );
-        }
-        bench.run(&OpDesc::new(OpKind::Softmax, &[x], out));
-        assert_close(&bench.read(&out), &refr::softmax(&tx), tol(dt), &format!("portable softmax {dt}"));
-        bench.run(&OpDesc::new(OpKind::RmsNorm, &[x], out));
-        assert_close(
-            &bench.read(&out),
-            &refr::rmsnorm(&tx, None, 1e-5),
-            tol(dt),
-            &format!("portable rmsnorm {dt}"),
-        );
     }
 }
 
@@ -705,6 +719,8 @@ fn refill(bench: &mut Bench, v: &TensorView) -> T {
 #[test]
 fn cached_weights_match_reference_and_follow_writes() {
     use crate::backend::Backend;
+    // No other test may lower the level meanwhile: the packing is asserted below.
+    let _cap = super::simd::test_cap(super::simd::Isa::Avx512);
     let cpu = super::CpuBackend::new(2).unwrap();
     let mut bench = Bench::new(21);
     let cases = [(2, 40, 70), (12, 384, 100), (13, 300, 65), (30, 257, 33), (100, 70, 90), (5, 1000, 40)];
@@ -736,9 +752,66 @@ fn cached_weights_match_reference_and_follow_writes() {
             }
         }
     }
-    #[cfg(all(target_arch = "x86_64", nh_avx512))]
-    if super::simd::has_avx512() {
+    if super::simd::has_avx2_fma() {
         assert!(cpu.weights.as_ref().unwrap().bytes() > 0, "weights seen twice are packed");
+    }
+}
+
+/// The packed GEMM and the weight cache at every instruction-set level this machine has
+/// (on an AVX-512 CPU the AVX2 kernels run too, as they do on AVX2-only machines): odd shapes
+/// that leave ragged micro-tiles for both tile sizes (6 x 16 and 12 x 32), several depth
+/// slices, transposed and strided operands, half-precision packing, beta, bias, activation.
+#[test]
+fn packed_gemm_matches_reference_at_every_level() {
+    use super::simd::{test_cap, test_levels, Isa};
+    use crate::backend::Backend;
+    for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
+        let _cap = test_cap(level);
+        assert_eq!(super::simd::isa(), level);
+        let mut bench = Bench::new(30 + level as u64);
+        for &(m, k, n, dt) in &[
+            (7, 5, 17, DType::F32),
+            (13, 257, 33, DType::F32),
+            (25, 300, 47, DType::F16),
+            (31, 70, 65, DType::BF16),
+            (200, 260, 20, DType::F32),
+            (8, 20, 3090, DType::F32),
+        ] {
+            for (ta, tb) in [(false, false), (true, true), (false, true)] {
+                let p = OpParams {
+                    trans_a: ta,
+                    trans_b: tb,
+                    alpha: 0.75,
+                    beta: 0.5,
+                    activation: Activation::Silu,
+                    ..Default::default()
+                };
+                check_matmul(&mut bench, dt, dt, (&[], &[], &[]), (m, k, n), p, true, [Dense; 3]);
+                let layouts = [Padded, Transposed, Padded];
+                check_matmul(&mut bench, dt, DType::F32, (&[2], &[1], &[2]), (m, k, n), p, false, layouts);
+            }
+        }
+        // Through the weight cache: packed once for this level, reused, right every time.
+        let cpu = super::CpuBackend::new(2).unwrap();
+        for &(m, k, n, tb) in &[(9, 300, 70, true), (40, 37, 33, false)] {
+            let p = OpParams { trans_b: tb, ..Default::default() };
+            let (a, ta) = bench.input(DType::F32, &[m, k], Dense);
+            let (b, tbv) = bench.input(DType::F32, &if tb { [n, k] } else { [k, n] }, Dense);
+            let c = bench.view(DType::F32, &[m, n], Dense);
+            let op = OpDesc::new(OpKind::Matmul, &[a, b], c).with_params(p);
+            for run in 0..3 {
+                let before = bench.read(&c);
+                cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+                let want = refr::matmul(&ta, &tbv, None, &before, &p);
+                assert_close(
+                    &bench.read(&c),
+                    &want,
+                    2e-5 + 2e-6 * k as f64,
+                    &format!("{level:?} cached run {run}"),
+                );
+            }
+        }
+        assert!(cpu.weights.as_ref().unwrap().bytes() > 0, "{level:?}: weights seen twice are packed");
     }
 }
 

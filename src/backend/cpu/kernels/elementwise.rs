@@ -4,6 +4,7 @@
 use super::super::host::{HostView, Run};
 use super::iter::{for_each_block, BLOCK};
 use super::math;
+use super::vmath::{self, Act, Dense};
 use std::cell::RefCell;
 
 #[derive(Clone, Copy, Debug)]
@@ -65,8 +66,31 @@ unsafe fn with_slot(out: Run, a: Run, a_is_out: bool, n: usize, f: impl FnOnce(&
     }
 }
 
+/// The run as a stream's dense operand, when its elements are contiguous.
+fn dense(r: Run, n: usize) -> Option<Dense> {
+    // SAFETY (of later use): the run lies inside its validated view.
+    (r.stride == 1 || n == 1)
+        .then(|| Dense { ptr: r.ptr.0.wrapping_add(r.off * r.dtype.size()), dtype: r.dtype })
+}
+
+fn act(op: Unary) -> Act {
+    match op {
+        Unary::Scale(a) => Act::Scale(a),
+        Unary::Silu => Act::Silu,
+        Unary::Gelu => Act::Gelu,
+        Unary::GeluTanh => Act::GeluTanh,
+    }
+}
+
 pub fn unary(op: Unary, out: &HostView, a: &HostView, in_place: bool) {
     for_each_block(out, a, None, |o, a, _, n| {
+        // Contiguous float runs: one fused pass (load, widen, compute, round, store).
+        if let (Some(od), Some(ad)) = (dense(o, n), dense(a, n)) {
+            // SAFETY: runs of validated views, n elements each; `a` is `out` or disjoint.
+            if unsafe { vmath::unary(act(op), od, ad, n) } {
+                return;
+            }
+        }
         // SAFETY: runs come from validated views; blocks of different tasks are disjoint.
         unsafe { with_slot(o, a, in_place, n, |x| apply_unary(op, x)) };
     });
@@ -76,6 +100,12 @@ pub fn unary(op: Unary, out: &HostView, a: &HostView, in_place: bool) {
 pub fn binary(op: Binary, out: &HostView, a: &HostView, b: &HostView, a_is_out: bool, b_is_out: bool) {
     for_each_block(out, a, Some(b), |o, a, b, n| {
         let b = b.expect("binary op has b");
+        if let (Some(od), Some(ad), Some(bd)) = (dense(o, n), dense(a, n), dense(b, n)) {
+            // SAFETY: as in `unary`; an input that is the output is read before each store.
+            if unsafe { vmath::binary(matches!(op, Binary::Mul), od, ad, bd, n) } {
+                return;
+            }
+        }
         // SAFETY: as in `unary`; b is copied out first when it is the output, so writing the
         // output cannot change it.
         unsafe {

@@ -1,9 +1,11 @@
-//! Batched matmul C = act(alpha * op(A) op(B) + beta * C + bias) on `matrixmultiply`'s
-//! single-threaded sgemm, split into row (or column) blocks across the rayon pool: its own
+//! Batched matmul C = act(alpha * op(A) op(B) + beta * C + bias). On x86-64 with AVX2 or
+//! AVX-512 the packed GEMM (`gemm/`) runs it; elsewhere (and for C without dense rows)
+//! `matrixmultiply`'s single-threaded sgemm, split into row (or column) blocks across the rayon pool: its own
 //! threading is coarse and slow at small sizes (FACTS.md), and rayon keeps one pool per device.
 //! f16 / bf16 operands are converted to f32 once (F16C through `half`), accumulation is f32.
 
 use super::super::host::{dense_copy, load_dense, HostView, SendPtr};
+use super::super::simd::Isa;
 use super::gemv;
 use super::math;
 use crate::op::{Activation, DType, MAX_RANK};
@@ -78,14 +80,14 @@ impl Mat {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", nh_avx512))]
-pub use super::gemm512::PackedB;
+#[cfg(target_arch = "x86_64")]
+pub use super::gemm::PackedB;
 
-/// Without the AVX-512 GEMM nothing is prepacked (`prepacked_usable` is false).
-#[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+/// Without the packed GEMM (not x86-64) nothing is prepacked (`prepacked_usable` is false).
+#[cfg(not(target_arch = "x86_64"))]
 pub struct PackedB;
 
-#[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+#[cfg(not(target_arch = "x86_64"))]
 impl PackedB {
     pub fn bytes(&self) -> usize {
         0
@@ -100,14 +102,14 @@ pub fn prepacked_usable(out: &HostView, a: &HostView, b: &HostView, p: &MatmulPa
     let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
     let one_batch = b.shape[..b.rank - 2].iter().all(|&d| d == 1);
     let float = matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16);
-    m >= 2 && one_batch && float && packed_gemm_usable(out, k)
+    m >= 2 && one_batch && float && packed_gemm_isa(out, k).is_some()
 }
 
 /// B of this matmul in the packed GEMM's layout (callers checked `prepacked_usable`).
 pub fn pack_b(a: &HostView, b: &HostView, p: &MatmulParams) -> PackedB {
     let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
     let n = if p.trans_b { b.shape[b.rank - 2] } else { b.last() };
-    #[cfg(all(target_arch = "x86_64", nh_avx512))]
+    #[cfg(target_arch = "x86_64")]
     {
         let mb = Mat::new(b, p.trans_b);
         let g = Gemm {
@@ -120,12 +122,14 @@ pub fn pack_b(a: &HostView, b: &HostView, p: &MatmulParams) -> PackedB {
             p: *p,
             bias: None,
         };
-        super::gemm512::pack_whole_b(&g, n)
+        // A level lowered since `prepacked_usable` (tests only) gives an AVX2 packing that
+        // the GEMM then declines.
+        super::gemm::pack_whole_b(super::super::simd::isa().max(Isa::Avx2), &g, n)
     }
-    #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+    #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (k, n);
-        unreachable!("prepacked_usable is false without the AVX-512 GEMM")
+        unreachable!("prepacked_usable is false without the packed GEMM")
     }
 }
 
@@ -142,12 +146,12 @@ pub fn matmul(
     // GEMV streams B once and converts it on the fly; everything else converts up front.
     let gemv_b = m == 1 && gemv::streams(&Mat::new(b, p.trans_b));
     let k = if p.trans_a { a.shape[a.rank - 2] } else { a.last() };
-    // The AVX-512 GEMM converts f16 / bf16 operands while packing; the others take f32.
+    // The packed GEMM converts f16 / bf16 operands while packing; the others take f32.
     // f16 / bf16 outputs are computed in f32 (from C's old values, for beta) and rounded
     // once at the end, so C always has dense rows there.
-    let packed = !gemv_b && packed_gemm_usable(out, k);
-    let ca = (a.dtype != DType::F32 && !packed).then(|| dense_copy(a));
-    let cb = (b.dtype != DType::F32 && !gemv_b && !packed).then(|| dense_copy(b));
+    let packed = if gemv_b { None } else { packed_gemm_isa(out, k) };
+    let ca = (a.dtype != DType::F32 && packed.is_none()).then(|| dense_copy(a));
+    let cb = (b.dtype != DType::F32 && !gemv_b && packed.is_none()).then(|| dense_copy(b));
     let a = ca.as_ref().map(|c| &c.view).unwrap_or(a);
     let b = cb.as_ref().map(|c| &c.view).unwrap_or(b);
     let cc = (out.dtype != DType::F32).then(|| dense_copy(out));
@@ -164,14 +168,14 @@ pub fn matmul(
 
     if gemv_b {
         gemv::gemv(&gemm, batch, n);
-    } else if packed {
-        #[cfg(all(target_arch = "x86_64", nh_avx512))]
+    } else if let Some(isa) = packed {
+        #[cfg(target_arch = "x86_64")]
         match prepacked {
-            Some(pb) => super::gemm512::gemm_prepacked(&gemm, pb, batch, m, n),
-            None => super::gemm512::gemm(&gemm, batch, m, n),
+            Some(pb) => super::gemm::gemm_prepacked(isa, &gemm, pb, batch, m, n),
+            None => super::gemm::gemm(isa, &gemm, batch, m, n),
         }
-        #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
-        let _ = prepacked;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (isa, prepacked);
     } else {
         gemm.run_all(batch, m, n);
     }
@@ -180,18 +184,19 @@ pub fn matmul(
     }
 }
 
-/// Whether the AVX-512 packed GEMM takes this matmul: the CPU has it, C (or its f32 copy) has
-/// dense rows, k > 0.
-fn packed_gemm_usable(out: &HostView, k: usize) -> bool {
-    #[cfg(all(target_arch = "x86_64", nh_avx512))]
+/// The instruction set whose packed GEMM takes this matmul, if any: the CPU has AVX2 (or
+/// AVX-512), C (or its f32 copy) has dense rows, k > 0. Otherwise `matrixmultiply` runs it.
+fn packed_gemm_isa(out: &HostView, k: usize) -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
     {
         let dense_rows = out.dtype != DType::F32 || out.col_stride() == 1 || out.last() == 1;
-        dense_rows && k > 0 && super::super::simd::has_avx512()
+        let isa = super::super::simd::isa();
+        (dense_rows && k > 0 && isa >= Isa::Avx2).then_some(isa)
     }
-    #[cfg(not(all(target_arch = "x86_64", nh_avx512)))]
+    #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (out, k);
-        false
+        None
     }
 }
 

@@ -3,8 +3,8 @@
 pub mod attention;
 pub mod convert;
 pub mod elementwise;
-#[cfg(all(target_arch = "x86_64", nh_avx512))]
-mod gemm512;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 mod gemv;
 pub mod iter;
 pub mod math;
@@ -13,3 +13,4 @@ pub mod norm;
 pub mod rope;
 mod rows;
 pub mod softmax;
+mod vmath;

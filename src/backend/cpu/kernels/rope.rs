@@ -5,8 +5,10 @@
 use super::super::host::HostView;
 use super::super::simd::dispatch_avx2;
 use super::iter::TASK_ELEMS;
-use super::rows::map_rows;
+use super::rows::{map_rows, stream_rows};
+use super::vmath;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 pub struct RopeParams {
     pub theta: f32,
@@ -66,11 +68,49 @@ dispatch_avx2! {
     }
 }
 
+/// What an angle table depends on: positions, pairs, theta (bits) and the first position.
+type TableKey = (usize, usize, u32, u32);
+/// cos and sin, seq x half each.
+type Table = Arc<(Vec<f32>, Vec<f32>)>;
+
+/// The last table built: every layer of a forward pass rotates the same positions, so the
+/// table is built once per pass instead of twice per layer (it cost about a third of a rope
+/// over [1024, 8, 128]).
+static LAST_TABLE: parking_lot::Mutex<Option<(TableKey, Table)>> = parking_lot::Mutex::new(None);
+
+fn cached_table(seq: usize, half: usize, p: &RopeParams) -> Table {
+    let key = (seq, half, p.theta.to_bits(), p.position);
+    if let Some((k, t)) = LAST_TABLE.lock().as_ref() {
+        if *k == key {
+            return Arc::clone(t);
+        }
+    }
+    let table = Arc::new(angle_table(seq, half, p));
+    *LAST_TABLE.lock() = Some((key, Arc::clone(&table)));
+    table
+}
+
 pub fn rope(out: &HostView, x: &HostView, p: &RopeParams, in_place: bool) {
     let r = x.rank;
     let (seq, heads, dim) = (x.shape[r - 3], x.shape[r - 2], x.shape[r - 1]);
     let half = dim / 2;
-    let (cos, sin) = angle_table(seq, half, p);
+    let table = cached_table(seq, half, p);
+    let (cos, sin) = (&table.0, &table.1);
+    // Halves paired, contiguous rows, AVX2 / AVX-512: rotated from x into out in one pass.
+    if !p.interleaved
+        && dim % 2 == 0
+        && vmath::level().is_some()
+        && stream_rows(out, x, |row, o, xr| {
+            let pos = (row / heads) % seq;
+            // SAFETY: rows of validated views, one task each; the tables hold seq x half.
+            let done = unsafe {
+                vmath::rope_row(o, xr, half, cos[pos * half..].as_ptr(), sin[pos * half..].as_ptr())
+            };
+            debug_assert!(done, "float rows, vector level checked");
+        })
+    {
+        return;
+    }
     map_rows(out, x, in_place, |row, v| {
         let pos = (row / heads) % seq;
         let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);

@@ -3,6 +3,7 @@
 
 use super::super::host::HostView;
 use super::iter::for_each_row;
+use super::vmath::Dense;
 use std::cell::RefCell;
 
 thread_local! {
@@ -41,6 +42,26 @@ where
             }
         }
     });
+}
+
+/// Calls `f(row, out_row, x_row)` with the dense start of every row of `out` and `x` (for
+/// the fused streams, which read x and write out in one pass) and returns true, or returns
+/// false when some row is not contiguous.
+pub fn stream_rows<F>(out: &HostView, x: &HostView, f: F) -> bool
+where
+    F: Fn(usize, Dense, Dense) + Sync + Send,
+{
+    let len = out.last();
+    if len > 1 && (out.col_stride() != 1 || x.col_stride() != 1) {
+        return false;
+    }
+    let (out_step, x_step) = (out.row_stride(), x.row_stride());
+    let at = |v: &HostView, step: Option<usize>, r: usize| {
+        let off = step.map_or_else(|| v.row_offset(r), |s| r * s);
+        Dense { ptr: v.ptr.0.wrapping_add(off * v.dtype.size()), dtype: v.dtype }
+    };
+    for_each_row(out.rows(), len, |r| f(r, at(out, out_step, r), at(x, x_step, r)));
+    true
 }
 
 /// Independent accumulators of the reductions: 64 lanes are 4 zmm (or 8 ymm) registers, so

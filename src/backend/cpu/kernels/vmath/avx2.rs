@@ -1,0 +1,158 @@
+//! `V` for AVX2 + FMA + F16C (8 lanes) and the streams compiled with those features.
+
+use super::{stream, Act, Dense, V};
+use std::arch::x86_64::*;
+
+/// Bits of the rounding constant 1.5 * 2^23 used by `exp`.
+const MAGIC_BITS: i32 = 0x4b40_0000;
+
+impl V for __m256 {
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self)
+    }
+    #[inline(always)]
+    unsafe fn load_half(p: *const u16, bf16: bool) -> Self {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        if bf16 {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        } else {
+            _mm256_cvtph_ps(h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_half(self, p: *mut u16, bf16: bool) {
+        let h = if bf16 {
+            // Round to nearest even on the upper 16 bits; NaNs become quiet NaNs.
+            let bits = _mm256_castps_si256(self);
+            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+            let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(
+                bits,
+                _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)),
+            ));
+            let nan = _mm256_or_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(0x40));
+            let is_nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self, self));
+            let r = _mm256_blendv_epi8(rounded, nan, is_nan);
+            // packus works per 128-bit half: take the low quadword of each.
+            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
+            _mm256_castsi256_si128(packed)
+        } else {
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self)
+        };
+        _mm_storeu_si128(p as *mut __m128i, h)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        _mm256_add_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        _mm256_sub_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        _mm256_mul_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnma(self, b: Self, c: Self) -> Self {
+        _mm256_fnmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn min(self, o: Self) -> Self {
+        _mm256_min_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        _mm256_max_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        _mm256_and_ps(self, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))
+    }
+    #[inline(always)]
+    unsafe fn copysign(self, sign: Self) -> Self {
+        let s = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        _mm256_or_ps(_mm256_andnot_ps(s, self), _mm256_and_ps(s, sign))
+    }
+    #[inline(always)]
+    unsafe fn recip(self) -> Self {
+        let r = _mm256_rcp_ps(self);
+        _mm256_fmadd_ps(r, _mm256_fnmadd_ps(self, r, _mm256_set1_ps(1.0)), r)
+    }
+    #[inline(always)]
+    unsafe fn pow2_of_magic(t: Self) -> Self {
+        let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(MAGIC_BITS - 127));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n))
+    }
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(self), _mm256_extractf128_ps::<1>(self));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
+    }
+    #[inline(always)]
+    unsafe fn hmax(self) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(self), _mm256_extractf128_ps::<1>(self));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
+    stream::unary::<__m256>(act, out, a, n)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn binary(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
+    stream::binary::<__m256>(mul, out, a, b, n)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn softmax_row(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+    stream::softmax_row::<__m256>(out, x, n, tmp)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn rope_row(out: Dense, x: Dense, half: usize, c: *const f32, s: *const f32) {
+    stream::rope_row::<__m256>(out, x, half, c, s)
+}
+
+/// exp, recip and erf of every element (tests).
+#[cfg(test)]
+pub(super) fn probe(xs: &[f32], e: &mut [f32], r: &mut [f32], f: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run(xs: &[f32], e: &mut [f32], r: &mut [f32], f: &mut [f32]) {
+        for i in (0..xs.len()).step_by(8) {
+            let mut x = [1.0f32; 8];
+            let k = 8.min(xs.len() - i);
+            x[..k].copy_from_slice(&xs[i..i + k]);
+            let v = __m256::load(x.as_ptr());
+            let mut o = [0.0f32; 8];
+            for (which, dst) in [(0, &mut *e), (1, &mut *r), (2, &mut *f)] {
+                let y = match which {
+                    0 => super::exp(v),
+                    1 => v.recip(),
+                    _ => super::erf(v),
+                };
+                y.store(o.as_mut_ptr());
+                dst[i..i + k].copy_from_slice(&o[..k]);
+            }
+        }
+    }
+    // SAFETY: tests call this only at the Avx2 level or above.
+    unsafe { run(xs, e, r, f) }
+}

@@ -1,0 +1,154 @@
+//! `V` for AVX-512 F/BW/VL (16 lanes) and the streams compiled with those features. Built
+//! only with `nh_avx512` (rustc >= 1.89), hence the MSRV lint is off here.
+#![allow(clippy::incompatible_msrv)]
+
+use super::{stream, Act, Dense, V};
+use std::arch::x86_64::*;
+
+/// Bits of the rounding constant 1.5 * 2^23 used by `exp`.
+const MAGIC_BITS: i32 = 0x4b40_0000;
+
+impl V for __m512 {
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm512_storeu_ps(p, self)
+    }
+    #[inline(always)]
+    unsafe fn load_half(p: *const u16, bf16: bool) -> Self {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        if bf16 {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            _mm512_cvtph_ps(h)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_half(self, p: *mut u16, bf16: bool) {
+        let h = if bf16 {
+            // Round to nearest even on the upper 16 bits; NaNs become quiet NaNs.
+            let bits = _mm512_castps_si512(self);
+            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+                bits,
+                _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)),
+            ));
+            let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self, self);
+            _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, nan))
+        } else {
+            _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self)
+        };
+        _mm256_storeu_si256(p as *mut __m256i, h)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        _mm512_add_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        _mm512_sub_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        _mm512_mul_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnma(self, b: Self, c: Self) -> Self {
+        _mm512_fnmadd_ps(self, b, c)
+    }
+    #[inline(always)]
+    unsafe fn min(self, o: Self) -> Self {
+        _mm512_min_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        _mm512_max_ps(self, o)
+    }
+    #[inline(always)]
+    unsafe fn abs(self) -> Self {
+        _mm512_abs_ps(self)
+    }
+    #[inline(always)]
+    unsafe fn copysign(self, sign: Self) -> Self {
+        let s = _mm512_set1_epi32(i32::MIN);
+        let (x, y) = (_mm512_castps_si512(self), _mm512_castps_si512(sign));
+        _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(s, x), _mm512_and_si512(s, y)))
+    }
+    #[inline(always)]
+    unsafe fn recip(self) -> Self {
+        let r = _mm512_rcp14_ps(self);
+        _mm512_fmadd_ps(r, _mm512_fnmadd_ps(self, r, _mm512_set1_ps(1.0)), r)
+    }
+    #[inline(always)]
+    unsafe fn pow2_of_magic(t: Self) -> Self {
+        let n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(MAGIC_BITS - 127));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<23>(n))
+    }
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        _mm512_reduce_add_ps(self)
+    }
+    #[inline(always)]
+    unsafe fn hmax(self) -> f32 {
+        _mm512_reduce_max_ps(self)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
+    stream::unary::<__m512>(act, out, a, n)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn binary(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
+    stream::binary::<__m512>(mul, out, a, b, n)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn softmax_row(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+    stream::softmax_row::<__m512>(out, x, n, tmp)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn rope_row(out: Dense, x: Dense, half: usize, c: *const f32, s: *const f32) {
+    stream::rope_row::<__m512>(out, x, half, c, s)
+}
+
+/// exp, recip and erf of every element (tests).
+#[cfg(test)]
+pub(super) fn probe(xs: &[f32], e: &mut [f32], r: &mut [f32], f: &mut [f32]) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn run(xs: &[f32], e: &mut [f32], r: &mut [f32], f: &mut [f32]) {
+        for i in (0..xs.len()).step_by(16) {
+            let mut x = [1.0f32; 16];
+            let k = 16.min(xs.len() - i);
+            x[..k].copy_from_slice(&xs[i..i + k]);
+            let v = __m512::load(x.as_ptr());
+            let mut o = [0.0f32; 16];
+            for (which, dst) in [(0, &mut *e), (1, &mut *r), (2, &mut *f)] {
+                let y = match which {
+                    0 => super::exp(v),
+                    1 => v.recip(),
+                    _ => super::erf(v),
+                };
+                y.store(o.as_mut_ptr());
+                dst[i..i + k].copy_from_slice(&o[..k]);
+            }
+        }
+    }
+    // SAFETY: tests call this only at the Avx512 level.
+    unsafe { run(xs, e, r, f) }
+}
