@@ -31,10 +31,21 @@ fn tagged(op: OpDesc, tags: &str) -> OpDesc {
     op.with_tags(Tags::parse(tags).unwrap())
 }
 
+/// llm_inference picks by earliest completion: with an NPU that computes fast but streams
+/// weights slowly and a GPU the other way round (as on a Ryzen AI laptop), prefill goes to the
+/// NPU and decode to the GPU.
 #[test]
 fn llm_inference_sends_prefill_to_the_npu_and_decode_to_the_gpu() {
     let gpu = ScriptedDevice::new(DeviceKind::Gpu, "gpu", 5000.0, Script::Works);
     let rt = runtime(PolicySource::Builtin("llm_inference".into()), vec![Box::new(gpu), Box::new(sim(true))]);
+    let measured = |peak_gflops, bandwidth_gbs| npuhybrid::sched::perf_model::Priors {
+        launch_ns: 1_000.0,
+        op_ns: 100.0,
+        peak_gflops,
+        bandwidth_gbs,
+    };
+    rt.scheduler().devices[1].model.calibrate(measured(100.0, 1000.0));
+    rt.scheduler().devices[2].model.calibrate(measured(1e5, 10.0));
     let (d, f) = (256, 512);
     let w = upload(&rt, &random(d * f, 1));
     let x = upload(&rt, &random(128 * d, 2));

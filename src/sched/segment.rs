@@ -49,7 +49,9 @@ struct Producer {
 }
 
 /// For each op, the producers of its inputs among the earlier ops (latest overlapping write).
+/// Writes are indexed by buffer and searched newest first, so a chain costs O(1) per input.
 fn producers(ops: &[&OpDesc]) -> Vec<Vec<Producer>> {
+    let mut writes: std::collections::HashMap<u64, Vec<(usize, Access)>> = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let mut list = Vec::new();
@@ -57,13 +59,13 @@ fn producers(ops: &[&OpDesc]) -> Vec<Vec<Producer>> {
             let Some(v) = v else { continue };
             let (start, end) = v.byte_range();
             let read = Access { buffer: v.buffer, start, end, write: false };
-            let found = (0..i).rev().find(|&j| {
-                let w = &ops[j].output;
-                let (ws, we) = w.byte_range();
-                read.conflicts(&Access { buffer: w.buffer, start: ws, end: we, write: true })
-            });
+            let found = writes
+                .get(&v.buffer)
+                .and_then(|w| w.iter().rev().find(|(_, a)| read.conflicts(a)).map(|(j, _)| *j));
             list.push(Producer { input, op: found, bytes: v.bytes() });
         }
+        let (start, end) = op.output.byte_range();
+        writes.entry(op.output.buffer).or_default().push((i, Access { buffer: op.output.buffer, start, end, write: true }));
         out.push(list);
     }
     out

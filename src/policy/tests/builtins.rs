@@ -55,8 +55,10 @@ fn default_keeps_the_cpu_as_backstop_and_sends_big_matmuls_to_accelerators() {
     assert_eq!(p.decide(&big).candidates, [DeviceClass::Npu, DeviceClass::Gpu, DeviceClass::Cpu]);
     let gemv = query(OpKind::Matmul, DType::F32, 1, 4096, 4096, &none);
     assert_eq!(first(&p, &gemv), DeviceClass::Gpu);
+    // Tiny ops: the CPU, or the GPU where the data already is (the model decides).
     let tiny = query(OpKind::Add, DType::F32, 4, 16, 16, &none);
-    assert_eq!(p.decide(&tiny).candidates, [DeviceClass::Cpu]);
+    assert_eq!(p.decide(&tiny).candidates, [DeviceClass::Cpu, DeviceClass::Gpu]);
+    assert_eq!(p.decide(&tiny).strategy, Strategy::EarliestCompletion);
     assert_eq!(p.settings(DeviceClass::Npu).max_in_flight, Some(3));
     assert_eq!(p.settings(DeviceClass::Npu).batch_rows, Some(64));
     assert!(p.thermal_rules().iter().any(|t| t.emergency && t.device == DeviceClass::Npu));
