@@ -11,6 +11,7 @@ pub mod handle;
 pub mod memory;
 pub mod op;
 pub mod policy;
+pub mod quant;
 
 pub use error::{Error, Result};
 pub mod event;

@@ -504,9 +504,11 @@ impl Checker<'_> {
                 }
             }
             "dtype" => {
-                let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+                // An op computes in a plain type; quantized types describe weights only.
+                let plain: Vec<DType> = DType::ALL.into_iter().filter(|d| !d.is_quantized()).collect();
+                let names: Vec<&str> = plain.iter().map(|d| d.name()).collect();
                 if let Some(set) = self.name_set(c, "dtype", &names) {
-                    let mask = set.iter().fold(0, |m, &i| m | dtype_bit(DType::ALL[i]));
+                    let mask = set.iter().fold(0, |m, &i| m | dtype_bit(plain[i]));
                     def.dtypes &= mask;
                     def.conditions.push(Condition::DTypes(mask));
                 }

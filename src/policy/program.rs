@@ -69,7 +69,7 @@ impl Interval {
 
 /// Bit sets over op kinds and dtypes.
 pub type OpMask = u16;
-pub type DTypeMask = u8;
+pub type DTypeMask = u16;
 pub const ALL_OPS: OpMask = (1 << OpKind::COUNT) - 1;
 pub const ALL_DTYPES: DTypeMask = (1 << DType::ALL.len()) - 1;
 

@@ -59,12 +59,9 @@ impl Default for SimNpuConfig {
             name: "Simulated NPU (model, not hardware)".into(),
             // bf16 is native on AIE-ML; f16 is converted to bf16 on the way in; f32 is
             // emulated with several bf16 passes.
-            peak_gflops: vec![
-                (DType::I8, 8000.0),
-                (DType::BF16, 4000.0),
-                (DType::F16, 3600.0),
-                (DType::F32, 1000.0),
-            ],
+            // No i8 entry: matmul takes no i8 operands, so listing it would claim an i8
+            // capability nothing can use.
+            peak_gflops: vec![(DType::BF16, 4000.0), (DType::F16, 3600.0), (DType::F32, 1000.0)],
             reference_clock_mhz: 1810.0,
             modes: [
                 mode(1300.0, 3.5), // default: the driver's own DPM choice
