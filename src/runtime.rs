@@ -488,7 +488,7 @@ impl Runtime {
     pub fn explain(&self, op: &OpDesc) -> Result<String> {
         self.prepare(op)?;
         let policy = self.policy();
-        let q = OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags };
+        let q = OpQuery::of(op);
         let mut text = policy.explain(&q);
         text.push_str("\ndevices:\n");
         let decision = policy.decide(&q);

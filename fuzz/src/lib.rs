@@ -33,7 +33,8 @@ pub fn policy_mutate(data: &[u8]) {
         let Ok((kind, dtype, dims, tags)) = arbitrary_query(&mut u) else {
             return;
         };
-        let q = OpQuery { kind, dtype, dims, tags: &tags };
+        let wtype = *u.choose(&DType::ALL).unwrap_or(&dtype);
+        let q = OpQuery { kind, dtype, wtype, dims, tags: &tags };
         let d = policy.decide(&q);
         assert_eq!(d.rule_index, policy.decide_by_rules(&q), "tables disagree:\n{text}");
         assert!(policy.explain(&q).contains(&format!("decision: rule #{} ", d.rule_index)));
@@ -129,6 +130,11 @@ const DICTIONARY: &[&str] = &[
     "bf16",
     "i8",
     "i32",
+    "wtype",
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q4_g128",
     "m",
     "n",
     "k",
