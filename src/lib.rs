@@ -15,6 +15,7 @@ pub mod quant;
 
 pub use error::{Error, Result};
 pub mod event;
+pub mod gguf;
 pub mod graph;
 pub mod runtime;
 pub mod sched;
