@@ -26,6 +26,9 @@
 
 #define NH_ABI_VERSION 1
 
+// `nh_gguf_meta_*` index of a value that is not an array.
+#define NH_GGUF_SCALAR UINT64_MAX
+
 // Bits of `nh_runtime_desc.devices`. The CPU is always enabled.
 #define NH_ENABLE_GPU 1
 
@@ -252,6 +255,11 @@ typedef struct {
   const char *cpu_energy_preference;
 } nh_config_plan;
 
+// Opaque handle of an opened GGUF file, valid only with the runtime that opened it.
+typedef struct {
+  uint64_t id;
+} nh_gguf;
+
 // A view into a buffer. Shape and strides in elements, offset in bytes; all-zero strides
 // mean dense row-major. A zero `buffer` marks an absent optional input.
 typedef struct {
@@ -458,6 +466,32 @@ nh_status nh_configurable(nh_runtime runtime, char *buf, size_t capacity, size_t
 // Tells a simulated device to fail (`kind` is an `nh_fault_kind`). NH_ERR_UNSUPPORTED for
 // real devices.
 nh_status nh_device_inject_fault(nh_runtime runtime, uint32_t index, uint32_t kind, double param, uint64_t seed);
+
+// Maps the GGUF file at `path` into a new read-only buffer (`*out_buffer`, the caller's to
+// destroy after `nh_gguf_close`) and reads its header, metadata and tensor directory. A
+// damaged or unsupported file is refused (NH_ERR_INVALID_ARGUMENT) with the byte offset of
+// the fault in the message, and nothing stays mapped.
+nh_status nh_gguf_open(nh_runtime runtime, const char *path, nh_gguf *out_gguf, nh_buffer *out_buffer);
+
+// Forgets a GGUF file's header. Its buffer stays until `nh_buffer_destroy`.
+nh_status nh_gguf_close(nh_runtime runtime, nh_gguf gguf);
+
+// The tensor `name` as a dense view into the file's buffer: its dtype (f32, f16, bf16,
+// q8_0, q4_0, q4_1), shape outermost first (GGUF lists the innermost dimension first) and
+// byte offset. NH_ERR_INVALID_ARGUMENT when the file has no such tensor.
+nh_status nh_gguf_tensor(nh_runtime runtime, nh_gguf gguf, const char *name, nh_tensor *out_tensor);
+
+// Elements of the array `key` (1 for a value that is not an array).
+nh_status nh_gguf_meta_length(nh_runtime runtime, nh_gguf gguf, const char *key, uint64_t *out_length);
+
+// The number `key` holds (index NH_GGUF_SCALAR), or element `index` of the array `key`,
+// as a double (integers above 2^53 round). NH_ERR_INVALID_ARGUMENT when it is no number.
+nh_status nh_gguf_meta_number(nh_runtime runtime, nh_gguf gguf, const char *key, uint64_t index, double *out_value);
+
+// The string `key` holds (index NH_GGUF_SCALAR), or element `index` of the array `key`,
+// NUL-terminated into `buf` of `capacity` bytes; `*needed` (if not NULL) gets the size it
+// needs. A string may hold NUL bytes of its own: `*needed - 1` is its true length.
+nh_status nh_gguf_meta_string(nh_runtime runtime, nh_gguf gguf, const char *key, uint64_t index, char *buf, size_t capacity, size_t *needed);
 
 // Fills `desc` with defaults (no inputs, alpha 1, beta 0, eps 1e-5, rope_theta 10000).
 nh_status nh_op_desc_init(nh_op_desc *desc);

@@ -113,3 +113,115 @@ fn huge_metadata_arrays_are_refused_before_allocating() {
     let e = parse(&b).expect_err("accepted").to_string();
     assert!(e.contains("more than 4194304 metadata values"), "{e}");
 }
+
+mod c_api {
+    use npuhybrid::ffi::*;
+    use std::ffi::{CStr, CString};
+    use std::mem::zeroed;
+    use std::ptr::null_mut;
+
+    use nh_status::*;
+
+    fn last_error() -> String {
+        unsafe { CStr::from_ptr(nh_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    fn runtime() -> nh_runtime {
+        let mut d: nh_runtime_desc = unsafe { zeroed() };
+        assert_eq!(nh_runtime_desc_init(&mut d), NH_OK);
+        let dir = CString::new("").unwrap();
+        d.perf_cache_dir = dir.as_ptr();
+        let mut rt = nh_runtime::default();
+        assert_eq!(nh_runtime_create(&d, &mut rt), NH_OK, "{}", last_error());
+        rt
+    }
+
+    const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gguf/layouts.gguf");
+
+    #[test]
+    fn open_look_up_and_multiply_with_a_mapped_quantized_tensor() {
+        let rt = runtime();
+        let path = CString::new(PATH).unwrap();
+        let (mut g, mut buf) = (nh_gguf::default(), nh_buffer::default());
+        assert_eq!(nh_gguf_open(rt, path.as_ptr(), &mut g, &mut buf), NH_OK, "{}", last_error());
+        let key = |s: &str| CString::new(s).unwrap();
+        let mut v = 0.0f64;
+        let k = key("llama.embedding_length");
+        assert_eq!(nh_gguf_meta_number(rt, g, k.as_ptr(), NH_GGUF_SCALAR, &mut v), NH_OK);
+        assert_eq!(v, 64.0);
+        let k = key("tokenizer.ggml.scores");
+        assert_eq!(nh_gguf_meta_number(rt, g, k.as_ptr(), 3, &mut v), NH_OK);
+        assert_eq!(v, -1.5);
+        assert_eq!(nh_gguf_meta_number(rt, g, k.as_ptr(), 5, &mut v), NH_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("index 5 is past the 5 items"), "{}", last_error());
+        let mut len = 0u64;
+        let k = key("tokenizer.ggml.tokens");
+        assert_eq!(nh_gguf_meta_length(rt, g, k.as_ptr(), &mut len), NH_OK);
+        assert_eq!(len, 5);
+        let mut s = [0 as std::ffi::c_char; 32];
+        let mut needed = 0usize;
+        assert_eq!(nh_gguf_meta_string(rt, g, k.as_ptr(), 4, s.as_mut_ptr(), s.len(), &mut needed), NH_OK);
+        assert_eq!(unsafe { CStr::from_ptr(s.as_ptr()) }.to_str().unwrap(), "\u{2581}world");
+        let k = key("general.architecture");
+        assert_eq!(nh_gguf_meta_number(rt, g, k.as_ptr(), NH_GGUF_SCALAR, &mut v), NH_ERR_INVALID_ARGUMENT);
+
+        // x [2, 64] times the q4_0 tensor [6, 64] transposed, against its dequantised copy.
+        let (mut w, mut deq) = (nh_tensor::default(), nh_tensor::default());
+        let n = key("q4_0");
+        assert_eq!(nh_gguf_tensor(rt, g, n.as_ptr(), &mut w), NH_OK);
+        assert_eq!((w.dtype, w.rank, &w.shape[..2]), (nh_dtype::NH_Q4_0 as u32, 2, &[6u64, 64][..]));
+        let n = key("deq.q4_0");
+        assert_eq!(nh_gguf_tensor(rt, g, n.as_ptr(), &mut deq), NH_OK);
+        let n = key("no.such");
+        assert_eq!(nh_gguf_tensor(rt, g, n.as_ptr(), &mut deq), NH_ERR_INVALID_ARGUMENT);
+        let x: Vec<f32> = (0..128).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut xb = nh_buffer::default();
+        assert_eq!(nh_buffer_alloc(rt, 128 * 4 + 2 * 2 * 6 * 4, &mut xb), NH_OK);
+        assert_eq!(nh_buffer_write(rt, xb, 0, x.as_ptr().cast(), 128 * 4), NH_OK);
+        let mut y = [[0f32; 12]; 2];
+        for (i, wv) in [w, deq].into_iter().enumerate() {
+            let mut d: nh_op_desc = unsafe { zeroed() };
+            assert_eq!(nh_op_desc_init(&mut d), NH_OK);
+            d.kind = nh_op_kind::NH_OP_MATMUL as u32;
+            d.flags = NH_FLAG_TRANS_B;
+            d.inputs[0] =
+                nh_tensor { buffer: xb, dtype: 0, rank: 2, shape: [2, 64, 0, 0], ..Default::default() };
+            d.inputs[1] = wv;
+            d.output = nh_tensor { buffer: xb, dtype: 0, rank: 2, shape: [2, 6, 0, 0], ..Default::default() };
+            d.output.offset = 512 + 48 * i as u64;
+            let mut ev = nh_event::default();
+            assert_eq!(nh_submit(rt, &d, &mut ev), NH_OK, "{}", last_error());
+            assert_eq!(nh_event_wait(rt, ev, u64::MAX), NH_OK);
+            assert_eq!(nh_buffer_read(rt, xb, d.output.offset as usize, y[i].as_mut_ptr().cast(), 48), NH_OK);
+        }
+        for (a, b) in y[0].iter().zip(&y[1]) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{:?}", y);
+        }
+        assert_eq!(nh_gguf_close(rt, g), NH_OK);
+        assert_eq!(nh_gguf_close(rt, g), NH_ERR_INVALID_HANDLE);
+        assert_eq!(nh_gguf_meta_length(rt, g, k.as_ptr(), &mut len), NH_ERR_INVALID_HANDLE);
+        assert_eq!(nh_buffer_destroy(rt, buf), NH_OK);
+        assert_eq!(nh_runtime_destroy(rt), NH_OK);
+    }
+
+    #[test]
+    fn damaged_files_are_refused_and_leave_nothing_mapped() {
+        let rt = runtime();
+        let mut bytes = std::fs::read(PATH).unwrap();
+        bytes[4] = 9;
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.gguf");
+        std::fs::write(&bad, &bytes).unwrap();
+        let path = CString::new(bad.to_str().unwrap()).unwrap();
+        let (mut g, mut buf) = (nh_gguf::default(), nh_buffer::default());
+        assert_eq!(nh_gguf_open(rt, path.as_ptr(), &mut g, &mut buf), NH_ERR_INVALID_ARGUMENT);
+        let e = last_error();
+        assert!(e.contains("bad.gguf: gguf: byte 4: version 9"), "{e}");
+        assert_eq!(nh_gguf_open(rt, path.as_ptr(), null_mut(), &mut buf), NH_ERR_NULL_POINTER);
+        let mut stats: nh_runtime_stats = unsafe { zeroed() };
+        stats.struct_size = std::mem::size_of::<nh_runtime_stats>() as u32;
+        assert_eq!(nh_runtime_get_stats(rt, &mut stats), NH_OK);
+        assert_eq!(stats.buffers_live, 0, "the refused file's mapping was released");
+        assert_eq!(nh_runtime_destroy(rt), NH_OK);
+    }
+}

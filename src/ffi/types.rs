@@ -28,6 +28,13 @@ pub struct nh_event {
     pub id: u64,
 }
 
+/// Opaque handle of an opened GGUF file, valid only with the runtime that opened it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nh_gguf {
+    pub id: u64,
+}
+
 /// Opaque graph handle, valid only with the runtime that made it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -409,6 +416,7 @@ mod layout {
     assert_eq_size!(nh_buffer, u64);
     assert_eq_size!(nh_event, u64);
     assert_eq_size!(nh_graph, u64);
+    assert_eq_size!(nh_gguf, u64);
     const_assert_eq!(size_of::<nh_runtime_desc>(), 72);
     const_assert_eq!(offset_of!(nh_runtime_desc, sys_root), 64);
     const_assert_eq!(size_of::<nh_config_plan>(), 24);
