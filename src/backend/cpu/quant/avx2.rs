@@ -61,6 +61,24 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// matching `blocks * block_elems` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot<const R: usize>(dt: DType, w: *const u8, x: [*const f32; R], blocks: usize) -> [f32; R] {
+    // One loop per type, so the per-block branch on the type is resolved at compile time.
+    match dt {
+        DType::Q8_0 => blocks_of::<R, 0>(w, x, blocks),
+        DType::Q4_0 => blocks_of::<R, 1>(w, x, blocks),
+        DType::Q4_1 => blocks_of::<R, 2>(w, x, blocks),
+        _ => blocks_of::<R, 3>(w, x, blocks),
+    }
+}
+
+const TYPES: [DType; 4] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4G128];
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn blocks_of<const R: usize, const T: usize>(
+    w: *const u8,
+    x: [*const f32; R],
+    blocks: usize,
+) -> [f32; R] {
+    let dt = TYPES[T];
     let mut acc = [_mm256_setzero_ps(); R];
     // q4_1's minimum multiplies the block's activation sum.
     let mut macc = [_mm256_setzero_ps(); R];
