@@ -5,7 +5,7 @@
  * Conventions
  * - Every function returns an nh_status; NH_OK is 0. nh_last_error_message() explains the
  *   last failure on the calling thread.
- * - Handles (nh_runtime, nh_buffer, nh_event, nh_graph) are opaque, generation-checked
+ * - Handles (nh_runtime, nh_buffer, nh_event, nh_graph, nh_gguf) are opaque, generation-checked
  *   values: a stale, freed, forged or other runtime's handle gives NH_ERR_INVALID_HANDLE.
  * - Structs that begin with struct_size must have it set (the *_init functions do), so that
  *   fields can be appended in later versions without breaking callers.
