@@ -60,6 +60,7 @@ fn query<'a>(kind: OpKind, dtype: DType, [m, n, k]: [usize; 3], tags: &'a Tags) 
     OpQuery {
         kind,
         dtype,
+        wtype: dtype,
         dims: OpDims { m, n, k, batch: 1, elements: m * n, bytes: (m * k + k * n + m * n) * dtype.size() },
         tags,
     }

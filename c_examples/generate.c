@@ -26,7 +26,13 @@
  *            [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]
  *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
  *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
- *            [--warmup N] [--expect-placement] [--quiet]
+ *            [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]
+ *
+ * --model FILE.gguf reads a llama-architecture GGUF file instead (nh_gguf_open: mapped, its
+ * header checked): configuration from its metadata, f32 / q8_0 / q4_0 / q4_1 weights used
+ * where they lie in the file, f16 / bf16 ones converted to f32 at load; rope on adjacent
+ * pairs, as llama.cpp's converter permutes Q and K for. --quant quantizes a safetensors
+ * model's matmul weights at load (those whose inner size is whole blocks).
  */
 #include "common.h"
 #include "safetensors.h"
@@ -161,18 +167,68 @@ typedef struct {
 typedef struct {
   config c;
   nh_buffer file;
-  /* The token embeddings [vocab, dim]: rows are copied out of this buffer. */
-  nh_buffer embed_buf;
-  uint64_t embed_offset;
+  nh_tensor embed; /* [vocab, D], any dtype: rows are copied (converted) to the activations' type */
   nh_tensor norm, lm_head, blm_head;
   layer_weights layer[MAX_LAYERS];
   /* Prefill matmuls take bf16 operands (weights converted at load, activations on the way in). */
   int bf16;
+  int rope_pairs;    /* rope on adjacent pairs (GGUF's llama) instead of rotated halves */
+  const char *wtype; /* what the matmul weights are, for the summary line */
 } model;
 
 /* Element type of the weights and activations (logits are always f32). */
 static uint32_t g_dt = NH_F32;
 static size_t g_es = sizeof(float);
+
+/* ---- Quantized and converted weights ---- */
+
+static const char *nh_dtype_label(uint32_t dt) {
+  static const char *names[] = {"f32", "f16", "bf16", "i8", "i32", "q8_0", "q4_0", "q4_1", "q4_g128"};
+  return dt < sizeof names / sizeof names[0] ? names[dt] : "?";
+}
+
+static uint64_t block_elems(uint32_t dt) {
+  return dt == NH_Q4_G128 ? 128 : (dt >= NH_Q8_0 && dt <= NH_Q4_1) ? 32 : 1;
+}
+
+/* Bytes of n elements of dtype dt (n whole blocks for quantized types). */
+static uint64_t dtype_bytes(uint32_t dt, uint64_t n) {
+  switch (dt) {
+    case NH_F32: case NH_I32: return 4 * n;
+    case NH_F16: case NH_BF16: return 2 * n;
+    case NH_Q8_0: return n / 32 * 34;
+    case NH_Q4_0: return n / 32 * 18;
+    case NH_Q4_1: return n / 32 * 20;
+    case NH_Q4_G128: return n / 128 * 68;
+    default: return n;
+  }
+}
+
+static int parse_quant(const char *s, uint32_t *dt) {
+  static const struct { const char *name; uint32_t dt; } q[] = {
+      {"q8_0", NH_Q8_0}, {"q4_0", NH_Q4_0}, {"q4_1", NH_Q4_1}, {"q4_g128", NH_Q4_G128}};
+  for (size_t i = 0; i < sizeof q / sizeof q[0]; i++)
+    if (!strcmp(s, q[i].name)) { *dt = q[i].dt; return 0; }
+  return -1;
+}
+
+/* Copies (converts, quantizes) the view src into a new dense buffer of dtype dt, now. */
+static nh_tensor convert_now(nh_runtime rt, nh_tensor src, uint32_t dt) {
+  uint64_t n = 1;
+  for (uint32_t i = 0; i < src.rank; i++) n *= src.shape[i];
+  nh_buffer b;
+  NH_CHECK(nh_buffer_alloc(rt, dtype_bytes(dt, n), &b));
+  nh_op_desc op;
+  NH_CHECK(nh_op_desc_init(&op));
+  op.kind = NH_OP_COPY;
+  op.inputs[0] = src;
+  op.output = nh_dense(b, dt, src.rank, src.shape, 0);
+  nh_event ev;
+  NH_CHECK(nh_submit(rt, &op, &ev));
+  NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
+  NH_CHECK(nh_event_release(rt, ev));
+  return op.output;
+}
 
 /* The view of weight `name`, which must be F32 and shaped [d0] or [d0, d1]. */
 static nh_tensor weight(const st_file *st, nh_buffer file, const char *path, const char *name, uint64_t d0,
@@ -189,6 +245,14 @@ static nh_tensor weight(const st_file *st, nh_buffer file, const char *path, con
   }
   if (t->offset % 4 != 0) die("%s: \"%s\" is not 4-byte aligned in the file", path, name);
   return st_view(file, t);
+}
+
+/* --quant: matmul weights whose rows are whole blocks, quantized at load. */
+static uint32_t load_quant = NH_F32;
+
+static nh_tensor matmul_weight(nh_runtime rt, nh_tensor w) {
+  if (load_quant == NH_F32 || w.shape[1] % block_elems(load_quant)) return w;
+  return convert_now(rt, w, load_quant);
 }
 
 /* Reads a Hugging Face config.json's Llama fields into c (`path` names it in errors). */
@@ -223,11 +287,11 @@ static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
   if (st_open(path, st, err, sizeof err) != 0) die("%s", err);
   NH_CHECK(nh_buffer_map_file(rt, path, &m->file));
   uint64_t D = c->dim, Q = c->heads * c->head_dim, KV = c->kv_heads * c->head_dim;
-  nh_tensor e = weight(st, m->file, path, "model.embed_tokens.weight", c->vocab, D);
-  m->embed_buf = m->file;
-  m->embed_offset = e.offset;
+  m->embed = weight(st, m->file, path, "model.embed_tokens.weight", c->vocab, D);
   m->norm = weight(st, m->file, path, "model.norm.weight", D, 0);
-  m->lm_head = weight(st, m->file, path, "lm_head.weight", c->vocab, D);
+  m->lm_head = matmul_weight(rt, weight(st, m->file, path, "lm_head.weight", c->vocab, D));
+  m->rope_pairs = 0;
+  m->wtype = load_quant == NH_F32 ? "f32" : nh_dtype_label(load_quant);
   for (uint64_t i = 0; i < c->layers; i++) {
     layer_weights *l = &m->layer[i];
     char name[160];
@@ -244,8 +308,103 @@ static void load_model(nh_runtime rt, const char *dir, model *m, st_file *st) {
     W(wup, "mlp.up_proj.weight", c->ffn, D);
     W(wdown, "mlp.down_proj.weight", D, c->ffn);
 #undef W
+    l->wq = matmul_weight(rt, l->wq);
+    l->wk = matmul_weight(rt, l->wk);
+    l->wv = matmul_weight(rt, l->wv);
+    l->wo = matmul_weight(rt, l->wo);
+    l->wgate = matmul_weight(rt, l->wgate);
+    l->wup = matmul_weight(rt, l->wup);
+    l->wdown = matmul_weight(rt, l->wdown);
   }
   free(path);
+}
+
+/* ---- GGUF (llama architecture, llama.cpp's tensor names and metadata keys) ---- */
+
+static double gguf_number(nh_runtime rt, nh_gguf g, const char *path, const char *key, int required, double dflt) {
+  double v;
+  if (nh_gguf_meta_number(rt, g, key, NH_GGUF_SCALAR, &v) == NH_OK) return v;
+  if (required) die("%s: %s", path, nh_last_error_message());
+  return dflt;
+}
+
+static uint64_t gguf_uint(nh_runtime rt, nh_gguf g, const char *path, const char *key, uint64_t lo, uint64_t hi) {
+  double v = gguf_number(rt, g, path, key, 1, 0);
+  if (!(v >= (double)lo && v <= (double)hi) || v != floor(v))
+    die("%s: %s = %g is not a whole number in [%llu, %llu]", path, key, v, (unsigned long long)lo,
+        (unsigned long long)hi);
+  return (uint64_t)v;
+}
+
+/* Tensor `name` shaped [d0] or [d0, d1]; matmul weights stay as they are in the file when
+ * f32 or quantized, everything else becomes f32 (norms, f16 / bf16 weights). */
+static nh_tensor gguf_weight(nh_runtime rt, nh_gguf g, const char *path, const char *name, uint64_t d0, uint64_t d1,
+                             int matmul) {
+  nh_tensor t;
+  if (nh_gguf_tensor(rt, g, name, &t) != NH_OK) die("%s: %s", path, nh_last_error_message());
+  uint32_t rank = d1 ? 2 : 1;
+  if (t.rank != rank || t.shape[0] != d0 || (d1 && t.shape[1] != d1))
+    die("%s: \"%s\" must be [%llu%s%llu], it is rank %u with first dim %llu", path, name, (unsigned long long)d0,
+        d1 ? ", " : "", (unsigned long long)d1, t.rank, (unsigned long long)t.shape[0]);
+  if (t.dtype == NH_F32 || (matmul && block_elems(t.dtype) > 1)) return t;
+  return convert_now(rt, t, NH_F32);
+}
+
+static void load_gguf(nh_runtime rt, const char *path, model *m) {
+  nh_gguf g;
+  if (nh_gguf_open(rt, path, &g, &m->file) != NH_OK) die("%s", nh_last_error_message());
+  char arch[32];
+  if (nh_gguf_meta_string(rt, g, "general.architecture", NH_GGUF_SCALAR, arch, sizeof arch, NULL) != NH_OK ||
+      strcmp(arch, "llama"))
+    die("%s: general.architecture must be \"llama\"", path);
+  config *c = &m->c;
+  c->dim = gguf_uint(rt, g, path, "llama.embedding_length", 2, 1u << 16);
+  c->layers = gguf_uint(rt, g, path, "llama.block_count", 1, MAX_LAYERS);
+  c->heads = gguf_uint(rt, g, path, "llama.attention.head_count", 1, 1024);
+  c->kv_heads = (uint64_t)gguf_number(rt, g, path, "llama.attention.head_count_kv", 0, (double)c->heads);
+  c->ffn = gguf_uint(rt, g, path, "llama.feed_forward_length", 1, 1u << 20);
+  c->max_pos = gguf_uint(rt, g, path, "llama.context_length", 1, 1u << 20);
+  c->theta = (float)gguf_number(rt, g, path, "llama.rope.freq_base", 0, 10000.0);
+  c->eps = (float)gguf_number(rt, g, path, "llama.attention.layer_norm_rms_epsilon", 1, 0);
+  if (nh_gguf_meta_length(rt, g, "tokenizer.ggml.tokens", &c->vocab) != NH_OK)
+    die("%s: %s", path, nh_last_error_message());
+  if (c->kv_heads < 1 || c->dim % c->heads || c->heads % c->kv_heads || (c->dim / c->heads) % 2)
+    die("%s: embedding length %llu, %llu heads and %llu kv heads do not give an even head_dim shared by whole groups",
+        path, (unsigned long long)c->dim, (unsigned long long)c->heads, (unsigned long long)c->kv_heads);
+  if (!(c->theta > 0) || !(c->eps >= 0)) die("%s: rope freq_base must be > 0 and the rms epsilon >= 0", path);
+  c->head_dim = c->dim / c->heads;
+  uint64_t D = c->dim, Q = c->heads * c->head_dim, KV = c->kv_heads * c->head_dim;
+  nh_tensor e;
+  if (nh_gguf_tensor(rt, g, "token_embd.weight", &e) != NH_OK) die("%s: %s", path, nh_last_error_message());
+  if (e.rank != 2 || e.shape[0] != c->vocab || e.shape[1] != D)
+    die("%s: token_embd.weight must be [%llu, %llu]", path, (unsigned long long)c->vocab, (unsigned long long)D);
+  m->embed = e;
+  m->norm = gguf_weight(rt, g, path, "output_norm.weight", D, 0, 0);
+  nh_tensor out;
+  m->lm_head = nh_gguf_tensor(rt, g, "output.weight", &out) == NH_OK
+                   ? gguf_weight(rt, g, path, "output.weight", c->vocab, D, 1)
+                   : gguf_weight(rt, g, path, "token_embd.weight", c->vocab, D, 1); /* tied */
+  m->wtype = NULL;
+  for (uint64_t i = 0; i < c->layers; i++) {
+    layer_weights *l = &m->layer[i];
+    char name[96];
+#define W(field, suffix, d0, d1, mm)                                          \
+  snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)i, suffix); \
+  l->field = gguf_weight(rt, g, path, name, d0, d1, mm)
+    W(attn_norm, "attn_norm.weight", D, 0, 0);
+    W(wq, "attn_q.weight", Q, D, 1);
+    W(wk, "attn_k.weight", KV, D, 1);
+    W(wv, "attn_v.weight", KV, D, 1);
+    W(wo, "attn_output.weight", D, Q, 1);
+    W(ffn_norm, "ffn_norm.weight", D, 0, 0);
+    W(wgate, "ffn_gate.weight", c->ffn, D, 1);
+    W(wup, "ffn_up.weight", c->ffn, D, 1);
+    W(wdown, "ffn_down.weight", D, c->ffn, 1);
+#undef W
+    if (!m->wtype) m->wtype = nh_dtype_label(l->wq.dtype);
+  }
+  m->rope_pairs = 1;
+  NH_CHECK(nh_gguf_close(rt, g));
 }
 
 /* ---- Synthetic models: real shapes, random weights made here ---- */
@@ -311,8 +470,9 @@ static void synthetic_model(nh_runtime rt, const char *spec, model *m, uint64_t 
   /* Uniform weights of std ~ 1/sqrt(fan_in) keep activations O(1) through the layers. */
   float sd = 1.7f / sqrtf((float)D), sf = 1.7f / sqrtf((float)F);
   m->file.id = 0;
-  m->embed_buf = synthetic_tensor(rt, c->vocab * D, 1.0f, 0, &rng);
-  m->embed_offset = 0;
+  m->embed = whole(synthetic_tensor(rt, c->vocab * D, 1.0f, 0, &rng), c->vocab, D);
+  m->rope_pairs = 0;
+  m->wtype = g_dt == NH_F16 ? "f16" : "f32";
   m->norm = whole(synthetic_tensor(rt, D, 1.0f, 1, &rng), D, 0);
   m->lm_head = whole(synthetic_tensor(rt, c->vocab * D, sd, 0, &rng), c->vocab, D);
   for (uint64_t i = 0; i < c->layers; i++) {
@@ -329,11 +489,22 @@ static void synthetic_model(nh_runtime rt, const char *spec, model *m, uint64_t 
   }
 }
 
-/* Bytes of weights one decode step reads (every matrix once, the embedding row aside). */
-static double weight_bytes(const config *c) {
-  double D = (double)c->dim, Q = (double)(c->heads * c->head_dim), KV = (double)(c->kv_heads * c->head_dim);
-  double per_layer = Q * D + 2 * KV * D + D * Q + 3 * D * (double)c->ffn + 2 * D;
-  return ((double)c->layers * per_layer + (double)c->vocab * D + D) * (double)g_es;
+static double tensor_bytes(nh_tensor t) {
+  uint64_t n = 1;
+  for (uint32_t i = 0; i < t.rank; i++) n *= t.shape[i];
+  return (double)dtype_bytes(t.dtype, n);
+}
+
+/* Bytes of weights one decode step reads (every matrix and norm once, the embedding row
+ * aside), in the types they have (quantized blocks included). */
+static double weight_bytes(const model *m) {
+  double total = tensor_bytes(m->norm) + tensor_bytes(m->lm_head);
+  for (uint64_t i = 0; i < m->c.layers; i++) {
+    const layer_weights *l = &m->layer[i];
+    nh_tensor all[] = {l->attn_norm, l->wq, l->wk, l->wv, l->wo, l->ffn_norm, l->wgate, l->wup, l->wdown};
+    for (size_t j = 0; j < sizeof all / sizeof all[0]; j++) total += tensor_bytes(all[j]);
+  }
+  return total;
 }
 
 /* An NPU that runs bf16 matmuls but not f32 ones (every real one, and the simulated XDNA
@@ -541,7 +712,8 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
   for (uint64_t i = 0; i < n; i++) {
     op = op_init(NH_OP_COPY, phase);
     uint64_t shape[2] = {1, D};
-    op.inputs[0] = nh_dense(m->embed_buf, g_dt, 2, shape, m->embed_offset + (uint64_t)tokens[i] * D * g_es);
+    op.inputs[0] = nh_dense(m->embed.buffer, m->embed.dtype, 2, shape,
+                            m->embed.offset + dtype_bytes(m->embed.dtype, (uint64_t)tokens[i] * D));
     op.output = rows_view(st->x, i, 1, D);
     emit(s, &op, phase, 1);
   }
@@ -557,6 +729,7 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
     op.inputs[0] = op.output = seq_heads_view(st->q, 0, n, H, HD);
     op.rope_theta = c->theta;
     op.rope_position = (uint32_t)pos;
+    op.flags = m->rope_pairs ? NH_FLAG_ROPE_INTERLEAVED : 0;
     emit(s, &op, phase, 1);
     op.inputs[0] = op.output = seq_heads_view(st->k[l], pos, n, HKV, HD);
     emit(s, &op, phase, 1);
@@ -697,7 +870,8 @@ static void usage(const char *argv0) {
           "          [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]\n"
           "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
           "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
-          "          [--warmup N] [--expect-placement] [--quiet]\n",
+          "          [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]\n"
+          "       --model takes a safetensors directory or a llama GGUF file (FILE.gguf)\n",
           argv0);
   exit(2);
 }
@@ -759,6 +933,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--temperature")) { NEED_VALUE(); sm.temperature = parse_double(a, v, 1e-3, 1e3); }
     else if (!strcmp(a, "--expect-placement")) expect_placement = 1;
     else if (!strcmp(a, "--quiet")) quiet = 1;
+    else if (!strcmp(a, "--quant")) {
+      NEED_VALUE();
+      if (parse_quant(v, &load_quant)) die("--quant: '%s' is not q8_0, q4_0, q4_1 or q4_g128", v);
+    }
     else if (!strcmp(a, "--decode")) {
       NEED_VALUE();
       if (!strcmp(v, "graph")) decode = DECODE_GRAPH;
@@ -852,7 +1030,12 @@ int main(int argc, char **argv) {
   st_file stf;
   memset(&stf, 0, sizeof stf);
   double t_load = now_s();
+  size_t mlen = strlen(model_dir);
+  int is_gguf = !synthetic && mlen > 5 && !strcmp(model_dir + mlen - 5, ".gguf");
+  if ((is_gguf || synthetic) && load_quant != NH_F32)
+    die("--quant applies to safetensors models; a GGUF file or a synthetic model keeps its types");
   if (synthetic) synthetic_model(rt, synthetic, &m, seed);
+  else if (is_gguf) load_gguf(rt, model_dir, &m);
   else load_model(rt, model_dir, &m, &stf);
   m.bf16 = 0;
   /* (A synthetic model keeps its own type: an NPU that takes bf16 only gets none of it.) */
@@ -902,7 +1085,7 @@ int main(int argc, char **argv) {
          pname, synthetic ? "synthetic " : "", synthetic ? synthetic : model_dir, (unsigned long long)c->vocab,
          (unsigned long long)c->dim, (unsigned long long)c->layers, (unsigned long long)c->heads,
          (unsigned long long)c->kv_heads, (unsigned long long)c->head_dim, (unsigned long long)c->ffn,
-         g_dt == NH_F16 ? "f16" : "f32", m.bf16 ? "; prefill matmuls in bf16 for the NPU" : "", weight_bytes(c) / 1e9,
+         m.wtype, m.bf16 ? "; prefill matmuls in bf16 for the NPU" : "", weight_bytes(&m) / 1e9,
          t_load);
   printf("prompt: %llu tokens, %llu steps, decode as %s, sampling %s\n\n", (unsigned long long)plen_tok,
          (unsigned long long)steps,
@@ -1084,8 +1267,8 @@ int main(int argc, char **argv) {
     if (decode != DECODE_OPS)
       printf("decode:  devices busy %.1f%% of the wall time (their own timers: GPU timestamps, else wall time on the device)\n",
              100.0 * decode_device_s / t_decode);
-    printf("decode:  %.2f GB of weights a token: %.1f GB/s of weights\n", weight_bytes(c) / 1e9,
-           weight_bytes(c) * (steps - 1) / t_decode / 1e9);
+    printf("decode:  %.2f GB of weights a token: %.1f GB/s of weights\n", weight_bytes(&m) / 1e9,
+           weight_bytes(&m) * (steps - 1) / t_decode / 1e9);
   }
 
   printf("\nops run per device (nh_device_get_stats):\n%-4s %-36s %10s %10s\n", "dev", "name", "prefill", "decode");

@@ -5,7 +5,7 @@
  * Conventions
  * - Every function returns an nh_status; NH_OK is 0. nh_last_error_message() explains the
  *   last failure on the calling thread.
- * - Handles (nh_runtime, nh_buffer, nh_event, nh_graph) are opaque, generation-checked
+ * - Handles (nh_runtime, nh_buffer, nh_event, nh_graph, nh_gguf) are opaque, generation-checked
  *   values: a stale, freed, forged or other runtime's handle gives NH_ERR_INVALID_HANDLE.
  * - Structs that begin with struct_size must have it set (the *_init functions do), so that
  *   fields can be appended in later versions without breaking callers.
@@ -25,6 +25,9 @@
 
 
 #define NH_ABI_VERSION 1
+
+// `nh_gguf_meta_*` index of a value that is not an array.
+#define NH_GGUF_SCALAR UINT64_MAX
 
 // Bits of `nh_runtime_desc.devices`. The CPU is always enabled.
 #define NH_ENABLE_GPU 1
@@ -85,11 +88,33 @@ typedef enum {
   NH_BF16 = 2,
   NH_I8 = 3,
   NH_I32 = 4,
+  // Block-quantized weight types (matmul's b, copy to or from f32 / f16 / bf16). Shapes
+  // and strides count weights; the last dimension has stride 1 and holds whole blocks,
+  // every other stride is a whole number of blocks, the byte offset is even. Blocks are
+  // independent, little-endian, packed with no padding between them. In a block of B
+  // weights, nib(j) is the low nibble of qs[j] for j < B/2, else the high nibble of
+  // qs[j - B/2] (GGUF's order).
+  //
+  // q8_0: 32 weights in 34 bytes: bytes 0-1 d (f16), bytes 2-33 qs (int8 x 32);
+  // weight j = d * qs[j]. Same bytes as GGUF's Q8_0.
+  NH_Q8_0 = 5,
+  // q4_0: 32 weights in 18 bytes: bytes 0-1 d (f16), bytes 2-17 qs (16 x 2 nibbles);
+  // weight j = d * (nib(j) - 8). Same bytes as GGUF's Q4_0.
+  NH_Q4_0 = 6,
+  // q4_1: 32 weights in 20 bytes: bytes 0-1 d (f16), bytes 2-3 m (f16), bytes 4-19 qs;
+  // weight j = d * nib(j) + m. Same bytes as GGUF's Q4_1.
+  NH_Q4_1 = 7,
+  // q4_g128 (AWQ-style uint4, group 128 along k): 128 weights in 68 bytes: bytes 0-1 d
+  // (f16), byte 2 zero point z (0..15), byte 3 zero, bytes 4-67 qs (64 x 2 nibbles);
+  // weight j = d * (nib(j) - z).
+  NH_Q4_G128 = 8,
 } nh_dtype;
 
 // Op kinds (values of `nh_op_desc.kind`).
 typedef enum {
   // inputs: a [.., M, K], b [.., K, N], bias [N] (optional); output [.., M, N].
+  // A quantized b (NH_Q8_0 ..) is a weight given as [N, K] with trans_b = 1 (blocks run
+  // along K) and batch 1; a is f32, f16 or bf16; accumulation is f32.
   NH_OP_MATMUL = 0,
   // inputs: a, b (b broadcasts to a from the right); output shaped like a.
   NH_OP_ADD = 1,
@@ -109,6 +134,8 @@ typedef enum {
   // inputs: q [.., H, Sq, D], k [.., Hkv, Skv, D], v like k, additive mask (optional).
   NH_OP_ATTENTION = 10,
   // Copy with dtype conversion (any strided view to any view of the same shape).
+  // To a quantized type from f32 / f16 / bf16 it quantizes (rounding as GGUF's
+  // reference quantizers do), from one to a float type it dequantizes.
   NH_OP_COPY = 11,
 } nh_op_kind;
 
@@ -227,6 +254,11 @@ typedef struct {
   // "balance_power", "power", ...), or NULL to leave it.
   const char *cpu_energy_preference;
 } nh_config_plan;
+
+// Opaque handle of an opened GGUF file, valid only with the runtime that opened it.
+typedef struct {
+  uint64_t id;
+} nh_gguf;
 
 // A view into a buffer. Shape and strides in elements, offset in bytes; all-zero strides
 // mean dense row-major. A zero `buffer` marks an absent optional input.
@@ -446,6 +478,32 @@ nh_status nh_configurable(nh_runtime runtime, char *buf, size_t capacity, size_t
 // Tells a simulated device to fail (`kind` is an `nh_fault_kind`). NH_ERR_UNSUPPORTED for
 // real devices.
 nh_status nh_device_inject_fault(nh_runtime runtime, uint32_t index, uint32_t kind, double param, uint64_t seed);
+
+// Maps the GGUF file at `path` into a new read-only buffer (`*out_buffer`, the caller's to
+// destroy after `nh_gguf_close`) and reads its header, metadata and tensor directory. A
+// damaged or unsupported file is refused (NH_ERR_INVALID_ARGUMENT) with the byte offset of
+// the fault in the message, and nothing stays mapped.
+nh_status nh_gguf_open(nh_runtime runtime, const char *path, nh_gguf *out_gguf, nh_buffer *out_buffer);
+
+// Forgets a GGUF file's header. Its buffer stays until `nh_buffer_destroy`.
+nh_status nh_gguf_close(nh_runtime runtime, nh_gguf gguf);
+
+// The tensor `name` as a dense view into the file's buffer: its dtype (f32, f16, bf16,
+// q8_0, q4_0, q4_1), shape outermost first (GGUF lists the innermost dimension first) and
+// byte offset. NH_ERR_INVALID_ARGUMENT when the file has no such tensor.
+nh_status nh_gguf_tensor(nh_runtime runtime, nh_gguf gguf, const char *name, nh_tensor *out_tensor);
+
+// Elements of the array `key` (1 for a value that is not an array).
+nh_status nh_gguf_meta_length(nh_runtime runtime, nh_gguf gguf, const char *key, uint64_t *out_length);
+
+// The number `key` holds (index NH_GGUF_SCALAR), or element `index` of the array `key`,
+// as a double (integers above 2^53 round). NH_ERR_INVALID_ARGUMENT when it is no number.
+nh_status nh_gguf_meta_number(nh_runtime runtime, nh_gguf gguf, const char *key, uint64_t index, double *out_value);
+
+// The string `key` holds (index NH_GGUF_SCALAR), or element `index` of the array `key`,
+// NUL-terminated into `buf` of `capacity` bytes; `*needed` (if not NULL) gets the size it
+// needs. A string may hold NUL bytes of its own: `*needed - 1` is its true length.
+nh_status nh_gguf_meta_string(nh_runtime runtime, nh_gguf gguf, const char *key, uint64_t index, char *buf, size_t capacity, size_t *needed);
 
 // Fills `desc` with defaults (no inputs, alpha 1, beta 0, eps 1e-5, rope_theta 10000).
 nh_status nh_op_desc_init(nh_op_desc *desc);

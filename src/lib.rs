@@ -11,9 +11,11 @@ pub mod handle;
 pub mod memory;
 pub mod op;
 pub mod policy;
+pub mod quant;
 
 pub use error::{Error, Result};
 pub mod event;
+pub mod gguf;
 pub mod graph;
 pub mod runtime;
 pub mod sched;

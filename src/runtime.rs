@@ -136,7 +136,10 @@ impl Runtime {
         if let Some(dir) = &config.perf_cache_dir {
             // Said at info level: saved history changes placement from one run to the next.
             if config.perf_reset {
-                log::info!("performance history in {} ignored (reset); it is rewritten at exit", dir.display());
+                log::info!(
+                    "performance history in {} ignored (reset); it is rewritten at exit",
+                    dir.display()
+                );
             }
             for d in devices.iter().filter(|_| !config.perf_reset) {
                 let path = dir.join(d.model.file_name());
@@ -148,7 +151,11 @@ impl Runtime {
                         path.display()
                     );
                 } else {
-                    log::info!("{}: no performance history yet; it will be kept in {}", d.info.name, path.display());
+                    log::info!(
+                        "{}: no performance history yet; it will be kept in {}",
+                        d.info.name,
+                        path.display()
+                    );
                 }
             }
         }
@@ -554,7 +561,7 @@ impl Runtime {
     pub fn explain(&self, op: &OpDesc) -> Result<String> {
         self.prepare(op)?;
         let policy = self.policy();
-        let q = OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags };
+        let q = OpQuery::of(op);
         let mut text = policy.explain(&q);
         text.push_str("\ndevices:\n");
         let decision = policy.decide(&q);

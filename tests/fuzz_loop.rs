@@ -57,15 +57,37 @@ fn op_descriptor_on_random_inputs() {
     random_inputs(4, bodies::op_descriptor);
 }
 
+#[test]
+fn gguf_parse_on_random_and_damaged_files() {
+    random_inputs(5, bodies::gguf_parse);
+    // Random bytes stop at the magic: damage a real file byte by byte instead.
+    let good =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gguf/layouts.gguf")).expect("seed");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    for _ in 0..iterations() {
+        let mut bytes = good.clone();
+        for _ in 0..rng.random_range(1..4) {
+            // Most edits in the header and directory, where the reader makes decisions.
+            let at = rng.random_range(0..1200.min(bytes.len()));
+            bytes[at] = rng.random();
+        }
+        if rng.random_range(0..4) == 0 {
+            bytes.truncate(rng.random_range(0..bytes.len()));
+        }
+        bodies::gguf_parse(&bytes);
+    }
+}
+
 /// Inputs that once crashed a target (fuzz/regressions/TARGET/*), replayed on every run.
 #[test]
 fn fuzz_regressions() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 3] = [
+    let targets: [Target; 4] = [
         ("policy_parse", bodies::policy_parse),
         ("policy_mutate", bodies::policy_mutate),
         ("op_descriptor", bodies::op_descriptor),
+        ("gguf_parse", bodies::gguf_parse),
     ];
     let mut replayed = 0;
     for (name, run) in targets {

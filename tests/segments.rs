@@ -280,13 +280,16 @@ fn a_kv_cache_row_written_then_read_whole_stays_on_the_gpu() {
     let cb = upload(&rt, &cache);
     let out = rt.alloc(positions * width * 4).unwrap();
     let src = rt.alloc(width * 4).unwrap();
-    let row = |p: usize| npuhybrid::op::TensorView::contiguous(cb, npuhybrid::op::DType::F32, &[1, width], p * width * 4);
+    let row = |p: usize| {
+        npuhybrid::op::TensorView::contiguous(cb, npuhybrid::op::DType::F32, &[1, width], p * width * 4)
+    };
     let mut whole = t(cb, &[heads, positions, hd]);
     whole.strides[..3].copy_from_slice(&[hd, width, 1]);
     let step_ops = |p: usize| {
         vec![
             OpDesc::new(OpKind::Copy, &[t(src, &[1, width])], row(p)),
-            OpDesc::new(OpKind::Scale, &[row(p)], row(p)).with_params(OpParams { alpha: 2.0, ..Default::default() }),
+            OpDesc::new(OpKind::Scale, &[row(p)], row(p))
+                .with_params(OpParams { alpha: 2.0, ..Default::default() }),
             OpDesc::new(OpKind::Copy, &[whole], t(out, &[heads, positions, hd])),
         ]
     };

@@ -8,6 +8,9 @@
 //!   `op::validate::validate` and `TensorView::validate`, then what the runtime computes from
 //!   a validated op.
 //!
+//! - `gguf_parse`: arbitrary bytes as a GGUF file (seeded with tests/data/gguf); what it
+//!   accepts must describe tensors inside the file.
+//!
 //! Each must never panic; an assertion here is a property the library promises.
 
 use arbitrary::{Arbitrary, Result, Unstructured};
@@ -33,7 +36,8 @@ pub fn policy_mutate(data: &[u8]) {
         let Ok((kind, dtype, dims, tags)) = arbitrary_query(&mut u) else {
             return;
         };
-        let q = OpQuery { kind, dtype, dims, tags: &tags };
+        let wtype = *u.choose(&DType::ALL).unwrap_or(&dtype);
+        let q = OpQuery { kind, dtype, wtype, dims, tags: &tags };
         let d = policy.decide(&q);
         assert_eq!(d.rule_index, policy.decide_by_rules(&q), "tables disagree:\n{text}");
         assert!(policy.explain(&q).contains(&format!("decision: rule #{} ", d.rule_index)));
@@ -75,6 +79,21 @@ pub fn op_descriptor(data: &[u8]) {
     for name in builtin_names() {
         let policy = builtin(name).expect("listed");
         let _ = policy.decide(&q);
+    }
+}
+
+pub fn gguf_parse(data: &[u8]) {
+    match npuhybrid::gguf::parse(data) {
+        Ok(g) => {
+            assert!(g.data_offset <= data.len());
+            for t in &g.tensors {
+                assert!(t.offset >= g.data_offset && t.offset + t.bytes <= data.len(), "{t:?}");
+                let numel: usize = t.shape.iter().product();
+                assert_eq!(t.bytes, t.dtype.bytes_of(numel));
+                assert_eq!(t.shape[t.shape.len() - 1] % t.dtype.block_elems(), 0);
+            }
+        }
+        Err(e) => assert!(e.to_string().contains("gguf: byte "), "{e}"),
     }
 }
 
@@ -129,6 +148,11 @@ const DICTIONARY: &[&str] = &[
     "bf16",
     "i8",
     "i32",
+    "wtype",
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q4_g128",
     "m",
     "n",
     "k",

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage: npuhybrid-policy check FILE
        npuhybrid-policy dump FILE
-       npuhybrid-policy explain FILE --op KIND [--dtype DTYPE] [--m M] [--n N] [--k K]
+       npuhybrid-policy explain FILE --op KIND [--dtype DTYPE] [--wtype DTYPE] [--m M] [--n N] [--k K]
                                     [--batch B] [--elements E] [--bytes BYTES] [--tag KEY=VALUE]...
 FILE is a policy file (.nhp) or the name of a built-in policy (default, llm_inference, ...).
 explain fills in elements (m*n*batch) and bytes (of a, b and c) when not given.";
@@ -68,8 +68,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         ),
         "dump" => print!("{}", policy.dump()),
         _ => {
-            let (kind, dtype, dims, tags) = query.expect("parsed above for explain");
-            let q = OpQuery { kind, dtype, dims, tags: &tags };
+            let (kind, dtype, wtype, dims, tags) = query.expect("parsed above for explain");
+            let q = OpQuery { kind, dtype, wtype: wtype.unwrap_or(dtype), dims, tags: &tags };
             print!("{}", policy.explain(&q));
         }
     }
@@ -87,7 +87,7 @@ fn load(file: &str) -> Result<std::sync::Arc<CompiledPolicy>, policy::PolicyErro
     policy::compile_file(path, &PolicyLimits::default()).map(std::sync::Arc::new)
 }
 
-type Query = (OpKind, DType, OpDims, Tags);
+type Query = (OpKind, DType, Option<DType>, OpDims, Tags);
 
 /// "one of matmul, add, ...", for error messages.
 fn op_names() -> String {
@@ -101,6 +101,7 @@ fn dtype_names() -> String {
 fn parse_query(args: &[String]) -> Result<Query, String> {
     let mut kind = None;
     let mut dtype = DType::F32;
+    let mut wtype = None;
     let mut dims = OpDims { batch: 1, ..OpDims::default() };
     let (mut elements, mut bytes) = (None, None);
     let mut tags = Tags::new();
@@ -119,6 +120,12 @@ fn parse_query(args: &[String]) -> Result<Query, String> {
             "--dtype" => {
                 dtype = DType::from_name(value)
                     .ok_or_else(|| format!("unknown dtype '{value}' ({})", dtype_names()))?
+            }
+            "--wtype" => {
+                wtype = Some(
+                    DType::from_name(value)
+                        .ok_or_else(|| format!("unknown dtype '{value}' ({})", dtype_names()))?,
+                )
             }
             "--m" => dims.m = number()?,
             "--n" => dims.n = number()?,
@@ -146,5 +153,5 @@ fn parse_query(args: &[String]) -> Result<Query, String> {
         out.saturating_mul(2)
     };
     dims.bytes = bytes.unwrap_or(default_bytes.saturating_mul(dtype.size()));
-    Ok((kind, dtype, dims, tags))
+    Ok((kind, dtype, wtype, dims, tags))
 }

@@ -8,6 +8,7 @@
 mod args;
 mod buffer;
 mod device;
+mod gguf;
 mod op;
 mod runtime;
 mod status;
@@ -15,6 +16,7 @@ pub mod types;
 
 pub use buffer::*;
 pub use device::*;
+pub use gguf::*;
 pub use op::*;
 pub use runtime::*;
 pub use status::{nh_last_error_message, nh_status, nh_status_name};
@@ -33,6 +35,7 @@ pub(crate) struct RuntimeEntry {
     pub rt: Runtime,
     pub events: Mutex<HandleTable<Event>>,
     pub graphs: Mutex<HandleTable<Arc<Mutex<Graph>>>>,
+    pub ggufs: Mutex<HandleTable<Arc<gguf::GgufEntry>>>,
     /// Last, so it is dropped after the runtime: its threads may log until they are joined.
     pub _log: crate::logging::Registration,
 }

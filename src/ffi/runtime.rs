@@ -102,6 +102,7 @@ pub extern "C" fn nh_runtime_create(desc: *const nh_runtime_desc, out_runtime: *
             rt,
             events: Mutex::new(HandleTable::new("event")),
             graphs: Mutex::new(HandleTable::new("graph")),
+            ggufs: Mutex::new(HandleTable::new("gguf")),
             _log: log,
         });
         slot.id = runtimes().write().insert(entry);

@@ -28,6 +28,13 @@ pub struct nh_event {
     pub id: u64,
 }
 
+/// Opaque handle of an opened GGUF file, valid only with the runtime that opened it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nh_gguf {
+    pub id: u64,
+}
+
 /// Opaque graph handle, valid only with the runtime that made it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,6 +51,26 @@ pub enum nh_dtype {
     NH_BF16 = 2,
     NH_I8 = 3,
     NH_I32 = 4,
+    /// Block-quantized weight types (matmul's b, copy to or from f32 / f16 / bf16). Shapes
+    /// and strides count weights; the last dimension has stride 1 and holds whole blocks,
+    /// every other stride is a whole number of blocks, the byte offset is even. Blocks are
+    /// independent, little-endian, packed with no padding between them. In a block of B
+    /// weights, nib(j) is the low nibble of qs[j] for j < B/2, else the high nibble of
+    /// qs[j - B/2] (GGUF's order).
+    ///
+    /// q8_0: 32 weights in 34 bytes: bytes 0-1 d (f16), bytes 2-33 qs (int8 x 32);
+    /// weight j = d * qs[j]. Same bytes as GGUF's Q8_0.
+    NH_Q8_0 = 5,
+    /// q4_0: 32 weights in 18 bytes: bytes 0-1 d (f16), bytes 2-17 qs (16 x 2 nibbles);
+    /// weight j = d * (nib(j) - 8). Same bytes as GGUF's Q4_0.
+    NH_Q4_0 = 6,
+    /// q4_1: 32 weights in 20 bytes: bytes 0-1 d (f16), bytes 2-3 m (f16), bytes 4-19 qs;
+    /// weight j = d * nib(j) + m. Same bytes as GGUF's Q4_1.
+    NH_Q4_1 = 7,
+    /// q4_g128 (AWQ-style uint4, group 128 along k): 128 weights in 68 bytes: bytes 0-1 d
+    /// (f16), byte 2 zero point z (0..15), byte 3 zero, bytes 4-67 qs (64 x 2 nibbles);
+    /// weight j = d * (nib(j) - z).
+    NH_Q4_G128 = 8,
 }
 
 /// Op kinds (values of `nh_op_desc.kind`).
@@ -51,6 +78,8 @@ pub enum nh_dtype {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum nh_op_kind {
     /// inputs: a [.., M, K], b [.., K, N], bias [N] (optional); output [.., M, N].
+    /// A quantized b (NH_Q8_0 ..) is a weight given as [N, K] with trans_b = 1 (blocks run
+    /// along K) and batch 1; a is f32, f16 or bf16; accumulation is f32.
     NH_OP_MATMUL = 0,
     /// inputs: a, b (b broadcasts to a from the right); output shaped like a.
     NH_OP_ADD = 1,
@@ -70,6 +99,8 @@ pub enum nh_op_kind {
     /// inputs: q [.., H, Sq, D], k [.., Hkv, Skv, D], v like k, additive mask (optional).
     NH_OP_ATTENTION = 10,
     /// Copy with dtype conversion (any strided view to any view of the same shape).
+    /// To a quantized type from f32 / f16 / bf16 it quantizes (rounding as GGUF's
+    /// reference quantizers do), from one to a float type it dequantizes.
     NH_OP_COPY = 11,
 }
 
@@ -390,6 +421,7 @@ mod layout {
     assert_eq_size!(nh_buffer, u64);
     assert_eq_size!(nh_event, u64);
     assert_eq_size!(nh_graph, u64);
+    assert_eq_size!(nh_gguf, u64);
     const_assert_eq!(size_of::<nh_runtime_desc>(), 72);
     const_assert_eq!(offset_of!(nh_runtime_desc, sys_root), 64);
     const_assert_eq!(size_of::<nh_config_plan>(), 24);
@@ -408,4 +440,9 @@ mod layout {
     const_assert_eq!(size_of::<nh_runtime_stats>(), 64);
     const_assert_eq!(size_of::<nh_pool_stats>(), 48);
     const_assert_eq!(size_of::<nh_device_readings>(), 16);
+    // The C dtype values are DType's discriminants.
+    const_assert_eq!(nh_dtype::NH_Q8_0 as u32, crate::op::DType::Q8_0 as u32);
+    const_assert_eq!(nh_dtype::NH_Q4_0 as u32, crate::op::DType::Q4_0 as u32);
+    const_assert_eq!(nh_dtype::NH_Q4_1 as u32, crate::op::DType::Q4_1 as u32);
+    const_assert_eq!(nh_dtype::NH_Q4_G128 as u32, crate::op::DType::Q4G128 as u32);
 }

@@ -49,7 +49,7 @@ impl TensorView {
     }
 
     pub fn bytes(&self) -> usize {
-        self.numel() * self.dtype.size()
+        self.dtype.bytes_of(self.numel())
     }
 
     /// Size of the last dimension (rows are along it).
@@ -82,7 +82,11 @@ impl TensorView {
         if numel == 0 {
             return Err(Error::invalid(format!("{what}: shape {:?} has a zero dimension", self.dims())));
         }
-        let esize = self.dtype.size();
+        if self.dtype.is_quantized() {
+            self.validate_blocks(what)?;
+        }
+        // Quantized blocks start with an f16 scale: 2-byte alignment, like f16.
+        let esize = if self.dtype.is_quantized() { 2 } else { self.dtype.size() };
         if self.offset % esize != 0 {
             return Err(Error::invalid(format!(
                 "{what}: byte offset {} is not aligned to {} ({})",
@@ -101,13 +105,42 @@ impl TensorView {
         }
         let end = last
             .checked_add(1)
-            .and_then(|n| n.checked_mul(esize))
+            .and_then(|n| self.dtype.checked_bytes_of(n))
             .and_then(|n| n.checked_add(self.offset))
             .ok_or_else(|| Error::invalid(format!("{what}: view extent overflows")))?;
         if end > buffer_len {
             return Err(Error::invalid(format!(
                 "{what}: view reaches byte {end} but its buffer holds {buffer_len} bytes"
             )));
+        }
+        Ok(())
+    }
+
+    /// Quantized views hold whole blocks: blocks run along the last dimension (stride 1, a
+    /// whole number of blocks), and every other stride steps over whole blocks, so no view
+    /// starts or strides inside a block.
+    fn validate_blocks(&self, what: &str) -> Result<()> {
+        let (be, dt) = (self.dtype.block_elems(), self.dtype);
+        let r = self.rank;
+        if self.last() % be != 0 {
+            return Err(Error::invalid(format!(
+                "{what}: last dimension {} of a {dt} view is not a multiple of its block ({be})",
+                self.last()
+            )));
+        }
+        if self.strides[r - 1] != 1 {
+            return Err(Error::invalid(format!(
+                "{what}: a {dt} view's last dimension must have stride 1 (blocks run along it), got {}",
+                self.strides[r - 1]
+            )));
+        }
+        for i in 0..r - 1 {
+            if self.shape[i] > 1 && self.strides[i] % be != 0 {
+                return Err(Error::invalid(format!(
+                    "{what}: stride {} of dimension {i} splits a {dt} block of {be} elements",
+                    self.strides[i]
+                )));
+            }
         }
         Ok(())
     }
@@ -145,7 +178,7 @@ impl TensorView {
     /// Byte range [start, end) of the buffer this view may touch (for hazard tracking).
     pub fn byte_range(&self) -> (usize, usize) {
         let last: usize = self.dims().iter().zip(self.strides()).map(|(&d, &s)| (d - 1) * s).sum();
-        (self.offset, self.offset + (last + 1) * self.dtype.size())
+        (self.offset, self.offset + self.dtype.bytes_of(last + 1))
     }
 }
 

@@ -132,6 +132,7 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
         OpKind::Copy => {
             let a = need(op, 0, "a")?;
             same_shape(op, &op.output, "output", a.dims())?;
+            quantized_copy(a.dtype, op.output.dtype)?;
             expect_unused(op, 1)
         }
         OpKind::RmsNorm | OpKind::LayerNorm => {
@@ -177,7 +178,11 @@ fn validate_matmul(op: &OpDesc) -> Result<()> {
     let b = need(op, 1, "b")?;
     let c = &op.output;
     float_only(op, a.dtype)?;
-    same_dtype(op, b, "input b", a.dtype)?;
+    if b.dtype.is_quantized() {
+        quantized_b(op, b)?;
+    } else {
+        same_dtype(op, b, "input b", a.dtype)?;
+    }
     if c.dtype != a.dtype && c.dtype != DType::F32 {
         return Err(Error::invalid(format!("matmul: output dtype {} must be {} or f32", c.dtype, a.dtype)));
     }
@@ -215,6 +220,37 @@ fn validate_matmul(op: &OpDesc) -> Result<()> {
         return Err(Error::invalid("matmul: alpha and beta must be finite"));
     }
     expect_unused(op, 3)
+}
+
+/// A quantized B is a weight stored [.., n, k] with its blocks along k (GGUF's and
+/// PyTorch's Linear layout), so it must be transposed, and one matrix shared by every batch.
+fn quantized_b(op: &OpDesc, b: &TensorView) -> Result<()> {
+    if !op.params.trans_b {
+        return Err(Error::invalid(format!(
+            "matmul: quantized input b ({}) must be given as [.., n, k] with trans_b = 1 (blocks run along k)",
+            b.dtype
+        )));
+    }
+    if batch_of(b) != 1 {
+        return Err(Error::invalid(format!(
+            "matmul: quantized input b ({}) must have batch 1 (one weight shared by every batch), got {}",
+            b.dtype,
+            batch_of(b)
+        )));
+    }
+    Ok(())
+}
+
+/// Copies into a quantized type quantize (from f32, f16 or bf16), copies out of one
+/// dequantize (to a float type); a quantized type copies to itself as bytes.
+fn quantized_copy(from: DType, to: DType) -> Result<()> {
+    let ok = |q: DType, other: DType| other.is_float() || other == q;
+    if (from.is_quantized() && !ok(from, to)) || (to.is_quantized() && !ok(to, from)) {
+        return Err(Error::invalid(format!(
+            "copy: {from} -> {to} is not supported (quantized types convert only to and from f32, f16, bf16)"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_attention(op: &OpDesc) -> Result<()> {

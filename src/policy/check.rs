@@ -38,7 +38,7 @@ const DEVICE_FIELDS: &str = "enabled, power, precision, max_in_flight, batch_row
 /// Longest `keep_warm`: beyond this, threads would spin through gaps that are not gaps.
 const KEEP_WARM_RANGE: (f64, f64, &str) = (0.0, 0.1, "from 0 s to 100 ms");
 const FALLBACK_FIELDS: &str = "retries, degrade_after or degrade_for";
-const COND_FIELDS: &str = "op, dtype, m, n, k, batch, elements, bytes or tag <key>";
+const COND_FIELDS: &str = "op, dtype, wtype, m, n, k, batch, elements, bytes or tag <key>";
 
 impl Checker<'_> {
     pub(super) fn error(&mut self, span: Span, msg: impl Into<String>) {
@@ -307,6 +307,7 @@ impl Checker<'_> {
             conditions: Vec::new(),
             ops: ALL_OPS,
             dtypes: ALL_DTYPES,
+            wtypes: ALL_DTYPES,
             ranges: [Interval::ALL; 6],
             tags: Vec::new(),
             devices: Vec::new(),
@@ -504,11 +505,21 @@ impl Checker<'_> {
                 }
             }
             "dtype" => {
-                let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+                // An op computes in a plain type; quantized types describe weights only.
+                let plain: Vec<DType> = DType::ALL.into_iter().filter(|d| !d.is_quantized()).collect();
+                let names: Vec<&str> = plain.iter().map(|d| d.name()).collect();
                 if let Some(set) = self.name_set(c, "dtype", &names) {
-                    let mask = set.iter().fold(0, |m, &i| m | dtype_bit(DType::ALL[i]));
+                    let mask = set.iter().fold(0, |m, &i| m | dtype_bit(plain[i]));
                     def.dtypes &= mask;
                     def.conditions.push(Condition::DTypes(mask));
+                }
+            }
+            "wtype" => {
+                let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+                if let Some(set) = self.name_set(c, "wtype", &names) {
+                    let mask = set.iter().fold(0, |m, &i| m | dtype_bit(DType::ALL[i]));
+                    def.wtypes &= mask;
+                    def.conditions.push(Condition::WTypes(mask));
                 }
             }
             name => {

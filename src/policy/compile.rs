@@ -134,6 +134,7 @@ fn implicit_rule(program: &Program, fallback: &FallbackSpec) -> CompiledRule {
             conditions: Vec::new(),
             ops: ALL_OPS,
             dtypes: ALL_DTYPES,
+            wtypes: ALL_DTYPES,
             ranges: [Interval::ALL; 6],
             tags: Vec::new(),
             devices: candidates.clone(),
@@ -429,7 +430,13 @@ fn tag_groups(rule: &RuleDef, keys: &[TagKey]) -> Vec<u64> {
 fn guard(index: usize, rule: &RuleDef, keys: &[TagKey]) -> Guard {
     let check =
         rule.ranges.iter().enumerate().filter(|(_, r)| !r.is_all()).fold(0u8, |m, (f, _)| m | (1 << f));
-    Guard { rule: index as u32, check, ranges: rule.ranges, tag_groups: tag_groups(rule, keys) }
+    Guard {
+        rule: index as u32,
+        check,
+        ranges: rule.ranges,
+        wtypes: rule.wtypes,
+        tag_groups: tag_groups(rule, keys),
+    }
 }
 
 /// The cell of one (op kind, dtype): the rules that admit it, cut into size classes on the
@@ -474,7 +481,7 @@ fn build_cell(rules: &[RuleDef], keys: &[TagKey], index: usize) -> Cell {
                 // Bounds come from the guards' own ends, so this range covers the class.
                 let mut g = g.clone();
                 g.check &= !(1 << key as u8);
-                let always = g.check == 0 && g.tag_groups.is_empty();
+                let always = g.check == 0 && g.tag_groups.is_empty() && g.wtypes == ALL_DTYPES;
                 list.push(g);
                 if always {
                     break;

@@ -33,6 +33,8 @@ pub struct Guard {
     /// Bit `f` set: test `ranges[f]` (features whose range is not everything).
     pub check: u8,
     pub ranges: [Interval; 6],
+    /// Weight types the rule admits (`ALL_DTYPES` when it does not test `wtype`).
+    pub wtypes: super::program::DTypeMask,
     /// One mask of tag atoms per tag key the rule tests: the op's tags must hit each.
     pub tag_groups: Vec<u64>,
 }

@@ -36,7 +36,7 @@ impl CompiledPolicy {
         let f = features(&q.dims);
         let mut tags = None;
         for g in cell.class_of(f[cell.key as usize]) {
-            if !g.sizes_match(&f) {
+            if !g.sizes_match(&f) || g.wtypes & super::program::dtype_bit(q.wtype) == 0 {
                 continue;
             }
             if !g.tag_groups.is_empty() {
@@ -97,6 +97,7 @@ fn failing_condition<'r>(rule: &'r RuleDef, q: &OpQuery) -> Option<&'r Condition
     rule.conditions.iter().find(|c| match c {
         Condition::Ops(mask) => mask & super::program::op_bit(q.kind) == 0,
         Condition::DTypes(mask) => mask & super::program::dtype_bit(q.dtype) == 0,
+        Condition::WTypes(mask) => mask & super::program::dtype_bit(q.wtype) == 0,
         Condition::Size { feature, cmp, value, .. } => {
             let v = f[*feature as usize];
             !match cmp {
@@ -117,6 +118,7 @@ fn failure_text(c: &Condition, q: &OpQuery) -> String {
     match c {
         Condition::Ops(_) => format!("op is {}, not {cond}", q.kind),
         Condition::DTypes(_) => format!("dtype is {}, not {cond}", q.dtype),
+        Condition::WTypes(_) => format!("wtype is {}, not {cond}", q.wtype),
         Condition::Size { feature, .. } => {
             format!("{} is {}, not {cond}", feature.name(), f[*feature as usize])
         }

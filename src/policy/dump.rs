@@ -20,6 +20,11 @@ pub fn condition_text(c: &Condition) -> String {
                 DType::ALL.iter().filter(|d| mask & dtype_bit(**d) != 0).map(|d| d.name()).collect();
             set_text("dtype", &names)
         }
+        Condition::WTypes(mask) => {
+            let names: Vec<&str> =
+                DType::ALL.iter().filter(|d| mask & dtype_bit(**d) != 0).map(|d| d.name()).collect();
+            set_text("wtype", &names)
+        }
         Condition::Size { feature, cmp, text, .. } => format!("{} {} {text}", feature.name(), cmp.symbol()),
         Condition::Tag { key, values } => {
             let v: Vec<&str> = values.iter().map(|s| s.as_str()).collect();
@@ -238,7 +243,8 @@ impl CompiledPolicy {
             let hi = cell.bounds.get(c).map_or(u64::MAX, |b| b - 1);
             let class = interval_text(cell.key, Interval { lo, hi });
             let mut list: Vec<String> = guards.iter().map(|g| self.guard_text(g)).collect();
-            if !matches!(guards.last(), Some(g) if g.check == 0 && g.tag_groups.is_empty()) {
+            if !matches!(guards.last(), Some(g) if g.check == 0 && g.tag_groups.is_empty() && g.wtypes == ALL_DTYPES)
+            {
                 list.push(format!("#{} {IMPLICIT_RULE}", self.implicit_index()));
             }
             let class = if class == "any" { "any size".to_string() } else { class };

@@ -55,6 +55,8 @@ pub struct Decision<'a> {
 pub struct OpQuery<'a> {
     pub kind: OpKind,
     pub dtype: DType,
+    /// The weight's type: a matmul's b (quantized or not); other ops' own dtype.
+    pub wtype: DType,
     pub dims: OpDims,
     pub tags: &'a Tags,
 }
@@ -62,7 +64,11 @@ pub struct OpQuery<'a> {
 impl<'a> OpQuery<'a> {
     /// The features of a validated op descriptor.
     pub fn of(op: &'a crate::op::OpDesc) -> OpQuery<'a> {
-        OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags }
+        let wtype = match op.kind {
+            crate::op::OpKind::Matmul => op.input(1).map_or(op.dtype(), |b| b.dtype),
+            _ => op.dtype(),
+        };
+        OpQuery { kind: op.kind, dtype: op.dtype(), wtype, dims: op.dims(), tags: &op.tags }
     }
 }
 

@@ -69,7 +69,7 @@ impl Interval {
 
 /// Bit sets over op kinds and dtypes.
 pub type OpMask = u16;
-pub type DTypeMask = u8;
+pub type DTypeMask = u16;
 pub const ALL_OPS: OpMask = (1 << OpKind::COUNT) - 1;
 pub const ALL_DTYPES: DTypeMask = (1 << DType::ALL.len()) - 1;
 
@@ -86,6 +86,8 @@ pub fn dtype_bit(d: DType) -> DTypeMask {
 pub enum Condition {
     Ops(OpMask),
     DTypes(DTypeMask),
+    /// `wtype`: the weight's type (a matmul's b).
+    WTypes(DTypeMask),
     Size {
         feature: Feature,
         cmp: super::ast::Cmp,
@@ -120,6 +122,7 @@ pub struct RuleDef {
     /// The conditions combined: the op kinds, dtypes and ranges the rule admits.
     pub ops: OpMask,
     pub dtypes: DTypeMask,
+    pub wtypes: DTypeMask,
     pub ranges: [Interval; 6],
     pub tags: Vec<TagTest>,
     pub devices: Vec<DeviceClass>,
@@ -134,6 +137,7 @@ impl RuleDef {
     pub fn satisfiable(&self) -> bool {
         self.ops != 0
             && self.dtypes != 0
+            && self.wtypes != 0
             && self.ranges.iter().all(|r| !r.is_empty())
             && self.tags.iter().all(|t| !t.values.is_empty())
     }
@@ -142,6 +146,7 @@ impl RuleDef {
     /// and dtype, which the tables index by).
     pub fn within(&self, earlier: &RuleDef) -> bool {
         earlier.ranges.iter().zip(&self.ranges).all(|(e, s)| e.covers(*s))
+            && self.wtypes & !earlier.wtypes == 0
             && earlier.tags.iter().all(|et| {
                 self.tags.iter().any(|st| st.key == et.key && st.values.iter().all(|v| et.values.contains(v)))
             })

@@ -131,7 +131,7 @@ pub fn calibrate(backend: &dyn Backend) -> Result<Calibration> {
         if run > 1e6 || n >= 2048 {
             break;
         }
-            n *= 2;
+        n *= 2;
     }
     if !(launch.is_finite() && bandwidth_gbs.is_finite() && peak_gflops.is_finite()) {
         return Err(Error::Internal(format!("{}: calibration measured no time", backend.info().name)));

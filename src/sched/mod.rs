@@ -375,7 +375,7 @@ impl Scheduler {
     }
 
     fn query<'a>(op: &'a OpDesc) -> OpQuery<'a> {
-        OpQuery { kind: op.kind, dtype: op.dtype(), dims: op.dims(), tags: &op.tags }
+        OpQuery::of(op)
     }
 
     /// `from_submitter`: called on the caller's thread (not from a completing op), where a

@@ -65,7 +65,10 @@ fn producers(ops: &[&OpDesc]) -> Vec<Vec<Producer>> {
             list.push(Producer { input, op: found, bytes: v.bytes() });
         }
         let (start, end) = op.output.byte_range();
-        writes.entry(op.output.buffer).or_default().push((i, Access { buffer: op.output.buffer, start, end, write: true }));
+        writes
+            .entry(op.output.buffer)
+            .or_default()
+            .push((i, Access { buffer: op.output.buffer, start, end, write: true }));
         out.push(list);
     }
     out

@@ -33,7 +33,9 @@ pub fn chunk_sizes(total: usize, weights: &[f64], align: usize) -> Vec<usize> {
 
 fn slice_dim(v: &TensorView, dim: usize, start: usize, len: usize) -> TensorView {
     let mut out = *v;
-    out.offset += start * v.strides[dim] * v.dtype.size();
+    // Quantized views: validation made every stride but the last a whole number of blocks,
+    // and the last dimension (k of a quantized B) is never split.
+    out.offset += v.dtype.bytes_of(start * v.strides[dim]);
     out.shape[dim] = len;
     out
 }

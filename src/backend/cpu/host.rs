@@ -139,6 +139,15 @@ impl Run {
             .then(|| std::slice::from_raw_parts_mut((self.ptr.0 as *mut f32).add(self.off), len))
     }
 
+    /// First byte of a quantized run. Validated quantized views put every run that the
+    /// kernels cut (rows, 1024-element blocks) on block boundaries, dense along the blocks.
+    fn block_ptr(&self, n: usize) -> *mut u8 {
+        let be = self.dtype.block_elems();
+        assert!(self.stride == 1 && self.off % be == 0 && n % be == 0, "quantized run splits a block");
+        // SAFETY (of the caller's access): the run lies in its validated view.
+        self.ptr.0.wrapping_add(self.dtype.bytes_of(self.off))
+    }
+
     /// Reads `dst.len()` elements as f32.
     ///
     /// # Safety
@@ -188,6 +197,10 @@ impl Run {
                 for (i, d) in dst.iter_mut().enumerate() {
                     *d = *p.add(i * s) as f32;
                 }
+            }
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4G128 => {
+                let src = std::slice::from_raw_parts(self.block_ptr(n), self.dtype.bytes_of(n));
+                crate::quant::dequantize_row(self.dtype, src, dst);
             }
         }
     }
@@ -241,6 +254,10 @@ impl Run {
                 for (i, v) in src.iter().enumerate() {
                     *p.add(i * s) = *v as i32;
                 }
+            }
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4G128 => {
+                let dst = std::slice::from_raw_parts_mut(self.block_ptr(n), self.dtype.bytes_of(n));
+                crate::quant::quantize_row(self.dtype, src, dst);
             }
         }
     }

@@ -4,6 +4,7 @@ mod halfconv;
 mod host;
 mod info;
 mod kernels;
+mod quant;
 #[cfg(test)]
 mod reference;
 mod scratch;
@@ -60,6 +61,10 @@ fn execute_with_weights(op: &OpDesc, mem: &OpMemory, weights: Option<&WeightCach
                 beta: p.beta,
                 activation: p.activation,
             };
+            if b.dtype.is_quantized() {
+                quant::matmul(&out, &a, &b, bias.as_ref(), &params);
+                return Ok(());
+            }
             let packed = weights.and_then(|w| w.packed_b(&op.inputs[1]?, mem, &out, &a, &b, &params));
             // A few rows times a [out, in] weight not packed yet: dot products (small_m.rs).
             let small = packed.is_none()

@@ -21,6 +21,9 @@ pub struct SimNpuConfig {
     /// Sustained throughput of the whole array in GFLOP/s (GOP/s for i8) per dtype at
     /// `reference_clock_mhz`. A dtype not listed is not supported.
     pub peak_gflops: Vec<(DType, f64)>,
+    /// Quantized weight types a matmul's b may have (the activations set the compute dtype);
+    /// their fewer bytes shorten memory-bound ops in the roofline.
+    pub weight_types: Vec<DType>,
     pub reference_clock_mhz: f32,
     /// Indexed by `PowerMode as usize`.
     pub modes: [ModeProfile; 5],
@@ -61,12 +64,11 @@ impl Default for SimNpuConfig {
             name: "Simulated NPU (model, not hardware)".into(),
             // bf16 is native on AIE-ML; f16 is converted to bf16 on the way in; f32 is
             // emulated with several bf16 passes.
-            peak_gflops: vec![
-                (DType::I8, 8000.0),
-                (DType::BF16, 4000.0),
-                (DType::F16, 3600.0),
-                (DType::F32, 1000.0),
-            ],
+            // No i8 entry: matmul takes no i8 operands, so listing it would claim an i8
+            // capability nothing can use.
+            peak_gflops: vec![(DType::BF16, 4000.0), (DType::F16, 3600.0), (DType::F32, 1000.0)],
+            // AWQ uint4 group 128 with bf16 activations (W4ABF16), what Ryzen AI's NPU LLMs run.
+            weight_types: vec![DType::Q4G128],
             reference_clock_mhz: 1810.0,
             modes: [
                 mode(1300.0, 3.5), // default: the driver's own DPM choice
@@ -104,7 +106,8 @@ impl SimNpuConfig {
     }
 
     pub fn dtype_bits(&self) -> u32 {
-        self.peak_gflops.iter().fold(0, |acc, (d, _)| acc | d.bit())
+        let compute = self.peak_gflops.iter().fold(0, |acc, (d, _)| acc | d.bit());
+        self.weight_types.iter().fold(compute, |acc, d| acc | d.bit())
     }
 
     /// Array throughput in GFLOP/s for `dtype` at `mode`, before throttling.

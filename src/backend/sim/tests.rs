@@ -244,3 +244,27 @@ fn wall_clock_mode_takes_the_modelled_time() {
     assert!(report.is_ok());
     assert!(t.elapsed() >= Duration::from_millis(30), "{:?}", t.elapsed());
 }
+
+/// W4ABF16: a q4_g128 weight is taken, and a memory-bound GEMV with it is modelled faster
+/// than with bf16 weights (about a quarter of the bytes).
+#[test]
+fn takes_q4_g128_weights_and_models_their_bytes() {
+    use crate::backend::Backend;
+    use crate::op::OpParams;
+    let npu = virtual_npu(PowerMode::Default);
+    assert!(npu.info().dtypes & DType::Q4G128.bit() != 0);
+    assert!(npu.info().dtypes & (DType::Q4_0.bit() | DType::Q8_0.bit() | DType::I8.bit()) == 0);
+    let gemv = |wt: DType| {
+        let a = TensorView::contiguous(1, DType::BF16, &[1, 4096], 0);
+        let b = TensorView::contiguous(2, wt, &[4096, 4096], 0);
+        let c = TensorView::contiguous(3, DType::BF16, &[1, 4096], 0);
+        OpDesc::new(OpKind::Matmul, &[a, b], c).with_params(OpParams { trans_b: true, ..Default::default() })
+    };
+    let (q, f) = (gemv(DType::Q4G128), gemv(DType::BF16));
+    assert!(npu.supports(&q) && !npu.supports(&gemv(DType::Q4_0)));
+    let cfg = npu.config();
+    let (tq, tf) =
+        (cfg.op_duration(&q, PowerMode::Default, 1.0), cfg.op_duration(&f, PowerMode::Default, 1.0));
+    let ratio = (tf - cfg.launch_latency).as_secs_f64() / (tq - cfg.launch_latency).as_secs_f64();
+    assert!(ratio > 3.5 && ratio < 4.0, "bf16 / q4_g128 modelled time {ratio}");
+}

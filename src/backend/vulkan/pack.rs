@@ -167,7 +167,8 @@ mod tests {
         for (s, d, n) in device_patch(w, r).expect("mappable") {
             got[d as usize..(d + n) as usize].copy_from_slice(&wb[s as usize..(s + n) as usize]);
         }
-        let f = |b: &[u8]| b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<f32>>();
+        let f =
+            |b: &[u8]| b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<f32>>();
         (f(&got), f(&want))
     }
 

@@ -258,7 +258,8 @@ impl State {
                 // Replicas patched in place may hold half of this submission's writes.
                 let mut list = Vec::new();
                 for u in seg.used.iter().filter(|u| u.looked_up) {
-                    let patched = self.residency.peek(&u.key).is_some_and(|a| seg.patches.iter().any(|p| p.dst == a));
+                    let patched =
+                        self.residency.peek(&u.key).is_some_and(|a| seg.patches.iter().any(|p| p.dst == a));
                     if patched {
                         list.extend(self.residency.forget(&u.key));
                     }
@@ -295,14 +296,25 @@ impl State {
                     current
                 } else {
                     let a = self.alloc_device(out.bytes() as u64)?;
-                    seg.patches.push(Patch { op: i, src: current, dst: a, regions: vec![(0, 0, out.bytes() as u64)] });
+                    seg.patches.push(Patch {
+                        op: i,
+                        src: current,
+                        dst: a,
+                        regions: vec![(0, 0, out.bytes() as u64)],
+                    });
                     a
                 }
             } else {
                 self.alloc_device(out.bytes() as u64)?
             };
             slots[BINDINGS as usize - 1] = Some(alloc);
-            seg.outputs.push(Output { key: ReplicaKey::of(out), view: *out, alloc, staging: None, written_back: true });
+            seg.outputs.push(Output {
+                key: ReplicaKey::of(out),
+                view: *out,
+                alloc,
+                staging: None,
+                written_back: true,
+            });
             seg.slots.push(slots);
         }
         self.free_all(stale);
@@ -345,7 +357,8 @@ impl State {
             return Ok((o.alloc, false));
         }
         let buf = mem.buffer(v.buffer)?;
-        let (alloc, fresh) = if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own) {
+        let (alloc, fresh) = if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own)
+        {
             (r.alloc, false)
         } else {
             // The caller may write imported memory without telling the library, so a replica
@@ -474,7 +487,10 @@ impl State {
                         .regions
                         .iter()
                         .map(|&(s, t, n)| {
-                            vk::BufferCopy::default().src_offset(p.src.offset + s).dst_offset(p.dst.offset + t).size(n)
+                            vk::BufferCopy::default()
+                                .src_offset(p.src.offset + s)
+                                .dst_offset(p.dst.offset + t)
+                                .size(n)
                         })
                         .collect();
                     d.cmd_copy_buffer(cb, p.src.buffer, p.dst.buffer, &regions);
@@ -655,8 +671,9 @@ impl State {
             if outputs.iter().any(|o| o.key == u.key) {
                 return None;
             }
-            let later_write =
-                outputs[u.first_op..].iter().any(|o| o.view.buffer == u.view.buffer && overlaps(&o.view, &u.view));
+            let later_write = outputs[u.first_op..]
+                .iter()
+                .any(|o| o.view.buffer == u.view.buffer && overlaps(&o.view, &u.view));
             if later_write {
                 return None;
             }

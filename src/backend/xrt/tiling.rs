@@ -102,6 +102,8 @@ fn load(dtype: DType, bytes: &[u8]) -> f32 {
         DType::BF16 => bf16::from_le_bytes([bytes[0], bytes[1]]).to_f32(),
         DType::I32 => i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as f32,
         DType::I8 => bytes[0] as i8 as f32,
+        // The manifest admits float kernels only; quantized views never reach the tiler.
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4G128 => unreachable!("quantized tile element"),
     }
 }
 
@@ -112,6 +114,7 @@ fn store(dtype: DType, v: f32, out: &mut [u8]) {
         DType::BF16 => out.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
         DType::I32 => out.copy_from_slice(&(v.round() as i32).to_le_bytes()),
         DType::I8 => out[0] = v.round().clamp(-128.0, 127.0) as i8 as u8,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4G128 => unreachable!("quantized tile element"),
     }
 }
 

@@ -77,7 +77,7 @@ fn unknown_field() {
     );
     assert_eq!(
         error("rule r {\n  when rows > 4\n  use cpu\n}\n"),
-        "t.nhp:2:8: error: unknown field 'rows' in a condition (expected op, dtype, m, n, k, batch, elements, bytes or tag <key>)"
+        "t.nhp:2:8: error: unknown field 'rows' in a condition (expected op, dtype, wtype, m, n, k, batch, elements, bytes or tag <key>)"
     );
     assert_eq!(
         error("fallback {\n  retry = 2\n}\n"),

@@ -5,6 +5,7 @@ mod builtins;
 mod checker;
 mod includes;
 mod tables;
+mod wtype;
 
 use super::*;
 use crate::op::{DType, OpDims, OpKind, Tags};
@@ -22,6 +23,7 @@ pub(super) fn query<'a>(
     OpQuery {
         kind,
         dtype,
+        wtype: dtype,
         dims: OpDims { m, n, k, batch: 1, elements, bytes: (m * k + k * n + m * n) * dtype.size() },
         tags,
     }

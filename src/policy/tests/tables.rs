@@ -67,6 +67,7 @@ fn check_agrees(p: &CompiledPolicy, seed: u64, count: usize) {
         let q = OpQuery {
             kind: OpKind::ALL[rng.random_range(0..OpKind::COUNT)],
             dtype: DType::ALL[rng.random_range(0..DType::ALL.len())],
+            wtype: DType::ALL[rng.random_range(0..DType::ALL.len())],
             dims: OpDims {
                 m: random_size(&mut rng),
                 n: random_size(&mut rng),

@@ -7,7 +7,9 @@ use crate::op::DType;
 use half::{bf16, f16};
 
 pub fn copy(out: &HostView, a: &HostView) {
-    let floats = out.dtype.is_float() && a.dtype.is_float();
+    // Quantized types (validated to pair with a float type or themselves) go through f32.
+    let f32_able = |d: DType| d.is_float() || d.is_quantized();
+    let floats = f32_able(out.dtype) && f32_able(a.dtype);
     for_each_block(out, a, None, |o, a, _, n| {
         // SAFETY: runs come from validated, non-overlapping views.
         unsafe {
@@ -30,9 +32,10 @@ pub fn copy(out: &HostView, a: &HostView) {
 /// Both runs hold `n` valid elements of the same dtype and do not overlap.
 unsafe fn copy_same(o: Run, a: Run, n: usize) {
     let size = o.dtype.size();
-    let (src, dst) = (a.ptr.0.add(a.off * size), o.ptr.0.add(o.off * size));
+    let (src, dst) = (a.ptr.0.add(o.dtype.bytes_of(a.off)), o.ptr.0.add(o.dtype.bytes_of(o.off)));
     if o.stride == 1 && a.stride == 1 {
-        std::ptr::copy_nonoverlapping(src, dst, n * size);
+        // Whole blocks for quantized runs (dense along the blocks by validation).
+        std::ptr::copy_nonoverlapping(src, dst, o.dtype.bytes_of(n));
     } else {
         for i in 0..n {
             std::ptr::copy_nonoverlapping(src.add(i * a.stride * size), dst.add(i * o.stride * size), size);
@@ -48,6 +51,8 @@ unsafe fn read_f64(r: Run, i: usize) -> f64 {
         DType::BF16 => (*(r.ptr.0 as *const bf16).add(at)).to_f64(),
         DType::I8 => *(r.ptr.0 as *const i8).add(at) as f64,
         DType::I32 => *(r.ptr.0 as *const i32).add(at) as f64,
+        // Validation pairs quantized types only with floats, which take the f32 path.
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4G128 => unreachable!("quantized element read"),
     }
 }
 
@@ -60,5 +65,6 @@ unsafe fn write_f64(r: Run, i: usize, v: f64) {
         DType::BF16 => *(r.ptr.0 as *mut bf16).add(at) = bf16::from_f64(v),
         DType::I8 => *(r.ptr.0 as *mut i8).add(at) = v as i8,
         DType::I32 => *(r.ptr.0 as *mut i32).add(at) = v as i32,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4G128 => unreachable!("quantized element write"),
     }
 }
