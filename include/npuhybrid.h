@@ -453,6 +453,10 @@ nh_status nh_device_get_info(nh_runtime runtime, uint32_t index, nh_device_info 
 // configurable.
 nh_status nh_device_details(nh_runtime runtime, uint32_t index, char *buf, size_t capacity, size_t *needed);
 
+// Brings a device that was lost (it is left out until then) or degraded back into service,
+// after the caller restored it.
+nh_status nh_device_reset(nh_runtime runtime, uint32_t index);
+
 nh_status nh_device_get_stats(nh_runtime runtime, uint32_t index, nh_device_stats *stats);
 
 // Current temperature, power and clock of a device (NaN where it has no such sensor).

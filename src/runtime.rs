@@ -253,6 +253,15 @@ impl Runtime {
         Ok(self.device(index)?.stats())
     }
 
+    /// Brings a device that was lost or degraded back into service (after the caller
+    /// restored it: a driver reload, a reconnected device).
+    pub fn reset_device(&self, index: usize) -> Result<()> {
+        let d = self.device(index)?;
+        d.reset();
+        log::info!("device {index} ({}) is back in service (reset)", d.info.name);
+        Ok(())
+    }
+
     pub fn device_readings(&self, index: usize) -> Result<DeviceReadings> {
         Ok(read_device(self.device(index)?, self.telemetry.as_deref()))
     }

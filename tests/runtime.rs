@@ -118,6 +118,32 @@ fn a_lost_device_is_degraded_at_once() {
     assert!(rt.device_stats(1).unwrap().degraded);
 }
 
+/// Lost is not a bad moment: the device stays out past any degradation period, until the
+/// caller says it is back.
+#[test]
+fn a_lost_device_stays_out_until_it_is_reset() {
+    let dev = ScriptedDevice::new(DeviceKind::SimulatedNpu, "lost npu", 1e6, Script::Lost);
+    let calls = dev.calls.clone();
+    let rt = runtime_with(vec![Box::new(dev)]);
+    let policy = "policy \"npu\"\nrule mm {\n  use npu, cpu\n}\nfallback {\n  degrade_for = 1 ms\n}\n";
+    rt.load_policy(&npuhybrid::PolicySource::Source { origin: "npu.nhp".into(), text: policy.into() })
+        .unwrap();
+    let a = upload(&rt, &[1.0; 64]);
+    let out = rt.alloc(64 * 4).unwrap();
+    let run = || rt.submit(add(a, a, out, 64)).unwrap().wait(None).unwrap();
+    run();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    run();
+    run();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "tried once, then left out");
+    assert!(rt.device_stats(1).unwrap().degraded);
+    rt.reset_device(1).unwrap();
+    assert!(!rt.device_stats(1).unwrap().degraded);
+    run();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "back in service after the reset");
+    assert!(rt.reset_device(7).is_err());
+}
+
 #[test]
 fn a_graph_over_a_destroyed_buffer_is_rejected_whole() {
     let rt = runtime_with(vec![]);

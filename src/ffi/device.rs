@@ -64,6 +64,13 @@ pub extern "C" fn nh_device_details(
     })
 }
 
+/// Brings a device that was lost (it is left out until then) or degraded back into service,
+/// after the caller restored it.
+#[no_mangle]
+pub extern "C" fn nh_device_reset(runtime: nh_runtime, index: u32) -> nh_status {
+    guard(|| entry(runtime)?.rt.reset_device(index as usize))
+}
+
 #[no_mangle]
 pub extern "C" fn nh_device_get_stats(
     runtime: nh_runtime,

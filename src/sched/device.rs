@@ -17,6 +17,7 @@ pub struct DeviceStats {
     /// Ops (or parts) that failed here and ran elsewhere.
     pub fallbacks: u64,
     pub queue_depth: u64,
+    /// Degraded for a while after failures, or lost (left out until `Runtime::reset_device`).
     pub degraded: bool,
     pub thermally_excluded: bool,
 }
@@ -50,6 +51,9 @@ pub struct Device {
     /// Being measured (see `calibrate.rs`): left out wherever another device can take the op,
     /// so the user's work is never the experiment.
     pub calibrating: AtomicBool,
+    /// Reported lost (device lost, fell off the bus): left out until the caller brings it back
+    /// (`nh_device_reset`), not retried after a degradation period.
+    pub lost: AtomicBool,
 }
 
 impl Device {
@@ -69,6 +73,7 @@ impl Device {
             model,
             load: DeviceLoad::default(),
             calibrating: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
         }
     }
 
@@ -86,7 +91,17 @@ impl Device {
         self.info.kind == DeviceKind::Cpu
     }
 
+    /// Brings a lost or degraded device back into service.
+    pub fn reset(&self) {
+        self.lost.store(false, Ordering::Relaxed);
+        *self.load.degraded_until.lock() = None;
+        self.load.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
     pub fn is_degraded(&self, now: Instant) -> bool {
+        if self.lost.load(Ordering::Relaxed) {
+            return true;
+        }
         let mut until = self.load.degraded_until.lock();
         match *until {
             Some(t) if now < t => true,
@@ -120,7 +135,8 @@ impl Device {
             failures: l.failures.load(Ordering::Relaxed),
             fallbacks: l.fallbacks.load(Ordering::Relaxed),
             queue_depth: l.queued.load(Ordering::Relaxed) as u64,
-            degraded: l.degraded_until.lock().is_some_and(|t| Instant::now() < t),
+            degraded: self.lost.load(Ordering::Relaxed)
+                || l.degraded_until.lock().is_some_and(|t| Instant::now() < t),
             thermally_excluded: l.thermally_excluded.load(Ordering::Relaxed),
         }
     }

@@ -460,9 +460,9 @@ impl Scheduler {
         let mut candidates = self.candidates(op, decision, tried);
         // Thermal load shifting sends a fraction of a hot device's ops to the others.
         if candidates.len() > 1 {
+            // (The trace shows the rule's transitions, not every op it moves.)
             if let Some(pos) = candidates.iter().position(|d| d.shifted_away()) {
-                let d = candidates.remove(pos);
-                self.trace.instant(Some(d.index), "thermal shift", || json!({"op": op.kind.name()}));
+                candidates.remove(pos);
             }
         }
         let with_cost = |d: &Device| (d.index, self.expected_ns(d, op, mem));
@@ -629,7 +629,7 @@ impl Scheduler {
                     job.op.kind.name(),
                     started,
                     finished,
-                    || json!({"dtype": job.op.dtype().name(), "dims": format!("{:?}", job.op.dims()), "fallbacks": job.fallbacks, "task": job.task.id}),
+                    || json!({"dtype": job.op.dtype().name(), "dims": dims_json(&job.op), "tags": tags_text(&job.op), "fallbacks": job.fallbacks, "task": job.task.id}),
                 );
                 let info = EventInfo {
                     device: Some(device.index),
@@ -703,7 +703,15 @@ impl Scheduler {
         let streak = device.load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let lost = matches!(err, Error::DeviceLost(_));
         let degrade = lost || streak >= fallback.degrade_after.max(1);
-        if degrade {
+        if lost && !device.lost.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "device {} ({}) lost: {err}; left out until nh_device_reset brings it back",
+                device.index,
+                device.info.name
+            );
+            self.trace.instant(Some(device.index), "lost", || json!({"error": err.to_string()}));
+        }
+        if degrade && !lost {
             let mut until = device.load.degraded_until.lock();
             if until.is_none() {
                 log::warn!(
@@ -755,6 +763,17 @@ impl Scheduler {
             self.drained.notify_all();
         }
     }
+}
+
+/// An op's sizes as JSON fields for the trace.
+fn dims_json(op: &OpDesc) -> serde_json::Value {
+    let d = op.dims();
+    json!({"m": d.m, "n": d.n, "k": d.k, "batch": d.batch, "elements": d.elements})
+}
+
+/// The caller's tags of an op (`k=v,k=v`), so trace slices say which op of the model it was.
+fn tags_text(op: &OpDesc) -> String {
+    op.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// Drops devices being calibrated where another candidate remains: the model's choice is not

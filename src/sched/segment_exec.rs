@@ -4,7 +4,7 @@
 
 use super::segment::{self, Costs, SegmentRun};
 use super::task::{Access, Placement, Task};
-use super::{panic_message, Device, Scheduler, Work};
+use super::{dims_json, panic_message, tags_text, Device, Scheduler, Work};
 use crate::error::{Error, Result};
 use crate::event::EventInfo;
 use crate::op::{OpDesc, OpKind};
@@ -328,7 +328,7 @@ impl Scheduler {
             load.bytes_moved.fetch_add(t.op.views().map(|v| v.bytes() as u64).sum(), Ordering::Relaxed);
             let end = (at + std::time::Duration::from_nanos(op_ns as u64)).min(finished);
             self.trace.slice(device.index, t.op.kind.name(), at, end, || {
-                json!({"dtype": t.op.dtype().name(), "dims": dims_json(&t.op), "task": t.id, "segment": true})
+                json!({"dtype": t.op.dtype().name(), "dims": dims_json(&t.op), "tags": tags_text(&t.op), "task": t.id, "segment": true})
             });
             let info = EventInfo {
                 device: Some(device.index),
@@ -407,7 +407,7 @@ impl Scheduler {
                     device.load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
                     device.model.record(&task.op, elapsed.saturating_sub(report.setup_ns) as f64);
                     self.trace.slice(index, task.op.kind.name(), started, finished, || {
-                        json!({"dtype": task.op.dtype().name(), "dims": dims_json(&task.op), "task": task.id, "fallbacks": fallbacks})
+                        json!({"dtype": task.op.dtype().name(), "dims": dims_json(&task.op), "tags": tags_text(&task.op), "task": task.id, "fallbacks": fallbacks})
                     });
                     let info = EventInfo {
                         device: Some(index),
@@ -449,12 +449,6 @@ impl Scheduler {
 fn depends_on_failed(task: &Task, failed_writes: &[Access]) -> Option<Error> {
     let hit = task.accesses.iter().any(|a| failed_writes.iter().any(|w| w.write && a.conflicts(w)));
     hit.then(|| Error::DeviceFailed("an op this one depends on failed".into()))
-}
-
-/// An op's sizes as JSON fields for the trace.
-fn dims_json(op: &OpDesc) -> serde_json::Value {
-    let d = op.dims();
-    json!({"m": d.m, "n": d.n, "k": d.k, "batch": d.batch, "elements": d.elements})
 }
 
 use crate::backend::ExecReport;
