@@ -201,6 +201,7 @@ impl Scheduler {
             Some(gp) => gp.describe(&self.devices),
         }
     }
+
     /// All members are ready: queue the segment on its device.
     pub(super) fn enqueue_segment(self: &Arc<Self>, seg: Arc<SegmentRun>) {
         let device = &self.devices[seg.device];
@@ -270,8 +271,12 @@ impl Scheduler {
             }
             return;
         };
-        let failed = &tasks[done];
-        if err.is_device_fault() {
+        let Some(failed) = tasks.get(done) else { return };
+        if matches!(err, Error::Unsupported(_)) {
+            // The device cannot run this op after all (no fault of the device's): the rest
+            // runs elsewhere.
+            self.run_in_order(&tasks, done, vec![seg.device]);
+        } else if err.is_device_fault() {
             let decision = failed.policy.decide(&Self::query(&failed.op));
             self.record_fault(device, &failed.op, &err, decision.fallback);
             log::info!(
