@@ -1291,10 +1291,13 @@ int main(int argc, char **argv) {
         printf("\n");
       }
     }
-    /* A graph has one event for all its ops: say where the decode rows went. */
-    if (!sub.tracked[PHASE_DECODE] && decode != DECODE_OPS)
-      printf("  decode     ran as a %s: no per-op events (ops per device above; --decode ops or --trace for placement)\n",
-             decode == DECODE_GRAPH ? "graph" : "re-recorded graph");
+  }
+  /* A graph has one event for all its ops: say where the rows of each phase went. */
+  if (decode != DECODE_OPS) {
+    printf("\nplacement by op kind: --decode ops (or --trace) shows it\n");
+    printf("  prefill    ran as a graph: no per-op events (ops per device above)\n");
+    printf("  decode     ran as a %s: no per-op events (ops per device above)\n",
+           decode == DECODE_GRAPH ? "graph" : "re-recorded graph");
   }
   if (expect_placement) {
     /* Every prefill matmul on an NPU; every decode matmul on the GPU when there is one

@@ -182,7 +182,13 @@ int main(void) {
   NH_CHECK(nh_policy_explain(rt, &op, text, sizeof text, NULL));
   CHECK(strstr(text, "prefill") != NULL && strstr(text, "Simulated NPU") != NULL);
 
-  /* The prefill matmul runs on the (simulated) NPU; an injected fault falls back to the CPU. */
+  /* llm_inference picks by expected completion (here the CPU may win: the simulated NPU
+   * computes on it); pin prefill to the NPU to test fallback. The prefill matmul runs on the
+   * (simulated) NPU; an injected fault falls back to the CPU. */
+  NH_CHECK(nh_policy_load(rt, NH_POLICY_SOURCE,
+                          "policy \"prefill_on_npu\"\ninclude \"llm_inference\"\n"
+                          "rule prefill {\n  when op = matmul and tag phase = prefill\n  use npu, gpu, cpu\n"
+                          "  fallback {\n    retries = 2\n  }\n}\n"));
   NH_CHECK(nh_trace_start(rt, "/tmp/nh_api_trace.json"));
   ev = submit_wait(rt, &op, &ei);
   CHECK(ei.device == 1 && ei.fallbacks == 0);

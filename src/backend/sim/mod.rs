@@ -286,10 +286,10 @@ impl Backend for SimNpu {
 
     /// What the modelled hardware runs: its op kinds, input dtypes and (input, output) pairs.
     fn supports(&self, op: &OpDesc) -> bool {
-        // The profile decides by compute and output types; every input (a quantized weight
-        // included) must also be a type the device takes.
+        // The profile decides by compute and output types; both operands (a quantized weight
+        // included) must also be types the device takes. (A bias has the output's type.)
         self.cfg.accepts(op.kind, op.dtype(), op.output.dtype)
-            && op.inputs.iter().flatten().all(|v| self.info.dtypes & v.dtype.bit() != 0)
+            && op.inputs[..2].iter().flatten().all(|v| self.info.dtypes & v.dtype.bit() != 0)
     }
 
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
