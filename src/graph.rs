@@ -22,6 +22,9 @@ pub struct Graph {
     /// (in the order `Runtime::prepare` resolves them).
     buffers: Vec<BufferId>,
     op_buffers: Vec<Vec<u32>>,
+    /// The placement of the last submissions, reused while it holds (a decode step's graph
+    /// is submitted once a token with a few ops replaced).
+    plan: crate::sched::PlanCache,
 }
 
 impl Graph {
@@ -35,6 +38,7 @@ impl Graph {
         let idx = self.buffer_indices(&op);
         self.op_buffers.push(idx);
         self.ops.push(Arc::new(op));
+        self.plan.clear();
     }
 
     /// Replaces op `index` by an op that runtime `runtime` already validated.
@@ -91,6 +95,10 @@ impl Graph {
 
     pub(crate) fn shared_ops(&self) -> &[Arc<OpDesc>] {
         &self.ops
+    }
+
+    pub(crate) fn plan_cache(&self) -> &crate::sched::PlanCache {
+        &self.plan
     }
 
     pub fn len(&self) -> usize {

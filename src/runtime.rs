@@ -479,7 +479,7 @@ impl Runtime {
             // Every op completes one part of the graph's event (no event of its own).
             .map(|(op, mem)| (Arc::clone(op), mem, all.clone()))
             .collect();
-        self.sched.submit_all(ops, policy);
+        self.sched.submit_all(ops, policy, Some(graph.plan_cache()));
         Ok(all)
     }
 

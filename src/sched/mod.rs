@@ -15,6 +15,7 @@ mod task;
 pub mod thermal;
 
 pub use device::{Device, DeviceStats};
+pub use segment_exec::PlanCache;
 pub use task::Task;
 
 use crate::backend::OpMemory;
@@ -234,16 +235,18 @@ impl Scheduler {
         policy: Arc<CompiledPolicy>,
         event: Event,
     ) {
-        self.submit_all(vec![(op, mem, event)], policy);
+        self.submit_all(vec![(op, mem, event)], policy, None);
     }
 
     /// Submits ops in order. They are all registered with the hazard tracker before any is
     /// dispatched, so a graph's chain runs on the device's worker without racing the
     /// submitting thread (submission blocks in chunks while too many ops are in flight).
+    /// `plan`: where a graph keeps its placement between submissions (see `segment_exec.rs`).
     pub fn submit_all(
         self: &Arc<Self>,
         ops: Vec<(Arc<OpDesc>, OpMemory, Event)>,
         policy: Arc<CompiledPolicy>,
+        plan: Option<&PlanCache>,
     ) {
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
@@ -266,7 +269,7 @@ impl Scheduler {
                 })
                 .collect();
             if tasks.len() > 1 {
-                self.place_graph(&tasks);
+                self.place_graph(&tasks, plan);
             }
             let mut ready = Vec::new();
             {

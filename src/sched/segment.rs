@@ -172,8 +172,6 @@ pub struct SegmentRun {
     pub tasks: parking_lot::Mutex<Vec<Arc<Task>>>,
     /// Members not yet ready.
     pub waiting: AtomicUsize,
-    /// Why the segment ends where it does, for the trace.
-    pub ends: String,
 }
 
 #[cfg(test)]

@@ -15,7 +15,42 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A graph's placement kept between its submissions: planning a 200-op decode step costs
+/// about as much as running it on a fast device. It is reused while the graph has the same
+/// ops (kinds; replaced ops keep theirs), the policy is the same, and it is young (under
+/// `PLAN_REUSE` submissions and `PLAN_AGE`), so the model's learning and devices' health
+/// still reach the placement.
+#[derive(Debug, Default)]
+pub struct PlanCache(parking_lot::Mutex<Option<CachedPlan>>);
+
+const PLAN_REUSE: u32 = 64;
+const PLAN_AGE: std::time::Duration = std::time::Duration::from_millis(500);
+
+#[derive(Debug)]
+struct CachedPlan {
+    kinds: Vec<OpKind>,
+    policy: usize,
+    made: Instant,
+    uses: u32,
+    /// None: no device but the host could take any op.
+    plan: Option<Arc<GraphPlan>>,
+}
+
+impl PlanCache {
+    pub fn clear(&self) {
+        *self.0.lock() = None;
+    }
+}
+
+impl Clone for PlanCache {
+    /// A copy of a graph plans for itself.
+    fn clone(&self) -> Self {
+        PlanCache::default()
+    }
+}
+
 /// A run of consecutive ops on one device, and why it ends where it does.
+#[derive(Debug)]
 struct Run {
     device: usize,
     start: usize,
@@ -24,6 +59,7 @@ struct Run {
 }
 
 /// A graph's placement and its runs.
+#[derive(Debug)]
 struct GraphPlan {
     plan: segment::Plan,
     runs: Vec<Run>,
@@ -151,11 +187,10 @@ impl Scheduler {
 
     /// Places a graph's ops before they are registered: runs of two or more ops on a device
     /// other than the host become segments, the rest are pinned to their device.
-    pub(super) fn place_graph(&self, tasks: &[Arc<Task>]) {
-        let Some(gp) = self.plan_graph(tasks) else { return };
-        log::debug!("graph of {} ops: {}", tasks.len(), gp.describe(&self.devices));
-        for run in gp.runs {
-            let Run { device, start, end, ends } = run;
+    pub(super) fn place_graph(&self, tasks: &[Arc<Task>], cache: Option<&PlanCache>) {
+        let Some(gp) = self.cached_plan(tasks, cache) else { return };
+        for run in &gp.runs {
+            let Run { device, start, end, ref ends } = *run;
             self.trace.instant(
                 Some(device),
                 "segment",
@@ -171,12 +206,45 @@ impl Scheduler {
                 device,
                 tasks: parking_lot::Mutex::new(tasks[start..end].to_vec()),
                 waiting: AtomicUsize::new(end - start),
-                ends,
             });
             for t in &tasks[start..end] {
                 let _ = t.placement.set(Placement::Segment(Arc::clone(&seg)));
             }
         }
+    }
+
+    /// The graph's plan: the cached one while it holds (see `PlanCache`), else a new one.
+    fn cached_plan(&self, tasks: &[Arc<Task>], cache: Option<&PlanCache>) -> Option<Arc<GraphPlan>> {
+        // Only the host can run anything: nothing to plan.
+        if !self.devices.iter().any(|d| !d.is_host() && d.info.available) {
+            return None;
+        }
+        let policy = Arc::as_ptr(&tasks[0].policy) as usize;
+        let Some(cache) = cache else { return self.plan_graph(tasks).map(Arc::new) };
+        let mut slot = cache.0.lock();
+        if let Some(c) = slot.as_mut() {
+            let same = c.policy == policy
+                && c.uses < PLAN_REUSE
+                && c.made.elapsed() < PLAN_AGE
+                && c.kinds.len() == tasks.len()
+                && c.kinds.iter().zip(tasks).all(|(k, t)| *k == t.op.kind);
+            if same {
+                c.uses += 1;
+                return c.plan.clone();
+            }
+        }
+        let plan = self.plan_graph(tasks).map(Arc::new);
+        if let Some(gp) = &plan {
+            log::debug!("graph of {} ops: {}", tasks.len(), gp.describe(&self.devices));
+        }
+        *slot = Some(CachedPlan {
+            kinds: tasks.iter().map(|t| t.op.kind).collect(),
+            policy,
+            made: Instant::now(),
+            uses: 1,
+            plan: plan.clone(),
+        });
+        plan
     }
 
     /// What `place_graph` would do with these ops now, in words: the plan chosen, each run of
