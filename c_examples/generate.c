@@ -519,36 +519,19 @@ static int npu_needs_bf16(const nh_device_info *infos, uint32_t ndev) {
   return 0;
 }
 
-/* A bf16 copy of f32 weight `w`, converted by the runtime (a copy op converts dtypes). */
-static nh_tensor to_bf16(nh_runtime rt, nh_tensor w) {
-  uint64_t n = 1;
-  for (uint32_t i = 0; i < w.rank; i++) n *= w.shape[i];
-  nh_buffer b;
-  NH_CHECK(nh_buffer_alloc(rt, n * 2, &b));
-  nh_op_desc op;
-  NH_CHECK(nh_op_desc_init(&op));
-  op.kind = NH_OP_COPY;
-  op.inputs[0] = w;
-  op.output = nh_dense(b, NH_BF16, w.rank, w.shape, 0);
-  nh_event ev;
-  NH_CHECK(nh_submit(rt, &op, &ev));
-  NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
-  NH_CHECK(nh_event_release(rt, ev));
-  return op.output;
-}
 
 static void convert_weights(nh_runtime rt, model *m) {
   m->bf16 = 1;
-  m->blm_head = to_bf16(rt, m->lm_head);
+  m->blm_head = convert_now(rt, m->lm_head, NH_BF16);
   for (uint64_t i = 0; i < m->c.layers; i++) {
     layer_weights *l = &m->layer[i];
-    l->bq = to_bf16(rt, l->wq);
-    l->bk = to_bf16(rt, l->wk);
-    l->bv = to_bf16(rt, l->wv);
-    l->bo = to_bf16(rt, l->wo);
-    l->bgate = to_bf16(rt, l->wgate);
-    l->bup = to_bf16(rt, l->wup);
-    l->bdown = to_bf16(rt, l->wdown);
+    l->bq = convert_now(rt, l->wq, NH_BF16);
+    l->bk = convert_now(rt, l->wk, NH_BF16);
+    l->bv = convert_now(rt, l->wv, NH_BF16);
+    l->bo = convert_now(rt, l->wo, NH_BF16);
+    l->bgate = convert_now(rt, l->wgate, NH_BF16);
+    l->bup = convert_now(rt, l->wup, NH_BF16);
+    l->bdown = convert_now(rt, l->wdown, NH_BF16);
   }
 }
 

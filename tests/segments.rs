@@ -50,25 +50,30 @@ fn expected_chain(x: &[f32], y: &[f32], rounds: usize) -> Vec<f32> {
     x
 }
 
+/// A runtime over the CPU and `gpu` under "every op: gpu, cpu by earliest completion", the
+/// GPU measured as `priors` (fast: it gets the chain; slow: the CPU does).
+fn gpu_runtime(gpu: Box<dyn Backend>, priors: npuhybrid::sched::perf_model::Priors) -> Runtime {
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
+        vec![cpu(), gpu],
+    )
+    .unwrap();
+    rt.scheduler().devices[1].model.calibrate(priors);
+    rt
+}
+
+const FAST: npuhybrid::sched::perf_model::Priors = npuhybrid::sched::perf_model::Priors {
+    launch_ns: 1_000.0,
+    op_ns: 10.0,
+    peak_gflops: 1e6,
+    bandwidth_gbs: 1e6,
+};
+
 #[test]
 fn a_chain_of_gpu_ops_is_one_submission_and_its_results_are_exact() {
     let gpu = lavapipe();
-    let rt = Runtime::with_backends(
-        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
-        vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>],
-    )
-    .unwrap();
-    // Make the GPU the model's choice for every op of the chain.
-    for d in &rt.scheduler().devices {
-        if d.index == 1 {
-            d.model.calibrate(npuhybrid::sched::perf_model::Priors {
-                launch_ns: 1_000.0,
-                op_ns: 10.0,
-                peak_gflops: 1e6,
-                bandwidth_gbs: 1e6,
-            });
-        }
-    }
+    // The model's choice for every op of the chain.
+    let rt = gpu_runtime(Box::new(Arc::clone(&gpu)), FAST);
     let n = 1000;
     let (x0, y) = (random(n, 1), random(n, 2));
     let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
@@ -90,21 +95,15 @@ fn a_chain_of_gpu_ops_is_one_submission_and_its_results_are_exact() {
 #[test]
 fn a_slow_gpu_gets_no_part_of_a_graph_the_cpu_runs_sooner() {
     let gpu = lavapipe();
-    let rt = Runtime::with_backends(
-        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
-        vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>],
-    )
-    .unwrap();
-    for d in &rt.scheduler().devices {
-        if d.index == 1 {
-            d.model.calibrate(npuhybrid::sched::perf_model::Priors {
-                launch_ns: 5e6,
-                op_ns: 1e5,
-                peak_gflops: 0.5,
-                bandwidth_gbs: 0.5,
-            });
-        }
-    }
+    let rt = gpu_runtime(
+        Box::new(Arc::clone(&gpu)),
+        npuhybrid::sched::perf_model::Priors {
+            launch_ns: 5e6,
+            op_ns: 1e5,
+            peak_gflops: 0.5,
+            bandwidth_gbs: 0.5,
+        },
+    );
     let n = 256;
     let (x0, y) = (random(n, 3), random(n, 4));
     let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
@@ -203,21 +202,8 @@ impl Backend for LosingGpu {
 #[test]
 fn a_gpu_lost_midway_through_a_segment_loses_no_op_and_repeats_none() {
     let gpu = Arc::new(LosingGpu { inner: lavapipe(), ok: 5, lost: false.into(), ran: AtomicUsize::new(0) });
-    let rt = Runtime::with_backends(
-        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
-        vec![cpu(), Box::new(Arc::clone(&gpu)) as Box<dyn Backend>],
-    )
-    .unwrap();
-    for d in &rt.scheduler().devices {
-        if d.index == 1 {
-            d.model.calibrate(npuhybrid::sched::perf_model::Priors {
-                launch_ns: 1_000.0,
-                op_ns: 10.0,
-                peak_gflops: 1e6,
-                bandwidth_gbs: 1e6,
-            });
-        }
-    }
+    // The model's choice for every op of the chain.
+    let rt = gpu_runtime(Box::new(Arc::clone(&gpu)), FAST);
     let n = 300;
     let (x0, y) = (random(n, 7), random(n, 8));
     let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
