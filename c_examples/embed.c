@@ -427,8 +427,6 @@ typedef struct {
   nh_tensor wqkv, bqkv, wo, bo, ln1g, ln1b, w1, b1, w2, b2, ln2g, ln2b;
   /* the four weights again as [in, out] (dense rows along out), for matmuls with many rows */
   nh_tensor wqkv_t, wo_t, w1_t, w2_t;
-  /* bf16 copies of the four [out, in] weights, for an NPU that takes bf16 only (model.bf16) */
-  nh_tensor wqkv_b, wo_b, w1_b, w2_b;
 } layer_w;
 
 /* Up to this many rows a matmul reads the [out, in] weights (the CPU's dot-product path for
@@ -458,10 +456,9 @@ typedef struct {
   size_t ngraphs;
   const char *tags;
   int no_kn; /* --no-kn: always the [out, in] weights (for comparison) */
-  /* f32 activations with bf16 matmul operands (weights converted at load, activations on the
-   * way in), so an NPU that runs only bf16 matmuls takes them */
+  /* f32 matmuls flagged NH_FLAG_ALLOW_BF16, so an NPU that runs only bf16 matmuls may take
+   * them (it rounds the operands; the scheduler decides whether that pays) */
   int bf16;
-  nh_buffer xb, ctxb, ffnb;
 } model;
 
 static nh_op_desc op_init(const model *m, uint32_t kind) {
@@ -713,35 +710,9 @@ static int npu_needs_bf16(const nh_device_info *infos, uint32_t ndev) {
   return 0;
 }
 
-/* A bf16 copy of weight `w`, converted by the runtime (a copy op converts dtypes). */
-static nh_tensor bf16_copy(model *m, nh_tensor w) {
-  uint64_t n = 1;
-  for (uint32_t i = 0; i < w.rank; i++) n *= w.shape[i];
-  nh_op_desc op = op_init(m, NH_OP_COPY);
-  op.inputs[0] = w;
-  op.output = nh_dense(alloc_buf(m->rt, n * 2), NH_BF16, w.rank, w.shape, 0);
-  run_now(m, &op);
-  return op.output;
-}
-
-static void convert_weights(model *m) {
-  for (int l = 0; l < L; l++) {
-    layer_w *w = &m->layer[l];
-    w->wqkv_b = bf16_copy(m, w->wqkv);
-    w->wo_b = bf16_copy(m, w->wo);
-    w->w1_b = bf16_copy(m, w->w1);
-    w->w2_b = bf16_copy(m, w->w2);
-  }
-}
-
 static void model_alloc_acts(model *m, size_t max_b) {
   size_t t = max_b * MAXTOK;
   m->max_b = max_b;
-  if (m->bf16) {
-    m->xb = alloc_buf(m->rt, t * D * 2);
-    m->ctxb = alloc_buf(m->rt, t * D * 2);
-    m->ffnb = alloc_buf(m->rt, t * F * 2);
-  }
   m->x = alloc_buf(m->rt, t * D * m->esz);
   m->qkv = alloc_buf(m->rt, t * 3 * D * m->esz);
   m->ctx = alloc_buf(m->rt, t * D * m->esz);
@@ -767,27 +738,11 @@ static nh_tensor matmul_desc_out(const model *m, nh_buffer b, size_t rows, size_
   return view2(b, m->act, rows, cols, 0);
 }
 
-/* A layer matmul's A operand: with model.bf16, `a` converted into `b16` by a copy op in the
- * graph; else `a`. */
-static nh_tensor operand(model *m, nh_graph g, nh_tensor a, nh_buffer b16) {
-  if (!m->bf16) return a;
-  nh_op_desc op = op_init(m, NH_OP_COPY);
-  op.inputs[0] = a;
-  op.output = nh_dense(b16, NH_BF16, 2, a.shape, 0);
-  NH_CHECK(nh_graph_add(m->rt, g, &op));
-  return op.output;
-}
-
-/* The B operand and flags of a layer matmul: the bf16 [out, in] copy, the [in, out] copy for
- * many rows, or the [out, in] weight. */
-static void weight_operand(const model *m, nh_op_desc *op, int kn, nh_tensor w, nh_tensor w_t, nh_tensor w_b) {
-  if (m->bf16) {
-    op->inputs[1] = w_b;
-    op->flags = NH_FLAG_TRANS_B;
-  } else {
-    op->inputs[1] = kn ? w_t : w;
-    op->flags = kn ? 0 : NH_FLAG_TRANS_B;
-  }
+/* The B operand and flags of a layer matmul: the [in, out] copy for many rows, else the
+ * [out, in] weight; with model.bf16 the NPU may round the operands to bf16. */
+static void weight_operand(const model *m, nh_op_desc *op, int kn, nh_tensor w, nh_tensor w_t) {
+  op->inputs[1] = kn ? w_t : w;
+  op->flags = (kn ? 0 : NH_FLAG_TRANS_B) | (m->bf16 ? NH_FLAG_ALLOW_BF16 : 0);
 }
 
 /* Records the forward pass for B sentences of S tokens (mask: padding present). */
@@ -816,10 +771,9 @@ static nh_graph build_graph(model *m, size_t B, size_t S, int use_mask) {
 
   for (int l = 0; l < L; l++) {
     const layer_w *w = &m->layer[l];
-    nh_tensor in = operand(m, g, x2, m->xb);
     op = op_init(m, NH_OP_MATMUL);
-    op.inputs[0] = in;
-    weight_operand(m, &op, kn, w->wqkv, w->wqkv_t, w->wqkv_b);
+    op.inputs[0] = x2;
+    weight_operand(m, &op, kn, w->wqkv, w->wqkv_t);
     op.inputs[2] = w->bqkv;
     op.output = matmul_desc_out(m, m->qkv, T, 3 * D);
     NH_CHECK(nh_graph_add(m->rt, g, &op));
@@ -835,10 +789,9 @@ static nh_graph build_graph(model *m, size_t B, size_t S, int use_mask) {
     op.output = head_view(m, m->ctx, B, S, D, 0);
     NH_CHECK(nh_graph_add(m->rt, g, &op));
 
-    in = operand(m, g, view2(m->ctx, a, T, D, 0), m->ctxb);
     op = op_init(m, NH_OP_MATMUL);
-    op.inputs[0] = in;
-    weight_operand(m, &op, kn, w->wo, w->wo_t, w->wo_b);
+    op.inputs[0] = view2(m->ctx, a, T, D, 0);
+    weight_operand(m, &op, kn, w->wo, w->wo_t);
     op.inputs[2] = w->bo;
     op.beta = 1.0f; /* + residual */
     op.output = x2;
@@ -852,19 +805,17 @@ static nh_graph build_graph(model *m, size_t B, size_t S, int use_mask) {
     op.eps = LN_EPS;
     NH_CHECK(nh_graph_add(m->rt, g, &op));
 
-    in = operand(m, g, x2, m->xb);
     op = op_init(m, NH_OP_MATMUL);
-    op.inputs[0] = in;
-    weight_operand(m, &op, kn, w->w1, w->w1_t, w->w1_b);
+    op.inputs[0] = x2;
+    weight_operand(m, &op, kn, w->w1, w->w1_t);
     op.inputs[2] = w->b1;
     op.activation = NH_ACT_GELU; /* erf form (no NH_FLAG_GELU_TANH), as BERT */
     op.output = view2(m->ffn, a, T, F, 0);
     NH_CHECK(nh_graph_add(m->rt, g, &op));
 
-    in = operand(m, g, view2(m->ffn, a, T, F, 0), m->ffnb);
     op = op_init(m, NH_OP_MATMUL);
-    op.inputs[0] = in;
-    weight_operand(m, &op, kn, w->w2, w->w2_t, w->w2_b);
+    op.inputs[0] = view2(m->ffn, a, T, F, 0);
+    weight_operand(m, &op, kn, w->w2, w->w2_t);
     op.inputs[2] = w->b2;
     op.beta = 1.0f;
     op.output = x2;
@@ -1205,13 +1156,12 @@ int main(int argc, char **argv) {
   double t0 = now_s();
   model_load(&m, model_dir, synthetic);
   m.bf16 = !f16 && npu_needs_bf16(infos, ndev < 16 ? ndev : 16);
-  if (m.bf16) convert_weights(&m);
   model_alloc_acts(&m, max_b);
   char thread_text[48];
   if (threads) snprintf(thread_text, sizeof thread_text, "%u CPU threads", threads);
   else snprintf(thread_text, sizeof thread_text, "one CPU thread per core");
   fprintf(stderr, "embed: %s weights (%s) ready in %.2f s, policy %s, %s\n",
-          synthetic ? "synthetic" : "all-MiniLM-L6-v2", f16 ? "f16" : m.bf16 ? "f32, bf16 matmul operands for the NPU" : "f32", now_s() - t0,
+          synthetic ? "synthetic" : "all-MiniLM-L6-v2", f16 ? "f16" : m.bf16 ? "f32, matmuls may round to bf16 on the NPU" : "f32", now_s() - t0,
           place ? (place[0] == 'g' ? "embed_on_gpu" : place[0] == 'n' ? "embed_on_npu" : "embed_on_cpu")
                 : policy_file ? policy_file : policy,
           thread_text);
@@ -1340,7 +1290,7 @@ int main(int argc, char **argv) {
       printf("check: %zu sentences, %zu token mismatches, cosine min %.8f (sentence %zu, %zu tokens) mean %.8f, "
              "threshold %.4f (%s, batch %zu)\n",
              n, bad_tok, worst, worst_i, lens[worst_i], sum / n, threshold,
-             f16 ? "f16" : m.bf16 ? "f32, bf16 matmul operands" : "f32", batch);
+             f16 ? "f16" : m.bf16 ? "f32, matmuls may round to bf16" : "f32", batch);
       if (bad_tok || worst < threshold) {
         fprintf(stderr, "embed: CHECK FAILED: %s\n", bad_tok ? "tokenization differs" : "cosine below threshold");
         rc = 1;

@@ -160,17 +160,16 @@ typedef struct {
 
 typedef struct {
   nh_tensor attn_norm, wq, wk, wv, wo, ffn_norm, wgate, wup, wdown;
-  /* bf16 copies of the matmul weights, for an NPU that takes bf16 only (see npu_needs_bf16). */
-  nh_tensor bq, bk, bv, bo, bgate, bup, bdown;
 } layer_weights;
 
 typedef struct {
   config c;
   nh_buffer file;
   nh_tensor embed; /* [vocab, D], any dtype: rows are copied (converted) to the activations' type */
-  nh_tensor norm, lm_head, blm_head;
+  nh_tensor norm, lm_head;
   layer_weights layer[MAX_LAYERS];
-  /* Prefill matmuls take bf16 operands (weights converted at load, activations on the way in). */
+  /* Prefill matmuls carry NH_FLAG_ALLOW_BF16: an NPU that takes bf16 only may run them,
+   * rounding f32 operands (the scheduler decides whether that pays). */
   int bf16;
   int rope_pairs;    /* rope on adjacent pairs (GGUF's llama) instead of rotated halves */
   const char *wtype; /* what the matmul weights are, for the summary line */
@@ -508,7 +507,7 @@ static double weight_bytes(const model *m) {
 }
 
 /* An NPU that runs bf16 matmuls but not f32 ones (every real one, and the simulated XDNA
- * profile) gets the prefill matmuls only if their operands are bf16. */
+ * profile) gets f32 prefill matmuls only if they allow bf16 operands. */
 static int npu_needs_bf16(const nh_device_info *infos, uint32_t ndev) {
   for (uint32_t i = 0; i < ndev; i++) {
     const nh_device_info *d = &infos[i];
@@ -520,26 +519,10 @@ static int npu_needs_bf16(const nh_device_info *infos, uint32_t ndev) {
 }
 
 
-static void convert_weights(nh_runtime rt, model *m) {
-  m->bf16 = 1;
-  m->blm_head = convert_now(rt, m->lm_head, NH_BF16);
-  for (uint64_t i = 0; i < m->c.layers; i++) {
-    layer_weights *l = &m->layer[i];
-    l->bq = convert_now(rt, l->wq, NH_BF16);
-    l->bk = convert_now(rt, l->wk, NH_BF16);
-    l->bv = convert_now(rt, l->wv, NH_BF16);
-    l->bo = convert_now(rt, l->wo, NH_BF16);
-    l->bgate = convert_now(rt, l->wgate, NH_BF16);
-    l->bup = convert_now(rt, l->wup, NH_BF16);
-    l->bdown = convert_now(rt, l->wdown, NH_BF16);
-  }
-}
-
 /* ---- Activations and the KV cache ---- */
 
 typedef struct {
   nh_buffer x, h, q, attn, g, u, logits;
-  nh_buffer hb, attnb, gb; /* bf16 operands of the prefill matmuls (model.bf16) */
   nh_buffer k[MAX_LAYERS], v[MAX_LAYERS];
   uint64_t rows, positions;
 } state;
@@ -646,13 +629,14 @@ static nh_op_desc op_init(uint32_t kind, uint32_t phase) {
 }
 
 /* out (+)= a[rows, in] * W^T, W an nn.Linear weight [out, in]. */
-static void linear(submitter *s, uint32_t phase, nh_tensor a, nh_tensor w, nh_tensor out, int accumulate,
-                   uint32_t act, int varies) {
+static void linear(submitter *s, const model *m, uint32_t phase, nh_tensor a, nh_tensor w, nh_tensor out,
+                   int accumulate, uint32_t act, int varies) {
   nh_op_desc op = op_init(NH_OP_MATMUL, phase);
   op.inputs[0] = a;
   op.inputs[1] = w;
   op.output = out;
-  op.flags = NH_FLAG_TRANS_B;
+  /* Decode stays f32: its matmuls are weight-streaming GEMVs an NPU would not win anyway. */
+  op.flags = NH_FLAG_TRANS_B | (m->bf16 && phase == PHASE_PREFILL ? NH_FLAG_ALLOW_BF16 : 0);
   op.beta = accumulate ? 1.0f : 0.0f;
   op.activation = act;
   emit(s, &op, phase, varies);
@@ -665,22 +649,6 @@ static void rmsnorm(submitter *s, uint32_t phase, nh_tensor x, nh_tensor w, nh_t
   op.output = out;
   op.eps = eps;
   emit(s, &op, phase, 0);
-}
-
-/* The operand of a prefill matmul: with model.bf16, `a` converted into `b16` (same shape),
- * else `a` itself. Decode stays f32 (it runs on the GPU or CPU). */
-static nh_tensor operand(submitter *s, const model *m, uint32_t phase, nh_tensor a, nh_buffer b16) {
-  if (!m->bf16 || phase != PHASE_PREFILL) return a;
-  nh_op_desc op = op_init(NH_OP_COPY, phase);
-  op.inputs[0] = a;
-  op.output = nh_dense(b16, NH_BF16, 2, a.shape, 0);
-  emit(s, &op, phase, 0);
-  return op.output;
-}
-
-/* The weight a matmul of `phase` uses: the bf16 copy for bf16 prefill. */
-static nh_tensor wsel(const model *m, uint32_t phase, nh_tensor f32, nh_tensor b16) {
-  return m->bf16 && phase == PHASE_PREFILL ? b16 : f32;
 }
 
 /* Runs tokens[0..n) at positions pos.. through the model: logits of all n rows land in
@@ -704,10 +672,9 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
   for (uint64_t l = 0; l < c->layers; l++) {
     const layer_weights *w = &m->layer[l];
     rmsnorm(s, phase, x, w->attn_norm, h, c->eps);
-    nh_tensor hin = operand(s, m, phase, h, st->hb);
-    linear(s, phase, hin, wsel(m, phase, w->wq, w->bq), rows_view(st->q, 0, n, QW), 0, NH_ACT_NONE, 0);
-    linear(s, phase, hin, wsel(m, phase, w->wk, w->bk), rows_view(st->k[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
-    linear(s, phase, hin, wsel(m, phase, w->wv, w->bv), rows_view(st->v[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
+    linear(s, m, phase, h, w->wq, rows_view(st->q, 0, n, QW), 0, NH_ACT_NONE, 0);
+    linear(s, m, phase, h, w->wk, rows_view(st->k[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
+    linear(s, m, phase, h, w->wv, rows_view(st->v[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
     op = op_init(NH_OP_ROPE, phase);
     op.inputs[0] = op.output = seq_heads_view(st->q, 0, n, H, HD);
     op.rope_theta = c->theta;
@@ -726,26 +693,22 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
     op.kv_len = (uint32_t)(pos + n);
     op.output = heads_seq_view(st->attn, n, H, HD);
     emit(s, &op, phase, 1);
-    nh_tensor ain = operand(s, m, phase, rows_view(st->attn, 0, n, QW), st->attnb);
-    linear(s, phase, ain, wsel(m, phase, w->wo, w->bo), x, 1, NH_ACT_NONE, 0); /* x += attn Wo^T */
+    linear(s, m, phase, rows_view(st->attn, 0, n, QW), w->wo, x, 1, NH_ACT_NONE, 0); /* x += attn Wo^T */
     rmsnorm(s, phase, x, w->ffn_norm, h, c->eps);
     nh_tensor g = rows_view(st->g, 0, n, c->ffn), u = rows_view(st->u, 0, n, c->ffn);
-    hin = operand(s, m, phase, h, st->hb);
-    linear(s, phase, hin, wsel(m, phase, w->wgate, w->bgate), g, 0, NH_ACT_SILU, 0);
-    linear(s, phase, hin, wsel(m, phase, w->wup, w->bup), u, 0, NH_ACT_NONE, 0);
+    linear(s, m, phase, h, w->wgate, g, 0, NH_ACT_SILU, 0);
+    linear(s, m, phase, h, w->wup, u, 0, NH_ACT_NONE, 0);
     op = op_init(NH_OP_MUL, phase);
     op.inputs[0] = g;
     op.inputs[1] = u;
     op.output = g;
     emit(s, &op, phase, 0);
-    nh_tensor gin = operand(s, m, phase, g, st->gb);
-    linear(s, phase, gin, wsel(m, phase, w->wdown, w->bdown), x, 1, NH_ACT_NONE, 0); /* x += (silu(gate) * up) Wdown^T */
+    linear(s, m, phase, g, w->wdown, x, 1, NH_ACT_NONE, 0); /* x += (silu(gate) * up) Wdown^T */
   }
   uint64_t first = last_logits ? n - 1 : 0, rows = last_logits ? 1 : n;
   nh_tensor hl = rows_view(st->h, first, rows, D);
   rmsnorm(s, phase, rows_view(st->x, first, rows, D), m->norm, hl, c->eps);
-  linear(s, phase, operand(s, m, phase, hl, st->hb), wsel(m, phase, m->lm_head, m->blm_head),
-         rows_view_of(st->logits, NH_F32, 0, rows, c->vocab), 0, NH_ACT_NONE, 0);
+  linear(s, m, phase, hl, m->lm_head, rows_view_of(st->logits, NH_F32, 0, rows, c->vocab), 0, NH_ACT_NONE, 0);
 }
 
 /* ---- Sampling ---- */
@@ -1020,9 +983,7 @@ int main(int argc, char **argv) {
   if (synthetic) synthetic_model(rt, synthetic, &m, seed);
   else if (is_gguf) load_gguf(rt, model_dir, &m);
   else load_model(rt, model_dir, &m, &stf);
-  m.bf16 = 0;
-  /* (A synthetic model keeps its own type: an NPU that takes bf16 only gets none of it.) */
-  if (!synthetic && npu_needs_bf16(infos, ndev)) convert_weights(rt, &m);
+  m.bf16 = npu_needs_bf16(infos, ndev);
   t_load = now_s() - t_load;
   /* bf16 keeps 8 significant bits (relative rounding 2^-9 per operand); over the layers the
    * prefill logits move by up to about 1e-2 of their scale, still below the 0.18 gap between
@@ -1068,7 +1029,7 @@ int main(int argc, char **argv) {
          pname, synthetic ? "synthetic " : "", synthetic ? synthetic : model_dir, (unsigned long long)c->vocab,
          (unsigned long long)c->dim, (unsigned long long)c->layers, (unsigned long long)c->heads,
          (unsigned long long)c->kv_heads, (unsigned long long)c->head_dim, (unsigned long long)c->ffn,
-         m.wtype, m.bf16 ? "; prefill matmuls in bf16 for the NPU" : "", weight_bytes(&m) / 1e9,
+         m.wtype, m.bf16 ? "; prefill matmuls may round to bf16 on the NPU" : "", weight_bytes(&m) / 1e9,
          t_load);
   printf("prompt: %llu tokens, %llu steps, decode as %s, sampling %s\n\n", (unsigned long long)plen_tok,
          (unsigned long long)steps,
@@ -1089,11 +1050,6 @@ int main(int argc, char **argv) {
   st.g = alloc_act(rt, st.rows * c->ffn, 0);
   st.u = alloc_act(rt, st.rows * c->ffn, 0);
   st.logits = alloc_act(rt, (last_logits ? 1 : st.rows) * c->vocab, 1);
-  if (m.bf16) { /* bf16 operands of the prefill matmuls: two bytes an element */
-    NH_CHECK(nh_buffer_alloc(rt, st.rows * c->dim * 2, &st.hb));
-    NH_CHECK(nh_buffer_alloc(rt, st.rows * QW * 2, &st.attnb));
-    NH_CHECK(nh_buffer_alloc(rt, st.rows * c->ffn * 2, &st.gb));
-  }
   for (uint64_t l = 0; l < c->layers; l++) {
     st.k[l] = alloc_act(rt, st.positions * KVW, 0);
     st.v[l] = alloc_act(rt, st.positions * KVW, 0);

@@ -57,6 +57,11 @@
 
 #define NH_FLAG_GELU_TANH 16
 
+// f32 matmul: a device that computes in bf16 only (an NPU) may take it, rounding A and B to
+// bf16 and summing in f32 (about 3 significant digits per operand). Devices with f32 kernels
+// ignore it; without it such a device never gets f32 matmuls.
+#define NH_FLAG_ALLOW_BF16 32
+
 // Result of every `nh_` call. `NH_OK` is 0; `nh_last_error_message` explains the others.
 typedef enum {
   NH_OK = 0,

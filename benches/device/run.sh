@@ -18,15 +18,18 @@ for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulka
 done
 export XDG_CACHE_HOME=/tmp/nh-cache LD_LIBRARY_PATH="$PWD/.devbin/lib"
 out=${OUT:-/tmp/out}
-mkdir -p "$out"
+steps=/tmp/nh-steps
+mkdir -p "$out" "$steps"
 groups=${*:-kernels falloff models hybrid}
 want() { [[ " $groups " == *" $1 "* ]]; }
 step() { # name timeout command...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  { echo "\$ $*"; timeout "$limit" "$@"; echo "exit status: $? after $((SECONDS - t0)) s"; } >"$out/$name.txt" 2>&1
+  { echo "\$ $*"; timeout "$limit" "$@"; echo "exit status: $? after $((SECONDS - t0)) s"; } >"$steps/$name.txt" 2>&1
+  # At most 8 files come back, and a call cut at its limit keeps what it wrote: one growing log.
+  { echo "=== $name"; cat "$steps/$name.txt"; } >>"$out/all.log"
 }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; date -u; } >"$out/machine.txt" 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; date -u; } >>"$out/all.log" 2>&1
 # The GPU's own copy bandwidth (device to device), the bound for weight-streaming decode.
 step copy_bandwidth 60 python3 -c "
 import torch
@@ -41,7 +44,7 @@ if want kernels; then
   step vulkan_matmul 400 .devbin/vulkan_matmul --bench
   step cublas_baseline 200 python3 benches/vulkan_torch_baseline.py
   # The issue's table: ours / cuBLAS per case, targets, sizes whose rate falls below the one before.
-  step compare 30 python3 benches/device/compare.py "$out/vulkan_matmul.txt" "$out/cublas_baseline.txt"
+  step compare 30 python3 benches/device/compare.py "$steps/vulkan_matmul.txt" "$steps/cublas_baseline.txt"
 fi
 if want falloff; then
   # Sizes around the power of two, memory blocks of 64 MiB and 2 GiB instead of 1 GiB, the
@@ -78,6 +81,4 @@ if want hybrid; then
   # (benches/hybrid_mixed: `step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024`,
   # left out so that models + hybrid fit one call.)
 fi
-tail -n 25 "$out"/*.txt
-# At most 8 files come back from the device machine: hand back the logs as one.
-(cd "$out" && for f in *.txt; do echo "=== $f"; cat "$f"; done >all.log && rm -f ./*.txt)
+grep -E '^(===|RESULT|exit status)' "$out/all.log"

@@ -66,8 +66,12 @@ fn tensor(t: &nh_tensor, what: &str) -> Result<TensorView> {
 pub(crate) fn op_from_c(d: &nh_op_desc) -> Result<OpDesc> {
     let kind = OpKind::from_raw(d.kind)
         .ok_or_else(|| Error::invalid(format!("kind {} is not an nh_op_kind", d.kind)))?;
-    let known =
-        NH_FLAG_TRANS_A | NH_FLAG_TRANS_B | NH_FLAG_CAUSAL | NH_FLAG_ROPE_INTERLEAVED | NH_FLAG_GELU_TANH;
+    let known = NH_FLAG_TRANS_A
+        | NH_FLAG_TRANS_B
+        | NH_FLAG_CAUSAL
+        | NH_FLAG_ROPE_INTERLEAVED
+        | NH_FLAG_GELU_TANH
+        | NH_FLAG_ALLOW_BF16;
     if d.flags & !known != 0 {
         return Err(Error::invalid(format!("{kind}: flags has unknown bits {:#x}", d.flags & !known)));
     }
@@ -98,6 +102,7 @@ pub(crate) fn op_from_c(d: &nh_op_desc) -> Result<OpDesc> {
         causal: d.flags & NH_FLAG_CAUSAL != 0,
         attn_scale: d.attn_scale,
         kv_len: d.kv_len,
+        allow_bf16: d.flags & NH_FLAG_ALLOW_BF16 != 0,
     };
     let tags = match super::args::opt_c_str(d.tags, "tags")? {
         Some(text) => Tags::parse(text).map_err(|e| Error::invalid(format!("{kind}: {e}")))?,

@@ -167,6 +167,10 @@ pub const NH_FLAG_TRANS_B: u32 = 2;
 pub const NH_FLAG_CAUSAL: u32 = 4;
 pub const NH_FLAG_ROPE_INTERLEAVED: u32 = 8;
 pub const NH_FLAG_GELU_TANH: u32 = 16;
+/// f32 matmul: a device that computes in bf16 only (an NPU) may take it, rounding A and B to
+/// bf16 and summing in f32 (about 3 significant digits per operand). Devices with f32 kernels
+/// ignore it; without it such a device never gets f32 matmuls.
+pub const NH_FLAG_ALLOW_BF16: u32 = 32;
 
 /// Log callback: level 1 = error, 2 = warn, 3 = info, 4 = debug, 5 = trace.
 /// May be called from any thread; must not call back into the library.

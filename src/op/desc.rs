@@ -42,6 +42,10 @@ pub struct OpParams {
     pub causal: bool,
     pub attn_scale: f32,
     pub kv_len: u32,
+    /// f32 matmul: a device that computes in bf16 only (an NPU) may round A and B to bf16
+    /// (sums stay f32), as cuBLAS's `allow_tf32` or OpenVINO's precision hint allow. Devices
+    /// with f32 kernels ignore it.
+    pub allow_bf16: bool,
 }
 
 impl Default for OpParams {
@@ -60,6 +64,7 @@ impl Default for OpParams {
             causal: false,
             attn_scale: 0.0,
             kv_len: 0,
+            allow_bf16: false,
         }
     }
 }
@@ -173,6 +178,23 @@ impl OpDesc {
     /// The dtype the op computes in (that of its first input).
     pub fn dtype(&self) -> DType {
         self.input(0).map(|v| v.dtype).unwrap_or(self.output.dtype)
+    }
+
+    /// An f32 matmul the caller lets run with bf16 operands (`OpParams::allow_bf16`).
+    pub fn may_round_to_bf16(&self) -> bool {
+        self.kind == OpKind::Matmul
+            && self.params.allow_bf16
+            && self.inputs[..2].iter().flatten().all(|v| v.dtype == DType::F32)
+    }
+
+    /// The op with its A and B operands relabelled `dtype`, for cost models of a device that
+    /// converts them (the views no longer describe the caller's buffers).
+    pub fn with_operands_as(&self, dtype: DType) -> OpDesc {
+        let mut op = self.clone();
+        for v in op.inputs[..2].iter_mut().flatten() {
+            v.dtype = dtype;
+        }
+        op
     }
 
     /// Views this op reads, then the one it writes.

@@ -40,6 +40,41 @@ pub fn execute_on_host(op: &OpDesc, mem: &OpMemory) -> Result<()> {
     execute_with_weights(op, mem, None)
 }
 
+/// An f32 matmul as a bf16-only device computes it (`OpDesc::may_round_to_bf16`): A and B
+/// rounded to bf16, products summed in f32, f32 output. Simulated NPUs use it, so results
+/// carry the hardware's rounding, not better.
+pub fn execute_with_bf16_operands(op: &OpDesc, mem: &OpMemory) -> Result<()> {
+    if !op.may_round_to_bf16() {
+        return Err(Error::Internal(format!("{}: not an f32 matmul allowed bf16", op.kind)));
+    }
+    // A dense f32 copy of input `i`, every element rounded to bf16.
+    let rounded = |i: usize| -> Result<(Vec<f32>, HostView)> {
+        let src = HostView::new(&op.inputs[i].expect("validated matmul operand"), mem)?;
+        let mut values = vec![0f32; src.dims().iter().product()];
+        let dense = HostView {
+            ptr: host::SendPtr(values.as_mut_ptr() as *mut u8),
+            strides: crate::op::dense_strides(src.dims()),
+            ..src
+        };
+        convert::copy(&dense, &src);
+        values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+        Ok((values, dense))
+    };
+    let (_a_values, a) = rounded(0)?;
+    let (_b_values, b) = rounded(1)?;
+    let bias = op.input(2).map(|v| HostView::new(v, mem)).transpose()?;
+    let p = &op.params;
+    let params = MatmulParams {
+        trans_a: p.trans_a,
+        trans_b: p.trans_b,
+        alpha: p.alpha,
+        beta: p.beta,
+        activation: p.activation,
+    };
+    matmul::matmul(&HostView::new(&op.output, mem)?, &a, &b, bias.as_ref(), params, None);
+    Ok(())
+}
+
 /// `execute_on_host`, reusing constant matmul operands packed in `weights`.
 fn execute_with_weights(op: &OpDesc, mem: &OpMemory, weights: Option<&WeightCache>) -> Result<()> {
     let view =

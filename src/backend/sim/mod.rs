@@ -288,6 +288,10 @@ impl Backend for SimNpu {
     fn supports(&self, op: &OpDesc) -> bool {
         // The profile decides by compute and output types; both operands (a quantized weight
         // included) must also be types the device takes. (A bias has the output's type.)
+        // f32 operands the caller allows rounded are converted on the way in.
+        if self.cfg.rounds_to_bf16(op) {
+            return self.cfg.accepts(op.kind, crate::op::DType::BF16, op.output.dtype);
+        }
         self.cfg.accepts(op.kind, op.dtype(), op.output.dtype)
             && op.inputs[..2].iter().flatten().all(|v| self.info.dtypes & v.dtype.bit() != 0)
     }
@@ -307,7 +311,11 @@ impl Backend for SimNpu {
             // Wait for a free unit as the device queue would.
             self.wait_until(slot.start);
         }
-        crate::backend::cpu::execute_on_host(op, mem)?;
+        if self.cfg.rounds_to_bf16(op) {
+            crate::backend::cpu::execute_with_bf16_operands(op, mem)?;
+        } else {
+            crate::backend::cpu::execute_on_host(op, mem)?;
+        }
         if !self.cfg.virtual_time {
             self.wait_until(slot.start + slot.duration);
         }

@@ -30,6 +30,9 @@ pub struct SimNpuConfig {
     pub initial_mode: PowerMode,
     /// Host memory bandwidth the NPU reaches, for memory-bound ops.
     pub bandwidth_gbs: f64,
+    /// How fast the host rounds f32 operands to bf16 for a device without f32 compute
+    /// (`OpParams::allow_bf16`), in GB/s of f32 read: one core's conversion loop.
+    pub convert_gbs: f64,
     /// Fixed cost of one launch (command submission, instruction stream, sync).
     pub launch_latency: Duration,
     /// Column partitions that run ops at once; each has `1/units` of the array's throughput,
@@ -79,6 +82,7 @@ impl Default for SimNpuConfig {
             ],
             initial_mode: PowerMode::Default,
             bandwidth_gbs: 60.0,
+            convert_gbs: 10.0,
             launch_latency: Duration::from_micros(80),
             units: 3,
             idle_power_w: 0.3,
@@ -110,6 +114,12 @@ impl SimNpuConfig {
         self.weight_types.iter().fold(compute, |acc, d| acc | d.bit())
     }
 
+    /// Whether `op` is an f32 matmul this device takes by rounding its operands to bf16: it
+    /// has no f32 compute, has bf16, and the caller allowed it.
+    pub fn rounds_to_bf16(&self, op: &OpDesc) -> bool {
+        op.may_round_to_bf16() && self.peak(DType::F32).is_none() && self.peak(DType::BF16).is_some()
+    }
+
     /// Array throughput in GFLOP/s for `dtype` at `mode`, before throttling.
     pub fn throughput(&self, dtype: DType, mode: PowerMode) -> Option<f64> {
         let scale = self.mode(mode).clock_mhz as f64 / self.reference_clock_mhz as f64;
@@ -119,6 +129,12 @@ impl SimNpuConfig {
     /// Time one unit takes for `op`: launch latency plus the roofline of its compute and its
     /// memory traffic, at `speed` (1 = full clock, 0.5 = throttled).
     pub fn op_duration(&self, op: &OpDesc, mode: PowerMode, speed: f64) -> Duration {
+        if self.rounds_to_bf16(op) {
+            // The host converts A and B, then the array runs the bf16 matmul.
+            let f32_bytes: usize = op.inputs[..2].iter().flatten().map(|v| v.numel() * 4).sum();
+            let convert = Duration::from_secs_f64(f32_bytes as f64 / (self.convert_gbs * 1e9));
+            return convert + self.op_duration(&op.with_operands_as(DType::BF16), mode, speed);
+        }
         let units = self.units.max(1) as f64;
         let gflops = self.throughput(op.dtype(), mode).unwrap_or(1.0) * speed / units;
         let bandwidth = self.bandwidth_gbs * speed / units;

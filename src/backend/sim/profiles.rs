@@ -137,6 +137,56 @@ mod tests {
         assert!(SimNpuConfig::profile("xdna3").is_none());
     }
 
+    /// An f32 matmul whose caller allows bf16 runs on XDNA1 with its operands rounded: the
+    /// result is that of the rounded operands, and the modelled time adds the conversion.
+    #[test]
+    fn f32_matmuls_allowed_bf16_run_rounded() {
+        use crate::memory::{Buffer, HostPool};
+        use std::sync::Arc;
+        let npu = SimNpu::new(SimNpuConfig { virtual_time: true, ..SimNpuConfig::xdna1() });
+        let (m, k, n) = (3, 5, 4);
+        let views = [
+            TensorView::contiguous(1, DType::F32, &[m, k], 0),
+            TensorView::contiguous(2, DType::F32, &[k, n], 0),
+        ];
+        let c = TensorView::contiguous(3, DType::F32, &[m, n], 0);
+        let strict = OpDesc::new(OpKind::Matmul, &views, c);
+        assert!(!npu.supports(&strict), "f32 only when the caller allows rounding");
+        let op = strict.clone().with_params(crate::op::OpParams { allow_bf16: true, ..Default::default() });
+        assert!(npu.supports(&op));
+        let cfg = npu.config();
+        let bf16_time = cfg.op_duration(&op.with_operands_as(DType::BF16), PowerMode::Performance, 1.0);
+        assert!(cfg.op_duration(&op, PowerMode::Performance, 1.0) > bf16_time, "conversion is modelled");
+
+        let pool = HostPool::new(0);
+        let buffer = |id: u64, values: &[f32]| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let b = Buffer::pooled(id, pool.alloc(bytes.len()).unwrap(), bytes.len());
+            b.write(0, &bytes).unwrap();
+            Arc::new(b)
+        };
+        let a: Vec<f32> = (0..m * k).map(|i| 1.0 + i as f32 / 512.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| 1.0 - i as f32 / 1024.0).collect();
+        let out = buffer(3, &[0.0; 12]);
+        let mem = crate::backend::OpMemory::new(vec![buffer(1, &a), buffer(2, &b), out.clone()]);
+        npu.execute(&op, &mem).unwrap();
+        let mut bytes = vec![0u8; m * n * 4];
+        out.read(0, &mut bytes).unwrap();
+        let got: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let round = |x: f32| half::bf16::from_f32(x).to_f32();
+        let mut rounding_showed = false;
+        for i in 0..m {
+            for j in 0..n {
+                let dot = |r: &dyn Fn(f32) -> f32| (0..k).map(|p| r(a[i * k + p]) * r(b[p * n + j])).sum::<f32>();
+                let (want, exact) = (dot(&round), dot(&|x| x));
+                let g = got[i * n + j];
+                assert!((g - want).abs() <= 1e-5 * want.abs(), "({i}, {j}): got {g}, want {want}");
+                rounding_showed |= (want - exact).abs() > 1e-3;
+            }
+        }
+        assert!(rounding_showed, "the test's values must differ once rounded");
+    }
+
     #[test]
     fn an_unsupported_op_is_refused_when_submitted_anyway() {
         let npu = SimNpu::new(SimNpuConfig { virtual_time: true, ..SimNpuConfig::xdna1() });

@@ -253,13 +253,18 @@ impl XrtBackend {
         DeviceInfo::unavailable(DeviceKind::Npu, NAME, reason)
     }
 
-    /// The kernel for `op`: inputs in its dtype, and the launch height closest to the policy's
-    /// batch rows (the smallest tile at least that tall, else the tallest).
+    /// The kernel for `op`: inputs in its dtype (or bf16 for f32 operands the caller allows
+    /// rounded, converted while packing), and the launch height closest to the policy's batch
+    /// rows (the smallest tile at least that tall, else the tallest).
     fn kernel_for<'k>(&self, kernels: &'k [LoadedKernel], op: &OpDesc) -> Option<&'k LoadedKernel> {
         if op.kind != OpKind::Matmul {
             return None;
         }
-        let dtype = op.dtype();
+        let exact = self.kernel_taking(kernels, op, op.dtype());
+        exact.or_else(|| op.may_round_to_bf16().then(|| self.kernel_taking(kernels, op, DType::BF16)).flatten())
+    }
+
+    fn kernel_taking<'k>(&self, kernels: &'k [LoadedKernel], op: &OpDesc, dtype: DType) -> Option<&'k LoadedKernel> {
         let fits = |k: &&LoadedKernel| {
             k.spec.dtype_in == dtype
                 && (k.spec.dtype_out == DType::F32 || k.spec.dtype_out == op.output.dtype)

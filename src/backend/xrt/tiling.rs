@@ -28,6 +28,10 @@ pub trait TileSlot {
 #[derive(Clone, Copy)]
 struct Mat {
     base: *const u8,
+    /// The view's element type, and the kernel's, which `pack` converts to when they differ
+    /// (f32 operands of a bf16 kernel, `OpParams::allow_bf16`).
+    dtype: DType,
+    packed: DType,
     esize: usize,
     rows: usize,
     cols: usize,
@@ -37,7 +41,7 @@ struct Mat {
 
 impl Mat {
     /// The `batch`-th matrix of `view` (a view with batch 1 broadcasts), transposed if asked.
-    fn of(mem: &OpMemory, view: &TensorView, batch: usize, trans: bool) -> Result<Mat> {
+    fn of(mem: &OpMemory, view: &TensorView, batch: usize, trans: bool, packed: DType) -> Result<Mat> {
         let r = view.rank;
         let mut offset = 0;
         if batch_of(view) > 1 {
@@ -51,10 +55,11 @@ impl Mat {
         let (rows, cols, rs, cs) =
             (view.shape[r - 2], view.shape[r - 1], view.strides[r - 2], view.strides[r - 1]);
         let base = unsafe { mem.ptr(view)?.add(offset * esize) };
+        let dtype = view.dtype;
         Ok(if trans {
-            Mat { base, esize, rows: cols, cols: rows, rs: cs, cs: rs }
+            Mat { base, dtype, packed, esize, rows: cols, cols: rows, rs: cs, cs: rs }
         } else {
-            Mat { base, esize, rows, cols, rs, cs }
+            Mat { base, dtype, packed, esize, rows, cols, rs, cs }
         })
     }
 
@@ -70,6 +75,17 @@ impl Mat {
         let cols = w.min(self.cols.saturating_sub(c0));
         if rows < h || cols < w {
             dst.fill(0);
+        }
+        if self.dtype != self.packed {
+            let out = self.packed.size();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let at = if transposed { c * h + r } else { r * w + c };
+                    let src = unsafe { std::slice::from_raw_parts(self.at(r0 + r, c0 + c), es) };
+                    store(self.packed, load(self.dtype, src), &mut dst[at * out..(at + 1) * out]);
+                }
+            }
+            return;
         }
         if transposed && self.rs == 1 {
             // Columns are contiguous (e.g. B stored n x k for a col_major kernel): one copy each.
@@ -175,8 +191,8 @@ pub fn run_tiled<S: TileSlot>(
 
     let mut launch_all = || -> Result<()> {
         for b in 0..batch {
-            let a = Mat::of(mem, a_view, b, op.params.trans_a)?;
-            let bm = Mat::of(mem, b_view, b, op.params.trans_b)?;
+            let a = Mat::of(mem, a_view, b, op.params.trans_a, spec.dtype_in)?;
+            let bm = Mat::of(mem, b_view, b, op.params.trans_b, spec.dtype_in)?;
             for i0 in (0..m).step_by(t.m) {
                 for j0 in (0..n).step_by(t.n) {
                     for k0 in (0..k).step_by(t.k) {
@@ -268,7 +284,7 @@ fn epilogue(op: &OpDesc, mem: &OpMemory, acc: &[f32], (batch, m, n): (usize, usi
     let mut row = vec![0f32; n];
     let mut bytes = vec![0u8; n * es];
     for b in 0..batch {
-        let c = Mat::of(mem, out, b, false)?;
+        let c = Mat::of(mem, out, b, false, out.dtype)?;
         for i in 0..m {
             row.copy_from_slice(&acc[(b * m + i) * n..][..n]);
             if p.alpha != 1.0 {
@@ -524,6 +540,42 @@ mod tests {
         let kspec = spec(DType::BF16, DType::BF16, (16, 8, 16), BLayout::RowMajor);
         let relu = OpParams { activation: Activation::Relu, ..Default::default() };
         check((1, 20, 24, 18), DType::BF16, DType::BF16, &kspec, 4, relu, false, true);
+    }
+
+    /// f32 operands allowed rounded go through a bf16 kernel: packing converts them, and the
+    /// result is exactly that of the rounded operands (not of the f32 ones).
+    #[test]
+    fn f32_operands_are_rounded_to_bf16_while_packing() {
+        let kspec = spec(DType::BF16, DType::F32, (8, 8, 8), BLayout::RowMajor);
+        let dims = (1, 9, 12, 10);
+        let (_, m, k, n) = dims;
+        let pool = HostPool::new(0);
+        // Values with more significant bits than bf16 keeps, products exact in f32.
+        let fine = |count: usize, seed: usize| -> Vec<f32> {
+            (0..count).map(|i| 1.0 + ((i * 5 + seed) % 7) as f32 / 512.0).collect()
+        };
+        let rounded = |v: &[f32]| -> Vec<f32> { v.iter().map(|x| bf16::from_f32(*x).to_f32()).collect() };
+        let (a_vals, b_vals) = (fine(m * k, 1), fine(k * n, 2));
+        let a_buf = buffer(&pool, 1, &a_vals, DType::F32);
+        let b_buf = buffer(&pool, 2, &b_vals, DType::F32);
+        let c_buf = buffer(&pool, 3, &vec![0.0; m * n], DType::F32);
+        let params = OpParams { allow_bf16: true, ..Default::default() };
+        let a = TensorView::contiguous(1, DType::F32, &[m, k], 0);
+        let b = TensorView::contiguous(2, DType::F32, &[k, n], 0);
+        let c = TensorView::contiguous(3, DType::F32, &[m, n], 0);
+        let op = OpDesc::new(OpKind::Matmul, &[a, b], c).with_params(params);
+        assert!(op.may_round_to_bf16());
+        let mem = OpMemory::new(vec![a_buf, b_buf, c_buf.clone()]);
+        let mut slots = vec![HostSlot::new(&kspec)];
+        run_tiled(&op, &mem, &kspec, &mut slots).unwrap();
+        let got = read_all(&c_buf, DType::F32, m * n);
+        let zeros = vec![0.0; m * n];
+        let want = reference(&rounded(&a_vals), &rounded(&b_vals), &zeros, None, dims, &params, true);
+        let unrounded = reference(&a_vals, &b_vals, &zeros, None, dims, &params, true);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-5 * w.abs(), "element {i}: got {g}, want {w}");
+        }
+        assert!(got.iter().zip(&unrounded).any(|(g, u)| (g - u).abs() > 1e-3), "operands were not rounded");
     }
 
     #[test]
