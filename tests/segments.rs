@@ -315,3 +315,75 @@ fn a_kv_cache_row_written_then_read_whole_stays_on_the_gpu() {
         assert_close(&download(&rt, cb, positions * width), &cache, 0.0);
     }
 }
+
+/// A GPU whose link is slow: bringing any input it does not hold costs 20 ms (a model
+/// figure; the data itself moves at lavapipe's speed).
+struct FarGpu(Arc<VulkanBackend>);
+
+impl Backend for FarGpu {
+    fn info(&self) -> &DeviceInfo {
+        self.0.info()
+    }
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        self.0.execute(op, mem)
+    }
+    fn execute_segment(&self, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
+        self.0.execute_segment(ops)
+    }
+    fn input_upload_ns(&self, view: &npuhybrid::op::TensorView, mem: &OpMemory) -> f64 {
+        if self.0.input_upload_ns(view, mem) > 0.0 {
+            20e6
+        } else {
+            0.0
+        }
+    }
+    fn link_gbs(&self) -> Option<f64> {
+        self.0.link_gbs()
+    }
+    fn touches_outputs(&self) -> bool {
+        self.0.touches_outputs()
+    }
+}
+
+/// A CPU that takes 200 us an op, so the fast GPU is worth its uploads once they are paid.
+struct SlowCpu(Box<dyn Backend>);
+
+impl Backend for SlowCpu {
+    fn info(&self) -> &DeviceInfo {
+        self.0.info()
+    }
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        self.0.execute(op, mem)
+    }
+}
+
+/// Inputs a replayed graph reads unchanged (weights) or only itself rewrites (its state)
+/// are uploaded once: the planner spreads that cost over the submissions they stayed put,
+/// so a graph the CPU runs at first moves to a faster GPU once the upload has paid off, and
+/// stays there.
+#[test]
+fn uploads_of_inputs_that_stay_put_are_amortised_over_replays() {
+    let gpu = lavapipe();
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
+        vec![Box::new(SlowCpu(cpu())), Box::new(FarGpu(Arc::clone(&gpu)))],
+    )
+    .unwrap();
+    rt.scheduler().devices[1].model.calibrate(FAST);
+    let n = 1000;
+    let (x0, y) = (random(n, 9), random(n, 10));
+    let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
+    let g = chain(&rt, x, yb, tmp, n, 4);
+    let mut masks = Vec::new();
+    for _ in 0..80 {
+        let ev = rt.submit_graph(&g).unwrap();
+        ev.wait(None).unwrap();
+        masks.push(ev.outcome().1.devices_mask);
+    }
+    // 8 ops at 200 us on the CPU against 40 ms of uploads: the CPU first.
+    assert_eq!(masks[0], 1, "{masks:?}");
+    let moved = masks.iter().position(|&m| m == 1 << 1).unwrap_or_else(|| panic!("never moved: {masks:?}"));
+    assert!(masks[moved..].iter().all(|&m| m == 1 << 1), "moved back: {masks:?}");
+    assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, 4 * 80), 1e-4);
+}

@@ -22,10 +22,13 @@ for e in workload embed generate; do
 done
 [ -d tests/data/tiny_llama ] && cp -r tests/data/tiny_llama .devbin/
 strip .devbin/* .devbin/lib/* 2>/dev/null || true
-# The NVIDIA Vulkan driver (libGLX_nvidia) needs glvnd's libGLdispatch, which the H200 image lacks.
-if ! ls .gl/libvulkan1_*.deb .gl/libglvnd0_*.deb >/dev/null 2>&1; then
+# The NVIDIA Vulkan driver (libGLX_nvidia) needs glvnd (libGLdispatch, libGLX, libEGL...),
+# which the images lack: without them its vk_icdGetInstanceProcAddr returns no vkCreateInstance
+# and the loader reports "Unable to find a Vulkan driver" (seen on the H100 image, 2026-12-07).
+gl_debs="libvulkan1 libglvnd0 libegl1 libopengl0 libgl1 libglx0 libgles2"
+if ! ls .gl/libvulkan1_*.deb .gl/libglx0_*.deb .gl/libegl1_*.deb >/dev/null 2>&1; then
   mkdir -p .gl /tmp/amd64/partial
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
-  apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1 libglvnd0)
+  apt-get $o update -qq && (cd .gl && apt-get $o download $gl_debs)
 fi
 du -sh .devbin .gl

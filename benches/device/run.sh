@@ -12,11 +12,12 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
-# The NVIDIA ICD sits in /usr/local/nvidia on the H100 image and in /usr/share on the H200 one.
-for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json; do
-  [ -f "$icd" ] && export VK_DRIVER_FILES=$icd && break
-done
-export XDG_CACHE_HOME=/tmp/nh-cache LD_LIBRARY_PATH="$PWD/.devbin/lib"
+# The NVIDIA ICD sits in /usr/local/nvidia on the H100 image and in /usr/share on the H200 one;
+# its library may be found only through the image's own LD_LIBRARY_PATH: keep that.
+icd=$(find /usr/local/nvidia /usr/share/vulkan /etc/vulkan /usr/local/share/vulkan -name 'nvidia_icd*.json' 2>/dev/null | head -n 1)
+[ -n "$icd" ] && export VK_DRIVER_FILES=$icd
+export XDG_CACHE_HOME=/tmp/nh-cache LD_LIBRARY_PATH="$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -d /usr/local/nvidia/lib64 ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/nvidia/lib64"
 out=${OUT:-/tmp/out}
 steps=/tmp/nh-steps
 mkdir -p "$out" "$steps"
@@ -29,7 +30,14 @@ step() { # name timeout command...
   # At most 8 files come back, and a call cut at its limit keeps what it wrote: one growing log.
   { echo "=== $name"; cat "$steps/$name.txt"; } >>"$out/all.log"
 }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; date -u; } >>"$out/all.log" 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; uname -r; date -u
+  echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-} LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; cat "${VK_DRIVER_FILES:-/dev/null}"
+  ldconfig -p | grep -E 'libvulkan|libGLX_nvidia|libGLdispatch' | head; } >>"$out/all.log" 2>&1
+# Which GPU the library sees (and, if none, why, in the loader's words).
+step vulkan_probe 30 env VK_LOADER_DEBUG=error,warn .devbin/generate --model .devbin/tiny_llama --devices gpu --steps 2 --quiet
+if grep -q 'gpu .*unavailable' "$steps/vulkan_probe.txt"; then
+  echo "no Vulkan GPU: nothing else is worth the device time"; grep -v '^RESULT' "$out/all.log" | tail -n 40; exit 1
+fi
 # The GPU's own copy bandwidth (device to device), the bound for weight-streaming decode.
 step copy_bandwidth 60 python3 -c "
 import torch

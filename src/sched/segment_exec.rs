@@ -21,7 +21,13 @@ use std::time::Instant;
 /// `PLAN_REUSE` submissions and `PLAN_AGE`), so the model's learning and devices' health
 /// still reach the placement.
 #[derive(Debug, Default)]
-pub struct PlanCache(parking_lot::Mutex<Option<CachedPlan>>);
+pub struct PlanCache(parking_lot::Mutex<PlanState>);
+
+#[derive(Debug, Default)]
+struct PlanState {
+    cached: Option<CachedPlan>,
+    stable: StableInputs,
+}
 
 const PLAN_REUSE: u32 = 64;
 const PLAN_AGE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -38,7 +44,53 @@ struct CachedPlan {
 
 impl PlanCache {
     pub fn clear(&self) {
-        *self.0.lock() = None;
+        self.0.lock().cached = None;
+    }
+}
+
+/// For each buffer a graph reads, how many submissions in a row it was read unchanged (same
+/// version) or changed only by the graph itself (state such as a KV cache, which stays where
+/// the graph runs). Uploading an input to a device is paid once while it stays there, so the
+/// planner spreads that cost over the submissions it expects the bytes to stay put: as many as
+/// they already have (the ski-rental rule: rent the host until the rent paid matches the
+/// purchase). Weights are amortised within a few submissions; inputs only the host rewrites
+/// before each submission never are.
+#[derive(Debug, Default)]
+pub struct StableInputs(std::collections::HashMap<crate::memory::BufferId, (u64, u32)>);
+
+/// Inputs tracked per op of the graph before the record starts afresh.
+const MAX_TRACKED_PER_OP: usize = 4;
+
+/// The most submissions an upload is spread over.
+const MAX_AMORTISATION: u32 = 64;
+
+impl StableInputs {
+    /// Records one submission's reads.
+    fn observe(&mut self, tasks: &[Arc<Task>]) {
+        // A graph whose ops are pointed at new buffers every time would grow this forever.
+        if self.0.len() > MAX_TRACKED_PER_OP * tasks.len().max(64) {
+            self.0.clear();
+        }
+        let written: std::collections::HashSet<_> = tasks.iter().map(|t| t.op.output.buffer).collect();
+        let mut read = std::collections::HashMap::new();
+        for t in tasks {
+            for v in t.op.inputs.iter().flatten() {
+                if let Ok(b) = t.mem.buffer(v.buffer) {
+                    read.entry(v.buffer).or_insert_with(|| b.version());
+                }
+            }
+        }
+        for (buffer, version) in read {
+            let seen = self.0.entry(buffer).or_insert((version, 0));
+            let kept = seen.0 == version || written.contains(&buffer);
+            *seen = (version, if kept { seen.1.saturating_add(1) } else { 0 });
+        }
+    }
+
+    /// Submissions an upload of `buffer` is expected to serve (1 for a buffer never seen
+    /// unchanged); counts this submission's own observation as one.
+    fn expected_uses(&self, buffer: crate::memory::BufferId) -> f64 {
+        self.0.get(&buffer).map_or(1.0, |&(_, unchanged)| unchanged.clamp(1, MAX_AMORTISATION) as f64)
     }
 }
 
@@ -94,6 +146,7 @@ impl GraphPlan {
 struct ModelCosts<'a> {
     devices: &'a [Device],
     tasks: &'a [Arc<Task>],
+    stable: Option<&'a StableInputs>,
 }
 
 impl ModelCosts<'_> {
@@ -114,7 +167,9 @@ impl Costs for ModelCosts<'_> {
 
     fn input_ns(&self, op: usize, input: usize, device: usize) -> f64 {
         let task = &self.tasks[op];
-        task.op.inputs[input].map_or(0.0, |v| self.devices[device].backend.input_upload_ns(&v, &task.mem))
+        let Some(v) = task.op.inputs[input] else { return 0.0 };
+        let uses = self.stable.map_or(1.0, |s| s.expected_uses(v.buffer));
+        self.devices[device].backend.input_upload_ns(&v, &task.mem) / uses
     }
 
     fn segment_start_ns(&self, device: usize) -> f64 {
@@ -132,7 +187,7 @@ impl Scheduler {
     /// picks among the rule's devices; under `first_available` an op's device is the rule's
     /// first usable one. Ops the policy splits or balances by load are left to per-op
     /// dispatch. None when no device but the host could take any op.
-    fn plan_graph(&self, tasks: &[Arc<Task>]) -> Option<GraphPlan> {
+    fn plan_graph(&self, tasks: &[Arc<Task>], stable: Option<&StableInputs>) -> Option<GraphPlan> {
         let mut rules = Vec::with_capacity(tasks.len());
         let choices: Vec<Vec<usize>> = tasks
             .iter()
@@ -156,7 +211,7 @@ impl Scheduler {
             return None;
         }
         let ops: Vec<&OpDesc> = tasks.iter().map(|t| &*t.op).collect();
-        let plan = segment::plan(&ops, &choices, &ModelCosts { devices: &self.devices, tasks });
+        let plan = segment::plan(&ops, &choices, &ModelCosts { devices: &self.devices, tasks, stable });
         let runs = segment::runs(&plan.devices)
             .into_iter()
             .map(|(device, start, end)| {
@@ -220,9 +275,10 @@ impl Scheduler {
             return None;
         }
         let policy = Arc::as_ptr(&tasks[0].policy) as usize;
-        let Some(cache) = cache else { return self.plan_graph(tasks).map(Arc::new) };
-        let mut slot = cache.0.lock();
-        if let Some(c) = slot.as_mut() {
+        let Some(cache) = cache else { return self.plan_graph(tasks, None).map(Arc::new) };
+        let mut state = cache.0.lock();
+        state.stable.observe(tasks);
+        if let Some(c) = state.cached.as_mut() {
             let same = c.policy == policy
                 && c.uses < PLAN_REUSE
                 && c.made.elapsed() < PLAN_AGE
@@ -233,11 +289,11 @@ impl Scheduler {
                 return c.plan.clone();
             }
         }
-        let plan = self.plan_graph(tasks).map(Arc::new);
+        let plan = self.plan_graph(tasks, Some(&state.stable)).map(Arc::new);
         if let Some(gp) = &plan {
             log::debug!("graph of {} ops: {}", tasks.len(), gp.describe(&self.devices));
         }
-        *slot = Some(CachedPlan {
+        state.cached = Some(CachedPlan {
             kinds: tasks.iter().map(|t| t.op.kind).collect(),
             policy,
             made: Instant::now(),
@@ -261,7 +317,7 @@ impl Scheduler {
                 Arc::new(Task::new(i as u64, op, mem, crate::event::Event::new(1), Arc::clone(&policy)))
             })
             .collect();
-        match self.plan_graph(&tasks) {
+        match self.plan_graph(&tasks, None) {
             None => format!(
                 "{} ops: every op runs on the host, one by one (no other device could take any)\n",
                 tasks.len()
