@@ -172,12 +172,14 @@ mod tests {
         npu.execute(&op, &mem).unwrap();
         let mut bytes = vec![0u8; m * n * 4];
         out.read(0, &mut bytes).unwrap();
-        let got: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let got: Vec<f32> =
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         let round = |x: f32| half::bf16::from_f32(x).to_f32();
         let mut rounding_showed = false;
         for i in 0..m {
             for j in 0..n {
-                let dot = |r: &dyn Fn(f32) -> f32| (0..k).map(|p| r(a[i * k + p]) * r(b[p * n + j])).sum::<f32>();
+                let dot =
+                    |r: &dyn Fn(f32) -> f32| (0..k).map(|p| r(a[i * k + p]) * r(b[p * n + j])).sum::<f32>();
                 let (want, exact) = (dot(&round), dot(&|x| x));
                 let g = got[i * n + j];
                 assert!((g - want).abs() <= 1e-5 * want.abs(), "({i}, {j}): got {g}, want {want}");

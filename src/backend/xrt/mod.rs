@@ -261,10 +261,17 @@ impl XrtBackend {
             return None;
         }
         let exact = self.kernel_taking(kernels, op, op.dtype());
-        exact.or_else(|| op.may_round_to_bf16().then(|| self.kernel_taking(kernels, op, DType::BF16)).flatten())
+        exact.or_else(|| {
+            op.may_round_to_bf16().then(|| self.kernel_taking(kernels, op, DType::BF16)).flatten()
+        })
     }
 
-    fn kernel_taking<'k>(&self, kernels: &'k [LoadedKernel], op: &OpDesc, dtype: DType) -> Option<&'k LoadedKernel> {
+    fn kernel_taking<'k>(
+        &self,
+        kernels: &'k [LoadedKernel],
+        op: &OpDesc,
+        dtype: DType,
+    ) -> Option<&'k LoadedKernel> {
         let fits = |k: &&LoadedKernel| {
             k.spec.dtype_in == dtype
                 && (k.spec.dtype_out == DType::F32 || k.spec.dtype_out == op.output.dtype)
