@@ -6,7 +6,10 @@
 //! Prints one `RESULT` line per case: square matmuls f32 and f16 and f16 GEMVs in both weight
 //! layouts at 1024, 2048, 4096 and 8192 (`--sizes` measures those matmul sizes only);
 //! `benches/vulkan_torch_baseline.py` prints the cuBLAS figures for the same cases on the same
-//! GPU and `benches/device/compare.py` puts the two side by side.
+//! GPU and `benches/device/compare.py` puts the two side by side. Quantized-weight GEMVs
+//! (q8_0, q4_0, q4_g128 [n, k] weights, f32 activations) at Llama-3.2-1B decode shapes print
+//! `RESULT case=gemv_<type>_<n>x<k>` lines whose `weight_gbs` is the rate the weight bytes
+//! were read at (decode's bound: compare it with the GPU's memory bandwidth).
 
 use half::f16;
 use npuhybrid::backend::vulkan::VulkanBackend;
@@ -122,6 +125,68 @@ fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) -> bool {
     ok
 }
 
+/// One GEMV y = x W^T with a quantized W ([n, k]); returns whether its sampled check passed.
+fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, rng: &mut StdRng) -> bool {
+    let pool = HostPool::new(0);
+    let xv: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let wv: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut wq = vec![0u8; wt.bytes_of(n * k)];
+    npuhybrid::quant::quantize_row(wt, &wv, &mut wq);
+    drop(wv);
+    let (x, w, out) = (buffer(&pool, 1, k * 4), buffer(&pool, 2, wq.len()), buffer(&pool, 3, n * 4));
+    fill(&x, DType::F32, &xv);
+    w.write(0, &wq).unwrap();
+    let op = OpDesc::new(
+        OpKind::Matmul,
+        &[TensorView::contiguous(1, DType::F32, &[1, k], 0), TensorView::contiguous(2, wt, &[n, k], 0)],
+        TensorView::contiguous(3, DType::F32, &[1, n], 0),
+    )
+    .with_params(OpParams { trans_b: true, ..OpParams::default() });
+    let mem = OpMemory::new(vec![x.clone(), w.clone(), out.clone()]);
+    // The first run uploads the weights; later ones read the device replica.
+    gpu.execute(&op, &mem).expect("first run");
+    let batch: Vec<(&OpDesc, &OpMemory)> = (0..iters.min(10)).map(|_| (&op, &mem)).collect();
+    gpu.execute_batch(&batch).unwrap();
+    let mut batched = Vec::new();
+    for _ in 0..iters.div_ceil(10) {
+        let reports = gpu.execute_batch(&batch).unwrap();
+        batched.extend(reports[1..].iter().map(|r| r.device_ns.unwrap()));
+    }
+    let bns = median(batched) as f64;
+    let times: Vec<u64> =
+        (0..iters).map(|_| gpu.execute(&op, &mem).unwrap().device_ns.expect("timestamps")).collect();
+    let ns = median(times) as f64;
+    // Sampled rows against f64 dot products with the dequantised weights.
+    let outr = read_all(&out, DType::F32, n);
+    let row_bytes = wt.bytes_of(k);
+    let mut row = vec![0f32; k];
+    let mut worst = 0.0f64;
+    for _ in 0..64 {
+        let j = rng.random_range(0..n);
+        npuhybrid::quant::dequantize_row(wt, &wq[j * row_bytes..][..row_bytes], &mut row);
+        let want: f64 = xv.iter().zip(&row).map(|(a, b)| *a as f64 * *b as f64).sum();
+        worst = worst.max((outr[j] - want).abs() / (k as f64).sqrt());
+    }
+    let ok = worst < 1e-4;
+    let flops = 2.0 * (n * k) as f64;
+    let wbytes = wq.len() as f64;
+    let bytes = wbytes + ((k + n) * 4) as f64;
+    println!(
+        "RESULT case=gemv_{wt}_{n}x{k} dtype={wt} m=1 k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} weight_gbs={:.0} batched_weight_gbs={:.0} check={} err={:.2e}",
+        ns / 1e3,
+        flops / ns / 1e3,
+        bytes / ns,
+        bns / 1e3,
+        flops / bns / 1e3,
+        bytes / bns,
+        wbytes / ns,
+        wbytes / bns,
+        if ok { "ok" } else { "FAILED" },
+        worst
+    );
+    ok
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
     // and then only a quick smoke run is done (CI runs on lavapipe).
@@ -169,9 +234,21 @@ fn main() {
             });
         }
     }
+    // Quantized decode GEMVs at Llama-3.2-1B shapes (n x k): attention output (and Q), the
+    // fused gate/up projection's halves, the down projection.
+    let quant_shapes: &[(usize, usize)] = match &custom {
+        Some(_) => &[],
+        None if quick => &[(300, 256)],
+        None => &[(2048, 2048), (8192, 2048), (2048, 8192)],
+    };
     let iters = if quick { 3 } else { 20 };
     let mut rng = StdRng::seed_from_u64(1);
-    let failed = cases.iter().filter(|c| !run(gpu, c, iters, &mut rng)).count();
+    let mut failed = cases.iter().filter(|c| !run(gpu, c, iters, &mut rng)).count();
+    for &(n, k) in quant_shapes {
+        for wt in [DType::Q8_0, DType::Q4_0, DType::Q4G128] {
+            failed += usize::from(!run_quant(gpu, wt, n, k, iters, &mut rng));
+        }
+    }
     if failed > 0 {
         eprintln!("{failed} case(s) failed their check");
         std::process::exit(1);

@@ -5,22 +5,34 @@
 // one barrier per step suffices (one stage needed two). Accumulators and prefetch registers are
 // plain variables, not arrays: a driver compiler that does not unroll would otherwise keep
 // arrays in (slow) local memory.
+// QUANT_B: B is a block-quantized weight [N, K] (quant.glsl), dequantised by the tile loader
+// (B_MODE 2: four weights along k at a time); A and the rest are unchanged.
 #include "common.glsl"
 layout(local_size_x = 256) in;
 layout(set = 0, binding = 0) readonly buffer A { T a[]; };
 layout(set = 0, binding = 0) readonly buffer A4 { T4 a4[]; };
+#ifdef QUANT_B
+layout(set = 0, binding = 1) readonly buffer BQ { uint bq[]; };
+#else
 layout(set = 0, binding = 1) readonly buffer B { T b[]; };
 layout(set = 0, binding = 1) readonly buffer B4 { T4 b4[]; };
+#endif
 layout(set = 0, binding = 2) readonly buffer Bias { TO bias[]; };
 layout(set = 0, binding = 4) buffer C { TO c[]; };
 #include "matmul_params.glsl"
+#ifdef QUANT_B
+#include "quant.glsl"
+#endif
 
 // Loader modes fixed at compile time for the common layouts (NN, NT), else read at run time.
 #ifdef A_MODE
 #define AMODE A_MODE
-#define BMODE B_MODE
 #else
 #define AMODE p.a_mode
+#endif
+#ifdef B_MODE
+#define BMODE B_MODE
+#else
 #define BMODE p.b_mode
 #endif
 
@@ -55,6 +67,15 @@ vec4 sload_a(uint mode, uint m0, uint k0, uint base, uint e0) {
     return v;
 }
 
+#ifdef QUANT_B
+// Weights (gn, gk .. gk+3) of the quantized B (K is a whole number of blocks).
+vec4 vload_b(uint mode, uint n0, uint k0, uint base, uint e) {
+    uint gn = n0 + (e >> 2), gk = k0 + (e & 3u) * 4u;
+    if (gn >= p.N || gk >= p.K) return vec4(0.0);
+    uint blk = (gn * (p.K / QK) + gk / QK) * QB;
+    return dequant4(blk, gk % QK, block_dm(blk));
+}
+#else
 vec4 vload_b(uint mode, uint n0, uint k0, uint base, uint e) {
     uint gn, gk;
     if (mode == 2u) { gn = n0 + (e >> 2); gk = k0 + (e & 3u) * 4u; }
@@ -72,6 +93,7 @@ vec4 sload_b(uint mode, uint n0, uint k0, uint base, uint e0) {
     }
     return v;
 }
+#endif
 
 void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
     uint t = gl_LocalInvocationID.x;
@@ -82,6 +104,10 @@ void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
         ra0 = sload_a(AMODE, m0, k0, abase, t);
         ra1 = sload_a(AMODE, m0, k0, abase, t + 1024u);
     }
+#ifdef QUANT_B
+    rb0 = vload_b(BMODE, n0, k0, bbase, t);
+    rb1 = vload_b(BMODE, n0, k0, bbase, t + 256u);
+#else
     if (BMODE >= 2u) {
         rb0 = vload_b(BMODE, n0, k0, bbase, t);
         rb1 = vload_b(BMODE, n0, k0, bbase, t + 256u);
@@ -89,6 +115,7 @@ void load(uint m0, uint n0, uint k0, uint abase, uint bbase) {
         rb0 = sload_b(BMODE, n0, k0, bbase, t);
         rb1 = sload_b(BMODE, n0, k0, bbase, t + 1024u);
     }
+#endif
 }
 
 // Writes a prefetched vec4 into a [k][r] tile.

@@ -111,43 +111,90 @@ fn copy_quantizes_and_dequantizes_like_the_reference() {
     assert_eq!(nh_runtime_destroy(rt), NH_OK);
 }
 
+/// One matmul x[m, k] W[n, k]^T with W quantized to `dt`, checked against f64 math on the
+/// dequantised weights (1e-5 of the sum of |terms|); returns the device index that ran it.
+fn quantized_matmul(rt: nh_runtime, cdt: nh_dtype, dt: DType, m: usize, n: usize, k: usize) -> i32 {
+    let x = values(m * k, 2);
+    let w = values(n * k, 3);
+    let mut q = vec![0u8; dt.bytes_of(n * k)];
+    npuhybrid::quant::quantize_row(dt, &w, &mut q);
+    let mut deq = vec![0f32; n * k];
+    npuhybrid::quant::dequantize_row(dt, &q, &mut deq);
+    let (xb, wb, yb) = (alloc(rt, &f32_bytes(&x)), alloc(rt, &q), alloc(rt, &vec![0u8; m * n * 4]));
+    let mut d = op(nh_op_kind::NH_OP_MATMUL);
+    d.flags = NH_FLAG_TRANS_B;
+    d.inputs[0] = tensor(xb, nh_dtype::NH_F32, &[m as u64, k as u64]);
+    d.inputs[1] = tensor(wb, cdt, &[n as u64, k as u64]);
+    d.output = tensor(yb, nh_dtype::NH_F32, &[m as u64, n as u64]);
+    let mut ev = nh_event::default();
+    assert_eq!(nh_submit(rt, &d, &mut ev), NH_OK, "{dt} m={m}: {}", last_error());
+    assert_eq!(nh_event_wait(rt, ev, u64::MAX), NH_OK, "{dt} m={m}: {}", last_error());
+    let mut info: nh_event_info = unsafe { zeroed() };
+    info.struct_size = size_of::<nh_event_info>() as u32;
+    assert_eq!(nh_event_get_info(rt, ev, &mut info), NH_OK);
+    assert_eq!(nh_event_release(rt, ev), NH_OK);
+    let y: Vec<f32> =
+        read(rt, yb, m * n * 4).chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    for i in 0..m {
+        for j in 0..n {
+            let terms = (0..k).map(|kk| x[i * k + kk] as f64 * deq[j * k + kk] as f64);
+            let (want, mag) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+            let err = (y[i * n + j] as f64 - want).abs() / mag;
+            assert!(err <= 1e-5, "{dt} m={m} ({i},{j}): {} vs {want} ({err:e})", y[i * n + j]);
+        }
+    }
+    for b in [xb, wb, yb] {
+        assert_eq!(nh_buffer_destroy(rt, b), NH_OK);
+    }
+    info.device
+}
+
 #[test]
 fn matmul_with_a_quantized_weight_on_every_device_set() {
     for devices in [0, NH_ENABLE_GPU | NH_ENABLE_SIMULATED_NPU] {
         let rt = runtime(devices);
         for (cdt, dt) in QUANT {
             for m in [1usize, 3, 17] {
-                let (n, k) = (19usize, 2 * dt.block_elems());
-                let x = values(m * k, 2);
-                let w = values(n * k, 3);
-                let mut q = vec![0u8; dt.bytes_of(n * k)];
-                npuhybrid::quant::quantize_row(dt, &w, &mut q);
-                let mut deq = vec![0f32; n * k];
-                npuhybrid::quant::dequantize_row(dt, &q, &mut deq);
-                let (xb, wb, yb) =
-                    (alloc(rt, &f32_bytes(&x)), alloc(rt, &q), alloc(rt, &vec![0u8; m * n * 4]));
-                let mut d = op(nh_op_kind::NH_OP_MATMUL);
-                d.flags = NH_FLAG_TRANS_B;
-                d.inputs[0] = tensor(xb, nh_dtype::NH_F32, &[m as u64, k as u64]);
-                d.inputs[1] = tensor(wb, cdt, &[n as u64, k as u64]);
-                d.output = tensor(yb, nh_dtype::NH_F32, &[m as u64, n as u64]);
-                assert_eq!(run(rt, &d), NH_OK, "{dt} m={m}: {}", last_error());
-                let y: Vec<f32> = read(rt, yb, m * n * 4)
-                    .chunks(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                for i in 0..m {
-                    for j in 0..n {
-                        let terms = (0..k).map(|kk| x[i * k + kk] as f64 * deq[j * k + kk] as f64);
-                        let (want, mag) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
-                        let err = (y[i * n + j] as f64 - want).abs() / mag;
-                        assert!(err <= 1e-5, "{dt} m={m} ({i},{j}): {} vs {want} ({err:e})", y[i * n + j]);
-                    }
-                }
+                quantized_matmul(rt, cdt, dt, m, 19, 2 * dt.block_elems());
             }
         }
         assert_eq!(nh_runtime_destroy(rt), NH_OK);
     }
+}
+
+/// With a policy that sends matmuls to the GPU (lavapipe in CI), every quantized type runs
+/// there: the GEMV (m <= 8) and the tiled shader (m = 17), to the same accuracy.
+#[test]
+fn quantized_matmuls_run_on_the_gpu_when_the_policy_sends_them_there() {
+    let rt = runtime(NH_ENABLE_GPU);
+    let mut count = 0u32;
+    assert_eq!(nh_device_count(rt, &mut count), NH_OK);
+    let gpu = (0..count).find(|&i| {
+        let mut info: nh_device_info = unsafe { zeroed() };
+        info.struct_size = size_of::<nh_device_info>() as u32;
+        nh_device_get_info(rt, i, &mut info) == NH_OK
+            && info.kind == nh_device_kind::NH_DEVICE_GPU as u32
+            && info.available != 0
+            && QUANT.iter().all(|(_, dt)| info.dtypes & dt.bit() != 0)
+    });
+    let gpu = gpu.expect("a GPU that lists the quantized types (lavapipe in CI)") as i32;
+    let policy = CString::new(
+        "policy \"gpu\"\nrule mm {\n when op = matmul\n use gpu\n strategy first_available\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        nh_policy_load(rt, nh_policy_kind::NH_POLICY_SOURCE as u32, policy.as_ptr()),
+        NH_OK,
+        "{}",
+        last_error()
+    );
+    for (cdt, dt) in QUANT {
+        for m in [1usize, 8, 17] {
+            let ran = quantized_matmul(rt, cdt, dt, m, 45, 3 * dt.block_elems());
+            assert_eq!(ran, gpu, "{dt} m={m} ran on device {ran}");
+        }
+    }
+    assert_eq!(nh_runtime_destroy(rt), NH_OK);
 }
 
 #[test]

@@ -187,3 +187,46 @@ fn imported_memory_is_uploaded_for_every_run() {
         assert!(gpu.upload_ns(&op, &mem) > 0.0, "the estimate counts the upload too");
     }
 }
+
+/// Quantized decode: a q4_0 weight is uploaded by the first GEMV and read from its replica by
+/// every later one (its bytes, not a dequantised copy); only the activation row goes up again
+/// once the host rewrites it.
+#[test]
+fn a_quantized_weight_is_uploaded_once_across_gemvs() {
+    use npuhybrid::op::{OpParams, TensorView};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let mut r = rng(5);
+    let (n, k) = (96, 256);
+    let values = Tensor::random(&mut r, DType::F32, &[n, k]).values();
+    let mut q = vec![0u8; DType::Q4_0.bytes_of(n * k)];
+    npuhybrid::quant::quantize_row(DType::Q4_0, &values, &mut q);
+    let wbuf = buffer(q.len());
+    wbuf.write(0, &q).unwrap();
+    let w = Tensor { view: TensorView::contiguous(wbuf.id(), DType::Q4_0, &[n, k], 0), buf: wbuf };
+    let x = Tensor::random(&mut r, DType::F32, &[1, k]);
+    let y = Tensor::zeros(DType::F32, &[1, n]);
+    let op = OpDesc::new(OpKind::Matmul, &[x.view, w.view], y.view)
+        .with_params(OpParams { trans_b: true, ..OpParams::default() });
+    let mem = memory(&[&x, &w, &y]);
+    assert!(gpu.supports(&op));
+    let before = gpu.stats().uploaded_bytes;
+    gpu.execute(&op, &mem).unwrap();
+    assert_eq!(gpu.stats().uploaded_bytes - before, (q.len() + k * 4) as u64);
+    for step in 1..4 {
+        x.buf.write(0, &(step as f32).to_le_bytes()).unwrap();
+        assert!(gpu.upload_ns(&op, &mem) > 0.0, "x changed");
+        gpu.execute(&op, &mem).unwrap();
+        assert_eq!(
+            gpu.stats().uploaded_bytes - before,
+            (q.len() + (step + 1) * k * 4) as u64,
+            "step {step}: only x goes up"
+        );
+    }
+    // The result is the CPU's.
+    let mut deq = vec![0f32; n * k];
+    npuhybrid::quant::dequantize_row(DType::Q4_0, &q, &mut deq);
+    let xv = x.values();
+    let want: Vec<f32> = (0..n).map(|j| (0..k).map(|i| xv[i] * deq[j * k + i]).sum()).collect();
+    assert_close(&y.values(), &want, 1e-4, "q4_0 gemv");
+}

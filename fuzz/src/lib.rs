@@ -376,6 +376,7 @@ impl OpInput {
             causal: self.causal,
             attn_scale: self.attn_scale,
             kv_len: self.kv_len,
+            ..OpParams::default()
         };
         let mut op = OpDesc::new(kind, &[], self.output.view()).with_params(params);
         for (slot, input) in op.inputs.iter_mut().zip(&self.inputs) {

@@ -253,7 +253,11 @@ fn tensor_memory(ctx: &Context) -> String {
 
 fn device_info(ctx: &Context) -> DeviceInfo {
     let c = &ctx.caps;
-    let mut dtypes = DType::F32.bit();
+    // Quantized types as matmul weights (ops.rs): the shaders read them as words, which
+    // every device can, and dequantise in registers.
+    let mut dtypes = [DType::F32, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4G128]
+        .iter()
+        .fold(0, |acc, d| acc | d.bit());
     if ctx.f16 {
         dtypes |= DType::F16.bit();
     }

@@ -108,7 +108,9 @@ pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
         return false;
     }
     let dt_ok = |d: DType| d == DType::F32 || (d == DType::F16 && f.f16);
-    if !op.views().all(|v| dt_ok(v.dtype)) {
+    // Quantized types only as a matmul's weight (validation allows no other place there).
+    let quant_ok = |d: DType| d.is_quantized() && op.kind == OpKind::Matmul;
+    if !op.views().all(|v| dt_ok(v.dtype) || quant_ok(v.dtype)) {
         return false;
     }
     match op.kind {
@@ -254,6 +256,82 @@ const SCALAR_ROW: usize = 1;
 const VEC_K: usize = 2;
 const VEC_ROW: usize = 3;
 
+/// Shader suffix for a matmul's activation and output dtypes.
+fn matmul_variant(op: &OpDesc) -> &'static str {
+    let in16 = op.input(0).expect("validated").dtype == DType::F16;
+    match (in16, op.output.dtype == DType::F16) {
+        (false, _) => "f32",
+        (true, true) => "f16",
+        (true, false) => "f16_f32",
+    }
+}
+
+/// Rows of A up to which a quantized B runs as a GEMV (each weight read once for all of
+/// them), as on the CPU (backend/cpu/quant).
+pub const QUANT_GEMV_MAX_ROWS: usize = 8;
+
+/// Matmul with a block-quantized B ([N, K], trans_b, one batch; validated): few rows of A run
+/// gemv_quant.comp (subgroup sums), the rest (and devices without subgroup arithmetic) the
+/// tiled matmul whose B loader dequantises.
+fn plan_quant_matmul(op: &OpDesc, f: Features) -> Step {
+    let a = op.input(0).expect("validated");
+    let b = op.input(1).expect("validated");
+    let (m, k, n, batch) = matmul_mkn(op);
+    let p = &op.params;
+    let (a_rs, a_ks) = if p.trans_a { (1, m) } else { (k, 1) };
+    let a_bs = if batch_of(a) == 1 { 0 } else { m * k };
+    // B is shared by every batch: where A's batches are consecutive rows ([batch * M, K]), one
+    // product of batch * M rows reads the weights once instead of once per batch. C is dense
+    // [batch, M, N] either way.
+    let rows_fold = !p.trans_a && (a_bs != 0 || batch == 1);
+    let flags = usize::from(op.input(2).is_some()) | (p.activation as usize) << 1;
+    let push = |m: usize, a_mode: usize| {
+        Push::default()
+            .u(m)
+            .u(n)
+            .u(k)
+            .u(a_rs)
+            .u(a_ks)
+            .u(a_bs)
+            .u(1)
+            .u(k)
+            .u(0)
+            .f(p.alpha)
+            .f(p.beta)
+            .u(flags)
+            .u(a_mode)
+            .u(VEC_K)
+            .0
+    };
+    let (variant, q) = (matmul_variant(op), b.dtype.name());
+    if f.subgroup_arithmetic && !p.trans_a && m <= QUANT_GEMV_MAX_ROWS {
+        let (rows, batches) =
+            if rows_fold && m * batch <= QUANT_GEMV_MAX_ROWS { (m * batch, 1) } else { (m, batch) };
+        // Rows of B per workgroup: more share the activation loads, fewer give more workgroups.
+        let nr = [4usize, 2, 1].into_iter().find(|r| n.div_ceil(*r) >= GEMV_MIN_GROUPS).unwrap_or(1);
+        let mut groups = fold(n.div_ceil(nr));
+        groups[2] = batches as u32;
+        return Step::Dispatch {
+            shader: spec_name(&format!("gemvq_{q}_{variant}"), &[nr as u32, rows as u32]),
+            push: push(rows, VEC_K),
+            groups,
+        };
+    }
+    let (rows, batches) =
+        if rows_fold && (m * batch).div_ceil(128) <= MAX_GROUPS { (m * batch, 1) } else { (m, batch) };
+    // K is a whole number of blocks, so a multiple of 4: vector loads along k.
+    let a_mode = match (p.trans_a, m % 4 == 0) {
+        (false, _) => VEC_K,
+        (true, true) => VEC_ROW,
+        (true, false) => SCALAR_ROW,
+    };
+    Step::Dispatch {
+        shader: shader_name(&format!("matmul_{q}_{variant}")),
+        push: push(rows, a_mode),
+        groups: [n.div_ceil(128) as u32, rows.div_ceil(128) as u32, batches as u32],
+    }
+}
+
 fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     let a = op.input(0).expect("validated");
     let b = op.input(1).expect("validated");
@@ -266,13 +344,11 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     let b_bs = if batch_of(b) == 1 { 0 } else { k * n };
     // `gelu_tanh` belongs to the gelu op; a fused GELU is the erf form, as on the CPU.
     let flags = usize::from(op.input(2).is_some()) | (p.activation as usize) << 1;
+    let variant = matmul_variant(op);
+    if b.dtype.is_quantized() {
+        return Ok(plan_quant_matmul(op, f));
+    }
     let in16 = a.dtype == DType::F16;
-    let out16 = op.output.dtype == DType::F16;
-    let variant = match (in16, out16) {
-        (false, _) => "f32",
-        (true, true) => "f16",
-        (true, false) => "f16_f32",
-    };
     let push = |a_mode: usize, b_mode: usize| {
         Push::default()
             .u(m)
@@ -451,5 +527,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn quantized_weights_plan_a_gemv_for_few_rows_and_the_tiled_shader_else() {
+        let mk = |dt, q, m: usize, batch: usize, trans_a: bool| {
+            let (k, n) = (256, 600);
+            let a_shape = if trans_a { [batch, k, m] } else { [batch, m, k] };
+            let a = TensorView::contiguous(1, dt, &a_shape, 0);
+            let b = TensorView::contiguous(2, q, &[n, k], 0);
+            let c = TensorView::contiguous(3, dt, &[batch, m, n], 0);
+            let mut op = OpDesc::new(OpKind::Matmul, &[a, b], c);
+            op.params.trans_b = true;
+            op.params.trans_a = trans_a;
+            op
+        };
+        for subgroups in [true, false] {
+            let f = Features {
+                f16: true,
+                coopmat: false,
+                subgroup_arithmetic: subgroups,
+                subgroup_shuffle: subgroups,
+                coopmat_shape: [16, 16, 16],
+                subgroup_size: 32,
+                coopmat_v1: false,
+                coopmat_emulated: false,
+            };
+            for q in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4G128] {
+                for dt in [DType::F32, DType::F16] {
+                    for (m, batch, trans_a) in
+                        [(1, 1, false), (3, 2, false), (8, 3, false), (17, 1, false), (3, 1, true)]
+                    {
+                        let op = mk(dt, q, m, batch, trans_a);
+                        assert!(supported(&op, f, u64::MAX));
+                        let Step::Dispatch { shader, groups, push } = plan(&op, f).unwrap() else {
+                            panic!("matmul plans a dispatch")
+                        };
+                        assert_ne!(shader, "missing", "{q} {dt} m={m}");
+                        let gemv = shader.starts_with("gemvq_");
+                        assert_eq!(gemv, subgroups && !trans_a && m <= QUANT_GEMV_MAX_ROWS, "{shader}");
+                        // Batches of A fold into rows while they fit the GEMV.
+                        let rows = u32::from_le_bytes(push[..4].try_into().unwrap()) as usize;
+                        let folded = !trans_a && (!gemv || m * batch <= QUANT_GEMV_MAX_ROWS);
+                        assert_eq!(rows, if folded { m * batch } else { m }, "{shader}");
+                        assert_eq!(groups[2] as usize, if folded { 1 } else { batch }, "{shader}");
+                    }
+                }
+            }
+        }
+        // A quantized type anywhere but a matmul's weight is refused (copies quantize on the CPU).
+        let a = TensorView::contiguous(1, DType::F32, &[4, 64], 0);
+        let q = TensorView::contiguous(2, DType::Q8_0, &[4, 64], 0);
+        let f = Features {
+            f16: true,
+            coopmat: false,
+            subgroup_arithmetic: true,
+            subgroup_shuffle: true,
+            coopmat_shape: [16, 16, 16],
+            subgroup_size: 32,
+            coopmat_v1: false,
+            coopmat_emulated: false,
+        };
+        assert!(!supported(&OpDesc::new(OpKind::Copy, &[a], q), f, u64::MAX));
+        assert!(!supported(&OpDesc::new(OpKind::Copy, &[q], a), f, u64::MAX));
     }
 }

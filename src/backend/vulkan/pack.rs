@@ -9,14 +9,16 @@ use crate::op::TensorView;
 /// `base` must point at the view's first byte in a buffer that holds the whole view, and
 /// `dst` must hold `v.bytes()` bytes.
 pub unsafe fn pack(v: &TensorView, base: *const u8, dst: &mut [u8]) {
-    let es = v.dtype.size();
+    // Bytes of a count of elements: quantized rows are whole blocks (validated), and so are
+    // the offsets of their runs.
+    let b = |elems: usize| v.dtype.bytes_of(elems);
     if v.is_contiguous() {
         std::ptr::copy_nonoverlapping(base, dst.as_mut_ptr(), v.bytes());
         return;
     }
     let mut i = 0;
     for_each_run(v, |off, len| {
-        std::ptr::copy_nonoverlapping(base.add(off * es), dst.as_mut_ptr().add(i * es), len * es);
+        std::ptr::copy_nonoverlapping(base.add(b(off)), dst.as_mut_ptr().add(b(i)), b(len));
         i += len;
     });
 }
@@ -26,14 +28,14 @@ pub unsafe fn pack(v: &TensorView, base: *const u8, dst: &mut [u8]) {
 /// # Safety
 /// As for [`pack`], with `base` writable.
 pub unsafe fn unpack(v: &TensorView, src: &[u8], base: *mut u8) {
-    let es = v.dtype.size();
+    let b = |elems: usize| v.dtype.bytes_of(elems);
     if v.is_contiguous() {
         std::ptr::copy_nonoverlapping(src.as_ptr(), base, v.bytes());
         return;
     }
     let mut i = 0;
     for_each_run(v, |off, len| {
-        std::ptr::copy_nonoverlapping(src.as_ptr().add(i * es), base.add(off * es), len * es);
+        std::ptr::copy_nonoverlapping(src.as_ptr().add(b(i)), base.add(b(off)), b(len));
         i += len;
     });
 }
@@ -211,6 +213,25 @@ mod tests {
         assert!(device_patch(&w, &b).is_none());
         let h = TensorView::contiguous(1, DType::F16, &[4, 6], 0);
         assert!(device_patch(&w, &h).is_none());
+    }
+
+    #[test]
+    fn a_strided_quantized_view_packs_whole_blocks() {
+        // Rows 1..3 of a [4, 64] q4_0 matrix (2 blocks of 18 bytes a row), first block only:
+        // the view [2, 32] with row stride 64 elements starts at byte 36.
+        let host: Vec<u8> = (0..4 * 36).map(|i| i as u8).collect();
+        let mut v = TensorView::contiguous(1, DType::Q4_0, &[2, 32], 36);
+        v.strides[0] = 64;
+        assert!(!v.is_contiguous());
+        let mut dense = vec![0u8; v.bytes()];
+        unsafe { pack(&v, host.as_ptr().add(v.offset), &mut dense) };
+        let want: Vec<u8> = (36..54).chain(72..90).collect();
+        assert_eq!(dense, want);
+        let mut back = vec![0u8; host.len()];
+        unsafe { unpack(&v, &dense, back.as_mut_ptr().add(v.offset)) };
+        assert_eq!(&back[36..54], &host[36..54]);
+        assert_eq!(&back[72..90], &host[72..90]);
+        assert!(back[54..72].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -514,10 +514,13 @@ impl State {
                             .iter()
                             .map(|s| {
                                 let a = s.unwrap_or(self.dummy);
+                                // Whole words: quantized weights (blocks of 18 or 34
+                                // bytes) may end inside one, and shaders read them as
+                                // words. Allocations are rounded far beyond that.
                                 [vk::DescriptorBufferInfo::default()
                                     .buffer(a.buffer)
                                     .offset(a.offset)
-                                    .range(a.size)]
+                                    .range(a.size.next_multiple_of(4))]
                             })
                             .collect();
                         let writes: Vec<vk::WriteDescriptorSet> = infos
