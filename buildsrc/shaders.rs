@@ -26,6 +26,8 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("attention_tiled64_f16", "attention_tiled.comp", &["F16", "TD=64u"]),
     ("attention_tiled128_f32", "attention_tiled.comp", &["TD=128u", "SPLIT2"]),
     ("attention_tiled128_f16", "attention_tiled.comp", &["F16", "TD=128u", "SPLIT2"]),
+    ("patch_b32", "patch.comp", &[]),
+    ("patch_b16", "patch.comp", &["B16"]),
     ("convert_f32_f16", "convert.comp", &["OUT_F16"]),
     ("convert_f16_f32", "convert.comp", &["F16"]),
     ("matmul_f32", "matmul.comp", &[]),

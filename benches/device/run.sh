@@ -71,11 +71,17 @@ if want models; then
     # Llama-3.2-1B shapes, f16, random weights: prefill 512 tokens, then decode.
     step llama1b_gpu 240 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 33 \
       --devices gpu --policy llm_inference --quiet --trace "$out/llama1b_gpu_trace.json"
+    # Every op on the GPU (benches/device/all_gpu.nhp): the GPU-alone side, and its kernel time.
+    step llama1b_all_gpu 150 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 33 \
+      --devices gpu --policy benches/device/all_gpu.nhp --quiet --trace "$out/llama1b_all_gpu_trace.json"
+    step generate_all_gpu 60 .devbin/generate --model .devbin/tiny_llama --devices gpu \
+      --policy benches/device/all_gpu.nhp --check .devbin/tiny_llama/reference.json --quiet
     step llama1b_cpu16 120 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 9 \
       --devices cpu --quiet
   fi
   if [ -x .devbin/embed ]; then
-    step embed_gpu 100 .devbin/embed --bench --synthetic --devices gpu --place gpu --bench-seconds 1
+    step embed_gpu 100 .devbin/embed --bench --synthetic --devices gpu --place gpu --bench-seconds 1 \
+      --trace "$out/embed_gpu_trace.json"
     step embed_cpu 100 .devbin/embed --bench --synthetic --devices cpu --bench-seconds 1
   fi
 fi

@@ -69,7 +69,7 @@ const MAX_GROUPS: usize = 65535;
 pub const MAX_HEAD_DIM: usize = 256;
 
 /// A 1-D count of workgroups folded into x and y (each at most 65535).
-fn fold(groups: usize) -> [u32; 3] {
+pub(super) fn fold(groups: usize) -> [u32; 3] {
     let x = groups.clamp(1, MAX_GROUPS);
     [x as u32, groups.div_ceil(x) as u32, 1]
 }

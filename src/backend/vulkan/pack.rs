@@ -67,6 +67,73 @@ fn for_each_run(v: &TensorView, mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// The dims of `r` longer than 1, from the largest stride to the smallest, when what `w`
+/// wrote can be mapped element by element into `r`'s dense copy: same buffer and element size,
+/// element-aligned offsets, and strides that each step over all the elements of the dims
+/// inside them (so an address has at most one index in `r`).
+fn reader_order(w: &TensorView, r: &TensorView) -> Option<Vec<usize>> {
+    let es = w.dtype.size();
+    if r.dtype.size() != es || w.buffer != r.buffer || w.offset % es != 0 || r.offset % es != 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..r.rank).filter(|&d| r.shape[d] > 1).collect();
+    order.sort_by_key(|&d| std::cmp::Reverse(r.strides[d]));
+    if order.iter().any(|&d| r.strides[d] == 0) {
+        return None;
+    }
+    for pair in order.windows(2) {
+        let (outer, inner) = (pair[0], pair[1]);
+        if r.strides[outer] < r.strides[inner] * r.shape[inner] {
+            return None;
+        }
+    }
+    Some(order)
+}
+
+/// Whether `device_patch` (or the `patch` shader) can bring what `w` wrote into `r`'s copy.
+pub fn mappable(w: &TensorView, r: &TensorView) -> bool {
+    reader_order(w, r).is_some()
+}
+
+/// Push constants of the `patch_b32` / `patch_b16` shader, which does on the GPU what
+/// `device_patch`'s regions do, one thread per element of `w` (a head's slice of a fused QKV
+/// output is tens of thousands of regions: as many copy commands on some drivers). Layout:
+/// w's dims and element strides (left-padded to 4), r's dims by decreasing stride with their
+/// strides in memory and in r's packing (padded with stride 0), w's and r's first elements
+/// relative to the lower of the two, and w's element count. None where unmappable or where
+/// an index would not fit 32 bits.
+pub fn patch_push(w: &TensorView, r: &TensorView) -> Option<Vec<u8>> {
+    let order = reader_order(w, r)?;
+    let es = w.dtype.size();
+    let fits = |v: usize| u32::try_from(v).ok();
+    let (w_base, r_base) = (w.offset / es, r.offset / es);
+    let base = w_base.min(r_base);
+    let reach = |v: &TensorView, first: usize| -> usize {
+        first + v.dims().iter().zip(v.strides()).map(|(&n, &s)| n.saturating_sub(1) * s).sum::<usize>()
+    };
+    fits(reach(w, w_base - base).max(reach(r, r_base - base)))?;
+    fits(w.numel())?;
+    let mut words: Vec<u32> = Vec::with_capacity(23);
+    let pad = 4 - w.rank;
+    let (mut w_shape, mut w_stride) = ([1u32; 4], [0u32; 4]);
+    for d in 0..w.rank {
+        w_shape[pad + d] = fits(w.shape[d])?;
+        w_stride[pad + d] = fits(w.strides[d])?;
+    }
+    let packed = crate::op::dense_strides(r.dims());
+    let (mut r_shape, mut r_stride, mut r_packed) = ([1u32; 4], [0u32; 4], [0u32; 4]);
+    for (i, &d) in order.iter().enumerate() {
+        r_shape[i] = fits(r.shape[d])?;
+        r_stride[i] = fits(r.strides[d])?;
+        r_packed[i] = fits(packed[d])?;
+    }
+    for a in [w_shape, w_stride, r_shape, r_stride, r_packed] {
+        words.extend_from_slice(&a);
+    }
+    words.extend([fits(w_base - base)?, fits(r_base - base)?, fits(w.numel())?]);
+    Some(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
 /// Copy regions (source byte, destination byte, bytes) that bring what an op wrote through
 /// view `w` (its dense device copy) into the dense device copy of view `r` of the same buffer:
 /// the elements of `w` that `r` also reads, at their place in `r`'s packing. This is how a
@@ -76,19 +143,7 @@ fn for_each_run(v: &TensorView, mut f: impl FnMut(usize, usize)) {
 /// the host instead.
 pub fn device_patch(w: &TensorView, r: &TensorView) -> Option<Vec<(u64, u64, u64)>> {
     let es = w.dtype.size();
-    if r.dtype.size() != es || w.buffer != r.buffer {
-        return None;
-    }
-    // r's dims from the largest stride to the smallest; every stride must step over all the
-    // elements of the dims inside it, so an address has at most one index.
-    let mut order: Vec<usize> = (0..r.rank).filter(|&d| r.shape[d] > 1).collect();
-    order.sort_by_key(|&d| std::cmp::Reverse(r.strides[d]));
-    for pair in order.windows(2) {
-        let (outer, inner) = (pair[0], pair[1]);
-        if r.strides[inner] == 0 || r.strides[outer] < r.strides[inner] * r.shape[inner] {
-            return None;
-        }
-    }
+    let order = reader_order(w, r)?;
     let packed = crate::op::dense_strides(r.dims());
     let innermost = order.last().copied();
     // Consecutive addresses stay consecutive in r's packing only along a dim that is unit
@@ -113,9 +168,6 @@ pub fn device_patch(w: &TensorView, r: &TensorView) -> Option<Vec<(u64, u64, u64
         }
         (rest == 0).then_some((at, left_in_row))
     };
-    if w.offset % es != 0 || r.offset % es != 0 {
-        return None;
-    }
     let (r_base, w_base) = (r.offset / es, w.offset / es);
     let mut regions: Vec<(u64, u64, u64)> = Vec::new();
     let mut src = 0usize;

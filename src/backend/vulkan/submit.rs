@@ -100,10 +100,10 @@ impl State {
             .map_err(|e| vk_err("vkAllocateCommandBuffers", e))?[0];
             let sizes = [vk::DescriptorPoolSize::default()
                 .ty(vk::DescriptorType::STORAGE_BUFFER)
-                .descriptor_count(BINDINGS * MAX_OPS as u32)];
+                .descriptor_count(BINDINGS * DESCRIPTOR_SETS)];
             made.desc_pool = unsafe {
                 d.create_descriptor_pool(
-                    &vk::DescriptorPoolCreateInfo::default().max_sets(MAX_OPS as u32).pool_sizes(&sizes),
+                    &vk::DescriptorPoolCreateInfo::default().max_sets(DESCRIPTOR_SETS).pool_sizes(&sizes),
                     None,
                 )
             }
@@ -300,7 +300,7 @@ impl State {
                         op: i,
                         src: current,
                         dst: a,
-                        regions: vec![(0, 0, out.bytes() as u64)],
+                        copy: PatchCopy::Regions(vec![(0, 0, out.bytes() as u64)]),
                     });
                     a
                 }
@@ -357,45 +357,77 @@ impl State {
             return Ok((o.alloc, false));
         }
         let buf = mem.buffer(v.buffer)?;
-        let (alloc, fresh) = if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own)
-        {
-            (r.alloc, false)
-        } else {
-            // The caller may write imported memory without telling the library, so a replica
-            // of it is never trusted: it is uploaded for every submission.
-            let wanted = if buf.is_imported() { NEVER_CURRENT } else { buf.version() };
-            match self.residency.lookup(&key, wanted, stale) {
-                Some(a) => {
-                    if !seg.used.iter().any(|u| u.key == key) {
-                        seg.used.push(Used { key, view: *v, first_op: i, looked_up: true });
+        let (alloc, fresh) =
+            if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own) {
+                (r.alloc, false)
+            } else {
+                // The caller may write imported memory without telling the library, so a replica
+                // of it is never trusted: it is uploaded for every submission.
+                let wanted = if buf.is_imported() { NEVER_CURRENT } else { buf.version() };
+                match self.residency.lookup(&key, wanted, stale) {
+                    Some(a) => {
+                        if !seg.used.iter().any(|u| u.key == key) {
+                            seg.used.push(Used { key, view: *v, first_op: i, looked_up: true });
+                        }
+                        (a, false)
                     }
-                    (a, false)
-                }
-                None => {
-                    let a = self.upload(v, mem, seg)?;
-                    if !own {
-                        seg.new_replicas.push(NewReplica {
-                            key,
-                            owner: Arc::downgrade(buf),
-                            alloc: a,
-                            bytes: v.bytes() as u64,
+                    None => {
+                        // Bytes an earlier op of the submission wrote through a dense view over
+                        // all of v are patched in below: the host's older copy need not travel.
+                        let covered = seg.outputs.iter().any(|o| {
+                            o.view.buffer == v.buffer && o.view.is_contiguous() && covers(&o.view, v)
                         });
-                        seg.used.push(Used { key, view: *v, first_op: i, looked_up: false });
+                        let a = if covered {
+                            self.alloc_device(v.bytes() as u64)?
+                        } else {
+                            self.upload(v, mem, seg)?
+                        };
+                        if !own {
+                            seg.new_replicas.push(NewReplica {
+                                key,
+                                owner: Arc::downgrade(buf),
+                                alloc: a,
+                                bytes: v.bytes() as u64,
+                            });
+                            seg.used.push(Used { key, view: *v, first_op: i, looked_up: false });
+                        }
+                        (a, true)
                     }
-                    (a, true)
                 }
-            }
-        };
-        for o in &seg.outputs {
+            };
+        for k in 0..seg.outputs.len() {
+            let o = &seg.outputs[k];
             if o.view.buffer == v.buffer && overlaps(&o.view, v) {
-                let regions = pack::device_patch(&o.view, v)
-                    .ok_or_else(|| Error::Internal("segment_end let an unmappable overlap through".into()))?;
-                if !regions.is_empty() {
-                    seg.patches.push(Patch { op: i, src: o.alloc, dst: alloc, regions });
+                let (w, src) = (o.view, o.alloc);
+                if let Some(copy) = self.patch_copy(&w, v, seg) {
+                    seg.patches.push(Patch { op: i, src, dst: alloc, copy });
                 }
             }
         }
         Ok((alloc, fresh))
+    }
+
+    /// How what an op wrote through `w` reaches the device copy of `r`: copy regions where
+    /// both are dense (one region), else the `patch` shader (one thread per element; as
+    /// regions, a strided view is one region per row, and some drivers run each as a copy).
+    /// None when nothing of `w` lands in `r`.
+    fn patch_copy(&self, w: &TensorView, r: &TensorView, seg: &Segment) -> Option<PatchCopy> {
+        let shader = match w.dtype.size() {
+            4 => Some("patch_b32"),
+            2 if self.ctx.caps.shader_f16 && self.ctx.caps.storage_16bit => Some("patch_b16"),
+            _ => None,
+        };
+        let dispatches = seg.patches.iter().filter(|p| matches!(p.copy, PatchCopy::Shader { .. })).count();
+        let dense = w.is_contiguous() && r.is_contiguous();
+        if let (Some(shader), false, true) = (shader, dense, dispatches < MAX_PATCH_DISPATCHES) {
+            if let Some(push) = pack::patch_push(w, r) {
+                let groups = ops::fold(w.numel().div_ceil(256));
+                return Some(PatchCopy::Shader { shader, push, groups });
+            }
+        }
+        // segment_end keeps unmappable overlaps out of a submission.
+        let regions = pack::device_patch(w, r).expect("segment_end admits mappable overlaps only");
+        (!regions.is_empty()).then_some(PatchCopy::Regions(regions))
     }
 
     /// Copies a host view into fresh device memory (directly when mapped, else via staging).
@@ -421,6 +453,34 @@ impl State {
         Ok(dst)
     }
 
+    /// Points a descriptor set's bindings at `slots` (the dummy buffer for empty ones).
+    fn bind_slots(&self, set: vk::DescriptorSet, slots: &[Option<Allocation>; BINDINGS as usize]) {
+        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = slots
+            .iter()
+            .map(|s| {
+                let a = s.unwrap_or(self.dummy);
+                // Whole words: quantized weights (blocks of 18 or 34 bytes) may end inside
+                // one, and shaders read them as words. Allocations are rounded far beyond that.
+                [vk::DescriptorBufferInfo::default()
+                    .buffer(a.buffer)
+                    .offset(a.offset)
+                    .range(a.size.next_multiple_of(4))]
+            })
+            .collect();
+        let writes: Vec<vk::WriteDescriptorSet> = infos
+            .iter()
+            .enumerate()
+            .map(|(b, info)| {
+                vk::WriteDescriptorSet::default()
+                    .dst_set(set)
+                    .dst_binding(b as u32)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(info)
+            })
+            .collect();
+        unsafe { self.ctx.device.update_descriptor_sets(&writes, &[]) };
+    }
+
     fn record_and_submit(
         &mut self,
         ops: &[(&OpDesc, &OpMemory)],
@@ -438,6 +498,12 @@ impl State {
             });
             if self.pipelines.take_created() {
                 *setup = started.elapsed().as_nanos() as u64;
+            }
+        }
+        let mut patch_pipelines = Vec::new();
+        for p in &seg.patches {
+            if let PatchCopy::Shader { shader, .. } = p.copy {
+                patch_pipelines.push(self.pipelines.get(shader)?);
             }
         }
         let d = &self.ctx.device;
@@ -471,7 +537,7 @@ impl State {
                 d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
             }
             barrier(d, cb);
-            let layouts = vec![self.pipelines.set_layout; ops.len()];
+            let layouts = vec![self.pipelines.set_layout; ops.len() + patch_pipelines.len()];
             let sets = d
                 .allocate_descriptor_sets(
                     &vk::DescriptorSetAllocateInfo::default()
@@ -479,21 +545,58 @@ impl State {
                         .set_layouts(&layouts),
                 )
                 .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?;
+            let mut next_patch = 0;
             for (i, step) in steps.iter().enumerate() {
                 // What earlier ops of this submission wrote, brought into the copies op i reads.
                 let mut copied = false;
                 for p in seg.patches.iter().filter(|p| p.op == i) {
-                    let regions: Vec<vk::BufferCopy> = p
-                        .regions
-                        .iter()
-                        .map(|&(s, t, n)| {
-                            vk::BufferCopy::default()
-                                .src_offset(p.src.offset + s)
-                                .dst_offset(p.dst.offset + t)
-                                .size(n)
-                        })
-                        .collect();
-                    d.cmd_copy_buffer(cb, p.src.buffer, p.dst.buffer, &regions);
+                    // Later writers win where two patches overlap.
+                    if copied {
+                        barrier(d, cb);
+                    }
+                    match &p.copy {
+                        PatchCopy::Regions(regions) => {
+                            let regions: Vec<vk::BufferCopy> = regions
+                                .iter()
+                                .map(|&(s, t, n)| {
+                                    vk::BufferCopy::default()
+                                        .src_offset(p.src.offset + s)
+                                        .dst_offset(p.dst.offset + t)
+                                        .size(n)
+                                })
+                                .collect();
+                            d.cmd_copy_buffer(cb, p.src.buffer, p.dst.buffer, &regions);
+                        }
+                        PatchCopy::Shader { push, groups, .. } => {
+                            let set = sets[ops.len() + next_patch];
+                            let mut slots = [None; BINDINGS as usize];
+                            slots[0] = Some(p.src);
+                            slots[BINDINGS as usize - 1] = Some(p.dst);
+                            self.bind_slots(set, &slots);
+                            d.cmd_bind_pipeline(
+                                cb,
+                                vk::PipelineBindPoint::COMPUTE,
+                                patch_pipelines[next_patch],
+                            );
+                            d.cmd_bind_descriptor_sets(
+                                cb,
+                                vk::PipelineBindPoint::COMPUTE,
+                                self.pipelines.layout,
+                                0,
+                                &[set],
+                                &[],
+                            );
+                            d.cmd_push_constants(
+                                cb,
+                                self.pipelines.layout,
+                                vk::ShaderStageFlags::COMPUTE,
+                                0,
+                                push,
+                            );
+                            d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
+                            next_patch += 1;
+                        }
+                    }
                     copied = true;
                 }
                 if copied {
@@ -510,31 +613,7 @@ impl State {
                 let slots = &seg.slots[i];
                 match step {
                     Step::Dispatch { push, groups, .. } => {
-                        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = slots
-                            .iter()
-                            .map(|s| {
-                                let a = s.unwrap_or(self.dummy);
-                                // Whole words: quantized weights (blocks of 18 or 34
-                                // bytes) may end inside one, and shaders read them as
-                                // words. Allocations are rounded far beyond that.
-                                [vk::DescriptorBufferInfo::default()
-                                    .buffer(a.buffer)
-                                    .offset(a.offset)
-                                    .range(a.size.next_multiple_of(4))]
-                            })
-                            .collect();
-                        let writes: Vec<vk::WriteDescriptorSet> = infos
-                            .iter()
-                            .enumerate()
-                            .map(|(b, info)| {
-                                vk::WriteDescriptorSet::default()
-                                    .dst_set(sets[i])
-                                    .dst_binding(b as u32)
-                                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                                    .buffer_info(info)
-                            })
-                            .collect();
-                        d.update_descriptor_sets(&writes, &[]);
+                        self.bind_slots(sets[i], slots);
                         d.cmd_bind_pipeline(
                             cb,
                             vk::PipelineBindPoint::COMPUTE,
@@ -778,7 +857,7 @@ pub fn segment_end(ops: &[(&OpDesc, &OpMemory)]) -> usize {
                     continue;
                 }
                 // A partial write after an exact output would have to patch that output.
-                let mappable = exact.is_none_or(|e| k < e) && pack::device_patch(w, r).is_some();
+                let mappable = exact.is_none_or(|e| k < e) && pack::mappable(w, r);
                 if !mappable {
                     return j;
                 }
@@ -786,6 +865,13 @@ pub fn segment_end(ops: &[(&OpDesc, &OpMemory)]) -> usize {
         }
     }
     ops.len().min(MAX_OPS)
+}
+
+/// Whether dense view `w` spans every byte of `r` (so writing it rewrites all of `r`).
+fn covers(w: &TensorView, r: &TensorView) -> bool {
+    let (w0, w1) = w.byte_range();
+    let (r0, r1) = r.byte_range();
+    w.dtype.size() == r.dtype.size() && w0 <= r0 && r1 <= w1 && (r0 - w0) % w.dtype.size() == 0
 }
 
 fn overlaps(a: &TensorView, b: &TensorView) -> bool {
@@ -810,13 +896,25 @@ struct Segment {
     used: Vec<Used>,
 }
 
-/// Regions (source byte, destination byte, bytes) copied from `src` into `dst` before op `op`.
+/// What an earlier op of the submission wrote (`src`) brought into `dst` before op `op`.
 struct Patch {
     op: usize,
     src: Allocation,
     dst: Allocation,
-    regions: Vec<(u64, u64, u64)>,
+    copy: PatchCopy,
 }
+
+enum PatchCopy {
+    /// (source byte, destination byte, bytes).
+    Regions(Vec<(u64, u64, u64)>),
+    /// The `patch` shader over `src` (binding 0) into `dst` (binding 4).
+    Shader { shader: &'static str, push: Vec<u8>, groups: [u32; 3] },
+}
+
+/// Patch dispatches one submission may hold (each takes a descriptor set).
+const MAX_PATCH_DISPATCHES: usize = 3 * MAX_OPS;
+/// A set per op and per patch dispatch.
+const DESCRIPTOR_SETS: u32 = (MAX_OPS + MAX_PATCH_DISPATCHES) as u32;
 
 struct Used {
     key: ReplicaKey,
