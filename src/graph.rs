@@ -22,6 +22,11 @@ pub struct Graph {
     /// (in the order `Runtime::prepare` resolves them).
     buffers: Vec<BufferId>,
     op_buffers: Vec<Vec<u32>>,
+    /// Where each buffer sits in `buffers`, and how many ops use it (0: a replaced op's
+    /// buffer no op needs now; submission skips it, and the list is compacted when such
+    /// entries pile up). Replacing an op is then proportional to that op, not to the graph.
+    position: std::collections::HashMap<BufferId, u32>,
+    users: Vec<u32>,
     /// The placement of the last submissions, reused while it holds (a decode step's graph
     /// is submitted once a token with a few ops replaced).
     plan: crate::sched::PlanCache,
@@ -44,16 +49,21 @@ impl Graph {
     /// Replaces op `index` by an op that runtime `runtime` already validated.
     pub(crate) fn replace_validated(&mut self, index: usize, op: OpDesc, runtime: u64) -> crate::Result<()> {
         let n = self.ops.len();
-        let slot = self.ops.get_mut(index).ok_or_else(|| {
-            crate::Error::invalid(format!("graph op index {index} is out of range: the graph has {n} ops"))
-        })?;
-        *slot = Arc::new(op);
+        if index >= n {
+            return Err(crate::Error::invalid(format!(
+                "graph op index {index} is out of range: the graph has {n} ops"
+            )));
+        }
+        let idx = self.buffer_indices(&op);
+        for &i in &std::mem::replace(&mut self.op_buffers[index], idx) {
+            self.users[i as usize] -= 1;
+        }
+        self.ops[index] = Arc::new(op);
         self.note_validator(runtime);
-        // Rebuild the buffer list: a buffer only the old op used must not be required.
-        self.buffers.clear();
-        let ops = std::mem::take(&mut self.ops);
-        self.op_buffers = ops.iter().map(|op| self.buffer_indices(op)).collect();
-        self.ops = ops;
+        let unused = self.users.iter().filter(|&&u| u == 0).count();
+        if unused > 16 && unused * 2 > self.buffers.len() {
+            self.rebuild_buffers();
+        }
         Ok(())
     }
 
@@ -61,22 +71,32 @@ impl Graph {
         self.validated_by = if self.ops.is_empty() || self.validated_by == runtime { runtime } else { 0 };
     }
 
-    /// Indices of the op's distinct buffers in `self.buffers`, adding new ones.
+    /// Indices of the op's distinct buffers in `self.buffers` (adding new ones), each counted
+    /// as used once more.
     fn buffer_indices(&mut self, op: &OpDesc) -> Vec<u32> {
         let mut idx: Vec<u32> = Vec::with_capacity(crate::op::MAX_INPUTS + 1);
         for v in op.views() {
-            let i = match self.buffers.iter().position(|&b| b == v.buffer) {
-                Some(i) => i,
-                None => {
-                    self.buffers.push(v.buffer);
-                    self.buffers.len() - 1
-                }
-            } as u32;
+            let i = *self.position.entry(v.buffer).or_insert_with(|| {
+                self.buffers.push(v.buffer);
+                self.users.push(0);
+                (self.buffers.len() - 1) as u32
+            });
             if !idx.contains(&i) {
                 idx.push(i);
+                self.users[i as usize] += 1;
             }
         }
         idx
+    }
+
+    /// The buffer list again from the ops, dropping buffers no op uses.
+    fn rebuild_buffers(&mut self) {
+        self.buffers.clear();
+        self.position.clear();
+        self.users.clear();
+        let ops = std::mem::take(&mut self.ops);
+        self.op_buffers = ops.iter().map(|op| self.buffer_indices(op)).collect();
+        self.ops = ops;
     }
 
     /// The runtime that validated every op, if one did (0 otherwise).
@@ -84,9 +104,11 @@ impl Graph {
         self.validated_by
     }
 
-    /// Distinct buffers of the graph, and per op the indices of the ones it uses.
-    pub(crate) fn buffers(&self) -> (&[BufferId], &[Vec<u32>]) {
-        (&self.buffers, &self.op_buffers)
+    /// Distinct buffers of the graph (None where no op uses one now), and per op the indices
+    /// of the ones it uses.
+    pub(crate) fn buffers(&self) -> (Vec<Option<BufferId>>, &[Vec<u32>]) {
+        let ids = self.buffers.iter().zip(&self.users).map(|(&b, &u)| (u > 0).then_some(b)).collect();
+        (ids, &self.op_buffers)
     }
 
     pub fn ops(&self) -> impl ExactSizeIterator<Item = &OpDesc> {

@@ -456,17 +456,15 @@ impl Runtime {
             // Validated here when recorded: each buffer handle is resolved once, and a live
             // handle is the buffer the ops were checked against (see graph.rs).
             let (ids, per_op) = graph.buffers();
-            let resolved: Vec<Arc<Buffer>> = {
+            let resolved: Vec<Option<Arc<Buffer>>> = {
                 let table = self.buffers.read();
-                ids.iter().map(|&id| table.get(id)).collect::<Result<_>>()?
+                ids.iter().map(|id| id.map(|id| table.get(id)).transpose()).collect::<Result<_>>()?
             };
-            for b in &resolved {
+            for b in resolved.iter().flatten() {
                 b.check_mapping()?;
             }
-            per_op
-                .iter()
-                .map(|idx| OpMemory::new(idx.iter().map(|&i| Arc::clone(&resolved[i as usize])).collect()))
-                .collect()
+            let used = |i: u32| Arc::clone(resolved[i as usize].as_ref().expect("an op's buffer is in use"));
+            per_op.iter().map(|idx| OpMemory::new(idx.iter().map(|&i| used(i)).collect())).collect()
         } else {
             graph.ops().map(|op| self.prepare(op)).collect::<Result<_>>()?
         };

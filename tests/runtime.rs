@@ -379,3 +379,29 @@ fn an_npu_only_rule_without_an_npu_runs_on_the_backstop() {
     ev.wait(None).unwrap();
     assert_eq!(ev.outcome().1.device, Some(0));
 }
+
+/// Replacing a graph's ops (a decode step's position-dependent ops, every token) costs the
+/// replaced op, not the graph, and a buffer that only replaced ops used is no longer needed:
+/// destroying it leaves the graph submittable, however many have come and gone.
+#[test]
+fn replaced_ops_release_their_buffers_from_the_graph() {
+    let rt = runtime_with(vec![]);
+    let n = 8;
+    let x = upload(&rt, &[1.0; 8]);
+    let y = rt.alloc(n * 4).unwrap();
+    let mut g = npuhybrid::graph::Graph::new();
+    rt.graph_add(&mut g, add(x, x, y, n)).unwrap();
+    let first = upload(&rt, &[0.0; 8]);
+    rt.graph_add(&mut g, add(y, first, y, n)).unwrap();
+    let mut previous = first;
+    for round in 1..=100 {
+        let fresh = upload(&rt, &[round as f32; 8]);
+        rt.graph_set(&mut g, 1, add(y, fresh, y, n)).unwrap();
+        rt.destroy_buffer(previous).unwrap();
+        previous = fresh;
+        if round % 25 == 0 {
+            rt.submit_graph(&g).unwrap().wait(None).unwrap();
+            assert_eq!(download(&rt, y, n), vec![2.0 + round as f32; 8], "round {round}");
+        }
+    }
+}
