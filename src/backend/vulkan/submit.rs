@@ -546,13 +546,15 @@ impl State {
                 )
                 .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?;
             let mut next_patch = 0;
+            // Barriers only where a command touches memory an unfenced earlier one wrote (or
+            // writes memory it read): independent dispatches (q, k and v; gate and up) overlap.
+            let mut hazards = Hazards::default();
             for (i, step) in steps.iter().enumerate() {
                 // What earlier ops of this submission wrote, brought into the copies op i reads.
-                let mut copied = false;
                 for p in seg.patches.iter().filter(|p| p.op == i) {
-                    // Later writers win where two patches overlap.
-                    if copied {
+                    if hazards.conflict(&[p.src], &[p.dst]) {
                         barrier(d, cb);
+                        hazards.clear();
                     }
                     match &p.copy {
                         PatchCopy::Regions(regions) => {
@@ -597,10 +599,15 @@ impl State {
                             next_patch += 1;
                         }
                     }
-                    copied = true;
+                    hazards.note(&[p.src], &[p.dst]);
                 }
-                if copied {
+                let slots = &seg.slots[i];
+                let reads: Vec<Allocation> =
+                    slots[..BINDINGS as usize - 1].iter().flatten().copied().collect();
+                let writes: Vec<Allocation> = slots[BINDINGS as usize - 1].into_iter().collect();
+                if hazards.conflict(&reads, &writes) {
                     barrier(d, cb);
+                    hazards.clear();
                 }
                 if timestamps {
                     d.cmd_write_timestamp(
@@ -610,7 +617,6 @@ impl State {
                         2 * i as u32,
                     );
                 }
-                let slots = &seg.slots[i];
                 match step {
                     Step::Dispatch { push, groups, .. } => {
                         self.bind_slots(sets[i], slots);
@@ -648,7 +654,7 @@ impl State {
                         d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
                     }
                 }
-                barrier(d, cb);
+                hazards.note(&reads, &writes);
                 if timestamps {
                     d.cmd_write_timestamp(
                         cb,
@@ -658,6 +664,8 @@ impl State {
                     );
                 }
             }
+            // The copies back read what the dispatches wrote.
+            barrier(d, cb);
             for (i, o) in seg.outputs.iter().enumerate() {
                 if let (true, Some(s)) = (o.written_back, o.staging) {
                     let region = vk::BufferCopy::default()
@@ -867,6 +875,35 @@ pub fn segment_end(ops: &[(&OpDesc, &OpMemory)]) -> usize {
     ops.len().min(MAX_OPS)
 }
 
+/// Memory touched since the last barrier of a command buffer.
+#[derive(Default)]
+struct Hazards {
+    read: Vec<Allocation>,
+    written: Vec<Allocation>,
+}
+
+impl Hazards {
+    /// A command reading `reads` and writing `writes` must wait for earlier ones: it reads
+    /// what they wrote, or writes what they read or wrote.
+    fn conflict(&self, reads: &[Allocation], writes: &[Allocation]) -> bool {
+        let meet = |a: &Allocation, b: &Allocation| {
+            a.buffer == b.buffer && a.offset < b.offset + b.size && b.offset < a.offset + a.size
+        };
+        reads.iter().any(|r| self.written.iter().any(|w| meet(r, w)))
+            || writes.iter().any(|w| self.written.iter().chain(&self.read).any(|x| meet(w, x)))
+    }
+
+    fn note(&mut self, reads: &[Allocation], writes: &[Allocation]) {
+        self.read.extend_from_slice(reads);
+        self.written.extend_from_slice(writes);
+    }
+
+    fn clear(&mut self) {
+        self.read.clear();
+        self.written.clear();
+    }
+}
+
 /// Whether dense view `w` spans every byte of `r` (so writing it rewrites all of `r`).
 fn covers(w: &TensorView, r: &TensorView) -> bool {
     let (w0, w1) = w.byte_range();
@@ -980,5 +1017,37 @@ impl Drop for State {
             timeline: self.timeline,
         }
         .destroy(&self.ctx.device);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ash::vk::Handle;
+
+    fn at(buffer: u64, offset: u64, size: u64) -> Allocation {
+        Allocation {
+            heap: HeapKind::Device,
+            block: 0,
+            buffer: vk::Buffer::from_raw(buffer),
+            offset,
+            size,
+            mapped: None,
+        }
+    }
+
+    #[test]
+    fn barriers_only_where_commands_touch_what_unfenced_ones_wrote_or_read() {
+        let mut h = Hazards::default();
+        let (x, q, k, y) = (at(1, 0, 64), at(1, 64, 64), at(1, 128, 64), at(2, 0, 64));
+        h.note(&[x], &[q]);
+        assert!(!h.conflict(&[x], &[k]), "k = x Wk is independent of q = x Wq");
+        h.note(&[x], &[k]);
+        assert!(h.conflict(&[q], &[y]), "reads what an unfenced command wrote");
+        assert!(h.conflict(&[y], &[x]), "writes what an unfenced command read");
+        assert!(h.conflict(&[], &[at(1, 100, 8)]), "writes into what one wrote");
+        assert!(!h.conflict(&[at(1, 192, 8)], &[at(3, 0, 8)]), "neighbouring bytes are not shared");
+        h.clear();
+        assert!(!h.conflict(&[q, k], &[x]), "a barrier fences everything before it");
     }
 }
