@@ -37,6 +37,8 @@ pub struct Plan {
     pub expected_ns: f64,
     /// Which candidate won ("one device: 1", "per op").
     pub chosen: String,
+    /// Every candidate considered, with its expected time (what `nh_graph_explain` shows).
+    pub candidates: Vec<(String, f64)>,
 }
 
 /// Where an op's input comes from: the earlier op of the graph that last wrote bytes it
@@ -132,6 +134,7 @@ pub fn plan(ops: &[&OpDesc], choices: &[Vec<usize>], costs: &impl Costs) -> Plan
     everyone.sort_unstable();
     everyone.dedup();
     let mut best: Option<Plan> = None;
+    let mut considered = Vec::new();
     let candidates = everyone
         .iter()
         .map(|&d| (Some(d), format!("one device: {d}")))
@@ -139,11 +142,19 @@ pub fn plan(ops: &[&OpDesc], choices: &[Vec<usize>], costs: &impl Costs) -> Plan
     for (prefer, name) in candidates {
         let devices = greedy(choices, &producers, costs, prefer);
         let expected = expected_ns(&devices, &producers, costs);
+        considered.push((name.clone(), expected));
         if best.as_ref().is_none_or(|b| expected < b.expected_ns) {
-            best = Some(Plan { devices, expected_ns: expected, chosen: name });
+            best = Some(Plan { devices, expected_ns: expected, chosen: name, candidates: Vec::new() });
         }
     }
-    best.unwrap_or(Plan { devices: vec![None; ops.len()], expected_ns: 0.0, chosen: "none".into() })
+    let mut plan = best.unwrap_or(Plan {
+        devices: vec![None; ops.len()],
+        expected_ns: 0.0,
+        chosen: "none".into(),
+        candidates: Vec::new(),
+    });
+    plan.candidates = considered;
+    plan
 }
 
 /// Runs of consecutive ops on one device: (device, first op, end), in order.

@@ -126,6 +126,9 @@ impl GraphPlan {
             self.plan.expected_ns / 1e3,
             self.runs.len()
         );
+        let considered: Vec<String> =
+            self.plan.candidates.iter().map(|(name, ns)| format!("{name} {:.1} us", ns / 1e3)).collect();
+        text.push_str(&format!("  candidates: {}\n", considered.join(", ")));
         for r in &self.runs {
             let d = &devices[r.device];
             let how = if r.end - r.start >= 2 && !d.is_host() { "one segment" } else { "op by op" };
