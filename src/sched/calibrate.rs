@@ -84,8 +84,8 @@ fn best_of(
 
 /// The time an op keeps the device busy inside a segment: its own timer where it has one
 /// (the wall time of a lone op also pays the submission and the copy of its output back to
-/// the host, which inside a graph it does not: on an H100 that made a 12 MiB add look 100x
-/// slower than its memory), else the wall time less a launch.
+/// the host, which inside a graph it does not; on a discrete GPU that copy over PCIe is most
+/// of a 12 MiB add's wall time), else the wall time less a launch.
 fn in_segment((wall, device): (f64, Option<f64>), launch: f64, op_ns: f64) -> f64 {
     device.unwrap_or(wall - launch).max(op_ns)
 }
