@@ -113,9 +113,13 @@ impl SimNpuConfig {
         self.peak_gflops.iter().find(|(d, _)| *d == dtype).map(|(_, g)| *g)
     }
 
+    /// The dtypes it reports and takes: those of its peaks and weight types that some op it
+    /// runs accepts. A profile may list what the hardware does (XDNA's i8 peak) before any op
+    /// takes that type; the report says only what runs.
     pub fn dtype_bits(&self) -> u32 {
         let compute = self.peak_gflops.iter().fold(0, |acc, (d, _)| acc | d.bit());
-        self.weight_types.iter().fold(compute, |acc, d| acc | d.bit())
+        let modelled = self.weight_types.iter().fold(compute, |acc, d| acc | d.bit());
+        modelled & crate::op::validate::computable_dtypes(self.ops)
     }
 
     /// Array throughput in GFLOP/s for `dtype` at `mode`, before throttling.

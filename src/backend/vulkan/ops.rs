@@ -102,13 +102,19 @@ fn broadcast_strides(small: &[usize], full: [usize; 4]) -> [usize; 4] {
     s
 }
 
+/// The element types the shaders take (f32, and f16 where the device has 16-bit storage
+/// and arithmetic), as `DeviceInfo::dtypes` reports them.
+pub fn dtypes(f: Features) -> u32 {
+    let shaders = DType::F32.bit() | if f.f16 { DType::F16.bit() } else { 0 };
+    shaders & crate::op::validate::computable_dtypes(OpKind::ALL.iter().fold(0, |acc, k| acc | k.bit()))
+}
+
 /// Whether the device can run this op (beyond dtype and kind, which `DeviceInfo` says).
 pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
     if op.views().any(|v| v.bytes() as u64 > max_range) {
         return false;
     }
-    let dt_ok = |d: DType| d == DType::F32 || (d == DType::F16 && f.f16);
-    if !op.views().all(|v| dt_ok(v.dtype)) {
+    if !op.views().all(|v| dtypes(f) & v.dtype.bit() != 0) {
         return false;
     }
     match op.kind {
