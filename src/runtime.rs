@@ -597,7 +597,17 @@ fn device_verdict(d: &Device, op: &OpDesc, enabled: bool, listed: Option<usize>)
         return "disabled by the policy".into();
     }
     if !d.backend.supports(op) {
-        return format!("cannot run {} in {}", op.kind, op.dtype());
+        // Name the operand type it does not take (a quantized weight, say), not only the op's.
+        let types = |set: u32| -> Vec<&str> {
+            crate::op::DType::ALL.iter().filter(|t| set & t.bit() != 0).map(|t| t.name()).collect()
+        };
+        return match op.views().map(|v| v.dtype).find(|t| d.info.dtypes & t.bit() == 0) {
+            Some(t) if d.info.supports_kind(op.kind) => {
+                format!("does not take {t} (it computes with {})", types(d.info.dtypes).join(", "))
+            }
+            _ if !d.info.supports_kind(op.kind) => format!("does not run {}", op.kind),
+            _ => format!("cannot run {} in {} (output type or sizes)", op.kind, op.dtype()),
+        };
     }
     if d.is_degraded(now) {
         return "degraded after failures".into();

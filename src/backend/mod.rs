@@ -39,7 +39,10 @@ pub struct DeviceInfo {
     pub name: String,
     pub driver: String,
     pub memory_bytes: u64,
-    /// `DType::bit` set of supported element types.
+    /// `DType::bit` set of the element types its compute ops take (as their compute type or
+    /// as a matmul's weight): each runs in at least one op on this device. Copy is not
+    /// counted: the CPU converts between every type, i8 and i32 included, which no compute op
+    /// takes (`op::validate::computable_dtypes`).
     pub dtypes: u32,
     /// `OpKind::bit` set of supported ops.
     pub ops: u32,

@@ -298,7 +298,10 @@ pub struct nh_device_info {
     pub kind: u32,
     /// 1 if usable; otherwise `unavailable_reason` says why.
     pub available: u32,
-    /// Bit (1 << nh_dtype) per supported element type.
+    /// Bit (1 << nh_dtype) per element type the device computes with: at least one op
+    /// other than copy takes it there (as its type, or as a matmul's quantized weight).
+    /// Copy is not counted: the CPU converts between all types, NH_I8 and NH_I32 included,
+    /// which no other op takes.
     pub dtypes: u32,
     /// Bit (1 << nh_op_kind) per supported op.
     pub ops: u32,

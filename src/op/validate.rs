@@ -44,9 +44,49 @@ fn same_dtype(op: &OpDesc, v: &TensorView, what: &str, want: DType) -> Result<()
     Ok(())
 }
 
-fn float_only(op: &OpDesc, dt: DType) -> Result<()> {
-    if !dt.is_float() {
-        return Err(Error::invalid(format!("{}: dtype {dt} is not supported (f32, f16, bf16)", name(op))));
+/// Bit set of `dtypes`.
+fn bits(dtypes: impl IntoIterator<Item = DType>) -> u32 {
+    dtypes.into_iter().fold(0, |acc, d| acc | d.bit())
+}
+
+/// The element types ops of `kind` compute in (their first input's, which validation checks
+/// against this): copy converts between any two (quantized ones only to and from floats);
+/// every other op computes in f32, f16 or bf16 (no kernel takes integers).
+pub fn compute_dtypes(kind: OpKind) -> u32 {
+    match kind {
+        OpKind::Copy => bits(DType::ALL),
+        _ => bits(DType::ALL.into_iter().filter(|d| d.is_float())),
+    }
+}
+
+/// The types a matmul's b (a weight) may have besides its compute type: the block-quantized
+/// ones, dequantized by the kernels.
+pub fn weight_dtypes() -> u32 {
+    bits(DType::ALL.into_iter().filter(|d| d.is_quantized()))
+}
+
+/// The element types that some compute op among `ops` (an `OpKind::bit` set) takes, as its
+/// compute type or as a matmul's weight: what a device running every valid op of those
+/// kinds reports (`DeviceInfo::dtypes`). Copy is not counted: it moves and converts data, and
+/// a device that took i8 only there would claim an i8 capability nothing can compute with.
+pub fn computable_dtypes(ops: u32) -> u32 {
+    OpKind::ALL
+        .into_iter()
+        .filter(|k| ops & k.bit() != 0 && *k != OpKind::Copy)
+        .fold(0, |acc, k| acc | compute_dtypes(k) | if k == OpKind::Matmul { weight_dtypes() } else { 0 })
+}
+
+fn computes_in(op: &OpDesc, dt: DType) -> Result<()> {
+    let allowed = compute_dtypes(op.kind);
+    if allowed & dt.bit() == 0 {
+        let names: Vec<&str> =
+            DType::ALL.iter().filter(|d| allowed & d.bit() != 0).map(|d| d.name()).collect();
+        return Err(Error::invalid(format!(
+            "{}: dtype {dt} is not supported ({}){}",
+            name(op),
+            names.join(", "),
+            if dt.is_quantized() { "" } else { "; copy converts to and from it" }
+        )));
     }
     Ok(())
 }
@@ -108,7 +148,7 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
         OpKind::Add | OpKind::Mul => {
             let a = need(op, 0, "a")?;
             let b = need(op, 1, "b")?;
-            float_only(op, a.dtype)?;
+            computes_in(op, a.dtype)?;
             same_dtype(op, b, "input b", a.dtype)?;
             same_dtype(op, &op.output, "output", a.dtype)?;
             if !broadcasts_to(b.dims(), a.dims()) {
@@ -124,7 +164,7 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
         }
         OpKind::Scale | OpKind::Silu | OpKind::Gelu | OpKind::Softmax => {
             let a = need(op, 0, "a")?;
-            float_only(op, a.dtype)?;
+            computes_in(op, a.dtype)?;
             same_dtype(op, &op.output, "output", a.dtype)?;
             same_shape(op, &op.output, "output", a.dims())?;
             expect_unused(op, 1)
@@ -137,7 +177,7 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
         }
         OpKind::RmsNorm | OpKind::LayerNorm => {
             let x = need(op, 0, "x")?;
-            float_only(op, x.dtype)?;
+            computes_in(op, x.dtype)?;
             same_dtype(op, &op.output, "output", x.dtype)?;
             same_shape(op, &op.output, "output", x.dims())?;
             let last = if op.kind == OpKind::RmsNorm { 2 } else { 3 };
@@ -158,7 +198,7 @@ pub fn validate(op: &OpDesc, buffer_len: &dyn Fn(&TensorView) -> Result<usize>) 
         }
         OpKind::Rope => {
             let x = need(op, 0, "x")?;
-            float_only(op, x.dtype)?;
+            computes_in(op, x.dtype)?;
             if x.rank < 3 {
                 return Err(Error::invalid("rope: x must be [.., seq, heads, head_dim] (rank 3 or 4)"));
             }
@@ -177,8 +217,8 @@ fn validate_matmul(op: &OpDesc) -> Result<()> {
     let a = need(op, 0, "a")?;
     let b = need(op, 1, "b")?;
     let c = &op.output;
-    float_only(op, a.dtype)?;
-    if b.dtype.is_quantized() {
+    computes_in(op, a.dtype)?;
+    if weight_dtypes() & b.dtype.bit() != 0 {
         quantized_b(op, b)?;
     } else {
         same_dtype(op, b, "input b", a.dtype)?;
@@ -257,7 +297,7 @@ fn validate_attention(op: &OpDesc) -> Result<()> {
     let q = need(op, 0, "q")?;
     let k = need(op, 1, "k")?;
     let v = need(op, 2, "v")?;
-    float_only(op, q.dtype)?;
+    computes_in(op, q.dtype)?;
     for (t, what) in [(k, "k"), (v, "v")] {
         same_dtype(op, t, what, q.dtype)?;
         if t.rank != q.rank {

@@ -3,7 +3,8 @@
 
 use super::simd::{isa, Isa};
 use crate::backend::{DeviceInfo, DeviceKind};
-use crate::op::{DType, OpKind};
+use crate::op::validate::computable_dtypes;
+use crate::op::OpKind;
 
 /// First value of `key` in a /proc file of `key : value` lines.
 fn proc_field(path: &str, key: &str) -> Option<String> {
@@ -28,13 +29,16 @@ pub fn cpu_info(threads: usize) -> DeviceInfo {
         Isa::Avx2 => (32.0, "avx2+fma+f16c"),
         Isa::Portable => (8.0, "sse2"),
     };
+    let ops = OpKind::ALL.iter().fold(0, |s, k| s | k.bit());
     DeviceInfo {
         kind: DeviceKind::Cpu,
         name,
         driver: format!("npuhybrid cpu ({simd}, {threads} threads)"),
         memory_bytes,
-        dtypes: DType::ALL.iter().fold(0, |s, d| s | d.bit()),
-        ops: OpKind::ALL.iter().fold(0, |s, k| s | k.bit()),
+        // What its compute ops take (floats, quantized weights), not i8 / i32: only copy
+        // takes those.
+        dtypes: computable_dtypes(ops),
+        ops,
         available: true,
         unavailable_reason: String::new(),
         peak_gflops: threads as f64 * mhz * 1e-3 * flops_per_cycle,

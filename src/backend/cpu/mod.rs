@@ -260,6 +260,14 @@ impl Backend for CpuBackend {
         &self.info
     }
 
+    /// Every op validation accepts: the dtype report leaves out the integer types, which only
+    /// copy takes (it converts between every pair of types validation allows).
+    fn supports(&self, op: &OpDesc) -> bool {
+        let info = &self.info;
+        op.kind == OpKind::Copy
+            || (info.supports_kind(op.kind) && op.views().all(|v| info.dtypes & v.dtype.bit() != 0))
+    }
+
     fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
         if runs_serially(op) {
             // Waking a pool thread costs more than the op itself.

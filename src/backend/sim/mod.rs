@@ -79,7 +79,8 @@ impl SimNpu {
             ("launch latency".to_string(), format!("{:?}", cfg.launch_latency)),
             ("clock".to_string(), if cfg.virtual_time { "virtual" } else { "wall" }.to_string()),
         ];
-        for (d, g) in &cfg.peak_gflops {
+        // Only the peaks of types it takes: no "peak i8" while no op computes in i8.
+        for (d, g) in cfg.peak_gflops.iter().filter(|(d, _)| cfg.dtype_bits() & d.bit() != 0) {
             details.push((format!("peak {d}"), format!("{g} GFLOP/s")));
         }
         let info = DeviceInfo {

@@ -77,7 +77,7 @@ impl SimNpuConfig {
 
     /// Whether the modelled hardware can run an op of this kind with these dtypes.
     pub fn accepts(&self, kind: OpKind, input: DType, output: DType) -> bool {
-        if self.ops & kind.bit() == 0 || self.peak(input).is_none() {
+        if self.ops & kind.bit() == 0 || self.peak(input).is_none() || self.dtype_bits() & input.bit() == 0 {
             return false;
         }
         if self.outputs.is_empty() {

@@ -78,7 +78,9 @@ fn power_mode_changes_speed_and_heat() {
         let npu = virtual_npu(mode);
         let op = matmul(1024);
         let d = npu.admit(&op).unwrap().duration;
-        load(&npu, Duration::from_secs(60));
+        // 40 s: before sustained turbo reaches the firmware limit (about 54 s) and halves
+        // its clock.
+        load(&npu, Duration::from_secs(40));
         (d, npu.temp(), npu.readings().clock_mhz.unwrap())
     };
     let modes = [PowerMode::Powersaver, PowerMode::Balanced, PowerMode::Performance, PowerMode::Turbo];
@@ -106,10 +108,17 @@ fn sustained_turbo_throttles_and_recovers() {
     let npu = virtual_npu(PowerMode::Turbo);
     let cfg = npu.config().clone();
     let full_clock = cfg.mode(PowerMode::Turbo).clock_mhz;
-    // Turbo's steady state (35 + 7 W * 9 K/W = 98 C) lies above the 95 C limit.
-    load(&npu, Duration::from_secs(200));
-    let r = npu.readings();
-    assert!(r.temperature_c.unwrap() > cfg.throttle_c - cfg.throttle_hysteresis_c - 1.0);
+    // Turbo's steady state (50 + 7 W * 8.5 K/W = 109.5 C) lies above the 100 C limit. Once
+    // throttled the die cycles between the limit and 5 C below it, so look for the first
+    // throttled reading rather than the state at one instant.
+    let throttled = (1..=200).find_map(|s| {
+        load(&npu, Duration::from_secs(1));
+        let r = npu.readings();
+        (r.clock_mhz != Some(full_clock)).then_some((s, r))
+    });
+    let (secs, r) = throttled.expect("sustained turbo reaches the firmware limit");
+    assert!(secs > 30, "not at once: {secs} s");
+    assert!(r.temperature_c.unwrap() >= cfg.throttle_c - cfg.throttle_hysteresis_c, "{r:?}");
     assert_eq!(r.clock_mhz, Some(full_clock * 0.5), "{r:?}");
     npu.advance_idle(Duration::from_secs(120));
     assert_eq!(npu.readings().clock_mhz, Some(full_clock));

@@ -16,7 +16,7 @@ mod submit;
 
 use crate::backend::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory, SegmentReport};
 use crate::error::{Error, Result};
-use crate::op::{DType, OpDesc, OpKind, TensorView};
+use crate::op::{OpDesc, OpKind, TensorView};
 use ash::vk;
 use context::{heaps, version_string, Capabilities, Context, Instance};
 use parking_lot::Mutex;
@@ -106,7 +106,7 @@ impl VulkanBackend {
         let upload_gbs =
             if ctx.caps.device_type == vk::PhysicalDeviceType::DISCRETE_GPU { 12.0 } else { 10.0 };
         Ok(VulkanBackend {
-            info: device_info(&ctx),
+            info: device_info(&ctx, features),
             features,
             max_range: ctx.caps.max_storage_range,
             resident: state.residency.resident_set(),
@@ -251,16 +251,9 @@ fn tensor_memory(ctx: &Context) -> String {
     }
 }
 
-fn device_info(ctx: &Context) -> DeviceInfo {
+fn device_info(ctx: &Context, features: ops::Features) -> DeviceInfo {
     let c = &ctx.caps;
-    // Quantized types as matmul weights (ops.rs): the shaders read them as words, which
-    // every device can, and dequantise in registers.
-    let mut dtypes = [DType::F32, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4G128]
-        .iter()
-        .fold(0, |acc, d| acc | d.bit());
-    if ctx.f16 {
-        dtypes |= DType::F16.bit();
-    }
+    let dtypes = ops::dtypes(features);
     let ops = OpKind::ALL.iter().fold(0, |acc, k| acc | k.bit());
     let kind_name = match c.device_type {
         vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated",

@@ -102,6 +102,18 @@ fn broadcast_strides(small: &[usize], full: [usize; 4]) -> [usize; 4] {
     s
 }
 
+/// The element types the shaders take (f32, f16 where the device has 16-bit storage and
+/// arithmetic, the quantized types as a matmul's weight), as `DeviceInfo::dtypes` reports
+/// them.
+pub fn dtypes(f: Features) -> u32 {
+    // Quantized types as a matmul's weight: the shaders read them as words, which every
+    // device can, and dequantise in registers.
+    let quantized =
+        [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4G128].iter().fold(0, |acc, d| acc | d.bit());
+    let shaders = DType::F32.bit() | if f.f16 { DType::F16.bit() } else { 0 } | quantized;
+    shaders & crate::op::validate::computable_dtypes(OpKind::ALL.iter().fold(0, |acc, k| acc | k.bit()))
+}
+
 /// Whether the device can run this op (beyond dtype and kind, which `DeviceInfo` says).
 pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
     if op.views().any(|v| v.bytes() as u64 > max_range) {

@@ -194,7 +194,8 @@ impl XrtBackend {
             name: NAME.into(),
             driver: format!("XRT {version}"),
             memory_bytes: 0,
-            dtypes: kernels.iter().fold(0, |acc, k| acc | k.spec.dtype_in.bit()),
+            dtypes: kernels.iter().fold(0, |acc, k| acc | k.spec.dtype_in.bit())
+                & crate::op::validate::computable_dtypes(OpKind::Matmul.bit()),
             ops: OpKind::Matmul.bit(),
             available: true,
             unavailable_reason: String::new(),

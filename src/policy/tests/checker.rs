@@ -297,6 +297,10 @@ fn keep_warm_takes_a_short_duration_and_only_configures_the_cpu() {
 /// diagnostic used to repeat the whole line (8 KB of source gave a 10.8 MB message, 250 KB ran
 /// out of memory) and positions rescanned the text from its start.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "24,000 errors take over 10 minutes under Miri and it times itself; safe Rust, run natively and under ASan"
+)]
 fn errors_on_one_huge_line_stay_bounded() {
     use crate::policy::diag::{EXCERPT_SIDE, MAX_SHOWN};
     let body: String = (0..24_000).map(|i| format!("x{i} = 1;")).collect();

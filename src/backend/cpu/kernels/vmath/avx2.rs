@@ -111,9 +111,23 @@ impl V for __m256 {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
-    stream::unary::<__m256>(act, out, a, n)
+    stream::unary::<Avx2>(act, out, a, n)
+}
+
+/// `unary`'s streams, one function each (see `stream::Maps`).
+struct Avx2;
+
+impl stream::Maps for Avx2 {
+    #[inline(always)]
+    unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
+        map::<K, A, O>(out, a, n, s)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
+    stream::map::<__m256, K, A, O>(out, a, n, s)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -107,9 +107,23 @@ impl V for __m512 {
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
-    stream::unary::<__m512>(act, out, a, n)
+    stream::unary::<Avx512>(act, out, a, n)
+}
+
+/// `unary`'s streams, one function each (see `stream::Maps`).
+struct Avx512;
+
+impl stream::Maps for Avx512 {
+    #[inline(always)]
+    unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
+        map::<K, A, O>(out, a, n, s)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
+    stream::map::<__m512, K, A, O>(out, a, n, s)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
