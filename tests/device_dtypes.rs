@@ -5,6 +5,9 @@
 //! `nh_policy_explain` says why this one does not take it. (The CPU used to report i8 and i32,
 //! and the simulated NPU an i8 peak, while every compute op refused i8.)
 
+mod c_api;
+
+use c_api::*;
 use npuhybrid::ffi::*;
 use npuhybrid::op::DType;
 use std::ffi::{CStr, CString};
@@ -16,21 +19,6 @@ use nh_status::*;
 const M: usize = 4;
 const K: usize = 128; // a whole number of blocks of every quantized type
 const N: usize = 8;
-
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(nh_last_error_message()) }.to_string_lossy().into_owned()
-}
-
-fn runtime(devices: u32) -> nh_runtime {
-    let mut d: nh_runtime_desc = unsafe { zeroed() };
-    assert_eq!(nh_runtime_desc_init(&mut d), NH_OK);
-    d.devices = devices;
-    let dir = CString::new("").unwrap();
-    d.perf_cache_dir = dir.as_ptr();
-    let mut rt = nh_runtime::default();
-    assert_eq!(nh_runtime_create(&d, &mut rt), NH_OK, "{}", last_error());
-    rt
-}
 
 fn device_info(rt: nh_runtime, index: u32) -> nh_device_info {
     let mut info: nh_device_info = unsafe { zeroed() };
@@ -57,13 +45,6 @@ fn alloc(rt: nh_runtime, bytes: usize) -> nh_buffer {
     b
 }
 
-fn op(kind: nh_op_kind) -> nh_op_desc {
-    let mut d: nh_op_desc = unsafe { zeroed() };
-    assert_eq!(nh_op_desc_init(&mut d), NH_OK);
-    d.kind = kind as u32;
-    d
-}
-
 /// Submits and waits: the status and the device that ran it.
 fn run(rt: nh_runtime, d: &nh_op_desc) -> (nh_status, i32) {
     let mut ev = nh_event::default();
@@ -84,18 +65,6 @@ fn copy(rt: nh_runtime, from: nh_tensor, to: nh_tensor) {
     d.inputs[0] = from;
     d.output = to;
     assert_eq!(run(rt, &d).0, NH_OK, "copy: {}", last_error());
-}
-
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// A [rows, cols] tensor of type `dt` holding `values` converted (by a copy op), and the

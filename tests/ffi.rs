@@ -1,26 +1,14 @@
 //! Every function of the C API called from Rust: its main path and its errors.
 
+mod c_api;
+
+use c_api::*;
 use npuhybrid::ffi::*;
 use std::ffi::{CStr, CString};
 use std::mem::{size_of, zeroed};
 use std::ptr::{null, null_mut};
 
 use nh_status::*;
-
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(nh_last_error_message()) }.to_string_lossy().into_owned()
-}
-
-fn runtime(devices: u32) -> nh_runtime {
-    let mut d: nh_runtime_desc = unsafe { zeroed() };
-    assert_eq!(nh_runtime_desc_init(&mut d), NH_OK);
-    d.devices = devices;
-    let dir = CString::new("").unwrap();
-    d.perf_cache_dir = dir.as_ptr();
-    let mut rt = nh_runtime::default();
-    assert_eq!(nh_runtime_create(&d, &mut rt), NH_OK, "{}", last_error());
-    rt
-}
 
 fn tensor(b: nh_buffer, shape: &[u64]) -> nh_tensor {
     let mut t = nh_tensor {
@@ -31,13 +19,6 @@ fn tensor(b: nh_buffer, shape: &[u64]) -> nh_tensor {
     };
     t.shape[..shape.len()].copy_from_slice(shape);
     t
-}
-
-fn op(kind: nh_op_kind) -> nh_op_desc {
-    let mut d: nh_op_desc = unsafe { zeroed() };
-    assert_eq!(nh_op_desc_init(&mut d), NH_OK);
-    d.kind = kind as u32;
-    d
 }
 
 fn alloc_f32(rt: nh_runtime, data: &[f32]) -> nh_buffer {

@@ -1,9 +1,12 @@
 //! Quantized weights through the C API: quantize and dequantize with copy, matmuls with a
 //! quantized b on every device set (the CPU runs them), and the errors bad views get.
 
+mod c_api;
+
+use c_api::*;
 use npuhybrid::ffi::*;
 use npuhybrid::op::DType;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::mem::zeroed;
 
 use nh_status::*;
@@ -15,32 +18,10 @@ const QUANT: [(nh_dtype, DType); 4] = [
     (nh_dtype::NH_Q4_G128, DType::Q4G128),
 ];
 
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(nh_last_error_message()) }.to_string_lossy().into_owned()
-}
-
-fn runtime(devices: u32) -> nh_runtime {
-    let mut d: nh_runtime_desc = unsafe { zeroed() };
-    assert_eq!(nh_runtime_desc_init(&mut d), NH_OK);
-    d.devices = devices;
-    let dir = CString::new("").unwrap();
-    d.perf_cache_dir = dir.as_ptr();
-    let mut rt = nh_runtime::default();
-    assert_eq!(nh_runtime_create(&d, &mut rt), NH_OK, "{}", last_error());
-    rt
-}
-
 fn tensor(b: nh_buffer, dt: nh_dtype, shape: &[u64]) -> nh_tensor {
     let mut t = nh_tensor { buffer: b, dtype: dt as u32, rank: shape.len() as u32, ..Default::default() };
     t.shape[..shape.len()].copy_from_slice(shape);
     t
-}
-
-fn op(kind: nh_op_kind) -> nh_op_desc {
-    let mut d: nh_op_desc = unsafe { zeroed() };
-    assert_eq!(nh_op_desc_init(&mut d), NH_OK);
-    d.kind = kind as u32;
-    d
 }
 
 fn alloc(rt: nh_runtime, bytes: &[u8]) -> nh_buffer {
@@ -69,18 +50,6 @@ fn run(rt: nh_runtime, d: &nh_op_desc) -> nh_status {
     let st = nh_event_wait(rt, ev, u64::MAX);
     assert_eq!(nh_event_release(rt, ev), NH_OK);
     st
-}
-
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
 }
 
 #[test]
