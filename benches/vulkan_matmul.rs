@@ -51,6 +51,24 @@ fn read_all(b: &Buffer, dt: DType, len: usize) -> Vec<f64> {
     }
 }
 
+/// Medians of the GPU's own time for `op`: one op per submission (its output written back
+/// each time), and per op when 10 run back to back in one command buffer as a framework's
+/// stream runs them. An untimed run first uploads the inputs and compiles; the first batch
+/// only brings the clocks up.
+fn time_op(gpu: &VulkanBackend, op: &OpDesc, mem: &OpMemory, iters: usize) -> (f64, f64) {
+    gpu.execute(op, mem).expect("first run");
+    let batch: Vec<(&OpDesc, &OpMemory)> = (0..iters.min(10)).map(|_| (op, mem)).collect();
+    gpu.execute_batch(&batch).unwrap();
+    let mut batched = Vec::new();
+    for _ in 0..iters.div_ceil(10) {
+        let reports = gpu.execute_batch(&batch).unwrap();
+        batched.extend(reports[1..].iter().map(|r| r.device_ns.unwrap()));
+    }
+    let single: Vec<u64> =
+        (0..iters).map(|_| gpu.execute(op, mem).unwrap().device_ns.expect("timestamps")).collect();
+    (median(single) as f64, median(batched) as f64)
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -75,21 +93,7 @@ fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) -> bool {
     )
     .with_params(OpParams { trans_b: c.trans_b, ..OpParams::default() });
     let mem = OpMemory::new(vec![a.clone(), b.clone(), out.clone()]);
-    gpu.execute(&op, &mem).expect("first run");
-    // Back to back in one command buffer, as a framework's stream runs them; the first batch
-    // only brings the clocks up.
-    let batch: Vec<(&OpDesc, &OpMemory)> = (0..iters.min(10)).map(|_| (&op, &mem)).collect();
-    gpu.execute_batch(&batch).unwrap();
-    let mut batched = Vec::new();
-    for _ in 0..iters.div_ceil(10) {
-        let reports = gpu.execute_batch(&batch).unwrap();
-        batched.extend(reports[1..].iter().map(|r| r.device_ns.unwrap()));
-    }
-    let bns = median(batched) as f64;
-    // One op per submission, the output written back each time.
-    let times: Vec<u64> =
-        (0..iters).map(|_| gpu.execute(&op, &mem).unwrap().device_ns.expect("timestamps")).collect();
-    let ns = median(times) as f64;
+    let (ns, bns) = time_op(gpu, &op, &mem, iters);
     // Check sampled outputs against f64 dot products of the rounded inputs (after timing, so
     // the slow host check does not let the GPU clock down in between).
     let (ar, br, outr) = (read_all(&a, c.dt, m * k), read_all(&b, c.dt, k * n), read_all(&out, c.dt, m * n));
@@ -144,18 +148,7 @@ fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, r
     .with_params(OpParams { trans_b: true, ..OpParams::default() });
     let mem = OpMemory::new(vec![x.clone(), w.clone(), out.clone()]);
     // The first run uploads the weights; later ones read the device replica.
-    gpu.execute(&op, &mem).expect("first run");
-    let batch: Vec<(&OpDesc, &OpMemory)> = (0..iters.min(10)).map(|_| (&op, &mem)).collect();
-    gpu.execute_batch(&batch).unwrap();
-    let mut batched = Vec::new();
-    for _ in 0..iters.div_ceil(10) {
-        let reports = gpu.execute_batch(&batch).unwrap();
-        batched.extend(reports[1..].iter().map(|r| r.device_ns.unwrap()));
-    }
-    let bns = median(batched) as f64;
-    let times: Vec<u64> =
-        (0..iters).map(|_| gpu.execute(&op, &mem).unwrap().device_ns.expect("timestamps")).collect();
-    let ns = median(times) as f64;
+    let (ns, bns) = time_op(gpu, &op, &mem, iters);
     // Sampled rows against f64 dot products with the dequantised weights.
     let outr = read_all(&out, DType::F32, n);
     let row_bytes = wt.bytes_of(k);
