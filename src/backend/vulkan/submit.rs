@@ -400,6 +400,7 @@ impl State {
             if o.view.buffer == v.buffer && overlaps(&o.view, v) {
                 let (w, src) = (o.view, o.alloc);
                 if let Some(copy) = self.patch_copy(&w, v, seg) {
+                    seg.patch_dispatches += matches!(copy, PatchCopy::Shader { .. }) as usize;
                     seg.patches.push(Patch { op: i, src, dst: alloc, copy });
                 }
             }
@@ -417,9 +418,8 @@ impl State {
             2 if self.ctx.caps.shader_f16 && self.ctx.caps.storage_16bit => Some("patch_b16"),
             _ => None,
         };
-        let dispatches = seg.patches.iter().filter(|p| matches!(p.copy, PatchCopy::Shader { .. })).count();
         let dense = w.is_contiguous() && r.is_contiguous();
-        if let (Some(shader), false, true) = (shader, dense, dispatches < MAX_PATCH_DISPATCHES) {
+        if let (Some(shader), false, true) = (shader, dense, seg.patch_dispatches < MAX_PATCH_DISPATCHES) {
             if let Some(push) = pack::patch_push(w, r) {
                 let groups = ops::fold(w.numel().div_ceil(256));
                 return Some(PatchCopy::Shader { shader, push, groups });
@@ -929,6 +929,8 @@ struct Segment {
     temporary: Vec<Allocation>,
     /// Device copies recorded just before an op's dispatch.
     patches: Vec<Patch>,
+    /// How many of them run the `patch` shader (each takes a descriptor set).
+    patch_dispatches: usize,
     /// Replicas the submission read (looked up or made), with the first op that read them.
     used: Vec<Used>,
 }
