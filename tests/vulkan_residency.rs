@@ -230,3 +230,36 @@ fn a_quantized_weight_is_uploaded_once_across_gemvs() {
     let want: Vec<f32> = (0..n).map(|j| (0..k).map(|i| xv[i] * deq[j * k + i]).sum()).collect();
     assert_close(&y.values(), &want, 1e-4, "q4_0 gemv");
 }
+
+/// A scratch buffer reused under another shape, as every layer of a model does: op 1 writes
+/// it as [4, 8] (exact output of the view op 3 reads as [4, 2, 4]), op 2 rewrites part of it
+/// as [2, 8], op 3 reads the [4, 2, 4] view. One submission, and op 3 sees op 2's rows over
+/// op 1's: the exact output with the later writes patched in.
+#[test]
+fn a_view_rewritten_under_another_shape_is_read_in_the_same_submission() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let scratch = Tensor::zeros(DType::F32, &[4, 8]);
+    let mut heads = scratch.clone();
+    heads.view = npuhybrid::op::TensorView::contiguous(scratch.buf.id(), DType::F32, &[4, 2, 4], 0);
+    let mut top = scratch.clone();
+    top.view = npuhybrid::op::TensorView::contiguous(scratch.buf.id(), DType::F32, &[2, 8], 0);
+    let first = Tensor::new(DType::F32, &[4, 2, 4], &(0..32).map(|i| i as f32).collect::<Vec<_>>());
+    let second = Tensor::new(DType::F32, &[2, 8], &[-1.0; 16]);
+    let out = Tensor::zeros(DType::F32, &[4, 2, 4]);
+    let write_heads = OpDesc::new(OpKind::Copy, &[first.view], heads.view);
+    let write_top = OpDesc::new(OpKind::Copy, &[second.view], top.view);
+    let read_heads = OpDesc::new(OpKind::Scale, &[heads.view], out.view);
+    let before = gpu.stats().submissions;
+    gpu.execute_batch(&[
+        (&write_heads, &memory(&[&first, &heads])),
+        (&write_top, &memory(&[&second, &top])),
+        (&read_heads, &memory(&[&heads, &out])),
+    ])
+    .unwrap();
+    assert_eq!(gpu.stats().submissions - before, 1, "one submission");
+    let mut want = vec![-1.0; 16];
+    want.extend((16..32).map(|i| i as f32));
+    assert_eq!(out.values(), want, "the later rows over the earlier output");
+    assert_eq!(scratch.values(), want, "the host sees the last write of each byte");
+}

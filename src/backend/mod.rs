@@ -142,6 +142,33 @@ pub struct ExecReport {
 pub struct SegmentReport {
     pub reports: Vec<ExecReport>,
     pub error: Option<Error>,
+    /// Where the host's time went, for backends that submit to a device (shown in the trace).
+    pub phases: Option<SegmentPhases>,
+}
+
+/// Wall time of a segment's steps on the host, summed over its submissions.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SegmentPhases {
+    /// Resolving operands: replica lookups, uploads, device memory.
+    pub prepare_ns: u64,
+    /// Pipelines, descriptor sets and command recording, up to the submission.
+    pub record_ns: u64,
+    /// From the submission until the device signalled completion.
+    pub wait_ns: u64,
+    /// Copying outputs back to host views and updating replicas.
+    pub finish_ns: u64,
+    /// Submissions the segment took.
+    pub submissions: u32,
+}
+
+impl SegmentPhases {
+    pub fn add(&mut self, other: &SegmentPhases) {
+        self.prepare_ns += other.prepare_ns;
+        self.record_ns += other.record_ns;
+        self.wait_ns += other.wait_ns;
+        self.finish_ns += other.finish_ns;
+        self.submissions += other.submissions;
+    }
 }
 
 /// Live readings a backend can give (temperatures and power from its own interface).

@@ -184,7 +184,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect();
-            SegmentReport { reports, error: None }
+            SegmentReport { reports, error: None, phases: None }
         }
     }
 

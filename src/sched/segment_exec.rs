@@ -386,11 +386,13 @@ impl Scheduler {
             .unwrap_or_else(|p| crate::backend::SegmentReport {
                 reports: Vec::new(),
                 error: Some(Error::DeviceFailed(format!("backend panicked: {}", panic_message(&p)))),
+                phases: None,
             });
         let finished = Instant::now();
         release();
         let done = report.reports.len().min(tasks.len());
-        self.complete_members(device, &tasks[..done], &report.reports[..done], started, finished);
+        let span = Span { started, finished, phases: report.phases };
+        self.complete_members(device, &tasks[..done], &report.reports[..done], span);
         let Some(err) = report.error else {
             if done < tasks.len() {
                 // A backend that stopped without saying why: run the rest elsewhere.
@@ -427,9 +429,9 @@ impl Scheduler {
         device: &Device,
         tasks: &[Arc<Task>],
         reports: &[ExecReport],
-        started: Instant,
-        finished: Instant,
+        span: Span,
     ) {
+        let Span { started, finished, phases } = span;
         if tasks.is_empty() {
             return;
         }
@@ -443,13 +445,18 @@ impl Scheduler {
         load.consecutive_failures.store(0, Ordering::Relaxed);
         let mut at = started;
         let n = tasks.len() as f64;
-        self.trace.slice(
-            device.index,
-            "segment",
-            started,
-            finished,
-            || json!({"ops": tasks.len(), "setup_us": setup / 1e3, "first_task": tasks[0].id}),
-        );
+        self.trace.slice(device.index, "segment", started, finished, || {
+            let mut args = json!({"ops": tasks.len(), "setup_us": setup / 1e3, "first_task": tasks[0].id});
+            if let Some(p) = phases {
+                let us = |ns: u64| ns as f64 / 1e3;
+                args["prepare_us"] = json!(us(p.prepare_ns));
+                args["record_us"] = json!(us(p.record_ns));
+                args["wait_us"] = json!(us(p.wait_ns));
+                args["finish_us"] = json!(us(p.finish_ns));
+                args["submissions"] = json!(p.submissions);
+            }
+            args
+        });
         for (t, r) in tasks.iter().zip(reports) {
             let share = match r.device_ns {
                 Some(ns) if device_total > 0.0 => ns as f64 / device_total,
@@ -578,6 +585,13 @@ impl Scheduler {
 }
 
 /// The error for a task that reads or writes what a failed member wrote.
+/// When a segment ran on its device's worker, and where the backend's host time went.
+struct Span {
+    started: Instant,
+    finished: Instant,
+    phases: Option<crate::backend::SegmentPhases>,
+}
+
 fn depends_on_failed(task: &Task, failed_writes: &[Access]) -> Option<Error> {
     let hit = task.accesses.iter().any(|a| failed_writes.iter().any(|w| w.write && a.conflicts(w)));
     hit.then(|| Error::DeviceFailed("an op this one depends on failed".into()))

@@ -10,12 +10,12 @@ use super::ops::{self, Features, Step};
 use super::pack;
 use super::pipelines::{Pipelines, BINDINGS};
 use super::residency::{ReplicaKey, ResidencyCache};
-use crate::backend::{ExecReport, OpMemory, SegmentReport};
+use crate::backend::{ExecReport, OpMemory, SegmentPhases, SegmentReport};
 use crate::error::{Error, Result};
 use crate::op::{OpDesc, OpKind, TensorView};
 use ash::vk;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Ops per submission (sizes the descriptor and query pools).
 pub const MAX_OPS: usize = 256;
@@ -218,10 +218,11 @@ impl State {
             out.error = Some(Error::DeviceLost(why.clone()));
             return out;
         }
+        let mut phases = SegmentPhases::default();
         let mut start = 0;
         while start < ops.len() {
             let end = segment_end(&ops[start..]) + start;
-            match self.run_segment(features, &ops[start..end]) {
+            match self.run_segment(features, &ops[start..end], &mut phases) {
                 Ok(reports) => out.reports.extend(reports),
                 Err(e) => {
                     out.error = Some(e);
@@ -230,10 +231,16 @@ impl State {
             }
             start = end;
         }
+        out.phases = Some(phases);
         out
     }
 
-    fn run_segment(&mut self, features: Features, ops: &[(&OpDesc, &OpMemory)]) -> Result<Vec<ExecReport>> {
+    fn run_segment(
+        &mut self,
+        features: Features,
+        ops: &[(&OpDesc, &OpMemory)],
+        phases: &mut SegmentPhases,
+    ) -> Result<Vec<ExecReport>> {
         let steps = ops.iter().map(|(op, _)| ops::plan(op, features)).collect::<Result<Vec<_>>>()?;
         let mut dead = Vec::new();
         self.residency.next_tick();
@@ -241,10 +248,17 @@ impl State {
         self.free_all(dead);
 
         let mut seg = Segment::default();
-        let result = self.prepare(ops, &mut seg).and_then(|_| self.record_and_submit(ops, &steps, &seg));
+        let started = Instant::now();
+        let result = self.prepare(ops, &mut seg).and_then(|_| {
+            phases.prepare_ns += started.elapsed().as_nanos() as u64;
+            self.record_and_submit(ops, &steps, &seg, phases)
+        });
         match result {
             Ok((times, setup)) => {
+                let finishing = Instant::now();
                 self.finish(ops, seg)?;
+                phases.finish_ns += finishing.elapsed().as_nanos() as u64;
+                phases.submissions += 1;
                 Ok(times
                     .into_iter()
                     .zip(setup)
@@ -353,8 +367,8 @@ impl State {
         own: bool,
     ) -> Result<(Allocation, bool)> {
         let key = ReplicaKey::of(v);
-        if let Some(o) = seg.outputs.iter().rev().find(|o| o.key == key) {
-            return Ok((o.alloc, false));
+        if let Some(e) = seg.outputs.iter().rposition(|o| o.key == key) {
+            return self.resolve_after_output(i, e, v, seg, own);
         }
         let buf = mem.buffer(v.buffer)?;
         let (alloc, fresh) =
@@ -406,6 +420,42 @@ impl State {
             }
         }
         Ok((alloc, fresh))
+    }
+
+    /// `v` as op `i` must see it, where output `e` of the submission wrote exactly `v`: that
+    /// output itself, or, when later ops wrote part of it (a scratch buffer reused under
+    /// another shape, as each layer does), a copy of it with their writes patched in.
+    fn resolve_after_output(
+        &mut self,
+        i: usize,
+        e: usize,
+        v: &TensorView,
+        seg: &mut Segment,
+        own: bool,
+    ) -> Result<(Allocation, bool)> {
+        let overlapping = |o: &Output| o.view.buffer == v.buffer && overlaps(&o.view, v);
+        let base = seg.outputs[e].alloc;
+        if !seg.outputs[e + 1..].iter().any(overlapping) {
+            return Ok((base, false));
+        }
+        let copy = self.alloc_device(v.bytes() as u64)?;
+        if !own {
+            seg.temporary.push(copy);
+        }
+        let whole = PatchCopy::Regions(vec![(0, 0, v.bytes() as u64)]);
+        seg.patches.push(Patch { op: i, src: base, dst: copy, copy: whole });
+        for k in e + 1..seg.outputs.len() {
+            let o = &seg.outputs[k];
+            if !overlapping(o) {
+                continue;
+            }
+            let (w, src) = (o.view, o.alloc);
+            if let Some(patch) = self.patch_copy(&w, v, seg) {
+                seg.patch_dispatches += matches!(patch, PatchCopy::Shader { .. }) as usize;
+                seg.patches.push(Patch { op: i, src, dst: copy, copy: patch });
+            }
+        }
+        Ok((copy, true))
     }
 
     /// How what an op wrote through `w` reaches the device copy of `r`: copy regions where
@@ -486,7 +536,9 @@ impl State {
         ops: &[(&OpDesc, &OpMemory)],
         steps: &[Step],
         seg: &Segment,
+        phases: &mut SegmentPhases,
     ) -> Result<(Vec<Option<u64>>, Vec<u64>)> {
+        let recording = Instant::now();
         let mut pipelines = Vec::with_capacity(steps.len());
         // Pipeline creation (driver compilation on a cold cache) is set-up, not run time.
         let mut setup = vec![0u64; steps.len()];
@@ -699,6 +751,8 @@ impl State {
                 .command_buffers(&cbs)
                 .signal_semaphores(&sems)
                 .push_next(&mut timeline_info);
+            let submitted = Instant::now();
+            phases.record_ns += submitted.duration_since(recording).as_nanos() as u64;
             d.queue_submit(self.ctx.queue, &[submit], vk::Fence::null())
                 .map_err(|e| vk_err("vkQueueSubmit", e))?;
             let wait = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
@@ -714,6 +768,7 @@ impl State {
                 }
                 Err(e) => return Err(vk_err("vkWaitSemaphores", e)),
             }
+            phases.wait_ns += submitted.elapsed().as_nanos() as u64;
         }
         let mut times = vec![None; ops.len()];
         if timestamps {
@@ -851,24 +906,19 @@ unsafe fn barrier(d: &ash::Device, cb: vk::CommandBuffer) {
 /// Length of the longest prefix that can share one submission: at most MAX_OPS ops, and an
 /// op that reads memory an earlier op of the prefix wrote must read it either through that
 /// op's own output view, or through a view the written part maps into (`device_patch`: a
-/// KV-cache row into the whole cache) with no such exact output before the partial writes.
+/// KV-cache row into the whole cache, a scratch buffer written under another shape).
 pub fn segment_end(ops: &[(&OpDesc, &OpMemory)]) -> usize {
     for j in 1..ops.len().min(MAX_OPS) {
         let op = ops[j].0;
         let beta_reads_c = op.kind == OpKind::Matmul && op.params.beta != 0.0;
         let reads = op.inputs.iter().flatten().chain(beta_reads_c.then_some(&op.output));
         for r in reads {
-            let exact = ops[..j].iter().rposition(|(earlier, _)| earlier.output == *r);
-            for (k, (earlier, _)) in ops[..j].iter().enumerate() {
+            let unmappable = ops[..j].iter().any(|(earlier, _)| {
                 let w = &earlier.output;
-                if w.buffer != r.buffer || !overlaps(w, r) || w == r {
-                    continue;
-                }
-                // A partial write after an exact output would have to patch that output.
-                let mappable = exact.is_none_or(|e| k < e) && pack::mappable(w, r);
-                if !mappable {
-                    return j;
-                }
+                w.buffer == r.buffer && w != r && overlaps(w, r) && !pack::mappable(w, r)
+            });
+            if unmappable {
+                return j;
             }
         }
     }
