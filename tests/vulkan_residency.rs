@@ -263,3 +263,30 @@ fn a_view_rewritten_under_another_shape_is_read_in_the_same_submission() {
     assert_eq!(out.values(), want, "the later rows over the earlier output");
     assert_eq!(scratch.values(), want, "the host sees the last write of each byte");
 }
+
+/// What a later op of the submission rewrites whole (the next layer filling a scratch buffer
+/// under another shape) is not copied back to the host: only the last write travels.
+#[test]
+fn a_scratch_rewritten_whole_is_written_back_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let scratch = Tensor::zeros(DType::F32, &[4, 8]);
+    let mut heads = scratch.clone();
+    heads.view = npuhybrid::op::TensorView::contiguous(scratch.buf.id(), DType::F32, &[4, 2, 4], 0);
+    let first = Tensor::new(DType::F32, &[4, 8], &[1.0; 32]);
+    let second = Tensor::new(DType::F32, &[4, 2, 4], &(0..32).map(|i| i as f32).collect::<Vec<_>>());
+    let seen = Tensor::zeros(DType::F32, &[4, 8]);
+    let layer1 = OpDesc::new(OpKind::Copy, &[first.view], scratch.view);
+    let read1 = OpDesc::new(OpKind::Scale, &[scratch.view], seen.view);
+    let layer2 = OpDesc::new(OpKind::Copy, &[second.view], heads.view);
+    let before = gpu.stats().written_back_bytes;
+    gpu.execute_batch(&[
+        (&layer1, &memory(&[&first, &scratch])),
+        (&read1, &memory(&[&scratch, &seen])),
+        (&layer2, &memory(&[&second, &heads])),
+    ])
+    .unwrap();
+    assert_eq!(gpu.stats().written_back_bytes - before, 2 * 32 * 4, "seen and the last scratch write");
+    assert_eq!(seen.values(), vec![1.0; 32], "the reader saw the first write");
+    assert_eq!(scratch.values(), (0..32).map(|i| i as f32).collect::<Vec<_>>());
+}

@@ -44,6 +44,8 @@ pub struct State {
     lost: Option<String>,
     /// Bytes copied from host views to the device so far.
     uploaded: u64,
+    /// Bytes written back to host views so far.
+    written_back: u64,
     /// A submission timed out: the GPU may still use its memory, so none is freed.
     hung: bool,
 }
@@ -157,6 +159,7 @@ impl State {
             lost: None,
             hung: false,
             uploaded: 0,
+            written_back: 0,
             ctx,
         })
     }
@@ -167,6 +170,7 @@ impl State {
             replica_bytes: self.residency.bytes(),
             reserved_bytes: self.device_heap.reserved,
             uploaded_bytes: self.uploaded,
+            written_back_bytes: self.written_back,
             submissions: self.timeline_value,
         }
     }
@@ -332,10 +336,15 @@ impl State {
             seg.slots.push(slots);
         }
         self.free_all(stale);
-        // An output that a later op of this submission writes again through the same view
-        // never reaches the host: the host sees the last value, as if the ops ran one by one.
+        // An output that a later op of this submission writes again over all its bytes (the
+        // same view, or a scratch buffer the next layer fills) never reaches the host: the host
+        // sees the last value, as if the ops ran one by one.
         for (i, (op, _)) in ops.iter().enumerate() {
-            seg.outputs[i].written_back = !ops[i + 1..].iter().any(|(later, _)| later.output == op.output);
+            let v = &op.output;
+            seg.outputs[i].written_back = !ops[i + 1..].iter().any(|(later, _)| {
+                let w = &later.output;
+                w == v || (w.buffer == v.buffer && w.is_contiguous() && covers(w, v))
+            });
         }
         // Downloads need staging space on devices without shared memory.
         if self.staging.is_some() {
@@ -800,6 +809,7 @@ impl State {
         for ((op, mem), o) in ops.iter().zip(&seg.outputs) {
             let v = &op.output;
             if o.written_back {
+                self.written_back += v.bytes() as u64;
                 let src = o.staging.unwrap_or(o.alloc);
                 let dst = mem.ptr(v)?;
                 unsafe { pack::unpack(v, src.bytes_mut(v.bytes()), dst) };
@@ -885,6 +895,8 @@ pub struct Stats {
     pub reserved_bytes: u64,
     /// Bytes uploaded from host views since the backend opened.
     pub uploaded_bytes: u64,
+    /// Bytes written back to host views since the backend opened.
+    pub written_back_bytes: u64,
     /// Command buffers submitted.
     pub submissions: u64,
 }
