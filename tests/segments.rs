@@ -183,6 +183,7 @@ impl Backend for LosingGpu {
             return SegmentReport {
                 reports: vec![],
                 error: Some(Error::DeviceLost("test: the GPU is gone".into())),
+                ..Default::default()
             };
         }
         let ok = self.ok.min(ops.len());

@@ -320,6 +320,18 @@ fn attention_causal_gqa_kv_len_and_mask() {
             Attn { batch: 0, h: 2, hkv: 2, sq: 40, skv: 75, d: 80, causal: false, kv_len: 0, mask: None },
             Attn { batch: 2, h: 4, hkv: 1, sq: 1, skv: 300, d: 128, causal: true, kv_len: 257, mask: None },
             Attn { batch: 0, h: 2, hkv: 2, sq: 20, skv: 33, d: 256, causal: true, kv_len: 0, mask: None },
+            // Decode over a long KV: several steps of 256 keys, the last one partly empty.
+            Attn {
+                batch: 0,
+                h: 8,
+                hkv: 2,
+                sq: 2,
+                skv: 1100,
+                d: 64,
+                causal: true,
+                kv_len: 1030,
+                mask: Some(&[2, 1100]),
+            },
         ];
         for Attn { batch: bt, h, hkv, sq, skv, d, causal, kv_len, mask } in cases {
             let pre: Vec<usize> = if bt > 0 { vec![bt] } else { vec![] };
