@@ -1,8 +1,8 @@
-//! Runs a sequence of ops in one command buffer: uploads (skipped for current replicas),
-//! one dispatch per op (barriers only between dependent commands), timestamps around each op, downloads; one
-//! submission signalling a timeline semaphore; then the outputs are written back to the host
-//! views, which stay the truth. An op whose input is exactly an earlier op's output in the same
-//! sequence reads that device result directly, a partial overlap is patched in on the device
+//! Runs a sequence of ops in one command buffer: uploads (skipped for current replicas), one
+//! dispatch per op (barriers only between dependent commands), timestamps around each op,
+//! downloads; one submission signalling a timeline semaphore; then the outputs are written back to
+//! the host views, which stay the truth. An op whose input is exactly an earlier op's output in the
+//! same sequence reads that device result directly, a partial overlap is patched in on the device
 //! where an element-to-element map exists, else it starts a new submission.
 
 use super::alloc::{Allocation, Heap, HeapKind};
