@@ -27,6 +27,7 @@
  *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
  *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
  *            [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]
+ *            [--explain]
  *
  * --model FILE.gguf reads a llama-architecture GGUF file instead (nh_gguf_open: mapped, its
  * header checked): configuration from its metadata, f32 / q8_0 / q4_0 / q4_1 weights used
@@ -832,6 +833,19 @@ static uint32_t parse_devices(const char *list) {
   return bits;
 }
 
+/* Where the scheduler puts a graph now: its segments, their expected times and the
+ * candidate plans it weighed (nh_graph_explain). */
+static void explain_graph(nh_runtime rt, const char *name, nh_graph g) {
+  if (!g.id) return;
+  size_t need = 0;
+  NH_CHECK(nh_graph_explain(rt, g, NULL, 0, &need));
+  char *text = malloc(need);
+  if (!text) die("out of memory");
+  NH_CHECK(nh_graph_explain(rt, g, text, need, NULL));
+  printf("%s graph placement: %s\n", name, text);
+  free(text);
+}
+
 static void usage(const char *argv0) {
   fprintf(stderr,
           "usage: %s [--model DIR | --synthetic CONFIG [--dtype f16|f32] [--prompt-len N]]\n"
@@ -839,6 +853,7 @@ static void usage(const char *argv0) {
           "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
           "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
           "          [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]\n"
+          "          [--explain]   (print where the scheduler puts the prefill and decode graphs)\n"
           "       --model takes a safetensors directory or a llama GGUF file (FILE.gguf)\n",
           argv0);
   exit(2);
@@ -871,7 +886,7 @@ int main(int argc, char **argv) {
   uint64_t prompt_len = 0;
   uint32_t devices = NH_ENABLE_GPU | NH_ENABLE_NPU, threads = 0;
   uint64_t steps = 0, seed = 1, warmup = 1;
-  int steps_given = 0, expect_placement = 0, quiet = 0, sample_given = 0;
+  int steps_given = 0, expect_placement = 0, quiet = 0, sample_given = 0, explain = 0;
   enum { DECODE_GRAPH, DECODE_RERECORD, DECODE_OPS } decode = DECODE_GRAPH;
   double tol = 0;
   sampler sm = {SAMPLE_GREEDY, 0, 0, 1.0, 0};
@@ -901,6 +916,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--temperature")) { NEED_VALUE(); sm.temperature = parse_double(a, v, 1e-3, 1e3); }
     else if (!strcmp(a, "--expect-placement")) expect_placement = 1;
     else if (!strcmp(a, "--quiet")) quiet = 1;
+    else if (!strcmp(a, "--explain")) explain = 1;
     else if (!strcmp(a, "--quant")) {
       NEED_VALUE();
       if (parse_quant(v, &load_quant)) die("--quant: '%s' is not q8_0, q4_0, q4_1 or q4_g128", v);
@@ -1310,6 +1326,10 @@ int main(int argc, char **argv) {
     if (!failed) printf("  OK\n");
   }
 
+  if (explain) {
+    explain_graph(rt, "prefill", prefill_graph);
+    explain_graph(rt, "decode", graph);
+  }
   if (graph.id) NH_CHECK(nh_graph_destroy(rt, graph));
   if (prefill_graph.id) NH_CHECK(nh_graph_destroy(rt, prefill_graph));
   if (!synthetic) st_close(&stf);
