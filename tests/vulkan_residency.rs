@@ -290,3 +290,32 @@ fn a_scratch_rewritten_whole_is_written_back_once() {
     assert_eq!(seen.values(), vec![1.0; 32], "the reader saw the first write");
     assert_eq!(scratch.values(), (0..32).map(|i| i as f32).collect::<Vec<_>>());
 }
+
+/// The same for a matmul that accumulates into such a view (beta = 1: C is read): it starts
+/// from the exact output with the later partial write patched in, in one submission.
+#[test]
+fn a_matmul_accumulates_into_a_view_rewritten_in_part() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let c = Tensor::zeros(DType::F32, &[2, 4]);
+    let mut top = c.clone();
+    top.view = npuhybrid::op::TensorView::contiguous(c.buf.id(), DType::F32, &[4], 0);
+    let first = Tensor::new(DType::F32, &[2, 4], &[1.0; 8]);
+    let second = Tensor::new(DType::F32, &[4], &[10.0; 4]);
+    let a = Tensor::new(DType::F32, &[2, 3], &[1.0; 6]);
+    let b = Tensor::new(DType::F32, &[3, 4], &[2.0; 12]);
+    let write_c = OpDesc::new(OpKind::Copy, &[first.view], c.view);
+    let write_top = OpDesc::new(OpKind::Copy, &[second.view], top.view);
+    let accumulate = OpDesc::new(OpKind::Matmul, &[a.view, b.view], c.view)
+        .with_params(npuhybrid::op::OpParams { beta: 1.0, ..Default::default() });
+    let before = gpu.stats().submissions;
+    gpu.execute_batch(&[
+        (&write_c, &memory(&[&first, &c])),
+        (&write_top, &memory(&[&second, &top])),
+        (&accumulate, &memory(&[&a, &b, &c])),
+    ])
+    .unwrap();
+    assert_eq!(gpu.stats().submissions - before, 1, "one submission");
+    // A·B is 6 everywhere; C held 10 in its first row and 1 in its second.
+    assert_eq!(c.values(), [vec![16.0; 4], vec![7.0; 4]].concat());
+}
