@@ -123,14 +123,34 @@ unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: us
     stream::map::<__m512, K, A, O>(out, a, n, s)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(super) unsafe fn binary(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
-    stream::binary::<__m512>(mul, out, a, b, n)
+    stream::binary_by_dtype::<Avx512>(mul, out, a, b, n)
+}
+
+pub(super) unsafe fn softmax_row(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+    stream::softmax_by_dtype::<Avx512>(out, x, n, tmp)
+}
+
+impl stream::Rows for Avx512 {
+    #[inline(always)]
+    unsafe fn binary<const MUL: bool, const D: u8>(out: Dense, a: Dense, b: Dense, n: usize) {
+        binary_d::<MUL, D>(out, a, b, n)
+    }
+
+    #[inline(always)]
+    unsafe fn softmax<const D: u8>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+        softmax_d::<D>(out, x, n, tmp)
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) unsafe fn softmax_row(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
-    stream::softmax_row::<__m512>(out, x, n, tmp)
+unsafe fn binary_d<const MUL: bool, const D: u8>(out: Dense, a: Dense, b: Dense, n: usize) {
+    stream::binary::<__m512, MUL, D>(out, a, b, n)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn softmax_d<const D: u8>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+    stream::softmax_row::<__m512, D>(out, x, n, tmp)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]

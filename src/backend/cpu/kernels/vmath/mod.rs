@@ -399,33 +399,100 @@ mod stream {
         }
     }
 
+    /// Dtype code for an operand whose dtype is read from its `Dense` at run time (calls that
+    /// mix dtypes; the common same-dtype calls get a loop specialised per dtype).
+    pub const ANY: u8 = 3;
+
+    /// `ld` / `st` of an operand with dtype code D (`ANY`: the Dense's own dtype).
     #[inline(always)]
-    pub unsafe fn binary<T: V>(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
+    unsafe fn ldd<T: V, const D: u8>(d: Dense, i: usize) -> T {
+        if D == ANY {
+            d.load(i)
+        } else {
+            ld::<T, D>(d.ptr, i)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn stt<T: V, const D: u8>(d: Dense, i: usize, v: T) {
+        if D == ANY {
+            d.store(i, v)
+        } else {
+            st::<T, D>(d.ptr, i, v)
+        }
+    }
+
+    /// The dtype code shared by every operand, or `ANY`.
+    fn common(ds: &[DType]) -> u8 {
+        if ds.iter().all(|&d| d == ds[0]) {
+            code(ds[0])
+        } else {
+            ANY
+        }
+    }
+
+    /// The binary and softmax streams per dtype code, compiled with a level's features (as
+    /// `Maps::map`, one function each).
+    pub trait Rows {
+        unsafe fn binary<const MUL: bool, const D: u8>(out: Dense, a: Dense, b: Dense, n: usize);
+        unsafe fn softmax<const D: u8>(out: Dense, x: Dense, n: usize, tmp: *mut f32);
+    }
+
+    #[inline(always)]
+    pub unsafe fn binary_by_dtype<R: Rows>(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
+        match (mul, common(&[out.dtype, a.dtype, b.dtype])) {
+            (false, 0) => R::binary::<false, 0>(out, a, b, n),
+            (false, 1) => R::binary::<false, 1>(out, a, b, n),
+            (false, 2) => R::binary::<false, 2>(out, a, b, n),
+            (false, _) => R::binary::<false, ANY>(out, a, b, n),
+            (true, 0) => R::binary::<true, 0>(out, a, b, n),
+            (true, 1) => R::binary::<true, 1>(out, a, b, n),
+            (true, 2) => R::binary::<true, 2>(out, a, b, n),
+            (true, _) => R::binary::<true, ANY>(out, a, b, n),
+        }
+    }
+
+    #[inline(always)]
+    pub unsafe fn softmax_by_dtype<R: Rows>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+        match common(&[out.dtype, x.dtype]) {
+            0 => R::softmax::<0>(out, x, n, tmp),
+            1 => R::softmax::<1>(out, x, n, tmp),
+            2 => R::softmax::<2>(out, x, n, tmp),
+            _ => R::softmax::<ANY>(out, x, n, tmp),
+        }
+    }
+
+    /// out = a + b (or *), every operand of dtype code D; two vectors per step.
+    #[inline(always)]
+    pub unsafe fn binary<T: V, const MUL: bool, const D: u8>(out: Dense, a: Dense, b: Dense, n: usize) {
         let l = T::LANES;
-        let f = |x: T, y: T| if mul { x.mul(y) } else { x.add(y) };
+        let f = |x: T, y: T| if MUL { x.mul(y) } else { x.add(y) };
         let mut i = 0;
+        while i + 2 * l <= n {
+            let (a0, a1) = (ldd::<T, D>(a, i), ldd::<T, D>(a, i + l));
+            let (b0, b1) = (ldd::<T, D>(b, i), ldd::<T, D>(b, i + l));
+            stt::<T, D>(out, i, f(a0, b0));
+            stt::<T, D>(out, i + l, f(a1, b1));
+            i += 2 * l;
+        }
         while i < n {
             let k = l.min(n - i);
-            if k == l {
-                out.store(i, f(a.load(i), b.load(i)));
-            } else {
-                out.store_tail(i, k, f(a.load_tail(i, k), b.load_tail(i, k)));
-            }
+            out.store_tail(i, k, f(a.load_tail(i, k), b.load_tail(i, k)));
             i += k;
         }
     }
 
     /// max, then exp(x - max) into out (f32) or tmp with the sum, then scale: three passes
-    /// over a row that stays in L1, one over memory.
+    /// over a row that stays in L1, one over memory. x and out have dtype code D.
     #[inline(always)]
-    pub unsafe fn softmax_row<T: V>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+    pub unsafe fn softmax_row<T: V, const D: u8>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
         let l = T::LANES;
         let ninf = T::splat(f32::NEG_INFINITY);
         let (mut m0, mut m1) = (ninf, ninf);
         let mut i = 0;
         while i + 2 * l <= n {
-            m0 = m0.max(x.load(i));
-            m1 = m1.max(x.load(i + l));
+            m0 = m0.max(ldd::<T, D>(x, i));
+            m1 = m1.max(ldd::<T, D>(x, i + l));
             i += 2 * l;
         }
         let mut tail_max = f32::NEG_INFINITY;
@@ -448,8 +515,8 @@ mod stream {
         let (mut s0, mut s1) = (T::splat(0.0), T::splat(0.0));
         let mut i = 0;
         while i + 2 * l <= n {
-            let e0 = exp_nonpos(x.load::<T>(i).sub(vm));
-            let e1 = exp_nonpos(x.load::<T>(i + l).sub(vm));
+            let e0 = exp_nonpos(ldd::<T, D>(x, i).sub(vm));
+            let e1 = exp_nonpos(ldd::<T, D>(x, i + l).sub(vm));
             e0.store(e_dst.add(i));
             e1.store(e_dst.add(i + l));
             s0 = s0.add(e0);
@@ -471,13 +538,15 @@ mod stream {
         let inv = T::splat(1.0 / (s0.add(s1).hsum() + tail_sum));
         let e = Dense { ptr: e_dst as *mut u8, dtype: DType::F32 };
         let mut i = 0;
+        while i + 2 * l <= n {
+            let (y0, y1) = (ld::<T, 0>(e.ptr, i).mul(inv), ld::<T, 0>(e.ptr, i + l).mul(inv));
+            stt::<T, D>(out, i, y0);
+            stt::<T, D>(out, i + l, y1);
+            i += 2 * l;
+        }
         while i < n {
             let k = l.min(n - i);
-            if k == l {
-                out.store(i, e.load::<T>(i).mul(inv));
-            } else {
-                out.store_tail(i, k, e.load_tail::<T>(i, k).mul(inv));
-            }
+            out.store_tail(i, k, e.load_tail::<T>(i, k).mul(inv));
             i += k;
         }
     }
@@ -751,6 +820,76 @@ mod tests {
                         want[i + n] = a * s + b * c;
                     }
                     check(&from_bytes(&buf), &want, "rope");
+                }
+            }
+        }
+    }
+
+    /// Operands of different dtypes take the loops that read each dtype at run time: a + b
+    /// and softmax with every (a, b, out) dtype triple, odd lengths.
+    #[test]
+    fn mixed_dtype_streams_match_f64() {
+        use half::{bf16, f16};
+        let dts = [DType::F32, DType::F16, DType::BF16];
+        let enc = |v: &[f32], dt: DType| -> Vec<u8> {
+            v.iter()
+                .flat_map(|&v| match dt {
+                    DType::F16 => f16::from_f32(v).to_ne_bytes().to_vec(),
+                    DType::BF16 => bf16::from_f32(v).to_ne_bytes().to_vec(),
+                    _ => v.to_ne_bytes().to_vec(),
+                })
+                .collect()
+        };
+        let dec = |b: &[u8], dt: DType| -> Vec<f64> {
+            match dt {
+                DType::F16 => b.chunks(2).map(|c| f16::from_ne_bytes([c[0], c[1]]).to_f64()).collect(),
+                DType::BF16 => b.chunks(2).map(|c| bf16::from_ne_bytes([c[0], c[1]]).to_f64()).collect(),
+                _ => b.chunks(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+            }
+        };
+        let tol = |dt: DType| match dt {
+            DType::F32 => 1e-6,
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
+        for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
+            let _cap = test_cap(level);
+            for n in [5usize, 37, 100] {
+                let x: Vec<f32> = (0..n).map(|i| ((i * 31) % 23) as f32 * 0.3 - 3.0).collect();
+                let y: Vec<f32> = (0..n).map(|i| ((i * 17) % 13) as f32 * 0.25 - 1.5).collect();
+                for (da, db, dout) in
+                    dts.iter().flat_map(|&a| dts.iter().flat_map(move |&b| dts.map(|o| (a, b, o))))
+                {
+                    if da == db && db == dout {
+                        continue;
+                    }
+                    let (a, b) = (enc(&x, da), enc(&y, db));
+                    let (xa, yb) = (dec(&a, da), dec(&b, db));
+                    let mut o = vec![0u8; n * dout.size()];
+                    let d = |p: *const u8, dt| Dense { ptr: p as *mut u8, dtype: dt };
+                    // SAFETY: every buffer holds n elements of its dtype.
+                    assert!(unsafe {
+                        binary(false, d(o.as_mut_ptr(), dout), d(a.as_ptr(), da), d(b.as_ptr(), db), n)
+                    });
+                    for (i, got) in dec(&o, dout).iter().enumerate() {
+                        let want = xa[i] + yb[i];
+                        let ok = (got - want).abs() <= tol(dout) * (1.0 + want.abs()) + tol(da).max(tol(db));
+                        assert!(ok, "{level:?} {da}+{db}->{dout} n{n} [{i}]: {got} vs {want}");
+                    }
+                    if da != dout {
+                        let mut tmp = vec![0.0f32; n];
+                        // SAFETY: as above; tmp holds n floats.
+                        assert!(unsafe {
+                            softmax_row(d(o.as_mut_ptr(), dout), d(a.as_ptr(), da), n, tmp.as_mut_ptr())
+                        });
+                        let m = xa.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let sum: f64 = xa.iter().map(|v| (v - m).exp()).sum();
+                        for (i, got) in dec(&o, dout).iter().enumerate() {
+                            let want = (xa[i] - m).exp() / sum;
+                            let ok = (got - want).abs() <= tol(dout) * (1.0 + want.abs());
+                            assert!(ok, "{level:?} softmax {da}->{dout} n{n} [{i}]: {got} vs {want}");
+                        }
+                    }
                 }
             }
         }
