@@ -79,6 +79,7 @@ impl V for __m256 {
     unsafe fn abs(self) -> Self {
         _mm256_and_ps(self, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))
     }
+    #[cfg(test)]
     #[inline(always)]
     unsafe fn copysign(self, sign: Self) -> Self {
         let s = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));

@@ -78,6 +78,7 @@ impl V for __m512 {
     unsafe fn abs(self) -> Self {
         _mm512_abs_ps(self)
     }
+    #[cfg(test)]
     #[inline(always)]
     unsafe fn copysign(self, sign: Self) -> Self {
         let s = _mm512_set1_epi32(i32::MIN);
