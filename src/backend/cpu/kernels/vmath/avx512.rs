@@ -175,7 +175,7 @@ pub(super) fn probe(xs: &[f32], e: &mut [f32], en: &mut [f32], r: &mut [f32], f:
                     0 => super::exp(v),
                     1 => v.recip(),
                     2 => super::erf(v),
-                    _ => super::exp_neg(v),
+                    _ => super::exp_neg::<_, 5>(v),
                 };
                 y.store(o.as_mut_ptr());
                 dst[i..i + k].copy_from_slice(&o[..k]);

@@ -75,6 +75,22 @@ pub enum Act {
 /// maximum relative error (1e-7; 2e-7 with the f32 rounding of the evaluation, tested below).
 /// Degree 5 in plain Horner form: five FMAs, against eight for Cephes' degree 7.
 const EXP_POLY: [f32; 6] = [1.000_000_1, 0.999_999_7, 0.499_988_9, 0.166_675_76, 0.041_915_63, 0.008_297_619];
+/// Shorter fits for half-precision outputs, whose rounding (relative half-ulp 2.4e-4 for
+/// f16, 2e-3 for bf16) hides the difference: degree 4 (relative error 2.7e-6) for f16,
+/// degree 3 (7.5e-5) for bf16; at most one ulp of the output type moves (tested).
+const EXP_POLY4: [f32; 5] = [0.999_999_3, 0.999_963_34, 0.500_043_7, 0.167_910_31, 0.041_458_4];
+const EXP_POLY3: [f32; 4] = [0.999_927_94, 1.000_164_5, 0.504_968_2, 0.165_667_43];
+
+/// e^x for x <= EXP_HI with the polynomial for an output of dtype code O (0 f32: degree 5,
+/// 1 f16: 4, 2 bf16: 3; `stream::ANY`, a run-time dtype: 5).
+#[inline(always)]
+unsafe fn exp_nonpos_for<T: V, const O: u8>(x: T) -> T {
+    match O {
+        1 => exp_nonpos::<T, 4>(x),
+        2 => exp_nonpos::<T, 3>(x),
+        _ => exp_nonpos::<T, 5>(x),
+    }
+}
 /// Rounding constant 1.5 * 2^23: adding it leaves round(x) in the low mantissa bits.
 const MAGIC: f32 = 12_582_912.0;
 /// Clamp of exp's argument: e^x stays a normal float for x in [EXP_LO, EXP_HI].
@@ -82,11 +98,12 @@ const EXP_LO: f32 = -87.3;
 const EXP_HI: f32 = 88.3;
 
 /// e^x (or e^-x when NEG) for x (-x) already in [EXP_LO, EXP_HI]: n = round(x log2 e),
-/// r = x - n ln 2 in two parts (Cody-Waite), e^r by `EXP_POLY`, times 2^n (`V::ldexp_magic`).
+/// r = x - n ln 2 in two parts (Cody-Waite), e^r by the polynomial of degree DEG (5:
+/// `EXP_POLY`, 4, 3), times 2^n (`V::ldexp_magic`).
 /// For NEG the reduction yields -r, and the odd coefficients change sign instead: e^-x
 /// costs no negation.
 #[inline(always)]
-unsafe fn exp_core<T: V, const NEG: bool>(x: T) -> T {
+unsafe fn exp_core<T: V, const NEG: bool, const DEG: usize>(x: T) -> T {
     let log2e = if NEG { -std::f32::consts::LOG2_E } else { std::f32::consts::LOG2_E };
     let t = x.fma(T::splat(log2e), T::splat(MAGIC));
     let n = t.sub(T::splat(MAGIC));
@@ -94,13 +111,16 @@ unsafe fn exp_core<T: V, const NEG: bool>(x: T) -> T {
     let (hi, lo) = (0.693_359_4f32, -2.121_944_4e-4f32);
     let r = if NEG { n.fma(T::splat(hi), x) } else { n.fnma(T::splat(hi), x) };
     let r = if NEG { n.fma(T::splat(lo), r) } else { n.fnma(T::splat(lo), r) };
-    let c = |k: usize| T::splat(if NEG && k % 2 == 1 { -EXP_POLY[k] } else { EXP_POLY[k] });
-    let mut p = c(5);
-    p = p.fma(r, c(4));
-    p = p.fma(r, c(3));
-    p = p.fma(r, c(2));
-    p = p.fma(r, c(1));
-    p = p.fma(r, c(0));
+    let poly: &[f32] = match DEG {
+        3 => &EXP_POLY3,
+        4 => &EXP_POLY4,
+        _ => &EXP_POLY,
+    };
+    let c = |k: usize| T::splat(if NEG && k % 2 == 1 { -poly[k] } else { poly[k] });
+    let mut p = c(DEG);
+    for k in (0..DEG).rev() {
+        p = p.fma(r, c(k));
+    }
     p.ldexp_magic(t, n)
 }
 
@@ -109,24 +129,24 @@ unsafe fn exp_core<T: V, const NEG: bool>(x: T) -> T {
 #[cfg(test)]
 #[inline(always)]
 unsafe fn exp<T: V>(x: T) -> T {
-    exp_core::<T, false>(x.max(T::splat(EXP_LO)).min(T::splat(EXP_HI)))
+    exp_core::<T, false, 5>(x.max(T::splat(EXP_LO)).min(T::splat(EXP_HI)))
 }
 
 /// e^x for x <= EXP_HI (softmax's x - max): only the lower clamp.
 #[inline(always)]
-unsafe fn exp_nonpos<T: V>(x: T) -> T {
-    exp_core::<T, false>(x.max(T::splat(EXP_LO)))
+unsafe fn exp_nonpos<T: V, const DEG: usize>(x: T) -> T {
+    exp_core::<T, false, DEG>(x.max(T::splat(EXP_LO)))
 }
 
 /// e^-x, clamped as `exp`.
 #[inline(always)]
-unsafe fn exp_neg<T: V>(x: T) -> T {
-    exp_core::<T, true>(x.max(T::splat(-EXP_HI)).min(T::splat(-EXP_LO)))
+unsafe fn exp_neg<T: V, const DEG: usize>(x: T) -> T {
+    exp_core::<T, true, DEG>(x.max(T::splat(-EXP_HI)).min(T::splat(-EXP_LO)))
 }
 
 #[inline(always)]
-unsafe fn silu<T: V>(x: T) -> T {
-    x.mul(exp_neg(x).add(T::splat(1.0)).recip())
+unsafe fn silu<T: V, const DEG: usize>(x: T) -> T {
+    x.mul(exp_neg::<T, DEG>(x).add(T::splat(1.0)).recip())
 }
 
 /// Abramowitz & Stegun 7.1.26 coefficients (erfc(z) ~ t P(t) e^(-z^2), t = 1 / (1 + p z),
@@ -144,7 +164,7 @@ unsafe fn erf<T: V>(x: T) -> T {
     for c in &AS_POLY[1..] {
         poly = poly.fma(t, T::splat(*c));
     }
-    let e = exp_nonpos(a.fnma(a, T::splat(0.0)));
+    let e = exp_nonpos::<T, 5>(a.fnma(a, T::splat(0.0)));
     poly.mul(t).fnma(e, T::splat(1.0)).copysign(x)
 }
 
@@ -152,7 +172,7 @@ unsafe fn erf<T: V>(x: T) -> T {
 /// x (1 + erf(x / sqrt 2)) / 2 in one): no cancellation for negative x, and erfc's
 /// exponent, -x^2 / 2, needs no clamp once |x| is capped at 13 (q < 1e-37 beyond).
 #[inline(always)]
-unsafe fn gelu<T: V>(x: T) -> T {
+unsafe fn gelu<T: V, const DEG: usize>(x: T) -> T {
     let a = x.abs().min(T::splat(13.0));
     let half_a = a.mul(T::splat(0.5));
     let t = a.fma(T::splat(AS_P * std::f32::consts::FRAC_1_SQRT_2), T::splat(1.0)).recip();
@@ -160,20 +180,20 @@ unsafe fn gelu<T: V>(x: T) -> T {
     for c in &AS_POLY[1..] {
         poly = poly.fma(t, T::splat(*c));
     }
-    let e = exp_core::<T, false>(half_a.fnma(a, T::splat(0.0)));
+    let e = exp_core::<T, false, DEG>(half_a.fnma(a, T::splat(0.0)));
     let q = poly.mul(t).mul(e).mul(half_a);
     // max(0, x), not max(x, 0): the second operand is returned for NaN, which propagates.
     T::splat(0.0).max(x).sub(q)
 }
 
 #[inline(always)]
-unsafe fn gelu_tanh<T: V>(x: T) -> T {
+unsafe fn gelu_tanh<T: V, const DEG: usize>(x: T) -> T {
     // 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3). For large
     // negative x the clamped e^(-2u) makes the reciprocal estimate flush to zero: -0, as
     // the true value is in f32.
     let x2 = x.mul(x);
     let u2 = x2.fma(T::splat(0.044_715 * 2.0 * 0.797_884_6), T::splat(2.0 * 0.797_884_6)).mul(x);
-    x.mul(exp_neg(u2).add(T::splat(1.0)).recip())
+    x.mul(exp_neg::<T, DEG>(u2).add(T::splat(1.0)).recip())
 }
 
 /// Where a stream reads or writes: dense f32, f16 or bf16 elements.
@@ -339,12 +359,22 @@ mod stream {
     /// The function of `Act` numbered K (a const, for the same reason; closures would not
     /// be inlined into the target-feature functions, and every intrinsic became a call).
     #[inline(always)]
-    unsafe fn act<T: V, const K: u8>(x: T, scale: f32) -> T {
+    unsafe fn act<T: V, const K: u8, const O: u8>(x: T, scale: f32) -> T {
+        // exp's degree by output dtype (see `exp_nonpos_for`).
+        match O {
+            1 => act_deg::<T, K, 4>(x, scale),
+            2 => act_deg::<T, K, 3>(x, scale),
+            _ => act_deg::<T, K, 5>(x, scale),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn act_deg<T: V, const K: u8, const DEG: usize>(x: T, scale: f32) -> T {
         match K {
             0 => x.mul(T::splat(scale)),
-            1 => silu(x),
-            2 => gelu(x),
-            _ => gelu_tanh(x),
+            1 => silu::<T, DEG>(x),
+            2 => gelu::<T, DEG>(x),
+            _ => gelu_tanh::<T, DEG>(x),
         }
     }
 
@@ -390,14 +420,14 @@ mod stream {
         // Two vectors per step: independent chains for the out-of-order core.
         while i + 2 * l <= n {
             let (x0, x1) = (ld::<T, A>(a.ptr, i), ld::<T, A>(a.ptr, i + l));
-            let (y0, y1) = (act::<T, K>(x0, s), act::<T, K>(x1, s));
+            let (y0, y1) = (act::<T, K, O>(x0, s), act::<T, K, O>(x1, s));
             st::<T, O>(out.ptr, i, y0);
             st::<T, O>(out.ptr, i + l, y1);
             i += 2 * l;
         }
         while i < n {
             let k = l.min(n - i);
-            out.store_tail(i, k, act::<T, K>(a.load_tail::<T>(i, k), s));
+            out.store_tail(i, k, act::<T, K, O>(a.load_tail::<T>(i, k), s));
             i += k;
         }
     }
@@ -518,8 +548,8 @@ mod stream {
         let (mut s0, mut s1) = (T::splat(0.0), T::splat(0.0));
         let mut i = 0;
         while i + 2 * l <= n {
-            let e0 = exp_nonpos(ldd::<T, D>(x, i).sub(vm));
-            let e1 = exp_nonpos(ldd::<T, D>(x, i + l).sub(vm));
+            let e0 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i).sub(vm));
+            let e1 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i + l).sub(vm));
             e0.store(e_dst.add(i));
             e1.store(e_dst.add(i + l));
             s0 = s0.add(e0);
@@ -529,7 +559,7 @@ mod stream {
         let mut tail_sum = 0.0f32;
         while i < n {
             let k = l.min(n - i);
-            let e = exp_nonpos(x.load_tail::<T>(i, k).sub(vm));
+            let e = exp_nonpos_for::<T, D>(x.load_tail::<T>(i, k).sub(vm));
             let mut buf = [0.0f32; 16];
             e.store(buf.as_mut_ptr());
             for (j, v) in buf[..k].iter().enumerate() {
@@ -894,6 +924,102 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Half-precision outputs (shorter exp polynomials) stay within one ulp of the f64
+    /// result rounded to the output type, for every activation and softmax, at every level.
+    #[test]
+    fn half_outputs_within_one_ulp() {
+        use half::{bf16, f16};
+        let xs: Vec<f32> = (-1200..=1200).map(|i| i as f32 * 0.01).chain([-30.0, -17.5, 25.0]).collect();
+        let n = xs.len();
+        // 0.5 x (1 + tanh(u)) in the form that does not cancel for negative x.
+        let tanh_gelu = |x: f64| {
+            x / (1.0 + (-2.0 * (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).exp())
+        };
+        for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
+            let _cap = test_cap(level);
+            for dt in [DType::F16, DType::BF16] {
+                let round = |v: f64| -> u16 {
+                    if dt == DType::F16 {
+                        f16::from_f64(v).to_bits()
+                    } else {
+                        bf16::from_f64(v).to_bits()
+                    }
+                };
+                let check = |got: &[u16], want: &[f64], what: &str| {
+                    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+                        let r = round(w);
+                        // Distance in ulps between the two halves' bits (through zero if signs differ).
+                        let (gs, rs) = (g & 0x7fff, r & 0x7fff);
+                        let ulps =
+                            if (g ^ r) & 0x8000 != 0 { gs as i32 + rs as i32 } else { gs as i32 - rs as i32 };
+                        // Results under 1e-36 in magnitude may be off by that much absolutely:
+                        // e^-2u is clamped at e^88 and the reciprocal estimate flushes, as in the
+                        // f32 streams (bf16 has f32's exponent range, so those show as ulps).
+                        let wide = if dt == DType::F16 {
+                            f16::from_bits(g).to_f64()
+                        } else {
+                            bf16::from_bits(g).to_f64()
+                        };
+                        let tiny = w.abs() < 1e-36 && (wide - w).abs() < 1e-36;
+                        let ok = ulps.abs() <= 1 || tiny;
+                        assert!(ok, "{level:?} {what} {dt} [{i}]: {g:#x} vs {r:#x} (of {w})");
+                    }
+                };
+                for act in [Act::Silu, Act::Gelu, Act::GeluTanh] {
+                    let mut h = vec![0u16; n];
+                    let (o, a) = (
+                        Dense { ptr: h.as_mut_ptr() as *mut u8, dtype: dt },
+                        Dense { ptr: xs.as_ptr() as *mut u8, dtype: DType::F32 },
+                    );
+                    // SAFETY: n elements each.
+                    assert!(unsafe { unary(act, o, a, n) });
+                    let want: Vec<f64> = xs
+                        .iter()
+                        .map(|&x| {
+                            let x = x as f64;
+                            match act {
+                                Act::Silu => x / (1.0 + (-x).exp()),
+                                Act::Gelu => 0.5 * x * (1.0 + erf64(x / 2f64.sqrt())),
+                                _ => tanh_gelu(x),
+                            }
+                        })
+                        .collect();
+                    // gelu left of -3 is not compared: there the f64 reference (erf by its Taylor
+                    // series, 1 + erf cancelling) is itself off by more than a half ulp of the
+                    // tiny result; the f32 test bounds it absolutely.
+                    let keep = |i: &usize| act != Act::Gelu || xs[*i] >= -3.0;
+                    let got: Vec<u16> = (0..n).filter(keep).map(|i| h[i]).collect();
+                    let want: Vec<f64> = (0..n).filter(keep).map(|i| want[i]).collect();
+                    check(&got, &want, &format!("{act:?}"));
+                }
+                // softmax of half rows (inputs rounded first), rows of 1000 with a wide range.
+                let row: Vec<u16> = xs[..1000].iter().map(|&x| round(x as f64 * 0.9)).collect();
+                let wide: Vec<f64> = row
+                    .iter()
+                    .map(|&b| {
+                        if dt == DType::F16 {
+                            f16::from_bits(b).to_f64()
+                        } else {
+                            bf16::from_bits(b).to_f64()
+                        }
+                    })
+                    .collect();
+                let mut out = vec![0u16; row.len()];
+                let mut tmp = vec![0.0f32; row.len()];
+                let (o, x) = (
+                    Dense { ptr: out.as_mut_ptr() as *mut u8, dtype: dt },
+                    Dense { ptr: row.as_ptr() as *mut u8, dtype: dt },
+                );
+                // SAFETY: as above; tmp holds the row.
+                assert!(unsafe { softmax_row(o, x, row.len(), tmp.as_mut_ptr()) });
+                let m = wide.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = wide.iter().map(|v| (v - m).exp()).sum();
+                let want: Vec<f64> = wide.iter().map(|v| (v - m).exp() / sum).collect();
+                check(&out, &want, "softmax");
             }
         }
     }
