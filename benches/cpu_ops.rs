@@ -194,7 +194,8 @@ impl Tensors {
     }
 }
 
-/// `NH_BENCH_ONLY=<text>` limits the cases to those whose label contains the text.
+/// `NH_BENCH_ONLY=<text>` limits the cases to those whose label contains the text (matmul:
+/// the shape, `2048x2048x2048`; bandwidth: op and dtype, `silu bf16`).
 fn selected(label: &str) -> bool {
     std::env::var("NH_BENCH_ONLY").map_or(true, |only| label.contains(&only))
 }
@@ -321,7 +322,13 @@ fn bench_bandwidth(cpu: &CpuBackend) {
     println!("\n## bandwidth-bound ops (bytes read + written / median time)\n");
     println!("| op | elements | dtype | ours GB/s | memcpy GB/s (same run) | time / bound |");
     println!("|---|---:|---|---:|---:|---:|");
-    for elements in [1usize << 20, 1 << 24] {
+    // `NH_BENCH_ELEMENTS=65536,1048576` replaces the sizes (multiples of 8192): a size that
+    // stays in L2 shows the kernels' arithmetic rate apart from the memory system.
+    let sizes: Vec<usize> = std::env::var("NH_BENCH_ELEMENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1 << 20, 1 << 24]);
+    for elements in sizes {
         let mut memcpy = Memcpy::new(cpu.threads(), elements * 4);
         let rows = elements / 1024;
         let cases: Vec<(&str, OpKind, DType, OpParams, bool)> = vec![
@@ -347,7 +354,7 @@ fn bench_bandwidth(cpu: &CpuBackend) {
             ("softmax [rows, 1024]", OpKind::Softmax, DType::F16, OpParams::default(), false),
         ];
         for (name, kind, dtype, params, binary) in cases {
-            if !selected(name) {
+            if !selected(&format!("{name} {dtype}")) {
                 continue;
             }
             let mut t = Tensors::new();

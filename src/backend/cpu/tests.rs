@@ -471,8 +471,12 @@ fn softmax_is_stable_for_large_inputs() {
 
 #[test]
 fn rope_matches_reference_in_both_pairings() {
+    use super::simd::{test_cap, test_levels};
     let mut bench = Bench::new(9);
-    for dt in FLOATS {
+    // Every kernel level: dense tensors take the AVX2 / AVX-512 grouped-heads stream, padded
+    // ones the per-row stream, interleaved pairs the dispatched scalar loop.
+    for (level, dt) in test_levels().into_iter().flat_map(|l| FLOATS.map(|d| (l, d))) {
+        let _cap = test_cap(level);
         for interleaved in [false, true] {
             for (shape, layout) in [
                 (&[1, 1, 2][..], Dense),
@@ -491,7 +495,7 @@ fn rope_matches_reference_in_both_pairings() {
                 let out = bench.view(dt, shape, Dense);
                 bench.run(&OpDesc::new(OpKind::Rope, &[x], out).with_params(p));
                 let want = refr::rope(&tx, &p);
-                let what = format!("rope {dt} {shape:?} interleaved {interleaved}");
+                let what = format!("{level:?} rope {dt} {shape:?} interleaved {interleaved}");
                 assert_close(&bench.read(&out), &want, tol(dt) * 2.0, &what);
                 bench.run(&OpDesc::new(OpKind::Rope, &[x], x).with_params(p));
                 assert_close(&bench.read(&x), &want, tol(dt) * 2.0, &format!("{what} in place"));

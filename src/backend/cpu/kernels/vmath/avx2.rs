@@ -3,9 +3,6 @@
 use super::{stream, Act, Dense, V};
 use std::arch::x86_64::*;
 
-/// Bits of the rounding constant 1.5 * 2^23 used by `exp`.
-const MAGIC_BITS: i32 = 0x4b40_0000;
-
 impl V for __m256 {
     const LANES: usize = 8;
     #[inline(always)]
@@ -82,6 +79,7 @@ impl V for __m256 {
     unsafe fn abs(self) -> Self {
         _mm256_and_ps(self, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)))
     }
+    #[cfg(test)]
     #[inline(always)]
     unsafe fn copysign(self, sign: Self) -> Self {
         let s = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
@@ -93,9 +91,11 @@ impl V for __m256 {
         _mm256_fmadd_ps(r, _mm256_fnmadd_ps(self, r, _mm256_set1_ps(1.0)), r)
     }
     #[inline(always)]
-    unsafe fn pow2_of_magic(t: Self) -> Self {
-        let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(MAGIC_BITS - 127));
-        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n))
+    unsafe fn ldexp_magic(self, t: Self, _n: Self) -> Self {
+        // t's bits are MAGIC's plus n; shifted left by 23 MAGIC's bits fall off the top and
+        // n lands on the exponent field: one integer add scales by 2^n (no multiply).
+        let scale = _mm256_slli_epi32::<23>(_mm256_castps_si256(t));
+        _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(self), scale))
     }
     #[inline(always)]
     unsafe fn hsum(self) -> f32 {
@@ -130,14 +130,34 @@ unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: us
     stream::map::<__m256, K, A, O>(out, a, n, s)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn binary(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
-    stream::binary::<__m256>(mul, out, a, b, n)
+    stream::binary_by_dtype::<Avx2>(mul, out, a, b, n)
+}
+
+pub(super) unsafe fn softmax_row(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+    stream::softmax_by_dtype::<Avx2>(out, x, n, tmp)
+}
+
+impl stream::Rows for Avx2 {
+    #[inline(always)]
+    unsafe fn binary<const MUL: bool, const D: u8>(out: Dense, a: Dense, b: Dense, n: usize) {
+        binary_d::<MUL, D>(out, a, b, n)
+    }
+
+    #[inline(always)]
+    unsafe fn softmax<const D: u8>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+        softmax_d::<D>(out, x, n, tmp)
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn softmax_row(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
-    stream::softmax_row::<__m256>(out, x, n, tmp)
+unsafe fn binary_d<const MUL: bool, const D: u8>(out: Dense, a: Dense, b: Dense, n: usize) {
+    stream::binary::<__m256, MUL, D>(out, a, b, n)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_d<const D: u8>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
+    stream::softmax_row::<__m256, D>(out, x, n, tmp)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -145,22 +165,23 @@ pub(super) unsafe fn rope_row(out: Dense, x: Dense, half: usize, c: *const f32, 
     stream::rope_row::<__m256>(out, x, half, c, s)
 }
 
-/// exp, recip and erf of every element (tests).
+/// exp, e^-x, recip and erf of every element (tests).
 #[cfg(test)]
-pub(super) fn probe(xs: &[f32], e: &mut [f32], r: &mut [f32], f: &mut [f32]) {
+pub(super) fn probe(xs: &[f32], e: &mut [f32], en: &mut [f32], r: &mut [f32], f: &mut [f32]) {
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run(xs: &[f32], e: &mut [f32], r: &mut [f32], f: &mut [f32]) {
+    unsafe fn run(xs: &[f32], e: &mut [f32], en: &mut [f32], r: &mut [f32], f: &mut [f32]) {
         for i in (0..xs.len()).step_by(8) {
             let mut x = [1.0f32; 8];
             let k = 8.min(xs.len() - i);
             x[..k].copy_from_slice(&xs[i..i + k]);
             let v = __m256::load(x.as_ptr());
             let mut o = [0.0f32; 8];
-            for (which, dst) in [(0, &mut *e), (1, &mut *r), (2, &mut *f)] {
+            for (which, dst) in [(0, &mut *e), (1, &mut *r), (2, &mut *f), (3, &mut *en)] {
                 let y = match which {
                     0 => super::exp(v),
                     1 => v.recip(),
-                    _ => super::erf(v),
+                    2 => super::erf(v),
+                    _ => super::exp_neg::<_, 5>(v),
                 };
                 y.store(o.as_mut_ptr());
                 dst[i..i + k].copy_from_slice(&o[..k]);
@@ -168,5 +189,5 @@ pub(super) fn probe(xs: &[f32], e: &mut [f32], r: &mut [f32], f: &mut [f32]) {
         }
     }
     // SAFETY: tests call this only at the Avx2 level or above.
-    unsafe { run(xs, e, r, f) }
+    unsafe { run(xs, e, en, r, f) }
 }
