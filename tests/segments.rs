@@ -19,12 +19,14 @@ fn policy(text: &str) -> RuntimeConfig {
     RuntimeConfig { policy: PolicySource::Source { origin: "test".into(), text: text.into() }, ..config() }
 }
 
+/// Lavapipe, copying host buffers into replicas as a discrete GPU does (it could read them in
+/// place: unified memory): these tests count what crosses to device memory.
 fn lavapipe() -> Arc<VulkanBackend> {
-    Arc::new(
-        VulkanBackend::probe()
-            .unwrap_or_else(|e| panic!("no Vulkan device for the tests (install mesa-vulkan-drivers): {e}"))
-            .remove(0),
-    )
+    let gpu = VulkanBackend::probe()
+        .unwrap_or_else(|e| panic!("no Vulkan device for the tests (install mesa-vulkan-drivers): {e}"))
+        .remove(0);
+    gpu.set_host_import(false);
+    Arc::new(gpu)
 }
 
 /// x <- x * 0.5 + y, `rounds` times, as scale / add pairs through a scratch buffer; returns

@@ -11,10 +11,19 @@ use vulkan_util::*;
 /// The backend is shared; these tests read its counters, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The backend with in-place reads of host buffers off (lavapipe has unified memory): these
+/// tests are about replicas, which a discrete GPU always uses (tests/vulkan_zero_copy.rs
+/// covers in-place reads).
+fn copying_gpu() -> &'static npuhybrid::backend::vulkan::VulkanBackend {
+    let g = gpu();
+    g.set_host_import(false);
+    g
+}
+
 #[test]
 fn unchanged_inputs_are_uploaded_once() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let mut r = rng(1);
     let x = Tensor::random(&mut r, DType::F32, &[8, 64]);
     let w = Tensor::random(&mut r, DType::F32, &[64, 32]);
@@ -46,7 +55,7 @@ fn unchanged_inputs_are_uploaded_once() {
 #[test]
 fn replicas_of_dropped_buffers_are_released() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let mut r = rng(2);
     // A first op sweeps what earlier tests left; its own buffers stay alive throughout.
     let y = Tensor::random(&mut r, DType::F32, &[10]);
@@ -72,7 +81,7 @@ fn replicas_of_dropped_buffers_are_released() {
 #[test]
 fn the_budget_bounds_resident_bytes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let mut r = rng(3);
     gpu.set_residency_budget(64 << 10);
     let keep: Vec<Tensor> = (0..8).map(|_| Tensor::random(&mut r, DType::F32, &[8192])).collect();
@@ -87,7 +96,7 @@ fn the_budget_bounds_resident_bytes() {
 #[test]
 fn a_batch_chains_ops_on_the_device_and_matches_the_cpu() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let mut r = rng(4);
     let x = Tensor::random(&mut r, DType::F32, &[16, 48]);
     let w = Tensor::random(&mut r, DType::F32, &[48, 24]);
@@ -129,7 +138,7 @@ fn a_batch_chains_ops_on_the_device_and_matches_the_cpu() {
 #[test]
 fn a_partial_overlap_is_patched_on_the_device_or_splits_the_batch() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     // op 1 writes rows 0..4 of a [8, 4] buffer; op 2 reads all 8 rows.
     let whole = Tensor::new(DType::F32, &[8, 4], &[1.0; 32]);
     let mut top = whole.clone();
@@ -167,7 +176,7 @@ fn imported_memory_is_uploaded_for_every_run() {
     use npuhybrid::op::TensorView;
     use std::sync::Arc;
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let mut host = vec![1.0f32; 256];
     let id = vulkan_util::fresh_id();
     let buf = Arc::new(unsafe { Buffer::imported(id, host.as_mut_ptr() as *mut u8, 256 * 4) });
@@ -195,7 +204,7 @@ fn imported_memory_is_uploaded_for_every_run() {
 fn a_quantized_weight_is_uploaded_once_across_gemvs() {
     use npuhybrid::op::{OpParams, TensorView};
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let mut r = rng(5);
     let (n, k) = (96, 256);
     let values = Tensor::random(&mut r, DType::F32, &[n, k]).values();
@@ -238,7 +247,7 @@ fn a_quantized_weight_is_uploaded_once_across_gemvs() {
 #[test]
 fn a_view_rewritten_under_another_shape_is_read_in_the_same_submission() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let scratch = Tensor::zeros(DType::F32, &[4, 8]);
     let mut heads = scratch.clone();
     heads.view = npuhybrid::op::TensorView::contiguous(scratch.buf.id(), DType::F32, &[4, 2, 4], 0);
@@ -269,7 +278,7 @@ fn a_view_rewritten_under_another_shape_is_read_in_the_same_submission() {
 #[test]
 fn a_scratch_rewritten_whole_is_written_back_once() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let scratch = Tensor::zeros(DType::F32, &[4, 8]);
     let mut heads = scratch.clone();
     heads.view = npuhybrid::op::TensorView::contiguous(scratch.buf.id(), DType::F32, &[4, 2, 4], 0);
@@ -296,7 +305,7 @@ fn a_scratch_rewritten_whole_is_written_back_once() {
 #[test]
 fn a_matmul_accumulates_into_a_view_rewritten_in_part() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let gpu = gpu();
+    let gpu = copying_gpu();
     let c = Tensor::zeros(DType::F32, &[2, 4]);
     let mut top = c.clone();
     top.view = npuhybrid::op::TensorView::contiguous(c.buf.id(), DType::F32, &[4], 0);

@@ -130,6 +130,18 @@ impl Buffer {
         }
     }
 
+    /// The whole pages behind the buffer, for a device that maps host memory in place
+    /// (`VK_EXT_external_memory_host`): a pool block, or a file mapping rounded up to its last
+    /// page. None for caller-owned memory, whose neighbouring bytes are not ours to map.
+    pub fn host_pages(&self) -> Option<(*mut u8, usize)> {
+        const PAGE: usize = 4096;
+        match &self.storage {
+            Storage::Pooled(b) => Some((b.as_ptr(), b.capacity())),
+            Storage::Mapped(m, _) => Some((m.as_ptr() as *mut u8, m.len().next_multiple_of(PAGE))),
+            Storage::Imported { .. } => None,
+        }
+    }
+
     /// An op takes the buffer (`OpMemory::new`); `release_op` gives it back.
     pub fn hold_op(&self) {
         self.users.count.fetch_add(1, Ordering::AcqRel);

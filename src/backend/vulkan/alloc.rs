@@ -102,6 +102,8 @@ pub enum HeapKind {
     Device,
     /// Host-visible memory for uploads and downloads on devices that need staging.
     Staging,
+    /// A host buffer's own pages, imported (host_alias.rs); never freed through a heap.
+    HostAlias,
 }
 
 struct Block {

@@ -99,6 +99,8 @@ pub struct Capabilities {
     pub min_storage_align: u64,
     pub max_push_constants: u32,
     pub memory: vk::PhysicalDeviceMemoryProperties,
+    /// minImportedHostPointerAlignment of VK_EXT_external_memory_host; 0 without it.
+    pub host_import_align: u64,
 }
 
 impl Capabilities {
@@ -172,9 +174,15 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
     let props10 = unsafe { i.get_physical_device_properties(pdev) };
     let mut driver = vk::PhysicalDeviceDriverProperties::default();
     let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
+    let mut host_import = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+    let has_host_import = has_ext(ash::ext::external_memory_host::NAME);
     let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut driver).push_next(&mut subgroup);
+    if has_host_import {
+        props2 = props2.push_next(&mut host_import);
+    }
     unsafe { i.get_physical_device_properties2(pdev, &mut props2) };
     let props = props2.properties;
+    let host_import_align = if has_host_import { host_import.min_imported_host_pointer_alignment } else { 0 };
     let mut f11 = vk::PhysicalDeviceVulkan11Features::default();
     let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
     let mut feats2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut f11).push_next(&mut f12);
@@ -214,6 +222,7 @@ pub fn capabilities(inst: &Instance, pdev: vk::PhysicalDevice) -> Option<Capabil
         min_storage_align: props.limits.min_storage_buffer_offset_alignment,
         max_push_constants: props.limits.max_push_constants_size,
         memory,
+        host_import_align,
     })
 }
 
@@ -270,6 +279,9 @@ pub struct Context {
     pub coopmat: bool,
     /// Fragment shape (M, N, K) of the cooperative-matrix shader, when `coopmat`.
     pub coopmat_shape: [u32; 3],
+    /// VK_EXT_external_memory_host, enabled on unified-memory devices that offer it (unless
+    /// `NPUHYBRID_VULKAN_NO_HOST_IMPORT` is set): host buffers are read in place.
+    pub host_import: Option<ash::ext::external_memory_host::Device>,
 }
 
 impl Context {
@@ -303,12 +315,20 @@ impl Context {
             exts.push(ash::nv::cooperative_matrix::NAME.as_ptr());
             info = info.push_next(&mut coopmat_on);
         }
+        let host_import = caps.unified_memory()
+            && caps.host_import_align > 0
+            && std::env::var_os("NPUHYBRID_VULKAN_NO_HOST_IMPORT").is_none();
+        if host_import {
+            exts.push(ash::ext::external_memory_host::NAME.as_ptr());
+        }
         info = info.enabled_extension_names(&exts);
         let device = unsafe { inst.instance.create_device(pdev, &info, None) }
             .map_err(|e| vk_err("vkCreateDevice", e))?;
         let queue = unsafe { device.get_device_queue(caps.queue_family, 0) };
         let coopmat_shape = shape.unwrap_or([16, 16, 16]);
-        Ok(Context { inst, device, queue, caps, f16, coopmat, coopmat_shape })
+        let host_import =
+            host_import.then(|| ash::ext::external_memory_host::Device::new(&inst.instance, &device));
+        Ok(Context { inst, device, queue, caps, f16, coopmat, coopmat_shape, host_import })
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod alloc;
 mod context;
+mod host_alias;
 mod ops;
 mod pack;
 mod pipelines;
@@ -20,6 +21,7 @@ use crate::op::{OpDesc, OpKind, TensorView};
 use ash::vk;
 use context::{heaps, version_string, Capabilities, Context, Instance};
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use pipelines::cache_dir;
@@ -34,6 +36,8 @@ pub struct VulkanBackend {
     resident: residency::ResidentSet,
     /// Host-to-device copy rate assumed for uploads, bytes per nanosecond (GB/s).
     upload_gbs: f64,
+    /// Dense views of host buffers are read in place (unified memory, host_alias.rs).
+    host_import: AtomicBool,
     ctx: Arc<Context>,
 }
 
@@ -112,6 +116,7 @@ impl VulkanBackend {
             resident: state.residency.resident_set(),
             state: Mutex::new(state),
             upload_gbs,
+            host_import: AtomicBool::new(ctx.host_import.is_some()),
             ctx,
         })
     }
@@ -145,6 +150,16 @@ impl VulkanBackend {
     /// Upper bound for replicas kept between ops (default: half of device memory).
     pub fn set_residency_budget(&self, bytes: u64) {
         self.state.lock().set_budget(bytes);
+    }
+
+    /// Reads host buffers in place where the device can (unified memory with
+    /// `VK_EXT_external_memory_host`), or copies them into replicas as a discrete GPU does.
+    /// Returns whether in-place reads are on.
+    pub fn set_host_import(&self, on: bool) -> bool {
+        let on = on && self.ctx.host_import.is_some();
+        self.state.lock().set_host_import(on);
+        self.host_import.store(on, Ordering::Relaxed);
+        on
     }
 
     /// Name of the physical device as the driver reports it.
@@ -186,9 +201,12 @@ impl Backend for VulkanBackend {
     }
 
     fn input_upload_ns(&self, v: &TensorView, mem: &OpMemory) -> f64 {
+        let caps = &self.ctx.caps;
+        let in_place = self.host_import.load(Ordering::Relaxed);
         // Imported memory is uploaded every time (submit.rs).
         let current = mem.buffer(v.buffer).is_ok_and(|b| {
-            !b.is_imported() && self.resident.is_current(&residency::ReplicaKey::of(v), b.version())
+            (in_place && host_alias::eligible(caps.host_import_align, caps.min_storage_align, b, v))
+                || (!b.is_imported() && self.resident.is_current(&residency::ReplicaKey::of(v), b.version()))
         });
         if current {
             0.0
@@ -292,6 +310,7 @@ fn device_info(ctx: &Context, features: ops::Features) -> DeviceInfo {
         ("coopmat_shape".into(), format!("{:?}", ctx.coopmat_shape)),
         ("memory_heaps".into(), heap_list.join(", ")),
         ("unified_memory".into(), yes(c.unified_memory())),
+        ("host_buffers_read_in_place".into(), yes(ctx.host_import.is_some())),
         ("timestamp_period_ns".into(), c.timestamp_period.to_string()),
         ("tensor_memory".into(), tensor_memory(ctx)),
     ];

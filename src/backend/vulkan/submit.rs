@@ -7,6 +7,7 @@
 
 use super::alloc::{Allocation, Heap, HeapKind};
 use super::context::{vk_err, Context};
+use super::host_alias::HostAliases;
 use super::ops::{self, Features, Step};
 use super::pack;
 use super::pipelines::{Pipelines, BINDINGS};
@@ -29,6 +30,8 @@ pub struct State {
     device_heap: Heap,
     /// Host-visible memory for transfers; None on unified-memory devices.
     staging: Option<Heap>,
+    /// Host buffers read in place, on unified-memory devices that can import them.
+    aliases: Option<HostAliases>,
     pub residency: ResidencyCache<Allocation>,
     pub pipelines: Pipelines,
     cmd_pool: vk::CommandPool,
@@ -47,6 +50,8 @@ pub struct State {
     uploaded: u64,
     /// Bytes written back to host views so far.
     written_back: u64,
+    /// Bytes of host views read in place so far.
+    zero_copy: u64,
     /// A submission timed out: the GPU may still use its memory, so none is freed.
     hung: bool,
 }
@@ -147,6 +152,7 @@ impl State {
         Ok(State {
             device_heap,
             staging,
+            aliases: HostAliases::new(ctx.clone()),
             residency: ResidencyCache::default(),
             pipelines,
             cmd_pool: made.cmd_pool,
@@ -161,6 +167,7 @@ impl State {
             hung: false,
             uploaded: 0,
             written_back: 0,
+            zero_copy: 0,
             ctx,
         })
     }
@@ -172,7 +179,18 @@ impl State {
             reserved_bytes: self.device_heap.reserved,
             uploaded_bytes: self.uploaded,
             written_back_bytes: self.written_back,
+            zero_copy_bytes: self.zero_copy,
             submissions: self.timeline_value,
+        }
+    }
+
+    /// Turns in-place reads of host buffers off (replicas are copied as on a discrete GPU)
+    /// or back on where the device can import host memory.
+    pub fn set_host_import(&mut self, on: bool) {
+        if !on {
+            self.aliases = None;
+        } else if self.aliases.is_none() {
+            self.aliases = HostAliases::new(self.ctx.clone());
         }
     }
 
@@ -188,6 +206,7 @@ impl State {
                     h.free(&a)
                 }
             }
+            HeapKind::HostAlias => {}
         }
     }
 
@@ -251,6 +270,9 @@ impl State {
         self.residency.next_tick();
         self.residency.evict_dead(&mut dead);
         self.free_all(dead);
+        if let (Some(a), false) = (self.aliases.as_mut(), self.hung) {
+            a.evict_dead();
+        }
 
         let mut seg = Segment::default();
         let started = Instant::now();
@@ -396,6 +418,16 @@ impl State {
                         (a, false)
                     }
                     None => {
+                        // On unified memory, a view that no earlier op of the submission wrote
+                        // into is read where it lies: no copy, no replica.
+                        let untouched =
+                            !seg.outputs.iter().any(|o| o.view.buffer == v.buffer && overlaps(&o.view, v));
+                        if let (false, true, Some(aliases)) = (own, untouched, self.aliases.as_mut()) {
+                            if let Some(a) = aliases.view(buf, v) {
+                                self.zero_copy += v.bytes() as u64;
+                                return Ok((a, false));
+                            }
+                        }
                         // Bytes an earlier op of the submission wrote through a dense view over
                         // all of v are patched in below: the host's older copy need not travel.
                         let covered = seg.outputs.iter().any(|o| {
@@ -898,6 +930,8 @@ pub struct Stats {
     pub uploaded_bytes: u64,
     /// Bytes written back to host views since the backend opened.
     pub written_back_bytes: u64,
+    /// Bytes of host views the GPU read in place (unified memory), not counted as uploads.
+    pub zero_copy_bytes: u64,
     /// Command buffers submitted.
     pub submissions: u64,
 }
