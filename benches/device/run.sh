@@ -76,6 +76,11 @@ if want models; then
       --devices gpu --policy benches/device/all_gpu.nhp --quiet --trace "$out/llama1b_all_gpu_trace.json"
     step generate_all_gpu 60 .devbin/generate --model .devbin/tiny_llama --devices gpu \
       --policy benches/device/all_gpu.nhp --check .devbin/tiny_llama/reference.json --quiet
+    # What the timestamps around every op cost (A/B against the two steps above).
+    step llama1b_all_gpu_no_ts 150 env NPUHYBRID_VULKAN_OP_TIMESTAMPS=0 .devbin/generate --synthetic llama-3.2-1b \
+      --prompt-len 512 --steps 33 --devices gpu --policy benches/device/all_gpu.nhp --quiet
+    step generate_all_gpu_no_ts 60 env NPUHYBRID_VULKAN_OP_TIMESTAMPS=0 .devbin/generate --model .devbin/tiny_llama \
+      --devices gpu --policy benches/device/all_gpu.nhp --quiet
     step llama1b_cpu16 120 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 9 \
       --devices cpu --quiet
   fi
@@ -87,7 +92,8 @@ if want models; then
 fi
 if want hybrid; then
   # Every device on, the built-in policies: never slower than the best single device above.
-  [ -x .devbin/embed ] && step embed_hybrid 100 .devbin/embed --bench --synthetic --devices gpu,sim --bench-seconds 1
+  [ -x .devbin/embed ] && step embed_hybrid 100 .devbin/embed --bench --synthetic --devices gpu,sim --bench-seconds 1 \
+    --trace "$out/embed_hybrid_trace.json"
   [ -x .devbin/generate ] && step generate_hybrid 60 .devbin/generate --model .devbin/tiny_llama \
     --devices gpu,sim --policy llm_inference --quiet
   [ -x .devbin/workload ] && step workload_hybrid 60 .devbin/workload --policy default --devices gpu,sim --seq 512

@@ -159,6 +159,9 @@ pub struct SegmentPhases {
     pub finish_ns: u64,
     /// Submissions the segment took.
     pub submissions: u32,
+    /// Bytes the segment copied between host views and device memory (uploads and
+    /// write-backs): the transfers a plan counts apart from run time.
+    pub moved_bytes: u64,
 }
 
 impl SegmentPhases {
@@ -168,6 +171,7 @@ impl SegmentPhases {
         self.wait_ns += other.wait_ns;
         self.finish_ns += other.finish_ns;
         self.submissions += other.submissions;
+        self.moved_bytes += other.moved_bytes;
     }
 }
 

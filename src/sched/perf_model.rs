@@ -5,7 +5,11 @@
 //! ended.
 //!
 //! Times are kept as a device's time for an op inside a segment (`run_ns`); a lone op pays
-//! the device's launch (a submission and its wait) on top (`predict_ns`).
+//! the device's launch (a submission and its wait) on top (`predict_ns`). A device that times
+//! its kernels (GPU timestamps) keeps kernel times per op and, apart, one cost per op for the
+//! rest (recording, gaps between dispatches), learned from whole segments: the rest of a short
+//! segment in a mixed plan (uploads, write-backs) must not read as a slow kernel, or the
+//! device looks slower the more the plan splits and never gets whole graphs back.
 
 use super::fasthash::FastMap;
 use crate::backend::{DeviceInfo, DeviceKind};
@@ -22,6 +26,9 @@ const OUTLIER_ALPHA: f64 = 0.05;
 /// enough samples to trust.
 const OUTLIER_FACTOR: f64 = 4.0;
 const TRUSTED_SAMPLES: u64 = 3;
+/// Weight the running sums of the per-op overhead keep at each new segment: a segment counts
+/// by its number of ops, so one long segment outweighs many short ones.
+const OVERHEAD_DECAY: f64 = 0.8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Key {
@@ -56,14 +63,32 @@ pub struct DeviceModel {
     priors: RwLock<Priors>,
     calibrated: std::sync::atomic::AtomicBool,
     entries: RwLock<FastMap<Key, Entry>>,
+    /// Some once the device reported kernel times: entries are kernel times then.
+    overhead: RwLock<Option<Overhead>>,
 }
+
+/// Decayed sums of what segments took beyond their kernels and launch, and of their ops.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct Overhead {
+    rest_ns: f64,
+    ops: f64,
+}
+
+/// Version of the history file: files of another version are not read (version 2: entries
+/// of devices that time their kernels are kernel times).
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Saved {
+    #[serde(default)]
+    format: u32,
     device: String,
     #[serde(default)]
     calibration: Option<Priors>,
     entries: Vec<(Key, Entry)>,
+    /// Present when the entries are kernel times (see the module's comment).
+    #[serde(default)]
+    overhead: Option<Overhead>,
 }
 
 /// Work of an op in the unit its cost scales with.
@@ -102,6 +127,7 @@ impl DeviceModel {
             }),
             calibrated: std::sync::atomic::AtomicBool::new(false),
             entries: RwLock::new(FastMap::default()),
+            overhead: RwLock::new(None),
         }
     }
 
@@ -146,9 +172,28 @@ impl DeviceModel {
             entries.get(&Key { bucket, ..at })
         });
         match near {
-            Some(e) => e.ns_per_unit * units,
+            Some(e) => e.ns_per_unit * units + self.op_overhead_ns(),
             None => self.prior_ns(op),
         }
+    }
+
+    /// What one op costs inside a segment beyond its kernel, on a device that times kernels
+    /// (0 elsewhere: its entries hold whole times).
+    pub fn op_overhead_ns(&self) -> f64 {
+        self.overhead.read().map_or(0.0, |o| if o.ops > 0.0 { o.rest_ns / o.ops } else { 0.0 })
+    }
+
+    /// Folds a segment whose ops were timed by the device: each op's kernel time into its
+    /// entry, and what the segment took beyond its kernels (`rest_ns`: wall time less launch,
+    /// set-up and the transfers the plan counts apart) into the per-op overhead.
+    pub fn record_timed_segment(&self, kernels: &[(&OpDesc, f64)], rest_ns: f64) {
+        for (op, ns) in kernels {
+            self.record_in_segment(op, *ns);
+        }
+        let mut o = self.overhead.write();
+        let o = o.get_or_insert_with(Overhead::default);
+        o.rest_ns = o.rest_ns * OVERHEAD_DECAY + rest_ns.max(0.0);
+        o.ops = o.ops * OVERHEAD_DECAY + kernels.len() as f64;
     }
 
     fn prior_ns(&self, op: &OpDesc) -> f64 {
@@ -201,9 +246,11 @@ impl DeviceModel {
     pub fn save(&self, dir: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let saved = Saved {
+            format: FORMAT,
             device: self.identity.clone(),
             calibration: self.is_calibrated().then(|| self.priors()),
             entries: self.entries.read().iter().map(|(k, v)| (*k, *v)).collect(),
+            overhead: *self.overhead.read(),
         };
         let path = dir.join(self.file_name());
         let tmp = path.with_extension("json.tmp");
@@ -216,6 +263,10 @@ impl DeviceModel {
     pub fn load(&self, dir: &Path) -> bool {
         let Ok(bytes) = crate::files::read(&dir.join(self.file_name())) else { return false };
         match serde_json::from_slice::<Saved>(&bytes) {
+            Ok(saved) if saved.format != FORMAT => {
+                log::info!("ignoring performance history of an older format for {}", self.identity);
+                false
+            }
             Ok(saved) if saved.device == self.identity => {
                 if let Some(p) = saved.calibration.filter(|p| {
                     [p.launch_ns, p.op_ns, p.peak_gflops, p.bandwidth_gbs]
@@ -224,6 +275,8 @@ impl DeviceModel {
                 }) {
                     self.calibrate(p);
                 }
+                let overhead = saved.overhead.filter(|o| o.rest_ns.is_finite() && o.ops.is_finite());
+                *self.overhead.write() = overhead;
                 let mut entries = self.entries.write();
                 for (k, v) in saved.entries {
                     if v.ns_per_unit.is_finite() && v.ns_per_unit > 0.0 {
@@ -325,5 +378,46 @@ mod tests {
         assert!(again.load(dir.path()));
         assert!(again.is_calibrated());
         assert_eq!(again.priors(), measured);
+    }
+
+    #[test]
+    fn a_timed_device_keeps_kernel_times_and_one_overhead_per_op() {
+        let cpu = crate::backend::cpu::CpuBackend::new(1).unwrap();
+        let model = DeviceModel::new(cpu.info());
+        let (a, b) = (matmul(64), matmul(128));
+        // A long segment: 200 ops' worth of kernels plus 4 ms of recording and gaps.
+        let long: Vec<(&OpDesc, f64)> =
+            (0..200).map(|i| (if i % 2 == 0 { &a } else { &b }, 10_000.0)).collect();
+        model.record_timed_segment(&long, 4_000_000.0);
+        assert!((model.op_overhead_ns() - 20_000.0).abs() < 1e-6);
+        assert!((model.run_ns(&a) - 30_000.0).abs() < 1e-6, "kernel time plus the overhead");
+        // Then short segments of a mixed plan, each with 300 us of uploads and waiting: the
+        // estimate moves, but by ops, not by segments.
+        for _ in 0..5 {
+            model.record_timed_segment(&[(&a, 10_000.0)], 300_000.0);
+        }
+        let after = model.op_overhead_ns();
+        assert!(after > 20_000.0 && after < 40_000.0, "{after}");
+        // Kernel entries stay kernel times.
+        assert!((model.run_ns(&a) - after - 10_000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn the_overhead_is_saved_and_older_files_are_not_read() {
+        let cpu = crate::backend::cpu::CpuBackend::new(1).unwrap();
+        let info = cpu.info();
+        let dir = std::env::temp_dir().join(format!("nh-perf-format-{}", std::process::id()));
+        let model = DeviceModel::new(info);
+        let a = matmul(64);
+        model.record_timed_segment(&[(&a, 1_000.0), (&a, 1_000.0)], 500.0);
+        let path = model.save(&dir).unwrap();
+        let again = DeviceModel::new(info);
+        assert!(again.load(&dir));
+        assert_eq!(again.op_overhead_ns(), 250.0);
+        // The same history without a format field: an older file, ignored.
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"format\":2,", "");
+        std::fs::write(&path, text).unwrap();
+        assert!(!DeviceModel::new(info).load(&dir));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

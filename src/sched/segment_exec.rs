@@ -185,6 +185,27 @@ impl Costs for ModelCosts<'_> {
     }
 }
 
+/// Each member's share of a segment's run time: its kernel time (the device's timestamps) plus
+/// an even share of the rest (recording, submission, gaps between dispatches), which costs
+/// about the same for every op whatever its kernel time; evenly without timestamps. When the
+/// kernels overlapped (their sum exceeds the run), in proportion to kernel time.
+fn member_times(run: f64, reports: &[ExecReport]) -> Vec<f64> {
+    let n = reports.len().max(1) as f64;
+    let kernels: Option<Vec<f64>> = reports.iter().map(|r| r.device_ns.map(|ns| ns as f64)).collect();
+    match kernels {
+        Some(k) if k.iter().sum::<f64>() > 0.0 => {
+            let total: f64 = k.iter().sum();
+            if total <= run {
+                let rest = (run - total) / n;
+                k.iter().map(|ns| ns + rest).collect()
+            } else {
+                k.iter().map(|ns| run * ns / total).collect()
+            }
+        }
+        _ => vec![run / n; reports.len()],
+    }
+}
+
 impl Scheduler {
     /// Plans a graph's placement (see `segment.rs`). Under `earliest_completion` the plan
     /// picks among the rule's devices; under `first_available` an op's device is the rule's
@@ -422,8 +443,9 @@ impl Scheduler {
         }
     }
 
-    /// Records and completes the members that ran, sharing the segment's wall time among
-    /// them by their device time (evenly without timestamps); set-up is not run time.
+    /// Records and completes the members that ran: their kernel times and the segment's rest
+    /// where the device timed them (`record_timed_segment`), else shares of the wall time;
+    /// set-up is not run time.
     fn complete_members(
         self: &Arc<Self>,
         device: &Device,
@@ -438,13 +460,27 @@ impl Scheduler {
         let wall = finished.duration_since(started).as_nanos() as f64;
         let setup: f64 = reports.iter().map(|r| r.setup_ns as f64).sum();
         let run = (wall - setup - device.model.launch_ns()).max(wall / 10.0);
-        let device_total: f64 = reports.iter().filter_map(|r| r.device_ns).sum::<u64>() as f64;
         let load = &device.load;
         load.ops_run.fetch_add(tasks.len() as u64, Ordering::Relaxed);
         load.busy_ns.fetch_add(wall as u64, Ordering::Relaxed);
         load.consecutive_failures.store(0, Ordering::Relaxed);
         let mut at = started;
-        let n = tasks.len() as f64;
+        let times = member_times(run, reports);
+        let kernels: Option<Vec<f64>> = reports.iter().map(|r| r.device_ns.map(|ns| ns as f64)).collect();
+        match kernels {
+            Some(k) => {
+                let moved = phases.map_or(0, |p| p.moved_bytes) as f64;
+                let transfers = device.backend.link_gbs().map_or(0.0, |gbs| moved / gbs);
+                let rest = run - k.iter().sum::<f64>() - transfers;
+                let timed: Vec<(&OpDesc, f64)> = tasks.iter().map(|t| &*t.op).zip(k).collect();
+                device.model.record_timed_segment(&timed, rest);
+            }
+            None => {
+                for (t, op_ns) in tasks.iter().zip(&times) {
+                    device.model.record_in_segment(&t.op, *op_ns);
+                }
+            }
+        }
         self.trace.slice(device.index, "segment", started, finished, || {
             let mut args = json!({"ops": tasks.len(), "setup_us": setup / 1e3, "first_task": tasks[0].id});
             if let Some(p) = phases {
@@ -457,13 +493,7 @@ impl Scheduler {
             }
             args
         });
-        for (t, r) in tasks.iter().zip(reports) {
-            let share = match r.device_ns {
-                Some(ns) if device_total > 0.0 => ns as f64 / device_total,
-                _ => 1.0 / n,
-            };
-            let op_ns = run * share;
-            device.model.record_in_segment(&t.op, op_ns);
+        for ((t, r), op_ns) in tasks.iter().zip(reports).zip(times) {
             load.bytes_moved.fetch_add(t.op.views().map(|v| v.bytes() as u64).sum(), Ordering::Relaxed);
             let end = (at + std::time::Duration::from_nanos(op_ns as u64)).min(finished);
             self.trace.slice(device.index, t.op.kind.name(), at, end, || {
@@ -544,7 +574,14 @@ impl Scheduler {
                     let elapsed = finished.duration_since(started).as_nanos() as u64;
                     device.load.ops_run.fetch_add(1, Ordering::Relaxed);
                     device.load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
-                    device.model.record(&task.op, elapsed.saturating_sub(report.setup_ns) as f64);
+                    let measured = elapsed.saturating_sub(report.setup_ns) as f64;
+                    match report.device_ns {
+                        Some(kernel) => {
+                            let rest = measured - device.model.launch_ns() - kernel as f64;
+                            device.model.record_timed_segment(&[(&task.op, kernel as f64)], rest);
+                        }
+                        None => device.model.record(&task.op, measured),
+                    }
                     self.trace.slice(index, task.op.kind.name(), started, finished, || {
                         json!({"dtype": task.op.dtype().name(), "dims": dims_json(&task.op), "tags": tags_text(&task.op), "task": task.id, "fallbacks": fallbacks})
                     });
@@ -598,3 +635,28 @@ fn depends_on_failed(task: &Task, failed_writes: &[Access]) -> Option<Error> {
 }
 
 use crate::backend::ExecReport;
+
+#[cfg(test)]
+mod tests {
+    use super::member_times;
+    use crate::backend::ExecReport;
+
+    fn reports(kernels: &[Option<u64>]) -> Vec<ExecReport> {
+        kernels.iter().map(|&device_ns| ExecReport { device_ns, setup_ns: 0 }).collect()
+    }
+
+    #[test]
+    fn the_time_outside_kernels_is_shared_evenly() {
+        // A long matmul and two short elementwise ops, 600 ns of recording and gaps.
+        let t = member_times(1_000.0, &reports(&[Some(380), Some(10), Some(10)]));
+        assert_eq!(t, vec![580.0, 210.0, 210.0]);
+        assert_eq!(t.iter().sum::<f64>(), 1_000.0);
+    }
+
+    #[test]
+    fn overlapped_kernels_share_in_proportion_and_missing_timestamps_evenly() {
+        assert_eq!(member_times(100.0, &reports(&[Some(150), Some(50)])), vec![75.0, 25.0]);
+        assert_eq!(member_times(90.0, &reports(&[Some(150), None, Some(50)])), vec![30.0; 3]);
+        assert_eq!(member_times(90.0, &reports(&[Some(0), Some(0)])), vec![45.0; 2]);
+    }
+}

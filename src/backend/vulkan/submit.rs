@@ -54,6 +54,9 @@ pub struct State {
     zero_copy: u64,
     /// A submission timed out: the GPU may still use its memory, so none is freed.
     hung: bool,
+    /// Timestamps around every op (the model's per-op device times).
+    /// `NPUHYBRID_VULKAN_OP_TIMESTAMPS=0` leaves them out, to measure what they cost.
+    op_timestamps: bool,
 }
 
 // Vulkan handles and mapped pointers are used only under the backend's mutex.
@@ -165,6 +168,7 @@ impl State {
             budget,
             lost: None,
             hung: false,
+            op_timestamps: std::env::var("NPUHYBRID_VULKAN_OP_TIMESTAMPS").map_or(true, |v| v != "0"),
             uploaded: 0,
             written_back: 0,
             zero_copy: 0,
@@ -243,6 +247,7 @@ impl State {
             return out;
         }
         let mut phases = SegmentPhases::default();
+        let moved_before = self.uploaded + self.written_back;
         let mut start = 0;
         while start < ops.len() {
             let end = segment_end(&ops[start..]) + start;
@@ -255,6 +260,7 @@ impl State {
             }
             start = end;
         }
+        phases.moved_bytes = self.uploaded + self.written_back - moved_before;
         out.phases = Some(phases);
         out
     }
@@ -602,7 +608,7 @@ impl State {
         }
         let d = &self.ctx.device;
         let cb = self.cmd;
-        let timestamps = self.ctx.caps.timestamp_bits > 0;
+        let timestamps = self.ctx.caps.timestamp_bits > 0 && self.op_timestamps;
         unsafe {
             d.reset_descriptor_pool(self.desc_pool, vk::DescriptorPoolResetFlags::empty())
                 .map_err(|e| vk_err("vkResetDescriptorPool", e))?;
