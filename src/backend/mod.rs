@@ -240,6 +240,14 @@ pub trait Backend: Send + Sync {
         0
     }
 
+    /// Whether `ExecReport::device_ns` measures this machine's work on the device (GPU
+    /// timestamps), so the model keeps kernel times per op and learns the rest apart
+    /// (`DeviceModel::record_timed_segment`). A simulated device's times are its model's, not
+    /// what running it costs here: false.
+    fn times_kernels(&self) -> bool {
+        false
+    }
+
     /// Rate at which data crosses between host memory and this device's memory, GB/s; None
     /// where the device works on host memory itself (CPU, simulated NPU, an APU's NPU).
     fn link_gbs(&self) -> Option<f64> {
@@ -302,6 +310,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn link_gbs(&self) -> Option<f64> {
         (**self).link_gbs()
+    }
+    fn times_kernels(&self) -> bool {
+        (**self).times_kernels()
     }
     fn prepare_kernels(&self, stop: &std::sync::atomic::AtomicBool) -> usize {
         (**self).prepare_kernels(stop)

@@ -467,7 +467,7 @@ impl Scheduler {
         let mut at = started;
         let times = member_times(run, reports);
         let kernels: Option<Vec<f64>> = reports.iter().map(|r| r.device_ns.map(|ns| ns as f64)).collect();
-        match kernels {
+        match kernels.filter(|_| device.backend.times_kernels()) {
             Some(k) => {
                 let moved = phases.map_or(0, |p| p.moved_bytes) as f64;
                 let transfers = device.backend.link_gbs().map_or(0.0, |gbs| moved / gbs);
@@ -575,7 +575,7 @@ impl Scheduler {
                     device.load.ops_run.fetch_add(1, Ordering::Relaxed);
                     device.load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
                     let measured = elapsed.saturating_sub(report.setup_ns) as f64;
-                    match report.device_ns {
+                    match report.device_ns.filter(|_| device.backend.times_kernels()) {
                         Some(kernel) => {
                             let rest = measured - device.model.launch_ns() - kernel as f64;
                             device.model.record_timed_segment(&[(&task.op, kernel as f64)], rest);

@@ -38,6 +38,8 @@ pub struct VulkanBackend {
     upload_gbs: f64,
     /// Dense views of host buffers are read in place (unified memory, host_alias.rs).
     host_import: AtomicBool,
+    /// Every op's kernel is timed (timestamps).
+    times_kernels: bool,
     ctx: Arc<Context>,
 }
 
@@ -105,6 +107,7 @@ impl VulkanBackend {
             coopmat_v1: std::env::var("NPUHYBRID_VULKAN_COOPMAT").is_ok_and(|v| v == "v1"),
         };
         let state = submit::State::new(ctx.clone())?;
+        let times_kernels = state.op_timestamps();
         // A discrete GPU copies through staging over PCIe; elsewhere an upload is a host copy
         // (with packing) into device-visible memory. Both are rough, and only rank devices.
         let upload_gbs =
@@ -117,6 +120,7 @@ impl VulkanBackend {
             state: Mutex::new(state),
             upload_gbs,
             host_import: AtomicBool::new(ctx.host_import.is_some()),
+            times_kernels,
             ctx,
         })
     }
@@ -233,6 +237,10 @@ impl Backend for VulkanBackend {
         // version that results: a touch before the run would make every replica it reads
         // look stale (a KV cache written then read in one submission).
         true
+    }
+
+    fn times_kernels(&self) -> bool {
+        self.times_kernels
     }
 
     fn link_gbs(&self) -> Option<f64> {

@@ -198,6 +198,11 @@ impl State {
         }
     }
 
+    /// Whether each op's kernel is timed (timestamps supported and not turned off).
+    pub fn op_timestamps(&self) -> bool {
+        self.op_timestamps && self.ctx.caps.timestamp_bits > 0
+    }
+
     pub fn set_budget(&mut self, bytes: u64) {
         self.budget = bytes;
     }
@@ -608,7 +613,7 @@ impl State {
         }
         let d = &self.ctx.device;
         let cb = self.cmd;
-        let timestamps = self.ctx.caps.timestamp_bits > 0 && self.op_timestamps;
+        let timestamps = self.op_timestamps();
         unsafe {
             d.reset_descriptor_pool(self.desc_pool, vk::DescriptorPoolResetFlags::empty())
                 .map_err(|e| vk_err("vkResetDescriptorPool", e))?;
