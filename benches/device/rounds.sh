@@ -19,8 +19,8 @@ for round in $(seq 1 "${1:-3}"); do
     only_cpu=$([ "$devices" = cpu ] && echo --cpu-only)
     timeout 100 $b/embed --bench --synthetic --bench-seconds 1 --devices "$devices" 2>&1 | grep BENCH
     timeout 60 $b/workload --policy default --seq 512 ${only_cpu:---devices gpu,sim} 2>&1 | grep -E 'block as a graph|graph placement'
-    timeout 60 $b/generate --model $b/tiny_llama --devices "$devices" --policy llm_inference --quiet --steps 64 2>&1 \
-      | grep -E '^(prefill|decode):'
+    timeout 60 $b/generate --model $b/tiny_llama --devices "$devices" --policy llm_inference --quiet --steps 64 \
+      --explain 2>&1 | grep -E '^(prefill|decode):|graph placement|candidates' | cut -c1-400
     timeout 200 $b/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 17 --devices "$devices" \
       --policy llm_inference --quiet --explain 2>&1 | grep -E '^(prefill|decode):|graph placement|candidates' | cut -c1-400
   done
