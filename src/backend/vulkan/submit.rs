@@ -556,10 +556,11 @@ impl State {
         Ok(dst)
     }
 
-    /// Points a descriptor set's bindings at `slots` (the dummy buffer for empty ones).
-    fn bind_slots(&self, set: vk::DescriptorSet, slots: &[Option<Allocation>; BINDINGS as usize]) {
+    /// Points each set's bindings at its slots (the dummy buffer for empty ones), in one call.
+    fn bind_all(&self, sets: &[vk::DescriptorSet], slots: &[[Option<Allocation>; BINDINGS as usize]]) {
         let infos: Vec<[vk::DescriptorBufferInfo; 1]> = slots
             .iter()
+            .flatten()
             .map(|s| {
                 let a = s.unwrap_or(self.dummy);
                 // Whole words: quantized weights (blocks of 18 or 34 bytes) may end inside
@@ -570,13 +571,14 @@ impl State {
                     .range(a.size.next_multiple_of(4))]
             })
             .collect();
+        let per_set = BINDINGS as usize;
         let writes: Vec<vk::WriteDescriptorSet> = infos
             .iter()
             .enumerate()
-            .map(|(b, info)| {
+            .map(|(j, info)| {
                 vk::WriteDescriptorSet::default()
-                    .dst_set(set)
-                    .dst_binding(b as u32)
+                    .dst_set(sets[j / per_set])
+                    .dst_binding((j % per_set) as u32)
                     .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
                     .buffer_info(info)
             })
@@ -650,6 +652,20 @@ impl State {
                         .set_layouts(&layouts),
                 )
                 .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?;
+            // Every set written in one driver call: ops' sets first, then the patch shaders'
+            // in the order of seg.patches (sorted by op, as the loop below takes them).
+            let patch_slots = seg.patches.iter().filter_map(|p| match p.copy {
+                PatchCopy::Shader { .. } => {
+                    let mut slots = [None; BINDINGS as usize];
+                    slots[0] = Some(p.src);
+                    slots[BINDINGS as usize - 1] = Some(p.dst);
+                    Some(slots)
+                }
+                PatchCopy::Regions(_) => None,
+            });
+            let all_slots: Vec<[Option<Allocation>; BINDINGS as usize]> =
+                seg.slots.iter().copied().chain(patch_slots).collect();
+            self.bind_all(&sets, &all_slots);
             let mut next_patch = 0;
             // Barriers only where a command touches memory an unfenced earlier one wrote (or
             // writes memory it read): independent dispatches (q, k and v; gate and up) overlap.
@@ -676,10 +692,6 @@ impl State {
                         }
                         PatchCopy::Shader { push, groups, .. } => {
                             let set = sets[ops.len() + next_patch];
-                            let mut slots = [None; BINDINGS as usize];
-                            slots[0] = Some(p.src);
-                            slots[BINDINGS as usize - 1] = Some(p.dst);
-                            self.bind_slots(set, &slots);
                             d.cmd_bind_pipeline(
                                 cb,
                                 vk::PipelineBindPoint::COMPUTE,
@@ -724,7 +736,6 @@ impl State {
                 }
                 match step {
                     Step::Dispatch { push, groups, .. } => {
-                        self.bind_slots(sets[i], slots);
                         d.cmd_bind_pipeline(
                             cb,
                             vk::PipelineBindPoint::COMPUTE,
