@@ -163,11 +163,13 @@ fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, r
         worst = worst.max((outr[j] - want).abs() / (k as f64).sqrt());
     }
     let ok = worst < 1e-4;
+    // The GEMV's [threads, rows of W per workgroup, units in flight per thread].
+    let shape = npuhybrid::backend::vulkan::quant_gemv_shape(k, n, 1);
     let flops = 2.0 * (n * k) as f64;
     let wbytes = wq.len() as f64;
     let bytes = wbytes + ((k + n) * 4) as f64;
     println!(
-        "RESULT case=gemv_{wt}_{n}x{k} dtype={wt} m=1 k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} weight_gbs={:.0} batched_weight_gbs={:.0} check={} err={:.2e}",
+        "RESULT case=gemv_{wt}_{n}x{k} dtype={wt} m=1 k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} weight_gbs={:.0} batched_weight_gbs={:.0} shape={} check={} err={:.2e}",
         ns / 1e3,
         flops / ns / 1e3,
         bytes / ns,
@@ -176,6 +178,7 @@ fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, r
         bytes / bns,
         wbytes / ns,
         wbytes / bns,
+        shape.map(|s| s.to_string()).join(","),
         if ok { "ok" } else { "FAILED" },
         worst
     );
