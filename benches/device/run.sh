@@ -5,8 +5,9 @@
 # (default: the first four; one call of the device tool must end within 10 minutes: take
 # kernels alone, then the rest; gemvq, the quantized GEMVs under several shapes, on its own).
 # kernels: Vulkan matmul/GEMV vs cuBLAS (benches/device/compare.py prints the issue's table);
-# falloff: the 4096 fall-off varied one thing at a time and the first coopmat shader as an A/B; models: embeddings, tiny Llama and a
-# Llama-3.2-1B-shaped f16 model on the GPU vs the machine's CPU; hybrid: every device enabled
+# falloff: the 4096 fall-off varied one thing at a time and the first coopmat shader as an A/B;
+# models: embeddings, tiny Llama and a Llama-3.2-1B-shaped f16 model on the GPU vs the
+# machine's CPU; hybrid: every device enabled
 # under the built-in policies vs the best single device, same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
