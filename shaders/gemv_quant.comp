@@ -87,21 +87,21 @@ void main() {
                 w0[r] = bytes_less(q.x, dmb.z);
                 w1[r] = bytes_less(q.y, dmb.z);
 #else
-                w0[r] = nibbles_less(q.x, 0u, dmb.z);
-                w1[r] = nibbles_less(q.x, 4u, dmb.z);
+                w0[r] = low_nibbles_less(q.x, dmb.z);
+                w1[r] = high_nibbles_less(q.x, dmb.z);
 #endif
             }
             uint kb = abase + blk * QK;
             [[unroll]] for (uint i = 0u; i < NM; i++) {
                 uint ar = kb + i * p.a_rs;
                 vec4 x0 = a4(ar + k0), x1 = a4(ar + k1);
-#if defined(Q4_1)
+#if defined(Q4_1) || defined(Q4G128)
                 // sum (d q + m) x = d sum q x + m sum x: the sum of x serves every row.
                 float xs = dot(x0 + x1, vec4(1.0));
 #endif
                 [[unroll]] for (uint r = 0u; r < NR; r++) {
                     float qx = dot(w0[r], x0) + dot(w1[r], x1);
-#if defined(Q4_1)
+#if defined(Q4_1) || defined(Q4G128)
                     acc[r][i] += dm[r].x * qx + dm[r].y * xs;
 #else
                     acc[r][i] += dm[r].x * qx;

@@ -112,8 +112,8 @@ uvec4 unit_words(uint base, uint s) {
 
 // Decodes unit_words(base, s): the block's (scale d, offset m, bias b) and the unit's quants,
 // two words of 4 bytes (q8_0, each byte biased by 128: q ^ 0x80) or one word of 8 nibbles
-// (4-bit types; q.y = 0). Weight = d * (q - b) + m: b = 128 for q8_0, 8 for q4_0 and the zero
-// point for q4_g128 (their m = 0); q4_1 has b = 0 and its min as m. Every block starts on an
+// (4-bit types; q.y = 0). Weight = d * (q - b) + m, b a constant of the type: 128 for q8_0
+// and 8 for q4_0 (m = 0), 0 for q4_1 (m its min) and q4_g128 (m = -d * zero point). Every block starts on an
 // even byte, so its header is the low or the high half of word x, and the quants of q8_0 and
 // q4_0 start mid-word exactly when the block starts on a word.
 void unit_decode(uvec4 w, uint base, out vec3 dmb, out uvec2 q) {
@@ -131,20 +131,36 @@ void unit_decode(uvec4 w, uint base, out vec3 dmb, out uvec2 q) {
     dmb = vec3(d, unpackHalf2x16(w.x >> 16u).x, 0.0);
     q = uvec2(w.y, 0u);
 #else
-    dmb = vec3(d, 0.0, float((w.x >> 16u) & 0xffu));
+    dmb = vec3(d, -float((w.x >> 16u) & 0xffu) * d, 0.0);
     q = uvec2(w.y, 0u);
 #endif
 }
 
-// The 4 bytes of w (or with nibbles, the low (shift 0) or high (shift 4) nibble of each) as
-// floats less `bias`, exactly: 0x4b000000 | v is the float 2^23 + v for v < 2^23, so no
-// integer-to-float conversion is needed (a slower unit on some GPUs).
-vec4 bytes_less(uint w, float bias) {
-    uvec4 v = (uvec4(w, w >> 8u, w >> 16u, w >> 24u) & 0xffu) | 0x4b000000u;
-    return uintBitsToFloat(v) - (8388608.0 + bias);
+// Fields of w as exact floats less `bias`, with no integer-to-float conversion (a slower unit
+// on some GPUs): a field masked in place below bit 23, ORed into the float 2^23, is 2^23 +
+// v * 2^s; one fma by 2^-s takes 2^(23-s) + bias off (every step exact). A field at bit 23 or
+// above is shifted down first (one shift serves several).
+float field_less(uint w, uint mask, float scale, float bias) {
+    return fma(uintBitsToFloat((w & mask) | 0x4b000000u), scale, -(8388608.0 * scale + bias));
 }
 
-vec4 nibbles_less(uint w, uint shift, float bias) {
-    uvec4 v = ((uvec4(w) >> (uvec4(0u, 8u, 16u, 24u) + shift)) & 0xfu) | 0x4b000000u;
-    return uintBitsToFloat(v) - (8388608.0 + bias);
+// The 4 bytes of w, less bias.
+vec4 bytes_less(uint w, float bias) {
+    uint u = w >> 16u;
+    return vec4(field_less(w, 0xffu, 1.0, bias), field_less(w, 0xff00u, 1.0 / 256.0, bias),
+                field_less(u, 0xffu, 1.0, bias), field_less(u, 0xff00u, 1.0 / 256.0, bias));
+}
+
+// The low nibbles of w's 4 bytes (bits 0, 8, 16, 24 up), less bias.
+vec4 low_nibbles_less(uint w, float bias) {
+    uint u = w >> 12u;
+    return vec4(field_less(w, 0xfu, 1.0, bias), field_less(w, 0xf00u, 1.0 / 256.0, bias),
+                field_less(w, 0xf0000u, 1.0 / 65536.0, bias), field_less(u, 0xf000u, 1.0 / 4096.0, bias));
+}
+
+// The high nibbles of w's 4 bytes (bits 4, 12, 20, 28 up), less bias.
+vec4 high_nibbles_less(uint w, float bias) {
+    uint u = w >> 12u;
+    return vec4(field_less(w, 0xf0u, 1.0 / 16.0, bias), field_less(w, 0xf000u, 1.0 / 4096.0, bias),
+                field_less(u, 0xf00u, 1.0 / 256.0, bias), field_less(u, 0xf0000u, 1.0 / 65536.0, bias));
 }
