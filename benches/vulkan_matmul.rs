@@ -2,14 +2,16 @@
 //! events around a cuBLAS call), median of the runs. Each case is checked on sampled
 //! elements against f64 dot products on the host before it is timed.
 //!
-//! cargo bench --bench vulkan_matmul [-- --quick | --sizes 2048,4096]
+//! cargo bench --bench vulkan_matmul [-- --quick | --sizes 2048,4096 | --quant [NxK,..]]
 //! Prints one `RESULT` line per case: square matmuls f32 and f16 and f16 GEMVs in both weight
 //! layouts at 1024, 2048, 4096 and 8192 (`--sizes` measures those matmul sizes only);
 //! `benches/vulkan_torch_baseline.py` prints the cuBLAS figures for the same cases on the same
 //! GPU and `benches/device/compare.py` puts the two side by side. Quantized-weight GEMVs
 //! (q8_0, q4_0, q4_g128 [n, k] weights, f32 activations) at Llama-3.2-1B decode shapes print
 //! `RESULT case=gemv_<type>_<n>x<k>` lines whose `weight_gbs` is the rate the weight bytes
-//! were read at (decode's bound: compare it with the GPU's memory bandwidth).
+//! were read at (decode's bound: compare it with the GPU's memory bandwidth); `--quant` measures
+//! only those, at the default shapes or at the `NxK` ones given. `NPUHYBRID_VULKAN_GEMVQ=
+//! wg,nr,us` forces the quantized GEMV's shape (threads, rows per workgroup, units in flight).
 
 use half::f16;
 use npuhybrid::backend::vulkan::VulkanBackend;
@@ -161,11 +163,13 @@ fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, r
         worst = worst.max((outr[j] - want).abs() / (k as f64).sqrt());
     }
     let ok = worst < 1e-4;
+    // The GEMV's [threads, rows of W per workgroup, units in flight per thread].
+    let shape = npuhybrid::backend::vulkan::quant_gemv_shape(k, n, 1);
     let flops = 2.0 * (n * k) as f64;
     let wbytes = wq.len() as f64;
     let bytes = wbytes + ((k + n) * 4) as f64;
     println!(
-        "RESULT case=gemv_{wt}_{n}x{k} dtype={wt} m=1 k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} weight_gbs={:.0} batched_weight_gbs={:.0} check={} err={:.2e}",
+        "RESULT case=gemv_{wt}_{n}x{k} dtype={wt} m=1 k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} weight_gbs={:.0} batched_weight_gbs={:.0} shape={} check={} err={:.2e}",
         ns / 1e3,
         flops / ns / 1e3,
         bytes / ns,
@@ -174,6 +178,7 @@ fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, r
         bytes / bns,
         wbytes / ns,
         wbytes / bns,
+        shape.map(|s| s.to_string()).join(","),
         if ok { "ok" } else { "FAILED" },
         worst
     );
@@ -199,8 +204,23 @@ fn main() {
         .position(|a| a == "--sizes")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(|x| x.parse().expect("size")).collect());
+    // `--quant [2048x2048,..]`: the quantized GEMVs alone, at these n x k shapes if given.
+    let quant_only = args.iter().position(|a| a == "--quant");
+    let quant_custom: Option<Vec<(usize, usize)>> =
+        quant_only.and_then(|i| args.get(i + 1)).filter(|s| !s.starts_with("--")).map(|s| {
+            s.split(',')
+                .map(|x| {
+                    let (n, k) = x.split_once('x').expect("NxK");
+                    (n.parse().expect("n"), k.parse().expect("k"))
+                })
+                .collect()
+        });
+    if let Some(env) = std::env::var_os("NPUHYBRID_VULKAN_GEMVQ") {
+        println!("NPUHYBRID_VULKAN_GEMVQ={}", env.to_string_lossy());
+    }
     let sizes: &[usize] = match &custom {
         Some(v) => v,
+        None if quant_only.is_some() => &[],
         None if quick => &[64, 200],
         None => &[1024, 2048, 4096, 8192],
     };
@@ -212,6 +232,7 @@ fn main() {
     }
     let gemv_sizes: &[usize] = match &custom {
         Some(_) => &[],
+        None if quant_only.is_some() => &[],
         None if quick => &[300],
         None => &[1024, 2048, 4096, 8192],
     };
@@ -228,11 +249,12 @@ fn main() {
         }
     }
     // Quantized decode GEMVs at Llama-3.2-1B shapes (n x k): attention output (and Q), the
-    // fused gate/up projection's halves, the down projection.
-    let quant_shapes: &[(usize, usize)] = match &custom {
-        Some(_) => &[],
-        None if quick => &[(300, 256)],
-        None => &[(2048, 2048), (8192, 2048), (2048, 8192)],
+    // fused gate/up projection's halves, the down projection, the vocabulary projection.
+    let quant_shapes: &[(usize, usize)] = match (&custom, &quant_custom) {
+        (_, Some(v)) => v,
+        (Some(_), None) => &[],
+        (None, None) if quick => &[(300, 256)],
+        (None, None) => &[(2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)],
     };
     let iters = if quick { 3 } else { 20 };
     let mut rng = StdRng::seed_from_u64(1);

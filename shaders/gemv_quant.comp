@@ -1,17 +1,26 @@
 #version 450
 // C = epilogue(A B^T) for a block-quantized B ([N, K], blocks along K) and a few rows of A
-// (decode: M <= 8). Bandwidth bound on the weights, so each weight is read once for every row
-// of A and dequantised in registers. A workgroup of 64 threads owns NR rows of B
-// (specialisation constant 0); thread t walks the units of 8 weights t, t + 64, ... of each
-// row, so adjacent threads read adjacent bytes, and the activations it loads serve all NR
-// rows. Then a subgroup sum, and one over the subgroups, per output. NM (constant 1) is M.
+// (decode: M <= 8). Bandwidth bound on the weights, so the design is about keeping enough
+// weight bytes in flight, with every weight read once for all rows of A:
+// - A workgroup of WG threads (constant 2) owns NR rows of B (constant 0); the rows run side
+//   by side, so each activation load serves NR rows.
+// - The unit of work is 8 weights of a block (quant.glsl): adjacent threads take adjacent
+//   units, so a subgroup reads a contiguous run of blocks and of activations. Each thread
+//   takes US units (constant 3) WG apart in one step and issues the loads of all US * NR of
+//   them before any arithmetic, then dequantises in registers (no int-to-float conversions:
+//   quant.glsl's bytes_less).
+// - Then a subgroup sum per output and one over the subgroups (shared memory), and the
+//   epilogue. NM (constant 1) is M, the rows of A (at most 8).
+// Subgroups of at least 4 invocations are assumed (the planner checks the device's size).
 #include "common.glsl"
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 64) in;
+layout(local_size_x_id = 2) in;
 layout(constant_id = 0) const uint NR = 1u;
 layout(constant_id = 1) const uint NM = 1u;
+layout(constant_id = 2) const uint WG = 128u;
+layout(constant_id = 3) const uint US = 2u;
 #ifdef F16
 layout(set = 0, binding = 0) readonly buffer AV { uvec2 av[]; };
 #else
@@ -23,9 +32,8 @@ layout(set = 0, binding = 4) buffer C { TO c[]; };
 #include "matmul_params.glsl"
 #include "quant.glsl"
 
-#define WG 64u
-// Per subgroup, its sum of each output (NR * NM <= 32; at most 64 subgroups).
-shared float part[WG * 32u];
+// Per subgroup (at most WG / 4 of them), its sum of each of the NR * NM outputs.
+shared float part[(WG / 4u) * NR * NM];
 
 // Elements e .. e+3 of A (e a multiple of 4: rows are whole blocks).
 vec4 a4(uint e) {
@@ -51,34 +59,69 @@ void main() {
         [[unroll]] for (uint i = 0u; i < NM; i++) acc[r][i] = 0.0;
     }
     uint units = p.K / 8u;
-    for (uint u = t; u < units; u += WG) {
-        uint blk = u / UPB, s = u % UPB;
-        vec4 w0[NR], w1[NR];
-        uint k0, k1;
-        // Every weight load of this step first, then the arithmetic.
-        [[unroll]] for (uint r = 0u; r < NR; r++) {
-            uint base = rows[r] + blk * QB;
-            dequant8(base, s, block_dm(base), w0[r], w1[r], k0, k1);
+    for (uint u0 = t; u0 < units; u0 += WG * US) {
+        // Every weight load of the step first: US units of NR rows.
+        uvec4 raw[US][NR];
+        [[unroll]] for (uint j = 0u; j < US; j++) {
+            // Units past the row's end repeat its last one (loads stay in range; not summed).
+            uint u = min(u0 + j * WG, units - 1u);
+            uint blk = u / UPB, s = u % UPB;
+            [[unroll]] for (uint r = 0u; r < NR; r++) raw[j][r] = unit_words(rows[r] + blk * QB, s);
         }
-        uint kb = blk * QK;
-        [[unroll]] for (uint i = 0u; i < NM; i++) {
-            uint ar = abase + i * p.a_rs + kb;
-            vec4 x0 = a4(ar + k0), x1 = a4(ar + k1);
-            [[unroll]] for (uint r = 0u; r < NR; r++) acc[r][i] += dot(w0[r], x0) + dot(w1[r], x1);
+        [[unroll]] for (uint j = 0u; j < US; j++) {
+            uint u = u0 + j * WG;
+            if (j > 0u && u >= units) break;
+            uint blk = u / UPB, s = u % UPB;
+            uint k0, k1;
+            unit_ks(s, k0, k1);
+            // Dequantise: the unit's 8 quants of each row less their bias, exact in f32, and
+            // its block's scale and offset.
+            vec4 w0[NR], w1[NR];
+            vec2 dm[NR];
+            [[unroll]] for (uint r = 0u; r < NR; r++) {
+                uvec2 q;
+                vec3 dmb;
+                unit_decode(raw[j][r], rows[r] + blk * QB, dmb, q);
+                dm[r] = dmb.xy;
+#if defined(Q8_0)
+                w0[r] = bytes_less(q.x, dmb.z);
+                w1[r] = bytes_less(q.y, dmb.z);
+#else
+                w0[r] = low_nibbles_less(q.x, dmb.z);
+                w1[r] = high_nibbles_less(q.x, dmb.z);
+#endif
+            }
+            uint kb = abase + blk * QK;
+            [[unroll]] for (uint i = 0u; i < NM; i++) {
+                uint ar = kb + i * p.a_rs;
+                vec4 x0 = a4(ar + k0), x1 = a4(ar + k1);
+#if defined(Q4_1) || defined(Q4G128)
+                // sum (d q + m) x = d sum q x + m sum x: the sum of x serves every row.
+                float xs = dot(x0 + x1, vec4(1.0));
+#endif
+                [[unroll]] for (uint r = 0u; r < NR; r++) {
+                    float qx = dot(w0[r], x0) + dot(w1[r], x1);
+#if defined(Q4_1) || defined(Q4G128)
+                    acc[r][i] += dm[r].x * qx + dm[r].y * xs;
+#else
+                    acc[r][i] += dm[r].x * qx;
+#endif
+                }
+            }
         }
     }
-    uint outs = NR * NM;
+    const uint OUTS = NR * NM;
     [[unroll]] for (uint r = 0u; r < NR; r++) {
         [[unroll]] for (uint i = 0u; i < NM; i++) {
             float v = subgroupAdd(acc[r][i]);
-            if (subgroupElect()) part[gl_SubgroupID * outs + r * NM + i] = v;
+            if (subgroupElect()) part[gl_SubgroupID * OUTS + r * NM + i] = v;
         }
     }
     barrier();
-    if (t < outs) {
-        uint r = t / NM, i = t % NM, n = n0 + r;
+    for (uint o = t; o < OUTS; o += WG) {
+        uint r = o / NM, i = o % NM, n = n0 + r;
         float tot = 0.0;
-        for (uint g = 0u; g < gl_NumSubgroups; g++) tot += part[g * outs + t];
+        for (uint g = 0u; g < gl_NumSubgroups; g++) tot += part[g * OUTS + o];
         if (n < p.N) {
             uint idx = (z * p.M + i) * p.N + n;
             float old = p.beta != 0.0 ? float(c[idx]) : 0.0;

@@ -123,14 +123,42 @@ fn gemv_and_tiled_rows_for_every_type_and_activation_dtype() {
 
 #[test]
 fn wide_outputs_share_activations_over_several_weight_rows() {
-    // 515 rows take 2 rows of B per workgroup and 1030 take 4 (the last workgroup partial);
-    // k = 5 blocks of 32 or 2 of 128.
+    // Several hundred rows, k = 5 blocks of 32 or 2 of 128.
     let mut seed = 100;
     for q in QUANT {
         let blocks = if q == DType::Q4G128 { 2 } else { 5 };
         for (m, n) in [(1, 515), (2, 1030), (5, 1030)] {
             seed += 1;
             Case::new(q, m, n, blocks).run(seed);
+        }
+    }
+}
+
+#[test]
+fn long_rows_take_several_steps_of_a_workgroup() {
+    // k of 67 blocks of 32 (268 units of 8 weights) or 17 of 128 (272): a workgroup of 128
+    // threads with 2 units each takes two steps, the second one partial; odd n; m up to 8.
+    let mut seed = 500;
+    for q in QUANT {
+        let blocks = if q == DType::Q4G128 { 17 } else { 67 };
+        for (dt, out_f32) in dtypes() {
+            for (m, n) in [(1, 37), (3, 5), (8, 11)] {
+                seed += 1;
+                Case { dt, out_f32, ..Case::new(q, m, n, blocks) }.run(seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn many_rows_share_workgroups_with_a_partial_last_one() {
+    // Rows enough for 4 rows of B a workgroup (33001 = 4 * 8250 + 1) and for 2 with 3 rows
+    // of A (16411 odd): the last workgroup repeats its last row and drops those sums.
+    let mut seed = 600;
+    for q in QUANT {
+        for (m, n) in [(1, 33001), (3, 16411)] {
+            seed += 1;
+            Case::new(q, m, n, 1).run(seed);
         }
     }
 }

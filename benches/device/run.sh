@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), over binaries built by prepare.sh. Every
 # measurement goes to $OUT as one file per step; a failing step does not stop the others.
-#   bash benches/device/run.sh [GROUP...]   groups: kernels, falloff, models, hybrid
-# (default: all four; one call of the device tool must end within 10 minutes: take kernels
-# alone, then the rest). kernels: Vulkan matmul/GEMV vs cuBLAS (benches/device/compare.py
-# prints the issue's table); falloff: the 4096 fall-off varied one thing at a time and the
-# first coopmat shader as an A/B; models: embeddings, tiny Llama and a
-# Llama-3.2-1B-shaped f16 model on the GPU vs the machine's CPU; hybrid: every device enabled
+#   bash benches/device/run.sh [GROUP...]   groups: kernels, falloff, models, hybrid, gemvq
+# (default: the first four; one call of the device tool must end within 10 minutes: take
+# kernels alone, then the rest; gemvq, the quantized GEMVs under several shapes, on its own).
+# kernels: Vulkan matmul/GEMV vs cuBLAS (benches/device/compare.py prints the issue's table);
+# falloff: the 4096 fall-off varied one thing at a time and the first coopmat shader as an A/B;
+# models: embeddings, tiny Llama and a Llama-3.2-1B-shaped f16 model on the GPU vs the
+# machine's CPU; hybrid: every device enabled
 # under the built-in policies vs the best single device, same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -62,6 +63,16 @@ if want falloff; then
   step matmul_4096_block2g 60 env NPUHYBRID_VULKAN_BLOCK_MB=2048 .devbin/vulkan_matmul --bench --sizes 4096
   step matmul_4096_no_coopmat 60 env NPUHYBRID_VULKAN_NO_COOPMAT=1 .devbin/vulkan_matmul --bench --sizes 4096
   step matmul_coopmat_v1 90 env NPUHYBRID_VULKAN_COOPMAT=v1 .devbin/vulkan_matmul --bench --sizes 1024,2048,4096
+fi
+if want gemvq; then
+  # Quantized decode GEMVs alone (weight_gbs: weight bytes per second; copy_bandwidth above is
+  # the bound): the planner's shapes, then each forced shape (threads, rows of W per
+  # workgroup, units in flight per thread: NPUHYBRID_VULKAN_GEMVQ) to check its choice.
+  step gemvq 120 .devbin/vulkan_matmul --bench --quant
+  for s in 128,1,2 128,2,2 128,4,2 256,1,2 256,2,2 64,4,4 128,2,4 256,4,1; do
+    step "gemvq_$s" 90 env NPUHYBRID_VULKAN_GEMVQ=$s .devbin/vulkan_matmul --bench --quant \
+      2048x2048,8192x2048,2048x8192,128256x2048
+  done
 fi
 if want models; then
   if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+pub use ops::quant_gemv_shape;
 pub use pipelines::cache_dir;
 pub use submit::Stats;
 

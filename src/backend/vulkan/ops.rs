@@ -282,6 +282,39 @@ fn matmul_variant(op: &OpDesc) -> &'static str {
 /// them), as on the CPU (backend/cpu/quant).
 pub const QUANT_GEMV_MAX_ROWS: usize = 8;
 
+/// Threads a quantized GEMV wants: about what an H100 holds at once (132 SMs x 2048), so each
+/// thread keeps only a few loads in flight at the decode shapes.
+const QUANT_GEMV_THREADS: usize = 1 << 18;
+
+/// Shape of gemv_quant.comp for K x N weights and `m` rows of A: [threads per workgroup, rows
+/// of B per workgroup, units (8 weights) per thread per step]. Each thread keeps `us` units
+/// of each of its rows in flight; a workgroup as wide as the row's units allow (up to 256)
+/// fills the row, and then as many rows per workgroup as still leave
+/// `QUANT_GEMV_THREADS` threads (more rows share each activation load; the accumulators of
+/// `rows * m` outputs stay at 16 or fewer). `NPUHYBRID_VULKAN_GEMVQ=wg,nr,us` sets the shape
+/// instead (read once; for measurements).
+pub fn quant_gemv_shape(k: usize, n: usize, m: usize) -> [usize; 3] {
+    use std::sync::OnceLock;
+    static FORCED: OnceLock<Option<[usize; 3]>> = OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        let v = std::env::var("NPUHYBRID_VULKAN_GEMVQ").ok()?;
+        let x: Vec<usize> = v.split(',').map(|s| s.trim().parse().ok()).collect::<Option<_>>()?;
+        let ok = x.len() == 3 && [32, 64, 128, 256, 512].contains(&x[0]) && (1..=8).contains(&x[1]);
+        (ok && (1..=8).contains(&x[2])).then(|| [x[0], x[1], x[2]])
+    });
+    if let Some(f) = forced {
+        return *f;
+    }
+    let us = 2;
+    let units = k / 8;
+    let wg = [256usize, 128, 64].into_iter().find(|w| units >= w * us).unwrap_or(32);
+    let nr = [4usize, 2]
+        .into_iter()
+        .find(|r| r * m <= 16 && n.div_ceil(*r) * wg >= QUANT_GEMV_THREADS)
+        .unwrap_or(1);
+    [wg, nr, us]
+}
+
 /// Matmul with a block-quantized B ([N, K], trans_b, one batch; validated): few rows of A run
 /// gemv_quant.comp (subgroup sums), the rest (and devices without subgroup arithmetic) the
 /// tiled matmul whose B loader dequantises.
@@ -316,15 +349,18 @@ fn plan_quant_matmul(op: &OpDesc, f: Features) -> Step {
             .0
     };
     let (variant, q) = (matmul_variant(op), b.dtype.name());
-    if f.subgroup_arithmetic && !p.trans_a && m <= QUANT_GEMV_MAX_ROWS {
+    // gemv_quant.comp sizes its shared sums for subgroups of at least 4 invocations.
+    if f.subgroup_arithmetic && f.subgroup_size >= 4 && !p.trans_a && m <= QUANT_GEMV_MAX_ROWS {
         let (rows, batches) =
             if rows_fold && m * batch <= QUANT_GEMV_MAX_ROWS { (m * batch, 1) } else { (m, batch) };
-        // Rows of B per workgroup: more share the activation loads, fewer give more workgroups.
-        let nr = [4usize, 2, 1].into_iter().find(|r| n.div_ceil(*r) >= GEMV_MIN_GROUPS).unwrap_or(1);
+        let [wg, nr, us] = quant_gemv_shape(k, n, rows);
         let mut groups = fold(n.div_ceil(nr));
         groups[2] = batches as u32;
         return Step::Dispatch {
-            shader: spec_name(&format!("gemvq_{q}_{variant}"), &[nr as u32, rows as u32]),
+            shader: spec_name(
+                &format!("gemvq_{q}_{variant}"),
+                &[nr as u32, rows as u32, wg as u32, us as u32],
+            ),
             push: push(rows, VEC_K),
             groups,
         };
@@ -538,6 +574,28 @@ mod tests {
                     assert_ne!(shader, "missing", "{dt} m={m} trans_b={t}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn quantized_gemv_shapes_fill_rows_then_share_activations_over_rows() {
+        if std::env::var_os("NPUHYBRID_VULKAN_GEMVQ").is_some() {
+            return;
+        }
+        // (k, n, m) -> [threads, rows of B per workgroup, units per thread per step].
+        let cases = [
+            ((2048, 2048, 1), [128, 1, 2]),
+            ((2048, 8192, 1), [128, 4, 2]),
+            ((8192, 2048, 1), [256, 2, 2]),
+            ((2048, 128256, 1), [128, 4, 2]),
+            ((2048, 8192, 8), [128, 2, 2]),
+            ((2048, 8192, 5), [128, 2, 2]),
+            ((32, 19, 1), [32, 1, 2]),
+            ((32, 33001, 1), [32, 4, 2]),
+            ((32, 16411, 3), [32, 2, 2]),
+        ];
+        for ((k, n, m), want) in cases {
+            assert_eq!(quant_gemv_shape(k, n, m), want, "k={k} n={n} m={m}");
         }
     }
 
