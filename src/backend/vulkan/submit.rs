@@ -14,8 +14,10 @@ use super::pipelines::{Pipelines, BINDINGS};
 use super::residency::{ReplicaKey, ResidencyCache};
 use crate::backend::{ExecReport, OpMemory, SegmentPhases, SegmentReport};
 use crate::error::{Error, Result};
+use crate::memory::BufferId;
 use crate::op::{OpDesc, OpKind, TensorView};
 use ash::vk;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -360,7 +362,7 @@ impl State {
                 self.alloc_device(out.bytes() as u64)?
             };
             slots[BINDINGS as usize - 1] = Some(alloc);
-            seg.outputs.push(Output {
+            seg.push_output(Output {
                 key: ReplicaKey::of(out),
                 view: *out,
                 alloc,
@@ -375,10 +377,11 @@ impl State {
         // sees the last value, as if the ops ran one by one.
         for (i, (op, _)) in ops.iter().enumerate() {
             let v = &op.output;
-            seg.outputs[i].written_back = !ops[i + 1..].iter().any(|(later, _)| {
-                let w = &later.output;
-                w == v || (w.buffer == v.buffer && w.is_contiguous() && covers(w, v))
+            let rewritten = seg.outputs_of(v.buffer).iter().filter(|&&k| k > i).any(|&k| {
+                let w = &ops[k].0.output;
+                w == v || (w.is_contiguous() && covers(w, v))
             });
+            seg.outputs[i].written_back = !rewritten;
         }
         // Downloads need staging space on devices without shared memory.
         if self.staging.is_some() {
@@ -410,61 +413,62 @@ impl State {
         own: bool,
     ) -> Result<(Allocation, bool)> {
         let key = ReplicaKey::of(v);
-        if let Some(e) = seg.outputs.iter().rposition(|o| o.key == key) {
+        if let Some(&e) = seg.outputs_of(v.buffer).iter().rev().find(|&&k| seg.outputs[k].key == key) {
             return self.resolve_after_output(i, e, v, seg, own);
         }
         let buf = mem.buffer(v.buffer)?;
-        let (alloc, fresh) =
-            if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own) {
-                (r.alloc, false)
-            } else {
-                // The caller may write imported memory without telling the library, so a replica
-                // of it is never trusted: it is uploaded for every submission.
-                let wanted = if buf.is_imported() { NEVER_CURRENT } else { buf.version() };
-                match self.residency.lookup(&key, wanted, stale) {
-                    Some(a) => {
-                        if !seg.used.iter().any(|u| u.key == key) {
-                            seg.used.push(Used { key, view: *v, first_op: i, looked_up: true });
-                        }
-                        (a, false)
+        let (alloc, fresh) = if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own)
+        {
+            (r.alloc, false)
+        } else {
+            // The caller may write imported memory without telling the library, so a replica
+            // of it is never trusted: it is uploaded for every submission.
+            let wanted = if buf.is_imported() { NEVER_CURRENT } else { buf.version() };
+            match self.residency.lookup(&key, wanted, stale) {
+                Some(a) => {
+                    if !seg.used.iter().any(|u| u.key == key) {
+                        seg.used.push(Used { key, view: *v, first_op: i, looked_up: true });
                     }
-                    None => {
-                        // On unified memory, a view that no earlier op of the submission wrote
-                        // into is read where it lies: no copy, no replica.
-                        let untouched =
-                            !seg.outputs.iter().any(|o| o.view.buffer == v.buffer && overlaps(&o.view, v));
-                        if let (false, true, Some(aliases)) = (own, untouched, self.aliases.as_mut()) {
-                            if let Some(a) = aliases.view(buf, v) {
-                                self.zero_copy += v.bytes() as u64;
-                                return Ok((a, false));
-                            }
-                        }
-                        // Bytes an earlier op of the submission wrote through a dense view over
-                        // all of v are patched in below: the host's older copy need not travel.
-                        let covered = seg.outputs.iter().any(|o| {
-                            o.view.buffer == v.buffer && o.view.is_contiguous() && covers(&o.view, v)
-                        });
-                        let a = if covered {
-                            self.alloc_device(v.bytes() as u64)?
-                        } else {
-                            self.upload(v, mem, seg)?
-                        };
-                        if !own {
-                            seg.new_replicas.push(NewReplica {
-                                key,
-                                owner: Arc::downgrade(buf),
-                                alloc: a,
-                                bytes: v.bytes() as u64,
-                            });
-                            seg.used.push(Used { key, view: *v, first_op: i, looked_up: false });
-                        }
-                        (a, true)
-                    }
+                    (a, false)
                 }
-            };
-        for k in 0..seg.outputs.len() {
-            let o = &seg.outputs[k];
-            if o.view.buffer == v.buffer && overlaps(&o.view, v) {
+                None => {
+                    // On unified memory, a view that no earlier op of the submission wrote
+                    // into is read where it lies: no copy, no replica.
+                    let untouched =
+                        !seg.outputs_of(v.buffer).iter().any(|&k| overlaps(&seg.outputs[k].view, v));
+                    if let (false, true, Some(aliases)) = (own, untouched, self.aliases.as_mut()) {
+                        if let Some(a) = aliases.view(buf, v) {
+                            self.zero_copy += v.bytes() as u64;
+                            return Ok((a, false));
+                        }
+                    }
+                    // Bytes an earlier op of the submission wrote through a dense view over
+                    // all of v are patched in below: the host's older copy need not travel.
+                    let covered = seg.outputs_of(v.buffer).iter().any(|&k| {
+                        let o = &seg.outputs[k].view;
+                        o.is_contiguous() && covers(o, v)
+                    });
+                    let a = if covered {
+                        self.alloc_device(v.bytes() as u64)?
+                    } else {
+                        self.upload(v, mem, seg)?
+                    };
+                    if !own {
+                        seg.new_replicas.push(NewReplica {
+                            key,
+                            owner: Arc::downgrade(buf),
+                            alloc: a,
+                            bytes: v.bytes() as u64,
+                        });
+                        seg.used.push(Used { key, view: *v, first_op: i, looked_up: false });
+                    }
+                    (a, true)
+                }
+            }
+        };
+        for j in 0..seg.outputs_of(v.buffer).len() {
+            let o = &seg.outputs[seg.outputs_of(v.buffer)[j]];
+            if overlaps(&o.view, v) {
                 let (w, src) = (o.view, o.alloc);
                 if let Some(copy) = self.patch_copy(&w, v, seg) {
                     seg.patch_dispatches += matches!(copy, PatchCopy::Shader { .. }) as usize;
@@ -486,9 +490,14 @@ impl State {
         seg: &mut Segment,
         own: bool,
     ) -> Result<(Allocation, bool)> {
-        let overlapping = |o: &Output| o.view.buffer == v.buffer && overlaps(&o.view, v);
+        let later: Vec<usize> = seg
+            .outputs_of(v.buffer)
+            .iter()
+            .copied()
+            .filter(|&k| k > e && overlaps(&seg.outputs[k].view, v))
+            .collect();
         let base = seg.outputs[e].alloc;
-        if !seg.outputs[e + 1..].iter().any(overlapping) {
+        if later.is_empty() {
             return Ok((base, false));
         }
         let copy = self.alloc_device(v.bytes() as u64)?;
@@ -497,11 +506,8 @@ impl State {
         }
         let whole = PatchCopy::Regions(vec![(0, 0, v.bytes() as u64)]);
         seg.patches.push(Patch { op: i, src: base, dst: copy, copy: whole });
-        for k in e + 1..seg.outputs.len() {
+        for k in later {
             let o = &seg.outputs[k];
-            if !overlapping(o) {
-                continue;
-            }
             let (w, src) = (o.view, o.alloc);
             if let Some(patch) = self.patch_copy(&w, v, seg) {
                 seg.patch_dispatches += matches!(patch, PatchCopy::Shader { .. }) as usize;
@@ -877,13 +883,16 @@ impl State {
         // first reader on wrote into it (earlier writes were patched into it on the device);
         // else it is dropped. Outputs through the same view replace it below.
         let outputs = &seg.outputs;
+        let by_buffer = &seg.outputs_by_buffer;
+        let outputs_of = |b: BufferId| by_buffer.get(&b).map_or(&[][..], |v| v.as_slice());
+        let is_output = |u: &Used| outputs_of(u.view.buffer).iter().any(|&k| outputs[k].key == u.key);
         let verdict = |u: &Used| -> Option<u64> {
-            if outputs.iter().any(|o| o.key == u.key) {
+            if is_output(u) {
                 return None;
             }
-            let later_write = outputs[u.first_op..]
+            let later_write = outputs_of(u.view.buffer)
                 .iter()
-                .any(|o| o.view.buffer == u.view.buffer && overlaps(&o.view, &u.view));
+                .any(|&k| k >= u.first_op && overlaps(&outputs[k].view, &u.view));
             if later_write {
                 return None;
             }
@@ -892,7 +901,7 @@ impl State {
         for u in seg.used.iter().filter(|u| u.looked_up) {
             match verdict(u) {
                 Some(version) => self.residency.set_version(&u.key, version),
-                None if outputs.iter().any(|o| o.key == u.key) => {}
+                None if is_output(u) => {}
                 None => release.extend(self.residency.forget(&u.key)),
             }
         }
@@ -1041,6 +1050,9 @@ struct Segment {
     /// Per op: the allocation bound to each slot.
     slots: Vec<[Option<Allocation>; BINDINGS as usize]>,
     outputs: Vec<Output>,
+    /// Indices into `outputs` by buffer, ascending: operands look up only the outputs of
+    /// their own buffer (a 211-op decode step scanned every output for every operand).
+    outputs_by_buffer: HashMap<BufferId, Vec<usize>>,
     new_replicas: Vec<NewReplica>,
     /// Staging copies recorded before the first dispatch: (staging, device, bytes).
     copies_in: Vec<(Allocation, Allocation, u64)>,
@@ -1052,6 +1064,18 @@ struct Segment {
     patch_dispatches: usize,
     /// Replicas the submission read (looked up or made), with the first op that read them.
     used: Vec<Used>,
+}
+
+impl Segment {
+    fn push_output(&mut self, o: Output) {
+        self.outputs_by_buffer.entry(o.view.buffer).or_default().push(self.outputs.len());
+        self.outputs.push(o);
+    }
+
+    /// Indices of the outputs written into `buffer`, in op order.
+    fn outputs_of(&self, buffer: BufferId) -> &[usize] {
+        self.outputs_by_buffer.get(&buffer).map_or(&[], |v| v.as_slice())
+    }
 }
 
 /// What an earlier op of the submission wrote (`src`) brought into `dst` before op `op`.
