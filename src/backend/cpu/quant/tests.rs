@@ -163,8 +163,9 @@ fn integer_kernels_equal_the_int8_reference() {
                 let (mut q, w) = weight(dt, n, k, 3 + m as u32);
                 // Some exact zeros and an extreme block in A.
                 let mut a: Vec<f32> = fill(batch * m * k, 5 + n as u32);
-                a[..QK.min(a.len())].iter_mut().for_each(|v| *v = 0.0);
-                a[a.len() - 1] = 40.0;
+                let len = a.len();
+                a[..QK.min(len)].iter_mut().for_each(|v| *v = 0.0);
+                a[len - 1] = 40.0;
                 let c0: Vec<f32> = fill(batch * m * n, 9);
                 let mut c = c0.clone();
                 let av = view(a.as_mut_ptr() as *mut u8, DType::F32, &[batch, m, k]);
