@@ -189,7 +189,14 @@ pub fn matmul(
 /// dequantised while its panels are packed, so prefill runs at the f32 GEMM's speed with no
 /// dequantised copy of the weights.
 #[cfg(target_arch = "x86_64")]
-pub fn matmul_quantized_b(isa: Isa, out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: &MatmulParams) {
+pub fn matmul_quantized_b(
+    isa: Isa,
+    out: &HostView,
+    a: &HostView,
+    b: &HostView,
+    bias: Option<&HostView>,
+    p: &MatmulParams,
+) {
     let k = b.last();
     let cc = (out.dtype != DType::F32 || (out.col_stride() != 1 && out.last() > 1)).then(|| dense_copy(out));
     let c = cc.as_ref().map(|c| c.view).unwrap_or(*out);

@@ -141,6 +141,8 @@ unsafe fn block<D: ByteDot, const R: usize, const T: usize>(
         _ => (nibbles(p.add(4)), None),
     };
     let m = if dt == DType::Q4_1 { half(p.add(2)) } else { 0.0 };
+    // Rows index three arrays at once.
+    #[allow(clippy::needless_range_loop)]
     for r in 0..R {
         let mut xq = _mm256_loadu_si256(x[r].qs.add(b * QK) as *const __m256i);
         if let Some(q) = signs {
@@ -166,7 +168,11 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// Two passes over even and odd blocks, so consecutive blocks' multiply-adds do not wait
 /// for each other.
 #[inline(always)]
-unsafe fn body<D: ByteDot, const R: usize, const T: usize>(w: *const u8, x: &[Q8Row; R], blocks: usize) -> [f32; R] {
+unsafe fn body<D: ByteDot, const R: usize, const T: usize>(
+    w: *const u8,
+    x: &[Q8Row; R],
+    blocks: usize,
+) -> [f32; R] {
     let zero = Acc::<R> { v: [_mm256_setzero_ps(); R], off: [0.0; R] };
     let (mut a0, mut a1) = (zero, zero);
     let mut b = 0;
@@ -179,10 +185,10 @@ unsafe fn body<D: ByteDot, const R: usize, const T: usize>(w: *const u8, x: &[Q8
         block::<D, R, T>(w, x, b, &mut a0);
     }
     let mut out = [0.0f32; R];
-    for r in 0..R {
+    for (r, o) in out.iter_mut().enumerate() {
         let off = a0.off[r] + a1.off[r];
         let off = if TYPES[T] == DType::Q4_0 { -8.0 * off } else { off };
-        out[r] = hsum(_mm256_add_ps(a0.v[r], a1.v[r])) + off;
+        *o = hsum(_mm256_add_ps(a0.v[r], a1.v[r])) + off;
     }
     out
 }

@@ -71,8 +71,10 @@ fn matmul_with(
     let batch: usize = out.shape[..r - 2].iter().product();
     let arows = ARows::new(a, p.trans_a, m, k);
     let q8 = int.filter(|_| m <= DOT_MAX_ROWS).map(|i| {
-        let rows: Vec<&[f32]> =
-            (0..batch).flat_map(|bi| (0..m).map(move |i| (bi, i))).map(|(bi, i)| arows.row(bi, i, k)).collect();
+        let rows: Vec<&[f32]> = (0..batch)
+            .flat_map(|bi| (0..m).map(move |i| (bi, i)))
+            .map(|(bi, i)| arows.row(bi, i, k))
+            .collect();
         (i, Q8Rows::quantize(k, rows.into_iter()))
     });
     let cc = (out.dtype != DType::F32 || (out.col_stride() != 1 && n > 1)).then(|| dense_copy(out));

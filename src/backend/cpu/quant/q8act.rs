@@ -107,7 +107,17 @@ impl IntIsa {
 /// apart from `w`, against `x.len()` (<= 4) int8 rows of `blocks * 32` elements:
 /// out[j * x.len() + r] = w_j . x[r]. One call per slice of rows keeps the per-row cost at
 /// the loop, not at a dispatch.
-pub fn dot_cols(isa: IntIsa, dt: DType, w: &[u8], stride: usize, n: usize, blocks: usize, x: &[Q8Row], out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub fn dot_cols(
+    isa: IntIsa,
+    dt: DType,
+    w: &[u8],
+    stride: usize,
+    n: usize,
+    blocks: usize,
+    x: &[Q8Row],
+    out: &mut [f32],
+) {
     let rows = x.len();
     assert!(takes(dt) && (1..=4).contains(&rows) && out.len() >= n * rows);
     assert!(n == 0 || w.len() >= (n - 1) * stride + blocks * dt.size());

@@ -158,7 +158,9 @@ fn integer_kernels_equal_the_int8_reference() {
     use super::q8act::{reference, IntIsa, Q8Rows, QK};
     for int in IntIsa::available() {
         for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-            for &(m, n, blocks, batch) in &[(1, 37, 1, 1), (1, 19, 7, 1), (2, 5, 3, 2), (3, 33, 28, 1), (8, 7, 2, 3)] {
+            for &(m, n, blocks, batch) in
+                &[(1, 37, 1, 1), (1, 19, 7, 1), (2, 5, 3, 2), (3, 33, 28, 1), (8, 7, 2, 3)]
+            {
                 let k = blocks * QK;
                 let (mut q, w) = weight(dt, n, k, 3 + m as u32);
                 // Some exact zeros and an extreme block in A.
@@ -171,17 +173,29 @@ fn integer_kernels_equal_the_int8_reference() {
                 let av = view(a.as_mut_ptr() as *mut u8, DType::F32, &[batch, m, k]);
                 let bv = view(q.as_mut_ptr(), dt, &[n, k]);
                 let cv = view(c.as_mut_ptr() as *mut u8, DType::F32, &[batch, m, n]);
-                let p = MatmulParams { trans_a: false, trans_b: true, alpha: 0.75, beta: 0.5, activation: Activation::None };
+                let p = MatmulParams {
+                    trans_a: false,
+                    trans_b: true,
+                    alpha: 0.75,
+                    beta: 0.5,
+                    activation: Activation::None,
+                };
                 matmul_with(Isa::detect(), Some(int), &cv, &av, &bv, None, &p);
                 let rows = Q8Rows::quantize(k, a.chunks(k));
                 for r in 0..batch * m {
                     for j in 0..n {
                         let wrow = &q[dt.bytes_of(j * k)..][..dt.bytes_of(k)];
-                        let want = 0.75 * reference(dt, wrow, blocks, &rows.row(r)) + 0.5 * c0[r * n + j] as f64;
-                        let mag: f64 = (0..k).map(|kk| (a[r * k + kk] * w[j * k + kk]).abs() as f64).sum::<f64>()
-                            + (0.5 * c0[r * n + j]).abs() as f64;
+                        let want =
+                            0.75 * reference(dt, wrow, blocks, &rows.row(r)) + 0.5 * c0[r * n + j] as f64;
+                        let mag: f64 =
+                            (0..k).map(|kk| (a[r * k + kk] * w[j * k + kk]).abs() as f64).sum::<f64>()
+                                + (0.5 * c0[r * n + j]).abs() as f64;
                         let err = (c[r * n + j] as f64 - want).abs() / mag.max(1e-30);
-                        assert!(err <= 1e-5, "{int:?} {dt} m={m} n={n} k={k} ({r},{j}): {} vs {want} ({err:e})", c[r * n + j]);
+                        assert!(
+                            err <= 1e-5,
+                            "{int:?} {dt} m={m} n={n} k={k} ({r},{j}): {} vs {want} ({err:e})",
+                            c[r * n + j]
+                        );
                     }
                 }
             }
@@ -202,7 +216,13 @@ fn q8_activations_round_a_but_stay_close() {
         let av = view(a.as_mut_ptr() as *mut u8, DType::F32, &[m, k]);
         let bv = view(q.as_mut_ptr(), dt, &[n, k]);
         let cv = view(c.as_mut_ptr() as *mut u8, DType::F32, &[m, n]);
-        let p = MatmulParams { trans_a: false, trans_b: true, alpha: 1.0, beta: 0.0, activation: Activation::None };
+        let p = MatmulParams {
+            trans_a: false,
+            trans_b: true,
+            alpha: 1.0,
+            beta: 0.0,
+            activation: Activation::None,
+        };
         matmul_with(Isa::detect(), Some(IntIsa::detect()), &cv, &av, &bv, None, &p);
         let mut worst = 0.0f64;
         for j in 0..n {
