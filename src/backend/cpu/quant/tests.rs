@@ -262,6 +262,9 @@ fn integer_kernel_speed() {
                 super::dot::dot_rows(isa, dt, &q[dt.bytes_of(j * k)..], &[&xs], &mut out[..1], &mut tmp);
             }
         }
-        println!("{dt} f32 {isa:?}: {:.2} ns per block", t.elapsed().as_secs_f64() * 1e9 / (200 * n * k / QK) as f64);
+        println!(
+            "{dt} f32 {isa:?}: {:.2} ns per block",
+            t.elapsed().as_secs_f64() * 1e9 / (200 * n * k / QK) as f64
+        );
     }
 }
