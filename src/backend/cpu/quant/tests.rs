@@ -233,38 +233,3 @@ fn q8_activations_round_a_but_stay_close() {
         assert!(worst < 1e-2 && worst > 1e-6, "{dt}: worst relative difference {worst:e}");
     }
 }
-
-/// Not a check: cycles of the integer kernels on L2-resident weights (`--ignored`).
-#[test]
-#[ignore]
-fn integer_kernel_speed() {
-    use super::q8act::{dot_cols, IntIsa, Q8Rows, QK};
-    let (n, k) = (64, 2048);
-    for dt in [DType::Q8_0, DType::Q4_0] {
-        let (q, _) = weight(dt, n, k, 1);
-        let a: Vec<f32> = fill(k, 2);
-        let rows = Q8Rows::quantize(k, a.chunks(k));
-        let mut out = vec![0f32; n];
-        for isa in IntIsa::available() {
-            let reps = 2000;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                dot_cols(isa, dt, &q, dt.bytes_of(k), n, k / QK, &[rows.row(0)], &mut out);
-            }
-            let ns = t.elapsed().as_secs_f64() * 1e9 / (reps * n * k / QK) as f64;
-            println!("{dt} {isa:?}: {ns:.2} ns per block");
-        }
-        let (isa, xs) = (Isa::detect(), vec![0f32; k]);
-        let t = std::time::Instant::now();
-        let mut tmp = Vec::new();
-        for _ in 0..200 {
-            for j in 0..n {
-                super::dot::dot_rows(isa, dt, &q[dt.bytes_of(j * k)..], &[&xs], &mut out[..1], &mut tmp);
-            }
-        }
-        println!(
-            "{dt} f32 {isa:?}: {:.2} ns per block",
-            t.elapsed().as_secs_f64() * 1e9 / (200 * n * k / QK) as f64
-        );
-    }
-}
