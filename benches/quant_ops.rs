@@ -12,7 +12,18 @@ use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, TensorView};
 use std::sync::Arc;
 use std::time::Instant;
 
-const WEIGHTS: [DType; 6] = [DType::F32, DType::F16, DType::Q8_0, DType::Q4_1, DType::Q4_0, DType::Q4G128];
+/// Weight types, and whether the op allows int8 activations (`q8a` rows: the integer path).
+const WEIGHTS: [(DType, bool); 9] = [
+    (DType::F32, false),
+    (DType::F16, false),
+    (DType::Q8_0, false),
+    (DType::Q4_1, false),
+    (DType::Q4_0, false),
+    (DType::Q4G128, false),
+    (DType::Q8_0, true),
+    (DType::Q4_1, true),
+    (DType::Q4_0, true),
+];
 
 struct Tensors {
     pool: Arc<HostPool>,
@@ -71,12 +82,14 @@ fn bench(cpu: &CpuBackend, label: &str, m: usize, n: usize, k: usize, runs: usiz
     let mut t = Tensors { pool: HostPool::new(0), bufs: Vec::new() };
     let a = t.tensor(DType::F32, &[m, k]);
     let c = t.tensor(DType::F32, &[m, n]);
-    let ops: Vec<(DType, OpDesc, usize)> = WEIGHTS
+    let ops: Vec<(String, OpDesc, usize)> = WEIGHTS
         .iter()
-        .map(|&dt| {
+        .filter(|(_, q8)| !q8 || m <= 8)
+        .map(|&(dt, q8)| {
             let w = t.tensor(dt, &[n, k]);
-            let p = OpParams { trans_b: true, ..OpParams::default() };
-            (dt, OpDesc::new(OpKind::Matmul, &[a, w], c).with_params(p), w.bytes())
+            let p = OpParams { trans_b: true, allow_q8_activations: q8, ..OpParams::default() };
+            let label = if q8 { format!("{dt} q8a") } else { dt.to_string() };
+            (label, OpDesc::new(OpKind::Matmul, &[a, w], c).with_params(p), w.bytes())
         })
         .collect();
     let mem = OpMemory::new(t.bufs.clone());
@@ -106,7 +119,7 @@ fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let want = |s: &str| filter.as_deref().is_none_or(|f| s.contains(f));
     let cpu = CpuBackend::new(threads).expect("cpu backend");
-    println!("threads {threads}; medians, weights [n, k] with trans_b, activations f32\n");
+    println!("threads {threads}; medians, weights [n, k] with trans_b, activations f32 (q8a: int8 blocks)\n");
     println!("| case | m | n | k | weight | ms | weight GB/s | GFLOP/s | vs f32 |");
     println!("|---|---:|---:|---:|---|---:|---:|---:|---:|");
     if want("decode") {

@@ -27,13 +27,18 @@
  *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
  *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
  *            [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]
- *            [--explain]
+ *            [--explain] [--activations q8|f32]
  *
  * --model FILE.gguf reads a llama-architecture GGUF file instead (nh_gguf_open: mapped, its
  * header checked): configuration from its metadata, f32 / q8_0 / q4_0 / q4_1 weights used
- * where they lie in the file, f16 / bf16 ones converted to f32 at load; rope on adjacent
+ * where they lie in the file, f16 / bf16 ones converted to f32 at load (with --dtype f16 the
+ * activations are f16 and f16 weights are used in place too); rope on adjacent
  * pairs, as llama.cpp's converter permutes Q and K for. --quant quantizes a safetensors
  * model's matmul weights at load (those whose inner size is whole blocks).
+ *
+ * Matmuls with q8_0 / q4_0 / q4_1 weights carry NH_FLAG_ALLOW_Q8_ACTIVATIONS (as llama.cpp,
+ * the CPU rounds decode activations to int8 blocks and takes integer dot products);
+ * --activations f32 keeps them f32 (f32 math on the dequantised weights).
  */
 #include "common.h"
 #include "safetensors.h"
@@ -247,6 +252,9 @@ static nh_tensor weight(const st_file *st, nh_buffer file, const char *path, con
   return st_view(file, t);
 }
 
+/* --activations f32: no NH_FLAG_ALLOW_Q8_ACTIVATIONS on quantized matmuls. */
+static int g_f32_activations = 0;
+
 /* --quant: matmul weights whose rows are whole blocks, quantized at load. */
 static uint32_t load_quant = NH_F32;
 
@@ -337,7 +345,8 @@ static uint64_t gguf_uint(nh_runtime rt, nh_gguf g, const char *path, const char
 }
 
 /* Tensor `name` shaped [d0] or [d0, d1]; matmul weights stay as they are in the file when
- * f32 or quantized, everything else becomes f32 (norms, f16 / bf16 weights). */
+ * of the activations' type (f32, or f16 with --dtype f16) or quantized; everything else is
+ * converted to the activations' type (norms, f16 / bf16 weights of an f32 run). */
 static nh_tensor gguf_weight(nh_runtime rt, nh_gguf g, const char *path, const char *name, uint64_t d0, uint64_t d1,
                              int matmul) {
   nh_tensor t;
@@ -346,8 +355,8 @@ static nh_tensor gguf_weight(nh_runtime rt, nh_gguf g, const char *path, const c
   if (t.rank != rank || t.shape[0] != d0 || (d1 && t.shape[1] != d1))
     die("%s: \"%s\" must be [%llu%s%llu], it is rank %u with first dim %llu", path, name, (unsigned long long)d0,
         d1 ? ", " : "", (unsigned long long)d1, t.rank, (unsigned long long)t.shape[0]);
-  if (t.dtype == NH_F32 || (matmul && block_elems(t.dtype) > 1)) return t;
-  return convert_now(rt, t, NH_F32);
+  if (t.dtype == g_dt || (matmul && block_elems(t.dtype) > 1)) return t;
+  return convert_now(rt, t, g_dt);
 }
 
 static void load_gguf(nh_runtime rt, const char *path, model *m) {
@@ -660,6 +669,8 @@ static void linear(submitter *s, const model *m, uint32_t phase, nh_tensor a, nh
   op.output = out;
   /* Decode stays f32: its matmuls are weight-streaming GEMVs an NPU would not win anyway. */
   op.flags = NH_FLAG_TRANS_B | (m->bf16 && phase == PHASE_PREFILL ? NH_FLAG_ALLOW_BF16 : 0);
+  /* Quantized weights: int8 activations as llama.cpp (the CPU's integer decode kernels). */
+  if (!g_f32_activations && block_elems(w.dtype) > 1) op.flags |= NH_FLAG_ALLOW_Q8_ACTIVATIONS;
   op.beta = accumulate ? 1.0f : 0.0f;
   op.activation = act;
   emit(s, &op, phase, varies);
@@ -848,12 +859,14 @@ static void explain_graph(nh_runtime rt, const char *name, nh_graph g) {
 
 static void usage(const char *argv0) {
   fprintf(stderr,
-          "usage: %s [--model DIR | --synthetic CONFIG [--dtype f16|f32] [--prompt-len N]]\n"
+          "usage: %s [--model DIR | FILE.gguf [--dtype f32|f16] | --synthetic CONFIG [--dtype f16|f32]] [--prompt-len N]\n"
           "          [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]\n"
           "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
           "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
           "          [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]\n"
           "          [--explain]   (print where the scheduler puts the prefill and decode graphs)\n"
+          "          [--activations q8|f32]   (quantized weights: q8 (default) lets the CPU round\n"
+          "           activations to int8 blocks as llama.cpp does; f32 keeps f32 math)\n"
           "       --model takes a safetensors directory or a llama GGUF file (FILE.gguf)\n",
           argv0);
   exit(2);
@@ -917,6 +930,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--expect-placement")) expect_placement = 1;
     else if (!strcmp(a, "--quiet")) quiet = 1;
     else if (!strcmp(a, "--explain")) explain = 1;
+    else if (!strcmp(a, "--activations")) {
+      NEED_VALUE();
+      if (!strcmp(v, "q8")) g_f32_activations = 0;
+      else if (!strcmp(v, "f32")) g_f32_activations = 1;
+      else die("--activations: '%s' is not q8 or f32", v);
+    }
     else if (!strcmp(a, "--quant")) {
       NEED_VALUE();
       if (parse_quant(v, &load_quant)) die("--quant: '%s' is not q8_0, q4_0, q4_1 or q4_g128", v);
@@ -941,9 +960,17 @@ int main(int argc, char **argv) {
 #undef NEED_VALUE
   }
   sm.rng = seed;
-  if (dtype_arg && !synthetic) die("--dtype is for --synthetic models (a safetensors model's file decides)");
+  size_t mlen = strlen(model_dir);
+  int is_gguf = !synthetic && mlen > 5 && !strcmp(model_dir + mlen - 5, ".gguf");
+  if (dtype_arg && !synthetic && !is_gguf)
+    die("--dtype is for --synthetic and GGUF models (a safetensors model's file decides)");
   if (prompt_len && prompt_arg) die("--prompt-len makes random ids: drop --prompt");
   if (synthetic && check) die("--check needs a real model's reference: drop --synthetic");
+  if (is_gguf && dtype_arg) { /* GGUF: f32 activations unless --dtype f16 */
+    if (!strcmp(dtype_arg, "f16")) g_dt = NH_F16;
+    else if (strcmp(dtype_arg, "f32")) die("--dtype: '%s' is not f16 or f32", dtype_arg);
+    g_es = g_dt == NH_F16 ? 2 : sizeof(float);
+  }
   if (synthetic) {
     g_dt = NH_F16;
     if (dtype_arg && !strcmp(dtype_arg, "f32")) g_dt = NH_F32;
@@ -1014,8 +1041,6 @@ int main(int argc, char **argv) {
   st_file stf;
   memset(&stf, 0, sizeof stf);
   double t_load = now_s();
-  size_t mlen = strlen(model_dir);
-  int is_gguf = !synthetic && mlen > 5 && !strcmp(model_dir + mlen - 5, ".gguf");
   if ((is_gguf || synthetic) && load_quant != NH_F32)
     die("--quant applies to safetensors models; a GGUF file or a synthetic model keeps its types");
   if (synthetic) synthetic_model(rt, synthetic, &m, seed);
@@ -1028,8 +1053,9 @@ int main(int argc, char **argv) {
    * the best two logits that greedy decoding depends on. */
   if (m.bf16 && !tol_given) tol = 1e-2 * (ref_scale > 1 ? ref_scale : 1);
   const config *c = &m.c;
-  /* A synthetic model's prefill computes the last row's logits only (no reference to check). */
-  int last_logits = synthetic != NULL;
+  /* Without a reference to check, prefill computes the last row's logits only (all that
+   * sampling reads; llama.cpp's prompt processing does the same). */
+  int last_logits = synthetic != NULL || !check;
 
   /* The prompt. */
   uint64_t plen_tok = 0;
@@ -1069,6 +1095,9 @@ int main(int argc, char **argv) {
          (unsigned long long)c->kv_heads, (unsigned long long)c->head_dim, (unsigned long long)c->ffn,
          m.wtype, m.bf16 ? "; prefill matmuls may round to bf16 on the NPU" : "", weight_bytes(&m) / 1e9,
          t_load);
+  if (block_elems(m.layer[0].wq.dtype) > 1)
+    printf("activations: %s\n", g_f32_activations ? "f32 (--activations f32)"
+                                                   : "quantized matmuls may round them to int8 blocks (NH_FLAG_ALLOW_Q8_ACTIVATIONS; --activations f32 to keep f32)");
   printf("prompt: %llu tokens, %llu steps, decode as %s, sampling %s\n\n", (unsigned long long)plen_tok,
          (unsigned long long)steps,
          decode == DECODE_GRAPH      ? "a graph recorded once, its position-dependent ops replaced each step"

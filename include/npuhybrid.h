@@ -62,6 +62,14 @@
 // ignore it; without it such a device never gets f32 matmuls.
 #define NH_FLAG_ALLOW_BF16 32
 
+// matmul with a block-quantized B (q8_0, q4_0, q4_1): the CPU may round each 32-element
+// block of an A row to int8 with one f32 scale (llama.cpp's q8_0 activations) and take
+// integer dot products, for 2-4x faster decode GEMVs. Results then differ from f32 math on
+// the dequantised weights by the activations' rounding (about 0.4% of a block's largest
+// |value| per element). Without it quantized matmuls are f32 math on the dequantised
+// weights. Other weight types and devices ignore it.
+#define NH_FLAG_ALLOW_Q8_ACTIVATIONS 64
+
 // Result of every `nh_` call. `NH_OK` is 0; `nh_last_error_message` explains the others.
 typedef enum {
   NH_OK = 0,

@@ -224,3 +224,62 @@ fn bad_quantized_views_are_refused_with_the_reason() {
     assert!(last_error().contains("holds 65536 bytes"), "{}", last_error());
     assert_eq!(nh_runtime_destroy(rt), NH_OK);
 }
+
+/// `NH_FLAG_ALLOW_Q8_ACTIVATIONS` through the C API: without it a decode matmul is f32 math
+/// on the dequantised weights (1e-5); with it the CPU (AVX2 or better) rounds A to int8 blocks:
+/// close (1%) but measurably different. q4_g128 ignores it.
+#[test]
+fn q8_activations_flag_is_opt_in() {
+    let rt = runtime(0);
+    let (m, n, k) = (2usize, 48usize, 256usize);
+    let x = values(m * k, 7);
+    let w = values(n * k, 8);
+    for (cdt, dt) in QUANT {
+        let mut q = vec![0u8; dt.bytes_of(n * k)];
+        npuhybrid::quant::quantize_row(dt, &w, &mut q);
+        let mut deq = vec![0f32; n * k];
+        npuhybrid::quant::dequantize_row(dt, &q, &mut deq);
+        let (xb, wb, yb) = (alloc(rt, &f32_bytes(&x)), alloc(rt, &q), alloc(rt, &vec![0u8; m * n * 4]));
+        let worst = |flags: u32| -> f64 {
+            let mut d = op(nh_op_kind::NH_OP_MATMUL);
+            d.flags = NH_FLAG_TRANS_B | flags;
+            d.inputs[0] = tensor(xb, nh_dtype::NH_F32, &[m as u64, k as u64]);
+            d.inputs[1] = tensor(wb, cdt, &[n as u64, k as u64]);
+            d.output = tensor(yb, nh_dtype::NH_F32, &[m as u64, n as u64]);
+            assert_eq!(run(rt, &d), NH_OK, "{dt}: {}", last_error());
+            let y = read(rt, yb, m * n * 4);
+            let mut worst = 0.0f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|kk| x[i * k + kk] as f64 * deq[j * k + kk] as f64);
+                    let (want, mag) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                    let at = (i * n + j) * 4;
+                    let got = f32::from_le_bytes([y[at], y[at + 1], y[at + 2], y[at + 3]]) as f64;
+                    worst = worst.max((got - want).abs() / mag);
+                }
+            }
+            worst
+        };
+        assert!(worst(0) <= 1e-5, "{dt} without the flag: {:e}", worst(0));
+        let with = worst(NH_FLAG_ALLOW_Q8_ACTIVATIONS);
+        assert!(with <= 1e-2, "{dt} with the flag: {with:e}");
+        let integer_path = dt != DType::Q4G128 && cfg!(target_arch = "x86_64") && avx2();
+        assert_eq!(with > 1e-5, integer_path, "{dt} with the flag: {with:e}");
+        for b in [xb, wb, yb] {
+            assert_eq!(nh_buffer_destroy(rt, b), NH_OK);
+        }
+    }
+    assert_eq!(nh_runtime_destroy(rt), NH_OK);
+}
+
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+            && std::env::var("NPUHYBRID_CPU_ISA").map_or(true, |v| v != "scalar" && v != "portable")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}

@@ -71,7 +71,8 @@ pub(crate) fn op_from_c(d: &nh_op_desc) -> Result<OpDesc> {
         | NH_FLAG_CAUSAL
         | NH_FLAG_ROPE_INTERLEAVED
         | NH_FLAG_GELU_TANH
-        | NH_FLAG_ALLOW_BF16;
+        | NH_FLAG_ALLOW_BF16
+        | NH_FLAG_ALLOW_Q8_ACTIVATIONS;
     if d.flags & !known != 0 {
         return Err(Error::invalid(format!("{kind}: flags has unknown bits {:#x}", d.flags & !known)));
     }
@@ -103,6 +104,7 @@ pub(crate) fn op_from_c(d: &nh_op_desc) -> Result<OpDesc> {
         attn_scale: d.attn_scale,
         kv_len: d.kv_len,
         allow_bf16: d.flags & NH_FLAG_ALLOW_BF16 != 0,
+        allow_q8_activations: d.flags & NH_FLAG_ALLOW_Q8_ACTIVATIONS != 0,
     };
     let tags = match super::args::opt_c_str(d.tags, "tags")? {
         Some(text) => Tags::parse(text).map_err(|e| Error::invalid(format!("{kind}: {e}")))?,

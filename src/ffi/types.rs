@@ -171,6 +171,13 @@ pub const NH_FLAG_GELU_TANH: u32 = 16;
 /// bf16 and summing in f32 (about 3 significant digits per operand). Devices with f32 kernels
 /// ignore it; without it such a device never gets f32 matmuls.
 pub const NH_FLAG_ALLOW_BF16: u32 = 32;
+/// matmul with a block-quantized B (q8_0, q4_0, q4_1): the CPU may round each 32-element
+/// block of an A row to int8 with one f32 scale (llama.cpp's q8_0 activations) and take
+/// integer dot products, for 2-4x faster decode GEMVs. Results then differ from f32 math on
+/// the dequantised weights by the activations' rounding (about 0.4% of a block's largest
+/// |value| per element). Without it quantized matmuls are f32 math on the dequantised
+/// weights. Other weight types and devices ignore it.
+pub const NH_FLAG_ALLOW_Q8_ACTIVATIONS: u32 = 64;
 
 /// Log callback: level 1 = error, 2 = warn, 3 = info, 4 = debug, 5 = trace.
 /// May be called from any thread; must not call back into the library.

@@ -46,6 +46,10 @@ pub struct OpParams {
     /// (sums stay f32), as cuBLAS's `allow_tf32` or OpenVINO's precision hint allow. Devices
     /// with f32 kernels ignore it.
     pub allow_bf16: bool,
+    /// matmul with a quantized B: the CPU may round A to int8 per 32-element block and take
+    /// integer dot products (llama.cpp's q8_0 activations). Off: f32 math on the
+    /// dequantised weights.
+    pub allow_q8_activations: bool,
 }
 
 impl Default for OpParams {
@@ -65,6 +69,7 @@ impl Default for OpParams {
             attn_scale: 0.0,
             kv_len: 0,
             allow_bf16: false,
+            allow_q8_activations: false,
         }
     }
 }

@@ -97,7 +97,7 @@ fn execute_with_weights(op: &OpDesc, mem: &OpMemory, weights: Option<&WeightCach
                 activation: p.activation,
             };
             if b.dtype.is_quantized() {
-                quant::matmul(&out, &a, &b, bias.as_ref(), &params);
+                quant::matmul(&out, &a, &b, bias.as_ref(), &params, p.allow_q8_activations);
                 return Ok(());
             }
             let packed = weights.and_then(|w| w.packed_b(&op.inputs[1]?, mem, &out, &a, &b, &params));

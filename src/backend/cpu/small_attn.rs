@@ -13,8 +13,12 @@ use super::simd::dispatch_avx2;
 use crate::op::DType;
 use rayon::prelude::*;
 
-/// Longest key sequence this path takes.
+/// Longest key sequence this path takes, unless there are few query rows.
 pub const SMALL_KV: usize = 128;
+/// Up to this many query rows (decode) it takes any key length: two sgemm calls per head
+/// would pack the whole K and V to compute one row (a quarter of a 0.5B model's decode step
+/// at 512 cached tokens).
+const FEW_ROWS: usize = 8;
 /// Largest head_dim it takes.
 const MAX_D: usize = 256;
 /// Softmax weights below this add nothing an f32 sum of weights that total 1 can hold.
@@ -102,7 +106,8 @@ pub fn try_attention(
     let contiguous = [out, q, k, v].iter().all(|t| t.strides[r - 1] == 1 || t.shape[r - 1] == 1);
     let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
     let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
-    if !all_f32 || !contiguous || skv == 0 || skv > SMALL_KV || d > MAX_D || d == 0 || hkv == 0 {
+    let short = skv <= SMALL_KV || sq <= FEW_ROWS;
+    if !all_f32 || !contiguous || skv == 0 || !short || d > MAX_D || d == 0 || hkv == 0 {
         return false;
     }
     let batch = if r == 4 { q.shape[0] } else { 1 };
@@ -124,7 +129,14 @@ pub fn try_attention(
             head_off(v, b, hd / group),
             head_off(out, b, hd),
         );
-        let mut s = [0.0f32; SMALL_KV];
+        let mut stack = [0.0f32; SMALL_KV];
+        let mut heap = Vec::new();
+        let s: &mut [f32] = if skv <= SMALL_KV {
+            &mut stack
+        } else {
+            heap.resize(skv, 0.0);
+            &mut heap
+        };
         for i in 0..sq {
             let n = if causal { kv_len - sq + i + 1 } else { kv_len };
             // SAFETY: validated views; rows of q, k, v and out have d contiguous elements.
@@ -224,6 +236,46 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Decode rows (few queries) over a long KV cache: taken, and equal to f64 math, causal
+    /// with only the first kv_len keys valid, grouped-query heads.
+    #[test]
+    fn few_rows_take_long_keys() {
+        let (h, hkv, sq, skv, d, kv_len) = (4usize, 2usize, 3usize, 300usize, 16usize, 290usize);
+        let mut q = fill(h * sq * d, 5);
+        let mut k = fill(hkv * skv * d, 6);
+        let mut v = fill(hkv * skv * d, 7);
+        let mut o = vec![0.0f32; h * sq * d];
+        let (vq, vk, vv, vo) = (
+            view(&mut q, &[h, sq, d]),
+            view(&mut k, &[hkv, skv, d]),
+            view(&mut v, &[hkv, skv, d]),
+            view(&mut o, &[h, sq, d]),
+        );
+        assert!(try_attention(&vo, &vq, &vk, &vv, None, true, 0.0, kv_len));
+        for hd in 0..h {
+            let kh = hd / (h / hkv);
+            for i in 0..sq {
+                let n = kv_len - sq + i + 1;
+                let sc: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| q[(hd * sq + i) * d + c] as f64 * k[(kh * skv + j) * d + c] as f64)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    let want: f64 = (0..n).map(|j| e[j] / z * v[(kh * skv + j) * d + c] as f64).sum();
+                    let got = o[(hd * sq + i) * d + c] as f64;
+                    assert!((got - want).abs() < 1e-5, "head {hd} row {i} col {c}: {got} vs {want}");
                 }
             }
         }

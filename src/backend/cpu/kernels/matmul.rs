@@ -184,6 +184,42 @@ pub fn matmul(
     }
 }
 
+/// C = act(alpha * op(A) B^T + beta * C + bias) for a block-quantized B (`[n, k]`, trans_b,
+/// one batch) on `isa`'s packed GEMM (AVX2 or AVX-512, which the CPU has): B's blocks are
+/// dequantised while its panels are packed, so prefill runs at the f32 GEMM's speed with no
+/// dequantised copy of the weights.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul_quantized_b(
+    isa: Isa,
+    out: &HostView,
+    a: &HostView,
+    b: &HostView,
+    bias: Option<&HostView>,
+    p: &MatmulParams,
+) {
+    let k = b.last();
+    let cc = (out.dtype != DType::F32 || (out.col_stride() != 1 && out.last() > 1)).then(|| dense_copy(out));
+    let c = cc.as_ref().map(|c| c.view).unwrap_or(*out);
+    let bias = bias.map(load_dense);
+    let r = c.rank;
+    let (m, n) = (c.shape[r - 2], c.shape[r - 1]);
+    let batch: usize = c.shape[..r - 2].iter().product();
+    let gemm = Gemm {
+        a: Mat::new(a, p.trans_a),
+        a_dtype: a.dtype,
+        b: Mat::new(b, true),
+        b_dtype: b.dtype,
+        c: Mat::new(&c, false),
+        k,
+        p: *p,
+        bias: bias.as_deref(),
+    };
+    super::gemm::gemm(isa, &gemm, batch, m, n);
+    if let Some(cc) = cc.as_ref() {
+        store_dense(out, &cc.view);
+    }
+}
+
 /// The instruction set whose packed GEMM takes this matmul, if any: the CPU has AVX2 (or
 /// AVX-512), C (or its f32 copy) has dense rows, k > 0. Otherwise `matrixmultiply` runs it.
 fn packed_gemm_isa(out: &HostView, k: usize) -> Option<Isa> {

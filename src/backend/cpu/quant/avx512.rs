@@ -76,6 +76,8 @@ unsafe fn blocks_of<const R: usize, const T: usize>(
     let (be, bb) = dt.block();
     for b in 0..blocks {
         let p = w.add(b * bb);
+        // Weights stream from memory: fetch them ahead (as the int8 kernels do).
+        _mm_prefetch::<_MM_HINT_T0>(p.add(2048) as *const i8);
         let mut xb = x;
         for r in 0..R {
             xb[r] = x[r].add(b * be);

@@ -1,14 +1,18 @@
 //! Matmuls whose B is a block-quantized weight (`[n, k]`, trans_b, blocks along k; see
 //! `crate::quant`). Few rows of A (decode): each weight row is decoded in registers once
-//! for up to 4 rows of A (`dot.rs`, AVX-512 / AVX2 / scalar). Many rows (prefill): a slice of
-//! weight rows is dequantised into f32 scratch and multiplied by the f32 sgemm, so decoding
-//! costs 1/m of the multiply-adds.
+//! for up to 4 rows of A (`dot.rs`, AVX-512 / AVX2 / scalar), or, when the op allows q8
+//! activations, A is rounded to int8 blocks and dotted in integers (`q8act.rs`). Many rows
+//! (prefill): the packed GEMM dequantises B while packing its panels (AVX2 / AVX-512), else
+//! a slice of weight rows is dequantised into f32 scratch for `matrixmultiply`.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(all(target_arch = "x86_64", nh_avx512))]
 mod avx512;
 mod dot;
+#[cfg(target_arch = "x86_64")]
+mod int8_x86;
+mod q8act;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +22,7 @@ use super::kernels::matmul::MatmulParams;
 use super::scratch::Scratch;
 use crate::op::{Activation, DType};
 use dot::{dot_rows, Isa, ROWS};
+use q8act::{IntIsa, Q8Rows};
 use rayon::prelude::*;
 
 /// Up to this many rows of A the weights are decoded in registers; above, dequantised once.
@@ -27,12 +32,23 @@ const SERIAL_MACS: usize = 1 << 16;
 
 /// C = act(alpha * op(A) B^T + beta * C + bias) for a quantized B (validated: trans_b, one
 /// batch, blocks along k). A is f32 / f16 / bf16, possibly transposed or strided.
-pub fn matmul(out: &HostView, a: &HostView, b: &HostView, bias: Option<&HostView>, p: &MatmulParams) {
-    matmul_with(Isa::detect(), out, a, b, bias, p)
+/// `allow_q8`: A may be rounded to int8 blocks (`OpParams::allow_q8_activations`).
+pub fn matmul(
+    out: &HostView,
+    a: &HostView,
+    b: &HostView,
+    bias: Option<&HostView>,
+    p: &MatmulParams,
+    allow_q8: bool,
+) {
+    let int = (allow_q8 && q8act::takes(b.dtype)).then(IntIsa::detect).filter(|i| *i != IntIsa::Scalar);
+    matmul_with(Isa::detect(), int, out, a, b, bias, p)
 }
 
+/// `int`: the integer kernels for few rows of A (None: f32 activations).
 fn matmul_with(
     isa: Isa,
+    int: Option<IntIsa>,
     out: &HostView,
     a: &HostView,
     b: &HostView,
@@ -41,12 +57,31 @@ fn matmul_with(
 ) {
     let r = out.rank;
     let (m, n, k) = (out.shape[r - 2], out.last(), b.last());
+    #[cfg(target_arch = "x86_64")]
+    if m > DOT_MAX_ROWS && k > 0 {
+        use super::kernels::matmul::matmul_quantized_b;
+        use super::simd::Isa as Simd;
+        match isa {
+            #[cfg(nh_avx512)]
+            Isa::Avx512 => return matmul_quantized_b(Simd::Avx512, out, a, b, bias, p),
+            Isa::Avx2 => return matmul_quantized_b(Simd::Avx2, out, a, b, bias, p),
+            _ => {}
+        }
+    }
     let batch: usize = out.shape[..r - 2].iter().product();
     let arows = ARows::new(a, p.trans_a, m, k);
+    let q8 = int.filter(|_| m <= DOT_MAX_ROWS).map(|i| {
+        let rows: Vec<&[f32]> = (0..batch)
+            .flat_map(|bi| (0..m).map(move |i| (bi, i)))
+            .map(|(bi, i)| arows.row(bi, i, k))
+            .collect();
+        (i, Q8Rows::quantize(k, rows.into_iter()))
+    });
     let cc = (out.dtype != DType::F32 || (out.col_stride() != 1 && n > 1)).then(|| dense_copy(out));
     let c = cc.as_ref().map(|c| c.view).unwrap_or(*out);
     let bias = bias.map(load_dense);
-    let job = Job { isa, a: &arows, b, c: &c, bias: bias.as_deref(), p, m, k };
+    let q8 = q8.as_ref().map(|(i, rows)| (*i, rows));
+    let job = Job { isa, q8, a: &arows, b, c: &c, bias: bias.as_deref(), p, m, k };
 
     let threads = rayon::current_num_threads();
     let per_task = if m <= DOT_MAX_ROWS {
@@ -60,7 +95,9 @@ fn matmul_with(
     let task = |t: usize| {
         let (bi, ch) = (t / chunks, t % chunks);
         let cols = ch * per_task..((ch + 1) * per_task).min(n);
-        if m <= DOT_MAX_ROWS {
+        if m <= DOT_MAX_ROWS && job.q8.is_some() {
+            job.int_dots(bi, cols);
+        } else if m <= DOT_MAX_ROWS {
             job.dots(bi, cols);
         } else {
             job.gemm(bi, cols);
@@ -133,6 +170,8 @@ impl ARows {
 
 struct Job<'a> {
     isa: Isa,
+    /// A's rows rounded to int8 blocks (batch-major), with the kernels that take them.
+    q8: Option<(IntIsa, &'a Q8Rows)>,
     a: &'a ARows,
     b: &'a HostView,
     c: &'a HostView,
@@ -178,6 +217,32 @@ impl Job<'_> {
                 }
             }
             for row in c.iter_mut() {
+                self.epilogue(row, &cols);
+            }
+        }
+    }
+
+    /// `dots` on A's int8 rows: integer dot products, one scale per block.
+    fn int_dots(&self, bi: usize, cols: std::ops::Range<usize>) {
+        let (isa, q8) = self.q8.expect("int8 rows");
+        let (dt, nc) = (self.b.dtype, cols.len());
+        let blocks = self.k / q8act::QK;
+        // Weight rows are a whole number of blocks apart (validated views).
+        let stride = dt.bytes_of(self.b.strides[self.b.rank - 2]);
+        let first = self.weight_row(cols.start).as_ptr();
+        // SAFETY: rows cols.start..cols.end of the validated B view.
+        let w = unsafe { std::slice::from_raw_parts(first, (nc - 1) * stride + dt.bytes_of(self.k)) };
+        let mut sums = vec![0.0f32; nc * ROWS];
+        for i0 in (0..self.m).step_by(ROWS) {
+            let rows = ROWS.min(self.m - i0);
+            let x: Vec<q8act::Q8Row> = (i0..i0 + rows).map(|i| q8.row(bi * self.m + i)).collect();
+            q8act::dot_cols(isa, dt, w, stride, nc, blocks, &x, &mut sums);
+            for (r, i) in (i0..i0 + rows).enumerate() {
+                let row = self.c_row(bi, i, &cols);
+                for (jj, c) in row.iter_mut().enumerate() {
+                    let old = if self.p.beta != 0.0 { self.p.beta * *c } else { 0.0 };
+                    *c = self.p.alpha * sums[jj * rows + r] + old;
+                }
                 self.epilogue(row, &cols);
             }
         }

@@ -84,7 +84,7 @@ fn run(isa: Isa, dt: DType, cs: &Case, f16_io: bool) -> f64 {
     let biasv = view(biasb.as_mut_ptr(), dt_io, &[n]);
     let p =
         MatmulParams { trans_a: cs.trans_a, trans_b: true, alpha: 0.75, beta: cs.beta, activation: cs.act };
-    matmul_with(isa, &cv, &av, &bv, cs.bias.then_some(&biasv), &p);
+    matmul_with(isa, None, &cv, &av, &bv, cs.bias.then_some(&biasv), &p);
     let got: Vec<f32> = if f16_io {
         cb.chunks(2).map(|h| f16::from_le_bytes([h[0], h[1]]).to_f32()).collect()
     } else {
@@ -148,5 +148,88 @@ fn transposed_and_half_operands_bias_beta_and_activation() {
                 assert!(err <= 1e-3, "{isa:?} {dt} m={m} f16: {err:e}");
             }
         }
+    }
+}
+
+/// The integer path (`NH_FLAG_ALLOW_Q8_ACTIVATIONS`) against `q8act::reference` on the same
+/// int8 rows: equal up to f32 rounding of the block sums (1e-5 of the sum of |terms|).
+#[test]
+fn integer_kernels_equal_the_int8_reference() {
+    use super::q8act::{reference, IntIsa, Q8Rows, QK};
+    for int in IntIsa::available() {
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            for &(m, n, blocks, batch) in
+                &[(1, 37, 1, 1), (1, 19, 7, 1), (2, 5, 3, 2), (3, 33, 28, 1), (8, 7, 2, 3)]
+            {
+                let k = blocks * QK;
+                let (mut q, w) = weight(dt, n, k, 3 + m as u32);
+                // Some exact zeros and an extreme block in A.
+                let mut a: Vec<f32> = fill(batch * m * k, 5 + n as u32);
+                let len = a.len();
+                a[..QK.min(len)].iter_mut().for_each(|v| *v = 0.0);
+                a[len - 1] = 40.0;
+                let c0: Vec<f32> = fill(batch * m * n, 9);
+                let mut c = c0.clone();
+                let av = view(a.as_mut_ptr() as *mut u8, DType::F32, &[batch, m, k]);
+                let bv = view(q.as_mut_ptr(), dt, &[n, k]);
+                let cv = view(c.as_mut_ptr() as *mut u8, DType::F32, &[batch, m, n]);
+                let p = MatmulParams {
+                    trans_a: false,
+                    trans_b: true,
+                    alpha: 0.75,
+                    beta: 0.5,
+                    activation: Activation::None,
+                };
+                matmul_with(Isa::detect(), Some(int), &cv, &av, &bv, None, &p);
+                let rows = Q8Rows::quantize(k, a.chunks(k));
+                for r in 0..batch * m {
+                    for j in 0..n {
+                        let wrow = &q[dt.bytes_of(j * k)..][..dt.bytes_of(k)];
+                        let want =
+                            0.75 * reference(dt, wrow, blocks, &rows.row(r)) + 0.5 * c0[r * n + j] as f64;
+                        let mag: f64 =
+                            (0..k).map(|kk| (a[r * k + kk] * w[j * k + kk]).abs() as f64).sum::<f64>()
+                                + (0.5 * c0[r * n + j]).abs() as f64;
+                        let err = (c[r * n + j] as f64 - want).abs() / mag.max(1e-30);
+                        assert!(
+                            err <= 1e-5,
+                            "{int:?} {dt} m={m} n={n} k={k} ({r},{j}): {} vs {want} ({err:e})",
+                            c[r * n + j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The int8 rounding is real but small: the integer path stays within 1% of f32 math on the
+/// dequantised weights (relative to the sum of |terms|), and is not f32 math itself.
+#[test]
+fn q8_activations_round_a_but_stay_close() {
+    use super::q8act::IntIsa;
+    let (m, n, k) = (1, 64, 256);
+    for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        let (mut q, w) = weight(dt, n, k, 21);
+        let mut a: Vec<f32> = fill(m * k, 22);
+        let mut c = vec![0f32; m * n];
+        let av = view(a.as_mut_ptr() as *mut u8, DType::F32, &[m, k]);
+        let bv = view(q.as_mut_ptr(), dt, &[n, k]);
+        let cv = view(c.as_mut_ptr() as *mut u8, DType::F32, &[m, n]);
+        let p = MatmulParams {
+            trans_a: false,
+            trans_b: true,
+            alpha: 1.0,
+            beta: 0.0,
+            activation: Activation::None,
+        };
+        matmul_with(Isa::detect(), Some(IntIsa::detect()), &cv, &av, &bv, None, &p);
+        let mut worst = 0.0f64;
+        for j in 0..n {
+            let terms = (0..k).map(|kk| a[kk] as f64 * w[j * k + kk] as f64);
+            let (want, mag) = terms.fold((0.0, 0.0), |(s, t0), t| (s + t, t0 + t.abs()));
+            worst = worst.max((c[j] as f64 - want).abs() / mag);
+        }
+        assert!(worst < 1e-2 && worst > 1e-6, "{dt}: worst relative difference {worst:e}");
     }
 }

@@ -165,6 +165,9 @@ unsafe fn pack_b<K: Micro>(
     dst: *mut f32,
 ) {
     let m = &b.mat;
+    if b.dtype.is_quantized() {
+        return pack_b_quantized::<K>(b, bi, j0, nr, p0, kc, dst);
+    }
     let first = m.ptr.0.add(m.offset(bi, p0, j0) * b.dtype.size());
     let float = matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16);
     if m.cs == 1 && float {
@@ -187,6 +190,37 @@ unsafe fn pack_b<K: Micro>(
     for j in 0..K::NR {
         if j < nr {
             b.load(bi, p0, j0 + j, m.rs, &mut col[..kc]);
+            for (k, v) in col[..kc].iter().enumerate() {
+                *dst.add(k * K::NR + j) = *v;
+            }
+        } else {
+            for k in 0..kc {
+                *dst.add(k * K::NR + j) = 0.0;
+            }
+        }
+    }
+}
+
+/// `pack_b` for a block-quantized op(B) (a `[n, k]` weight read transposed: depths contiguous,
+/// whole blocks): each column's kc weights are dequantised, then written NR floats apart.
+/// Prefill packs every weight once per op this way instead of dequantising into a copy.
+unsafe fn pack_b_quantized<K: Micro>(
+    b: &Operand,
+    bi: usize,
+    j0: usize,
+    nr: usize,
+    p0: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    let (m, dt) = (&b.mat, b.dtype);
+    // p0 is a multiple of KC and rows start on whole blocks, so every run does too.
+    debug_assert!(m.rs == 1 && p0 % dt.block_elems() == 0 && kc % dt.block_elems() == 0);
+    let mut col = [0.0f32; MAX_KC];
+    for j in 0..K::NR {
+        if j < nr {
+            let at = m.ptr.0.add(dt.bytes_of(m.offset(bi, p0, j0 + j)));
+            crate::quant::dequantize_row(dt, std::slice::from_raw_parts(at, dt.bytes_of(kc)), &mut col[..kc]);
             for (k, v) in col[..kc].iter().enumerate() {
                 *dst.add(k * K::NR + j) = *v;
             }
