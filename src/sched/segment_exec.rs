@@ -2,6 +2,7 @@
 //! segment on its device when all of its members are ready, with fallback op by op (in
 //! order, so the members' own dependencies hold) when the device fails midway.
 
+use super::fasthash::FastMap;
 use super::segment::{self, Costs, SegmentRun};
 use super::task::{Access, Placement, Task};
 use super::{dims_json, panic_message, tags_text, Device, Scheduler, Work};
@@ -56,7 +57,7 @@ impl PlanCache {
 /// purchase). Weights are amortised within a few submissions; inputs only the host rewrites
 /// before each submission never are.
 #[derive(Debug, Default)]
-pub struct StableInputs(std::collections::HashMap<crate::memory::BufferId, (u64, u32)>);
+pub struct StableInputs(FastMap<crate::memory::BufferId, (u64, u32)>);
 
 /// Inputs tracked per op of the graph before the record starts afresh.
 const MAX_TRACKED_PER_OP: usize = 4;
@@ -71,18 +72,22 @@ impl StableInputs {
         if self.0.len() > MAX_TRACKED_PER_OP * tasks.len().max(64) {
             self.0.clear();
         }
-        let written: std::collections::HashSet<_> = tasks.iter().map(|t| t.op.output.buffer).collect();
-        let mut read = std::collections::HashMap::new();
+        // Runs once per submission of a replayed graph (every decode step): no SipHash.
+        let written: FastMap<crate::memory::BufferId, ()> =
+            tasks.iter().map(|t| (t.op.output.buffer, ())).collect();
+        let mut read: FastMap<crate::memory::BufferId, u64> = FastMap::default();
         for t in tasks {
             for v in t.op.inputs.iter().flatten() {
-                if let Ok(b) = t.mem.buffer(v.buffer) {
-                    read.entry(v.buffer).or_insert_with(|| b.version());
+                if let std::collections::hash_map::Entry::Vacant(e) = read.entry(v.buffer) {
+                    if let Ok(b) = t.mem.buffer(v.buffer) {
+                        e.insert(b.version());
+                    }
                 }
             }
         }
         for (buffer, version) in read {
             let seen = self.0.entry(buffer).or_insert((version, 0));
-            let kept = seen.0 == version || written.contains(&buffer);
+            let kept = seen.0 == version || written.contains_key(&buffer);
             *seen = (version, if kept { seen.1.saturating_add(1) } else { 0 });
         }
     }
