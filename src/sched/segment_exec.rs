@@ -478,7 +478,7 @@ impl Scheduler {
                 let transfers = device.backend.link_gbs().map_or(0.0, |gbs| moved / gbs);
                 let rest = run - k.iter().sum::<f64>() - transfers;
                 let timed: Vec<(&OpDesc, f64)> = tasks.iter().map(|t| &*t.op).zip(k).collect();
-                device.model.record_timed_segment(&timed, rest);
+                device.model.record_timed_segment(&timed, rest, transfers);
             }
             None => {
                 for (t, op_ns) in tasks.iter().zip(&times) {
@@ -581,10 +581,8 @@ impl Scheduler {
                     device.load.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
                     let measured = elapsed.saturating_sub(report.setup_ns) as f64;
                     match report.device_ns.filter(|_| device.backend.times_kernels()) {
-                        Some(kernel) => {
-                            let rest = measured - device.model.launch_ns() - kernel as f64;
-                            device.model.record_timed_segment(&[(&task.op, kernel as f64)], rest);
-                        }
+                        // Its uploads are not known here: a lone op teaches its kernel time only.
+                        Some(kernel) => device.model.record_in_segment(&task.op, kernel as f64),
                         None => device.model.record(&task.op, measured),
                     }
                     self.trace.slice(index, task.op.kind.name(), started, finished, || {
