@@ -186,10 +186,21 @@ unsafe fn pack_b<K: Micro>(
         return;
     }
     // Columns of B are contiguous (transposed half weights): load a column, scatter it.
+    scatter_columns::<K>(nr, kc, dst, |j, col| b.load(bi, p0, j0 + j, m.rs, col));
+}
+
+/// Writes column j < nr (kc floats, filled by `column`) NR floats apart into the panel at
+/// `dst`; columns nr..NR are zero.
+unsafe fn scatter_columns<K: Micro>(
+    nr: usize,
+    kc: usize,
+    dst: *mut f32,
+    mut column: impl FnMut(usize, &mut [f32]),
+) {
     let mut col = [0.0f32; MAX_KC];
     for j in 0..K::NR {
         if j < nr {
-            b.load(bi, p0, j0 + j, m.rs, &mut col[..kc]);
+            column(j, &mut col[..kc]);
             for (k, v) in col[..kc].iter().enumerate() {
                 *dst.add(k * K::NR + j) = *v;
             }
@@ -216,20 +227,10 @@ unsafe fn pack_b_quantized<K: Micro>(
     let (m, dt) = (&b.mat, b.dtype);
     // p0 is a multiple of KC and rows start on whole blocks, so every run does too.
     debug_assert!(m.rs == 1 && p0 % dt.block_elems() == 0 && kc % dt.block_elems() == 0);
-    let mut col = [0.0f32; MAX_KC];
-    for j in 0..K::NR {
-        if j < nr {
-            let at = m.ptr.0.add(dt.bytes_of(m.offset(bi, p0, j0 + j)));
-            crate::quant::dequantize_row(dt, std::slice::from_raw_parts(at, dt.bytes_of(kc)), &mut col[..kc]);
-            for (k, v) in col[..kc].iter().enumerate() {
-                *dst.add(k * K::NR + j) = *v;
-            }
-        } else {
-            for k in 0..kc {
-                *dst.add(k * K::NR + j) = 0.0;
-            }
-        }
-    }
+    scatter_columns::<K>(nr, kc, dst, |j, col| {
+        let at = m.ptr.0.add(dt.bytes_of(m.offset(bi, p0, j0 + j)));
+        crate::quant::dequantize_row(dt, std::slice::from_raw_parts(at, dt.bytes_of(kc)), col);
+    });
 }
 
 /// Runs the whole (batched) GEMM with `isa`'s kernels on the current rayon pool. Callers
