@@ -174,6 +174,18 @@ mod tests {
     use crate::backend::cpu::test_data::fill;
     use crate::op::MAX_RANK;
 
+    /// One query row's attention over the first `n` of the dense key and value rows (width
+    /// `d`, scale 1/sqrt(d)), in f64.
+    fn reference_row(q: &[f32], k: &[f32], v: &[f32], n: usize, d: usize) -> Vec<f64> {
+        let scores: Vec<f64> = (0..n)
+            .map(|j| (0..d).map(|c| q[c] as f64 * k[j * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        (0..d).map(|c| (0..n).map(|j| e[j] / z * v[j * d + c] as f64).sum()).collect()
+    }
+
     fn view(data: &mut [f32], shape: &[usize]) -> HostView {
         let mut s = [1; MAX_RANK];
         let mut st = [0; MAX_RANK];
@@ -215,20 +227,8 @@ mod tests {
                 for hd in 0..h {
                     for i in 0..s {
                         let base = ((bi * h + hd) * s) * d;
-                        let sc: Vec<f64> = (0..lens[bi])
-                            .map(|j| {
-                                (0..d)
-                                    .map(|t| q[base + i * d + t] as f64 * k[base + j * d + t] as f64)
-                                    .sum::<f64>()
-                                    / (d as f64).sqrt()
-                            })
-                            .collect();
-                        let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
-                        let z: f64 = e.iter().sum();
-                        for t in 0..d {
-                            let want: f64 =
-                                (0..lens[bi]).map(|j| e[j] / z * v[base + j * d + t] as f64).sum();
+                        let want = reference_row(&q[base + i * d..], &k[base..], &v[base..], lens[bi], d);
+                        for (t, want) in want.into_iter().enumerate() {
                             let got = out[base + i * d + t] as f64;
                             assert!(
                                 (got - want).abs() < 1e-5,
@@ -261,19 +261,9 @@ mod tests {
             let kh = hd / (h / hkv);
             for i in 0..sq {
                 let n = kv_len - sq + i + 1;
-                let sc: Vec<f64> = (0..n)
-                    .map(|j| {
-                        (0..d)
-                            .map(|c| q[(hd * sq + i) * d + c] as f64 * k[(kh * skv + j) * d + c] as f64)
-                            .sum::<f64>()
-                            / (d as f64).sqrt()
-                    })
-                    .collect();
-                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for c in 0..d {
-                    let want: f64 = (0..n).map(|j| e[j] / z * v[(kh * skv + j) * d + c] as f64).sum();
+                let (qi, kv) = ((hd * sq + i) * d, kh * skv * d);
+                let want = reference_row(&q[qi..], &k[kv..], &v[kv..], n, d);
+                for (c, want) in want.into_iter().enumerate() {
                     let got = o[(hd * sq + i) * d + c] as f64;
                     assert!((got - want).abs() < 1e-5, "head {hd} row {i} col {c}: {got} vs {want}");
                 }
