@@ -194,9 +194,9 @@ impl Costs for ModelCosts<'_> {
 /// an even share of the rest (recording, submission, gaps between dispatches), which costs
 /// about the same for every op whatever its kernel time; evenly without timestamps. When the
 /// kernels overlapped (their sum exceeds the run), in proportion to kernel time.
-fn member_times(run: f64, reports: &[ExecReport]) -> Vec<f64> {
-    let n = reports.len().max(1) as f64;
-    let kernels: Option<Vec<f64>> = reports.iter().map(|r| r.device_ns.map(|ns| ns as f64)).collect();
+/// `kernels`: every member's kernel time (`kernel_times`), or None.
+fn member_times(run: f64, members: usize, kernels: Option<&[f64]>) -> Vec<f64> {
+    let n = members.max(1) as f64;
     match kernels {
         Some(k) if k.iter().sum::<f64>() > 0.0 => {
             let total: f64 = k.iter().sum();
@@ -207,8 +207,13 @@ fn member_times(run: f64, reports: &[ExecReport]) -> Vec<f64> {
                 k.iter().map(|ns| run * ns / total).collect()
             }
         }
-        _ => vec![run / n; reports.len()],
+        _ => vec![run / n; members],
     }
+}
+
+/// Every member's kernel time, when the device reported all of them.
+fn kernel_times(reports: &[ExecReport]) -> Option<Vec<f64>> {
+    reports.iter().map(|r| r.device_ns.map(|ns| ns as f64)).collect()
 }
 
 impl Scheduler {
@@ -470,8 +475,8 @@ impl Scheduler {
         load.busy_ns.fetch_add(wall as u64, Ordering::Relaxed);
         load.consecutive_failures.store(0, Ordering::Relaxed);
         let mut at = started;
-        let times = member_times(run, reports);
-        let kernels: Option<Vec<f64>> = reports.iter().map(|r| r.device_ns.map(|ns| ns as f64)).collect();
+        let kernels = kernel_times(reports);
+        let times = member_times(run, reports.len(), kernels.as_deref());
         match kernels.filter(|_| device.backend.times_kernels()) {
             Some(k) => {
                 let moved = phases.map_or(0, |p| p.moved_bytes) as f64;
@@ -641,25 +646,27 @@ use crate::backend::ExecReport;
 
 #[cfg(test)]
 mod tests {
-    use super::member_times;
+    use super::{kernel_times, member_times};
     use crate::backend::ExecReport;
 
-    fn reports(kernels: &[Option<u64>]) -> Vec<ExecReport> {
-        kernels.iter().map(|&device_ns| ExecReport { device_ns, setup_ns: 0 }).collect()
+    fn shares(run: f64, kernels: &[Option<u64>]) -> Vec<f64> {
+        let reports: Vec<ExecReport> =
+            kernels.iter().map(|&device_ns| ExecReport { device_ns, setup_ns: 0 }).collect();
+        member_times(run, reports.len(), kernel_times(&reports).as_deref())
     }
 
     #[test]
     fn the_time_outside_kernels_is_shared_evenly() {
         // A long matmul and two short elementwise ops, 600 ns of recording and gaps.
-        let t = member_times(1_000.0, &reports(&[Some(380), Some(10), Some(10)]));
+        let t = shares(1_000.0, &[Some(380), Some(10), Some(10)]);
         assert_eq!(t, vec![580.0, 210.0, 210.0]);
         assert_eq!(t.iter().sum::<f64>(), 1_000.0);
     }
 
     #[test]
     fn overlapped_kernels_share_in_proportion_and_missing_timestamps_evenly() {
-        assert_eq!(member_times(100.0, &reports(&[Some(150), Some(50)])), vec![75.0, 25.0]);
-        assert_eq!(member_times(90.0, &reports(&[Some(150), None, Some(50)])), vec![30.0; 3]);
-        assert_eq!(member_times(90.0, &reports(&[Some(0), Some(0)])), vec![45.0; 2]);
+        assert_eq!(shares(100.0, &[Some(150), Some(50)]), vec![75.0, 25.0]);
+        assert_eq!(shares(90.0, &[Some(150), None, Some(50)]), vec![30.0; 3]);
+        assert_eq!(shares(90.0, &[Some(0), Some(0)]), vec![45.0; 2]);
     }
 }
