@@ -417,6 +417,8 @@ impl State {
             return self.resolve_after_output(i, e, v, seg, own);
         }
         let buf = mem.buffer(v.buffer)?;
+        // What earlier ops of the submission wrote into v, in op order.
+        let overlapping = seg.overlapping(v);
         let (alloc, fresh) = if let Some(r) = seg.new_replicas.iter().find(|r| r.key == key).filter(|_| !own)
         {
             (r.alloc, false)
@@ -434,9 +436,8 @@ impl State {
                 None => {
                     // On unified memory, a view that no earlier op of the submission wrote
                     // into is read where it lies: no copy, no replica.
-                    let untouched =
-                        !seg.outputs_of(v.buffer).iter().any(|&k| overlaps(&seg.outputs[k].view, v));
-                    if let (false, true, Some(aliases)) = (own, untouched, self.aliases.as_mut()) {
+                    if let (false, true, Some(aliases)) = (own, overlapping.is_empty(), self.aliases.as_mut())
+                    {
                         if let Some(a) = aliases.view(buf, v) {
                             self.zero_copy += v.bytes() as u64;
                             return Ok((a, false));
@@ -466,14 +467,11 @@ impl State {
                 }
             }
         };
-        for j in 0..seg.outputs_of(v.buffer).len() {
-            let o = &seg.outputs[seg.outputs_of(v.buffer)[j]];
-            if overlaps(&o.view, v) {
-                let (w, src) = (o.view, o.alloc);
-                if let Some(copy) = self.patch_copy(&w, v, seg) {
-                    seg.patch_dispatches += matches!(copy, PatchCopy::Shader { .. }) as usize;
-                    seg.patches.push(Patch { op: i, src, dst: alloc, copy });
-                }
+        for k in overlapping {
+            let (w, src) = (seg.outputs[k].view, seg.outputs[k].alloc);
+            if let Some(copy) = self.patch_copy(&w, v, seg) {
+                seg.patch_dispatches += matches!(copy, PatchCopy::Shader { .. }) as usize;
+                seg.patches.push(Patch { op: i, src, dst: alloc, copy });
             }
         }
         Ok((alloc, fresh))
@@ -490,12 +488,7 @@ impl State {
         seg: &mut Segment,
         own: bool,
     ) -> Result<(Allocation, bool)> {
-        let later: Vec<usize> = seg
-            .outputs_of(v.buffer)
-            .iter()
-            .copied()
-            .filter(|&k| k > e && overlaps(&seg.outputs[k].view, v))
-            .collect();
+        let later: Vec<usize> = seg.overlapping(v).into_iter().filter(|&k| k > e).collect();
         let base = seg.outputs[e].alloc;
         if later.is_empty() {
             return Ok((base, false));
@@ -864,8 +857,9 @@ impl State {
     }
 
     /// Writes outputs back to the host views, records the new replicas, frees the rest.
-    fn finish(&mut self, ops: &[(&OpDesc, &OpMemory)], seg: Segment) -> Result<()> {
-        let mut release = seg.temporary;
+    fn finish(&mut self, ops: &[(&OpDesc, &OpMemory)], mut seg: Segment) -> Result<()> {
+        let mut release = std::mem::take(&mut seg.temporary);
+        let new_replicas = std::mem::take(&mut seg.new_replicas);
         let mut written = Vec::with_capacity(ops.len());
         for ((op, mem), o) in ops.iter().zip(&seg.outputs) {
             let v = &op.output;
@@ -883,14 +877,13 @@ impl State {
         // first reader on wrote into it (earlier writes were patched into it on the device);
         // else it is dropped. Outputs through the same view replace it below.
         let outputs = &seg.outputs;
-        let by_buffer = &seg.outputs_by_buffer;
-        let outputs_of = |b: BufferId| by_buffer.get(&b).map_or(&[][..], |v| v.as_slice());
-        let is_output = |u: &Used| outputs_of(u.view.buffer).iter().any(|&k| outputs[k].key == u.key);
+        let is_output = |u: &Used| seg.outputs_of(u.view.buffer).iter().any(|&k| outputs[k].key == u.key);
         let verdict = |u: &Used| -> Option<u64> {
             if is_output(u) {
                 return None;
             }
-            let later_write = outputs_of(u.view.buffer)
+            let later_write = seg
+                .outputs_of(u.view.buffer)
                 .iter()
                 .any(|&k| k >= u.first_op && overlaps(&outputs[k].view, &u.view));
             if later_write {
@@ -905,7 +898,7 @@ impl State {
                 None => release.extend(self.residency.forget(&u.key)),
             }
         }
-        for r in seg.new_replicas {
+        for r in new_replicas {
             let Some(u) = seg.used.iter().find(|u| u.key == r.key && !u.looked_up) else {
                 release.push(r.alloc);
                 continue;
@@ -925,9 +918,9 @@ impl State {
             let bytes = o.alloc.size;
             // A later output of this segment that overlaps differently made this copy stale.
             let v = &ops[i].0.output;
-            let overwritten = ops[i + 1..].iter().any(|(later, _)| {
-                let w = &later.output;
-                w.buffer == v.buffer && overlaps(w, v) && w != v
+            let overwritten = seg.outputs_of(v.buffer).iter().filter(|&&k| k > i).any(|&k| {
+                let w = &outputs[k].view;
+                overlaps(w, v) && w != v
             });
             if overwritten {
                 release.push(o.alloc);
@@ -1075,6 +1068,11 @@ impl Segment {
     /// Indices of the outputs written into `buffer`, in op order.
     fn outputs_of(&self, buffer: BufferId) -> &[usize] {
         self.outputs_by_buffer.get(&buffer).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Indices of the outputs that overlap `v`, in op order.
+    fn overlapping(&self, v: &TensorView) -> Vec<usize> {
+        self.outputs_of(v.buffer).iter().copied().filter(|&k| overlaps(&self.outputs[k].view, v)).collect()
     }
 }
 
