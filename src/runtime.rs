@@ -166,7 +166,10 @@ impl Runtime {
                 from_policy.unwrap_or(d.info.max_in_flight).clamp(1, 64)
             })
             .collect();
+        let identities = devices.iter().map(|d| d.model.identity().to_string()).collect();
         let sched = Scheduler::start(devices, &in_flight);
+        let history_dir = config.perf_cache_dir.as_deref().filter(|_| !config.perf_reset);
+        *sched.plan_history.lock() = crate::sched::PlanHistory::load(history_dir, identities);
         if config.calibrate {
             sched.start_calibration();
         }
@@ -489,7 +492,7 @@ impl Runtime {
             .iter()
             .map(|op| Ok((Arc::clone(op), self.prepare(op)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(self.sched.explain_graph(ops, self.policy()))
+        Ok(self.sched.explain_graph(ops, self.policy(), Some(graph.plan_cache())))
     }
 
     /// Blocks until every submitted op has completed.
@@ -655,6 +658,12 @@ impl Drop for Runtime {
                     if let Err(e) = d.model.save(dir) {
                         log::warn!("could not save performance history to {}: {e}", dir.display());
                     }
+                }
+            }
+            let plans = self.sched.plan_history.lock();
+            if !plans.is_empty() {
+                if let Err(e) = plans.save(dir) {
+                    log::warn!("could not save measured placements to {}: {e}", dir.display());
                 }
             }
         }

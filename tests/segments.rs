@@ -460,3 +460,90 @@ fn head_views_of_a_fused_qkv_output_stay_on_the_gpu() {
     assert_close(&download(&rt, ctx, tokens * d), &ctx_ref, 1e-5);
     assert_close(&download(&rt, y, tokens * d), &reference_matmul(&ctx_ref, &w2, tokens, d, d), 1e-4);
 }
+
+/// A device the model misjudges and cannot correct, as the H100 was on 2026-12-07: its
+/// kernels report 1 us each (what its timestamps said), while every segment costs the host
+/// 20 ms, booked as transfers (which teach the model no overhead). It computes on the host.
+struct MisjudgedGpu {
+    info: DeviceInfo,
+    segments: AtomicUsize,
+}
+
+impl MisjudgedGpu {
+    const SEGMENT_COST: std::time::Duration = std::time::Duration::from_millis(20);
+
+    fn new() -> MisjudgedGpu {
+        let mut info = DeviceInfo::unavailable(npuhybrid::backend::DeviceKind::Gpu, "misjudged gpu", "");
+        info.available = true;
+        info.ops = u32::MAX;
+        info.dtypes = npuhybrid::op::DType::F32.bit();
+        info.peak_gflops = 1e6;
+        info.bandwidth_gbs = 1e6;
+        MisjudgedGpu { info, segments: AtomicUsize::new(0) }
+    }
+}
+
+impl Backend for MisjudgedGpu {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn execute(&self, op: &OpDesc, mem: &OpMemory) -> Result<ExecReport> {
+        std::thread::sleep(Self::SEGMENT_COST);
+        npuhybrid::backend::cpu::execute_on_host(op, mem)?;
+        Ok(ExecReport { device_ns: Some(1_000), setup_ns: 0 })
+    }
+
+    fn execute_segment(&self, ops: &[(&OpDesc, &OpMemory)]) -> SegmentReport {
+        self.segments.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Self::SEGMENT_COST);
+        let mut out = SegmentReport::default();
+        for (op, mem) in ops {
+            match npuhybrid::backend::cpu::execute_on_host(op, mem) {
+                Ok(()) => out.reports.push(ExecReport { device_ns: Some(1_000), setup_ns: 0 }),
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
+        }
+        let phases = npuhybrid::backend::SegmentPhases { moved_bytes: 10_000_000, ..Default::default() };
+        out.phases = Some(phases);
+        out
+    }
+
+    fn times_kernels(&self) -> bool {
+        true
+    }
+
+    fn link_gbs(&self) -> Option<f64> {
+        Some(1.0)
+    }
+}
+
+#[test]
+fn a_placement_that_measures_slower_than_predicted_gives_way_to_the_fastest_measured_one() {
+    let gpu = Arc::new(MisjudgedGpu::new());
+    let rt = gpu_runtime(Box::new(Arc::clone(&gpu)), FAST);
+    // Large enough that the CPU's model never undercuts the GPU's 1 us kernels.
+    let n = 1 << 20;
+    let (x0, y) = (random(n, 5), random(n, 6));
+    let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
+    let rounds = 12;
+    let g = chain(&rt, x, yb, tmp, n, rounds);
+    assert!(rt.explain_graph(&g).unwrap().contains("ops 0..24 on [1]"), "the model prefers the GPU");
+    let mut masks = Vec::new();
+    for _ in 0..16 {
+        let ev = rt.submit_graph(&g).unwrap();
+        ev.wait(None).unwrap();
+        masks.push(ev.outcome().1.devices_mask);
+    }
+    // The GPU ran first (as the model wanted), then the CPU was tried and measured faster.
+    assert_eq!(masks[0], 1 << 1, "{masks:?}");
+    assert!(masks[masks.len() - 4..].iter().all(|&m| m == 1), "settles on the CPU: {masks:?}");
+    let explained = rt.explain_graph(&g).unwrap();
+    assert!(explained.contains("one device: 0") && explained.contains("measured"), "{explained}");
+    assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, 16 * rounds), 1e-5);
+    // The model still misjudges the GPU: the measured times, not the model, moved the graph.
+    assert!(rt.scheduler().devices[1].model.run_ns(&add(tmp, yb, x, n)) < 100_000.0);
+}

@@ -7,6 +7,8 @@ mod calibrate;
 pub mod device;
 mod fasthash;
 mod hazards;
+mod plan_times;
+pub use plan_times::PlanHistory;
 pub mod perf_model;
 mod segment;
 mod segment_exec;
@@ -162,6 +164,8 @@ pub struct Scheduler {
     /// Calibration threads (joined at shutdown) and the flag that stops them early.
     calibrations: Mutex<Vec<JoinHandle<()>>>,
     stop_calibration: Arc<std::sync::atomic::AtomicBool>,
+    /// Measured placement times of graphs, kept between runs (`plan_times.rs`).
+    pub plan_history: Mutex<PlanHistory>,
 }
 
 impl Scheduler {
@@ -187,6 +191,7 @@ impl Scheduler {
             workers: Mutex::new(Vec::new()),
             calibrations: Mutex::new(Vec::new()),
             stop_calibration: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            plan_history: Mutex::new(PlanHistory::default()),
         });
         let mut workers = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {

@@ -126,35 +126,55 @@ fn greedy(
     devices
 }
 
-/// The cheapest of: every op it can on one device (for each device), and per op.
+/// One way to place a graph: "one device: N" keeps every op it can on device N, "per op"
+/// picks each op's device greedily. `expected_ns` is the model's time for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub name: String,
+    pub expected_ns: f64,
+    pub devices: Vec<Option<usize>>,
+}
+
+/// Every candidate placement: one per device any op may run on, then per op.
 /// `choices[i]`: the devices op i may run on; empty leaves it to per-op dispatch.
-pub fn plan(ops: &[&OpDesc], choices: &[Vec<usize>], costs: &impl Costs) -> Plan {
+pub fn candidates(ops: &[&OpDesc], choices: &[Vec<usize>], costs: &impl Costs) -> Vec<Candidate> {
     let producers = producers(ops);
     let mut everyone: Vec<usize> = choices.iter().flatten().copied().collect();
     everyone.sort_unstable();
     everyone.dedup();
-    let mut best: Option<Plan> = None;
-    let mut considered = Vec::new();
-    let candidates = everyone
+    everyone
         .iter()
         .map(|&d| (Some(d), format!("one device: {d}")))
-        .chain(std::iter::once((None, "per op".to_string())));
-    for (prefer, name) in candidates {
-        let devices = greedy(choices, &producers, costs, prefer);
-        let expected = expected_ns(&devices, &producers, costs);
-        considered.push((name.clone(), expected));
-        if best.as_ref().is_none_or(|b| expected < b.expected_ns) {
-            best = Some(Plan { devices, expected_ns: expected, chosen: name, candidates: Vec::new() });
-        }
-    }
-    let mut plan = best.unwrap_or(Plan {
-        devices: vec![None; ops.len()],
-        expected_ns: 0.0,
-        chosen: "none".into(),
-        candidates: Vec::new(),
-    });
-    plan.candidates = considered;
-    plan
+        .chain(std::iter::once((None, "per op".to_string())))
+        .map(|(prefer, name)| {
+            let devices = greedy(choices, &producers, costs, prefer);
+            let expected_ns = expected_ns(&devices, &producers, costs);
+            Candidate { name, expected_ns, devices }
+        })
+        .collect()
+}
+
+/// `candidates[chosen]` as the plan, the others listed beside it (`candidates` always holds
+/// "per op", so it is never empty).
+pub fn plan_from(mut candidates: Vec<Candidate>, chosen: usize) -> Plan {
+    let considered = candidates.iter().map(|c| (c.name.clone(), c.expected_ns)).collect();
+    let c = candidates.swap_remove(chosen);
+    Plan { devices: c.devices, expected_ns: c.expected_ns, chosen: c.name, candidates: considered }
+}
+
+/// The index of the candidate the model expects to finish soonest (the first on ties).
+pub fn cheapest(candidates: &[Candidate]) -> usize {
+    (0..candidates.len())
+        .reduce(|best, i| if candidates[i].expected_ns < candidates[best].expected_ns { i } else { best })
+        .unwrap_or(0)
+}
+
+/// The cheapest of: every op it can on one device (for each device), and per op.
+#[cfg(test)]
+pub fn plan(ops: &[&OpDesc], choices: &[Vec<usize>], costs: &impl Costs) -> Plan {
+    let all = candidates(ops, choices, costs);
+    let best = cheapest(&all);
+    plan_from(all, best)
 }
 
 /// Runs of consecutive ops on one device: (device, first op, end), in order.

@@ -3,6 +3,7 @@
 //! order, so the members' own dependencies hold) when the device fails midway.
 
 use super::fasthash::FastMap;
+use super::plan_times::{self, PlanTimes};
 use super::segment::{self, Costs, SegmentRun};
 use super::task::{Access, Placement, Task};
 use super::{dims_json, panic_message, tags_text, Device, Scheduler, Work};
@@ -20,7 +21,8 @@ use std::time::Instant;
 /// about as much as running it on a fast device. It is reused while the graph has the same
 /// ops (kinds; replaced ops keep theirs), the policy is the same, and it is young (under
 /// `PLAN_REUSE` submissions and `PLAN_AGE`), so the model's learning and devices' health
-/// still reach the placement.
+/// still reach the placement. Beside it, the measured times of the placements the graph ran
+/// under (`PlanTimes`): a new plan is chosen as soon as one of them becomes known.
 #[derive(Debug, Default)]
 pub struct PlanCache(parking_lot::Mutex<PlanState>);
 
@@ -28,6 +30,7 @@ pub struct PlanCache(parking_lot::Mutex<PlanState>);
 struct PlanState {
     cached: Option<CachedPlan>,
     stable: StableInputs,
+    times: PlanTimes,
 }
 
 const PLAN_REUSE: u32 = 64;
@@ -119,6 +122,8 @@ struct Run {
 #[derive(Debug)]
 struct GraphPlan {
     plan: segment::Plan,
+    /// Each candidate's measured time (`PlanTimes`), where it has one.
+    measured: Vec<Option<f64>>,
     runs: Vec<Run>,
 }
 
@@ -131,8 +136,16 @@ impl GraphPlan {
             self.plan.expected_ns / 1e3,
             self.runs.len()
         );
-        let considered: Vec<String> =
-            self.plan.candidates.iter().map(|(name, ns)| format!("{name} {:.1} us", ns / 1e3)).collect();
+        let considered: Vec<String> = self
+            .plan
+            .candidates
+            .iter()
+            .zip(&self.measured)
+            .map(|((name, ns), measured)| match measured {
+                Some(m) => format!("{name} {:.1} us (measured {:.1} us)", ns / 1e3, m / 1e3),
+                None => format!("{name} {:.1} us", ns / 1e3),
+            })
+            .collect();
         text.push_str(&format!("  candidates: {}\n", considered.join(", ")));
         for r in &self.runs {
             let d = &devices[r.device];
@@ -220,8 +233,15 @@ impl Scheduler {
     /// Plans a graph's placement (see `segment.rs`). Under `earliest_completion` the plan
     /// picks among the rule's devices; under `first_available` an op's device is the rule's
     /// first usable one. Ops the policy splits or balances by load are left to per-op
-    /// dispatch. None when no device but the host could take any op.
-    fn plan_graph(&self, tasks: &[Arc<Task>], stable: Option<&StableInputs>) -> Option<GraphPlan> {
+    /// dispatch. Among the candidate placements the model's cheapest wins, or, given the
+    /// graph's measured times, the one `PlanTimes::choose` picks. None when no device but the
+    /// host could take any op.
+    fn plan_graph(
+        &self,
+        tasks: &[Arc<Task>],
+        stable: Option<&StableInputs>,
+        times: Option<&PlanTimes>,
+    ) -> Option<GraphPlan> {
         let mut rules = Vec::with_capacity(tasks.len());
         let choices: Vec<Vec<usize>> = tasks
             .iter()
@@ -245,7 +265,10 @@ impl Scheduler {
             return None;
         }
         let ops: Vec<&OpDesc> = tasks.iter().map(|t| &*t.op).collect();
-        let plan = segment::plan(&ops, &choices, &ModelCosts { devices: &self.devices, tasks, stable });
+        let all = segment::candidates(&ops, &choices, &ModelCosts { devices: &self.devices, tasks, stable });
+        let chosen = times.map_or_else(|| segment::cheapest(&all), |t| t.choose(&all));
+        let measured = all.iter().map(|c| times.and_then(|t| t.measured_ns(&c.name))).collect();
+        let plan = segment::plan_from(all, chosen);
         let runs = segment::runs(&plan.devices)
             .into_iter()
             .map(|(device, start, end)| {
@@ -271,7 +294,7 @@ impl Scheduler {
                 Run { device, start, end, ends }
             })
             .collect();
-        Some(GraphPlan { plan, runs })
+        Some(GraphPlan { plan, measured, runs })
     }
 
     /// Places a graph's ops before they are registered: runs of two or more ops on a device
@@ -309,23 +332,37 @@ impl Scheduler {
             return None;
         }
         let policy = Arc::as_ptr(&tasks[0].policy) as usize;
-        let Some(cache) = cache else { return self.plan_graph(tasks, None).map(Arc::new) };
-        let mut state = cache.0.lock();
+        let Some(cache) = cache else { return self.plan_graph(tasks, None, None).map(Arc::new) };
+        let mut guard = cache.0.lock();
+        let state = &mut *guard;
         state.stable.observe(tasks);
+        if state.times.harvest() > 0 {
+            if let Some(signature) = state.times.signature() {
+                self.plan_history.lock().keep(signature, state.times.measurements());
+            }
+        }
+        let newly_measured = state.times.take_fresh();
         if let Some(c) = state.cached.as_mut() {
             let same = c.policy == policy
+                && !newly_measured
                 && c.uses < PLAN_REUSE
                 && c.made.elapsed() < PLAN_AGE
                 && c.kinds.len() == tasks.len()
                 && c.kinds.iter().zip(tasks).all(|(k, t)| *k == t.op.kind);
             if same {
                 c.uses += 1;
+                if let Some(gp) = &c.plan {
+                    state.times.submitted(&gp.plan.chosen, &tasks[0].event);
+                }
                 return c.plan.clone();
             }
         }
-        let plan = self.plan_graph(tasks, Some(&state.stable)).map(Arc::new);
+        let ops: Vec<&OpDesc> = tasks.iter().map(|t| &*t.op).collect();
+        state.times.adopt(plan_times::signature(&ops), &self.plan_history.lock());
+        let plan = self.plan_graph(tasks, Some(&state.stable), Some(&state.times)).map(Arc::new);
         if let Some(gp) = &plan {
             log::debug!("graph of {} ops: {}", tasks.len(), gp.describe(&self.devices));
+            state.times.submitted(&gp.plan.chosen, &tasks[0].event);
         }
         state.cached = Some(CachedPlan {
             kinds: tasks.iter().map(|t| t.op.kind).collect(),
@@ -339,10 +376,12 @@ impl Scheduler {
 
     /// What `place_graph` would do with these ops now, in words: the plan chosen, each run of
     /// ops with its device and why it ends where it does.
+    /// `cache`: the graph's own, whose measured times then take part as they would.
     pub fn explain_graph(
         &self,
         ops: Vec<(Arc<OpDesc>, crate::backend::OpMemory)>,
         policy: Arc<crate::policy::CompiledPolicy>,
+        cache: Option<&PlanCache>,
     ) -> String {
         let tasks: Vec<Arc<Task>> = ops
             .into_iter()
@@ -351,7 +390,12 @@ impl Scheduler {
                 Arc::new(Task::new(i as u64, op, mem, crate::event::Event::new(1), Arc::clone(&policy)))
             })
             .collect();
-        match self.plan_graph(&tasks, None) {
+        let mut state = cache.map(|c| c.0.lock());
+        let times = state.as_deref_mut().map(|s| {
+            s.times.harvest();
+            &s.times
+        });
+        match self.plan_graph(&tasks, None, times) {
             None => format!(
                 "{} ops: every op runs on the host, one by one (no other device could take any)\n",
                 tasks.len()
