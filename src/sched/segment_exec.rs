@@ -544,6 +544,7 @@ impl Scheduler {
                 args["wait_us"] = json!(us(p.wait_ns));
                 args["finish_us"] = json!(us(p.finish_ns));
                 args["submissions"] = json!(p.submissions);
+                args["moved_mb"] = json!(p.moved_bytes as f64 / 1e6);
             }
             args
         });
