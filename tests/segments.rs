@@ -526,7 +526,7 @@ fn a_placement_that_measures_slower_than_predicted_gives_way_to_the_fastest_meas
     let gpu = Arc::new(MisjudgedGpu::new());
     let rt = gpu_runtime(Box::new(Arc::clone(&gpu)), FAST);
     // Large enough that the CPU's model never undercuts the GPU's 1 us kernels.
-    let n = 1 << 20;
+    let n = 1 << 18;
     let (x0, y) = (random(n, 5), random(n, 6));
     let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
     let rounds = 12;
