@@ -17,7 +17,7 @@
 //! (x W^T, W [N, K]) at those shapes only; `--repeat R` measures every case R times in a row
 //! (`rep=` on each line); `--cold` cycles through copies of the weights (256 MiB in all, more
 //! than the GPU's L2 cache holds) so that no run finds its weights in the cache;
-//! `--sustain-ms T` keeps the GPU busy for T ms before each case is timed (clocks up). Every
+//! `--qtypes q8_0,q4_0` limits the quantized types; `--sustain-ms T` keeps the GPU busy for T ms before each case is timed (clocks up). Every
 //! line also gives the spread of the single runs (`min_us`, `max_us`, `first_us`) and the time
 //! of day it was printed (`at=`, UTC, to line up with `nvidia-smi` samples).
 
@@ -327,6 +327,11 @@ fn main() {
     let repeat: usize = value_of(&args, "--repeat").map_or(1, |s| s.parse().expect("--repeat R"));
     let sustain_ms: u64 = value_of(&args, "--sustain-ms").map_or(0, |s| s.parse().expect("--sustain-ms T"));
     let cold = args.iter().any(|a| a == "--cold");
+    // `--qtypes q8_0,q4_0`: these weight types only.
+    let qtypes: Vec<DType> = value_of(&args, "--qtypes")
+        .map_or(vec![DType::Q8_0, DType::Q4_0, DType::Q4G128], |s| {
+            s.split(',').map(|t| DType::from_name(t).expect("a quantized type")).collect()
+        });
     if let Some(env) = std::env::var_os("NPUHYBRID_VULKAN_GEMVQ") {
         println!("NPUHYBRID_VULKAN_GEMVQ={}", env.to_string_lossy());
     }
@@ -386,7 +391,7 @@ fn main() {
         }
     }
     for &(n, k) in quant_shapes {
-        for wt in [DType::Q8_0, DType::Q4_0, DType::Q4G128] {
+        for &wt in &qtypes {
             for rep in 0..repeat {
                 print_rep(repeat, rep);
                 failed += usize::from(!run_quant(gpu, wt, n, k, &t, &mut rng));
