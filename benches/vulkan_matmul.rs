@@ -96,7 +96,8 @@ fn weight_copies(bytes: usize, t: &Timing) -> usize {
 /// written back each time), and `batched`, per op when 10 run back to back in one command
 /// buffer as a framework's stream runs them. `ops` are the same op over different copies of
 /// its weights, taken in turn. An untimed run of each first uploads the inputs and compiles;
-/// the first batch only brings the clocks up.
+/// then batches run untimed for `t.sustain` (at least one batch: with the default 0, a few
+/// microseconds of work for small cases, which need not bring an idle GPU's clocks up).
 struct Samples {
     single: Vec<u64>,
     batched: Vec<u64>,
@@ -236,9 +237,24 @@ fn run(gpu: &VulkanBackend, c: &Case, t: &Timing, rng: &mut StdRng) -> bool {
         bytes / bns,
         if ok { "ok" } else { "FAILED" },
         worst,
-        spread_fields(&samples, copies)
+        spread_fields(&samples, copies) + &gemv_path(c)
     );
     ok
+}
+
+/// Which shader an f16 GEMV of [N, K] weights takes: ` gemv_path=rows:wg,nr,us` under
+/// NPUHYBRID_VULKAN_GEMV=rows (gemv_quant.comp's shape), else ` gemv_path=gemv`; nothing for
+/// other cases.
+fn gemv_path(c: &Case) -> String {
+    if c.m != 1 || c.dt != DType::F16 || !c.trans_b {
+        return String::new();
+    }
+    let rows = std::env::var("NPUHYBRID_VULKAN_GEMV").is_ok_and(|v| v == "rows") && c.k % 8 == 0;
+    if !rows {
+        return " gemv_path=gemv".into();
+    }
+    let shape = npuhybrid::backend::vulkan::quant_gemv_shape(c.k, c.n, 1);
+    format!(" gemv_path=rows:{}", shape.map(|s| s.to_string()).join(","))
 }
 
 /// One GEMV y = x W^T with a quantized W ([n, k]); returns whether its sampled check passed.
