@@ -101,6 +101,14 @@ if want gemvdiag; then
   step gemvdiag_f16_rows 60 env NPUHYBRID_VULKAN_GEMV=rows $vm --bench --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
   step gemvdiag_f16_rows_256,2,2 60 env NPUHYBRID_VULKAN_GEMV=rows NPUHYBRID_VULKAN_GEMVQ=256,2,2 $vm --bench \
     --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
+  # The f16 decode end to end, every op on the GPU: gemv.comp, then the rows GEMV for every
+  # projection (decode ms/token; the second also checks the path in a whole model).
+  if [ -x .devbin/generate ]; then
+    step gemvdiag_decode_gemv 60 .devbin/generate --synthetic llama-3.2-1b --prompt-len 64 --steps 17 \
+      --devices gpu --policy benches/device/all_gpu.nhp --quiet
+    step gemvdiag_decode_rows 60 env NPUHYBRID_VULKAN_GEMV=rows .devbin/generate --synthetic llama-3.2-1b \
+      --prompt-len 64 --steps 17 --devices gpu --policy benches/device/all_gpu.nhp --quiet
+  fi
   kill "$smi_pid" 2>/dev/null
   { echo "=== gemvdiag_smi"; cat "$steps/gemvdiag_smi.txt"; } >>"$out/all.log"
 fi
