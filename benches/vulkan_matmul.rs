@@ -12,6 +12,14 @@
 //! were read at (decode's bound: compare it with the GPU's memory bandwidth); `--quant` measures
 //! only those, at the default shapes or at the `NxK` ones given. `NPUHYBRID_VULKAN_GEMVQ=
 //! wg,nr,us` forces the quantized GEMV's shape (threads, rows per workgroup, units in flight).
+//!
+//! Diagnostics (benches/device/run.sh `gemvdiag`): `--gemv NxK,..` measures f16 GEMVs
+//! (x W^T, W [N, K]) at those shapes only; `--repeat R` measures every case R times in a row
+//! (`rep=` on each line); `--cold` cycles through copies of the weights (256 MiB in all, more
+//! than the GPU's L2 cache holds) so that no run finds its weights in the cache;
+//! `--qtypes q8_0,q4_0` limits the quantized types; `--sustain-ms T` keeps the GPU busy for T ms before each case is timed (clocks up). Every
+//! line also gives the spread of the single runs (`min_us`, `max_us`, `first_us`) and the time
+//! of day it was printed (`at=`, UTC, to line up with `nvidia-smi` samples).
 
 use half::f16;
 use npuhybrid::backend::vulkan::VulkanBackend;
@@ -21,6 +29,7 @@ use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, TensorView};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 struct Case {
     name: String,
@@ -35,40 +44,107 @@ fn buffer(pool: &Arc<HostPool>, id: u64, bytes: usize) -> Arc<Buffer> {
     Arc::new(Buffer::pooled(id, pool.alloc(bytes).unwrap(), bytes))
 }
 
-fn fill(b: &Buffer, dt: DType, vals: &[f32]) {
-    let bytes: Vec<u8> = match dt {
+fn to_bytes(dt: DType, vals: &[f32]) -> Vec<u8> {
+    match dt {
         DType::F16 => vals.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
         _ => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    };
-    b.write(0, &bytes).unwrap();
+    }
 }
 
-/// Every element of a buffer as f64 (one read: element-wise reads of 8192^2 took seconds).
-fn read_all(b: &Buffer, dt: DType, len: usize) -> Vec<f64> {
-    let mut x = vec![0u8; len * dt.size()];
-    b.read(0, &mut x).unwrap();
+fn from_bytes(dt: DType, x: &[u8]) -> Vec<f64> {
     match dt {
         DType::F16 => x.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
         _ => x.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
     }
 }
 
-/// Medians of the GPU's own time for `op`: one op per submission (its output written back
-/// each time), and per op when 10 run back to back in one command buffer as a framework's
-/// stream runs them. An untimed run first uploads the inputs and compiles; the first batch
-/// only brings the clocks up.
-fn time_op(gpu: &VulkanBackend, op: &OpDesc, mem: &OpMemory, iters: usize) -> (f64, f64) {
-    gpu.execute(op, mem).expect("first run");
-    let batch: Vec<(&OpDesc, &OpMemory)> = (0..iters.min(10)).map(|_| (op, mem)).collect();
-    gpu.execute_batch(&batch).unwrap();
+fn fill(b: &Buffer, dt: DType, vals: &[f32]) {
+    b.write(0, &to_bytes(dt, vals)).unwrap();
+}
+
+/// Every element of a buffer as f64 (one read: element-wise reads of 8192^2 took seconds).
+fn read_all(b: &Buffer, dt: DType, len: usize) -> Vec<f64> {
+    let mut x = vec![0u8; len * dt.size()];
+    b.read(0, &mut x).unwrap();
+    from_bytes(dt, &x)
+}
+
+/// How cases are timed (see the diagnostics in the header).
+#[derive(Clone, Copy)]
+struct Timing {
+    iters: usize,
+    /// Cycle through copies of the weights so that none is read from the L2 cache.
+    cold: bool,
+    /// Back-to-back batches before timing, so the GPU's clocks are up.
+    sustain: Duration,
+}
+
+/// Weight bytes the copies of `--cold` add up to: several times the L2 cache of an H100 or
+/// H200 (50 MiB), so a weight read once is gone from it by the time it is read again.
+const COLD_BYTES: usize = 256 << 20;
+
+/// Copies of a weight of `bytes` a case cycles through.
+fn weight_copies(bytes: usize, t: &Timing) -> usize {
+    if t.cold {
+        COLD_BYTES.div_ceil(bytes.max(1)).clamp(2, 32)
+    } else {
+        1
+    }
+}
+
+/// The GPU's own time of each run of an op: `single`, one op per submission (its output
+/// written back each time), and `batched`, per op when 10 run back to back in one command
+/// buffer as a framework's stream runs them. `ops` are the same op over different copies of
+/// its weights, taken in turn. An untimed run of each first uploads the inputs and compiles;
+/// then batches run untimed for `t.sustain` (at least one batch: with the default 0, a few
+/// microseconds of work for small cases, which need not bring an idle GPU's clocks up).
+struct Samples {
+    single: Vec<u64>,
+    batched: Vec<u64>,
+}
+
+fn time_op(gpu: &VulkanBackend, ops: &[(OpDesc, OpMemory)], t: &Timing) -> Samples {
+    for (op, mem) in ops {
+        gpu.execute(op, mem).expect("first run");
+    }
+    let batch: Vec<(&OpDesc, &OpMemory)> =
+        (0..t.iters.min(10)).map(|i| (&ops[i % ops.len()].0, &ops[i % ops.len()].1)).collect();
+    let busy = Instant::now();
+    loop {
+        gpu.execute_batch(&batch).unwrap();
+        if busy.elapsed() >= t.sustain {
+            break;
+        }
+    }
     let mut batched = Vec::new();
-    for _ in 0..iters.div_ceil(10) {
+    for _ in 0..t.iters.div_ceil(10) {
         let reports = gpu.execute_batch(&batch).unwrap();
         batched.extend(reports[1..].iter().map(|r| r.device_ns.unwrap()));
     }
-    let single: Vec<u64> =
-        (0..iters).map(|_| gpu.execute(op, mem).unwrap().device_ns.expect("timestamps")).collect();
-    (median(single) as f64, median(batched) as f64)
+    let single = (0..t.iters)
+        .map(|i| {
+            let (op, mem) = &ops[i % ops.len()];
+            gpu.execute(op, mem).unwrap().device_ns.expect("timestamps")
+        })
+        .collect();
+    Samples { single, batched }
+}
+
+/// The fields every RESULT line ends with: the spread of the single runs, the copies of
+/// the weights cycled through and the time of day (UTC, milliseconds).
+fn spread_fields(s: &Samples, copies: usize) -> String {
+    let min = s.single.iter().min().copied().unwrap_or(0);
+    let max = s.single.iter().max().copied().unwrap_or(0);
+    let first = s.single.first().copied().unwrap_or(0);
+    let ms =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis()) % 86_400_000;
+    let (h, m, sec, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    format!(
+        "min_us={:.1} max_us={:.1} first_us={:.1} copies={copies} at={h:02}:{m:02}:{sec:02}.{milli:03}",
+        min as f64 / 1e3,
+        max as f64 / 1e3,
+        first as f64 / 1e3
+    )
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -76,29 +152,63 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[v.len() / 2]
 }
 
+/// Buffer id of copy `c` of a case's weights (copy 0 is buffer 2).
+fn weight_id(c: usize) -> u64 {
+    if c == 0 {
+        2
+    } else {
+        10 + c as u64
+    }
+}
+
+/// The op over each copy of the weights: `make(id)` builds the op reading weight buffer `id`;
+/// every copy holds `bytes`.
+fn with_copies(
+    pool: &Arc<HostPool>,
+    copies: usize,
+    bytes: &[u8],
+    others: &[Arc<Buffer>],
+    make: impl Fn(u64) -> OpDesc,
+) -> Vec<(OpDesc, OpMemory)> {
+    (0..copies)
+        .map(|c| {
+            let w = buffer(pool, weight_id(c), bytes.len());
+            w.write(0, bytes).unwrap();
+            let mut all = others.to_vec();
+            all.insert(1, w);
+            (make(weight_id(c)), OpMemory::new(all))
+        })
+        .collect()
+}
+
 /// Measures one case; returns whether its sampled check passed.
-fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) -> bool {
+fn run(gpu: &VulkanBackend, c: &Case, t: &Timing, rng: &mut StdRng) -> bool {
     let pool = HostPool::new(0);
     let es = c.dt.size();
     let (m, k, n) = (c.m, c.k, c.n);
     let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
     let bv: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let (a, b, out) =
-        (buffer(&pool, 1, m * k * es), buffer(&pool, 2, k * n * es), buffer(&pool, 3, m * n * es));
+    let (a, out) = (buffer(&pool, 1, m * k * es), buffer(&pool, 3, m * n * es));
     fill(&a, c.dt, &av);
-    fill(&b, c.dt, &bv);
+    let b_bytes = to_bytes(c.dt, &bv);
+    drop(bv);
     let bshape = if c.trans_b { [n, k] } else { [k, n] };
-    let op = OpDesc::new(
-        OpKind::Matmul,
-        &[TensorView::contiguous(1, c.dt, &[m, k], 0), TensorView::contiguous(2, c.dt, &bshape, 0)],
-        TensorView::contiguous(3, c.dt, &[m, n], 0),
-    )
-    .with_params(OpParams { trans_b: c.trans_b, ..OpParams::default() });
-    let mem = OpMemory::new(vec![a.clone(), b.clone(), out.clone()]);
-    let (ns, bns) = time_op(gpu, &op, &mem, iters);
+    let make = |id: u64| {
+        OpDesc::new(
+            OpKind::Matmul,
+            &[TensorView::contiguous(1, c.dt, &[m, k], 0), TensorView::contiguous(id, c.dt, &bshape, 0)],
+            TensorView::contiguous(3, c.dt, &[m, n], 0),
+        )
+        .with_params(OpParams { trans_b: c.trans_b, ..OpParams::default() })
+    };
+    let copies = weight_copies(b_bytes.len(), t);
+    let ops = with_copies(&pool, copies, &b_bytes, &[a.clone(), out.clone()], make);
+    let samples = time_op(gpu, &ops, t);
+    let (ns, bns) = (median(samples.single.clone()) as f64, median(samples.batched.clone()) as f64);
+    // The last run read the copy it ended on, which holds the same values as every other.
     // Check sampled outputs against f64 dot products of the rounded inputs (after timing, so
     // the slow host check does not let the GPU clock down in between).
-    let (ar, br, outr) = (read_all(&a, c.dt, m * k), read_all(&b, c.dt, k * n), read_all(&out, c.dt, m * n));
+    let (ar, br, outr) = (read_all(&a, c.dt, m * k), from_bytes(c.dt, &b_bytes), read_all(&out, c.dt, m * n));
     let mut worst = 0.0f64;
     for _ in 0..64 {
         let (i, j) = (rng.random_range(0..m), rng.random_range(0..n));
@@ -116,7 +226,7 @@ fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) -> bool {
     let flops = 2.0 * (m * n * k) as f64;
     let bytes = ((m * k + k * n + m * n) * es) as f64;
     println!(
-        "RESULT case={} dtype={} m={m} k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} check={} err={:.2e}",
+        "RESULT case={} dtype={} m={m} k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} check={} err={:.2e} {}",
         c.name,
         c.dt,
         ns / 1e3,
@@ -126,31 +236,50 @@ fn run(gpu: &VulkanBackend, c: &Case, iters: usize, rng: &mut StdRng) -> bool {
         flops / bns / 1e3,
         bytes / bns,
         if ok { "ok" } else { "FAILED" },
-        worst
+        worst,
+        spread_fields(&samples, copies) + &gemv_path(c)
     );
     ok
 }
 
+/// Which shader an f16 GEMV of [N, K] weights takes: ` gemv_path=rows:wg,nr,us` under
+/// NPUHYBRID_VULKAN_GEMV=rows (gemv_quant.comp's shape), else ` gemv_path=gemv`; nothing for
+/// other cases.
+fn gemv_path(c: &Case) -> String {
+    if c.m != 1 || c.dt != DType::F16 || !c.trans_b {
+        return String::new();
+    }
+    let rows = std::env::var("NPUHYBRID_VULKAN_GEMV").is_ok_and(|v| v == "rows") && c.k % 8 == 0;
+    if !rows {
+        return " gemv_path=gemv".into();
+    }
+    let shape = npuhybrid::backend::vulkan::quant_gemv_shape(c.k, c.n, 1);
+    format!(" gemv_path=rows:{}", shape.map(|s| s.to_string()).join(","))
+}
+
 /// One GEMV y = x W^T with a quantized W ([n, k]); returns whether its sampled check passed.
-fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, rng: &mut StdRng) -> bool {
+fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, t: &Timing, rng: &mut StdRng) -> bool {
     let pool = HostPool::new(0);
     let xv: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
     let wv: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
     let mut wq = vec![0u8; wt.bytes_of(n * k)];
     npuhybrid::quant::quantize_row(wt, &wv, &mut wq);
     drop(wv);
-    let (x, w, out) = (buffer(&pool, 1, k * 4), buffer(&pool, 2, wq.len()), buffer(&pool, 3, n * 4));
+    let (x, out) = (buffer(&pool, 1, k * 4), buffer(&pool, 3, n * 4));
     fill(&x, DType::F32, &xv);
-    w.write(0, &wq).unwrap();
-    let op = OpDesc::new(
-        OpKind::Matmul,
-        &[TensorView::contiguous(1, DType::F32, &[1, k], 0), TensorView::contiguous(2, wt, &[n, k], 0)],
-        TensorView::contiguous(3, DType::F32, &[1, n], 0),
-    )
-    .with_params(OpParams { trans_b: true, ..OpParams::default() });
-    let mem = OpMemory::new(vec![x.clone(), w.clone(), out.clone()]);
-    // The first run uploads the weights; later ones read the device replica.
-    let (ns, bns) = time_op(gpu, &op, &mem, iters);
+    let make = |id: u64| {
+        OpDesc::new(
+            OpKind::Matmul,
+            &[TensorView::contiguous(1, DType::F32, &[1, k], 0), TensorView::contiguous(id, wt, &[n, k], 0)],
+            TensorView::contiguous(3, DType::F32, &[1, n], 0),
+        )
+        .with_params(OpParams { trans_b: true, ..OpParams::default() })
+    };
+    let copies = weight_copies(wq.len(), t);
+    let ops = with_copies(&pool, copies, &wq, &[x.clone(), out.clone()], make);
+    // The first run of each copy uploads its weights; later ones read the device replica.
+    let samples = time_op(gpu, &ops, t);
+    let (ns, bns) = (median(samples.single.clone()) as f64, median(samples.batched.clone()) as f64);
     // Sampled rows against f64 dot products with the dequantised weights.
     let outr = read_all(&out, DType::F32, n);
     let row_bytes = wt.bytes_of(k);
@@ -169,7 +298,7 @@ fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, r
     let wbytes = wq.len() as f64;
     let bytes = wbytes + ((k + n) * 4) as f64;
     println!(
-        "RESULT case=gemv_{wt}_{n}x{k} dtype={wt} m=1 k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} weight_gbs={:.0} batched_weight_gbs={:.0} shape={} check={} err={:.2e}",
+        "RESULT case=gemv_{wt}_{n}x{k} dtype={wt} m=1 k={k} n={n} us={:.1} tflops={:.2} gbs={:.0} batched_us={:.1} batched_tflops={:.2} batched_gbs={:.0} weight_gbs={:.0} batched_weight_gbs={:.0} shape={} check={} err={:.2e} {}",
         ns / 1e3,
         flops / ns / 1e3,
         bytes / ns,
@@ -180,7 +309,8 @@ fn run_quant(gpu: &VulkanBackend, wt: DType, n: usize, k: usize, iters: usize, r
         wbytes / bns,
         shape.map(|s| s.to_string()).join(","),
         if ok { "ok" } else { "FAILED" },
-        worst
+        worst,
+        spread_fields(&samples, copies)
     );
     ok
 }
@@ -206,21 +336,25 @@ fn main() {
         .map(|s| s.split(',').map(|x| x.parse().expect("size")).collect());
     // `--quant [2048x2048,..]`: the quantized GEMVs alone, at these n x k shapes if given.
     let quant_only = args.iter().position(|a| a == "--quant");
-    let quant_custom: Option<Vec<(usize, usize)>> =
-        quant_only.and_then(|i| args.get(i + 1)).filter(|s| !s.starts_with("--")).map(|s| {
-            s.split(',')
-                .map(|x| {
-                    let (n, k) = x.split_once('x').expect("NxK");
-                    (n.parse().expect("n"), k.parse().expect("k"))
-                })
-                .collect()
+    let quant_custom =
+        quant_only.and_then(|i| args.get(i + 1)).filter(|s| !s.starts_with("--")).map(|s| shapes(s));
+    // `--gemv 128256x2048,..`: f16 GEMVs (x W^T) at these n x k shapes alone.
+    let gemv_custom = value_of(&args, "--gemv").map(|s| shapes(&s));
+    let repeat: usize = value_of(&args, "--repeat").map_or(1, |s| s.parse().expect("--repeat R"));
+    let sustain_ms: u64 = value_of(&args, "--sustain-ms").map_or(0, |s| s.parse().expect("--sustain-ms T"));
+    let cold = args.iter().any(|a| a == "--cold");
+    // `--qtypes q8_0,q4_0`: these weight types only.
+    let qtypes: Vec<DType> = value_of(&args, "--qtypes")
+        .map_or(vec![DType::Q8_0, DType::Q4_0, DType::Q4G128], |s| {
+            s.split(',').map(|t| DType::from_name(t).expect("a quantized type")).collect()
         });
     if let Some(env) = std::env::var_os("NPUHYBRID_VULKAN_GEMVQ") {
         println!("NPUHYBRID_VULKAN_GEMVQ={}", env.to_string_lossy());
     }
+    let only_some = custom.is_some() || quant_only.is_some() || gemv_custom.is_some();
     let sizes: &[usize] = match &custom {
         Some(v) => v,
-        None if quant_only.is_some() => &[],
+        None if only_some => &[],
         None if quick => &[64, 200],
         None => &[1024, 2048, 4096, 8192],
     };
@@ -231,10 +365,9 @@ fn main() {
         }
     }
     let gemv_sizes: &[usize] = match &custom {
-        Some(_) => &[],
-        None if quant_only.is_some() => &[],
-        None if quick => &[300],
-        None => &[1024, 2048, 4096, 8192],
+        _ if only_some => &[],
+        _ if quick => &[300],
+        _ => &[1024, 2048, 4096, 8192],
     };
     for &g in gemv_sizes {
         for trans_b in [true, false] {
@@ -248,24 +381,64 @@ fn main() {
             });
         }
     }
+    for &(n, k) in gemv_custom.iter().flatten() {
+        cases.push(Case { name: format!("gemv_f16_{n}x{k}_nt"), dt: DType::F16, m: 1, k, n, trans_b: true });
+    }
     // Quantized decode GEMVs at Llama-3.2-1B shapes (n x k): attention output (and Q), the
     // fused gate/up projection's halves, the down projection, the vocabulary projection.
-    let quant_shapes: &[(usize, usize)] = match (&custom, &quant_custom) {
-        (_, Some(v)) => v,
-        (Some(_), None) => &[],
-        (None, None) if quick => &[(300, 256)],
-        (None, None) => &[(2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)],
+    let quant_shapes: &[(usize, usize)] = match &quant_custom {
+        Some(v) => v,
+        None if quant_only.is_some() => &[(2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)],
+        None if only_some => &[],
+        None if quick => &[(300, 256)],
+        None => &[(2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)],
     };
-    let iters = if quick { 3 } else { 20 };
+    let t = Timing {
+        iters: if quick { 3 } else { 20 },
+        cold: cold || (quick && !only_some),
+        sustain: Duration::from_millis(sustain_ms),
+    };
     let mut rng = StdRng::seed_from_u64(1);
-    let mut failed = cases.iter().filter(|c| !run(gpu, c, iters, &mut rng)).count();
+    let mut failed = 0;
+    for c in &cases {
+        for rep in 0..repeat {
+            print_rep(repeat, rep);
+            failed += usize::from(!run(gpu, c, &t, &mut rng));
+        }
+    }
     for &(n, k) in quant_shapes {
-        for wt in [DType::Q8_0, DType::Q4_0, DType::Q4G128] {
-            failed += usize::from(!run_quant(gpu, wt, n, k, iters, &mut rng));
+        for &wt in &qtypes {
+            for rep in 0..repeat {
+                print_rep(repeat, rep);
+                failed += usize::from(!run_quant(gpu, wt, n, k, &t, &mut rng));
+            }
         }
     }
     if failed > 0 {
         eprintln!("{failed} case(s) failed their check");
         std::process::exit(1);
     }
+}
+
+/// With `--repeat`, which repetition the next RESULT line is (a line of its own, so the
+/// RESULT lines keep the fields compare.py reads).
+fn print_rep(repeat: usize, rep: usize) {
+    if repeat > 1 {
+        println!("rep={rep}");
+    }
+}
+
+/// The argument after `flag`, if any.
+fn value_of(args: &[String], flag: &str) -> Option<String> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// `NxK,NxK,..` as (n, k) pairs.
+fn shapes(s: &str) -> Vec<(usize, usize)> {
+    s.split(',')
+        .map(|x| {
+            let (n, k) = x.split_once('x').expect("NxK");
+            (n.parse().expect("n"), k.parse().expect("k"))
+        })
+        .collect()
 }

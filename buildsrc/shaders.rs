@@ -57,6 +57,9 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     ("gemvq_q4_g128_f32", "gemv_quant.comp", &["Q4G128"]),
     ("gemvq_q4_g128_f16", "gemv_quant.comp", &["F16", "OUT_F16", "Q4G128"]),
     ("gemvq_q4_g128_f16_f32", "gemv_quant.comp", &["F16", "Q4G128"]),
+    // Plain f16 weights through the quantized GEMV's structure (NPUHYBRID_VULKAN_GEMV=rows).
+    ("gemvq_f16w_f16", "gemv_quant.comp", &["F16", "OUT_F16", "DENSE_F16"]),
+    ("gemvq_f16w_f16_f32", "gemv_quant.comp", &["F16", "DENSE_F16"]),
     ("matmul_q8_0_f32", "matmul.comp", &["QUANT_B", "B_MODE=2u", "Q8_0"]),
     ("matmul_q8_0_f16", "matmul.comp", &["F16", "OUT_F16", "QUANT_B", "B_MODE=2u", "Q8_0"]),
     ("matmul_q8_0_f16_f32", "matmul.comp", &["F16", "QUANT_B", "B_MODE=2u", "Q8_0"]),

@@ -12,6 +12,8 @@
 // - Then a subgroup sum per output and one over the subgroups (shared memory), and the
 //   epilogue. NM (constant 1) is M, the rows of A (at most 8).
 // Subgroups of at least 4 invocations are assumed (the planner checks the device's size).
+// DENSE_F16: plain f16 weights through the same structure (dense_f16.glsl: a unit is 8
+// halves, one 16-byte load), the f16 GEMV under NPUHYBRID_VULKAN_GEMV=rows.
 #include "common.glsl"
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -26,11 +28,17 @@ layout(set = 0, binding = 0) readonly buffer AV { uvec2 av[]; };
 #else
 layout(set = 0, binding = 0) readonly buffer AV { vec4 av[]; };
 #endif
+#ifndef DENSE_F16
 layout(set = 0, binding = 1) readonly buffer BQ { uint bq[]; };
+#endif
 layout(set = 0, binding = 2) readonly buffer Bias { TO bias[]; };
 layout(set = 0, binding = 4) buffer C { TO c[]; };
 #include "matmul_params.glsl"
+#ifdef DENSE_F16
+#include "dense_f16.glsl"
+#else
 #include "quant.glsl"
+#endif
 
 // Per subgroup (at most WG / 4 of them), its sum of each of the NR * NM outputs.
 shared float part[(WG / 4u) * NR * NM];
@@ -78,19 +86,7 @@ void main() {
             // its block's scale and offset.
             vec4 w0[NR], w1[NR];
             vec2 dm[NR];
-            [[unroll]] for (uint r = 0u; r < NR; r++) {
-                uvec2 q;
-                vec3 dmb;
-                unit_decode(raw[j][r], rows[r] + blk * QB, dmb, q);
-                dm[r] = dmb.xy;
-#if defined(Q8_0)
-                w0[r] = bytes_less(q.x, dmb.z);
-                w1[r] = bytes_less(q.y, dmb.z);
-#else
-                w0[r] = low_nibbles_less(q.x, dmb.z);
-                w1[r] = high_nibbles_less(q.x, dmb.z);
-#endif
-            }
+            [[unroll]] for (uint r = 0u; r < NR; r++) unit_weights(raw[j][r], rows[r] + blk * QB, dm[r], w0[r], w1[r]);
             uint kb = abase + blk * QK;
             [[unroll]] for (uint i = 0u; i < NM; i++) {
                 uint ar = kb + i * p.a_rs;

@@ -164,3 +164,19 @@ vec4 high_nibbles_less(uint w, float bias) {
     return vec4(field_less(w, 0xf0u, 1.0 / 16.0, bias), field_less(w, 0xf000u, 1.0 / 4096.0, bias),
                 field_less(u, 0xf00u, 1.0 / 256.0, bias), field_less(u, 0xf0000u, 1.0 / 65536.0, bias));
 }
+
+// The 8 weights of unit_words(base, s) before the block's scale and offset: w0 = weights
+// k0 .. k0+3, w1 = k1 .. k1+3 (unit_ks), less the type's bias; dm = (scale, offset).
+void unit_weights(uvec4 raw, uint base, out vec2 dm, out vec4 w0, out vec4 w1) {
+    uvec2 q;
+    vec3 dmb;
+    unit_decode(raw, base, dmb, q);
+    dm = dmb.xy;
+#if defined(Q8_0)
+    w0 = bytes_less(q.x, dmb.z);
+    w1 = bytes_less(q.y, dmb.z);
+#else
+    w0 = low_nibbles_less(q.x, dmb.z);
+    w1 = high_nibbles_less(q.x, dmb.z);
+#endif
+}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), over binaries built by prepare.sh. Every
 # measurement goes to $OUT as one file per step; a failing step does not stop the others.
-#   bash benches/device/run.sh [GROUP...]   groups: kernels, falloff, models, hybrid, gemvq
+#   bash benches/device/run.sh [GROUP...]   groups: kernels, falloff, models, hybrid, gemvq, gemvdiag
 # (default: the first four; one call of the device tool must end within 10 minutes: take
-# kernels alone, then the rest; gemvq, the quantized GEMVs under several shapes, on its own).
+# kernels alone, then the rest; gemvq, the quantized GEMVs under several shapes, on its own;
+# gemvdiag, about 3 minutes (at most 9 with every step at its limit): why the vocabulary projection's GEMV is slow, see docs/PERFORMANCE.md).
 # kernels: Vulkan matmul/GEMV vs cuBLAS (benches/device/compare.py prints the table);
 # falloff: the 4096 fall-off varied one thing at a time and the first coopmat shader as an A/B;
 # models: embeddings, tiny Llama and a Llama-3.2-1B-shaped f16 model on the GPU vs the
@@ -73,6 +74,43 @@ if want gemvq; then
     step "gemvq_$s" 90 env NPUHYBRID_VULKAN_GEMVQ=$s .devbin/vulkan_matmul --bench --quant \
       2048x2048,8192x2048,2048x8192,128256x2048
   done
+fi
+if want gemvdiag; then
+  # Why the 128256 x 2048 GEMV ran 3-10x slower than 8192 x 2048 and 4x apart between runs
+  # (docs/PERFORMANCE.md, "The vocabulary projection's GEMV"): clocks sampled throughout
+  # (gemvdiag_smi at the end), then one thing varied at a time. Every RESULT line carries
+  # min_us / max_us / first_us of its 20 single runs and the time of day (at=, UTC).
+  smi_q=timestamp,pstate,clocks.sm,clocks.mem,power.draw,utilization.gpu,utilization.memory,clocks_event_reasons.active
+  nvidia-smi --query-gpu=$smi_q --format=csv >/dev/null 2>&1 || smi_q=timestamp,pstate,clocks.sm,clocks.mem,power.draw,utilization.gpu
+  nvidia-smi --query-gpu=$smi_q --format=csv -lms 200 >"$steps/gemvdiag_smi.txt" 2>&1 &
+  smi_pid=$!
+  vm=.devbin/vulkan_matmul
+  lm=128256x2048
+  # Repeats in one process (fresh weights each time): stable or not, and first run vs the rest.
+  step gemvdiag_repeat 75 $vm --bench --quant $lm,8192x2048 --qtypes q8_0,q4_0 --gemv $lm,8192x2048,8192x8192 --repeat 2
+  # The GPU kept busy for 500 ms before each case is timed (clocks up).
+  step gemvdiag_sustain 40 $vm --bench --quant $lm --qtypes q8_0,q4_0 --gemv $lm --sustain-ms 500
+  # Weights cycled through copies of 256 MiB in all: no run finds its weights in the L2 cache.
+  step gemvdiag_cold 60 $vm --bench --quant 8192x2048,$lm --qtypes q8_0,q4_0 --gemv 8192x2048,$lm --cold
+  # Placement: 4 GiB device blocks, and 64 MiB ones (a weight over 64 MiB gets a block of its own).
+  step gemvdiag_block4g 30 env NPUHYBRID_VULKAN_BLOCK_MB=4096 $vm --bench --quant $lm --qtypes q8_0,q4_0 --gemv $lm
+  step gemvdiag_block64m 30 env NPUHYBRID_VULKAN_BLOCK_MB=64 $vm --bench --quant $lm --qtypes q8_0,q4_0 --gemv $lm
+  # f16 GEMV: gemv.comp against gemv_quant.comp over plain f16 weights (NPUHYBRID_VULKAN_GEMV=rows),
+  # at the planner's shape and one forced one, weights past the L2 cache.
+  step gemvdiag_f16_gemv 40 $vm --bench --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
+  step gemvdiag_f16_rows 40 env NPUHYBRID_VULKAN_GEMV=rows $vm --bench --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
+  step gemvdiag_f16_rows_256,2,2 40 env NPUHYBRID_VULKAN_GEMV=rows NPUHYBRID_VULKAN_GEMVQ=256,2,2 $vm --bench \
+    --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
+  # The f16 decode end to end, every op on the GPU: gemv.comp, then the rows GEMV for every
+  # projection (decode ms/token; the second also checks the path in a whole model).
+  if [ -x .devbin/generate ]; then
+    step gemvdiag_decode_gemv 45 .devbin/generate --synthetic llama-3.2-1b --prompt-len 64 --steps 17 \
+      --devices gpu --policy benches/device/all_gpu.nhp --quiet
+    step gemvdiag_decode_rows 45 env NPUHYBRID_VULKAN_GEMV=rows .devbin/generate --synthetic llama-3.2-1b \
+      --prompt-len 64 --steps 17 --devices gpu --policy benches/device/all_gpu.nhp --quiet
+  fi
+  kill "$smi_pid" 2>/dev/null
+  { echo "=== gemvdiag_smi"; cat "$steps/gemvdiag_smi.txt"; } >>"$out/all.log"
 fi
 if want models; then
   if [ -x .devbin/generate ] && [ -d .devbin/tiny_llama ]; then

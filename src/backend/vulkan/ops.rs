@@ -24,6 +24,10 @@ pub struct Features {
     /// Run the first cooperative-matrix shader (matmul_coopmat_v1.comp, 16x16x16 fixed)
     /// instead: `NPUHYBRID_VULKAN_COOPMAT=v1`, for A/B measurements on the GPU.
     pub coopmat_v1: bool,
+    /// f16 GEMVs ([N, K] weights, up to 8 rows of A) through gemv_quant.comp over plain f16
+    /// weights (`dense_f16.glsl`) instead of gemv.comp: `NPUHYBRID_VULKAN_GEMV=rows`, for A/B
+    /// measurements on the GPU (benches/device/run.sh gemvdiag).
+    pub gemv_rows: bool,
 }
 
 /// One step of an op on the device.
@@ -315,7 +319,26 @@ pub fn quant_gemv_shape(k: usize, n: usize, m: usize) -> [usize; 3] {
     [wg, nr, us]
 }
 
-/// Matmul with a block-quantized B ([N, K], trans_b, one batch; validated): few rows of A run
+/// Whether an f16 matmul runs gemv_quant.comp over plain f16 weights (`Features::gemv_rows`):
+/// few rows of A, B [N, K] shared by every batch, K a whole number of 16-byte units.
+fn rows_gemv_takes(op: &OpDesc, f: Features) -> bool {
+    let (a, b) = (op.input(0).expect("validated"), op.input(1).expect("validated"));
+    let (m, k, _, _) = matmul_mkn(op);
+    let p = &op.params;
+    f.gemv_rows
+        && f.subgroup_arithmetic
+        && f.subgroup_size >= 4
+        && a.dtype == DType::F16
+        && b.dtype == DType::F16
+        && p.trans_b
+        && !p.trans_a
+        && k % 8 == 0
+        && m <= QUANT_GEMV_MAX_ROWS
+        && batch_of(b) == 1
+}
+
+/// Matmul with a block-quantized B ([N, K], trans_b, one batch; validated), or a plain f16
+/// one that `rows_gemv_takes` (it always takes the GEMV branch below): few rows of A run
 /// gemv_quant.comp (subgroup sums), the rest (and devices without subgroup arithmetic) the
 /// tiled matmul whose B loader dequantises.
 fn plan_quant_matmul(op: &OpDesc, f: Features) -> Step {
@@ -348,7 +371,9 @@ fn plan_quant_matmul(op: &OpDesc, f: Features) -> Step {
             .u(VEC_K)
             .0
     };
-    let (variant, q) = (matmul_variant(op), b.dtype.name());
+    // Plain f16 weights: dense_f16.glsl behind the same shader.
+    let q = if b.dtype.is_quantized() { b.dtype.name() } else { "f16w" };
+    let variant = matmul_variant(op);
     // gemv_quant.comp sizes its shared sums for subgroups of at least 4 invocations.
     if f.subgroup_arithmetic && f.subgroup_size >= 4 && !p.trans_a && m <= QUANT_GEMV_MAX_ROWS {
         let (rows, batches) =
@@ -393,7 +418,7 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     // `gelu_tanh` belongs to the gelu op; a fused GELU is the erf form, as on the CPU.
     let flags = usize::from(op.input(2).is_some()) | (p.activation as usize) << 1;
     let variant = matmul_variant(op);
-    if b.dtype.is_quantized() {
+    if b.dtype.is_quantized() || rows_gemv_takes(op, f) {
         return Ok(plan_quant_matmul(op, f));
     }
     let in16 = a.dtype == DType::F16;
@@ -565,14 +590,17 @@ mod tests {
                 subgroup_size: 32,
                 coopmat_v1: v1,
                 coopmat_emulated: false,
+                gemv_rows: false,
             };
-            for m in [1, 5] {
-                for t in [false, true] {
-                    let Step::Dispatch { shader, .. } = plan(&mk(dt, m, t), f).unwrap() else {
-                        panic!("matmul plans a dispatch")
-                    };
-                    assert_ne!(shader, "missing", "{dt} m={m} trans_b={t}");
-                }
+            for (m, t, rows) in (0..8).map(|i| ([1, 5][i & 1], i & 2 != 0, i & 4 != 0)) {
+                let f = Features { gemv_rows: rows, ..f };
+                let Step::Dispatch { shader, .. } = plan(&mk(dt, m, t), f).unwrap() else {
+                    panic!("matmul plans a dispatch")
+                };
+                assert_ne!(shader, "missing", "{dt} m={m} trans_b={t}");
+                // The rows GEMV takes f16 [N, K] weights only, and only when asked for.
+                let want_rows = rows && dt == DType::F16 && t;
+                assert_eq!(shader.starts_with("gemvq_f16w_"), want_rows, "{shader}");
             }
         }
     }
@@ -622,6 +650,7 @@ mod tests {
                 subgroup_size: 32,
                 coopmat_v1: false,
                 coopmat_emulated: false,
+                gemv_rows: false,
             };
             for q in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4G128] {
                 for dt in [DType::F32, DType::F16] {
@@ -657,6 +686,7 @@ mod tests {
             subgroup_size: 32,
             coopmat_v1: false,
             coopmat_emulated: false,
+            gemv_rows: false,
         };
         assert!(!supported(&OpDesc::new(OpKind::Copy, &[a], q), f, u64::MAX));
         assert!(!supported(&OpDesc::new(OpKind::Copy, &[q], a), f, u64::MAX));
