@@ -198,8 +198,9 @@ pub fn signature(ops: &[&crate::op::OpDesc]) -> u64 {
 /// Version of the file `PlanHistory` writes; files of another version are ignored.
 const HISTORY_FORMAT: u32 = 1;
 
-/// Measured placement times of graphs by signature, for this set of devices (placements name
-/// devices by index): kept in the performance cache directory between runs.
+/// Measured placement times of graphs by signature, for this list of devices (placements name
+/// devices by index): kept in the performance cache directory between runs, one file per
+/// device list (a run with the GPU alone keeps its own beside the hybrid's).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct PlanHistory {
     format: u32,
@@ -208,13 +209,19 @@ pub struct PlanHistory {
 }
 
 impl PlanHistory {
-    const FILE: &'static str = "plans.json";
+    /// `plans-<hash of the device list>.json`.
+    fn file_name(devices: &[String]) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        devices.hash(&mut h);
+        format!("plans-{:016x}.json", h.finish())
+    }
 
     /// The history for these devices (their identities, in order): the saved one in `dir` if
     /// it was written for the same devices, else an empty one.
     pub fn load(dir: Option<&Path>, devices: Vec<String>) -> PlanHistory {
         let saved = dir
-            .and_then(|d| crate::files::read(&d.join(Self::FILE)).ok())
+            .and_then(|d| crate::files::read(&d.join(Self::file_name(&devices))).ok())
             .and_then(|bytes| serde_json::from_slice::<PlanHistory>(&bytes).ok())
             .filter(|h| h.format == HISTORY_FORMAT && h.devices == devices);
         saved.unwrap_or(PlanHistory { format: HISTORY_FORMAT, devices, graphs: HashMap::new() })
@@ -222,7 +229,7 @@ impl PlanHistory {
 
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(Self::FILE);
+        let path = dir.join(Self::file_name(&self.devices));
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
         std::fs::rename(&tmp, &path)
@@ -368,10 +375,18 @@ mod tests {
             "one device: 1",
             "the GPU first, though the model says 54.9 ms"
         );
-        // Another set of devices, or another graph, starts afresh.
+        // Another list of devices keeps its own file and does not overwrite this one's; another
+        // graph starts afresh.
+        let cpu_only = vec!["cpu".to_string()];
         let mut other = PlanTimes::default();
-        other.adopt(7, &PlanHistory::load(Some(dir.path()), vec!["cpu".to_string()]));
+        other.adopt(7, &PlanHistory::load(Some(dir.path()), cpu_only.clone()));
         assert_eq!(other.measured_ns("one device: 1"), None);
+        let mut theirs = PlanHistory::load(Some(dir.path()), cpu_only);
+        theirs.keep(7, vec![("one device: 0".into(), 1.0)]);
+        theirs.save(dir.path()).unwrap();
+        let mut again = PlanTimes::default();
+        again.adopt(7, &PlanHistory::load(Some(dir.path()), devices.clone()));
+        assert_eq!(again.measured_ns("one device: 1"), Some(9.5e6));
         other.adopt(8, &PlanHistory::load(Some(dir.path()), vec!["cpu".to_string(), "gpu".to_string()]));
         assert_eq!(other.measured_ns("one device: 1"), None);
     }
