@@ -368,7 +368,7 @@ mod tests {
         history.save(dir.path()).unwrap();
 
         let mut second = PlanTimes::default();
-        second.adopt(7, &PlanHistory::load(Some(dir.path()), devices));
+        second.adopt(7, &PlanHistory::load(Some(dir.path()), devices.clone()));
         assert_eq!(second.measured_ns("one device: 1"), Some(9.5e6));
         assert_eq!(
             c[second.choose(&c)].name,
@@ -385,7 +385,7 @@ mod tests {
         theirs.keep(7, vec![("one device: 0".into(), 1.0)]);
         theirs.save(dir.path()).unwrap();
         let mut again = PlanTimes::default();
-        again.adopt(7, &PlanHistory::load(Some(dir.path()), devices.clone()));
+        again.adopt(7, &PlanHistory::load(Some(dir.path()), devices));
         assert_eq!(again.measured_ns("one device: 1"), Some(9.5e6));
         other.adopt(8, &PlanHistory::load(Some(dir.path()), vec!["cpu".to_string(), "gpu".to_string()]));
         assert_eq!(other.measured_ns("one device: 1"), None);
