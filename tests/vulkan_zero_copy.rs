@@ -140,3 +140,33 @@ fn turning_in_place_reads_off_copies_again() {
     assert!(gpu.set_host_import(true));
     assert_close(&out.values(), &silu_ref(&x.values()), 1e-5, "silu");
 }
+
+/// A discrete GPU's path, forced over lavapipe: replicas, whose uploads the GPU copies straight
+/// from the imported host pages (no staging copy on the host); a host write is seen by the
+/// next upload (the replica is of the old version).
+#[test]
+fn uploads_copied_from_imported_host_memory_are_exact_and_fresh() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = in_place_gpu();
+    assert!(!gpu.set_host_import(false));
+    assert!(gpu.set_import_uploads(true), "lavapipe can import host memory");
+    let mut r = rng(15);
+    let x = Tensor::random(&mut r, DType::F32, &[16, 256]);
+    let w = Tensor::random(&mut r, DType::F32, &[256, 64]);
+    let out = Tensor::zeros(DType::F32, &[16, 64]);
+    let op = OpDesc::new(OpKind::Matmul, &[x.view, w.view], out.view);
+    let before = gpu.stats();
+    compare(&op, &[&x, &w], &out, 1e-4);
+    let after = gpu.stats();
+    let bytes = ((16 * 256 + 256 * 64) * 4) as u64;
+    assert_eq!(after.uploaded_bytes - before.uploaded_bytes, bytes);
+    assert_eq!(after.imported_upload_bytes - before.imported_upload_bytes, bytes, "no staging copy");
+    assert_eq!(after.zero_copy_bytes, before.zero_copy_bytes, "nothing is read in place");
+    x.buf.write(0, &vec![0u8; 16 * 256 * 4]).unwrap();
+    gpu.execute(&op, &memory(&[&x, &w, &out])).unwrap();
+    assert!(out.values().iter().all(|v| *v == 0.0), "the new x was uploaded");
+    let last = gpu.stats();
+    assert_eq!(last.imported_upload_bytes - after.imported_upload_bytes, 16 * 256 * 4, "w stayed");
+    assert!(!gpu.set_import_uploads(false));
+    assert!(gpu.set_host_import(true));
+}

@@ -315,9 +315,10 @@ impl Context {
             exts.push(ash::nv::cooperative_matrix::NAME.as_ptr());
             info = info.push_next(&mut coopmat_on);
         }
-        let host_import = caps.unified_memory()
-            && caps.host_import_align > 0
-            && std::env::var_os("NPUHYBRID_VULKAN_NO_HOST_IMPORT").is_none();
+        // Imported host memory is read in place on unified memory, and is the source of
+        // uploads on a discrete GPU (the GPU copies it; no staging copy on the host).
+        let host_import =
+            caps.host_import_align > 0 && std::env::var_os("NPUHYBRID_VULKAN_NO_HOST_IMPORT").is_none();
         if host_import {
             exts.push(ash::ext::external_memory_host::NAME.as_ptr());
         }

@@ -121,7 +121,7 @@ impl VulkanBackend {
             resident: state.residency.resident_set(),
             state: Mutex::new(state),
             upload_gbs,
-            host_import: AtomicBool::new(ctx.host_import.is_some()),
+            host_import: AtomicBool::new(ctx.host_import.is_some() && ctx.caps.unified_memory()),
             times_kernels,
             ctx,
         })
@@ -162,10 +162,17 @@ impl VulkanBackend {
     /// `VK_EXT_external_memory_host`), or copies them into replicas as a discrete GPU does.
     /// Returns whether in-place reads are on.
     pub fn set_host_import(&self, on: bool) -> bool {
-        let on = on && self.ctx.host_import.is_some();
+        let on = on && self.ctx.host_import.is_some() && self.ctx.caps.unified_memory();
         self.state.lock().set_host_import(on);
         self.host_import.store(on, Ordering::Relaxed);
         on
+    }
+
+    /// Uploads copied by the GPU straight from imported host memory (on), or through
+    /// staging memory the host fills (off): on by default on discrete GPUs that can import
+    /// host memory. Returns whether it is on. Tests turn it on over unified memory.
+    pub fn set_import_uploads(&self, on: bool) -> bool {
+        self.state.lock().set_import_uploads(on)
     }
 
     /// Name of the physical device as the driver reports it.
@@ -320,7 +327,8 @@ fn device_info(ctx: &Context, features: ops::Features) -> DeviceInfo {
         ("coopmat_shape".into(), format!("{:?}", ctx.coopmat_shape)),
         ("memory_heaps".into(), heap_list.join(", ")),
         ("unified_memory".into(), yes(c.unified_memory())),
-        ("host_buffers_read_in_place".into(), yes(ctx.host_import.is_some())),
+        ("host_buffers_read_in_place".into(), yes(ctx.host_import.is_some() && c.unified_memory())),
+        ("uploads_from_imported_host_memory".into(), yes(ctx.host_import.is_some() && !c.unified_memory())),
         ("timestamp_period_ns".into(), c.timestamp_period.to_string()),
         ("tensor_memory".into(), tensor_memory(ctx)),
     ];

@@ -32,8 +32,12 @@ pub struct State {
     device_heap: Heap,
     /// Host-visible memory for transfers; None on unified-memory devices.
     staging: Option<Heap>,
-    /// Host buffers read in place, on unified-memory devices that can import them.
+    /// Host buffers imported as device memory (VK_EXT_external_memory_host): read in place
+    /// (`read_in_place`, unified memory), or copied by the GPU into replicas
+    /// (`import_uploads`, a discrete GPU: no staging copy on the host).
     aliases: Option<HostAliases>,
+    read_in_place: bool,
+    import_uploads: bool,
     pub residency: ResidencyCache<Allocation>,
     pub pipelines: Pipelines,
     cmd_pool: vk::CommandPool,
@@ -54,6 +58,8 @@ pub struct State {
     written_back: u64,
     /// Bytes of host views read in place so far.
     zero_copy: u64,
+    /// Bytes of `uploaded` the GPU copied straight from imported host memory.
+    imported_uploads: u64,
     /// A submission timed out: the GPU may still use its memory, so none is freed.
     hung: bool,
     /// Timestamps around every op (the model's per-op device times).
@@ -67,6 +73,8 @@ unsafe impl Send for State {}
 impl State {
     pub fn new(ctx: Arc<Context>) -> Result<State> {
         let unified = ctx.caps.unified_memory();
+        let aliases = HostAliases::new(ctx.clone());
+        let has_aliases = aliases.is_some();
         use vk::MemoryPropertyFlags as M;
         let device_heap = if unified {
             Heap::new(
@@ -157,7 +165,9 @@ impl State {
         Ok(State {
             device_heap,
             staging,
-            aliases: HostAliases::new(ctx.clone()),
+            aliases,
+            read_in_place: unified && has_aliases,
+            import_uploads: !unified && has_aliases,
             residency: ResidencyCache::default(),
             pipelines,
             cmd_pool: made.cmd_pool,
@@ -174,6 +184,7 @@ impl State {
             uploaded: 0,
             written_back: 0,
             zero_copy: 0,
+            imported_uploads: 0,
             ctx,
         })
     }
@@ -186,18 +197,22 @@ impl State {
             uploaded_bytes: self.uploaded,
             written_back_bytes: self.written_back,
             zero_copy_bytes: self.zero_copy,
+            imported_upload_bytes: self.imported_uploads,
             submissions: self.timeline_value,
         }
     }
 
     /// Turns in-place reads of host buffers off (replicas are copied as on a discrete GPU)
-    /// or back on where the device can import host memory.
+    /// or back on where the device can import host memory (the caller checks it can).
     pub fn set_host_import(&mut self, on: bool) {
-        if !on {
-            self.aliases = None;
-        } else if self.aliases.is_none() {
-            self.aliases = HostAliases::new(self.ctx.clone());
-        }
+        self.read_in_place = on && self.aliases.is_some();
+    }
+
+    /// Uploads copied by the GPU from imported host memory (on), or through staging memory
+    /// the host fills (off). On by default on discrete GPUs that can import host memory.
+    pub fn set_import_uploads(&mut self, on: bool) -> bool {
+        self.import_uploads = on && self.aliases.is_some();
+        self.import_uploads
     }
 
     /// Whether each op's kernel is timed (timestamps supported and not turned off).
@@ -436,8 +451,8 @@ impl State {
                 None => {
                     // On unified memory, a view that no earlier op of the submission wrote
                     // into is read where it lies: no copy, no replica.
-                    if let (false, true, Some(aliases)) = (own, overlapping.is_empty(), self.aliases.as_mut())
-                    {
+                    let in_place = self.read_in_place && !own && overlapping.is_empty();
+                    if let (true, Some(aliases)) = (in_place, self.aliases.as_mut()) {
                         if let Some(a) = aliases.view(buf, v) {
                             self.zero_copy += v.bytes() as u64;
                             return Ok((a, false));
@@ -537,6 +552,14 @@ impl State {
         let bytes = v.bytes();
         let dst = self.alloc_device(bytes as u64)?;
         self.uploaded += bytes as u64;
+        if self.import_uploads {
+            let imported = self.aliases.as_mut().and_then(|a| a.view(mem.buffer(v.buffer).ok()?, v));
+            if let Some(src) = imported {
+                self.imported_uploads += bytes as u64;
+                seg.copies_in.push((src, dst, bytes as u64));
+                return Ok(dst);
+            }
+        }
         let src = mem.ptr(v)?;
         if dst.mapped.is_some() {
             unsafe { pack::pack(v, src, dst.bytes_mut(bytes)) };
@@ -956,6 +979,8 @@ pub struct Stats {
     pub written_back_bytes: u64,
     /// Bytes of host views the GPU read in place (unified memory), not counted as uploads.
     pub zero_copy_bytes: u64,
+    /// Bytes of the uploads the GPU copied straight from imported host memory (no staging).
+    pub imported_upload_bytes: u64,
     /// Command buffers submitted.
     pub submissions: u64,
 }
