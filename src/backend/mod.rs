@@ -162,6 +162,10 @@ pub struct SegmentPhases {
     /// Bytes the segment copied between host views and device memory (uploads and
     /// write-backs): the transfers a plan counts apart from run time.
     pub moved_bytes: u64,
+    /// Time the device itself was busy with the segment's submissions (GPU timestamps around
+    /// each command buffer: kernels, barriers and its copies), where it measures it. Known
+    /// when the ops' own times are not (submissions that do not time each op).
+    pub device_ns: Option<u64>,
 }
 
 impl SegmentPhases {
@@ -172,6 +176,10 @@ impl SegmentPhases {
         self.finish_ns += other.finish_ns;
         self.submissions += other.submissions;
         self.moved_bytes += other.moved_bytes;
+        self.device_ns = match (self.device_ns, other.device_ns) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
