@@ -729,8 +729,10 @@ use crate::backend::ExecReport;
 
 #[cfg(test)]
 mod tests {
-    use super::{kernel_times, member_times};
-    use crate::backend::ExecReport;
+    use super::{in_proportion, kernel_times, learn_from_segment, member_times, MeasuredSegment};
+    use crate::backend::{Backend, ExecReport};
+    use crate::op::{DType, OpDesc, OpKind, TensorView};
+    use crate::sched::perf_model::DeviceModel;
 
     fn shares(run: f64, kernels: &[Option<u64>]) -> Vec<f64> {
         let reports: Vec<ExecReport> =
@@ -751,5 +753,53 @@ mod tests {
         assert_eq!(shares(100.0, &[Some(150), Some(50)]), vec![75.0, 25.0]);
         assert_eq!(shares(90.0, &[Some(150), None, Some(50)]), vec![30.0; 3]);
         assert_eq!(shares(90.0, &[Some(0), Some(0)]), vec![45.0; 2]);
+    }
+
+    fn matmul(m: usize) -> OpDesc {
+        let t = |id, r, c| TensorView::contiguous(id, DType::F32, &[r, c], 0);
+        OpDesc::new(OpKind::Matmul, &[t(1, m, 256), t(2, 256, 256)], t(3, m, 256))
+    }
+
+    fn model() -> DeviceModel {
+        DeviceModel::new(crate::backend::cpu::CpuBackend::new(1).unwrap().info())
+    }
+
+    /// A 4-op segment of a device that times its kernels, sampled or not: 10 us kernels in
+    /// 1 ms of wall time (recording and waiting).
+    fn learn(model: &DeviceModel, times_kernels: bool, kernels: Option<&[f64]>) {
+        let a = matmul(64);
+        let ops = [&a; 4];
+        let m = MeasuredSegment { run: 1_000_000.0, transfers: 0.0, kernels };
+        learn_from_segment(model, times_kernels, &ops, &m);
+    }
+
+    #[test]
+    fn a_segment_without_its_kernel_times_teaches_a_timing_device_nothing() {
+        let (timed, wall) = (model(), model());
+        let before = timed.run_ns(&matmul(64));
+        learn(&timed, true, None);
+        assert_eq!(timed.samples(), 0, "the wall time is not shared among the ops");
+        assert_eq!(timed.run_ns(&matmul(64)), before);
+        assert_eq!(timed.op_overhead_ns(), 0.0);
+        // Sampled: kernel times per op, the rest apart.
+        learn(&timed, true, Some(&[10_000.0; 4]));
+        assert_eq!(timed.samples(), 4);
+        assert!((timed.op_overhead_ns() - 240_000.0).abs() < 1e-6);
+        assert!((timed.run_ns(&matmul(64)) - 250_000.0).abs() < 1e-6);
+        // A later unsampled segment leaves both as they are.
+        learn(&timed, true, None);
+        assert_eq!(timed.samples(), 4);
+        assert!((timed.run_ns(&matmul(64)) - 250_000.0).abs() < 1e-6);
+        // A device whose times are not kernel times learns shares of the wall time.
+        learn(&wall, false, None);
+        assert_eq!(wall.samples(), 4);
+        assert!((wall.run_ns(&matmul(64)) - 250_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn busy_time_is_shared_by_the_estimates() {
+        assert_eq!(in_proportion(100.0, &[3.0, 1.0]), vec![75.0, 25.0]);
+        assert_eq!(in_proportion(100.0, &[0.0, 0.0]), vec![50.0, 50.0]);
+        assert!(in_proportion(100.0, &[]).is_empty());
     }
 }

@@ -1459,6 +1459,38 @@ mod tests {
     }
 
     #[test]
+    fn chunks_start_small_then_grow_and_a_short_tail_joins_the_last() {
+        let c = Chunking { first: 16, every: 64 };
+        assert_eq!(c.ends(211), vec![16, 80, 144, 211], "a 3-op tail joins the chunk before");
+        assert_eq!(c.ends(240), vec![16, 80, 144, 208, 240], "a 32-op tail is its own chunk");
+        assert_eq!(c.ends(24), vec![16, 24], "the first chunk stays small whatever follows");
+        assert_eq!(c.ends(16), vec![16]);
+        assert_eq!(c.ends(3), vec![3]);
+        assert_eq!(Chunking::WHOLE.ends(MAX_OPS), vec![MAX_OPS]);
+        assert_eq!(Chunking { first: 1, every: 1 }.ends(3), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn long_submissions_are_timed_op_by_op_at_first_then_one_in_sixteen() {
+        let timed: Vec<u64> =
+            (0..64).filter(|&runs| OpTimestamps::Sampled.times_ops(runs, 211)).collect();
+        let mut expected: Vec<u64> = (0..SAMPLED_FIRST).collect();
+        expected.extend([16, 32, 48]);
+        assert_eq!(timed, expected);
+        assert!((0..64).all(|runs| OpTimestamps::Sampled.times_ops(runs, ALWAYS_TIMED_OPS)), "short ones always");
+        assert!((0..64).all(|runs| OpTimestamps::Always.times_ops(runs, 211)));
+        assert!(!(0..64).any(|runs| OpTimestamps::Never.times_ops(runs, 1)));
+    }
+
+    #[test]
+    fn busy_time_counts_overlapping_chunks_once_and_gaps_not_at_all() {
+        assert_eq!(union_length(vec![(0, 10), (5, 20)]), 20, "the next chunk started early");
+        assert_eq!(union_length(vec![(30, 40), (0, 10)]), 20, "the GPU waited for the host between");
+        assert_eq!(union_length(vec![(0, 50), (10, 20)]), 50, "one inside the other");
+        assert_eq!(union_length(Vec::new()), 0);
+    }
+
+    #[test]
     fn barriers_only_where_commands_touch_what_unfenced_ones_wrote_or_read() {
         let mut h = Hazards::default();
         let (x, q, k, y) = (at(1, 0, 64), at(1, 64, 64), at(1, 128, 64), at(2, 0, 64));
