@@ -32,7 +32,8 @@ struct Chain {
 fn chain() -> Chain {
     let mut r = rng(7);
     let x = Tensor::random(&mut r, DType::F32, &[1, WIDTH]);
-    let weights: Vec<Tensor> = (0..LAYERS).map(|_| Tensor::random(&mut r, DType::F32, &[WIDTH, WIDTH])).collect();
+    let weights: Vec<Tensor> =
+        (0..LAYERS).map(|_| Tensor::random(&mut r, DType::F32, &[WIDTH, WIDTH])).collect();
     let scratch = Tensor::zeros(DType::F32, &[1, WIDTH]);
     let act = Tensor::zeros(DType::F32, &[1, WIDTH]);
     let hidden: Vec<Tensor> = (0..LAYERS).map(|_| Tensor::zeros(DType::F32, &[1, WIDTH])).collect();
@@ -105,7 +106,8 @@ fn chunked_submissions_give_the_same_bits_as_one_command_buffer() {
     let whole = c.written();
     assert!(whole[3].iter().any(|&b| b != 0), "the cache was read back with its rows");
 
-    for chunking in [Chunking { first: 1, every: 3 }, Chunking { first: 16, every: 64 }, Chunking { first: 2, every: 1 }]
+    for chunking in
+        [Chunking { first: 1, every: 3 }, Chunking { first: 16, every: 64 }, Chunking { first: 2, every: 1 }]
     {
         for host_import in [false, true] {
             gpu.set_host_import(host_import);

@@ -1472,12 +1472,14 @@ mod tests {
 
     #[test]
     fn long_submissions_are_timed_op_by_op_at_first_then_one_in_sixteen() {
-        let timed: Vec<u64> =
-            (0..64).filter(|&runs| OpTimestamps::Sampled.times_ops(runs, 211)).collect();
+        let timed: Vec<u64> = (0..64).filter(|&runs| OpTimestamps::Sampled.times_ops(runs, 211)).collect();
         let mut expected: Vec<u64> = (0..SAMPLED_FIRST).collect();
         expected.extend([16, 32, 48]);
         assert_eq!(timed, expected);
-        assert!((0..64).all(|runs| OpTimestamps::Sampled.times_ops(runs, ALWAYS_TIMED_OPS)), "short ones always");
+        assert!(
+            (0..64).all(|runs| OpTimestamps::Sampled.times_ops(runs, ALWAYS_TIMED_OPS)),
+            "short ones always"
+        );
         assert!((0..64).all(|runs| OpTimestamps::Always.times_ops(runs, 211)));
         assert!(!(0..64).any(|runs| OpTimestamps::Never.times_ops(runs, 1)));
     }
