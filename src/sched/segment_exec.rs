@@ -583,6 +583,9 @@ impl Scheduler {
                 args["finish_us"] = json!(us(p.finish_ns));
                 args["submissions"] = json!(p.submissions);
                 args["moved_mb"] = json!(p.moved_bytes as f64 / 1e6);
+                if let Some(ns) = p.device_ns {
+                    args["device_us"] = json!(us(ns));
+                }
             }
             args
         });
