@@ -19,8 +19,9 @@ const WIDTH: usize = 64;
 
 /// A long chain shaped like a decode step: per layer a matmul into a scratch buffer every
 /// layer rewrites, an activation, a residual add into the layer's own buffer, and a row of a
-/// cache written in place; at the end the whole cache is read (its rows patched in on the
-/// device, across chunks).
+/// cache written in place, then a column of a transposed one (a strided view) read whole
+/// right away (the columns so far patched in by the `patch` shader, in every chunk); at the
+/// end the first cache is read whole (its rows patched in as copy regions).
 struct Chain {
     /// Inputs, kept alive with the chain.
     _inputs: Vec<Tensor>,
@@ -39,6 +40,8 @@ fn chain() -> Chain {
     let hidden: Vec<Tensor> = (0..LAYERS).map(|_| Tensor::zeros(DType::F32, &[1, WIDTH])).collect();
     let cache = Tensor::zeros(DType::F32, &[ROWS, WIDTH]);
     let out = Tensor::zeros(DType::F32, &[ROWS, WIDTH]);
+    let cache_t = Tensor::zeros(DType::F32, &[WIDTH, ROWS]);
+    let out_t = Tensor::zeros(DType::F32, &[WIDTH, ROWS]);
     let mut ops = Vec::new();
     let mut h = &x;
     for (l, w) in weights.iter().enumerate() {
@@ -51,10 +54,15 @@ fn chain() -> Chain {
         let mut cache_row = cache.clone();
         cache_row.view = TensorView::contiguous(cache.buf.id(), DType::F32, &[1, WIDTH], row);
         ops.push((OpDesc::new(OpKind::Copy, &[next.view], cache_row.view), memory(&[next, &cache_row])));
+        let mut column = cache_t.clone();
+        column.view = TensorView::contiguous(cache_t.buf.id(), DType::F32, &[1, WIDTH], (l % ROWS) * 4);
+        column.view.strides[1] = ROWS;
+        ops.push((OpDesc::new(OpKind::Copy, &[next.view], column.view), memory(&[next, &column])));
+        ops.push((OpDesc::new(OpKind::Scale, &[cache_t.view], out_t.view), memory(&[&cache_t, &out_t])));
         h = next;
     }
     ops.push((OpDesc::new(OpKind::Scale, &[cache.view], out.view), memory(&[&cache, &out])));
-    let mut outputs = vec![scratch, act, cache, out];
+    let mut outputs = vec![scratch, act, cache, out, cache_t, out_t];
     outputs.extend(hidden);
     let mut inputs = vec![x];
     inputs.extend(weights);
@@ -105,6 +113,9 @@ fn chunked_submissions_give_the_same_bits_as_one_command_buffer() {
     assert_eq!(after.command_buffers - before.command_buffers, 1);
     let whole = c.written();
     assert!(whole[3].iter().any(|&b| b != 0), "the cache was read back with its rows");
+    let (read, read_t) = (c.outputs[3].values(), c.outputs[5].values());
+    let transposed: Vec<f32> = (0..WIDTH * ROWS).map(|i| read[(i % ROWS) * WIDTH + i / ROWS]).collect();
+    assert_eq!(read_t, transposed, "the columns were patched in as the rows were");
 
     for chunking in
         [Chunking { first: 1, every: 3 }, Chunking { first: 16, every: 64 }, Chunking { first: 2, every: 1 }]
