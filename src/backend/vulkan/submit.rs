@@ -801,7 +801,8 @@ impl State {
         ends: &[usize],
         timed: bool,
     ) -> Result<()> {
-        let d = self.ctx.device.clone();
+        let ctx = self.ctx.clone();
+        let d = &ctx.device;
         let chunk_timestamps = self.has_timestamps();
         let mut hazards = Hazards::default();
         let mut next_patch = 0;
@@ -830,11 +831,9 @@ impl State {
                     let q = CHUNK_QUERIES + 2 * c as u32;
                     d.cmd_write_timestamp(cb, vk::PipelineStageFlags::TOP_OF_PIPE, self.queries, q);
                 }
-                let patches_before = next_patch;
-                next_patch += self.bind_chunk(bound, seg, ops.len(), start..end, next_patch);
-                let mut patch = patches_before;
+                self.bind_chunk(bound, seg, ops.len(), start..end, next_patch);
                 for (i, step) in steps.iter().enumerate().take(end).skip(start) {
-                    self.record_op(cb, i, step, seg, bound, ops.len(), &mut hazards, &mut patch, timed);
+                    self.record_op(cb, i, step, seg, bound, ops.len(), &mut hazards, &mut next_patch, timed);
                 }
                 if c + 1 == ends.len() {
                     self.record_write_backs(cb, ops, seg);
@@ -851,8 +850,8 @@ impl State {
         Ok(())
     }
 
-    /// Writes the descriptor sets of ops `range` and of their patch shaders, in one driver
-    /// call; returns how many patch shaders the chunk has. Patches are in op order.
+    /// Writes the descriptor sets of ops `range` and of their patch shaders (the chunk's first
+    /// is patch shader `first_patch`: patches are in op order), in one driver call.
     fn bind_chunk(
         &self,
         bound: &Bound,
@@ -860,7 +859,7 @@ impl State {
         n: usize,
         range: std::ops::Range<usize>,
         first_patch: usize,
-    ) -> usize {
+    ) {
         let patch_slots: Vec<[Option<Allocation>; BINDINGS as usize]> = seg
             .patches
             .iter()
@@ -881,7 +880,6 @@ impl State {
         let slots: Vec<[Option<Allocation>; BINDINGS as usize]> =
             seg.slots[range].iter().copied().chain(patch_slots.iter().copied()).collect();
         self.bind_all(&sets, &slots);
-        patch_slots.len()
     }
 
     /// The start of the first chunk: query resets, zeroed fresh blocks, uploads from staging.
