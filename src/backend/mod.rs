@@ -128,7 +128,9 @@ impl Drop for OpMemory {
 /// What a device reports after running an op.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExecReport {
-    /// Time the device itself measured (GPU timestamps, simulated clock), if it has one.
+    /// Time the device itself measured (GPU timestamps, simulated clock), if it has one and
+    /// timed this op (the Vulkan backend times each op on sampled submissions only; the
+    /// others give their busy time as a whole, `SegmentPhases::device_ns`).
     pub device_ns: Option<u64>,
     /// One-time set-up paid during this call (pipeline or kernel compilation): not run time,
     /// so the performance model never learns it.
@@ -250,7 +252,7 @@ pub trait Backend: Send + Sync {
 
     /// Whether `ExecReport::device_ns` measures this machine's work on the device (GPU
     /// timestamps), so the model keeps kernel times per op and learns the rest apart
-    /// (`DeviceModel::record_timed_segment`). A simulated device's times are its model's, not
+    /// (`DeviceModel::record_timed_segment`), from the segments whose ops were timed only. A simulated device's times are its model's, not
     /// what running it costs here: false.
     fn times_kernels(&self) -> bool {
         false
