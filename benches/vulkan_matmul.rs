@@ -22,7 +22,7 @@
 //! of day it was printed (`at=`, UTC, to line up with `nvidia-smi` samples).
 
 use half::f16;
-use npuhybrid::backend::vulkan::VulkanBackend;
+use npuhybrid::backend::vulkan::{OpTimestamps, VulkanBackend};
 use npuhybrid::backend::{Backend, OpMemory};
 use npuhybrid::memory::{Buffer, HostPool};
 use npuhybrid::op::{DType, OpDesc, OpKind, OpParams, TensorView};
@@ -321,6 +321,8 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || !std::env::args().any(|a| a == "--bench");
     let all = VulkanBackend::probe().expect("a Vulkan device");
     let gpu = &all[0];
+    // Every batch reports per-op times (they are sampled by default).
+    gpu.set_op_timestamps(OpTimestamps::Always);
     let info = gpu.info();
     println!("device: {} ({})", info.name, info.driver);
     println!("coopmat f16 path: {}", gpu.uses_coopmat());

@@ -338,7 +338,10 @@ typedef struct {
   uint32_t reserved0;
   // Bit (1 << device index) per device that ran a part.
   uint64_t device_mask;
-  // Submission to start, start to end, and the device's own measured time.
+  // Submission to start, start to end, and the device's own measured time: for a GPU
+  // op its kernel's timestamps, or, on a graph submission not timed op by op (GPU
+  // timestamps per op are sampled), its share of the GPU's busy time for the submission
+  // in proportion to the scheduler's estimates, so a graph's sum is the GPU's time.
   uint64_t queue_ns;
   uint64_t run_ns;
   uint64_t device_ns;

@@ -94,6 +94,46 @@ fn a_chain_of_gpu_ops_is_one_submission_and_its_results_are_exact() {
     assert_close(&download(&rt, tmp, n), &last_tmp, 1e-5);
 }
 
+/// Per-op timestamps are sampled: the first 8 long submissions, then 1 in 16. The segments in
+/// between teach the GPU's model nothing per op (their wall time holds recording and waiting),
+/// and their events still carry the GPU's time: its busy time, shared among the ops.
+#[test]
+fn unsampled_segments_leave_the_model_alone_and_still_report_the_gpus_time() {
+    let gpu = lavapipe();
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu\n strategy earliest_completion\n}\n"),
+        vec![cpu(), Box::new(Arc::clone(&gpu))],
+    )
+    .unwrap();
+    let model = &rt.scheduler().devices[1].model;
+    model.calibrate(FAST);
+    assert!(gpu.times_kernels());
+    let n = 256;
+    let (x0, y) = (random(n, 5), random(n, 6));
+    let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
+    let g = chain(&rt, x, yb, tmp, n, 12);
+    let step = || {
+        let ev = rt.submit_graph(&g).unwrap();
+        ev.wait(None).unwrap();
+        let info = ev.outcome().1;
+        assert_eq!(info.devices_mask, 1 << 1, "every op ran on the GPU");
+        assert!(info.device_ns > 0, "the GPU's time, timed op by op or not");
+    };
+    for _ in 0..8 {
+        step();
+    }
+    let (learned, overhead) = (model.samples(), model.op_overhead_ns());
+    assert_eq!(learned, 8 * 24, "the first 8 submissions teach every op");
+    for _ in 8..16 {
+        step();
+    }
+    assert_eq!(model.samples(), learned, "submissions 9 to 16 are not timed op by op");
+    assert_eq!(model.op_overhead_ns(), overhead);
+    step();
+    assert_eq!(model.samples(), learned + 24, "the 17th is");
+    assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, 17 * 12), 1e-4);
+}
+
 #[test]
 fn a_slow_gpu_gets_no_part_of_a_graph_the_cpu_runs_sooner() {
     let gpu = lavapipe();

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the `device` tool), over binaries built by prepare.sh. Every
 # measurement goes to $OUT as one file per step; a failing step does not stop the others.
-#   bash benches/device/run.sh [GROUP...]   groups: kernels, falloff, models, hybrid, gemvq, gemvdiag
+#   bash benches/device/run.sh [GROUP...]   groups: kernels, falloff, models, hybrid, gemvq, gemvdiag,
+#   submit
 # (default: the first four; one call of the device tool must end within 10 minutes: take
 # kernels alone, then the rest; gemvq, the quantized GEMVs under several shapes, on its own;
-# gemvdiag, about 3 minutes (at most 9 with every step at its limit): why the vocabulary projection's GEMV is slow, see docs/PERFORMANCE.md).
+# gemvdiag, about 3 minutes (at most 9 with every step at its limit): why the vocabulary projection's GEMV is slow, see docs/PERFORMANCE.md;
+# submit, how a decode step's submission is recorded, on its own).
 # kernels: Vulkan matmul/GEMV vs cuBLAS (benches/device/compare.py prints the table);
 # falloff: the 4096 fall-off varied one thing at a time and the first coopmat shader as an A/B;
 # models: embeddings, tiny Llama and a Llama-3.2-1B-shaped f16 model on the GPU vs the
@@ -125,7 +127,8 @@ if want models; then
       --devices gpu --policy benches/device/all_gpu.nhp --quiet --trace "$out/llama1b_all_gpu_trace.json"
     step generate_all_gpu 60 .devbin/generate --model .devbin/tiny_llama --devices gpu \
       --policy benches/device/all_gpu.nhp --check .devbin/tiny_llama/reference.json --quiet
-    # What the timestamps around every op cost (A/B against the two steps above).
+    # What the per-op timestamps still cost now that they are sampled (A/B against the two
+    # steps above; the `submit` group compares them on every op).
     step llama1b_all_gpu_no_ts 150 env NPUHYBRID_VULKAN_OP_TIMESTAMPS=0 .devbin/generate --synthetic llama-3.2-1b \
       --prompt-len 512 --steps 33 --devices gpu --policy benches/device/all_gpu.nhp --quiet
     step generate_all_gpu_no_ts 60 env NPUHYBRID_VULKAN_OP_TIMESTAMPS=0 .devbin/generate --model .devbin/tiny_llama \
@@ -149,5 +152,29 @@ if want hybrid; then
   [ -x .devbin/workload ] && step workload_cpu 60 .devbin/workload --policy default --cpu-only --seq 512
   # (benches/hybrid_mixed: `step hybrid_mixed 150 .devbin/hybrid_mixed 1024 1,16,64,256,1024`,
   # left out so that models + hybrid fit one call.)
+fi
+if want submit && [ -x .devbin/generate ]; then
+  # A decode step all on the GPU, recorded as by default (per-op timestamps sampled: the first
+  # 8 steps, then 1 in 16; cut into command buffers after 16 ops, then every 64), against one
+  # thing changed at a time: timestamps on every op, one command buffer, both (as before
+  # sampling and chunks), none, and other chunk sizes (NPUHYBRID_VULKAN_CHUNK=first,every).
+  llama() { # name, then environment assignments
+    local name=$1; shift
+    step "$name" 150 env "$@" .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 65 \
+      --devices gpu --policy benches/device/all_gpu.nhp --quiet
+  }
+  step llama1b_all_gpu_sampled 150 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 65 \
+    --devices gpu --policy benches/device/all_gpu.nhp --quiet --trace "$out/llama1b_all_gpu_sampled_trace.json"
+  llama llama1b_all_gpu_ts_every NPUHYBRID_VULKAN_OP_TIMESTAMPS=1
+  llama llama1b_all_gpu_one_cb NPUHYBRID_VULKAN_CHUNK=0
+  llama llama1b_all_gpu_as_before NPUHYBRID_VULKAN_OP_TIMESTAMPS=1 NPUHYBRID_VULKAN_CHUNK=0
+  llama llama1b_all_gpu_ts_never NPUHYBRID_VULKAN_OP_TIMESTAMPS=0
+  llama llama1b_all_gpu_chunk_8_32 NPUHYBRID_VULKAN_CHUNK=8,32
+  llama llama1b_all_gpu_chunk_32_128 NPUHYBRID_VULKAN_CHUNK=32,128
+  # Correctness of chunked submissions on a discrete GPU (staging copies; lavapipe has none).
+  step generate_all_gpu_chunk_1_1 60 env NPUHYBRID_VULKAN_CHUNK=1,1 .devbin/generate --model .devbin/tiny_llama \
+    --devices gpu --policy benches/device/all_gpu.nhp --check .devbin/tiny_llama/reference.json --quiet
+  step generate_all_gpu_sampled 60 .devbin/generate --model .devbin/tiny_llama --devices gpu \
+    --policy benches/device/all_gpu.nhp --check .devbin/tiny_llama/reference.json --quiet
 fi
 grep -E '^(===|RESULT|exit status)' "$out/all.log"

@@ -128,7 +128,9 @@ impl Drop for OpMemory {
 /// What a device reports after running an op.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExecReport {
-    /// Time the device itself measured (GPU timestamps, simulated clock), if it has one.
+    /// Time the device itself measured (GPU timestamps, simulated clock), if it has one and
+    /// timed this op (the Vulkan backend times each op on sampled submissions only; the
+    /// others give their busy time as a whole, `SegmentPhases::device_ns`).
     pub device_ns: Option<u64>,
     /// One-time set-up paid during this call (pipeline or kernel compilation): not run time,
     /// so the performance model never learns it.
@@ -162,6 +164,10 @@ pub struct SegmentPhases {
     /// Bytes the segment copied between host views and device memory (uploads and
     /// write-backs): the transfers a plan counts apart from run time.
     pub moved_bytes: u64,
+    /// Time the device itself was busy with the segment's submissions (GPU timestamps around
+    /// each command buffer: kernels, barriers and its copies), where it measures it. Known
+    /// when the ops' own times are not (submissions that do not time each op).
+    pub device_ns: Option<u64>,
 }
 
 impl SegmentPhases {
@@ -172,6 +178,10 @@ impl SegmentPhases {
         self.finish_ns += other.finish_ns;
         self.submissions += other.submissions;
         self.moved_bytes += other.moved_bytes;
+        self.device_ns = match (self.device_ns, other.device_ns) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -242,7 +252,7 @@ pub trait Backend: Send + Sync {
 
     /// Whether `ExecReport::device_ns` measures this machine's work on the device (GPU
     /// timestamps), so the model keeps kernel times per op and learns the rest apart
-    /// (`DeviceModel::record_timed_segment`). A simulated device's times are its model's, not
+    /// (`DeviceModel::record_timed_segment`), from the segments whose ops were timed only. A simulated device's times are its model's, not
     /// what running it costs here: false.
     fn times_kernels(&self) -> bool {
         false

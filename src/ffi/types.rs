@@ -338,7 +338,10 @@ pub struct nh_event_info {
     pub reserved0: u32,
     /// Bit (1 << device index) per device that ran a part.
     pub device_mask: u64,
-    /// Submission to start, start to end, and the device's own measured time.
+    /// Submission to start, start to end, and the device's own measured time: for a GPU
+    /// op its kernel's timestamps, or, on a graph submission not timed op by op (GPU
+    /// timestamps per op are sampled), its share of the GPU's busy time for the submission
+    /// in proportion to the scheduler's estimates, so a graph's sum is the GPU's time.
     pub queue_ns: u64,
     pub run_ns: u64,
     pub device_ns: u64,

@@ -3,6 +3,7 @@
 //! order, so the members' own dependencies hold) when the device fails midway.
 
 use super::fasthash::FastMap;
+use super::perf_model::DeviceModel;
 use super::plan_times::{self, PlanTimes};
 use super::segment::{self, Costs, SegmentRun};
 use super::task::{Access, Placement, Task};
@@ -227,6 +228,46 @@ fn member_times(run: f64, members: usize, kernels: Option<&[f64]>) -> Vec<f64> {
 /// Every member's kernel time, when the device reported all of them.
 fn kernel_times(reports: &[ExecReport]) -> Option<Vec<f64>> {
     reports.iter().map(|r| r.device_ns.map(|ns| ns as f64)).collect()
+}
+
+/// `total` shared in proportion to `weights` (evenly when they are all 0).
+fn in_proportion(total: f64, weights: &[f64]) -> Vec<f64> {
+    let sum: f64 = weights.iter().sum();
+    if sum > 0.0 {
+        weights.iter().map(|w| total * w / sum).collect()
+    } else {
+        vec![total / weights.len().max(1) as f64; weights.len()]
+    }
+}
+
+/// What a segment took: `run`, its wall time less launch and set-up; `transfers`, its
+/// uploads and write-backs at the link's modelled rate; the device's time for each op, if
+/// it reported them all.
+struct MeasuredSegment<'a> {
+    run: f64,
+    transfers: f64,
+    kernels: Option<&'a [f64]>,
+}
+
+/// Folds a segment into its device's model. A device that times its kernels keeps kernel
+/// times per op and learns the rest apart (`record_timed_segment`); when it did not time this
+/// segment's ops (sampled timestamps), nothing is learned per op: shares of a wall time that
+/// holds recording and waiting would read as kernel time. Other devices learn shares of the
+/// run time.
+fn learn_from_segment(model: &DeviceModel, times_kernels: bool, ops: &[&OpDesc], m: &MeasuredSegment) {
+    match (times_kernels, m.kernels) {
+        (true, Some(k)) => {
+            let rest = m.run - k.iter().sum::<f64>() - m.transfers;
+            let timed: Vec<(&OpDesc, f64)> = ops.iter().copied().zip(k.iter().copied()).collect();
+            model.record_timed_segment(&timed, rest, m.transfers);
+        }
+        (true, None) => {}
+        (false, kernels) => {
+            for (op, op_ns) in ops.iter().zip(member_times(m.run, ops.len(), kernels)) {
+                model.record_in_segment(op, op_ns);
+            }
+        }
+    }
 }
 
 impl Scheduler {
@@ -519,22 +560,19 @@ impl Scheduler {
         load.busy_ns.fetch_add(wall as u64, Ordering::Relaxed);
         load.consecutive_failures.store(0, Ordering::Relaxed);
         let mut at = started;
+        let ops: Vec<&OpDesc> = tasks.iter().map(|t| &*t.op).collect();
         let kernels = kernel_times(reports);
-        let times = member_times(run, reports.len(), kernels.as_deref());
-        match kernels.filter(|_| device.backend.times_kernels()) {
-            Some(k) => {
-                let moved = phases.map_or(0, |p| p.moved_bytes) as f64;
-                let transfers = device.backend.link_gbs().map_or(0.0, |gbs| moved / gbs);
-                let rest = run - k.iter().sum::<f64>() - transfers;
-                let timed: Vec<(&OpDesc, f64)> = tasks.iter().map(|t| &*t.op).zip(k).collect();
-                device.model.record_timed_segment(&timed, rest, transfers);
-            }
-            None => {
-                for (t, op_ns) in tasks.iter().zip(&times) {
-                    device.model.record_in_segment(&t.op, *op_ns);
-                }
-            }
-        }
+        let moved = phases.map_or(0, |p| p.moved_bytes) as f64;
+        let transfers = device.backend.link_gbs().map_or(0.0, |gbs| moved / gbs);
+        let segment = MeasuredSegment { run, transfers, kernels: kernels.as_deref() };
+        learn_from_segment(&device.model, device.backend.times_kernels(), &ops, &segment);
+        // Without the ops' own times, the device's busy time shared by the model's estimates.
+        let device_times = kernels.or_else(|| {
+            let busy = phases.and_then(|p| p.device_ns)?;
+            let predicted: Vec<f64> = ops.iter().map(|op| device.model.run_ns(op)).collect();
+            Some(in_proportion(busy as f64, &predicted))
+        });
+        let times = member_times(run, reports.len(), device_times.as_deref());
         self.trace.slice(device.index, "segment", started, finished, || {
             let mut args = json!({"ops": tasks.len(), "setup_us": setup / 1e3, "first_task": tasks[0].id});
             if let Some(p) = phases {
@@ -545,10 +583,13 @@ impl Scheduler {
                 args["finish_us"] = json!(us(p.finish_ns));
                 args["submissions"] = json!(p.submissions);
                 args["moved_mb"] = json!(p.moved_bytes as f64 / 1e6);
+                if let Some(ns) = p.device_ns {
+                    args["device_us"] = json!(us(ns));
+                }
             }
             args
         });
-        for ((t, r), op_ns) in tasks.iter().zip(reports).zip(times) {
+        for (i, (t, op_ns)) in tasks.iter().zip(times).enumerate() {
             load.bytes_moved.fetch_add(t.op.views().map(|v| v.bytes() as u64).sum(), Ordering::Relaxed);
             let end = (at + std::time::Duration::from_nanos(op_ns as u64)).min(finished);
             self.trace.slice(device.index, t.op.kind.name(), at, end, || {
@@ -559,7 +600,7 @@ impl Scheduler {
                 devices_mask: 1 << device.index,
                 started: Some(at),
                 finished: Some(end),
-                device_ns: r.device_ns.unwrap_or(op_ns as u64),
+                device_ns: device_times.as_ref().map_or(op_ns, |d| d[i]) as u64,
                 ..Default::default()
             };
             at = end;
@@ -691,8 +732,10 @@ use crate::backend::ExecReport;
 
 #[cfg(test)]
 mod tests {
-    use super::{kernel_times, member_times};
-    use crate::backend::ExecReport;
+    use super::{in_proportion, kernel_times, learn_from_segment, member_times, MeasuredSegment};
+    use crate::backend::{Backend, ExecReport};
+    use crate::op::{DType, OpDesc, OpKind, TensorView};
+    use crate::sched::perf_model::DeviceModel;
 
     fn shares(run: f64, kernels: &[Option<u64>]) -> Vec<f64> {
         let reports: Vec<ExecReport> =
@@ -713,5 +756,53 @@ mod tests {
         assert_eq!(shares(100.0, &[Some(150), Some(50)]), vec![75.0, 25.0]);
         assert_eq!(shares(90.0, &[Some(150), None, Some(50)]), vec![30.0; 3]);
         assert_eq!(shares(90.0, &[Some(0), Some(0)]), vec![45.0; 2]);
+    }
+
+    fn matmul(m: usize) -> OpDesc {
+        let t = |id, r, c| TensorView::contiguous(id, DType::F32, &[r, c], 0);
+        OpDesc::new(OpKind::Matmul, &[t(1, m, 256), t(2, 256, 256)], t(3, m, 256))
+    }
+
+    fn model() -> DeviceModel {
+        DeviceModel::new(crate::backend::cpu::CpuBackend::new(1).unwrap().info())
+    }
+
+    /// A 4-op segment of a device that times its kernels, sampled or not: 10 us kernels in
+    /// 1 ms of wall time (recording and waiting).
+    fn learn(model: &DeviceModel, times_kernels: bool, kernels: Option<&[f64]>) {
+        let a = matmul(64);
+        let ops = [&a; 4];
+        let m = MeasuredSegment { run: 1_000_000.0, transfers: 0.0, kernels };
+        learn_from_segment(model, times_kernels, &ops, &m);
+    }
+
+    #[test]
+    fn a_segment_without_its_kernel_times_teaches_a_timing_device_nothing() {
+        let (timed, wall) = (model(), model());
+        let before = timed.run_ns(&matmul(64));
+        learn(&timed, true, None);
+        assert_eq!(timed.samples(), 0, "the wall time is not shared among the ops");
+        assert_eq!(timed.run_ns(&matmul(64)), before);
+        assert_eq!(timed.op_overhead_ns(), 0.0);
+        // Sampled: kernel times per op, the rest apart.
+        learn(&timed, true, Some(&[10_000.0; 4]));
+        assert_eq!(timed.samples(), 4);
+        assert!((timed.op_overhead_ns() - 240_000.0).abs() < 1e-6);
+        assert!((timed.run_ns(&matmul(64)) - 250_000.0).abs() < 1e-6);
+        // A later unsampled segment leaves both as they are.
+        learn(&timed, true, None);
+        assert_eq!(timed.samples(), 4);
+        assert!((timed.run_ns(&matmul(64)) - 250_000.0).abs() < 1e-6);
+        // A device whose times are not kernel times learns shares of the wall time.
+        learn(&wall, false, None);
+        assert_eq!(wall.samples(), 4);
+        assert!((wall.run_ns(&matmul(64)) - 250_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn busy_time_is_shared_by_the_estimates() {
+        assert_eq!(in_proportion(100.0, &[3.0, 1.0]), vec![75.0, 25.0]);
+        assert_eq!(in_proportion(100.0, &[0.0, 0.0]), vec![50.0, 50.0]);
+        assert!(in_proportion(100.0, &[]).is_empty());
     }
 }

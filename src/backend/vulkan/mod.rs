@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 pub use ops::quant_gemv_shape;
 pub use pipelines::cache_dir;
-pub use submit::Stats;
+pub use submit::{Chunking, OpTimestamps, Stats};
 
 pub struct VulkanBackend {
     info: DeviceInfo,
@@ -39,8 +39,8 @@ pub struct VulkanBackend {
     upload_gbs: f64,
     /// Dense views of host buffers are read in place (unified memory, host_alias.rs).
     host_import: AtomicBool,
-    /// Every op's kernel is timed (timestamps).
-    times_kernels: bool,
+    /// Ops' kernels are timed (timestamps), on sampled submissions at least.
+    times_kernels: AtomicBool,
     ctx: Arc<Context>,
 }
 
@@ -122,7 +122,7 @@ impl VulkanBackend {
             state: Mutex::new(state),
             upload_gbs,
             host_import: AtomicBool::new(ctx.host_import.is_some() && ctx.caps.unified_memory()),
-            times_kernels,
+            times_kernels: AtomicBool::new(times_kernels),
             ctx,
         })
     }
@@ -173,6 +173,19 @@ impl VulkanBackend {
     /// host memory. Returns whether it is on. Tests turn it on over unified memory.
     pub fn set_import_uploads(&self, on: bool) -> bool {
         self.state.lock().set_import_uploads(on)
+    }
+
+    /// Which submissions time each op (default: `NPUHYBRID_VULKAN_OP_TIMESTAMPS`, else
+    /// sampled). Tests that check per-op times ask for `Always`.
+    pub fn set_op_timestamps(&self, mode: OpTimestamps) {
+        let mut state = self.state.lock();
+        state.set_op_timestamps(mode);
+        self.times_kernels.store(state.op_timestamps(), Ordering::Relaxed);
+    }
+
+    /// Where submissions are cut into command buffers (default: `NPUHYBRID_VULKAN_CHUNK`).
+    pub fn set_chunking(&self, chunking: Chunking) {
+        self.state.lock().set_chunking(chunking);
     }
 
     /// Name of the physical device as the driver reports it.
@@ -249,7 +262,7 @@ impl Backend for VulkanBackend {
     }
 
     fn times_kernels(&self) -> bool {
-        self.times_kernels
+        self.times_kernels.load(Ordering::Relaxed)
     }
 
     fn link_gbs(&self) -> Option<f64> {

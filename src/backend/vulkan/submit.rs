@@ -1,7 +1,10 @@
-//! Runs a sequence of ops in one command buffer: uploads (skipped for current replicas), one
-//! dispatch per op (barriers only between dependent commands), timestamps around each op,
-//! downloads; one submission signalling a timeline semaphore; then the outputs are written back to
-//! the host views, which stay the truth. An op whose input is exactly an earlier op's output in the
+//! Runs a sequence of ops as one submission: uploads (skipped for current replicas), one
+//! dispatch per op (barriers only between dependent commands), downloads, recorded into a few
+//! command buffers (chunks) that are submitted as soon as each is recorded, so the GPU starts
+//! while the host records the rest; the last one signals a timeline semaphore; then the outputs
+//! are written back to the host views, which stay the truth. Timestamps around each chunk give
+//! the device's busy time always; timestamps around each op only on sampled submissions
+//! (`OpTimestamps`), since on an H100 they cost about 7 us of GPU time per op. An op whose input is exactly an earlier op's output in the
 //! same sequence reads that device result directly, a partial overlap is patched in on the device
 //! where an element-to-element map exists, else it starts a new submission.
 
@@ -23,6 +26,10 @@ use std::time::{Duration, Instant};
 
 /// Ops per submission (sizes the descriptor and query pools).
 pub const MAX_OPS: usize = 256;
+/// Queries of the per-op timestamps come first (two per op), then two per chunk.
+const CHUNK_QUERIES: u32 = 2 * MAX_OPS as u32;
+/// Chunks per submission at most (a chunk holds at least one op).
+const MAX_CHUNKS: usize = MAX_OPS;
 const WAIT: Duration = Duration::from_secs(300);
 /// A version no buffer has (versions count up from 1).
 const NEVER_CURRENT: u64 = u64::MAX;
@@ -41,11 +48,15 @@ pub struct State {
     pub residency: ResidencyCache<Allocation>,
     pub pipelines: Pipelines,
     cmd_pool: vk::CommandPool,
-    cmd: vk::CommandBuffer,
+    /// One command buffer per chunk of a submission, allocated as chunks first need them.
+    cmds: Vec<vk::CommandBuffer>,
     desc_pool: vk::DescriptorPool,
     queries: vk::QueryPool,
     timeline: vk::Semaphore,
+    /// The value the last command buffer submitted signals.
     timeline_value: u64,
+    /// Submissions run (each one or more command buffers).
+    submissions: u64,
     /// Bound to unused binding slots.
     dummy: Allocation,
     /// Bytes of replicas kept between submissions.
@@ -62,9 +73,100 @@ pub struct State {
     imported_uploads: u64,
     /// A submission timed out: the GPU may still use its memory, so none is freed.
     hung: bool,
-    /// Timestamps around every op (the model's per-op device times).
-    /// `NPUHYBRID_VULKAN_OP_TIMESTAMPS=0` leaves them out, to measure what they cost.
-    op_timestamps: bool,
+    /// Which submissions time each op (the model's per-op kernel times).
+    op_timestamps: OpTimestamps,
+    /// Submissions of more than `ALWAYS_TIMED_OPS` ops so far (the sampling counts them).
+    long_runs: u64,
+    /// Where a submission is cut into command buffers.
+    chunking: Chunking,
+}
+
+/// Which submissions write timestamps around each op. `NPUHYBRID_VULKAN_OP_TIMESTAMPS`: `0`
+/// never (to measure what they cost), `1` every submission, else sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpTimestamps {
+    Never,
+    Always,
+    /// The first `SAMPLED_FIRST` long submissions, then one in `SAMPLE_EVERY`; short ones
+    /// (at most `ALWAYS_TIMED_OPS` ops: lone ops, calibration) always.
+    Sampled,
+}
+
+/// Long submissions timed op by op before sampling starts: the model's first estimates.
+const SAMPLED_FIRST: u64 = 8;
+/// Then one long submission in this many is timed op by op (a decode step: every 16th token).
+const SAMPLE_EVERY: u64 = 16;
+/// Submissions this short are always timed op by op: there is no overlap between dispatches
+/// for the timestamps to lose, and lone ops and calibration learn from their kernel times.
+const ALWAYS_TIMED_OPS: usize = 8;
+
+impl OpTimestamps {
+    pub fn from_env() -> OpTimestamps {
+        match std::env::var("NPUHYBRID_VULKAN_OP_TIMESTAMPS").as_deref() {
+            Ok("0") => OpTimestamps::Never,
+            Ok("1") => OpTimestamps::Always,
+            _ => OpTimestamps::Sampled,
+        }
+    }
+
+    /// Whether a submission of `ops` ops, after `long_runs` long ones, times each op.
+    fn times_ops(self, long_runs: u64, ops: usize) -> bool {
+        match self {
+            OpTimestamps::Never => false,
+            OpTimestamps::Always => true,
+            OpTimestamps::Sampled => {
+                ops <= ALWAYS_TIMED_OPS || long_runs < SAMPLED_FIRST || long_runs % SAMPLE_EVERY == 0
+            }
+        }
+    }
+}
+
+/// Where a submission is cut into command buffers: after `first` ops (the GPU starts early),
+/// then every `every` ops. `NPUHYBRID_VULKAN_CHUNK=first,every`, or `0` for one command
+/// buffer per submission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunking {
+    pub first: usize,
+    pub every: usize,
+}
+
+impl Chunking {
+    /// One command buffer per submission.
+    pub const WHOLE: Chunking = Chunking { first: MAX_OPS, every: MAX_OPS };
+    pub const DEFAULT: Chunking = Chunking { first: 16, every: 64 };
+
+    pub fn from_env() -> Chunking {
+        let Ok(v) = std::env::var("NPUHYBRID_VULKAN_CHUNK") else { return Chunking::DEFAULT };
+        if v == "0" {
+            return Chunking::WHOLE;
+        }
+        let parts: Vec<usize> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        match parts[..] {
+            [first, every] if first > 0 && every > 0 => Chunking { first, every },
+            _ => {
+                log::warn!("NPUHYBRID_VULKAN_CHUNK={v}: expected 'first,every' or '0'; using the default");
+                Chunking::DEFAULT
+            }
+        }
+    }
+
+    /// The end (exclusive) of each chunk of `ops` ops. A last chunk under half of `every` joins
+    /// the one before (unless that is the first): a command buffer of its own would only add
+    /// a submission.
+    pub fn ends(self, ops: usize) -> Vec<usize> {
+        let (first, every) = (self.first.max(1), self.every.max(1));
+        let mut ends = Vec::new();
+        let mut end = first;
+        while end < ops {
+            ends.push(end);
+            end += every;
+        }
+        if ends.len() > 1 && ops - ends[ends.len() - 1] < every.div_ceil(2) {
+            ends.pop();
+        }
+        ends.push(ops);
+        ends
+    }
 }
 
 // Vulkan handles and mapped pointers are used only under the backend's mutex.
@@ -110,15 +212,7 @@ impl State {
                 )
             }
             .map_err(|e| vk_err("vkCreateCommandPool", e))?;
-            made.cmd = unsafe {
-                d.allocate_command_buffers(
-                    &vk::CommandBufferAllocateInfo::default()
-                        .command_pool(made.cmd_pool)
-                        .level(vk::CommandBufferLevel::PRIMARY)
-                        .command_buffer_count(1),
-                )
-            }
-            .map_err(|e| vk_err("vkAllocateCommandBuffers", e))?[0];
+            made.cmd = allocate_command_buffer(d, made.cmd_pool)?;
             let sizes = [vk::DescriptorPoolSize::default()
                 .ty(vk::DescriptorType::STORAGE_BUFFER)
                 .descriptor_count(BINDINGS * DESCRIPTOR_SETS)];
@@ -133,7 +227,7 @@ impl State {
                 d.create_query_pool(
                     &vk::QueryPoolCreateInfo::default()
                         .query_type(vk::QueryType::TIMESTAMP)
-                        .query_count(2 * MAX_OPS as u32),
+                        .query_count(CHUNK_QUERIES + 2 * MAX_CHUNKS as u32),
                     None,
                 )
             }
@@ -171,16 +265,19 @@ impl State {
             residency: ResidencyCache::default(),
             pipelines,
             cmd_pool: made.cmd_pool,
-            cmd: made.cmd,
+            cmds: vec![made.cmd],
             desc_pool: made.desc_pool,
             queries: made.queries,
             timeline: made.timeline,
             timeline_value: 0,
+            submissions: 0,
             dummy,
             budget,
             lost: None,
             hung: false,
-            op_timestamps: std::env::var("NPUHYBRID_VULKAN_OP_TIMESTAMPS").map_or(true, |v| v != "0"),
+            op_timestamps: OpTimestamps::from_env(),
+            long_runs: 0,
+            chunking: Chunking::from_env(),
             uploaded: 0,
             written_back: 0,
             zero_copy: 0,
@@ -198,7 +295,8 @@ impl State {
             written_back_bytes: self.written_back,
             zero_copy_bytes: self.zero_copy,
             imported_upload_bytes: self.imported_uploads,
-            submissions: self.timeline_value,
+            submissions: self.submissions,
+            command_buffers: self.timeline_value,
         }
     }
 
@@ -215,9 +313,31 @@ impl State {
         self.import_uploads
     }
 
-    /// Whether each op's kernel is timed (timestamps supported and not turned off).
+    /// Whether ops' kernels are timed, on some submissions at least (timestamps supported
+    /// and not turned off).
     pub fn op_timestamps(&self) -> bool {
-        self.op_timestamps && self.ctx.caps.timestamp_bits > 0
+        self.op_timestamps != OpTimestamps::Never && self.has_timestamps()
+    }
+
+    fn has_timestamps(&self) -> bool {
+        self.ctx.caps.timestamp_bits > 0
+    }
+
+    pub fn set_op_timestamps(&mut self, mode: OpTimestamps) {
+        self.op_timestamps = mode;
+    }
+
+    pub fn set_chunking(&mut self, chunking: Chunking) {
+        self.chunking = chunking;
+    }
+
+    /// Whether the next submission of `ops` ops times each op; counts it among the long ones.
+    fn sample_op_times(&mut self, ops: usize) -> bool {
+        let timed = self.has_timestamps() && self.op_timestamps.times_ops(self.long_runs, ops);
+        if ops > ALWAYS_TIMED_OPS {
+            self.long_runs += 1;
+        }
+        timed
     }
 
     pub fn set_budget(&mut self, bytes: u64) {
@@ -270,10 +390,12 @@ impl State {
         }
         let mut phases = SegmentPhases::default();
         let moved_before = self.uploaded + self.written_back;
+        // Decided once for the run: every op reports a kernel time or none does.
+        let timed = self.sample_op_times(ops.len());
         let mut start = 0;
         while start < ops.len() {
             let end = segment_end(&ops[start..]) + start;
-            match self.run_segment(features, &ops[start..end], &mut phases) {
+            match self.run_segment(features, &ops[start..end], &mut phases, timed) {
                 Ok(reports) => out.reports.extend(reports),
                 Err(e) => {
                     out.error = Some(e);
@@ -292,6 +414,7 @@ impl State {
         features: Features,
         ops: &[(&OpDesc, &OpMemory)],
         phases: &mut SegmentPhases,
+        timed: bool,
     ) -> Result<Vec<ExecReport>> {
         let steps = ops.iter().map(|(op, _)| ops::plan(op, features)).collect::<Result<Vec<_>>>()?;
         let mut dead = Vec::new();
@@ -306,7 +429,7 @@ impl State {
         let started = Instant::now();
         let result = self.prepare(ops, &mut seg).and_then(|_| {
             phases.prepare_ns += started.elapsed().as_nanos() as u64;
-            self.record_and_submit(ops, &steps, &seg, phases)
+            self.record_and_submit(ops, &steps, &seg, phases, timed)
         });
         match result {
             Ok((times, setup)) => {
@@ -314,6 +437,7 @@ impl State {
                 self.finish(ops, seg)?;
                 phases.finish_ns += finishing.elapsed().as_nanos() as u64;
                 phases.submissions += 1;
+                self.submissions += 1;
                 Ok(times
                     .into_iter()
                     .zip(setup)
@@ -608,17 +732,46 @@ impl State {
         unsafe { self.ctx.device.update_descriptor_sets(&writes, &[]) };
     }
 
+    /// Records the submission chunk by chunk, submitting each chunk as soon as it is recorded
+    /// (the GPU starts on the first ops while the host records the rest), and waits for the
+    /// last one. Returns each op's kernel time (on submissions that time ops) and set-up.
     fn record_and_submit(
         &mut self,
         ops: &[(&OpDesc, &OpMemory)],
         steps: &[Step],
         seg: &Segment,
         phases: &mut SegmentPhases,
+        timed: bool,
     ) -> Result<(Vec<Option<u64>>, Vec<u64>)> {
         let recording = Instant::now();
-        let mut pipelines = Vec::with_capacity(steps.len());
-        // Pipeline creation (driver compilation on a cold cache) is set-up, not run time.
-        let mut setup = vec![0u64; steps.len()];
+        let (bound, setup) = self.bind_resources(ops.len(), steps, seg)?;
+        let ends = self.chunking.ends(ops.len());
+        let before = self.timeline_value;
+        let recorded = self.record_chunks(ops, steps, seg, &bound, &ends, timed);
+        let submitted = Instant::now();
+        phases.record_ns += submitted.duration_since(recording).as_nanos() as u64;
+        if let Err(e) = recorded {
+            // Chunks already submitted may still use this segment's memory.
+            if self.timeline_value > before {
+                self.wait_timeline(self.timeline_value)?;
+            }
+            return Err(e);
+        }
+        self.wait_timeline(self.timeline_value)?;
+        phases.wait_ns += submitted.elapsed().as_nanos() as u64;
+        let times = if timed { self.op_times(ops.len())? } else { vec![None; ops.len()] };
+        if self.has_timestamps() {
+            let busy = self.busy_ns(ends.len())?;
+            phases.device_ns = Some(phases.device_ns.unwrap_or(0) + busy);
+        }
+        Ok((times, setup))
+    }
+
+    /// Pipelines for every step and patch shader, and a descriptor set for each (written per
+    /// chunk). Pipeline creation (driver compilation on a cold cache) is set-up, not run time.
+    fn bind_resources(&mut self, n: usize, steps: &[Step], seg: &Segment) -> Result<(Bound, Vec<u64>)> {
+        let mut pipelines = Vec::with_capacity(n);
+        let mut setup = vec![0u64; n];
         for (s, setup) in steps.iter().zip(&mut setup) {
             let started = std::time::Instant::now();
             pipelines.push(match s {
@@ -636,47 +789,105 @@ impl State {
             }
         }
         let d = &self.ctx.device;
-        let cb = self.cmd;
-        let timestamps = self.op_timestamps();
-        unsafe {
+        let layouts = vec![self.pipelines.set_layout; n + patch_pipelines.len()];
+        let sets = unsafe {
             d.reset_descriptor_pool(self.desc_pool, vk::DescriptorPoolResetFlags::empty())
                 .map_err(|e| vk_err("vkResetDescriptorPool", e))?;
-            d.reset_command_buffer(cb, vk::CommandBufferResetFlags::empty())
-                .map_err(|e| vk_err("vkResetCommandBuffer", e))?;
-            d.begin_command_buffer(
-                cb,
-                &vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+            d.allocate_descriptor_sets(
+                &vk::DescriptorSetAllocateInfo::default()
+                    .descriptor_pool(self.desc_pool)
+                    .set_layouts(&layouts),
             )
-            .map_err(|e| vk_err("vkBeginCommandBuffer", e))?;
-            if timestamps {
-                d.cmd_reset_query_pool(cb, self.queries, 0, 2 * ops.len() as u32);
-            }
-            if !self.device_heap.mapped() {
-                let fresh = self.device_heap.take_fresh_blocks();
-                for b in &fresh {
-                    d.cmd_fill_buffer(cb, *b, 0, vk::WHOLE_SIZE, 0);
-                }
-                if !fresh.is_empty() {
-                    barrier(d, cb);
-                }
-            }
-            for (src, dst, bytes) in &seg.copies_in {
-                let region =
-                    vk::BufferCopy::default().src_offset(src.offset).dst_offset(dst.offset).size(*bytes);
-                d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
-            }
-            barrier(d, cb);
-            let layouts = vec![self.pipelines.set_layout; ops.len() + patch_pipelines.len()];
-            let sets = d
-                .allocate_descriptor_sets(
-                    &vk::DescriptorSetAllocateInfo::default()
-                        .descriptor_pool(self.desc_pool)
-                        .set_layouts(&layouts),
+            .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?
+        };
+        Ok((Bound { pipelines, patch_pipelines, sets }, setup))
+    }
+
+    /// The command buffer of chunk `c`, allocated on first use.
+    fn command_buffer(&mut self, c: usize) -> Result<vk::CommandBuffer> {
+        while self.cmds.len() <= c {
+            let cb = allocate_command_buffer(&self.ctx.device, self.cmd_pool)?;
+            self.cmds.push(cb);
+        }
+        Ok(self.cmds[c])
+    }
+
+    /// Records and submits each chunk `[previous end, end)` of the ops. Hazards carry over
+    /// from chunk to chunk: a barrier orders everything earlier in submission order, whichever
+    /// command buffer it was in.
+    fn record_chunks(
+        &mut self,
+        ops: &[(&OpDesc, &OpMemory)],
+        steps: &[Step],
+        seg: &Segment,
+        bound: &Bound,
+        ends: &[usize],
+        timed: bool,
+    ) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let d = &ctx.device;
+        let chunk_timestamps = self.has_timestamps();
+        let mut hazards = Hazards::default();
+        let mut next_patch = 0;
+        let mut start = 0;
+        for (c, &end) in ends.iter().enumerate() {
+            let cb = self.command_buffer(c)?;
+            unsafe {
+                d.reset_command_buffer(cb, vk::CommandBufferResetFlags::empty())
+                    .map_err(|e| vk_err("vkResetCommandBuffer", e))?;
+                d.begin_command_buffer(
+                    cb,
+                    &vk::CommandBufferBeginInfo::default()
+                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
                 )
-                .map_err(|e| vk_err("vkAllocateDescriptorSets", e))?;
-            // Every set written in one driver call: ops' sets first, then the patch shaders'
-            // in the order of seg.patches (sorted by op, as the loop below takes them).
-            let patch_slots = seg.patches.iter().filter_map(|p| match p.copy {
+                .map_err(|e| vk_err("vkBeginCommandBuffer", e))?;
+                if c == 0 {
+                    // Blocks made since the last submission start zeroed (unmapped memory).
+                    let fresh = if self.device_heap.mapped() {
+                        Vec::new()
+                    } else {
+                        self.device_heap.take_fresh_blocks()
+                    };
+                    self.record_prologue(cb, seg, &fresh, ends.len(), timed);
+                }
+                if chunk_timestamps {
+                    let q = CHUNK_QUERIES + 2 * c as u32;
+                    d.cmd_write_timestamp(cb, vk::PipelineStageFlags::TOP_OF_PIPE, self.queries, q);
+                }
+                self.bind_chunk(bound, seg, ops.len(), start..end, next_patch);
+                for (i, step) in steps.iter().enumerate().take(end).skip(start) {
+                    self.record_op(cb, i, step, seg, bound, ops.len(), &mut hazards, &mut next_patch, timed);
+                }
+                if c + 1 == ends.len() {
+                    self.record_write_backs(cb, ops, seg);
+                }
+                if chunk_timestamps {
+                    let q = CHUNK_QUERIES + 2 * c as u32 + 1;
+                    d.cmd_write_timestamp(cb, vk::PipelineStageFlags::BOTTOM_OF_PIPE, self.queries, q);
+                }
+                d.end_command_buffer(cb).map_err(|e| vk_err("vkEndCommandBuffer", e))?;
+            }
+            self.submit(cb)?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Writes the descriptor sets of ops `range` and of their patch shaders (the chunk's first
+    /// is patch shader `first_patch`: patches are in op order), in one driver call.
+    fn bind_chunk(
+        &self,
+        bound: &Bound,
+        seg: &Segment,
+        n: usize,
+        range: std::ops::Range<usize>,
+        first_patch: usize,
+    ) {
+        let patch_slots: Vec<[Option<Allocation>; BINDINGS as usize]> = seg
+            .patches
+            .iter()
+            .filter(|p| range.contains(&p.op))
+            .filter_map(|p| match p.copy {
                 PatchCopy::Shader { .. } => {
                     let mut slots = [None; BINDINGS as usize];
                     slots[0] = Some(p.src);
@@ -684,201 +895,232 @@ impl State {
                     Some(slots)
                 }
                 PatchCopy::Regions(_) => None,
-            });
-            let all_slots: Vec<[Option<Allocation>; BINDINGS as usize]> =
-                seg.slots.iter().copied().chain(patch_slots).collect();
-            self.bind_all(&sets, &all_slots);
-            let mut next_patch = 0;
-            // Barriers only where a command touches memory an unfenced earlier one wrote (or
-            // writes memory it read): independent dispatches (q, k and v; gate and up) overlap.
-            let mut hazards = Hazards::default();
-            for (i, step) in steps.iter().enumerate() {
-                // What earlier ops of this submission wrote, brought into the copies op i reads.
-                for p in seg.patches.iter().filter(|p| p.op == i) {
-                    if hazards.conflict(&[p.src], &[p.dst]) {
-                        barrier(d, cb);
-                        hazards.clear();
-                    }
-                    match &p.copy {
-                        PatchCopy::Regions(regions) => {
-                            let regions: Vec<vk::BufferCopy> = regions
-                                .iter()
-                                .map(|&(s, t, n)| {
-                                    vk::BufferCopy::default()
-                                        .src_offset(p.src.offset + s)
-                                        .dst_offset(p.dst.offset + t)
-                                        .size(n)
-                                })
-                                .collect();
-                            d.cmd_copy_buffer(cb, p.src.buffer, p.dst.buffer, &regions);
-                        }
-                        PatchCopy::Shader { push, groups, .. } => {
-                            let set = sets[ops.len() + next_patch];
-                            d.cmd_bind_pipeline(
-                                cb,
-                                vk::PipelineBindPoint::COMPUTE,
-                                patch_pipelines[next_patch],
-                            );
-                            d.cmd_bind_descriptor_sets(
-                                cb,
-                                vk::PipelineBindPoint::COMPUTE,
-                                self.pipelines.layout,
-                                0,
-                                &[set],
-                                &[],
-                            );
-                            d.cmd_push_constants(
-                                cb,
-                                self.pipelines.layout,
-                                vk::ShaderStageFlags::COMPUTE,
-                                0,
-                                push,
-                            );
-                            d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
-                            next_patch += 1;
-                        }
-                    }
-                    hazards.note(&[p.src], &[p.dst]);
-                }
-                let slots = &seg.slots[i];
-                let reads: Vec<Allocation> =
-                    slots[..BINDINGS as usize - 1].iter().flatten().copied().collect();
-                let writes: Vec<Allocation> = slots[BINDINGS as usize - 1].into_iter().collect();
-                if hazards.conflict(&reads, &writes) {
-                    barrier(d, cb);
-                    hazards.clear();
-                }
-                if timestamps {
-                    d.cmd_write_timestamp(
-                        cb,
-                        vk::PipelineStageFlags::COMPUTE_SHADER,
-                        self.queries,
-                        2 * i as u32,
-                    );
-                }
-                match step {
-                    Step::Dispatch { push, groups, .. } => {
-                        d.cmd_bind_pipeline(
-                            cb,
-                            vk::PipelineBindPoint::COMPUTE,
-                            pipelines[i].expect("dispatch has a pipeline"),
-                        );
-                        d.cmd_bind_descriptor_sets(
-                            cb,
-                            vk::PipelineBindPoint::COMPUTE,
-                            self.pipelines.layout,
-                            0,
-                            &[sets[i]],
-                            &[],
-                        );
-                        d.cmd_push_constants(
-                            cb,
-                            self.pipelines.layout,
-                            vk::ShaderStageFlags::COMPUTE,
-                            0,
-                            push,
-                        );
-                        d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
-                    }
-                    Step::CopyBuffer { bytes } => {
-                        let (src, dst) = (
-                            slots[0].expect("copy has an input"),
-                            slots[BINDINGS as usize - 1].expect("copy has an output"),
-                        );
-                        let region = vk::BufferCopy::default()
-                            .src_offset(src.offset)
-                            .dst_offset(dst.offset)
-                            .size(*bytes);
-                        d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
-                    }
-                }
-                hazards.note(&reads, &writes);
-                if timestamps {
-                    d.cmd_write_timestamp(
-                        cb,
-                        vk::PipelineStageFlags::COMPUTE_SHADER,
-                        self.queries,
-                        2 * i as u32 + 1,
-                    );
-                }
-            }
-            // The copies back read what the dispatches wrote.
-            barrier(d, cb);
-            for (i, o) in seg.outputs.iter().enumerate() {
-                if let (true, Some(s)) = (o.written_back, o.staging) {
-                    let region = vk::BufferCopy::default()
-                        .src_offset(o.alloc.offset)
-                        .dst_offset(s.offset)
-                        .size(ops[i].0.output.bytes() as u64);
-                    d.cmd_copy_buffer(cb, o.alloc.buffer, s.buffer, &[region]);
-                }
-            }
-            let to_host = vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::HOST_READ);
-            d.cmd_pipeline_barrier(
-                cb,
-                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &[to_host],
-                &[],
-                &[],
-            );
-            d.end_command_buffer(cb).map_err(|e| vk_err("vkEndCommandBuffer", e))?;
-
-            self.timeline_value += 1;
-            let values = [self.timeline_value];
-            let mut timeline_info =
-                vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-            let cbs = [cb];
-            let sems = [self.timeline];
-            let submit = vk::SubmitInfo::default()
-                .command_buffers(&cbs)
-                .signal_semaphores(&sems)
-                .push_next(&mut timeline_info);
-            let submitted = Instant::now();
-            phases.record_ns += submitted.duration_since(recording).as_nanos() as u64;
-            d.queue_submit(self.ctx.queue, &[submit], vk::Fence::null())
-                .map_err(|e| vk_err("vkQueueSubmit", e))?;
-            let wait = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-            match d.wait_semaphores(&wait, WAIT.as_nanos() as u64) {
-                Ok(()) => {}
-                Err(vk::Result::TIMEOUT) => {
-                    // The GPU may still use this segment's memory: keep it and stop using
-                    // the device rather than free memory under a running kernel.
-                    let why = format!("a submission did not finish within {WAIT:?}");
-                    self.lost = Some(why.clone());
-                    self.hung = true;
-                    return Err(Error::DeviceLost(why));
-                }
-                Err(e) => return Err(vk_err("vkWaitSemaphores", e)),
-            }
-            phases.wait_ns += submitted.elapsed().as_nanos() as u64;
-        }
-        let mut times = vec![None; ops.len()];
-        if timestamps {
-            let mut raw = vec![0u64; 2 * ops.len()];
-            unsafe {
-                d.get_query_pool_results(
-                    self.queries,
-                    0,
-                    &mut raw,
-                    vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
-                )
-            }
-            .map_err(|e| vk_err("vkGetQueryPoolResults", e))?;
-            let bits = self.ctx.caps.timestamp_bits;
-            let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
-            let period = self.ctx.caps.timestamp_period as f64;
-            for (i, t) in times.iter_mut().enumerate() {
-                let ticks = raw[2 * i + 1].wrapping_sub(raw[2 * i]) & mask;
-                *t = Some((ticks as f64 * period).round() as u64);
-            }
-        }
-        Ok((times, setup))
+            })
+            .collect();
+        let patch_sets = &bound.sets[n + first_patch..n + first_patch + patch_slots.len()];
+        let sets: Vec<vk::DescriptorSet> =
+            bound.sets[range.clone()].iter().chain(patch_sets).copied().collect();
+        let slots: Vec<[Option<Allocation>; BINDINGS as usize]> =
+            seg.slots[range].iter().copied().chain(patch_slots.iter().copied()).collect();
+        self.bind_all(&sets, &slots);
     }
 
+    /// The start of the first chunk: query resets, zeroed fresh blocks, uploads from staging.
+    unsafe fn record_prologue(
+        &self,
+        cb: vk::CommandBuffer,
+        seg: &Segment,
+        fresh: &[vk::Buffer],
+        chunks: usize,
+        timed: bool,
+    ) {
+        let d = &self.ctx.device;
+        let n = seg.slots.len();
+        if timed {
+            d.cmd_reset_query_pool(cb, self.queries, 0, 2 * n as u32);
+        }
+        if self.has_timestamps() {
+            d.cmd_reset_query_pool(cb, self.queries, CHUNK_QUERIES, 2 * chunks as u32);
+        }
+        for b in fresh {
+            d.cmd_fill_buffer(cb, *b, 0, vk::WHOLE_SIZE, 0);
+        }
+        if !fresh.is_empty() {
+            barrier(d, cb);
+        }
+        for (src, dst, bytes) in &seg.copies_in {
+            let region = vk::BufferCopy::default().src_offset(src.offset).dst_offset(dst.offset).size(*bytes);
+            d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
+        }
+        barrier(d, cb);
+    }
+
+    /// Op `i`: the device copies that bring earlier ops' writes into what it reads, then its
+    /// dispatch (or copy), with a barrier first where it touches what unfenced commands did
+    /// (independent dispatches, such as q, k and v, or gate and up, overlap).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn record_op(
+        &self,
+        cb: vk::CommandBuffer,
+        i: usize,
+        step: &Step,
+        seg: &Segment,
+        bound: &Bound,
+        n: usize,
+        hazards: &mut Hazards,
+        next_patch: &mut usize,
+        timed: bool,
+    ) {
+        let d = &self.ctx.device;
+        for p in seg.patches.iter().filter(|p| p.op == i) {
+            if hazards.conflict(&[p.src], &[p.dst]) {
+                barrier(d, cb);
+                hazards.clear();
+            }
+            match &p.copy {
+                PatchCopy::Regions(regions) => {
+                    let regions: Vec<vk::BufferCopy> = regions
+                        .iter()
+                        .map(|&(s, t, len)| {
+                            vk::BufferCopy::default()
+                                .src_offset(p.src.offset + s)
+                                .dst_offset(p.dst.offset + t)
+                                .size(len)
+                        })
+                        .collect();
+                    d.cmd_copy_buffer(cb, p.src.buffer, p.dst.buffer, &regions);
+                }
+                PatchCopy::Shader { push, groups, .. } => {
+                    let set = bound.sets[n + *next_patch];
+                    self.dispatch(cb, bound.patch_pipelines[*next_patch], set, push, *groups);
+                    *next_patch += 1;
+                }
+            }
+            hazards.note(&[p.src], &[p.dst]);
+        }
+        let slots = &seg.slots[i];
+        let reads: Vec<Allocation> = slots[..BINDINGS as usize - 1].iter().flatten().copied().collect();
+        let writes: Vec<Allocation> = slots[BINDINGS as usize - 1].into_iter().collect();
+        if hazards.conflict(&reads, &writes) {
+            barrier(d, cb);
+            hazards.clear();
+        }
+        if timed {
+            d.cmd_write_timestamp(cb, vk::PipelineStageFlags::COMPUTE_SHADER, self.queries, 2 * i as u32);
+        }
+        match step {
+            Step::Dispatch { push, groups, .. } => {
+                let pipeline = bound.pipelines[i].expect("dispatch has a pipeline");
+                self.dispatch(cb, pipeline, bound.sets[i], push, *groups);
+            }
+            Step::CopyBuffer { bytes } => {
+                let (src, dst) = (
+                    slots[0].expect("copy has an input"),
+                    slots[BINDINGS as usize - 1].expect("copy has an output"),
+                );
+                let region =
+                    vk::BufferCopy::default().src_offset(src.offset).dst_offset(dst.offset).size(*bytes);
+                d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &[region]);
+            }
+        }
+        hazards.note(&reads, &writes);
+        if timed {
+            d.cmd_write_timestamp(cb, vk::PipelineStageFlags::COMPUTE_SHADER, self.queries, 2 * i as u32 + 1);
+        }
+    }
+
+    unsafe fn dispatch(
+        &self,
+        cb: vk::CommandBuffer,
+        pipeline: vk::Pipeline,
+        set: vk::DescriptorSet,
+        push: &[u8],
+        groups: [u32; 3],
+    ) {
+        let d = &self.ctx.device;
+        let layout = self.pipelines.layout;
+        d.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipeline);
+        d.cmd_bind_descriptor_sets(cb, vk::PipelineBindPoint::COMPUTE, layout, 0, &[set], &[]);
+        d.cmd_push_constants(cb, layout, vk::ShaderStageFlags::COMPUTE, 0, push);
+        d.cmd_dispatch(cb, groups[0], groups[1], groups[2]);
+    }
+
+    /// The end of the last chunk: outputs copied to staging, made visible to the host.
+    unsafe fn record_write_backs(&self, cb: vk::CommandBuffer, ops: &[(&OpDesc, &OpMemory)], seg: &Segment) {
+        let d = &self.ctx.device;
+        // The copies back read what the dispatches wrote.
+        barrier(d, cb);
+        for (i, o) in seg.outputs.iter().enumerate() {
+            if let (true, Some(s)) = (o.written_back, o.staging) {
+                let region = vk::BufferCopy::default()
+                    .src_offset(o.alloc.offset)
+                    .dst_offset(s.offset)
+                    .size(ops[i].0.output.bytes() as u64);
+                d.cmd_copy_buffer(cb, o.alloc.buffer, s.buffer, &[region]);
+            }
+        }
+        let to_host = vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE)
+            .dst_access_mask(vk::AccessFlags::HOST_READ);
+        d.cmd_pipeline_barrier(
+            cb,
+            vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &[to_host],
+            &[],
+            &[],
+        );
+    }
+
+    /// Submits one chunk, signalling the next timeline value.
+    fn submit(&mut self, cb: vk::CommandBuffer) -> Result<()> {
+        let values = [self.timeline_value + 1];
+        let mut timeline_info = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+        let cbs = [cb];
+        let sems = [self.timeline];
+        let submit = vk::SubmitInfo::default()
+            .command_buffers(&cbs)
+            .signal_semaphores(&sems)
+            .push_next(&mut timeline_info);
+        unsafe { self.ctx.device.queue_submit(self.ctx.queue, &[submit], vk::Fence::null()) }
+            .map_err(|e| vk_err("vkQueueSubmit", e))?;
+        self.timeline_value += 1;
+        Ok(())
+    }
+
+    /// Waits until the timeline reaches `value`. A submission that does not finish in time
+    /// may still use its memory: the device is marked hung and nothing more is freed.
+    fn wait_timeline(&mut self, value: u64) -> Result<()> {
+        let (values, sems) = ([value], [self.timeline]);
+        let wait = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        match unsafe { self.ctx.device.wait_semaphores(&wait, WAIT.as_nanos() as u64) } {
+            Ok(()) => Ok(()),
+            Err(vk::Result::TIMEOUT) => {
+                let why = format!("a submission did not finish within {WAIT:?}");
+                self.lost = Some(why.clone());
+                self.hung = true;
+                Err(Error::DeviceLost(why))
+            }
+            Err(e) => Err(vk_err("vkWaitSemaphores", e)),
+        }
+    }
+
+    /// Timestamps `first..first + count` of the last submission, in ticks (masked to the
+    /// valid bits, relative to the first so a wrap-around cannot matter).
+    fn read_ticks(&self, first: u32, count: usize) -> Result<Vec<u64>> {
+        let mut raw = vec![0u64; count];
+        unsafe {
+            self.ctx.device.get_query_pool_results(
+                self.queries,
+                first,
+                &mut raw,
+                vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+            )
+        }
+        .map_err(|e| vk_err("vkGetQueryPoolResults", e))?;
+        let bits = self.ctx.caps.timestamp_bits;
+        let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        let origin = raw.first().copied().unwrap_or(0);
+        Ok(raw.iter().map(|t| t.wrapping_sub(origin) & mask).collect())
+    }
+
+    fn ticks_to_ns(&self, ticks: u64) -> u64 {
+        (ticks as f64 * self.ctx.caps.timestamp_period as f64).round() as u64
+    }
+
+    /// Each op's kernel time, from the timestamps around it.
+    fn op_times(&self, n: usize) -> Result<Vec<Option<u64>>> {
+        let ticks = self.read_ticks(0, 2 * n)?;
+        Ok(ticks.chunks(2).map(|p| Some(self.ticks_to_ns(p[1].saturating_sub(p[0])))).collect())
+    }
+
+    /// The device's busy time over the submission's chunks.
+    fn busy_ns(&self, chunks: usize) -> Result<u64> {
+        let ticks = self.read_ticks(CHUNK_QUERIES, 2 * chunks)?;
+        let spans: Vec<(u64, u64)> = ticks.chunks(2).map(|p| (p[0], p[1])).collect();
+        Ok(self.ticks_to_ns(union_length(spans)))
+    }
     /// Writes outputs back to the host views, records the new replicas, frees the rest.
     fn finish(&mut self, ops: &[(&OpDesc, &OpMemory)], mut seg: Segment) -> Result<()> {
         let mut release = std::mem::take(&mut seg.temporary);
@@ -981,8 +1223,43 @@ pub struct Stats {
     pub zero_copy_bytes: u64,
     /// Bytes of the uploads the GPU copied straight from imported host memory (no staging).
     pub imported_upload_bytes: u64,
-    /// Command buffers submitted.
+    /// Submissions run (a segment takes more than one only where an overlap cannot be
+    /// mapped on the device).
     pub submissions: u64,
+    /// Command buffers submitted (a submission is cut into chunks, `Chunking`).
+    pub command_buffers: u64,
+}
+
+fn allocate_command_buffer(d: &ash::Device, pool: vk::CommandPool) -> Result<vk::CommandBuffer> {
+    let info = vk::CommandBufferAllocateInfo::default()
+        .command_pool(pool)
+        .level(vk::CommandBufferLevel::PRIMARY)
+        .command_buffer_count(1);
+    let cbs =
+        unsafe { d.allocate_command_buffers(&info) }.map_err(|e| vk_err("vkAllocateCommandBuffers", e))?;
+    Ok(cbs[0])
+}
+
+/// What the commands of a submission bind: a pipeline per op (None for copies), the patch
+/// shaders' pipelines in the order of `Segment::patches`, and descriptor sets: the ops' first,
+/// then the patch shaders'.
+struct Bound {
+    pipelines: Vec<Option<vk::Pipeline>>,
+    patch_pipelines: Vec<vk::Pipeline>,
+    sets: Vec<vk::DescriptorSet>,
+}
+
+/// Total length of the union of `[start, end)` spans: a chunk may start while the one before
+/// still runs, and the GPU waiting for the host between chunks is not busy.
+fn union_length(mut spans: Vec<(u64, u64)>) -> u64 {
+    spans.sort_unstable();
+    let (mut total, mut reach) = (0, 0);
+    for (start, end) in spans {
+        let from = start.max(reach);
+        total += end.saturating_sub(from);
+        reach = reach.max(end);
+    }
+    total
 }
 
 /// Makes every earlier shader or transfer write visible to every later read or write.
@@ -1179,7 +1456,7 @@ impl Drop for State {
         }
         Made {
             cmd_pool: self.cmd_pool,
-            cmd: self.cmd,
+            cmd: self.cmds[0],
             desc_pool: self.desc_pool,
             queries: self.queries,
             timeline: self.timeline,
@@ -1202,6 +1479,40 @@ mod tests {
             size,
             mapped: None,
         }
+    }
+
+    #[test]
+    fn chunks_start_small_then_grow_and_a_short_tail_joins_the_last() {
+        let c = Chunking { first: 16, every: 64 };
+        assert_eq!(c.ends(211), vec![16, 80, 144, 211], "a 3-op tail joins the chunk before");
+        assert_eq!(c.ends(240), vec![16, 80, 144, 208, 240], "a 32-op tail is its own chunk");
+        assert_eq!(c.ends(24), vec![16, 24], "the first chunk stays small whatever follows");
+        assert_eq!(c.ends(16), vec![16]);
+        assert_eq!(c.ends(3), vec![3]);
+        assert_eq!(Chunking::WHOLE.ends(MAX_OPS), vec![MAX_OPS]);
+        assert_eq!(Chunking { first: 1, every: 1 }.ends(3), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn long_submissions_are_timed_op_by_op_at_first_then_one_in_sixteen() {
+        let timed: Vec<u64> = (0..64).filter(|&runs| OpTimestamps::Sampled.times_ops(runs, 211)).collect();
+        let mut expected: Vec<u64> = (0..SAMPLED_FIRST).collect();
+        expected.extend([16, 32, 48]);
+        assert_eq!(timed, expected);
+        assert!(
+            (0..64).all(|runs| OpTimestamps::Sampled.times_ops(runs, ALWAYS_TIMED_OPS)),
+            "short ones always"
+        );
+        assert!((0..64).all(|runs| OpTimestamps::Always.times_ops(runs, 211)));
+        assert!(!(0..64).any(|runs| OpTimestamps::Never.times_ops(runs, 1)));
+    }
+
+    #[test]
+    fn busy_time_counts_overlapping_chunks_once_and_gaps_not_at_all() {
+        assert_eq!(union_length(vec![(0, 10), (5, 20)]), 20, "the next chunk started early");
+        assert_eq!(union_length(vec![(30, 40), (0, 10)]), 20, "the GPU waited for the host between");
+        assert_eq!(union_length(vec![(0, 50), (10, 20)]), 50, "one inside the other");
+        assert_eq!(union_length(Vec::new()), 0);
     }
 
     #[test]
