@@ -1,5 +1,5 @@
 //! The f16 GEMV through gemv_quant.comp over plain f16 weights (shaders/dense_f16.glsl),
-//! which `NPUHYBRID_VULKAN_GEMV=rows` selects for A/B measurements on the GPU: against the
+//! the default f16 GEMV (`NPUHYBRID_VULKAN_GEMV=tiled` turns it off): against the
 //! CPU backend on lavapipe, over the cases its indexing has to get right (rows past a
 //! workgroup's share, units past a row's end, several rows of A, folded batches, bias, f16
 //! and f32 outputs). Which ops take it is checked by the planner's own unit test.

@@ -99,14 +99,14 @@ if want gemvdiag; then
   step gemvdiag_block64m 30 env NPUHYBRID_VULKAN_BLOCK_MB=64 $vm --bench --quant $lm --qtypes q8_0,q4_0 --gemv $lm
   # f16 GEMV: gemv.comp against gemv_quant.comp over plain f16 weights (NPUHYBRID_VULKAN_GEMV=rows),
   # at the planner's shape and one forced one, weights past the L2 cache.
-  step gemvdiag_f16_gemv 40 $vm --bench --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
+  step gemvdiag_f16_gemv 40 env NPUHYBRID_VULKAN_GEMV=tiled $vm --bench --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
   step gemvdiag_f16_rows 40 env NPUHYBRID_VULKAN_GEMV=rows $vm --bench --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
   step gemvdiag_f16_rows_256,2,2 40 env NPUHYBRID_VULKAN_GEMV=rows NPUHYBRID_VULKAN_GEMVQ=256,2,2 $vm --bench \
     --gemv $lm,8192x2048,2048x8192,8192x8192 --cold
   # The f16 decode end to end, every op on the GPU: gemv.comp, then the rows GEMV for every
   # projection (decode ms/token; the second also checks the path in a whole model).
   if [ -x .devbin/generate ]; then
-    step gemvdiag_decode_gemv 45 .devbin/generate --synthetic llama-3.2-1b --prompt-len 64 --steps 17 \
+    step gemvdiag_decode_gemv 45 env NPUHYBRID_VULKAN_GEMV=tiled .devbin/generate --synthetic llama-3.2-1b --prompt-len 64 --steps 17 \
       --devices gpu --policy benches/device/all_gpu.nhp --quiet
     step gemvdiag_decode_rows 45 env NPUHYBRID_VULKAN_GEMV=rows .devbin/generate --synthetic llama-3.2-1b \
       --prompt-len 64 --steps 17 --devices gpu --policy benches/device/all_gpu.nhp --quiet
@@ -155,7 +155,7 @@ if want hybrid; then
 fi
 if want submit && [ -x .devbin/generate ]; then
   # A decode step all on the GPU, recorded as by default (per-op timestamps sampled: the first
-  # 8 steps, then 1 in 16; cut into command buffers after 16 ops, then every 64), against one
+  # 8 steps, then 1 in 16; cut into command buffers after 8 ops, then every 32), against one
   # thing changed at a time: timestamps on every op, one command buffer, both (as before
   # sampling and chunks), none, and other chunk sizes (NPUHYBRID_VULKAN_CHUNK=first,every).
   llama() { # name, then environment assignments
@@ -169,7 +169,7 @@ if want submit && [ -x .devbin/generate ]; then
   llama llama1b_all_gpu_one_cb NPUHYBRID_VULKAN_CHUNK=0
   llama llama1b_all_gpu_as_before NPUHYBRID_VULKAN_OP_TIMESTAMPS=1 NPUHYBRID_VULKAN_CHUNK=0
   llama llama1b_all_gpu_ts_never NPUHYBRID_VULKAN_OP_TIMESTAMPS=0
-  llama llama1b_all_gpu_chunk_8_32 NPUHYBRID_VULKAN_CHUNK=8,32
+  llama llama1b_all_gpu_chunk_16_64 NPUHYBRID_VULKAN_CHUNK=16,64
   llama llama1b_all_gpu_chunk_32_128 NPUHYBRID_VULKAN_CHUNK=32,128
   # Correctness of chunked submissions on a discrete GPU (staging copies; lavapipe has none).
   step generate_all_gpu_chunk_1_1 60 env NPUHYBRID_VULKAN_CHUNK=1,1 .devbin/generate --model .devbin/tiny_llama \

@@ -106,7 +106,7 @@ impl VulkanBackend {
             subgroup_size: ctx.caps.subgroup_size,
             coopmat_emulated: emulate.is_some(),
             coopmat_v1: std::env::var("NPUHYBRID_VULKAN_COOPMAT").is_ok_and(|v| v == "v1"),
-            gemv_rows: std::env::var("NPUHYBRID_VULKAN_GEMV").is_ok_and(|v| v == "rows"),
+            gemv_rows: std::env::var("NPUHYBRID_VULKAN_GEMV").map_or(true, |v| v != "tiled"),
         };
         let state = submit::State::new(ctx.clone())?;
         let times_kernels = state.op_timestamps();

@@ -25,8 +25,9 @@ pub struct Features {
     /// instead: `NPUHYBRID_VULKAN_COOPMAT=v1`, for A/B measurements on the GPU.
     pub coopmat_v1: bool,
     /// f16 GEMVs ([N, K] weights, up to 8 rows of A) through gemv_quant.comp over plain f16
-    /// weights (`dense_f16.glsl`) instead of gemv.comp: `NPUHYBRID_VULKAN_GEMV=rows`, for A/B
-    /// measurements on the GPU (benches/device/run.sh gemvdiag).
+    /// weights (`dense_f16.glsl`) instead of gemv.comp: the default since the H100 ran the
+    /// 1B decode at 8.8 ms/token with it, 10.2 without (and the 128256 x 2048 GEMV at 3075
+    /// GB/s against 1419-2962); `NPUHYBRID_VULKAN_GEMV=tiled` turns it off for A/B runs.
     pub gemv_rows: bool,
 }
 
