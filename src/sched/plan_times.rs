@@ -3,8 +3,10 @@
 //! overhead, an upload rate below the link's, a device whose first runs taught it wrong
 //! times). A placement that ran is judged by its measured time instead; candidates the
 //! model ranks within `EXPLORE_FACTOR` of the best measured one are tried for a few
-//! submissions each. So a wrong prediction cannot keep a graph on a slower placement: with
-//! every device on, it settles on the fastest placement it measured, single devices included.
+//! submissions each, once the graph has run long enough that a trial costs a small share of
+//! its time (`EXPLORE_SHARE`). So a wrong prediction cannot keep a graph on a slower
+//! placement: with every device on, it settles on the fastest placement it measured, single
+//! devices included, and a graph run only a few times is not slowed down by trials.
 //! The measured times are kept between runs (`PlanHistory`), so a second run of the same
 //! model starts on the placement the first one found fastest.
 
@@ -21,6 +23,9 @@ pub const MIN_SAMPLES: usize = 2;
 /// An unmeasured placement is tried when the model expects it within this factor of the
 /// best measured one: the model may be that wrong, and a trial costs a few submissions.
 const EXPLORE_FACTOR: f64 = 4.0;
+/// A trial (a warm-up and `MIN_SAMPLES` runs at the model's estimate) may cost at most this
+/// share of the time the graph has run so far.
+const EXPLORE_SHARE: f64 = 0.25;
 /// Submissions of the graph after which a measurement is forgotten, so a placement that was
 /// slow once (a busy device, a cold cache) is tried again.
 const STALE_AFTER: u64 = 512;
@@ -55,6 +60,8 @@ pub struct PlanTimes {
     submissions: u64,
     /// A placement just got its `MIN_SAMPLES`-th sample: time to choose again.
     fresh: bool,
+    /// Time of every completed run (warm-ups included): what trials are weighed against.
+    spent_ns: f64,
 }
 
 impl PlanTimes {
@@ -107,6 +114,7 @@ impl PlanTimes {
             let Some(p) = self.pending.pop_front() else { break };
             let (result, info) = p.event.outcome();
             let ns = info.run_ns() as f64;
+            self.spent_ns += ns;
             if p.warm_up || result.is_err() || ns <= 0.0 {
                 continue;
             }
@@ -159,8 +167,9 @@ impl PlanTimes {
     }
 
     /// The candidate to run next: an unmeasured one the model ranks within `EXPLORE_FACTOR`
-    /// of the best measured time (the one it expects soonest), else the fastest, each judged
-    /// by its measured time where it has one and by the model's otherwise.
+    /// of the best measured time and whose trial the graph's time so far pays for (the one it
+    /// expects soonest), else the fastest, each judged by its measured time where it has one
+    /// and by the model's otherwise.
     pub fn choose(&self, candidates: &[Candidate]) -> usize {
         let measured: Vec<Option<f64>> = candidates.iter().map(|c| self.measured_ns(&c.name)).collect();
         let best_measured = measured.iter().flatten().copied().reduce(f64::min);
@@ -169,7 +178,12 @@ impl PlanTimes {
         };
         let expected = |i: usize| candidates[i].expected_ns;
         if let Some(best) = best_measured {
-            let worth_trying = |i: usize| measured[i].is_none() && expected(i) <= EXPLORE_FACTOR * best;
+            let trial_ns = |i: usize| (MIN_SAMPLES + 1) as f64 * expected(i);
+            let worth_trying = |i: usize| {
+                measured[i].is_none()
+                    && expected(i) <= EXPLORE_FACTOR * best
+                    && trial_ns(i) <= EXPLORE_SHARE * self.spent_ns
+            };
             if let Some(i) = fastest_by(&worth_trying, &expected) {
                 return i;
             }
@@ -327,9 +341,19 @@ mod tests {
         for _ in 0..=MIN_SAMPLES {
             run(&mut t, "per op", 22_000);
         }
-        assert_eq!(c[t.choose(&c)].name, "one device: 0");
+        // 66 ms run so far: a trial of the CPU (3 x 32.2 ms) would cost more than a quarter.
+        assert_eq!(c[t.choose(&c)].name, "per op", "too early to try anything");
+        for _ in 0..16 {
+            run(&mut t, "per op", 22_000);
+        }
+        assert_eq!(c[t.choose(&c)].name, "one device: 0", "418 ms run: the CPU's trial is paid for");
         for _ in 0..=MIN_SAMPLES {
             run(&mut t, "one device: 0", 32_000);
+        }
+        // 514 ms so far: the GPU's trial (3 x 54.9 ms) waits until the graph has run 659 ms.
+        assert_eq!(c[t.choose(&c)].name, "per op");
+        for _ in 0..7 {
+            run(&mut t, "per op", 22_000);
         }
         assert_eq!(c[t.choose(&c)].name, "one device: 1");
         for _ in 0..=MIN_SAMPLES {
