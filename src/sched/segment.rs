@@ -135,23 +135,28 @@ pub struct Candidate {
     pub devices: Vec<Option<usize>>,
 }
 
-/// Every candidate placement: one per device any op may run on, then per op.
-/// `choices[i]`: the devices op i may run on; empty leaves it to per-op dispatch.
+/// Every candidate placement: one per device any op may run on, then per op; a candidate
+/// that places every op as an earlier one does is left out (trying it again would teach
+/// nothing). `choices[i]`: the devices op i may run on; empty leaves it to per-op dispatch.
 pub fn candidates(ops: &[&OpDesc], choices: &[Vec<usize>], costs: &impl Costs) -> Vec<Candidate> {
     let producers = producers(ops);
     let mut everyone: Vec<usize> = choices.iter().flatten().copied().collect();
     everyone.sort_unstable();
     everyone.dedup();
-    everyone
+    let mut out: Vec<Candidate> = Vec::new();
+    let named = everyone
         .iter()
         .map(|&d| (Some(d), format!("one device: {d}")))
-        .chain(std::iter::once((None, "per op".to_string())))
-        .map(|(prefer, name)| {
-            let devices = greedy(choices, &producers, costs, prefer);
-            let expected_ns = expected_ns(&devices, &producers, costs);
-            Candidate { name, expected_ns, devices }
-        })
-        .collect()
+        .chain(std::iter::once((None, "per op".to_string())));
+    for (prefer, name) in named {
+        let devices = greedy(choices, &producers, costs, prefer);
+        if out.iter().any(|c| c.devices == devices) {
+            continue;
+        }
+        let expected_ns = expected_ns(&devices, &producers, costs);
+        out.push(Candidate { name, expected_ns, devices });
+    }
+    out
 }
 
 /// `candidates[chosen]` as the plan, the others listed beside it (`candidates` always holds
@@ -256,6 +261,16 @@ mod tests {
         assert_eq!(runs(&p.devices), vec![(1, 0, 8)]);
         // 8 ops at 1 + one segment start.
         assert_eq!(p.expected_ns, 28.0);
+    }
+
+    #[test]
+    fn a_candidate_that_places_every_op_as_an_earlier_one_is_left_out() {
+        let ops = chain(8);
+        let refs: Vec<&OpDesc> = ops.iter().collect();
+        let names = |c: Vec<Candidate>| c.into_iter().map(|c| c.name).collect::<Vec<_>>();
+        // Per op picks the GPU for every op: the same placement as "one device: 1".
+        let all = candidates(&refs, &vec![vec![0, 1]; 8], &Table { gpu_op: 1.0 });
+        assert_eq!(names(all), ["one device: 0", "one device: 1"]);
     }
 
     #[test]
