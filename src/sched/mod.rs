@@ -165,7 +165,8 @@ pub struct Scheduler {
     calibrations: Mutex<Vec<JoinHandle<()>>>,
     stop_calibration: Arc<std::sync::atomic::AtomicBool>,
     /// Measured placement times of graphs, kept between runs (`plan_times.rs`).
-    pub plan_history: Mutex<PlanHistory>,
+    /// Shared with the graphs' plan caches, which keep their last times when dropped.
+    pub plan_history: Arc<Mutex<PlanHistory>>,
 }
 
 impl Scheduler {
@@ -191,7 +192,7 @@ impl Scheduler {
             workers: Mutex::new(Vec::new()),
             calibrations: Mutex::new(Vec::new()),
             stop_calibration: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            plan_history: Mutex::new(PlanHistory::default()),
+            plan_history: Arc::new(Mutex::new(PlanHistory::default())),
         });
         let mut workers = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {

@@ -73,20 +73,32 @@ impl PlanTimes {
         }
         self.signature = Some(signature);
         self.last_placement = None;
-        self.measured = history
-            .times_of(signature)
+        let kept = history.kept(signature);
+        self.spent_ns = kept.map_or(0.0, |k| k.spent_ns);
+        self.measured = kept
+            .map(|k| k.placements.as_slice())
+            .unwrap_or_default()
             .iter()
-            .map(|(name, ns)| Measured {
+            .map(|(name, samples)| Measured {
                 name: name.clone(),
-                samples: std::iter::repeat_n(*ns, MIN_SAMPLES).collect(),
+                samples: samples.iter().rev().take(KEPT_SAMPLES).rev().copied().collect(),
                 last_run: self.submissions,
             })
             .collect();
     }
 
-    /// Every placement's usable measurement, for `PlanHistory::keep`.
-    pub fn measurements(&self) -> Vec<(String, f64)> {
-        self.measured.iter().filter_map(|m| Some((m.name.clone(), self.measured_ns(&m.name)?))).collect()
+    /// What `PlanHistory::keep` keeps of these times: every placement's samples (also those
+    /// of one still short of `MIN_SAMPLES`: a graph run once per process, such as a prompt's
+    /// prefill, gathers them over several runs) and the time run so far.
+    pub fn to_keep(&self) -> KeptGraph {
+        KeptGraph {
+            spent_ns: self.spent_ns,
+            placements: self
+                .measured
+                .iter()
+                .map(|m| (m.name.clone(), m.samples.iter().copied().collect()))
+                .collect(),
+        }
     }
 
     pub fn signature(&self) -> Option<u64> {
@@ -211,7 +223,15 @@ pub fn signature(ops: &[&crate::op::OpDesc]) -> u64 {
 }
 
 /// Version of the file `PlanHistory` writes; files of another version are ignored.
-const HISTORY_FORMAT: u32 = 1;
+const HISTORY_FORMAT: u32 = 2;
+
+/// One graph's entry in `PlanHistory`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KeptGraph {
+    spent_ns: f64,
+    /// Placement name and its recent samples (ns), oldest first.
+    placements: Vec<(String, Vec<f64>)>,
+}
 
 /// Measured placement times of graphs by signature, for this list of devices (placements name
 /// devices by index): kept in the performance cache directory between runs, one file per
@@ -220,7 +240,7 @@ const HISTORY_FORMAT: u32 = 1;
 pub struct PlanHistory {
     format: u32,
     devices: Vec<String>,
-    graphs: HashMap<String, Vec<(String, f64)>>,
+    graphs: HashMap<String, KeptGraph>,
 }
 
 impl PlanHistory {
@@ -254,19 +274,13 @@ impl PlanHistory {
         self.graphs.is_empty()
     }
 
-    fn times_of(&self, signature: u64) -> &[(String, f64)] {
-        self.graphs.get(&format!("{signature:016x}")).map_or(&[], |v| v.as_slice())
+    fn kept(&self, signature: u64) -> Option<&KeptGraph> {
+        self.graphs.get(&format!("{signature:016x}"))
     }
 
-    /// Keeps a graph's current measurements (those it has; others it had stay).
-    pub fn keep(&mut self, signature: u64, measured: Vec<(String, f64)>) {
-        let entry = self.graphs.entry(format!("{signature:016x}")).or_default();
-        for (name, ns) in measured {
-            match entry.iter_mut().find(|(n, _)| *n == name) {
-                Some(e) => e.1 = ns,
-                None => entry.push((name, ns)),
-            }
-        }
+    /// Keeps a graph's times (`PlanTimes::to_keep`), which started from what was kept.
+    pub fn keep(&mut self, signature: u64, graph: KeptGraph) {
+        self.graphs.insert(format!("{signature:016x}"), graph);
     }
 }
 
@@ -389,7 +403,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let devices = vec!["cpu".to_string(), "gpu".to_string()];
         let mut history = PlanHistory::load(Some(dir.path()), devices.clone());
-        history.keep(7, first.measurements());
+        history.keep(7, first.to_keep());
         history.save(dir.path()).unwrap();
 
         let mut second = PlanTimes::default();
@@ -407,13 +421,31 @@ mod tests {
         other.adopt(7, &PlanHistory::load(Some(dir.path()), cpu_only.clone()));
         assert_eq!(other.measured_ns("one device: 1"), None);
         let mut theirs = PlanHistory::load(Some(dir.path()), cpu_only);
-        theirs.keep(7, vec![("one device: 0".into(), 1.0)]);
+        theirs
+            .keep(7, KeptGraph { spent_ns: 1.0, placements: vec![("one device: 0".into(), vec![1.0, 1.0])] });
         theirs.save(dir.path()).unwrap();
         let mut again = PlanTimes::default();
         again.adopt(7, &PlanHistory::load(Some(dir.path()), devices));
         assert_eq!(again.measured_ns("one device: 1"), Some(9.5e6));
         other.adopt(8, &PlanHistory::load(Some(dir.path()), vec!["cpu".to_string(), "gpu".to_string()]));
         assert_eq!(other.measured_ns("one device: 1"), None);
+    }
+
+    #[test]
+    fn a_graph_run_once_per_process_is_measured_over_several_processes() {
+        let mut history = PlanHistory::default();
+        for process in 0..3 {
+            let mut t = PlanTimes::default();
+            t.adopt(9, &history);
+            run(&mut t, "per op", 1_000); // the warm-up of this process
+            run(&mut t, "per op", 1_000);
+            let expected = (process >= 1).then_some(1e6);
+            assert_eq!(t.measured_ns("per op"), expected, "process {process}");
+            history.keep(9, t.to_keep());
+        }
+        let mut t = PlanTimes::default();
+        t.adopt(9, &history);
+        assert_eq!(t.spent_ns, 6e6, "the time run so far adds up over processes");
     }
 
     #[test]

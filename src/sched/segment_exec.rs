@@ -32,6 +32,19 @@ struct PlanState {
     cached: Option<CachedPlan>,
     stable: StableInputs,
     times: PlanTimes,
+    /// The scheduler's history, where the times go when they change and when the graph is
+    /// dropped (its last submission is harvested only then).
+    history: Option<Arc<parking_lot::Mutex<plan_times::PlanHistory>>>,
+}
+
+impl Drop for PlanCache {
+    fn drop(&mut self) {
+        let state = self.0.get_mut();
+        state.times.harvest();
+        if let (Some(signature), Some(history)) = (state.times.signature(), &state.history) {
+            history.lock().keep(signature, state.times.to_keep());
+        }
+    }
 }
 
 const PLAN_REUSE: u32 = 64;
@@ -379,7 +392,7 @@ impl Scheduler {
         state.stable.observe(tasks);
         if state.times.harvest() > 0 {
             if let Some(signature) = state.times.signature() {
-                self.plan_history.lock().keep(signature, state.times.measurements());
+                self.plan_history.lock().keep(signature, state.times.to_keep());
             }
         }
         let newly_measured = state.times.take_fresh();
@@ -400,6 +413,7 @@ impl Scheduler {
         }
         let ops: Vec<&OpDesc> = tasks.iter().map(|t| &*t.op).collect();
         state.times.adopt(plan_times::signature(&ops), &self.plan_history.lock());
+        state.history.get_or_insert_with(|| Arc::clone(&self.plan_history));
         let plan = self.plan_graph(tasks, Some(&state.stable), Some(&state.times)).map(Arc::new);
         if let Some(gp) = &plan {
             log::debug!("graph of {} ops: {}", tasks.len(), gp.describe(&self.devices));
