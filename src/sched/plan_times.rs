@@ -106,8 +106,8 @@ impl PlanTimes {
     }
 
     /// A submission of the graph under placement `name`; `event` completes with the graph.
+    /// The caller harvests first (`cached_plan` does, and keeps what it added).
     pub fn submitted(&mut self, name: &str, event: &Event) {
-        self.harvest();
         self.submissions += 1;
         let warm_up = self.last_placement.as_deref() != Some(name);
         self.last_placement = Some(name.to_string());
