@@ -44,12 +44,7 @@ fn case(
     };
     let c = Tensor::random(&mut r, out_dt, &shape(m, n));
     let bias_t = Tensor::random(&mut r, out_dt, &[n]);
-    let mut inputs = vec![a.view, b.view];
-    let mut ts = vec![&a, &b];
-    if bias {
-        inputs.push(bias_t.view);
-        ts.push(&bias_t);
-    }
+    let (inputs, ts) = matmul_operands(&a, &b, bias.then_some(&bias_t));
     let op = OpDesc::new(OpKind::Matmul, &inputs, c.view).with_params(OpParams { trans_b, ..params });
     compare_on(gpu, &op, &ts, &c, 2e-2);
 }

@@ -37,12 +37,7 @@ fn case(
     let b = Tensor::random(&mut r, dt, &[n, k]);
     let c = Tensor::random(&mut r, out_dt, &[batch, &[m, n]].concat());
     let bias_t = Tensor::random(&mut r, out_dt, &[n]);
-    let mut inputs = vec![a.view, b.view];
-    let mut ts = vec![&a, &b];
-    if bias {
-        inputs.push(bias_t.view);
-        ts.push(&bias_t);
-    }
+    let (inputs, ts) = matmul_operands(&a, &b, bias.then_some(&bias_t));
     let params = OpParams { trans_b: true, activation: act, ..OpParams::default() };
     let op = OpDesc::new(OpKind::Matmul, &inputs, c.view).with_params(params);
     compare_on(rows_gpu(), &op, &ts, &c, 2e-2);

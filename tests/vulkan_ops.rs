@@ -31,12 +31,7 @@ fn matmul_case(
     let b = if trans_b { Tensor::random(&mut r, dt, &[n, k]) } else { Tensor::random(&mut r, dt, &[k, n]) };
     let c = Tensor::random(&mut r, out_dt, &shape(m, n));
     let bias_t = Tensor::random(&mut r, out_dt, &[n]);
-    let mut inputs = vec![a.view, b.view];
-    let mut ts = vec![&a, &b];
-    if bias {
-        inputs.push(bias_t.view);
-        ts.push(&bias_t);
-    }
+    let (inputs, ts) = matmul_operands(&a, &b, bias.then_some(&bias_t));
     let op =
         OpDesc::new(OpKind::Matmul, &inputs, c.view).with_params(OpParams { trans_a, trans_b, ..params });
     let tol = if dt == DType::F16 { 2e-2 } else { 1e-4 };

@@ -135,6 +135,16 @@ pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
+/// A matmul's operand views and the tensors behind them: A, B, and the bias when given.
+pub fn matmul_operands<'a>(
+    a: &'a Tensor,
+    b: &'a Tensor,
+    bias: Option<&'a Tensor>,
+) -> (Vec<TensorView>, Vec<&'a Tensor>) {
+    let ts: Vec<&Tensor> = [a, b].into_iter().chain(bias).collect();
+    (ts.iter().map(|t| t.view).collect(), ts)
+}
+
 /// Memory of an op: the given tensors' buffers.
 pub fn memory(ts: &[&Tensor]) -> OpMemory {
     let mut bufs: Vec<Arc<Buffer>> = Vec::new();
