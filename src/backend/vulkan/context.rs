@@ -279,12 +279,23 @@ pub struct Context {
     pub coopmat: bool,
     /// Fragment shape (M, N, K) of the cooperative-matrix shader, when `coopmat`.
     pub coopmat_shape: [u32; 3],
-    /// VK_EXT_external_memory_host, enabled on unified-memory devices that offer it (unless
-    /// `NPUHYBRID_VULKAN_NO_HOST_IMPORT` is set): host buffers are read in place.
+    /// VK_EXT_external_memory_host, enabled where offered (unless
+    /// `NPUHYBRID_VULKAN_NO_HOST_IMPORT` is set): host buffers are read in place on unified
+    /// memory, and are the source of uploads on a discrete GPU.
     pub host_import: Option<ash::ext::external_memory_host::Device>,
 }
 
 impl Context {
+    /// Dense views of host buffers can be read where they lie (imports on unified memory).
+    pub fn reads_host_in_place(&self) -> bool {
+        self.host_import.is_some() && self.caps.unified_memory()
+    }
+
+    /// The GPU can copy uploads straight from imported host memory (a discrete GPU).
+    pub fn uploads_from_host_imports(&self) -> bool {
+        self.host_import.is_some() && !self.caps.unified_memory()
+    }
+
     pub fn open(inst: Arc<Instance>, pdev: vk::PhysicalDevice, caps: Capabilities) -> Result<Self> {
         let f16 = caps.shader_f16 && caps.storage_16bit;
         let mut coopmat_feat = vk::PhysicalDeviceCooperativeMatrixFeaturesNV::default();

@@ -121,7 +121,7 @@ impl VulkanBackend {
             resident: state.residency.resident_set(),
             state: Mutex::new(state),
             upload_gbs,
-            host_import: AtomicBool::new(ctx.host_import.is_some() && ctx.caps.unified_memory()),
+            host_import: AtomicBool::new(ctx.reads_host_in_place()),
             times_kernels: AtomicBool::new(times_kernels),
             ctx,
         })
@@ -162,7 +162,7 @@ impl VulkanBackend {
     /// `VK_EXT_external_memory_host`), or copies them into replicas as a discrete GPU does.
     /// Returns whether in-place reads are on.
     pub fn set_host_import(&self, on: bool) -> bool {
-        let on = on && self.ctx.host_import.is_some() && self.ctx.caps.unified_memory();
+        let on = on && self.ctx.reads_host_in_place();
         self.state.lock().set_host_import(on);
         self.host_import.store(on, Ordering::Relaxed);
         on
@@ -340,8 +340,8 @@ fn device_info(ctx: &Context, features: ops::Features) -> DeviceInfo {
         ("coopmat_shape".into(), format!("{:?}", ctx.coopmat_shape)),
         ("memory_heaps".into(), heap_list.join(", ")),
         ("unified_memory".into(), yes(c.unified_memory())),
-        ("host_buffers_read_in_place".into(), yes(ctx.host_import.is_some() && c.unified_memory())),
-        ("uploads_from_imported_host_memory".into(), yes(ctx.host_import.is_some() && !c.unified_memory())),
+        ("host_buffers_read_in_place".into(), yes(ctx.reads_host_in_place())),
+        ("uploads_from_imported_host_memory".into(), yes(ctx.uploads_from_host_imports())),
         ("timestamp_period_ns".into(), c.timestamp_period.to_string()),
         ("tensor_memory".into(), tensor_memory(ctx)),
     ];

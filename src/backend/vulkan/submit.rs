@@ -178,7 +178,6 @@ impl State {
     pub fn new(ctx: Arc<Context>) -> Result<State> {
         let unified = ctx.caps.unified_memory();
         let aliases = HostAliases::new(ctx.clone());
-        let has_aliases = aliases.is_some();
         use vk::MemoryPropertyFlags as M;
         let device_heap = if unified {
             Heap::new(
@@ -262,8 +261,8 @@ impl State {
             device_heap,
             staging,
             aliases,
-            read_in_place: unified && has_aliases,
-            import_uploads: !unified && has_aliases,
+            read_in_place: ctx.reads_host_in_place(),
+            import_uploads: ctx.uploads_from_host_imports(),
             residency: ResidencyCache::default(),
             pipelines,
             cmd_pool: made.cmd_pool,
