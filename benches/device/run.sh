@@ -154,23 +154,24 @@ if want hybrid; then
   # left out so that models + hybrid fit one call.)
 fi
 if want submit && [ -x .devbin/generate ]; then
-  # A decode step all on the GPU, recorded as by default (per-op timestamps sampled: the first
-  # 8 steps, then 1 in 16; cut into command buffers after 8 ops, then every 32), against one
-  # thing changed at a time: timestamps on every op, one command buffer, both (as before
-  # sampling and chunks), none, and other chunk sizes (NPUHYBRID_VULKAN_CHUNK=first,every).
+  # A decode step all on the GPU as recorded by default (per-op timestamps sampled: the first
+  # 8 steps, then 1 in 16; command buffers cut after 8 ops, then every 32), then one thing
+  # changed at a time: every op timed and traced (trace_ops.py: GPU time per op kind and the
+  # idle gaps between dispatches), no timestamps, and uploads through staging instead of from
+  # imported host memory (NPUHYBRID_VULKAN_NO_HOST_IMPORT). Earlier A/Bs (chunk sizes, one
+  # command buffer) are in docs/results/h100-2026-12-07e/models_hybrid_submit.log.
   llama() { # name, then environment assignments
     local name=$1; shift
     step "$name" 150 env "$@" .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 65 \
       --devices gpu --policy benches/device/all_gpu.nhp --quiet
   }
-  step llama1b_all_gpu_sampled 150 .devbin/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 65 \
-    --devices gpu --policy benches/device/all_gpu.nhp --quiet --trace "$out/llama1b_all_gpu_sampled_trace.json"
-  llama llama1b_all_gpu_ts_every NPUHYBRID_VULKAN_OP_TIMESTAMPS=1
-  llama llama1b_all_gpu_one_cb NPUHYBRID_VULKAN_CHUNK=0
-  llama llama1b_all_gpu_as_before NPUHYBRID_VULKAN_OP_TIMESTAMPS=1 NPUHYBRID_VULKAN_CHUNK=0
+  llama llama1b_all_gpu_default
+  step llama1b_all_gpu_timed 150 env NPUHYBRID_VULKAN_OP_TIMESTAMPS=1 .devbin/generate --synthetic llama-3.2-1b \
+    --prompt-len 512 --steps 65 --devices gpu --policy benches/device/all_gpu.nhp --quiet --trace /tmp/timed_trace.json
+  step llama1b_trace_ops 60 python3 benches/device/trace_ops.py /tmp/timed_trace.json decode
+  step llama1b_trace_ops_prefill 60 python3 benches/device/trace_ops.py /tmp/timed_trace.json prefill
   llama llama1b_all_gpu_ts_never NPUHYBRID_VULKAN_OP_TIMESTAMPS=0
-  llama llama1b_all_gpu_chunk_16_64 NPUHYBRID_VULKAN_CHUNK=16,64
-  llama llama1b_all_gpu_chunk_32_128 NPUHYBRID_VULKAN_CHUNK=32,128
+  llama llama1b_all_gpu_no_host_import NPUHYBRID_VULKAN_NO_HOST_IMPORT=1
   # Correctness of chunked submissions on a discrete GPU (staging copies; lavapipe has none).
   step generate_all_gpu_chunk_1_1 60 env NPUHYBRID_VULKAN_CHUNK=1,1 .devbin/generate --model .devbin/tiny_llama \
     --devices gpu --policy benches/device/all_gpu.nhp --check .devbin/tiny_llama/reference.json --quiet

@@ -277,3 +277,33 @@ fn takes_q4_g128_weights_and_models_their_bytes() {
     let ratio = (tf - cfg.launch_latency).as_secs_f64() / (tq - cfg.launch_latency).as_secs_f64();
     assert!(ratio > 3.5 && ratio < 4.0, "bf16 / q4_g128 modelled time {ratio}");
 }
+
+/// On the wall clock, an op whose host math outlasts its modelled time reports the time it
+/// took: the scheduler learns what the user waits for, not the model's figure.
+#[test]
+fn wall_clock_mode_reports_host_math_that_outlasts_the_model() {
+    use crate::backend::Backend;
+    use crate::memory::{Buffer, HostPool};
+    use std::sync::Arc;
+    let npu = SimNpu::new(SimNpuConfig {
+        launch_latency: Duration::ZERO,
+        peak_gflops: vec![(DType::F32, 1e12)],
+        bandwidth_gbs: 1e9,
+        convert_gbs: 1e9,
+        ..Default::default()
+    });
+    let n = 384;
+    let pool = HostPool::new(0);
+    let bytes = n * n * 4;
+    let mk = |id| Arc::new(Buffer::pooled(id, pool.alloc(bytes).unwrap(), bytes));
+    let view = |id| TensorView::contiguous(id, DType::F32, &[n, n], 0);
+    let op = OpDesc::new(OpKind::Matmul, &[view(1), view(2)], view(3));
+    let modelled = npu.config().op_duration(&op, PowerMode::Default, 1.0);
+    let mem = OpMemory::new(vec![mk(1), mk(2), mk(3)]);
+    let t = Instant::now();
+    let report = npu.execute(&op, &mem).unwrap();
+    let wall = t.elapsed();
+    let reported = Duration::from_nanos(report.device_ns.unwrap());
+    assert!(modelled < Duration::from_micros(10), "modelled {modelled:?}");
+    assert!(reported > modelled * 10 && reported * 2 >= wall, "reported {reported:?}, wall {wall:?}");
+}
