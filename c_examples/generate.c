@@ -1135,6 +1135,8 @@ int main(int argc, char **argv) {
   double max_diff_prefill = 0, max_diff_steps = 0;
   uint64_t matched = 0, first_mismatch = UINT64_MAX;
   double t_prefill = 0, t_decode = 0, t_record = 0, decode_device_s = 0;
+  /* A decode step's calls, summed over the timed steps: where the wall time goes. */
+  double t_submit = 0, t_wait = 0, t_read = 0, t_sample = 0;
   nh_graph prefill_graph = {0};
   uint64_t ops_before[MAX_DEVICES], ops_mid[MAX_DEVICES], ops_after[MAX_DEVICES];
   uint64_t ops_per_step = 0;
@@ -1209,8 +1211,14 @@ int main(int argc, char **argv) {
         if (timed) t_record += now_s() - tr;
         ops_per_step = graph_ops;
         nh_event ev;
+        double ts = now_s();
         NH_CHECK(nh_graph_submit(rt, graph, &ev));
+        double tw = now_s();
         NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
+        if (timed) {
+          t_submit += tw - ts;
+          t_wait += now_s() - tw;
+        }
         if (timed) { /* the devices' own time for the step (GPU timestamps where there are) */
           nh_event_info info;
           info.struct_size = sizeof info;
@@ -1228,9 +1236,15 @@ int main(int argc, char **argv) {
         forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE, 0);
         if (!ops_per_step) ops_per_step = sub.npending - before;
       }
+      double tl = now_s();
       NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, c->vocab * sizeof(float)));
       if (decode == DECODE_OPS) retire(&sub);
+      double tsm = now_s();
       tok = sample(&rs, logits, c->vocab, scratch);
+      if (timed) {
+        t_read += tsm - tl;
+        t_sample += now_s() - tsm;
+      }
       if (timed) {
         out_tokens[step] = tok;
         if (check) {
@@ -1270,6 +1284,10 @@ int main(int argc, char **argv) {
     if (decode != DECODE_OPS)
       printf(", %s %.3f ms/token", decode == DECODE_GRAPH ? "graph updates" : "recording", t_record * 1e3 / (steps - 1));
     printf(")\n");
+    if (decode != DECODE_OPS)
+      printf("decode:  per token: submit %.3f ms, wait %.3f ms, logits read %.3f ms, sampling %.3f ms\n",
+             t_submit * 1e3 / (steps - 1), t_wait * 1e3 / (steps - 1), t_read * 1e3 / (steps - 1),
+             t_sample * 1e3 / (steps - 1));
     if (decode != DECODE_OPS)
       printf("decode:  devices busy %.1f%% of the wall time (their own timers: GPU timestamps, else wall time on the device)\n",
              100.0 * decode_device_s / t_decode);

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Why the tiny Llama's decode, placed all on the CPU, ran at half the CPU-alone speed with every
+# device on (H100 rounds 2-3, 2026-12-07 sixth session) but not in round 1. Run after
+# benches/device/run.sh has set up the driver, in the same call.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export XDG_CACHE_HOME=/tmp/nh-host-cache LD_LIBRARY_PATH="$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+icd=$(find /usr/local/nvidia /usr/share/vulkan /etc/vulkan /usr/local/share/vulkan -name 'nvidia_icd*.json' 2>/dev/null | head -n 1)
+[ -n "$icd" ] && export VK_DRIVER_FILES=$icd
+[ -d /usr/local/nvidia/lib64 ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/nvidia/lib64"
+out=${OUT:-/tmp/out}/host_overhead.log
+b=.devbin
+gen() { timeout 60 $b/generate --model $b/tiny_llama --policy llm_inference --quiet --steps 64 "$@" 2>&1; }
+{
+  rm -rf "$XDG_CACHE_HOME"
+  for i in 1 2 3; do gen --devices gpu,sim --explain | grep -E '^decode:  63|candidates'; done
+  for round in 1 2; do
+    for d in cpu gpu,sim gpu sim; do
+      echo "-- $d (round $round)"
+      gen --devices "$d" | grep -E '^decode:  (63|per)'
+    done
+  done
+  echo "-- gpu,sim with NH_TMP_TIMING"
+  NH_TMP_TIMING=1 gen --devices gpu,sim | grep -E 'TMP' | tail -6
+  for d in cpu gpu,sim; do
+    echo "-- traced: $d"
+    gen --devices "$d" --trace /tmp/ho_$d.json | grep -E '^decode:  63'
+    python3 benches/device/trace_gaps.py /tmp/ho_$d.json
+  done
+} >>"$out" 2>&1
+{
+  echo "-- llama 1B, first run in an empty cache, every device on"
+  rm -rf "$XDG_CACHE_HOME"
+  timeout 120 $b/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 65 --devices gpu,sim \
+    --policy llm_inference --quiet --explain 2>&1 | grep -E '^(prefill|decode):|graph placement|candidates' | cut -c1-400
+} >>"$out" 2>&1
