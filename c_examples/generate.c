@@ -1376,6 +1376,13 @@ int main(int argc, char **argv) {
   if (explain) {
     explain_graph(rt, "prefill", prefill_graph);
     explain_graph(rt, "decode", graph);
+    nh_runtime_stats rs_stats;
+    rs_stats.struct_size = sizeof rs_stats;
+    NH_CHECK(nh_runtime_get_stats(rt, &rs_stats));
+    /* Host ops run on the submitting thread save a thread hand-off each (tiny ops). */
+    printf("runtime: %llu ops submitted, %llu run on the submitting thread, %llu fallbacks\n",
+           (unsigned long long)rs_stats.ops_submitted, (unsigned long long)rs_stats.inline_ops,
+           (unsigned long long)rs_stats.fallbacks);
   }
   if (graph.id) NH_CHECK(nh_graph_destroy(rt, graph));
   if (prefill_graph.id) NH_CHECK(nh_graph_destroy(rt, prefill_graph));

@@ -17,7 +17,7 @@ gen() { timeout 60 $b/generate --model $b/tiny_llama --policy llm_inference --qu
   for round in 1 2; do
     for d in cpu gpu,sim gpu sim; do
       echo "-- $d (round $round)"
-      gen --devices "$d" | grep -E '^decode:  (63|per)'
+      gen --devices "$d" --explain | grep -E "^decode:  (63|per)|^runtime|decode graph placement|candidates"
     done
   done
   echo "-- gpu,sim with NH_TMP_TIMING"
