@@ -219,7 +219,8 @@ fn selected(label: &str) -> bool {
 
 /// `NH_BENCH_DTYPES=f32` (comma-separated) limits the matmul rows to those operand types.
 fn dtype_selected(dtype: DType) -> bool {
-    std::env::var("NH_BENCH_DTYPES").map_or(true, |list| list.split(',').any(|d| d.trim() == dtype.to_string()))
+    std::env::var("NH_BENCH_DTYPES")
+        .map_or(true, |list| list.split(',').any(|d| d.trim() == dtype.to_string()))
 }
 
 fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
