@@ -6,7 +6,7 @@
 //! Block sizes for a 32 KiB L1 and a 512 KiB L2 (Zen 3; Intel cores have more).
 
 use super::super::super::simd::Isa;
-use super::{Micro, MAX_MR};
+use super::Micro;
 use crate::op::DType;
 use std::arch::x86_64::*;
 
@@ -36,10 +36,6 @@ impl Micro for Avx2 {
 
     unsafe fn pack_b_columns(first: *const f32, cs: usize, nr: usize, kc: usize, dst: *mut f32) {
         pack_b_columns(first, cs, nr, kc, dst)
-    }
-
-    unsafe fn pack_a_rows(rows: &[*const f32; MAX_MR], kc: usize, dst: *mut f32) {
-        pack_a_rows::<MR>(rows, kc, dst)
     }
 
     unsafe fn kernel(
@@ -121,49 +117,6 @@ unsafe fn pack_b_rows(first: *const u8, dtype: DType, rs: usize, nr: usize, kc: 
         };
         _mm256_storeu_ps(d, x0);
         _mm256_storeu_ps(d.add(8), x1);
-    }
-}
-
-/// `Micro::pack_a_rows` for R (a multiple of 2, >= 4) rows, used by both AVX2 and AVX-512:
-/// 4 rows x 8 depths at a time, transposed in registers (groups of 4 rows from row 0, the
-/// last one from row R - 4, overlapping when R is not a multiple of 4). It was a scalar loop
-/// of one load and one store per float.
-///
-/// # Safety
-/// As `Micro::pack_a_rows`, with AVX present.
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn pack_a_rows<const R: usize>(rows: &[*const f32; MAX_MR], kc: usize, dst: *mut f32) {
-    let k8 = kc - kc % 8;
-    for g in 0..R.div_ceil(4) {
-        let r0 = (4 * g).min(R - 4);
-        let src = [rows[r0], rows[r0 + 1], rows[r0 + 2], rows[r0 + 3]];
-        for k in (0..k8).step_by(8) {
-            transpose_4x8::<R>(&src, k, dst.add(k * R + r0));
-        }
-    }
-    for k in k8..kc {
-        for (r, row) in rows[..R].iter().enumerate() {
-            *dst.add(k * R + r) = *row.add(k);
-        }
-    }
-}
-
-/// Depths k..k+8 of 4 rows, stored as 8 runs of 4 floats `R` floats apart from `dst`.
-#[inline(always)]
-unsafe fn transpose_4x8<const R: usize>(src: &[*const f32; 4], k: usize, dst: *mut f32) {
-    let [x0, x1, x2, x3] = src.map(|p| _mm256_loadu_ps(p.add(k)));
-    // Lanes: (depth 0..4 | depth 4..8) of two rows interleaved, then of four.
-    let (t0, t1) = (_mm256_unpacklo_ps(x0, x1), _mm256_unpackhi_ps(x0, x1));
-    let (t2, t3) = (_mm256_unpacklo_ps(x2, x3), _mm256_unpackhi_ps(x2, x3));
-    let u = [
-        _mm256_shuffle_ps::<0x44>(t0, t2),
-        _mm256_shuffle_ps::<0xee>(t0, t2),
-        _mm256_shuffle_ps::<0x44>(t1, t3),
-        _mm256_shuffle_ps::<0xee>(t1, t3),
-    ];
-    for (d, u) in u.iter().enumerate() {
-        _mm_storeu_ps(dst.add(d * R), _mm256_castps256_ps128(*u));
-        _mm_storeu_ps(dst.add((d + 4) * R), _mm256_extractf128_ps::<1>(*u));
     }
 }
 

@@ -7,7 +7,7 @@
 #![allow(clippy::incompatible_msrv)]
 
 use super::super::super::simd::Isa;
-use super::{Micro, MAX_MR};
+use super::Micro;
 use crate::op::DType;
 use std::arch::x86_64::*;
 
@@ -37,11 +37,6 @@ impl Micro for Avx512 {
 
     unsafe fn pack_b_columns(first: *const f32, cs: usize, nr: usize, kc: usize, dst: *mut f32) {
         pack_b_columns(first, cs, nr, kc, dst)
-    }
-
-    unsafe fn pack_a_rows(rows: &[*const f32; MAX_MR], kc: usize, dst: *mut f32) {
-        // 12 rows are three groups of 4: the AVX2 transposes serve (AVX-512 CPUs have AVX2).
-        super::avx2::pack_a_rows::<MR>(rows, kc, dst)
     }
 
     unsafe fn kernel(

@@ -51,12 +51,6 @@ pub(super) trait Micro {
     /// from there, `rs` elements apart; dst holds kc x NR floats.
     unsafe fn pack_b_rows(first: *const u8, dtype: DType, rs: usize, nr: usize, kc: usize, dst: *mut f32);
 
-    /// Packs MR rows of A (kc floats from each of rows[..MR]) as dst[k * MR + r].
-    ///
-    /// # Safety
-    /// The CPU has this set; each of the first MR rows holds kc floats; dst kc x MR.
-    unsafe fn pack_a_rows(rows: &[*const f32; MAX_MR], kc: usize, dst: *mut f32);
-
     /// As `pack_b_rows` for f32 B with contiguous columns (element (k, j) at k + j * cs);
     /// `NR * cs` fits in an i32.
     ///
@@ -130,10 +124,9 @@ unsafe fn pack_a<K: Micro>(
         }
         return;
     }
-    // Rows of A: MR row streams read side by side (rows past mr read zeros), transposed
-    // in registers.
+    // Rows of A: MR row streams read side by side, each depth written as MR contiguous floats.
     let mut tmp = [[0.0f32; MAX_KC]; MAX_MR];
-    let mut rows = [ZEROS.as_ptr(); MAX_MR];
+    let mut rows = [std::ptr::null::<f32>(); MAX_MR];
     for (r, row) in rows.iter_mut().enumerate().take(mr) {
         if a.dtype == DType::F32 && m.cs == 1 {
             *row = m.at(bi, i0 + r, p0);
@@ -142,11 +135,23 @@ unsafe fn pack_a<K: Micro>(
             *row = tmp[r].as_ptr();
         }
     }
-    K::pack_a_rows(&rows, kc, dst);
+    let rows = &rows[..K::MR];
+    if mr == K::MR {
+        for k in 0..kc {
+            let d = dst.add(k * K::MR);
+            for (r, row) in rows.iter().enumerate() {
+                *d.add(r) = *row.add(k);
+            }
+        }
+    } else {
+        for k in 0..kc {
+            let d = dst.add(k * K::MR);
+            for (r, row) in rows.iter().enumerate() {
+                *d.add(r) = if r < mr { *row.add(k) } else { 0.0 };
+            }
+        }
+    }
 }
-
-/// The rows of A past its last row, as `pack_a` reads them.
-static ZEROS: [f32; MAX_KC] = [0.0; MAX_KC];
 
 /// Packs columns j0..j0+nr (nr <= NR) of op(B), depths p0..p0+kc, as dst[k * NR + j]
 /// (columns past nr are zero).
@@ -257,150 +262,94 @@ fn piece(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
 }
 
 /// One batch of the GEMM over `threads` threads (1: on the calling thread).
-///
-/// Per NC-column block: op(B) is packed once for the whole depth (in parallel), then one
-/// parallel pass of tasks, each packing its own rows of A slice by slice into its own buffer
-/// (L2) and running the micro-kernel over them. Two joins per column block, where packing A
-/// and B per KC slice, shared by the threads, took two per slice (16 at 2048^3).
 fn run_one<K: Micro>(g: &Gemm, bi: usize, m: usize, n: usize, threads: usize) {
+    let (mr_, nr_, kc_) = (K::MR, K::NR, K::KC);
+    let a = Operand { mat: g.a, dtype: g.a_dtype };
     let b = Operand { mat: g.b, dtype: g.b_dtype };
+    let k = g.k;
     let par = threads > 1;
-    let row_panels = m.div_ceil(K::MR);
-    let row_blocks = row_blocks::<K>(m, threads);
-    let nc_max = column_block::<K>(g.k);
-    let mut b_pack = Scratch::new(g.k * nc_max.min(n.next_multiple_of(K::NR)) + 16);
+    // Tasks: row blocks (whole MR panels, at most MC_MAX rows, as many as a multiple of the
+    // threads) times column groups (whole NR panels) when there are too few row blocks.
+    let row_panels = m.div_ceil(mr_);
+    let mut row_blocks = m.div_ceil(K::MC_MAX);
+    if par && row_blocks >= threads {
+        row_blocks = row_blocks.next_multiple_of(threads).min(row_panels);
+    }
+    let c = SendPtr(g.c.at(bi, 0, 0) as *mut u8);
+    let rs_c = g.c.rs;
+
+    let mut b_pack = Scratch::new(kc_ * K::NC.min(n.next_multiple_of(nr_)) + 16);
     let b_base = SendPtr(aligned(&mut b_pack) as *mut u8);
-    for jc in (0..n).step_by(nc_max) {
-        let nc = nc_max.min(n - jc);
-        let col_panels = nc.div_ceil(K::NR);
-        // Too few row blocks for the threads: split the columns too.
+    let mut a_pack = Scratch::new(kc_ * row_panels * mr_ + 16);
+    let a_base = SendPtr(aligned(&mut a_pack) as *mut u8);
+    for jc in (0..n).step_by(K::NC) {
+        let nc = K::NC.min(n - jc);
+        let col_panels = nc.div_ceil(nr_);
         let groups =
             if par && row_blocks < threads { (2 * threads).div_ceil(row_blocks).min(col_panels) } else { 1 };
-        let pack_panel = |p: usize| {
-            // SAFETY: panel p (k x NR floats from p * k * NR) of the block is written by this
-            // call only; B's elements come from its validated view.
-            unsafe { pack_b_panel::<K>(&b, bi, jc + p * K::NR, n, g.k, b_base.f32().add(p * g.k * K::NR)) }
-        };
-        // A small B is packed on this thread: a join costs more than its ~10 us of packing.
-        if par && g.k * nc >= SERIAL_PACK_FLOATS {
-            (0..col_panels).into_par_iter().for_each(pack_panel);
-        } else {
-            (0..col_panels).for_each(pack_panel);
-        }
-        let task = |t: usize| {
-            let rows = piece(row_panels, row_blocks, t / groups);
-            let cols = piece(col_panels, groups, t % groups);
-            // SAFETY: B's block was packed above; the task alone writes its tiles of C.
-            unsafe { run_task::<K>(g, bi, m, n, jc, b_base.f32(), rows, cols) }
-        };
-        let tasks = row_blocks * groups;
-        if par && tasks > 1 {
-            (0..tasks).into_par_iter().for_each(task);
-        } else {
-            (0..tasks).for_each(task);
+        for pc in (0..k).step_by(kc_) {
+            let kc = kc_.min(k - pc);
+            let big = par && kc * nc >= 16 * 1024;
+            let pack_b_panel = |p: usize| {
+                let j0 = jc + p * nr_;
+                // SAFETY: panel p of the packed block is written by this task only; B's
+                // elements come from its validated view.
+                unsafe { pack_b::<K>(&b, bi, j0, nr_.min(n - j0), pc, kc, b_base.f32().add(p * kc * nr_)) };
+            };
+            // All of A's rows for this depth slice, shared by the tasks like B.
+            let pack_a_panel = |ip: usize| {
+                let i0 = ip * mr_;
+                // SAFETY: as for B.
+                unsafe { pack_a::<K>(&a, bi, i0, mr_.min(m - i0), pc, kc, a_base.f32().add(ip * kc * mr_)) };
+            };
+            if big {
+                (0..col_panels + row_panels).into_par_iter().for_each(|t| {
+                    if t < col_panels {
+                        pack_b_panel(t)
+                    } else {
+                        pack_a_panel(t - col_panels)
+                    }
+                });
+            } else {
+                (0..col_panels).for_each(pack_b_panel);
+                (0..row_panels).for_each(pack_a_panel);
+            }
+            let beta = if pc == 0 { g.p.beta } else { 1.0 };
+            let task = |t: usize| {
+                let (rows, cols) =
+                    (piece(row_panels, row_blocks, t / groups), piece(col_panels, groups, t % groups));
+                for p in cols {
+                    let j0 = jc + p * nr_;
+                    let nr = nr_.min(n - j0);
+                    // SAFETY: packed panels were written above; each (row, column) tile of C
+                    // lies in C's validated view and is written by one task only.
+                    unsafe {
+                        let bp = b_base.f32().add(p * kc * nr_);
+                        for ip in rows.clone() {
+                            let i0 = ip * mr_;
+                            let ap = a_base.f32().add(ip * kc * mr_);
+                            let cp = c.f32().add(i0 * rs_c + j0);
+                            K::kernel(kc, ap, bp, cp, rs_c, mr_.min(m - i0), nr, g.p.alpha, beta);
+                        }
+                    }
+                }
+            };
+            let tasks = row_blocks * groups;
+            if par && tasks > 1 {
+                (0..tasks).into_par_iter().for_each(task);
+            } else {
+                (0..tasks).for_each(task);
+            }
         }
     }
     // Bias and activation, row blocks in parallel.
     if par && row_blocks > 1 {
         (0..row_blocks).into_par_iter().for_each(|rb| {
             let rows = piece(row_panels, row_blocks, rb);
-            g.epilogue(bi, rows.start * K::MR..(rows.end * K::MR).min(m), 0..n)
+            g.epilogue(bi, rows.start * mr_..(rows.end * mr_).min(m), 0..n)
         });
     } else {
         g.epilogue(bi, 0..m, 0..n);
-    }
-}
-
-/// Row blocks of a batch: whole MR panels, at most MC_MAX rows, and (threaded) a multiple of
-/// the threads where there are enough rows. Fewer rows than MC_MAX x threads still split
-/// by rows where the panels share out evenly (256 rows of 12-row panels: 11 + 11), as each
-/// task packs the A of its rows: column groups would pack all of A once per group.
-fn row_blocks<K: Micro>(m: usize, threads: usize) -> usize {
-    let blocks = m.div_ceil(K::MC_MAX);
-    let panels = m.div_ceil(K::MR);
-    if threads == 1 {
-        blocks
-    } else if blocks >= threads {
-        blocks.next_multiple_of(threads).min(panels)
-    } else if panels % threads == 0 || panels >= 8 * threads {
-        // At most one panel more than the mean per thread: within 1/8 of even.
-        threads
-    } else {
-        blocks
-    }
-}
-
-/// Below this many floats a block of B is packed on the calling thread.
-const SERIAL_PACK_FLOATS: usize = 1 << 17;
-
-/// Most floats of B packed at once (whole depth x a column block).
-const B_BLOCK_FLOATS: usize = 8 << 20;
-
-/// Columns per block of B: NC, fewer at a depth where the block would pass B_BLOCK_FLOATS.
-fn column_block<K: Micro>(k: usize) -> usize {
-    let fit = (B_BLOCK_FLOATS / k.max(1)) / K::NR * K::NR;
-    K::NC.min(fit.max(K::NR))
-}
-
-/// Packs columns j0..j0+NR of op(B) (fewer at n) for the whole depth k as one k x NR panel.
-///
-/// # Safety
-/// dst holds k x NR floats; B is the validated operand of this GEMM.
-unsafe fn pack_b_panel<K: Micro>(b: &Operand, bi: usize, j0: usize, n: usize, k: usize, dst: *mut f32) {
-    for p0 in (0..k).step_by(K::KC) {
-        // pack_b writes dst[d * NR + j]: the slice from depth p0 of a panel is contiguous.
-        pack_b::<K>(b, bi, j0, K::NR.min(n - j0), p0, K::KC.min(k - p0), dst.add(p0 * K::NR));
-    }
-}
-
-/// One task: the tiles of C in row panels `rows` x column panels `cols` of the block at jc,
-/// slice by slice over the depth, A's rows packed here (they stay in this core's L2).
-///
-/// # Safety
-/// `b_block` holds the block's packed panels (k x NR floats each); no other task writes
-/// these tiles of C.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_task<K: Micro>(
-    g: &Gemm,
-    bi: usize,
-    m: usize,
-    n: usize,
-    jc: usize,
-    b_block: *const f32,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-) {
-    let (mr_, nr_, k) = (K::MR, K::NR, g.k);
-    let a = Operand { mat: g.a, dtype: g.a_dtype };
-    let mut a_pack = Scratch::new(rows.len() * mr_ * K::KC + 16);
-    let a_base = aligned(&mut a_pack);
-    let c = g.c.at(bi, 0, 0);
-    for pc in (0..k).step_by(K::KC) {
-        let kc = K::KC.min(k - pc);
-        for (i, ip) in rows.clone().enumerate() {
-            let i0 = ip * mr_;
-            pack_a::<K>(&a, bi, i0, mr_.min(m - i0), pc, kc, a_base.add(i * kc * mr_));
-        }
-        let beta = if pc == 0 { g.p.beta } else { 1.0 };
-        for p in cols.clone() {
-            let j0 = jc + p * nr_;
-            let bp = b_block.add(p * k * nr_ + pc * nr_);
-            for (i, ip) in rows.clone().enumerate() {
-                let i0 = ip * mr_;
-                let cp = c.add(i0 * g.c.rs + j0);
-                K::kernel(
-                    kc,
-                    a_base.add(i * kc * mr_),
-                    bp,
-                    cp,
-                    g.c.rs,
-                    mr_.min(m - i0),
-                    nr_.min(n - j0),
-                    g.p.alpha,
-                    beta,
-                );
-            }
-        }
     }
 }
 
