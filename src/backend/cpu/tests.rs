@@ -789,8 +789,8 @@ fn packed_gemm_matches_reference_at_every_level() {
             (31, 70, 65, DType::BF16),
             (200, 260, 20, DType::F32),
             (8, 20, 3090, DType::F32),
-            // Threaded splits: rows shared out evenly (22 or 44 panels), column groups (11
-            // panels of 12 rows), f16 / bf16 B through the per-task A packing.
+            // Threaded splits with fewer rows than a row block per thread (column groups, 11
+            // or 22 panels), f16 / bf16 B, ragged last panels.
             (264, 40, 70, DType::F32),
             (130, 33, 200, DType::F16),
             (131, 29, 190, DType::BF16),
@@ -833,10 +833,10 @@ fn packed_gemm_matches_reference_at_every_level() {
     }
 }
 
-/// A depth past B_BLOCK_FLOATS / NC packs B in narrower column blocks (2880 + 20 columns
-/// here), at every level; A transposed and not.
+/// A deep GEMM (12 KC slices of 256 at k = 2900, n just under one 3072-column block) at
+/// every level, A transposed and not: beta applies on the first slice only.
 #[test]
-fn packed_gemm_splits_a_deep_b_into_column_blocks() {
+fn packed_gemm_runs_a_deep_k_in_slices() {
     use super::simd::{test_cap, test_levels, Isa};
     for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
         let _cap = test_cap(level);
