@@ -6,6 +6,7 @@
 //! Threads: `NH_BENCH_THREADS` (default 2), used by both sides and printed.
 //! Kernels: `NPUHYBRID_CPU_ISA=avx2` runs our AVX2 path on an AVX-512 machine;
 //! `OPENBLAS_CORETYPE=Haswell` does the same for OpenBLAS. Both are printed.
+//! Clock: `NH_BENCH_CLOCK=cpu` times the process's CPU time instead of wall time (see `clock_secs`).
 
 use npuhybrid::backend::cpu::CpuBackend;
 use npuhybrid::backend::{Backend, OpMemory};
@@ -30,6 +31,22 @@ fn median_secs(min_runs: usize, budget_s: f64, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
+/// Seconds on the clock the side is timed by: wall time, or with `NH_BENCH_CLOCK=cpu` the
+/// CPU time of the whole process (all threads, spinning included). On a shared machine the
+/// latter compares one-thread kernels without the time other processes take from them.
+fn clock_secs() -> f64 {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    if *CPU.get_or_init(|| std::env::var("NH_BENCH_CLOCK").is_ok_and(|c| c == "cpu")) {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        START.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
+}
+
 /// Medians of several functions timed in alternation, so load from other processes on a
 /// shared machine hits every side alike.
 fn median_alternating(min_runs: usize, budget_s: f64, fns: &mut [&mut dyn FnMut()]) -> Vec<f64> {
@@ -38,9 +55,9 @@ fn median_alternating(min_runs: usize, budget_s: f64, fns: &mut [&mut dyn FnMut(
     let mut times = vec![Vec::new(); fns.len()];
     while times[0].len() < min_runs || (start.elapsed().as_secs_f64() < budget_s && times[0].len() < 1000) {
         for (f, t) in fns.iter_mut().zip(&mut times) {
-            let at = Instant::now();
+            let at = clock_secs();
             f();
-            t.push(at.elapsed().as_secs_f64());
+            t.push(clock_secs() - at);
         }
     }
     times
@@ -200,6 +217,12 @@ fn selected(label: &str) -> bool {
     std::env::var("NH_BENCH_ONLY").map_or(true, |only| label.contains(&only))
 }
 
+/// `NH_BENCH_DTYPES=f32` (comma-separated) limits the matmul rows to those operand types.
+fn dtype_selected(dtype: DType) -> bool {
+    std::env::var("NH_BENCH_DTYPES")
+        .map_or(true, |list| list.split(',').any(|d| d.trim() == dtype.to_string()))
+}
+
 fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
     println!("\n## matmul (C = A B, row-major; GFLOP/s, median)\n");
     println!(
@@ -231,7 +254,7 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
             continue;
         }
         let mut f32_secs = 0.0;
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16].into_iter().filter(|d| dtype_selected(*d)) {
             let mut t = Tensors::new();
             let a = t.tensor(dtype, &[m, k]);
             let b = t.tensor(dtype, &if trans_b { [n, k] } else { [k, n] });
@@ -416,6 +439,7 @@ fn main() {
     let blas = OpenBlas::load(threads);
     println!("# npuhybrid CPU backend benchmark");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("clock: {}", std::env::var("NH_BENCH_CLOCK").unwrap_or_else(|_| "wall".into()));
     println!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("cpu: {} ({})", cpu.info().name, cpu.info().driver);
     println!(

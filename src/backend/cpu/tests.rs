@@ -789,6 +789,11 @@ fn packed_gemm_matches_reference_at_every_level() {
             (31, 70, 65, DType::BF16),
             (200, 260, 20, DType::F32),
             (8, 20, 3090, DType::F32),
+            // Threaded splits with fewer rows than a row block per thread (column groups, 11
+            // or 22 panels), f16 / bf16 B, ragged last panels.
+            (264, 40, 70, DType::F32),
+            (130, 33, 200, DType::F16),
+            (131, 29, 190, DType::BF16),
         ] {
             for (ta, tb) in [(false, false), (true, true), (false, true)] {
                 let p = OpParams {
@@ -825,6 +830,30 @@ fn packed_gemm_matches_reference_at_every_level() {
             }
         }
         assert!(cpu.weights.as_ref().unwrap().bytes() > 0, "{level:?}: weights seen twice are packed");
+    }
+}
+
+/// A deep GEMM (12 KC slices of 256 at k = 2900, n just under one 3072-column block) at
+/// every level, A transposed and not: beta applies on the first slice only.
+#[test]
+fn packed_gemm_runs_a_deep_k_in_slices() {
+    use super::simd::{test_cap, test_levels, Isa};
+    for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
+        let _cap = test_cap(level);
+        let mut bench = Bench::new(50 + level as u64);
+        for ta in [false, true] {
+            let p = OpParams { trans_a: ta, beta: 0.5, ..Default::default() };
+            check_matmul(
+                &mut bench,
+                DType::F32,
+                DType::F32,
+                (&[], &[], &[]),
+                (7, 2900, 2900),
+                p,
+                false,
+                [Dense; 3],
+            );
+        }
     }
 }
 
