@@ -127,7 +127,8 @@ pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
     let dt_ok = |d: DType| d == DType::F32 || (d == DType::F16 && f.f16);
     // Quantized types only as a matmul's weight (validation allows no other place there).
     let quant_ok = |d: DType| d.is_quantized() && op.kind == OpKind::Matmul;
-    if !op.views().all(|v| dt_ok(v.dtype) || quant_ok(v.dtype)) {
+    // f16 weights under f32 activations: no shader here reads them (the CPU runs those).
+    if !op.views().all(|v| dt_ok(v.dtype) || quant_ok(v.dtype)) || op.has_half_weight() {
         return false;
     }
     match op.kind {
