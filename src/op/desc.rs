@@ -193,7 +193,7 @@ impl OpDesc {
     }
 
     /// A matmul with f32 activations and an f16 / bf16 weight (`validate::half_weight`): only
-    /// devices with kernels that widen B themselves take it (the CPU).
+    /// devices with kernels that widen B themselves take it (the CPU; a Vulkan GPU's GEMV).
     pub fn has_half_weight(&self) -> bool {
         self.kind == OpKind::Matmul
             && matches!((self.input(0), self.input(1)), (Some(a), Some(b)) if super::validate::half_weight(a.dtype, b.dtype))
