@@ -372,9 +372,12 @@ fn f32_activations_with_half_weights_at_every_level() {
                 }
             }
             let p = OpParams { trans_b: true, ..Default::default() };
-            for (batch, m) in
-                [((&[2][..], &[1][..], &[2][..]), 3), ((&[3], &[1], &[3]), 4), ((&[2], &[2], &[2]), 1)]
-            {
+            for (batch, m) in [
+                ((&[2][..], &[1][..], &[2][..]), 3),
+                ((&[1], &[1], &[3]), 2),
+                ((&[3], &[1], &[3]), 4),
+                ((&[2], &[2], &[2]), 1),
+            ] {
                 check_matmul_ab(
                     &mut bench,
                     ab,
