@@ -3,7 +3,7 @@
 //! Decode shapes (m = 1) are bound by reading the weight: the table gives the weight bytes
 //! read per second and the speed-up over f32 weights.
 //!
-//! Run: `cargo bench --bench quant_ops [-- decode|prefill]`; threads: `NH_BENCH_THREADS` (2).
+//! Run: `cargo bench --bench quant_ops [-- decode|rows|prefill]`; threads: `NH_BENCH_THREADS` (2).
 
 use npuhybrid::backend::cpu::CpuBackend;
 use npuhybrid::backend::{Backend, OpMemory};
@@ -127,6 +127,11 @@ fn main() {
         bench(&cpu, "decode", 1, 5632, 2048, 40);
         bench(&cpu, "decode", 1, 2048, 5632, 40);
         bench(&cpu, "decode", 1, 32000, 2048, 15);
+    }
+    if want("rows") {
+        // A few rows at once (speculative or batched decode): each weight read once for all.
+        bench(&cpu, "rows", 4, 5632, 2048, 20);
+        bench(&cpu, "rows", 8, 5632, 2048, 20);
     }
     if want("prefill") {
         bench(&cpu, "prefill", 512, 2048, 2048, 5);

@@ -60,6 +60,8 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
     // Plain f16 weights through the quantized GEMV's structure (NPUHYBRID_VULKAN_GEMV=rows).
     ("gemvq_f16w_f16", "gemv_quant.comp", &["F16", "OUT_F16", "DENSE_F16"]),
     ("gemvq_f16w_f16_f32", "gemv_quant.comp", &["F16", "DENSE_F16"]),
+    // f16 weights under f32 activations: the only shader that takes them.
+    ("gemvq_f16w_f32", "gemv_quant.comp", &["DENSE_F16"]),
     ("matmul_q8_0_f32", "matmul.comp", &["QUANT_B", "B_MODE=2u", "Q8_0"]),
     ("matmul_q8_0_f16", "matmul.comp", &["F16", "OUT_F16", "QUANT_B", "B_MODE=2u", "Q8_0"]),
     ("matmul_q8_0_f16_f32", "matmul.comp", &["F16", "QUANT_B", "B_MODE=2u", "Q8_0"]),

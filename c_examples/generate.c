@@ -25,16 +25,22 @@
  *   generate [--model DIR | --synthetic CONFIG [--dtype f16|f32] [--prompt-len N]]
  *            [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]
  *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
- *            [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
+ *            [--check REF] [--tol X] [--follow IDS] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
  *            [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]
  *            [--explain] [--activations q8|f32]
  *
  * --model FILE.gguf reads a llama-architecture GGUF file instead (nh_gguf_open: mapped, its
- * header checked): configuration from its metadata, f32 / q8_0 / q4_0 / q4_1 weights used
- * where they lie in the file, f16 / bf16 ones converted to f32 at load (with --dtype f16 the
- * activations are f16 and f16 weights are used in place too); rope on adjacent
+ * header checked): configuration from its metadata, f32 / f16 / bf16 / q8_0 / q4_0 / q4_1
+ * matmul weights used where they lie in the file under f32 activations (the CPU widens half
+ * weights as it reads them, the Vulkan GPU f16 ones in its decode GEMV only: --dtype f32
+ * converts them to f32 at load, --dtype f16 makes the activations f16 too); rope on adjacent
  * pairs, as llama.cpp's converter permutes Q and K for. --quant quantizes a safetensors
  * model's matmul weights at load (those whose inner size is whole blocks).
+ *
+ * --follow IDS teacher-forces decoding: each step is fed the next of IDS (another model's
+ * greedy tokens after the same prompt, say the f32 model's for a quantized one) instead of
+ * its own choice, and the fraction of steps whose top-1 token equals the fed one is printed
+ * (tools/top1_agreement.sh).
  *
  * Matmuls with q8_0 / q4_0 / q4_1 weights carry NH_FLAG_ALLOW_Q8_ACTIVATIONS (as llama.cpp,
  * the CPU rounds decode activations to int8 blocks and takes integer dot products);
@@ -254,6 +260,8 @@ static nh_tensor weight(const st_file *st, nh_buffer file, const char *path, con
 
 /* --activations f32: no NH_FLAG_ALLOW_Q8_ACTIVATIONS on quantized matmuls. */
 static int g_f32_activations = 0;
+/* GGUF: f16 / bf16 matmul weights stay in the file under f32 activations (not --dtype f32). */
+static int g_half_weights = 1;
 
 /* --quant: matmul weights whose rows are whole blocks, quantized at load. */
 static uint32_t load_quant = NH_F32;
@@ -345,8 +353,9 @@ static uint64_t gguf_uint(nh_runtime rt, nh_gguf g, const char *path, const char
 }
 
 /* Tensor `name` shaped [d0] or [d0, d1]; matmul weights stay as they are in the file when
- * of the activations' type (f32, or f16 with --dtype f16) or quantized; everything else is
- * converted to the activations' type (norms, f16 / bf16 weights of an f32 run). */
+ * of the activations' type (f32, or f16 with --dtype f16), quantized, or f16 / bf16 under
+ * f32 activations (unless --dtype f32); everything else is converted to the activations'
+ * type (norms; half weights with --dtype f32). */
 static nh_tensor gguf_weight(nh_runtime rt, nh_gguf g, const char *path, const char *name, uint64_t d0, uint64_t d1,
                              int matmul) {
   nh_tensor t;
@@ -355,7 +364,8 @@ static nh_tensor gguf_weight(nh_runtime rt, nh_gguf g, const char *path, const c
   if (t.rank != rank || t.shape[0] != d0 || (d1 && t.shape[1] != d1))
     die("%s: \"%s\" must be [%llu%s%llu], it is rank %u with first dim %llu", path, name, (unsigned long long)d0,
         d1 ? ", " : "", (unsigned long long)d1, t.rank, (unsigned long long)t.shape[0]);
-  if (t.dtype == g_dt || (matmul && block_elems(t.dtype) > 1)) return t;
+  int half = (t.dtype == NH_F16 || t.dtype == NH_BF16) && g_dt == NH_F32 && g_half_weights;
+  if (t.dtype == g_dt || (matmul && (block_elems(t.dtype) > 1 || half))) return t;
   return convert_now(rt, t, g_dt);
 }
 
@@ -862,7 +872,7 @@ static void usage(const char *argv0) {
           "usage: %s [--model DIR | FILE.gguf [--dtype f32|f16] | --synthetic CONFIG [--dtype f16|f32]] [--prompt-len N]\n"
           "          [--policy NAME|FILE.nhp] [--devices cpu|gpu,sim,npu] [--steps N]\n"
           "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
-          "          [--check REF] [--tol X] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
+          "          [--check REF] [--tol X] [--follow ID,ID,...] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
           "          [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]\n"
           "          [--explain]   (print where the scheduler puts the prefill and decode graphs)\n"
           "          [--activations q8|f32]   (quantized weights: q8 (default) lets the CPU round\n"
@@ -895,7 +905,7 @@ static void device_stats(nh_runtime rt, uint32_t ndev, uint64_t *ops) {
 
 int main(int argc, char **argv) {
   const char *model_dir = NH_DEFAULT_MODEL, *policy = "llm_inference", *check = NULL, *trace = NULL;
-  const char *prompt_arg = NULL, *synthetic = NULL, *dtype_arg = NULL;
+  const char *prompt_arg = NULL, *synthetic = NULL, *dtype_arg = NULL, *follow_arg = NULL;
   uint64_t prompt_len = 0;
   uint32_t devices = NH_ENABLE_GPU | NH_ENABLE_NPU, threads = 0;
   uint64_t steps = 0, seed = 1, warmup = 1;
@@ -920,6 +930,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--devices")) { NEED_VALUE(); devices = parse_devices(v); }
     else if (!strcmp(a, "--steps")) { NEED_VALUE(); steps = parse_uint(a, v, 1, 1u << 20); steps_given = 1; }
     else if (!strcmp(a, "--prompt")) { NEED_VALUE(); prompt_arg = v; }
+    else if (!strcmp(a, "--follow")) { NEED_VALUE(); follow_arg = v; }
     else if (!strcmp(a, "--seed")) { NEED_VALUE(); seed = parse_uint(a, v, 0, UINT64_MAX); }
     else if (!strcmp(a, "--check")) { NEED_VALUE(); check = v; }
     else if (!strcmp(a, "--tol")) { NEED_VALUE(); tol = parse_double(a, v, 0, 1e6); }
@@ -969,6 +980,7 @@ int main(int argc, char **argv) {
   if (is_gguf && dtype_arg) { /* GGUF: f32 activations unless --dtype f16 */
     if (!strcmp(dtype_arg, "f16")) g_dt = NH_F16;
     else if (strcmp(dtype_arg, "f32")) die("--dtype: '%s' is not f16 or f32", dtype_arg);
+    else g_half_weights = 0; /* all f32: half weights converted at load */
     g_es = g_dt == NH_F16 ? 2 : sizeof(float);
   }
   if (synthetic) {
@@ -978,6 +990,8 @@ int main(int argc, char **argv) {
     g_es = g_dt == NH_F16 ? 2 : sizeof(float);
   }
   if (check && sample_given && sm.kind != SAMPLE_GREEDY) die("--check compares greedy tokens: drop --sample");
+  if (follow_arg && (check || sample_given || steps_given))
+    die("--follow sets the steps and compares top-1 tokens: drop --check, --sample and --steps");
   if (expect_placement && decode != DECODE_OPS)
     die("--expect-placement reads each op's event: use it with --decode ops");
 
@@ -1084,6 +1098,18 @@ int main(int argc, char **argv) {
   if (check && (n_ref_logits != n_ref_tokens * c->vocab || n_ref_prefill != plen_tok * c->vocab))
     die("%s: logits do not match %zu steps and %llu prompt positions of a %llu-token vocabulary", check, n_ref_tokens,
         (unsigned long long)plen_tok, (unsigned long long)c->vocab);
+  /* Teacher forcing: step i is compared with, then fed, follow[i]. */
+  int32_t *follow = NULL;
+  uint64_t agree = 0;
+  if (follow_arg) {
+    char *buf = strdup(follow_arg);
+    follow = malloc((strlen(follow_arg) / 2 + 1) * sizeof *follow);
+    steps = 0;
+    for (char *t = strtok(buf, ","); t; t = strtok(NULL, ","))
+      follow[steps++] = (int32_t)parse_uint("--follow", t, 0, c->vocab - 1);
+    free(buf);
+    if (steps < 2) die("--follow: at least 2 token ids");
+  }
   if (plen_tok + steps > c->max_pos)
     die("prompt (%llu) + steps (%llu) exceed max_position_embeddings %llu", (unsigned long long)plen_tok,
         (unsigned long long)steps, (unsigned long long)c->max_pos);
@@ -1176,6 +1202,8 @@ int main(int argc, char **argv) {
     retire(&sub);
     double t1 = now_s();
     int32_t tok = sample(&rs, logits + (prefill_rows - 1) * c->vocab, c->vocab, scratch);
+    if (follow && timed) agree += tok == follow[0];
+    if (follow) tok = follow[0];
     if (timed) {
       t_prefill = t1 - t0;
       device_stats(rt, ndev, ops_mid);
@@ -1241,6 +1269,7 @@ int main(int argc, char **argv) {
       if (decode == DECODE_OPS) retire(&sub);
       double tsm = now_s();
       tok = sample(&rs, logits, c->vocab, scratch);
+      if (follow && timed) agree += tok == follow[step];
       if (timed) {
         t_read += tsm - tl;
         t_sample += now_s() - tsm;
@@ -1260,6 +1289,7 @@ int main(int argc, char **argv) {
         run_steps = step + 1;
         steps = step + 1;
       }
+      if (follow) tok = follow[step];
     }
     if (timed) t_decode = now_s() - td;
     if (timed) {
@@ -1348,6 +1378,12 @@ int main(int argc, char **argv) {
         failed = 1;
       }
     }
+  }
+
+  if (follow) {
+    printf("\nteacher-forced top-1 agreement: %llu of %llu steps (%.1f%%)\n", (unsigned long long)agree,
+           (unsigned long long)steps, 100.0 * (double)agree / (double)steps);
+    free(follow);
   }
 
   if (check) {

@@ -126,8 +126,12 @@ typedef enum {
 // Op kinds (values of `nh_op_desc.kind`).
 typedef enum {
   // inputs: a [.., M, K], b [.., K, N], bias [N] (optional); output [.., M, N].
-  // A quantized b (NH_Q8_0 ..) is a weight given as [N, K] with trans_b = 1 (blocks run
-  // along K) and batch 1; a is f32, f16 or bf16; accumulation is f32.
+  // b has a's dtype, except two kinds of weight. A quantized b (NH_Q8_0 ..) is given as
+  // [N, K] with trans_b = 1 (blocks run along K) and batch 1; a is f32, f16 or bf16. With
+  // an f32 a, b may be f16 or bf16, widened to f32 as it is read: the CPU takes any such
+  // matmul, a Vulkan GPU an f16 b given as [N, K] (trans_b) with up to 8 rows of a, other
+  // devices none. The output is a's dtype or f32, the bias the output's; accumulation is
+  // f32.
   NH_OP_MATMUL = 0,
   // inputs: a, b (b broadcasts to a from the right); output shaped like a.
   NH_OP_ADD = 1,

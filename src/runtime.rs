@@ -609,6 +609,10 @@ fn device_verdict(d: &Device, op: &OpDesc, enabled: bool, listed: Option<usize>)
                 format!("does not take {t} (it computes with {})", types(d.info.dtypes).join(", "))
             }
             _ if !d.info.supports_kind(op.kind) => format!("does not run {}", op.kind),
+            _ if op.has_half_weight() => format!(
+                "does not take this {} weight under f32 activations (no kernel of it widens one of this shape)",
+                op.inputs[1].map_or(op.dtype(), |b| b.dtype)
+            ),
             _ => format!("cannot run {} in {} (output type or sizes)", op.kind, op.dtype()),
         };
     }

@@ -130,6 +130,19 @@ fn cases(rt: nh_runtime, dt: DType) -> Vec<Case> {
         }
         return out;
     }
+    if matches!(dt, DType::F16 | DType::BF16) {
+        // A half weight under f32 activations: only a device whose kernels widen it takes it.
+        for trans_b in [true, false] {
+            let b = if trans_b { operand(rt, dt, N, K, 7) } else { operand(rt, dt, K, N, 8) };
+            let (desc, want) = matmul(operand(rt, DType::F32, M, K, 9), b, trans_b, DType::F32);
+            out.push(Case {
+                what: format!("matmul f32 x {dt} weight -> f32 (trans_b {trans_b})"),
+                desc,
+                out: DType::F32,
+                want,
+            });
+        }
+    }
     let outs = if dt == DType::F32 { vec![dt] } else { vec![dt, DType::F32] };
     for o in outs {
         let (desc, want) = matmul(operand(rt, dt, M, K, 3), operand(rt, dt, K, N, 4), false, o);
@@ -265,5 +278,53 @@ fn every_reported_dtype_runs_and_every_other_is_refused() {
     assert_eq!(nh_device_details(rt, index, details.as_mut_ptr(), details.len(), null_mut()), NH_OK);
     let details = unsafe { CStr::from_ptr(details.as_ptr()) }.to_string_lossy().into_owned();
     assert!(details.contains("peak bf16") && !details.contains("peak i8"), "{details}");
+    assert_eq!(nh_runtime_destroy(rt), NH_OK);
+}
+
+/// An f16 / bf16 weight under f32 activations runs where a kernel widens it: the CPU always,
+/// the GPU for f16 [N, K] weights and few rows (its f16w GEMV), nowhere else even where the
+/// policy sends matmuls first: those devices say they do not take it, so the scheduler never
+/// places it there.
+#[test]
+fn half_weights_under_f32_activations_run_only_where_a_kernel_widens_them() {
+    let rt = runtime(NH_ENABLE_GPU | NH_ENABLE_SIMULATED_NPU);
+    let mut count = 0u32;
+    assert_eq!(nh_device_count(rt, &mut count), NH_OK);
+    let cpu = (0..count).find(|&i| device_info(rt, i).kind == nh_device_kind::NH_DEVICE_CPU as u32).unwrap();
+    let others: Vec<u32> = (0..count).filter(|&i| i != cpu && device_info(rt, i).available != 0).collect();
+    assert!(!others.is_empty(), "a GPU (lavapipe) or the simulated NPU to refuse it");
+    for &index in &others {
+        let info = device_info(rt, index);
+        let gpu = info.kind == nh_device_kind::NH_DEVICE_GPU as u32;
+        pin(rt, if gpu { "gpu" } else { "npu" });
+        for dt in [DType::F16, DType::BF16] {
+            let cases = cases(rt, dt);
+            for case in cases.iter().filter(|c| c.what.starts_with("matmul f32 x")) {
+                let (status, device) = run(rt, &case.desc);
+                assert_eq!(status, NH_OK, "{}: {}", case.what, last_error());
+                let takes = gpu && dt == DType::F16 && case.what.contains("trans_b true");
+                let want = if takes { index } else { cpu };
+                assert_eq!(
+                    device,
+                    want as i32,
+                    "{}: pinned to {}, ran on {device}",
+                    case.what,
+                    name_of(&info)
+                );
+                if takes {
+                    continue;
+                }
+                let text = explain(rt, &case.desc);
+                let line = text.lines().find(|l| l.trim_start().starts_with(&format!("[{index}]"))).unwrap();
+                assert!(
+                    // A type it lacks, or (f16 weights the GPU takes only as [N, K]) this weight.
+                    line.contains("does not take"),
+                    "{}: {}: {line}",
+                    name_of(&info),
+                    case.what
+                );
+            }
+        }
+    }
     assert_eq!(nh_runtime_destroy(rt), NH_OK);
 }

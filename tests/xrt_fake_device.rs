@@ -197,6 +197,17 @@ fn unsupported_ops_are_refused_not_run() {
     assert!(!f.backend.supports(&op), "no f32 kernel in the directory");
     let add = OpDesc::new(OpKind::Add, &[a, a], a);
     assert!(!f.backend.supports(&add));
+    // bf16 activations with a quantized weight: the bf16 kernel's tiler reads float
+    // elements only (it took this op, and would have panicked on the blocks).
+    let x = TensorView::contiguous(1, DType::BF16, &[4, 128], 0);
+    let w = TensorView::contiguous(2, DType::Q4G128, &[4, 128], 0);
+    let c = TensorView::contiguous(3, DType::F32, &[4, 4], 0);
+    let q =
+        OpDesc::new(OpKind::Matmul, &[x, w], c).with_params(OpParams { trans_b: true, ..Default::default() });
+    assert!(!f.backend.supports(&q), "quantized weights are refused");
+    let bf = OpDesc::new(OpKind::Matmul, &[x, TensorView::contiguous(2, DType::BF16, &[4, 128], 0)], c)
+        .with_params(OpParams { trans_b: true, ..Default::default() });
+    assert!(f.backend.supports(&bf), "the same shapes in bf16 run");
 }
 
 #[test]

@@ -192,6 +192,13 @@ impl OpDesc {
             && self.inputs[..2].iter().flatten().all(|v| v.dtype == DType::F32)
     }
 
+    /// A matmul with f32 activations and an f16 / bf16 weight (`validate::half_weight`): only
+    /// devices with kernels that widen B themselves take it (the CPU; a Vulkan GPU's GEMV).
+    pub fn has_half_weight(&self) -> bool {
+        self.kind == OpKind::Matmul
+            && matches!((self.input(0), self.input(1)), (Some(a), Some(b)) if super::validate::half_weight(a.dtype, b.dtype))
+    }
+
     /// The op with its A and B operands relabelled `dtype`, for cost models of a device that
     /// converts them (the views no longer describe the caller's buffers).
     pub fn with_operands_as(&self, dtype: DType) -> OpDesc {

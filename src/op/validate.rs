@@ -65,6 +65,12 @@ pub fn weight_dtypes() -> u32 {
     bits(DType::ALL.into_iter().filter(|d| d.is_quantized()))
 }
 
+/// An f32-activation matmul whose b (a weight) is f16 or bf16: the weights stay half the
+/// bytes of f32 (decode streams them), products are widened to f32 and summed in f32.
+pub fn half_weight(a: DType, b: DType) -> bool {
+    a == DType::F32 && matches!(b, DType::F16 | DType::BF16)
+}
+
 /// The element types that some compute op among `ops` (an `OpKind::bit` set) takes, as its
 /// compute type or as a matmul's weight: what a device running every valid op of those
 /// kinds reports (`DeviceInfo::dtypes`). Copy is not counted: it moves and converts data, and
@@ -220,8 +226,14 @@ fn validate_matmul(op: &OpDesc) -> Result<()> {
     computes_in(op, a.dtype)?;
     if weight_dtypes() & b.dtype.bit() != 0 {
         quantized_b(op, b)?;
-    } else {
-        same_dtype(op, b, "input b", a.dtype)?;
+    } else if !half_weight(a.dtype, b.dtype) {
+        same_dtype(op, b, "input b", a.dtype).map_err(|_| {
+            Error::invalid(format!(
+                "matmul: input b has dtype {} but a has {}: b must have a's dtype, be quantized, \
+                 or be f16 / bf16 under f32 activations",
+                b.dtype, a.dtype
+            ))
+        })?;
     }
     if c.dtype != a.dtype && c.dtype != DType::F32 {
         return Err(Error::invalid(format!("matmul: output dtype {} must be {} or f32", c.dtype, a.dtype)));
@@ -378,4 +390,53 @@ fn elementwise_in_place_ok(op: &OpDesc, input: &TensorView) -> bool {
             | OpKind::RmsNorm
             | OpKind::LayerNorm
     ) && input == &op.output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::OpParams;
+
+    /// x[2, 64] (a_dt) times w (b_dt, [8, 64] with trans_b) into c[2, 8] (c_dt), each in its
+    /// own buffer, optionally with a bias of `bias_dt`.
+    fn matmul(a_dt: DType, b_dt: DType, c_dt: DType, bias_dt: Option<DType>) -> Result<()> {
+        let a = TensorView::contiguous(1, a_dt, &[2, 64], 0);
+        let b = TensorView::contiguous(2, b_dt, &[8, 64], 0);
+        let c = TensorView::contiguous(3, c_dt, &[2, 8], 0);
+        let mut inputs = vec![a, b];
+        inputs.extend(bias_dt.map(|d| TensorView::contiguous(4, d, &[8], 0)));
+        let op = OpDesc::new(OpKind::Matmul, &inputs, c)
+            .with_params(OpParams { trans_b: true, ..OpParams::default() });
+        validate(&op, &|_| Ok(1 << 20))
+    }
+
+    #[test]
+    fn f16_and_bf16_weights_take_f32_activations_only() {
+        use DType::*;
+        for w in [F16, BF16] {
+            matmul(F32, w, F32, None).unwrap();
+            matmul(F32, w, F32, Some(F32)).unwrap();
+            assert!(OpDesc::new(
+                OpKind::Matmul,
+                &[TensorView::contiguous(1, F32, &[2, 64], 0), TensorView::contiguous(2, w, &[8, 64], 0)],
+                TensorView::contiguous(3, F32, &[2, 8], 0),
+            )
+            .has_half_weight());
+            // The output and bias are f32 (a's type); half activations need half weights.
+            let e = matmul(F32, w, w, None).unwrap_err().to_string();
+            assert!(e.contains(&format!("output dtype {w} must be f32")), "{e}");
+            let e = matmul(F32, w, F32, Some(w)).unwrap_err().to_string();
+            assert!(e.contains(&format!("bias has dtype {w}")), "{e}");
+        }
+        let refused = [(F16, F32), (BF16, F32), (F16, BF16), (BF16, F16), (F32, I8), (F32, I32)];
+        for (a, b) in refused {
+            let e = matmul(a, b, F32, None).unwrap_err().to_string();
+            assert!(e.contains(&format!("input b has dtype {b} but a has {a}")), "{a} x {b}: {e}");
+        }
+        // Same-type and quantized weights are as before; none of them is a "half weight".
+        for (a, b) in [(F32, F32), (F16, F16), (BF16, BF16), (F32, Q4_0), (F16, Q8_0)] {
+            matmul(a, b, F32, None).unwrap();
+            assert!(!half_weight(a, b), "{a} x {b}");
+        }
+    }
 }

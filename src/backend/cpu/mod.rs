@@ -1,5 +1,6 @@
 //! CPU backend: every op on the host, parallel on a rayon pool of its own.
 
+mod half_weights;
 mod halfconv;
 mod host;
 mod info;
@@ -98,6 +99,11 @@ fn execute_with_weights(op: &OpDesc, mem: &OpMemory, weights: Option<&WeightCach
             };
             if b.dtype.is_quantized() {
                 quant::matmul(&out, &a, &b, bias.as_ref(), &params, p.allow_q8_activations);
+                return Ok(());
+            }
+            // A few rows times an f16 / bf16 weight [n, k]: streamed at half the bytes of its
+            // f32 form, ahead of the weight cache (whose packed panels are f32).
+            if half_weights::try_matmul(&out, &a, &b, bias.as_ref(), &params) {
                 return Ok(());
             }
             let packed = weights.and_then(|w| w.packed_b(&op.inputs[1]?, mem, &out, &a, &b, &params));

@@ -157,6 +157,21 @@ fn check_matmul(
     dt: DType,
     out_dt: DType,
     batch: (&[usize], &[usize], &[usize]),
+    mkn: (usize, usize, usize),
+    p: OpParams,
+    with_bias: bool,
+    layouts: [Layout; 3],
+) {
+    check_matmul_ab(bench, (dt, dt), out_dt, batch, mkn, p, with_bias, layouts)
+}
+
+/// `check_matmul` with B of its own type (an f16 / bf16 weight under f32 activations).
+#[allow(clippy::too_many_arguments)]
+fn check_matmul_ab(
+    bench: &mut Bench,
+    (dt, b_dt): (DType, DType),
+    out_dt: DType,
+    batch: (&[usize], &[usize], &[usize]),
     (m, k, n): (usize, usize, usize),
     p: OpParams,
     with_bias: bool,
@@ -166,7 +181,7 @@ fn check_matmul(
     let a_shape = if p.trans_a { shape(batch.0, k, m) } else { shape(batch.0, m, k) };
     let b_shape = if p.trans_b { shape(batch.1, n, k) } else { shape(batch.1, k, n) };
     let (a, ta) = bench.input(dt, &a_shape, layouts[0]);
-    let (b, tb) = bench.input(dt, &b_shape, layouts[1]);
+    let (b, tb) = bench.input(b_dt, &b_shape, layouts[1]);
     let (c, tc) = bench.input(out_dt, &shape(batch.2, m, n), layouts[2]);
     let bias = with_bias.then(|| bench.input(out_dt, &[n], Dense));
     let mut inputs = vec![a, b];
@@ -176,7 +191,8 @@ fn check_matmul(
     let want = refr::matmul(&ta, &tb, bias.as_ref().map(|b| &b.1), &tc, &p);
     // f32 accumulation error grows with k; the output dtype adds its rounding.
     let t = tol(out_dt).max(tol(dt) * 0.5) + 2e-6 * k as f64;
-    let what = format!("matmul {dt}->{out_dt} {batch:?} m{m} k{k} n{n} {p:?} bias {with_bias} {layouts:?}");
+    let what =
+        format!("matmul {dt}x{b_dt}->{out_dt} {batch:?} m{m} k{k} n{n} {p:?} bias {with_bias} {layouts:?}");
     assert_close(&bench.read(&c), &want, t, &what);
 }
 
@@ -319,6 +335,86 @@ fn matmul_half_precision_inputs_and_outputs() {
                 }
             }
         }
+    }
+}
+
+/// f32 activations times f16 / bf16 weights, against f64 math on the stored (widened)
+/// weights, at every instruction-set level: decode rows (m = 1, 2..8: `half_weights.rs` when
+/// B is [n, k]), prefill rows (m = 64: the packed GEMM widens while packing), k with and
+/// without vector tails, both trans_b, padded and transposed views, batches (within and past
+/// the streamed path's 8 rows), beta, bias, activation; then through the backend twice, so
+/// the weight cache packs the half weight and reuses it.
+#[test]
+fn f32_activations_with_half_weights_at_every_level() {
+    use super::simd::{test_cap, test_levels};
+    use crate::backend::Backend;
+    for level in test_levels() {
+        let _cap = test_cap(level);
+        let mut bench = Bench::new(50 + level as u64);
+        for b_dt in [DType::F16, DType::BF16] {
+            let ab = (DType::F32, b_dt);
+            for &(m, k, n) in
+                &[(1, 1, 1), (1, 300, 37), (2, 33, 5), (3, 64, 70), (5, 7, 9), (8, 100, 43), (64, 97, 35)]
+            {
+                for tb in [true, false] {
+                    let p = OpParams {
+                        trans_b: tb,
+                        beta: 0.5,
+                        activation: Activation::Silu,
+                        ..Default::default()
+                    };
+                    let plain = (&[][..], &[][..], &[][..]);
+                    check_matmul_ab(&mut bench, ab, DType::F32, plain, (m, k, n), p, true, [Dense; 3]);
+                    let p = OpParams { trans_a: true, trans_b: tb, alpha: 0.75, ..Default::default() };
+                    for layouts in [[Transposed, Padded, Padded], [Padded, Transposed, Dense]] {
+                        check_matmul_ab(&mut bench, ab, DType::F32, plain, (m, k, n), p, false, layouts);
+                    }
+                }
+            }
+            let p = OpParams { trans_b: true, ..Default::default() };
+            for (batch, m) in [
+                ((&[2][..], &[1][..], &[2][..]), 3),
+                ((&[1], &[1], &[3]), 2),
+                ((&[3], &[1], &[3]), 4),
+                ((&[2], &[2], &[2]), 1),
+            ] {
+                check_matmul_ab(
+                    &mut bench,
+                    ab,
+                    DType::F32,
+                    batch,
+                    (m, 40, 21),
+                    p,
+                    true,
+                    [Padded, Dense, Dense],
+                );
+            }
+        }
+        let cpu = super::CpuBackend::new(2).unwrap();
+        for &(m, tb) in &[(1, true), (6, true), (40, true), (40, false)] {
+            let (k, n) = (70, 33);
+            let p = OpParams { trans_b: tb, ..Default::default() };
+            let (a, ta) = bench.input(DType::F32, &[m, k], Dense);
+            let (b, tbv) = bench.input(DType::F16, &if tb { [n, k] } else { [k, n] }, Dense);
+            let c = bench.view(DType::F32, &[m, n], Dense);
+            let op = OpDesc::new(OpKind::Matmul, &[a, b], c).with_params(p);
+            for run in 0..3 {
+                cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+                let want = refr::matmul(&ta, &tbv, None, &bench.read(&c), &OpParams { beta: 0.0, ..p });
+                assert_close(
+                    &bench.read(&c),
+                    &want,
+                    2e-5 + 2e-6 * k as f64,
+                    &format!("{level:?} m{m} run {run}"),
+                );
+            }
+        }
+        let packed = cpu.weights.as_ref().unwrap().bytes();
+        assert_eq!(
+            packed > 0,
+            level >= super::simd::Isa::Avx2,
+            "{level:?}: half weights packed ({packed} bytes)"
+        );
     }
 }
 

@@ -290,7 +290,12 @@ impl Backend for SimNpu {
     fn supports(&self, op: &OpDesc) -> bool {
         // The profile decides by compute and output types; both operands (a quantized weight
         // included) must also be types the device takes. (A bias has the output's type.)
-        // f32 operands the caller allows rounded are converted on the way in.
+        // f32 operands the caller allows rounded are converted on the way in. Its profiles
+        // give one input type for both float operands: an f16 weight under f32 activations
+        // is not one of them.
+        if op.has_half_weight() {
+            return false;
+        }
         if self.cfg.rounds_to_bf16(op) {
             return self.cfg.accepts(op.kind, crate::op::DType::BF16, op.output.dtype);
         }

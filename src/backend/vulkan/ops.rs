@@ -127,7 +127,10 @@ pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
     let dt_ok = |d: DType| d == DType::F32 || (d == DType::F16 && f.f16);
     // Quantized types only as a matmul's weight (validation allows no other place there).
     let quant_ok = |d: DType| d.is_quantized() && op.kind == OpKind::Matmul;
-    if !op.views().all(|v| dt_ok(v.dtype) || quant_ok(v.dtype)) {
+    // Half weights under f32 activations: only the GEMV over f16 [N, K] weights reads them.
+    if !op.views().all(|v| dt_ok(v.dtype) || quant_ok(v.dtype))
+        || (op.has_half_weight() && !half_gemv_takes(op, f))
+    {
         return false;
     }
     match op.kind {
@@ -338,8 +341,26 @@ fn rows_gemv_takes(op: &OpDesc, f: Features) -> bool {
         && batch_of(b) == 1
 }
 
+/// Whether an f32-activation matmul with an f16 weight runs gemv_quant.comp over it (the
+/// f16w GEMV, whatever `Features::gemv_rows` says: no other shader reads a B of another type
+/// than A's): [N, K] weights, K whole 8-half units, a few rows of A, a subgroup GEMV. Others
+/// (bf16 weights, more rows) are left to the CPU.
+fn half_gemv_takes(op: &OpDesc, f: Features) -> bool {
+    let (b, (m, k, _, _)) = (op.input(1).expect("validated"), matmul_mkn(op));
+    let p = &op.params;
+    op.has_half_weight()
+        && b.dtype == DType::F16
+        && f.subgroup_arithmetic
+        && f.subgroup_size >= 4
+        && p.trans_b
+        && !p.trans_a
+        && k % 8 == 0
+        && m <= QUANT_GEMV_MAX_ROWS
+        && batch_of(b) == 1
+}
+
 /// Matmul with a block-quantized B ([N, K], trans_b, one batch; validated), or a plain f16
-/// one that `rows_gemv_takes` (it always takes the GEMV branch below): few rows of A run
+/// one that `rows_gemv_takes` or `half_gemv_takes` (it always takes the GEMV branch below): few rows of A run
 /// gemv_quant.comp (subgroup sums), the rest (and devices without subgroup arithmetic) the
 /// tiled matmul whose B loader dequantises.
 fn plan_quant_matmul(op: &OpDesc, f: Features) -> Step {
@@ -419,7 +440,7 @@ fn plan_matmul(op: &OpDesc, f: Features) -> Result<Step> {
     // `gelu_tanh` belongs to the gelu op; a fused GELU is the erf form, as on the CPU.
     let flags = usize::from(op.input(2).is_some()) | (p.activation as usize) << 1;
     let variant = matmul_variant(op);
-    if b.dtype.is_quantized() || rows_gemv_takes(op, f) {
+    if b.dtype.is_quantized() || rows_gemv_takes(op, f) || half_gemv_takes(op, f) {
         return Ok(plan_quant_matmul(op, f));
     }
     let in16 = a.dtype == DType::F16;
@@ -602,6 +623,38 @@ mod tests {
                 // The rows GEMV takes f16 [N, K] weights only, and only when asked for.
                 let want_rows = rows && dt == DType::F16 && t;
                 assert_eq!(shader.starts_with("gemvq_f16w_"), want_rows, "{shader}");
+            }
+        }
+        // Half weights under f32 activations: the f16w GEMV (rows setting or not) for f16
+        // [N, K] weights and up to 8 rows; everything else is refused, never planned.
+        let f = Features {
+            f16: true,
+            coopmat: false,
+            subgroup_arithmetic: true,
+            subgroup_shuffle: true,
+            coopmat_shape: [16, 16, 16],
+            subgroup_size: 32,
+            coopmat_v1: false,
+            coopmat_emulated: false,
+            gemv_rows: false,
+        };
+        for (wt, m, t, k, runs) in [
+            (DType::F16, 1, true, 8, true),
+            (DType::F16, 8, true, 64, true),
+            (DType::F16, 9, true, 64, false),
+            (DType::F16, 1, false, 8, false),
+            (DType::F16, 1, true, 12, false),
+            (DType::BF16, 1, true, 8, false),
+        ] {
+            let a = TensorView::contiguous(1, DType::F32, &[m, k], 0);
+            let b = TensorView::contiguous(2, wt, &if t { [8, k] } else { [k, 8] }, 0);
+            let c = TensorView::contiguous(3, DType::F32, &[m, 8], 0);
+            let mut op = OpDesc::new(OpKind::Matmul, &[a, b], c);
+            op.params.trans_b = t;
+            assert_eq!(supported(&op, f, u64::MAX), runs, "{wt} m={m} trans_b={t} k={k}");
+            if runs {
+                let Step::Dispatch { shader, .. } = plan(&op, f).unwrap() else { panic!("a dispatch") };
+                assert!(shader.starts_with("gemvq_f16w_f32"), "{shader}");
             }
         }
     }

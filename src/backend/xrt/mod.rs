@@ -258,7 +258,10 @@ impl XrtBackend {
     /// rounded, converted while packing), and the launch height closest to the policy's batch
     /// rows (the smallest tile at least that tall, else the tallest).
     fn kernel_for<'k>(&self, kernels: &'k [LoadedKernel], op: &OpDesc) -> Option<&'k LoadedKernel> {
-        if op.kind != OpKind::Matmul {
+        // Kernels take both operands in one float type; the tiler cannot read quantized
+        // blocks, and a weight of another type than A's is left to devices that widen it.
+        let b_same = op.input(1).is_some_and(|b| b.dtype == op.dtype());
+        if op.kind != OpKind::Matmul || !b_same {
             return None;
         }
         let exact = self.kernel_taking(kernels, op, op.dtype());

@@ -237,7 +237,7 @@ fn packed_gemm_isa(out: &HostView, k: usize) -> Option<Isa> {
 }
 
 /// Writes a dense f32 array into a (possibly strided, lower-precision) view.
-pub(super) fn store_dense(out: &HostView, dense: &HostView) {
+pub(crate) fn store_dense(out: &HostView, dense: &HostView) {
     let len = out.last();
     // SAFETY: `dense` describes a live dense copy of `out`'s shape.
     let data = unsafe { std::slice::from_raw_parts(dense.ptr.0 as *const f32, out.rows() * len) };
