@@ -4,10 +4,7 @@
 # benches/device/run.sh has set up the driver, in the same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-export XDG_CACHE_HOME=/tmp/nh-first-cache LD_LIBRARY_PATH="$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-icd=$(find /usr/local/nvidia /usr/share/vulkan /etc/vulkan /usr/local/share/vulkan -name 'nvidia_icd*.json' 2>/dev/null | head -n 1)
-[ -n "$icd" ] && export VK_DRIVER_FILES=$icd
-[ -d /usr/local/nvidia/lib64 ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/nvidia/lib64"
+source benches/device/driver_env.sh /tmp/nh-first-cache
 out=${OUT:-/tmp/out}/first_run.log
 b=.devbin
 {

@@ -4,10 +4,7 @@
 # benches/device/run.sh has set up the driver, in the same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-export XDG_CACHE_HOME=/tmp/nh-host-cache LD_LIBRARY_PATH="$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-icd=$(find /usr/local/nvidia /usr/share/vulkan /etc/vulkan /usr/local/share/vulkan -name 'nvidia_icd*.json' 2>/dev/null | head -n 1)
-[ -n "$icd" ] && export VK_DRIVER_FILES=$icd
-[ -d /usr/local/nvidia/lib64 ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/nvidia/lib64"
+source benches/device/driver_env.sh /tmp/nh-host-cache
 out=${OUT:-/tmp/out}/host_overhead.log
 b=.devbin
 gen() { timeout 60 $b/generate --model $b/tiny_llama --policy llm_inference --quiet --steps 64 "$@" 2>&1; }

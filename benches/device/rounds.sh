@@ -6,10 +6,7 @@
 # history); later rounds reuse it, as a user's second run would. Appends to $OUT/rounds.log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-export XDG_CACHE_HOME=/tmp/nh-rounds-cache LD_LIBRARY_PATH="$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-icd=$(find /usr/local/nvidia /usr/share/vulkan /etc/vulkan /usr/local/share/vulkan -name 'nvidia_icd*.json' 2>/dev/null | head -n 1)
-[ -n "$icd" ] && export VK_DRIVER_FILES=$icd
-[ -d /usr/local/nvidia/lib64 ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/nvidia/lib64"
+source benches/device/driver_env.sh /tmp/nh-rounds-cache
 out=${OUT:-/tmp/out}/rounds.log
 rm -rf "$XDG_CACHE_HOME"
 b=.devbin
