@@ -98,6 +98,9 @@ def main():
             for line in calib:
                 print(f"  {line}")
             for label, (_, higher) in wanted.items():
+                # Every round's pair, so a median of a few noisy runs can be read for what it is.
+                pairs = " ".join(f"{x:g}/{y:g}" for x, y in zip(hyb[label], cpu[label]))
+                print(f"  {label}, every device / CPU alone by round: {pairs}")
                 h, c = statistics.median(hyb[label]), statistics.median(cpu[label])
                 ratio = h / c if higher else c / h
                 rows.append((label, first[label], h, c, ratio))
