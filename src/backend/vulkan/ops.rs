@@ -573,6 +573,21 @@ fn tiled_attention(base: &str, dt: DType, push: Push, sq: usize, h: usize, batch
 mod tests {
     use super::*;
 
+    /// A GPU with f16 and 32-wide subgroups, no cooperative matrices: the portable shaders.
+    fn portable_features() -> Features {
+        Features {
+            f16: true,
+            coopmat: false,
+            subgroup_arithmetic: true,
+            subgroup_shuffle: true,
+            coopmat_shape: [16, 16, 16],
+            subgroup_size: 32,
+            coopmat_v1: false,
+            coopmat_emulated: false,
+            gemv_rows: false,
+        }
+    }
+
     #[test]
     fn broadcast_strides_zero_the_broadcast_dims() {
         assert_eq!(broadcast_strides(&[3], [1, 2, 4, 3]), [3, 0, 0, 1]);
@@ -603,17 +618,7 @@ mod tests {
             (DType::F16, true, false),
             (DType::F16, true, true),
         ] {
-            let f = Features {
-                f16: true,
-                coopmat,
-                subgroup_arithmetic: true,
-                subgroup_shuffle: true,
-                coopmat_shape: [16, 16, 16],
-                subgroup_size: 32,
-                coopmat_v1: v1,
-                coopmat_emulated: false,
-                gemv_rows: false,
-            };
+            let f = Features { coopmat, coopmat_v1: v1, ..portable_features() };
             for (m, t, rows) in (0..8).map(|i| ([1, 5][i & 1], i & 2 != 0, i & 4 != 0)) {
                 let f = Features { gemv_rows: rows, ..f };
                 let Step::Dispatch { shader, .. } = plan(&mk(dt, m, t), f).unwrap() else {
@@ -627,17 +632,7 @@ mod tests {
         }
         // Half weights under f32 activations: the f16w GEMV (rows setting or not) for f16
         // [N, K] weights and up to 8 rows; everything else is refused, never planned.
-        let f = Features {
-            f16: true,
-            coopmat: false,
-            subgroup_arithmetic: true,
-            subgroup_shuffle: true,
-            coopmat_shape: [16, 16, 16],
-            subgroup_size: 32,
-            coopmat_v1: false,
-            coopmat_emulated: false,
-            gemv_rows: false,
-        };
+        let f = portable_features();
         for (wt, m, t, k, runs) in [
             (DType::F16, 1, true, 8, true),
             (DType::F16, 8, true, 64, true),
@@ -696,15 +691,9 @@ mod tests {
         };
         for subgroups in [true, false] {
             let f = Features {
-                f16: true,
-                coopmat: false,
                 subgroup_arithmetic: subgroups,
                 subgroup_shuffle: subgroups,
-                coopmat_shape: [16, 16, 16],
-                subgroup_size: 32,
-                coopmat_v1: false,
-                coopmat_emulated: false,
-                gemv_rows: false,
+                ..portable_features()
             };
             for q in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4G128] {
                 for dt in [DType::F32, DType::F16] {
@@ -731,17 +720,7 @@ mod tests {
         // A quantized type anywhere but a matmul's weight is refused (copies quantize on the CPU).
         let a = TensorView::contiguous(1, DType::F32, &[4, 64], 0);
         let q = TensorView::contiguous(2, DType::Q8_0, &[4, 64], 0);
-        let f = Features {
-            f16: true,
-            coopmat: false,
-            subgroup_arithmetic: true,
-            subgroup_shuffle: true,
-            coopmat_shape: [16, 16, 16],
-            subgroup_size: 32,
-            coopmat_v1: false,
-            coopmat_emulated: false,
-            gemv_rows: false,
-        };
+        let f = portable_features();
         assert!(!supported(&OpDesc::new(OpKind::Copy, &[a], q), f, u64::MAX));
         assert!(!supported(&OpDesc::new(OpKind::Copy, &[q], a), f, u64::MAX));
     }
