@@ -142,15 +142,7 @@ impl Job<'_> {
             return;
         }
         for row in c.iter_mut() {
-            if let Some(bias) = self.bias {
-                math::add_slice(row, &bias[cols.clone()]);
-            }
-            match self.p.activation {
-                Activation::None => {}
-                Activation::Relu => math::relu_slice(row),
-                Activation::Silu => math::silu_slice(row),
-                Activation::Gelu => math::gelu_slice(row),
-            }
+            math::bias_and_activation(row, self.bias.map(|b| &b[cols.clone()]), self.p.activation);
         }
     }
 }
@@ -228,13 +220,7 @@ mod x86 {
     use super::{widen, COLS, PREFETCH};
     use std::arch::x86_64::*;
 
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
-    }
+    use crate::backend::cpu::simd::hsum256 as hsum;
 
     /// R rows of A against four weight rows, 8 lanes at a time, two vectors a step.
     #[target_feature(enable = "avx2,fma,f16c")]

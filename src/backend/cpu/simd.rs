@@ -128,6 +128,16 @@ pub(crate) fn has_avx512() -> bool {
     isa() >= Isa::Avx512
 }
 
+/// Sum of the eight lanes of an AVX vector. Inlined into its callers, which enable AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
 /// Defines `fn name(args) -> ret` whose body is compiled three times: for baseline x86-64, with
 /// AVX2+FMA+F16C and (`nh_avx512` builds) with AVX-512 (16-lane vectors), chosen at run time. The body and every helper it calls must be
 /// `#[inline(always)]` so they are compiled with the wider instructions too.

@@ -129,15 +129,7 @@ pub fn try_matmul(
             // SAFETY: as above.
             let row =
                 unsafe { std::slice::from_raw_parts_mut(p.c().add(i * p.ldc + cols.start), cols.len()) };
-            if let Some(bias) = bias {
-                math::add_slice(row, &bias[cols.clone()]);
-            }
-            match activation {
-                Activation::None => {}
-                Activation::Relu => math::relu_slice(row),
-                Activation::Silu => math::silu_slice(row),
-                Activation::Gelu => math::gelu_slice(row),
-            }
+            math::bias_and_activation(row, bias.map(|b| &b[cols.clone()]), activation);
         }
     };
     let blocks = p.n.div_ceil(NB);
@@ -234,13 +226,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
-    }
+    use crate::backend::cpu::simd::hsum256 as hsum;
 
     /// R rows of A against C rows of B (both k-contiguous), 8 lanes of k per step.
     #[target_feature(enable = "avx2,fma")]

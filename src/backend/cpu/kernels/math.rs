@@ -144,6 +144,21 @@ dispatch_avx2! {
     }
 }
 
+/// A matmul's epilogue on one row of C: the bias (its columns of this row), then the fused
+/// activation.
+pub fn bias_and_activation(row: &mut [f32], bias: Option<&[f32]>, activation: crate::op::Activation) {
+    use crate::op::Activation;
+    if let Some(bias) = bias {
+        add_slice(row, bias);
+    }
+    match activation {
+        Activation::None => {}
+        Activation::Relu => relu_slice(row),
+        Activation::Silu => silu_slice(row),
+        Activation::Gelu => gelu_slice(row),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

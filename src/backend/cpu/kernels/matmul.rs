@@ -330,15 +330,7 @@ impl Gemm<'_> {
                 scratch.extend((0..n).map(|j| unsafe { *p.add(j * self.c.cs) }));
                 &mut scratch
             };
-            if let Some(bias) = self.bias {
-                math::add_slice(row, &bias[cols.clone()]);
-            }
-            match self.p.activation {
-                Activation::None => {}
-                Activation::Relu => math::relu_slice(row),
-                Activation::Silu => math::silu_slice(row),
-                Activation::Gelu => math::gelu_slice(row),
-            }
+            math::bias_and_activation(row, self.bias.map(|b| &b[cols.clone()]), self.p.activation);
             if self.c.cs != 1 {
                 for (j, v) in scratch.iter().enumerate() {
                     unsafe { *p.add(j * self.c.cs) = *v };

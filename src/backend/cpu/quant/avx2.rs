@@ -47,12 +47,7 @@ unsafe fn split16(v: __m128i) -> (__m256, __m256) {
     (i8x8(v), i8x8(_mm_srli_si128(v, 8)))
 }
 
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
+use crate::backend::cpu::simd::hsum256 as hsum;
 
 /// out[r] = sum_k w[k] * x[r][k] over `blocks` blocks of `dt` at `w`.
 ///

@@ -164,12 +164,7 @@ unsafe fn block<D: ByteDot, const R: usize, const T: usize>(
     }
 }
 
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
+use crate::backend::cpu::simd::hsum256 as hsum;
 
 /// Two passes over even and odd blocks, so consecutive blocks' multiply-adds do not wait
 /// for each other.

@@ -20,7 +20,7 @@ use super::host::{dense_copy, load_dense, HostView, SendPtr};
 use super::kernels::math;
 use super::kernels::matmul::MatmulParams;
 use super::scratch::Scratch;
-use crate::op::{Activation, DType};
+use crate::op::DType;
 use dot::{dot_rows, Isa, ROWS};
 use q8act::{IntIsa, Q8Rows};
 use rayon::prelude::*;
@@ -282,14 +282,6 @@ impl Job<'_> {
     }
 
     fn epilogue(&self, row: &mut [f32], cols: &std::ops::Range<usize>) {
-        if let Some(bias) = self.bias {
-            math::add_slice(row, &bias[cols.clone()]);
-        }
-        match self.p.activation {
-            Activation::None => {}
-            Activation::Relu => math::relu_slice(row),
-            Activation::Silu => math::silu_slice(row),
-            Activation::Gelu => math::gelu_slice(row),
-        }
+        math::bias_and_activation(row, self.bias.map(|b| &b[cols.clone()]), self.p.activation);
     }
 }
