@@ -282,6 +282,39 @@ fn tiny_ops_run_inline_on_an_idle_cpu() {
 }
 
 #[test]
+fn a_graph_of_tiny_ops_runs_on_the_submitting_thread_fan_outs_included() {
+    // x2 feeds three adds (a fan-out released by an op, as a decode step's rmsnorm releases
+    // its q, k and v projections), which two more join: every op is tiny, so none is handed
+    // to the CPU's worker thread.
+    let rt = runtime_with(vec![]);
+    let n = 16;
+    let x = upload(&rt, &[1.0; 16]);
+    let [x2, y1, y2, y3, z, w] = [(); 6].map(|_| rt.alloc(n * 4).unwrap());
+    let mut graph = npuhybrid::graph::Graph::new();
+    let ops = [
+        add(x, x, x2, n),
+        add(x2, x2, y1, n),
+        add(x2, x2, y2, n),
+        add(x2, x2, y3, n),
+        add(y1, y2, z, n),
+        add(z, y3, w, n),
+    ];
+    for op in ops {
+        rt.graph_add(&mut graph, op).unwrap();
+    }
+    // Whether an op is tiny is the model's prediction, which the first runs teach (a cold
+    // first run may look long): some run of twenty must have run every op inline.
+    let mut most_inline = 0;
+    for _ in 0..20 {
+        let before = rt.stats().inline_ops;
+        rt.submit_graph(&graph).unwrap().wait(None).unwrap();
+        most_inline = most_inline.max(rt.stats().inline_ops - before);
+    }
+    assert!(download(&rt, w, n).iter().all(|v| *v == 12.0));
+    assert_eq!(most_inline, 6, "every op ran on the submitting thread");
+}
+
+#[test]
 fn performance_history_is_saved_and_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = || npuhybrid::RuntimeConfig { perf_cache_dir: Some(dir.path().to_path_buf()), ..config() };

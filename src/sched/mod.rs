@@ -58,28 +58,37 @@ pub struct Counters {
     pub inline_ops: AtomicU64,
 }
 
-/// A thread's next job: one op released by the job it just ran, for a worker's own device,
-/// or (on a thread inside `submit_all`) a tiny op for the idle host device, which the
-/// submitter runs after the one that released it: a graph's chain of tiny ops runs on the
-/// caller without a thread hand-off, and without recursion.
+/// A thread's next jobs: ops released by the job it just ran, for a worker's own device, or
+/// (on a thread inside `submit_all`) tiny ops for the otherwise idle host device, which the
+/// thread runs after the one that released them: a graph's chain of tiny ops, fan-outs
+/// included (a decode step's q, k and v projections), runs on the caller without a thread
+/// hand-off, and without recursion. A hand-off costs more than a tiny op, and a chain split
+/// across two threads pays one at every fan-out and at the end (waking the caller).
 #[derive(Default)]
 struct LocalJob {
     device: Option<usize>,
     submitting: bool,
-    job: Option<Job>,
+    jobs: std::collections::VecDeque<Job>,
 }
 
 impl LocalJob {
-    /// Keeps `job` if this thread may run it next and has nothing kept yet; else gives it back.
-    /// `tiny_host`: the job is for an idle host device and predicted to be short.
+    /// Keeps `job` if this thread may run it next; else gives it back. Any number of tiny
+    /// host jobs are kept, else only one: longer jobs are better run in parallel elsewhere.
+    /// `tiny_host`: the job is for a host device that has nothing queued but what this thread
+    /// keeps, and predicted to be short.
     fn keep(&mut self, job: Job, tiny_host: bool) -> Option<Job> {
         let mine = self.device == Some(job.device) || (self.submitting && tiny_host);
-        if mine && self.job.is_none() {
-            self.job = Some(job);
+        if mine && (self.jobs.is_empty() || tiny_host) {
+            self.jobs.push_back(job);
             None
         } else {
             Some(job)
         }
+    }
+
+    /// Jobs kept for `device`: they count in its queue, but this thread runs them.
+    fn kept_for(&self, device: usize) -> usize {
+        self.jobs.iter().filter(|j| j.device == device).count()
     }
 }
 
@@ -296,7 +305,7 @@ impl Scheduler {
 
     /// Runs the jobs this thread kept for itself (see `LocalJob`) until none is left.
     fn run_local_jobs(self: &Arc<Self>) {
-        while let Some(next) = LOCAL_JOB.with(|slot| slot.borrow_mut().job.take()) {
+        while let Some(next) = LOCAL_JOB.with(|slot| slot.borrow_mut().jobs.pop_front()) {
             self.run_job(next);
         }
     }
@@ -559,7 +568,8 @@ impl Scheduler {
 
     fn enqueue(self: &Arc<Self>, job: Job, may_inline: bool) {
         let device = &self.devices[job.device];
-        let idle = device.load.queued.fetch_add(1, Ordering::Relaxed) == 0;
+        let kept_here = LOCAL_JOB.with(|slot| slot.borrow().kept_for(job.device));
+        let idle = device.load.queued.fetch_add(1, Ordering::Relaxed) == kept_here;
         device.load.queued_ns.fetch_add(job.predicted_ns as u64, Ordering::Relaxed);
         let tiny_host = idle && device.is_host() && job.predicted_ns < INLINE_BELOW_NS;
         if may_inline && tiny_host {
