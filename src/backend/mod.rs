@@ -193,6 +193,9 @@ pub struct DeviceReadings {
     pub clock_mhz: Option<f32>,
 }
 
+/// While alive, a device that runs its ops on the host's cores starts none (`pause_host_work`).
+pub type HostWorkPaused<'a> = parking_lot::RwLockWriteGuard<'a, ()>;
+
 pub trait Backend: Send + Sync {
     fn info(&self) -> &DeviceInfo;
 
@@ -272,6 +275,13 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Holds this device's ops off until the guard drops (ops already running finish first),
+    /// where the device runs them on the host's cores: another device's calibration times its
+    /// runs by the wall clock, and this device's work on every core would be timed with them.
+    fn pause_host_work(&self) -> Option<HostWorkPaused<'_>> {
+        None
+    }
+
     /// Current readings from the device's own interface (not the sysfs monitor).
     fn readings(&self) -> DeviceReadings {
         DeviceReadings::default()
@@ -332,6 +342,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn host_seat(&self) -> Option<cpu::Seat> {
         (**self).host_seat()
+    }
+    fn pause_host_work(&self) -> Option<HostWorkPaused<'_>> {
+        (**self).pause_host_work()
     }
     fn readings(&self) -> DeviceReadings {
         (**self).readings()

@@ -338,7 +338,8 @@ impl Scheduler {
             let spawned = std::thread::Builder::new().name(format!("nh-calibrate-{index}")).spawn(move || {
                 let Some(s) = weak.upgrade() else { return };
                 let d = &s.devices[index];
-                match calibrate::calibrate(&*d.backend) {
+                let quiet = || s.devices.iter().filter_map(|h| h.backend.pause_host_work()).collect();
+                match calibrate::calibrate(&*d.backend, &quiet) {
                     Ok(c) => {
                         d.model.calibrate(c.priors);
                         calibrate::remember(&d.model);

@@ -217,7 +217,8 @@ pub struct CpuBackend {
     /// policy says.
     keep_warm_allowed: bool,
     /// Held for reading while an op runs in the pool, for writing while a seat is taken
-    /// (`seat.rs`: the seat must not land on a thread inside an op).
+    /// (`seat.rs`: the seat must not land on a thread inside an op) and while another device's
+    /// calibration times its runs (`pause_host_work`).
     gate: parking_lot::RwLock<()>,
     /// One seat per pool: a second would leave no thread for ops sent from outside.
     seated: AtomicBool,
@@ -295,6 +296,10 @@ impl Backend for CpuBackend {
         if self.keep_warm_allowed {
             self.warm.set_window(window.unwrap_or(warm::WINDOW));
         }
+    }
+
+    fn pause_host_work(&self) -> Option<super::HostWorkPaused<'_>> {
+        Some(self.gate.write())
     }
 
     fn host_seat(&self) -> Option<Seat> {
