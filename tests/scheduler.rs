@@ -61,6 +61,27 @@ fn llm_inference_sends_prefill_to_the_npu_and_decode_to_the_gpu() {
     assert_close(&download(&rt, y, 128 * f)[f..], &want[f..], 1e-4);
 }
 
+/// A GPU whose kernel for an op is still being made does not get the op while the CPU can
+/// take it (the op would wait for the compiler); once the kernel is made, it does.
+#[test]
+fn a_device_gets_no_op_while_its_kernel_is_being_made() {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gpu =
+        ScriptedDevice::new(DeviceKind::Gpu, "gpu", 1e6, Script::Works).with_kernels_ready(ready.clone());
+    let rt = runtime(PolicySource::Builtin("default".into()), vec![Box::new(gpu)]);
+    let n = 256;
+    let (a, b) = (upload(&rt, &random(n * n, 1)), upload(&rt, &random(n * n, 2)));
+    let c = rt.alloc(n * n * 4).unwrap();
+    let run = || {
+        let ev = rt.submit(matmul(a, b, c, n, n, n)).unwrap();
+        ev.wait(None).unwrap();
+        ev.outcome().1.device
+    };
+    assert_eq!(run(), Some(0), "the kernel is not made: the CPU runs it");
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(run(), Some(1), "a million GFLOP/s, kernel made: the GPU runs it");
+}
+
 #[test]
 fn earliest_completion_counts_uploads_of_operands_a_device_does_not_hold() {
     // Two GPUs of the same speed; one holds the weights already, the other would have to

@@ -253,6 +253,13 @@ pub trait Backend: Send + Sync {
         0
     }
 
+    /// Whether what `op` needs here (a pipeline, a kernel) is made. When not, the device starts
+    /// making it in the background, and the scheduler gives the op to another candidate
+    /// meanwhile, if it has one.
+    fn kernels_ready(&self, _op: &OpDesc) -> bool {
+        true
+    }
+
     /// Whether `ExecReport::device_ns` measures this machine's work on the device (GPU
     /// timestamps), so the model keeps kernel times per op and learns the rest apart
     /// (`DeviceModel::record_timed_segment`), from the segments whose ops were timed only. A simulated device's times are its model's, not
@@ -336,6 +343,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn prepare_kernels(&self, stop: &std::sync::atomic::AtomicBool) -> usize {
         (**self).prepare_kernels(stop)
+    }
+    fn kernels_ready(&self, op: &OpDesc) -> bool {
+        (**self).kernels_ready(op)
     }
     fn touches_outputs(&self) -> bool {
         (**self).touches_outputs()

@@ -491,7 +491,7 @@ impl Scheduler {
                 candidates.iter().min_by_key(|d| d.load.queued.load(Ordering::Relaxed)).map(|d| with_cost(d))
             }
             // The estimate that picked the device is the one its job carries.
-            Strategy::EarliestCompletion => without_calibrating(candidates)
+            Strategy::EarliestCompletion => settled(candidates, op)
                 .iter()
                 .map(|d| with_cost(d))
                 .min_by(|a, b| a.1.completion.total_cmp(&b.1.completion)),
@@ -796,12 +796,18 @@ fn tags_text(op: &OpDesc) -> String {
     op.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-/// Drops devices being calibrated where another candidate remains: the model's choice is not
-/// made on a guess, nor is the user's work the experiment. (Rules that name their order,
-/// first available or least loaded, keep it.)
-fn without_calibrating(mut candidates: Vec<&Device>) -> Vec<&Device> {
-    if candidates.iter().any(|d| !d.calibrating.load(Ordering::Relaxed)) {
-        candidates.retain(|d| !d.calibrating.load(Ordering::Relaxed));
+/// Drops devices being calibrated, and devices whose kernels for `op` are still being made
+/// (`Backend::kernels_ready`), where another candidate remains: the model's choice is not made
+/// on a guess, nor is the user's work the experiment, nor does it wait for a compiler. (Rules
+/// that name their order, first available or least loaded, keep it.)
+fn settled<'a>(mut candidates: Vec<&'a Device>, op: &OpDesc) -> Vec<&'a Device> {
+    let ready: Vec<bool> = candidates
+        .iter()
+        .map(|d| !d.calibrating.load(Ordering::Relaxed) && d.backend.kernels_ready(op))
+        .collect();
+    if ready.iter().any(|r| *r) {
+        let mut keep = ready.into_iter();
+        candidates.retain(|_| keep.next().unwrap_or(false));
     }
     candidates
 }

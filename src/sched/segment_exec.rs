@@ -308,7 +308,7 @@ impl Scheduler {
                 let candidates = self.candidates(&t.op, &decision, 0);
                 match decision.strategy {
                     Strategy::EarliestCompletion => {
-                        super::without_calibrating(candidates).iter().map(|d| d.index).collect()
+                        super::settled(candidates, &t.op).iter().map(|d| d.index).collect()
                     }
                     Strategy::FirstAvailable => candidates.first().map(|d| d.index).into_iter().collect(),
                     Strategy::LeastLoaded => Vec::new(),

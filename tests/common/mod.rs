@@ -32,6 +32,8 @@ pub struct ScriptedDevice {
     upload_ns: f64,
     missing: Option<usize>,
     pub calls: Arc<AtomicU64>,
+    /// Whether its kernels are made (`Backend::kernels_ready`); None: always.
+    kernels_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl ScriptedDevice {
@@ -50,7 +52,14 @@ impl ScriptedDevice {
             upload_ns: 0.0,
             missing: None,
             calls: Arc::new(AtomicU64::new(0)),
+            kernels_ready: None,
         }
+    }
+
+    /// Its kernels are ready while `flag` is set.
+    pub fn with_kernels_ready(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> ScriptedDevice {
+        self.kernels_ready = Some(flag);
+        self
     }
 
     /// Reports `ns` of upload time for input `index` of every op.
@@ -85,6 +94,10 @@ impl Backend for ScriptedDevice {
         std::thread::sleep(self.delay);
         execute_on_host(op, mem)?;
         Ok(ExecReport::default())
+    }
+
+    fn kernels_ready(&self, _op: &OpDesc) -> bool {
+        self.kernels_ready.as_ref().is_none_or(|f| f.load(Ordering::Relaxed))
     }
 
     fn upload_ns(&self, op: &OpDesc, _mem: &OpMemory) -> f64 {

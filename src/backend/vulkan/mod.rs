@@ -14,6 +14,7 @@ mod pack;
 mod pipelines;
 mod residency;
 mod submit;
+mod warmer;
 
 use crate::backend::{Backend, DeviceInfo, DeviceKind, ExecReport, OpMemory, SegmentReport};
 use crate::error::{Error, Result};
@@ -32,7 +33,12 @@ pub struct VulkanBackend {
     info: DeviceInfo,
     features: ops::Features,
     max_range: u64,
-    state: Mutex<submit::State>,
+    /// Shared with the pipeline warmer's thread (`warmer.rs`).
+    state: Arc<Mutex<submit::State>>,
+    kernels: Arc<warmer::KernelWarmer>,
+    /// Ops wait off this device until their pipelines are made ahead (`kernels_ready`): not on
+    /// a CPU implementation, where compiling would take the cores the work runs on.
+    pipelines_ahead: AtomicBool,
     /// Which input views have a current replica, for `upload_ns` (read without `state`).
     resident: residency::ResidentSet,
     /// Host-to-device copy rate assumed for uploads, bytes per nanosecond (GB/s).
@@ -119,12 +125,20 @@ impl VulkanBackend {
             features,
             max_range: ctx.caps.max_storage_range,
             resident: state.residency.resident_set(),
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
+            kernels: Arc::default(),
+            pipelines_ahead: AtomicBool::new(ctx.caps.device_type != vk::PhysicalDeviceType::CPU),
             upload_gbs,
             host_import: AtomicBool::new(ctx.reads_host_in_place()),
             times_kernels: AtomicBool::new(times_kernels),
             ctx,
         })
+    }
+
+    /// Whether ops wait off this device until their pipelines are made ahead (default: on
+    /// GPUs, off on CPU implementations); tests turn it on under lavapipe.
+    pub fn set_pipelines_ahead(&self, on: bool) {
+        self.pipelines_ahead.store(on, Ordering::Relaxed);
     }
 
     /// Runs ops in order in as few submissions as their dependencies allow (one command
@@ -250,8 +264,31 @@ impl Backend for VulkanBackend {
         // One at a time, so ops submitted meanwhile wait for one pipeline at most.
         pipelines::Pipelines::variants()
             .take_while(|_| !stop.load(std::sync::atomic::Ordering::Relaxed))
-            .filter(|name| self.state.lock().pipelines.warm(name).unwrap_or(false))
+            .filter(|name| {
+                let made = self.state.lock().pipelines.warm(name).unwrap_or(false);
+                self.kernels.mark_ready(name);
+                made
+            })
             .count()
+    }
+
+    fn kernels_ready(&self, op: &OpDesc) -> bool {
+        if !self.pipelines_ahead.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Ok(ops::Step::Dispatch { shader, .. }) = ops::plan(op, self.features) else { return true };
+        if self.kernels.is_ready(shader) {
+            return true;
+        }
+        let state = Arc::downgrade(&self.state);
+        self.kernels.request(shader, move |name| {
+            if let Some(state) = state.upgrade() {
+                if let Err(e) = state.lock().pipelines.warm(name) {
+                    log::warn!("pipeline {name} not made ahead: {e}");
+                }
+            }
+        });
+        false
     }
 
     fn touches_outputs(&self) -> bool {

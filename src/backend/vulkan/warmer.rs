@@ -1,0 +1,96 @@
+//! Which pipelines exist, for the planner, and a thread that makes missing ones ahead of use.
+//! A graph placed on the GPU before its pipelines exist waits inside its first submission
+//! while the driver compiles them (862 ms of an H100's first graph); instead the planner keeps
+//! ops off the device until their pipelines are made here (`Backend::kernels_ready`), and they
+//! run elsewhere meanwhile.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+#[derive(Default)]
+pub struct KernelWarmer {
+    ready: RwLock<HashSet<&'static str>>,
+    wanted: Mutex<Wanted>,
+}
+
+#[derive(Default)]
+struct Wanted {
+    /// Shaders asked for, oldest first.
+    queue: Vec<&'static str>,
+    /// A thread is making them.
+    running: bool,
+}
+
+impl KernelWarmer {
+    pub fn is_ready(&self, shader: &str) -> bool {
+        self.ready.read().contains(shader)
+    }
+
+    pub fn mark_ready(&self, shader: &'static str) {
+        self.ready.write().insert(shader);
+    }
+
+    /// Asks for `shader`'s pipeline. The first request starts a thread that makes the ones
+    /// asked for, in order, with `make`, and ends when none is left. A shader whose pipeline
+    /// cannot be made is marked ready too: its op then fails where it runs, and falls back.
+    pub fn request(self: &Arc<Self>, shader: &'static str, make: impl Fn(&'static str) + Send + 'static) {
+        {
+            let mut wanted = self.wanted.lock();
+            if !wanted.queue.contains(&shader) {
+                wanted.queue.push(shader);
+            }
+            if wanted.running {
+                return;
+            }
+            wanted.running = true;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("nh-pipelines".into()).spawn(move || loop {
+            let next = {
+                let mut wanted = me.wanted.lock();
+                if wanted.queue.is_empty() {
+                    wanted.running = false;
+                    return;
+                }
+                wanted.queue.remove(0)
+            };
+            make(next);
+            me.mark_ready(next);
+        });
+        if spawned.is_err() {
+            // No thread: let the ops compile their pipelines where they run, as without this.
+            let mut wanted = self.wanted.lock();
+            wanted.running = false;
+            for shader in std::mem::take(&mut wanted.queue) {
+                self.mark_ready(shader);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn requested_pipelines_are_made_once_in_order_then_ready() {
+        let warmer = Arc::new(KernelWarmer::default());
+        let made = Arc::new(Mutex::new(Vec::new()));
+        for shader in ["gemv", "rope", "gemv"] {
+            let made = Arc::clone(&made);
+            warmer.request(shader, move |s| {
+                std::thread::sleep(Duration::from_millis(5));
+                made.lock().push(s);
+            });
+        }
+        let started = Instant::now();
+        while !(warmer.is_ready("gemv") && warmer.is_ready("rope")) {
+            assert!(started.elapsed() < Duration::from_secs(10), "never made");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*made.lock(), ["gemv", "rope"]);
+        assert!(!warmer.is_ready("softmax"));
+    }
+}
