@@ -77,8 +77,8 @@ impl PlanTimes {
             return;
         }
         self.signature = Some(signature);
-        self.last_placement = None;
         let kept = history.kept(signature);
+        self.last_placement = kept.and_then(|k| k.last_placement.clone());
         self.spent_ns = kept.map_or(0.0, |k| k.spent_ns);
         self.measured = kept
             .map(|k| k.placements.as_slice())
@@ -98,6 +98,7 @@ impl PlanTimes {
     pub fn to_keep(&self) -> KeptGraph {
         KeptGraph {
             spent_ns: self.spent_ns,
+            last_placement: self.last_placement.clone(),
             placements: self
                 .measured
                 .iter()
@@ -236,6 +237,13 @@ const HISTORY_FORMAT: u32 = 2;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KeptGraph {
     spent_ns: f64,
+    /// The placement the graph last ran under. A new process running it under the same one
+    /// counts its first run: a graph run once per process (a prompt's prefill) was otherwise
+    /// never measured, every run a warm-up, and the model alone placed it (an H100 prefill
+    /// stayed split across CPU and GPU at a fifth of the GPU alone's speed). The once-per-
+    /// process costs that run pays, uploads included, are what such a graph pays every time.
+    #[serde(default)]
+    last_placement: Option<String>,
     /// Placement name and its recent samples (ns), oldest first.
     placements: Vec<(String, Vec<f64>)>,
 }
@@ -428,8 +436,14 @@ mod tests {
         other.adopt(7, &PlanHistory::load(Some(dir.path()), cpu_only.clone()));
         assert_eq!(other.measured_ns("one device: 1"), None);
         let mut theirs = PlanHistory::load(Some(dir.path()), cpu_only);
-        theirs
-            .keep(7, KeptGraph { spent_ns: 1.0, placements: vec![("one device: 0".into(), vec![1.0, 1.0])] });
+        theirs.keep(
+            7,
+            KeptGraph {
+                spent_ns: 1.0,
+                placements: vec![("one device: 0".into(), vec![1.0, 1.0])],
+                last_placement: None,
+            },
+        );
         theirs.save(dir.path()).unwrap();
         let mut again = PlanTimes::default();
         again.adopt(7, &PlanHistory::load(Some(dir.path()), devices));
@@ -494,5 +508,26 @@ mod tests {
             run(&mut t, "one device: 0", 42_000);
         }
         assert_eq!(c[t.choose(&c)].name, "one device: 1", "2.8 times faster by the model: switch");
+    }
+
+    #[test]
+    fn a_graph_run_once_per_process_under_the_same_placement_is_measured() {
+        // A prompt's prefill: one run per process. The first process's run is a warm-up (the
+        // placement is new); later processes count theirs.
+        let mut history = PlanHistory::default();
+        for process in 0..3 {
+            let mut t = PlanTimes::default();
+            t.adopt(9, &history);
+            run(&mut t, "per op", 1_000);
+            let expected = (process >= 2).then_some(1e6);
+            assert_eq!(t.measured_ns("per op"), expected, "process {process}");
+            history.keep(9, t.to_keep());
+        }
+        // Under another placement, the first run is a warm-up again.
+        let mut t = PlanTimes::default();
+        t.adopt(9, &history);
+        run(&mut t, "one device: 1", 500);
+        run(&mut t, "one device: 1", 500);
+        assert_eq!(t.measured_ns("one device: 1"), None);
     }
 }
