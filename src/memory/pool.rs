@@ -68,8 +68,8 @@ fn size_class(bytes: usize) -> Option<usize> {
 /// pages are zero and take no memory until touched, so rounding up to a power of two costs
 /// address space only. The allocator's page-aligned path (`posix_memalign`, then a memset of
 /// the whole class) made every byte of the class resident: a 295 KiB KV-cache buffer took
-/// 512 KiB, a 10 MB activation 16 MB (23 MB, 10% of a q4_0 model's file, in a 0.5B model's
-/// 512-token prefill).
+/// 512 KiB, a 10 MB activation 16 MB (24.5 MiB, 11% of a q4_0 model's file, in a 0.5B
+/// model's 512-token prefill).
 const MAPPED_CLASS: usize = 64 << 10;
 
 /// A zeroed block of `class` bytes, aligned to `BLOCK_ALIGN`.
