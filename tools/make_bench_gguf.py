@@ -15,7 +15,7 @@ import gguf
 from gguf import GGMLQuantizationType as T
 
 p = argparse.ArgumentParser()
-p.add_argument("type", choices=["f32", "f16", "q8_0", "q4_0", "q4_1"])
+p.add_argument("type", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"])
 p.add_argument("out")
 p.add_argument("--layers", type=int, default=24)
 p.add_argument("--hidden", type=int, default=896)
@@ -26,7 +26,7 @@ p.add_argument("--vocab", type=int, default=32000)
 a = p.parse_args()
 rng = np.random.default_rng(0)
 hd = a.hidden // a.heads
-qt = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}[a.type]
+qt = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}[a.type]
 
 w = gguf.GGUFWriter(a.out, "llama")
 w.add_block_count(a.layers)

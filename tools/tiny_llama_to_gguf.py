@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Converts the tiny Llama test model (tests/data/tiny_llama, safetensors f32) into a llama
 GGUF file the way llama.cpp's converter does: llama.cpp tensor names and metadata keys,
-Q and K rows permuted for rope on adjacent pairs, weights in f32, f16, q8_0 or q4_0 (rows
+Q and K rows permuted for rope on adjacent pairs, weights in f32, f16, bf16, q8_0 or q4_0 (rows
 that are not whole 32-blocks stay f32, as llama.cpp falls back too). A placeholder vocabulary
 (the test model has no tokenizer). Standard library only, so CI needs nothing installed.
 
@@ -14,7 +14,7 @@ import os
 import struct
 import sys
 
-GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
 
 
 def read_safetensors(path):
@@ -70,6 +70,12 @@ def quantize(kind, x):
     return bytes(out)
 
 
+def bf16_bytes(x):
+    """f32 -> bf16, round to nearest even (as the gguf package's converter; no NaNs here)."""
+    bits = array.array("I", x.tobytes())
+    return struct.pack(f"<{len(bits)}H", *(((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF for b in bits))
+
+
 def gguf_string(s):
     b = s.encode()
     return struct.pack("<Q", len(b)) + b
@@ -122,6 +128,8 @@ def main():
             blob = data.tobytes()
         elif t == "f16":
             blob = struct.pack(f"<{len(data)}e", *data)
+        elif t == "bf16":
+            blob = bf16_bytes(data)
         else:
             blob = quantize(t, data)
         ne = list(reversed(shape))

@@ -342,8 +342,8 @@ fn matmul_half_precision_inputs_and_outputs() {
 /// weights, at every instruction-set level: decode rows (m = 1, 2..8: `half_weights.rs` when
 /// B is [n, k]), prefill rows (m = 64: the packed GEMM widens while packing), k with and
 /// without vector tails, both trans_b, padded and transposed views, batches (within and past
-/// the streamed path's 8 rows), beta, bias, activation; then through the backend twice, so
-/// the weight cache packs the half weight and reuses it.
+/// the streamed path's 8 rows), beta, bias, activation; then through the backend three times,
+/// where the weight cache must leave the half weight alone.
 #[test]
 fn f32_activations_with_half_weights_at_every_level() {
     use super::simd::{test_cap, test_levels};
@@ -409,11 +409,25 @@ fn f32_activations_with_half_weights_at_every_level() {
                 );
             }
         }
+        // Half weights are widened while packing on every call, never kept as f32 panels:
+        // a cached copy would be twice the size of a mapped f16 model's weights.
+        let packed = cpu.weights.as_ref().unwrap().bytes();
+        assert_eq!(packed, 0, "{level:?}: half weights packed ({packed} bytes)");
+        // An f32 weight of the same shape is cached (the cache itself is on).
+        let (m, k, n) = (40, 70, 33);
+        let (a, _) = bench.input(DType::F32, &[m, k], Dense);
+        let (b, _) = bench.input(DType::F32, &[n, k], Dense);
+        let c = bench.view(DType::F32, &[m, n], Dense);
+        let op = OpDesc::new(OpKind::Matmul, &[a, b], c)
+            .with_params(OpParams { trans_b: true, ..Default::default() });
+        for _ in 0..2 {
+            cpu.execute(&op, &OpMemory::new(bench.bufs.clone())).unwrap();
+        }
         let packed = cpu.weights.as_ref().unwrap().bytes();
         assert_eq!(
             packed > 0,
             level >= super::simd::Isa::Avx2,
-            "{level:?}: half weights packed ({packed} bytes)"
+            "{level:?}: f32 weight packed ({packed} bytes)"
         );
     }
 }
