@@ -31,20 +31,22 @@ impl V for __m512 {
     #[inline(always)]
     unsafe fn store_half(self, p: *mut u16, bf16: bool) {
         let h = if bf16 {
-            // Round to nearest even on the upper 16 bits; NaNs become quiet NaNs.
-            let bits = _mm512_castps_si512(self);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-                bits,
-                _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)),
-            ));
-            let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
-            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self, self);
-            _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, nan))
+            _mm512_cvtepi32_epi16(bf16_bits(self))
         } else {
             _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self)
         };
         _mm256_storeu_si256(p as *mut __m256i, h)
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // A bf16 in the upper half of a 32-bit lane with zeros below is its f32.
+        let (v, z) = (_mm512_loadu_si512(p as *const _), _mm512_setzero_si512());
+        (_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, v)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, v)))
+    }
+    #[inline(always)]
+    unsafe fn store_bf16_pair(a: Self, b: Self, p: *mut u16) {
+        // packus per 128-bit lane: a's four values, then b's, the order the unpacks took.
+        _mm512_storeu_si512(p as *mut _, _mm512_packus_epi32(bf16_bits(a), bf16_bits(b)))
     }
     #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
@@ -91,6 +93,10 @@ impl V for __m512 {
         _mm512_fmadd_ps(r, _mm512_fnmadd_ps(self, r, _mm512_set1_ps(1.0)), r)
     }
     #[inline(always)]
+    unsafe fn recip_est(self) -> Self {
+        _mm512_rcp14_ps(self)
+    }
+    #[inline(always)]
     unsafe fn ldexp_magic(self, _t: Self, n: Self) -> Self {
         // vscalefps: self * 2^floor(n) in one instruction.
         _mm512_scalef_ps(self, n)
@@ -103,6 +109,20 @@ impl V for __m512 {
     unsafe fn hmax(self) -> f32 {
         _mm512_reduce_max_ps(self)
     }
+}
+
+/// bf16 bits of each lane (in its low 16 bits, the upper ones zero): round to nearest even
+/// on the upper 16 bits of the f32; NaNs become quiet NaNs (rounding could carry them into
+/// infinity).
+#[inline(always)]
+unsafe fn bf16_bits(v: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let rounded =
+        _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))));
+    let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+    let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    _mm512_mask_blend_epi32(is_nan, rounded, nan)
 }
 
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {

@@ -39,6 +39,15 @@ pub(super) trait V: Copy {
     unsafe fn load_half(p: *const u16, bf16: bool) -> Self;
     /// Rounded to nearest even (NaN stays NaN).
     unsafe fn store_half(self, p: *mut u16, bf16: bool);
+    /// 2 * LANES bf16 values widened by one unpack each, in the order within 128-bit lanes
+    /// that the unpacks give (per lane: elements 0-3 in the first vector, 4-7 in the second).
+    /// `store_bf16_pair` undoes it with one pack, so only elementwise streams whose input and
+    /// output are both bf16 may use the pair; it halves the shuffles of `load_half` /
+    /// `store_half` (one unpack per vector and one pack per two, against a widening move plus
+    /// a shift, and a narrowing move (AVX-512) or a pack plus a permute (AVX2)).
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self);
+    /// Rounds both to bf16 as `store_half` and stores them in the order `load_bf16_pair` reads.
+    unsafe fn store_bf16_pair(a: Self, b: Self, p: *mut u16);
     unsafe fn add(self, o: Self) -> Self;
     unsafe fn sub(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;
@@ -54,6 +63,9 @@ pub(super) trait V: Copy {
     unsafe fn copysign(self, sign: Self) -> Self;
     /// 1 / self: estimate plus one Newton step.
     unsafe fn recip(self) -> Self;
+    /// 1 / self, the hardware estimate alone: relative error < 2^-14 (AVX-512) or
+    /// 1.5 * 2^-12 (AVX2), a tenth of a bf16 ulp (2^-8), so bf16 outputs skip the Newton step.
+    unsafe fn recip_est(self) -> Self;
     /// self * 2^n, where the lanes of `t` hold n + 1.5 * 2^23 (the rounding trick of
     /// `exp`) and those of `n` hold n, an integer in [-126, 127] that keeps the product a
     /// normal float.
@@ -144,9 +156,21 @@ unsafe fn exp_neg<T: V, const DEG: usize>(x: T) -> T {
     exp_core::<T, true, DEG>(x.max(T::splat(-EXP_HI)).min(T::splat(-EXP_LO)))
 }
 
+/// 1 / x for the activations whose exp has degree DEG: DEG 3 serves bf16 outputs, where the
+/// reciprocal estimate alone (relative error < 3.7e-4 against a half ulp of 2e-3) saves the
+/// two operations of the Newton step.
+#[inline(always)]
+unsafe fn recip_for<T: V, const DEG: usize>(x: T) -> T {
+    if DEG == 3 {
+        x.recip_est()
+    } else {
+        x.recip()
+    }
+}
+
 #[inline(always)]
 unsafe fn silu<T: V, const DEG: usize>(x: T) -> T {
-    x.mul(exp_neg::<T, DEG>(x).add(T::splat(1.0)).recip())
+    x.mul(recip_for::<T, DEG>(exp_neg::<T, DEG>(x).add(T::splat(1.0))))
 }
 
 /// Abramowitz & Stegun 7.1.26 coefficients (erfc(z) ~ t P(t) e^(-z^2), t = 1 / (1 + p z),
@@ -175,7 +199,7 @@ unsafe fn erf<T: V>(x: T) -> T {
 unsafe fn gelu<T: V, const DEG: usize>(x: T) -> T {
     let a = x.abs().min(T::splat(13.0));
     let half_a = a.mul(T::splat(0.5));
-    let t = a.fma(T::splat(AS_P * std::f32::consts::FRAC_1_SQRT_2), T::splat(1.0)).recip();
+    let t = recip_for::<T, DEG>(a.fma(T::splat(AS_P * std::f32::consts::FRAC_1_SQRT_2), T::splat(1.0)));
     let mut poly = T::splat(AS_POLY[0]);
     for c in &AS_POLY[1..] {
         poly = poly.fma(t, T::splat(*c));
@@ -193,7 +217,7 @@ unsafe fn gelu_tanh<T: V, const DEG: usize>(x: T) -> T {
     // the true value is in f32.
     let x2 = x.mul(x);
     let u2 = x2.fma(T::splat(0.044_715 * 2.0 * 0.797_884_6), T::splat(2.0 * 0.797_884_6)).mul(x);
-    x.mul(exp_neg::<T, DEG>(u2).add(T::splat(1.0)).recip())
+    x.mul(recip_for::<T, DEG>(exp_neg::<T, DEG>(u2).add(T::splat(1.0))))
 }
 
 /// Where a stream reads or writes: dense f32, f16 or bf16 elements.
@@ -356,6 +380,27 @@ mod stream {
         }
     }
 
+    /// Two vectors at i and i + LANES. For bf16 (D = 2) in `V::load_bf16_pair`'s order, which
+    /// `st2` undoes: only for elementwise streams whose operands all have dtype code D.
+    #[inline(always)]
+    unsafe fn ld2<T: V, const D: u8>(p: *mut u8, i: usize) -> (T, T) {
+        match D {
+            2 => T::load_bf16_pair((p as *const u16).add(i)),
+            _ => (ld::<T, D>(p, i), ld::<T, D>(p, i + T::LANES)),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn st2<T: V, const D: u8>(p: *mut u8, i: usize, a: T, b: T) {
+        match D {
+            2 => T::store_bf16_pair(a, b, (p as *mut u16).add(i)),
+            _ => {
+                st::<T, D>(p, i, a);
+                st::<T, D>(p, i + T::LANES, b);
+            }
+        }
+    }
+
     /// The function of `Act` numbered K (a const, for the same reason; closures would not
     /// be inlined into the target-feature functions, and every intrinsic became a call).
     #[inline(always)]
@@ -419,10 +464,14 @@ mod stream {
         let mut i = 0;
         // Two vectors per step: independent chains for the out-of-order core.
         while i + 2 * l <= n {
-            let (x0, x1) = (ld::<T, A>(a.ptr, i), ld::<T, A>(a.ptr, i + l));
-            let (y0, y1) = (act::<T, K, O>(x0, s), act::<T, K, O>(x1, s));
-            st::<T, O>(out.ptr, i, y0);
-            st::<T, O>(out.ptr, i + l, y1);
+            if A == O {
+                let (x0, x1) = ld2::<T, A>(a.ptr, i);
+                st2::<T, O>(out.ptr, i, act::<T, K, O>(x0, s), act::<T, K, O>(x1, s));
+            } else {
+                let (x0, x1) = (ld::<T, A>(a.ptr, i), ld::<T, A>(a.ptr, i + l));
+                st::<T, O>(out.ptr, i, act::<T, K, O>(x0, s));
+                st::<T, O>(out.ptr, i + l, act::<T, K, O>(x1, s));
+            }
             i += 2 * l;
         }
         while i < n {
@@ -502,10 +551,15 @@ mod stream {
         let f = |x: T, y: T| if MUL { x.mul(y) } else { x.add(y) };
         let mut i = 0;
         while i + 2 * l <= n {
-            let (a0, a1) = (ldd::<T, D>(a, i), ldd::<T, D>(a, i + l));
-            let (b0, b1) = (ldd::<T, D>(b, i), ldd::<T, D>(b, i + l));
-            stt::<T, D>(out, i, f(a0, b0));
-            stt::<T, D>(out, i + l, f(a1, b1));
+            if D == ANY {
+                let (a0, a1) = (ldd::<T, D>(a, i), ldd::<T, D>(a, i + l));
+                let (b0, b1) = (ldd::<T, D>(b, i), ldd::<T, D>(b, i + l));
+                stt::<T, D>(out, i, f(a0, b0));
+                stt::<T, D>(out, i + l, f(a1, b1));
+            } else {
+                let ((a0, a1), (b0, b1)) = (ld2::<T, D>(a.ptr, i), ld2::<T, D>(b.ptr, i));
+                st2::<T, D>(out.ptr, i, f(a0, b0), f(a1, b1));
+            }
             i += 2 * l;
         }
         while i < n {
@@ -923,6 +977,64 @@ mod tests {
                             assert!(ok, "{level:?} softmax {da}->{dout} n{n} [{i}]: {got} vs {want}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// bf16 in and bf16 out take the paired loads and stores (`V::load_bf16_pair`), whose
+    /// lane order only the pack undoes: scale, add (in place too) and silu at lengths around
+    /// the pair's 16 / 32 elements agree bit for bit with f32 arithmetic rounded by `half`
+    /// (silu: within one ulp of f64), infinities, NaN and subnormals included.
+    #[test]
+    fn bf16_pairs_keep_element_order() {
+        use half::bf16;
+        let specials = [f32::NAN, f32::INFINITY, -f32::INFINITY, 1e-40, -0.0, 3.38e38, -2.5e-39];
+        let to_f32 = |h: &[u16]| -> Vec<f32> { h.iter().map(|&b| bf16::from_bits(b).to_f32()).collect() };
+        let same = |got: u16, want: f32| {
+            let w = bf16::from_f32(want);
+            got == w.to_bits() || (w.is_nan() && bf16::from_bits(got).is_nan())
+        };
+        for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
+            let _cap = test_cap(level);
+            for n in [1usize, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1003] {
+                let x: Vec<u16> = (0..n)
+                    .map(|i| {
+                        let v =
+                            if i % 13 == 5 { specials[i % specials.len()] } else { i as f32 * 0.37 - 40.0 };
+                        bf16::from_f32(v).to_bits()
+                    })
+                    .collect();
+                let y: Vec<u16> = x.iter().rev().cloned().collect();
+                let (xf, yf) = (to_f32(&x), to_f32(&y));
+                let d = |h: &[u16]| Dense { ptr: h.as_ptr() as *mut u8, dtype: DType::BF16 };
+                let mut out = vec![0u16; n];
+                for s in [1.0f32, 0.37] {
+                    // SAFETY: every buffer holds n bf16 values.
+                    assert!(unsafe { unary(Act::Scale(s), d(&out), d(&x), n) });
+                    for i in 0..n {
+                        assert!(same(out[i], xf[i] * s), "{level:?} n{n} scale {s} [{i}]: {:#x}", out[i]);
+                    }
+                }
+                let mut sum = x.clone();
+                // SAFETY: as above; the output is a (in place).
+                assert!(unsafe { binary(false, d(&sum), d(&sum), d(&y), n) });
+                for i in 0..n {
+                    assert!(same(sum[i], xf[i] + yf[i]), "{level:?} n{n} add [{i}]: {:#x}", sum[i]);
+                }
+                sum.clear();
+                // SAFETY: as above.
+                assert!(unsafe { unary(Act::Silu, d(&out), d(&x), n) });
+                for i in 0..n {
+                    let v = xf[i] as f64;
+                    let want = bf16::from_f64(v / (1.0 + (-v).exp()));
+                    let (g, w) = (out[i] as i32, want.to_bits() as i32);
+                    // silu(-inf) is NaN in f64 (inf / inf) and -inf in the stream (its exp is
+                    // clamped): not what this test is about.
+                    let ok = (g - w).abs() <= 1
+                        || v.is_infinite()
+                        || (want.is_nan() && bf16::from_bits(out[i]).is_nan());
+                    assert!(ok, "{level:?} n{n} silu({v}) [{i}]: {g:#x} vs {w:#x}");
                 }
             }
         }
