@@ -49,6 +49,10 @@ impl V for __m512 {
         _mm512_storeu_si512(p as *mut _, _mm512_packus_epi32(bf16_bits(a), bf16_bits(b)))
     }
     #[inline(always)]
+    unsafe fn store_bf16_ftz(self, p: *mut u16) {
+        store_bf16_ftz(self, p)
+    }
+    #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
         _mm512_add_ps(self, o)
     }
@@ -125,6 +129,20 @@ unsafe fn bf16_bits(v: __m512) -> __m512i {
     _mm512_mask_blend_epi32(is_nan, rounded, nan)
 }
 
+/// `V::store_bf16_ftz`: inlined into `map_bf16_ftz`, which has the feature.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn store_bf16_ftz(v: __m512, p: *mut u16) {
+    let h = _mm512_cvtneps_pbh(v);
+    _mm256_storeu_si256(p as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(h))
+}
+
+/// Whether this CPU rounds to bf16 in one instruction (AVX512_BF16: Cooper Lake, Sapphire
+/// Rapids and later, Zen 4 and later).
+pub(super) fn has_bf16_ftz() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
     stream::unary::<Avx512>(act, out, a, n)
 }
@@ -135,13 +153,24 @@ struct Avx512;
 impl stream::Maps for Avx512 {
     #[inline(always)]
     unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
-        map::<K, A, O>(out, a, n, s)
+        // Activations into bf16 round with vcvtneps2bf16 where the CPU has it: their results
+        // under 1.2e-38 may flush to zero; conversions (Scale) stay exact.
+        if O == 2 && K != 0 && has_bf16_ftz() {
+            map_bf16_ftz::<K, A>(out, a, n, s)
+        } else {
+            map::<K, A, O>(out, a, n, s)
+        }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
     stream::map::<__m512, K, A, O>(out, a, n, s)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c,avx512bf16")]
+unsafe fn map_bf16_ftz<const K: u8, const A: u8>(out: Dense, a: Dense, n: usize, s: f32) {
+    stream::map::<__m512, K, A, { stream::BF16_FTZ }>(out, a, n, s)
 }
 
 pub(super) unsafe fn binary(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
