@@ -228,6 +228,24 @@ unsafe fn gelu_tanh<T: V, const DEG: usize>(x: T) -> T {
     x.mul(recip_for::<T, DEG>(exp_neg::<T, DEG>(u2).add(T::splat(1.0))))
 }
 
+/// Asks for the cache lines of bytes [p, p + len) ahead of their use: a hint, which never
+/// faults, so p may lie past the end of the caller's data.
+#[inline(always)]
+fn prefetch(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut off = 0;
+        while off < len {
+            // SAFETY: prefetch reads nothing and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// Where a stream reads or writes: dense f32, f16 or bf16 elements.
 #[derive(Clone, Copy)]
 pub(super) struct Dense {
@@ -623,8 +641,14 @@ mod stream {
         let vm = T::splat(mx);
         let e_dst = if out.dtype == DType::F32 { out.ptr as *mut f32 } else { tmp };
         let (mut s0, mut s1) = (T::splat(0.0), T::splat(0.0));
+        // The exp pass computes from L1; meanwhile the next row (rows are usually contiguous)
+        // is fetched, a step's worth of it per step, so that its max pass does not wait on
+        // memory with nothing to compute (perf: a third of the time in that pass, before).
+        let size = x.dtype.size();
+        let next_row = x.ptr.wrapping_add(n * size);
         let mut i = 0;
         while i + 2 * l <= n {
+            prefetch(next_row.wrapping_add(i * size), 2 * l * size);
             let e0 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i).sub(vm));
             let e1 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i + l).sub(vm));
             e0.store(e_dst.add(i));
