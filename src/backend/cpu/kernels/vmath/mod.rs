@@ -1061,24 +1061,24 @@ mod tests {
                     .collect();
                 let y: Vec<u16> = x.iter().rev().cloned().collect();
                 let (xf, yf) = (to_f32(&x), to_f32(&y));
-                let d = |h: &[u16]| Dense { ptr: h.as_ptr() as *mut u8, dtype: DType::BF16 };
+                let d = |p: *const u16| Dense { ptr: p as *mut u8, dtype: DType::BF16 };
                 let mut out = vec![0u16; n];
                 for s in [1.0f32, 0.37] {
                     // SAFETY: every buffer holds n bf16 values.
-                    assert!(unsafe { unary(Act::Scale(s), d(&out), d(&x), n) });
+                    assert!(unsafe { unary(Act::Scale(s), d(out.as_mut_ptr()), d(x.as_ptr()), n) });
                     for i in 0..n {
                         assert!(same(out[i], xf[i] * s), "{level:?} n{n} scale {s} [{i}]: {:#x}", out[i]);
                     }
                 }
                 let mut sum = x.clone();
                 // SAFETY: as above; the output is a (in place).
-                assert!(unsafe { binary(false, d(&sum), d(&sum), d(&y), n) });
+                assert!(unsafe { binary(false, d(sum.as_mut_ptr()), d(sum.as_mut_ptr()), d(y.as_ptr()), n) });
                 for i in 0..n {
                     assert!(same(sum[i], xf[i] + yf[i]), "{level:?} n{n} add [{i}]: {:#x}", sum[i]);
                 }
                 sum.clear();
                 // SAFETY: as above.
-                assert!(unsafe { unary(Act::Silu, d(&out), d(&x), n) });
+                assert!(unsafe { unary(Act::Silu, d(out.as_mut_ptr()), d(x.as_ptr()), n) });
                 for i in 0..n {
                     let v = xf[i] as f64;
                     let want = bf16::from_f64(v / (1.0 + (-v).exp()));
