@@ -651,11 +651,16 @@ mod stream {
         // The exp pass computes from L1; meanwhile the next row (rows are usually contiguous)
         // is fetched, a step's worth of it per step, so that its max pass does not wait on
         // memory with nothing to compute (perf: a third of the time in that pass, before).
+        // A half output is written only by the last pass: its lines are fetched here too (an
+        // unshared line arrives exclusive, so the stores then need no ownership request).
         let size = x.dtype.size();
         let next_row = x.ptr.wrapping_add(n * size);
         let mut i = 0;
         while i + 2 * l <= n {
             prefetch(next_row.wrapping_add(i * size), 2 * l * size);
+            if out.dtype != DType::F32 {
+                prefetch(out.ptr.wrapping_add(i * 2), 2 * l * 2);
+            }
             let e0 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i).sub(vm));
             let e1 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i + l).sub(vm));
             e0.store(e_dst.add(i));
