@@ -29,16 +29,7 @@ impl V for __m256 {
     #[inline(always)]
     unsafe fn store_half(self, p: *mut u16, bf16: bool) {
         let h = if bf16 {
-            // Round to nearest even on the upper 16 bits; NaNs become quiet NaNs.
-            let bits = _mm256_castps_si256(self);
-            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
-            let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(
-                bits,
-                _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)),
-            ));
-            let nan = _mm256_or_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(0x40));
-            let is_nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self, self));
-            let r = _mm256_blendv_epi8(rounded, nan, is_nan);
+            let r = bf16_bits(self);
             // packus works per 128-bit half: take the low quadword of each.
             let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(r, r));
             _mm256_castsi256_si128(packed)
@@ -46,6 +37,17 @@ impl V for __m256 {
             _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self)
         };
         _mm_storeu_si128(p as *mut __m128i, h)
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // A bf16 in the upper half of a 32-bit lane with zeros below is its f32.
+        let (v, z) = (_mm256_loadu_si256(p as *const __m256i), _mm256_setzero_si256());
+        (_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, v)), _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v)))
+    }
+    #[inline(always)]
+    unsafe fn store_bf16_pair(a: Self, b: Self, p: *mut u16) {
+        // packus per 128-bit lane: a's four values, then b's, the order the unpacks took.
+        _mm256_storeu_si256(p as *mut __m256i, _mm256_packus_epi32(bf16_bits(a), bf16_bits(b)))
     }
     #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
@@ -91,6 +93,10 @@ impl V for __m256 {
         _mm256_fmadd_ps(r, _mm256_fnmadd_ps(self, r, _mm256_set1_ps(1.0)), r)
     }
     #[inline(always)]
+    unsafe fn recip_est(self) -> Self {
+        _mm256_rcp_ps(self)
+    }
+    #[inline(always)]
     unsafe fn ldexp_magic(self, t: Self, _n: Self) -> Self {
         // t's bits are MAGIC's plus n; shifted left by 23 MAGIC's bits fall off the top and
         // n lands on the exponent field: one integer add scales by 2^n (no multiply).
@@ -109,6 +115,20 @@ impl V for __m256 {
         let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
     }
+}
+
+/// bf16 bits of each lane (in its low 16 bits, the upper ones zero): round to nearest even
+/// on the upper 16 bits of the f32; NaNs become quiet NaNs (rounding could carry them into
+/// infinity).
+#[inline(always)]
+unsafe fn bf16_bits(v: __m256) -> __m256i {
+    let bits = _mm256_castps_si256(v);
+    let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+    let rounded =
+        _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))));
+    let nan = _mm256_or_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(0x40));
+    let is_nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    _mm256_blendv_epi8(rounded, nan, is_nan)
 }
 
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {

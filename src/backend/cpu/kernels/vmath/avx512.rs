@@ -31,20 +31,26 @@ impl V for __m512 {
     #[inline(always)]
     unsafe fn store_half(self, p: *mut u16, bf16: bool) {
         let h = if bf16 {
-            // Round to nearest even on the upper 16 bits; NaNs become quiet NaNs.
-            let bits = _mm512_castps_si512(self);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-                bits,
-                _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)),
-            ));
-            let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
-            let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self, self);
-            _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, nan))
+            _mm512_cvtepi32_epi16(bf16_bits(self))
         } else {
             _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self)
         };
         _mm256_storeu_si256(p as *mut __m256i, h)
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const u16) -> (Self, Self) {
+        // A bf16 in the upper half of a 32-bit lane with zeros below is its f32.
+        let (v, z) = (_mm512_loadu_si512(p as *const _), _mm512_setzero_si512());
+        (_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, v)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, v)))
+    }
+    #[inline(always)]
+    unsafe fn store_bf16_pair(a: Self, b: Self, p: *mut u16) {
+        // packus per 128-bit lane: a's four values, then b's, the order the unpacks took.
+        _mm512_storeu_si512(p as *mut _, _mm512_packus_epi32(bf16_bits(a), bf16_bits(b)))
+    }
+    #[inline(always)]
+    unsafe fn store_bf16_ftz(self, p: *mut u16) {
+        store_bf16_ftz(self, p)
     }
     #[inline(always)]
     unsafe fn add(self, o: Self) -> Self {
@@ -91,6 +97,10 @@ impl V for __m512 {
         _mm512_fmadd_ps(r, _mm512_fnmadd_ps(self, r, _mm512_set1_ps(1.0)), r)
     }
     #[inline(always)]
+    unsafe fn recip_est(self) -> Self {
+        _mm512_rcp14_ps(self)
+    }
+    #[inline(always)]
     unsafe fn ldexp_magic(self, _t: Self, n: Self) -> Self {
         // vscalefps: self * 2^floor(n) in one instruction.
         _mm512_scalef_ps(self, n)
@@ -105,6 +115,34 @@ impl V for __m512 {
     }
 }
 
+/// bf16 bits of each lane (in its low 16 bits, the upper ones zero): round to nearest even
+/// on the upper 16 bits of the f32; NaNs become quiet NaNs (rounding could carry them into
+/// infinity).
+#[inline(always)]
+unsafe fn bf16_bits(v: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let rounded =
+        _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))));
+    let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+    let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    _mm512_mask_blend_epi32(is_nan, rounded, nan)
+}
+
+/// `V::store_bf16_ftz`: inlined into `map_bf16_ftz`, which has the feature.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn store_bf16_ftz(v: __m512, p: *mut u16) {
+    let h = _mm512_cvtneps_pbh(v);
+    _mm256_storeu_si256(p as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(h))
+}
+
+/// Whether this CPU rounds to bf16 in one instruction (AVX512_BF16: Cooper Lake, Sapphire
+/// Rapids and later, Zen 4 and later).
+pub(super) fn has_bf16_ftz() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
     stream::unary::<Avx512>(act, out, a, n)
 }
@@ -115,13 +153,24 @@ struct Avx512;
 impl stream::Maps for Avx512 {
     #[inline(always)]
     unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
-        map::<K, A, O>(out, a, n, s)
+        // Activations into bf16 round with vcvtneps2bf16 where the CPU has it: their results
+        // under 1.2e-38 may flush to zero; conversions (Scale) stay exact.
+        if O == 2 && K != 0 && has_bf16_ftz() {
+            map_bf16_ftz::<K, A>(out, a, n, s)
+        } else {
+            map::<K, A, O>(out, a, n, s)
+        }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn map<const K: u8, const A: u8, const O: u8>(out: Dense, a: Dense, n: usize, s: f32) {
     stream::map::<__m512, K, A, O>(out, a, n, s)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c,avx512bf16")]
+unsafe fn map_bf16_ftz<const K: u8, const A: u8>(out: Dense, a: Dense, n: usize, s: f32) {
+    stream::map::<__m512, K, A, { stream::BF16_FTZ }>(out, a, n, s)
 }
 
 pub(super) unsafe fn binary(mul: bool, out: Dense, a: Dense, b: Dense, n: usize) {
