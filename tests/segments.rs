@@ -432,6 +432,34 @@ fn uploads_of_inputs_that_stay_put_are_amortised_over_replays() {
     assert_close(&download(&rt, x, n), &expected_chain(&x0, &y, 4 * 80), 1e-4);
 }
 
+/// `explain_graph` counts uploads as the planner does: spread over the submissions the inputs
+/// stayed put, not whole.
+#[test]
+fn explain_spreads_uploads_as_the_plan_does() {
+    let gpu = lavapipe();
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
+        vec![Box::new(SlowCpu(cpu())), Box::new(FarGpu(Arc::clone(&gpu)))],
+    )
+    .unwrap();
+    rt.scheduler().devices[1].model.calibrate(FAST);
+    let n = 1000;
+    let (x, yb, tmp) = (upload(&rt, &random(n, 9)), upload(&rt, &random(n, 10)), rt.alloc(n * 4).unwrap());
+    let g = chain(&rt, x, yb, tmp, n, 4);
+    let gpu_us = |text: &str| -> f64 {
+        let at = text.find("one device: 1 ").unwrap_or_else(|| panic!("{text}")) + "one device: 1 ".len();
+        text[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    let whole = gpu_us(&rt.explain_graph(&g).unwrap());
+    for _ in 0..4 {
+        rt.submit_graph(&g).unwrap().wait(None).unwrap();
+    }
+    let spread = gpu_us(&rt.explain_graph(&g).unwrap());
+    // Every input was read unchanged, or rewritten only by the graph, four times over: each
+    // 20 ms upload counts a quarter or less.
+    assert!(whole >= 40_000.0 && spread < 0.6 * whole, "whole {whole} us, after four runs {spread} us");
+}
+
 /// Attention's pattern in one submission: a fused QKV matmul writes a dense [T, 3D] buffer,
 /// ops read heads out of it through strided views, one writes heads back into a [T, D]
 /// buffer through a strided view, and a matmul reads that buffer dense. The strided pieces

@@ -431,7 +431,8 @@ impl Scheduler {
 
     /// What `place_graph` would do with these ops now, in words: the plan chosen, each run of
     /// ops with its device and why it ends where it does.
-    /// `cache`: the graph's own, whose measured times then take part as they would.
+    /// `cache`: the graph's own, whose measured times and stable inputs then take part as they
+    /// would.
     pub fn explain_graph(
         &self,
         ops: Vec<(Arc<OpDesc>, crate::backend::OpMemory)>,
@@ -446,11 +447,13 @@ impl Scheduler {
             })
             .collect();
         let mut state = cache.map(|c| c.0.lock());
-        let times = state.as_deref_mut().map(|s| {
+        if let Some(s) = state.as_deref_mut() {
             s.times.harvest();
-            &s.times
-        });
-        match self.plan_graph(&tasks, None, times) {
+        }
+        // The graph's own record of which inputs stay put: uploads spread as the plan spreads
+        // them, not counted whole.
+        let (stable, times) = state.as_deref().map_or((None, None), |s| (Some(&s.stable), Some(&s.times)));
+        match self.plan_graph(&tasks, stable, times) {
             None => format!(
                 "{} ops: every op runs on the host, one by one (no other device could take any)\n",
                 tasks.len()
