@@ -402,19 +402,25 @@ impl Backend for SlowCpu {
     }
 }
 
+/// The 1 ms-an-op CPU and the lavapipe GPU behind a 20 ms link, under a rule that picks the
+/// earlier completion; the GPU's model starts from `FAST`.
+fn slow_cpu_and_far_gpu() -> Runtime {
+    let rt = Runtime::with_backends(
+        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
+        vec![Box::new(SlowCpu(cpu())), Box::new(FarGpu(lavapipe()))],
+    )
+    .unwrap();
+    rt.scheduler().devices[1].model.calibrate(FAST);
+    rt
+}
+
 /// Inputs a replayed graph reads unchanged (weights) or only itself rewrites (its state)
 /// are uploaded once: the planner spreads that cost over the submissions they stayed put,
 /// so a graph the CPU runs at first moves to a faster GPU once the upload has paid off, and
 /// stays there.
 #[test]
 fn uploads_of_inputs_that_stay_put_are_amortised_over_replays() {
-    let gpu = lavapipe();
-    let rt = Runtime::with_backends(
-        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
-        vec![Box::new(SlowCpu(cpu())), Box::new(FarGpu(Arc::clone(&gpu)))],
-    )
-    .unwrap();
-    rt.scheduler().devices[1].model.calibrate(FAST);
+    let rt = slow_cpu_and_far_gpu();
     let n = 1000;
     let (x0, y) = (random(n, 9), random(n, 10));
     let (x, yb, tmp) = (upload(&rt, &x0), upload(&rt, &y), rt.alloc(n * 4).unwrap());
@@ -436,13 +442,7 @@ fn uploads_of_inputs_that_stay_put_are_amortised_over_replays() {
 /// stayed put, not whole.
 #[test]
 fn explain_spreads_uploads_as_the_plan_does() {
-    let gpu = lavapipe();
-    let rt = Runtime::with_backends(
-        policy("policy \"gpu\"\nrule all {\n use gpu, cpu\n strategy earliest_completion\n}\n"),
-        vec![Box::new(SlowCpu(cpu())), Box::new(FarGpu(Arc::clone(&gpu)))],
-    )
-    .unwrap();
-    rt.scheduler().devices[1].model.calibrate(FAST);
+    let rt = slow_cpu_and_far_gpu();
     let n = 1000;
     let (x, yb, tmp) = (upload(&rt, &random(n, 9)), upload(&rt, &random(n, 10)), rt.alloc(n * 4).unwrap());
     let g = chain(&rt, x, yb, tmp, n, 4);
