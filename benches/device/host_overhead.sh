@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Why the tiny Llama's decode, placed all on the CPU, ran at half the CPU-alone speed with every
 # device on (H100 rounds 2-3, 2026-12-07 sixth session) but not in round 1. Run after
-# benches/device/run.sh has set up the driver, in the same call.
+# benches/device/run.sh has set up the driver, in the same call. (The 1B model's first run: first_1b.sh.)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benches/device/driver_env.sh /tmp/nh-host-cache
@@ -17,17 +17,9 @@ gen() { timeout 60 $b/generate --model $b/tiny_llama --policy llm_inference --qu
       gen --devices "$d" --explain | grep -E "^decode:  (63|per)|^runtime|decode graph placement|candidates"
     done
   done
-  echo "-- gpu,sim with NH_TMP_TIMING"
-  NH_TMP_TIMING=1 gen --devices gpu,sim | grep -E 'TMP' | tail -6
   for d in cpu gpu,sim; do
     echo "-- traced: $d"
     gen --devices "$d" --trace /tmp/ho_$d.json | grep -E '^decode:  63'
     python3 benches/device/trace_gaps.py /tmp/ho_$d.json
   done
-} >>"$out" 2>&1
-{
-  echo "-- llama 1B, first run in an empty cache, every device on"
-  rm -rf "$XDG_CACHE_HOME"
-  timeout 120 $b/generate --synthetic llama-3.2-1b --prompt-len 512 --steps 65 --devices gpu,sim \
-    --policy llm_inference --quiet --explain 2>&1 | grep -E '^(prefill|decode):|graph placement|candidates' | cut -c1-400
 } >>"$out" 2>&1
