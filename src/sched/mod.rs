@@ -801,6 +801,11 @@ fn tags_text(op: &OpDesc) -> String {
 /// on a guess, nor is the user's work the experiment, nor does it wait for a compiler. (Rules
 /// that name their order, first available or least loaded, keep it.)
 fn settled<'a>(mut candidates: Vec<&'a Device>, op: &OpDesc) -> Vec<&'a Device> {
+    // A lone candidate stays whatever it is doing: asking would only plan the op's kernel
+    // (per op, on the dispatch path) for nothing.
+    if candidates.len() < 2 {
+        return candidates;
+    }
     let ready: Vec<bool> = candidates
         .iter()
         .map(|d| !d.calibrating.load(Ordering::Relaxed) && d.backend.kernels_ready(op))
