@@ -37,6 +37,29 @@ fn runs_ops_with_correct_results() {
 }
 
 #[test]
+fn a_simulated_npu_computing_on_the_hosts_cores_is_never_expected_to_beat_the_host() {
+    // The same NPU model, 1000x faster than the CPU, but on the wall clock: its math runs on
+    // the host's cores, so the scheduler must not expect it to finish a matmul sooner than the
+    // CPU would (its model alone sent every new graph shape there first).
+    let npu = Arc::new(SimNpu::new(SimNpuConfig {
+        peak_gflops: vec![(npuhybrid::op::DType::F32, 1e6)],
+        launch_latency: std::time::Duration::ZERO,
+        virtual_time: false,
+        ..Default::default()
+    }));
+    let rt = runtime_with(vec![Box::new(Arc::clone(&npu))]);
+    let (m, k, n) = (256, 320, 192);
+    let (a, b) = (random(m * k, 1), random(k * n, 2));
+    let (ab, bb, cb) = (upload(&rt, &a), upload(&rt, &b), rt.alloc(m * n * 4).unwrap());
+    for _ in 0..8 {
+        rt.submit(matmul(ab, bb, cb, m, k, n)).unwrap().wait(None).unwrap();
+    }
+    assert_close(&download(&rt, cb, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+    assert_eq!(npu.stats().ops, 0, "no matmul went to the host's cores by way of the simulation");
+    assert_eq!(rt.device_stats(0).unwrap().ops_run, 8);
+}
+
+#[test]
 fn random_failures_and_loss_lose_no_op() {
     let (npu, dev) = sim(SimNpuConfig {
         faults: vec![Fault::FailFraction { fraction: 0.1, seed: 9 }],

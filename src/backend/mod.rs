@@ -274,6 +274,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Whether this device's arithmetic runs on the host's own cores (a simulated device in
+    /// wall-clock mode), so that no op finishes here sooner than the host would run it.
+    fn computes_on_host_cores(&self) -> bool {
+        false
+    }
+
     /// A thread of the pool this device's ops run on, held for the device's first worker loop
     /// (`cpu/seat.rs`), where the device has a pool: an op's parallel kernels then start on the
     /// worker itself instead of waking the pool from outside and sleeping until it is done
@@ -337,6 +343,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn link_gbs(&self) -> Option<f64> {
         (**self).link_gbs()
+    }
+    fn computes_on_host_cores(&self) -> bool {
+        (**self).computes_on_host_cores()
     }
     fn times_kernels(&self) -> bool {
         (**self).times_kernels()

@@ -2,6 +2,7 @@
 
 use super::perf_model::DeviceModel;
 use crate::backend::{Backend, DeviceInfo, DeviceKind};
+use crate::op::OpDesc;
 use crate::policy::DeviceClass;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -91,6 +92,25 @@ impl Device {
         self.info.kind == DeviceKind::Cpu
     }
 
+    /// Predicted time of `op` inside a segment here (`DeviceModel::run_ns`). A device whose
+    /// arithmetic runs on the host's cores cannot beat the host's own prediction (`host`): the
+    /// simulated NPU's model alone (an NPU's peaks) sent the first MiniLM graph of each new
+    /// shape there, 35 times slower than expected on a 2-core box.
+    pub fn run_ns(&self, op: &OpDesc, host: Option<&Device>) -> f64 {
+        let own = self.model.run_ns(op);
+        match host {
+            Some(h) if self.backend.computes_on_host_cores() && !self.is_host() => {
+                own.max(h.model.run_ns(op))
+            }
+            _ => own,
+        }
+    }
+
+    /// `run_ns` plus a submission of its own: the time of `op` alone here.
+    pub fn predict_ns(&self, op: &OpDesc, host: Option<&Device>) -> f64 {
+        self.model.launch_ns() + self.run_ns(op, host)
+    }
+
     /// Brings a lost or degraded device back into service.
     pub fn reset(&self) {
         self.lost.store(false, Ordering::Relaxed);
@@ -140,4 +160,9 @@ impl Device {
             thermally_excluded: l.thermally_excluded.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The device that runs ops on host memory (the CPU), if the runtime has one.
+pub fn host_of(devices: &[Device]) -> Option<&Device> {
+    devices.iter().find(|d| d.is_host())
 }

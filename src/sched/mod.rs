@@ -460,7 +460,7 @@ impl Scheduler {
     /// Expected completion: queued work + uploads of operands not resident there + predicted
     /// run time.
     fn expected_ns(&self, device: &Device, op: &OpDesc, mem: &OpMemory) -> Expected {
-        let run = device.model.predict_ns(op);
+        let run = device.predict_ns(op, device::host_of(&self.devices));
         let upload = device.backend.upload_ns(op, mem);
         let queued = device.load.queued_ns.load(Ordering::Relaxed) as f64;
         let in_flight = device.info.max_in_flight.max(1) as f64;

@@ -7,7 +7,7 @@ use super::perf_model::DeviceModel;
 use super::plan_times::{self, PlanTimes};
 use super::segment::{self, Costs, SegmentRun};
 use super::task::{Access, Placement, Task};
-use super::{dims_json, panic_message, tags_text, Device, Scheduler, Work};
+use super::{device, dims_json, panic_message, tags_text, Device, Scheduler, Work};
 use crate::error::{Error, Result};
 use crate::event::EventInfo;
 use crate::op::{OpDesc, OpKind};
@@ -193,7 +193,7 @@ impl ModelCosts<'_> {
 
 impl Costs for ModelCosts<'_> {
     fn run_ns(&self, op: usize, device: usize) -> f64 {
-        self.devices[device].model.run_ns(&self.tasks[op].op)
+        self.devices[device].run_ns(&self.tasks[op].op, device::host_of(self.devices))
     }
 
     fn transfer_ns(&self, bytes: usize, from: usize, to: usize) -> f64 {

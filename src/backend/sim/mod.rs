@@ -335,6 +335,12 @@ impl Backend for SimNpu {
         Ok(ExecReport { device_ns: Some(took.as_nanos() as u64), ..Default::default() })
     }
 
+    /// In wall-clock mode the math runs on the host's cores (see `execute`); in virtual time
+    /// the modelled time is what the caller reads.
+    fn computes_on_host_cores(&self) -> bool {
+        !self.cfg.virtual_time
+    }
+
     fn readings(&self) -> DeviceReadings {
         let mut s = self.state.lock();
         let now = self.present(&mut s);
