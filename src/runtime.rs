@@ -55,7 +55,8 @@ pub struct RuntimeConfig {
     /// CPU backend behaviours (weight cache, keep-warm threads).
     pub cpu: CpuOptions,
     /// Measure devices with their own memory on first use (a few ms on a GPU), in the
-    /// background; until then they take only work no other device can do.
+    /// background; until then they take only work no other device can do. Then (in every
+    /// runtime) devices make their kernels ahead of use, on the same background thread.
     pub calibrate: bool,
 }
 

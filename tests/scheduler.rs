@@ -83,6 +83,22 @@ fn a_device_gets_no_op_while_its_kernel_is_being_made() {
 }
 
 #[test]
+fn every_runtime_prepares_its_devices_kernels_measured_or_not() {
+    // A new process starts with no pipeline made, whether or not its devices were measured
+    // before: each runtime has them made ahead (an H100's prefill otherwise ran a quarter of
+    // its matmuls on the CPU while they were remade on demand).
+    let gpu = ScriptedDevice::new(DeviceKind::Gpu, "gpu", 100.0, Script::Works);
+    let prepared = Arc::clone(&gpu.prepared);
+    let gpu: Arc<dyn Backend> = Arc::new(gpu);
+    for runtimes in 1..=2 {
+        let cfg = RuntimeConfig { calibrate: true, ..config() };
+        let rt = Runtime::with_backends(cfg, vec![cpu(), Box::new(Arc::clone(&gpu))]).unwrap();
+        rt.scheduler().wait_calibrated();
+        assert_eq!(prepared.load(std::sync::atomic::Ordering::SeqCst), runtimes);
+    }
+}
+
+#[test]
 fn earliest_completion_counts_uploads_of_operands_a_device_does_not_hold() {
     // Two GPUs of the same speed; one holds the weights already, the other would have to
     // upload them (5 ms). Device order must not decide: each layout is tried both ways.

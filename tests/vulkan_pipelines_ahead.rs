@@ -1,11 +1,17 @@
 //! Pipelines made ahead of use (on GPUs by default; turned on here under lavapipe): an op whose
 //! pipeline does not exist yet is not ready on the device, its pipeline is made in the
-//! background, and then the op is ready, without having run there.
+//! background, and then the op is ready, without having run there. A later process (a new
+//! backend on the same cache) takes ops whose pipelines the cache holds at once.
 
 use npuhybrid::backend::vulkan::VulkanBackend;
 use npuhybrid::backend::Backend;
 use npuhybrid::op::{DType, OpDesc, OpKind, TensorView};
 use std::time::{Duration, Instant};
+
+fn add() -> OpDesc {
+    let v = |b| TensorView::contiguous(b, DType::F32, &[16], 0);
+    OpDesc::new(OpKind::Add, &[v(1), v(2)], v(3))
+}
 
 fn softmax() -> OpDesc {
     OpDesc::new(
@@ -30,4 +36,10 @@ fn a_missing_pipeline_is_made_in_the_background_then_the_op_is_ready() {
         assert!(started.elapsed() < Duration::from_secs(120), "the pipeline was never made");
         std::thread::sleep(Duration::from_millis(10));
     }
+    drop(gpu);
+
+    let again = VulkanBackend::probe().expect("a Vulkan device").remove(0);
+    again.set_pipelines_ahead(true);
+    assert!(again.kernels_ready(&softmax()), "the cache holds the softmax pipeline an earlier run made");
+    assert!(!again.kernels_ready(&add()), "no run made an add pipeline");
 }

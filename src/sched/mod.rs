@@ -323,54 +323,65 @@ impl Scheduler {
         self.hazards.lock().pending_on(buffer)
     }
 
-    /// Measures, on a background thread each, the devices that need it (see `calibrate.rs`).
-    /// A device measured earlier in this process is not measured again.
+    /// Measures, on a background thread each, the devices that need it (see `calibrate.rs`),
+    /// then has every device other than the host make its kernels ahead of use (in every
+    /// process: a new one starts with none made). A device measured earlier in this process
+    /// is not measured again.
     pub fn start_calibration(self: &Arc<Self>) {
-        for device in self.devices.iter().filter(|d| d.needs_calibration()) {
-            if let Some(p) = calibrate::measured_in_this_process(&device.model) {
+        for device in self.devices.iter().filter(|d| d.info.available && !d.is_host()) {
+            let mut measure = device.needs_calibration();
+            if let Some(p) = calibrate::measured_in_this_process(&device.model).filter(|_| measure) {
                 device.model.calibrate(p);
-                continue;
+                measure = false;
             }
-            device.calibrating.store(true, Ordering::Relaxed);
+            device.calibrating.store(measure, Ordering::Relaxed);
             let weak = Arc::downgrade(self);
             let stop = Arc::clone(&self.stop_calibration);
             let index = device.index;
-            let spawned = std::thread::Builder::new().name(format!("nh-calibrate-{index}")).spawn(move || {
-                let Some(s) = weak.upgrade() else { return };
-                let d = &s.devices[index];
-                let quiet = || s.devices.iter().filter_map(|h| h.backend.pause_host_work()).collect();
-                match calibrate::calibrate(&*d.backend, &quiet) {
-                    Ok(c) => {
-                        d.model.calibrate(c.priors);
-                        calibrate::remember(&d.model);
-                        s.trace.instant(Some(index), "calibrated", || {
-                            json!({"took_ms": c.took.as_secs_f64() * 1e3, "setup_ms": c.setup.as_secs_f64() * 1e3})
-                        });
-                        log::info!(
-                            "calibrated {} in {:.0} ms ({:.0} ms of it compiling): launch {:.1} us, {:.2} us per \
-                             batched op, {:.1} GFLOP/s f32 matmul, {:.1} GB/s",
-                            d.info.name,
-                            c.took.as_secs_f64() * 1e3,
-                            c.setup.as_secs_f64() * 1e3,
-                            c.priors.launch_ns / 1e3,
-                            c.priors.op_ns / 1e3,
-                            c.priors.peak_gflops,
-                            c.priors.bandwidth_gbs
-                        );
+            let spawned =
+                std::thread::Builder::new().name(format!("nh-calibrate-{index}")).spawn(move || {
+                    let Some(s) = weak.upgrade() else { return };
+                    let d = &s.devices[index];
+                    if measure {
+                        s.calibrate(d);
                     }
-                    Err(e) => log::info!("{} was not calibrated ({e}); its declared figures stand", d.info.name),
-                }
-                d.calibrating.store(false, Ordering::Relaxed);
-                if !stop.load(Ordering::Relaxed) {
-                    let made = d.backend.prepare_kernels(&stop);
-                    log::debug!("{}: {made} kernels prepared ahead of use", d.info.name);
-                }
-            });
+                    if !stop.load(Ordering::Relaxed) {
+                        let made = d.backend.prepare_kernels(&stop);
+                        log::debug!("{}: {made} kernels prepared ahead of use", d.info.name);
+                    }
+                });
             match spawned {
                 Ok(handle) => self.calibrations.lock().push(handle),
                 Err(_) => device.calibrating.store(false, Ordering::Relaxed),
             }
         }
+    }
+
+    /// Measures `d` (on its calibration thread) and adopts what it measured.
+    fn calibrate(&self, d: &Device) {
+        let quiet = || self.devices.iter().filter_map(|h| h.backend.pause_host_work()).collect();
+        match calibrate::calibrate(&*d.backend, &quiet) {
+            Ok(c) => {
+                d.model.calibrate(c.priors);
+                calibrate::remember(&d.model);
+                self.trace.instant(Some(d.index), "calibrated", || {
+                    json!({"took_ms": c.took.as_secs_f64() * 1e3, "setup_ms": c.setup.as_secs_f64() * 1e3})
+                });
+                log::info!(
+                    "calibrated {} in {:.0} ms ({:.0} ms of it compiling): launch {:.1} us, {:.2} us per \
+                     batched op, {:.1} GFLOP/s f32 matmul, {:.1} GB/s",
+                    d.info.name,
+                    c.took.as_secs_f64() * 1e3,
+                    c.setup.as_secs_f64() * 1e3,
+                    c.priors.launch_ns / 1e3,
+                    c.priors.op_ns / 1e3,
+                    c.priors.peak_gflops,
+                    c.priors.bandwidth_gbs
+                );
+            }
+            Err(e) => log::info!("{} was not calibrated ({e}); its declared figures stand", d.info.name),
+        }
+        d.calibrating.store(false, Ordering::Relaxed);
     }
 
     /// Blocks until every calibration started by `start_calibration` has ended.

@@ -34,6 +34,8 @@ pub struct ScriptedDevice {
     pub calls: Arc<AtomicU64>,
     /// Whether its kernels are made (`Backend::kernels_ready`); None: always.
     kernels_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Times `Backend::prepare_kernels` was called.
+    pub prepared: Arc<AtomicU64>,
 }
 
 impl ScriptedDevice {
@@ -53,6 +55,7 @@ impl ScriptedDevice {
             missing: None,
             calls: Arc::new(AtomicU64::new(0)),
             kernels_ready: None,
+            prepared: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -94,6 +97,11 @@ impl Backend for ScriptedDevice {
         std::thread::sleep(self.delay);
         execute_on_host(op, mem)?;
         Ok(ExecReport::default())
+    }
+
+    fn prepare_kernels(&self, _stop: &std::sync::atomic::AtomicBool) -> usize {
+        self.prepared.fetch_add(1, Ordering::SeqCst);
+        0
     }
 
     fn kernels_ready(&self, _op: &OpDesc) -> bool {

@@ -116,6 +116,8 @@ impl VulkanBackend {
         };
         let state = submit::State::new(ctx.clone())?;
         let times_kernels = state.op_timestamps();
+        let kernels = Arc::new(warmer::KernelWarmer::default());
+        kernels.mark_cached(state.pipelines.made_before().iter().filter_map(|n| ops::variant_name(n)));
         // A discrete GPU copies through staging over PCIe; elsewhere an upload is a host copy
         // (with packing) into device-visible memory. Both are rough, and only rank devices.
         let upload_gbs =
@@ -126,7 +128,7 @@ impl VulkanBackend {
             max_range: ctx.caps.max_storage_range,
             resident: state.residency.resident_set(),
             state: Arc::new(Mutex::new(state)),
-            kernels: Arc::default(),
+            kernels,
             pipelines_ahead: AtomicBool::new(ctx.caps.device_type != vk::PhysicalDeviceType::CPU),
             upload_gbs,
             host_import: AtomicBool::new(ctx.reads_host_in_place()),
@@ -261,8 +263,12 @@ impl Backend for VulkanBackend {
         if self.ctx.caps.device_type == vk::PhysicalDeviceType::CPU {
             return 0;
         }
-        // One at a time, so ops submitted meanwhile wait for one pipeline at most.
-        pipelines::Pipelines::variants()
+        // One at a time, so ops submitted meanwhile wait for one pipeline at most; those that
+        // earlier runs made first (the cache has them: moments each), then every other.
+        let made_before: Vec<&'static str> = self.kernels.cached();
+        made_before
+            .into_iter()
+            .chain(pipelines::Pipelines::variants())
             .take_while(|_| !stop.load(std::sync::atomic::Ordering::Relaxed))
             .filter(|name| {
                 let made = self.state.lock().pipelines.warm(name).unwrap_or(false);

@@ -224,6 +224,14 @@ fn shader_name(name: &str) -> &'static str {
     super::pipelines::SHADERS.iter().map(|(n, _)| *n).find(|n| *n == name).unwrap_or("missing")
 }
 
+/// The `&'static str` of a variant name (`base` or `base#c0,c1`), if it names a shader of this
+/// build (names read back from a file become the names the planner uses).
+pub fn variant_name(name: &str) -> Option<&'static str> {
+    let (base, constants) = super::pipelines::split_spec(name).ok()?;
+    let name = spec_name(base, &constants);
+    (name != "missing").then_some(name)
+}
+
 /// A shader variant with specialisation constants (`base#c0,c1`, see pipelines.rs), as the
 /// `&'static str` the pipeline table and `Step` use. The set of names is small and fixed by
 /// the planner's choices, so each is leaked once and reused.

@@ -23,6 +23,9 @@ pub struct Pipelines {
     pub layout: vk::PipelineLayout,
     cache: vk::PipelineCache,
     cache_file: Option<PathBuf>,
+    /// Variants made in earlier runs (kept beside the cache file): their pipelines come out of
+    /// the cache in moments, so ops that need them need not wait off the device.
+    made_before: Vec<String>,
     pipelines: HashMap<String, vk::Pipeline>,
     /// A pipeline was created since the last `take_created`.
     created: bool,
@@ -97,12 +100,15 @@ impl Pipelines {
         }
         .or_else(|_| unsafe { d.create_pipeline_cache(&vk::PipelineCacheCreateInfo::default(), None) })
         .map_err(|e| vk_err("vkCreatePipelineCache", e))?;
+        let made_before =
+            cache_file.as_ref().map(|f| read_variant_list(&variant_list_file(f))).unwrap_or_default();
         Ok(Pipelines {
             ctx,
             set_layout,
             layout,
             cache,
             cache_file,
+            made_before,
             pipelines: HashMap::new(),
             created: false,
         })
@@ -165,7 +171,13 @@ impl Pipelines {
         Ok(true)
     }
 
-    /// Writes the pipeline cache to disk (best effort: a read-only home is not an error).
+    /// Variants whose pipelines earlier runs made (and the cache holds), as read at start.
+    pub fn made_before(&self) -> &[String] {
+        &self.made_before
+    }
+
+    /// Writes the pipeline cache to disk, and beside it the list of variants made in this run
+    /// and earlier ones (best effort: a read-only home is not an error).
     pub fn save_cache(&self) {
         let Some(file) = &self.cache_file else { return };
         let Ok(data) = (unsafe { self.ctx.device.get_pipeline_cache_data(self.cache) }) else {
@@ -174,15 +186,52 @@ impl Pipelines {
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        // Write then rename, so a concurrent reader never sees half a file.
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &data).is_ok() && std::fs::rename(&tmp, file).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        write_then_rename(file, &data);
+        let mut names: Vec<&str> = self
+            .made_before
+            .iter()
+            .map(String::as_str)
+            .chain(self.pipelines.keys().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.truncate(MAX_LISTED_VARIANTS);
+        write_then_rename(&variant_list_file(file), names.join("\n").as_bytes());
     }
 
     pub fn cache_file(&self) -> Option<&PathBuf> {
         self.cache_file.as_ref()
+    }
+}
+
+/// Most variants the list beside the cache keeps (the planner uses a few dozen).
+const MAX_LISTED_VARIANTS: usize = 512;
+
+/// The list of variants made, beside the pipeline cache it belongs to: a cache of another
+/// driver or device has another name, and so has its list.
+fn variant_list_file(cache_file: &std::path::Path) -> PathBuf {
+    cache_file.with_extension("variants")
+}
+
+/// The variant names in `file` that name a shader of this build with well-formed constants
+/// (the file is read as untrusted: anything else in it is skipped).
+fn read_variant_list(file: &std::path::Path) -> Vec<String> {
+    let Ok(bytes) = crate::files::read(file) else { return Vec::new() };
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .take(MAX_LISTED_VARIANTS)
+        .filter(|name| name.len() <= 128)
+        .filter(|name| split_spec(name).is_ok_and(|(base, _)| SHADERS.iter().any(|(n, _)| *n == base)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Write then rename, so a concurrent reader never sees half a file.
+fn write_then_rename(file: &std::path::Path, data: &[u8]) {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    if std::fs::write(&tmp, data).is_ok() && std::fs::rename(&tmp, file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 

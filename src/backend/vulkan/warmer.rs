@@ -2,7 +2,10 @@
 //! A graph placed on the GPU before its pipelines exist waits inside its first submission
 //! while the driver compiles them (862 ms of an H100's first graph); instead the planner keeps
 //! ops off the device until their pipelines are made here (`Backend::kernels_ready`), and they
-//! run elsewhere meanwhile.
+//! run elsewhere meanwhile. Variants that earlier runs made come out of the pipeline cache in
+//! moments: ops that need them do not wait (every new process starts with no pipeline made,
+//! and an H100's once-per-process 1B prefill ran a quarter of its matmuls on the CPU while
+//! this thread remade what the cache held).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
@@ -11,6 +14,8 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct KernelWarmer {
     ready: RwLock<HashSet<&'static str>>,
+    /// Made by earlier runs (listed beside the pipeline cache).
+    cached: RwLock<HashSet<&'static str>>,
     wanted: Mutex<Wanted>,
 }
 
@@ -23,8 +28,19 @@ struct Wanted {
 }
 
 impl KernelWarmer {
+    /// Whether ops needing `shader` may go to the device now: its pipeline is made, or an
+    /// earlier run made it and the cache has it.
     pub fn is_ready(&self, shader: &str) -> bool {
-        self.ready.read().contains(shader)
+        self.ready.read().contains(shader) || self.cached.read().contains(shader)
+    }
+
+    pub fn mark_cached(&self, shaders: impl IntoIterator<Item = &'static str>) {
+        self.cached.write().extend(shaders);
+    }
+
+    /// The shaders earlier runs made, in no particular order.
+    pub fn cached(&self) -> Vec<&'static str> {
+        self.cached.read().iter().copied().collect()
     }
 
     pub fn mark_ready(&self, shader: &'static str) {
