@@ -50,6 +50,12 @@ pub struct VulkanBackend {
     ctx: Arc<Context>,
 }
 
+impl Drop for VulkanBackend {
+    fn drop(&mut self) {
+        self.kernels.stop();
+    }
+}
+
 impl VulkanBackend {
     /// One backend per usable Vulkan device (compute queue). Err or empty vec => no GPU; the
     /// error text is the reason. CPU implementations (lavapipe) are used only when no GPU is

@@ -9,7 +9,9 @@
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 #[derive(Default)]
 pub struct KernelWarmer {
@@ -17,6 +19,10 @@ pub struct KernelWarmer {
     /// Made by earlier runs (listed beside the pipeline cache).
     cached: RwLock<HashSet<&'static str>>,
     wanted: Mutex<Wanted>,
+    /// The thread making pipelines, joined at `stop`: a process must not exit while it is
+    /// inside the driver (an H100 run of `generate` crashed at exit that way).
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stopped: AtomicBool,
 }
 
 #[derive(Default)]
@@ -51,6 +57,10 @@ impl KernelWarmer {
     /// asked for, in order, with `make`, and ends when none is left. A shader whose pipeline
     /// cannot be made is marked ready too: its op then fails where it runs, and falls back.
     pub fn request(self: &Arc<Self>, shader: &'static str, make: impl Fn(&'static str) + Send + 'static) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let mut thread = self.thread.lock();
         {
             let mut wanted = self.wanted.lock();
             if !wanted.queue.contains(&shader) {
@@ -65,7 +75,7 @@ impl KernelWarmer {
         let spawned = std::thread::Builder::new().name("nh-pipelines".into()).spawn(move || loop {
             let next = {
                 let mut wanted = me.wanted.lock();
-                if wanted.queue.is_empty() {
+                if wanted.queue.is_empty() || me.stopped.load(Ordering::Acquire) {
                     wanted.running = false;
                     return;
                 }
@@ -74,13 +84,33 @@ impl KernelWarmer {
             make(next);
             me.mark_ready(next);
         });
-        if spawned.is_err() {
-            // No thread: let the ops compile their pipelines where they run, as without this.
-            let mut wanted = self.wanted.lock();
-            wanted.running = false;
-            for shader in std::mem::take(&mut wanted.queue) {
-                self.mark_ready(shader);
+        match spawned {
+            // The thread this one replaces found its queue empty and is returning.
+            Ok(handle) => {
+                if let Some(ended) = thread.replace(handle) {
+                    let _ = ended.join();
+                }
             }
+            Err(_) => {
+                // No thread: let the ops compile their pipelines where they run, as without this.
+                let mut wanted = self.wanted.lock();
+                wanted.running = false;
+                for shader in std::mem::take(&mut wanted.queue) {
+                    self.mark_ready(shader);
+                }
+            }
+        }
+    }
+}
+
+impl KernelWarmer {
+    /// Makes no more pipelines: the thread ends after the one it is making, and this waits
+    /// for it.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let handle = self.thread.lock().take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
         }
     }
 }
@@ -108,5 +138,26 @@ mod tests {
         }
         assert_eq!(*made.lock(), ["gemv", "rope"]);
         assert!(!warmer.is_ready("softmax"));
+    }
+
+    #[test]
+    fn stop_waits_for_the_pipeline_being_made_and_makes_no_more() {
+        let warmer = Arc::new(KernelWarmer::default());
+        let made = Arc::new(Mutex::new(Vec::new()));
+        for shader in ["gemv", "rope", "softmax"] {
+            let made = Arc::clone(&made);
+            warmer.request(shader, move |s| {
+                std::thread::sleep(Duration::from_millis(50));
+                made.lock().push(s);
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        warmer.stop();
+        let at_stop = made.lock().len();
+        assert_eq!(at_stop, 1, "the one being made is finished, the rest are not started");
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(made.lock().len(), at_stop, "no thread is left making pipelines");
+        warmer.request("add", |_| panic!("a stopped warmer makes nothing"));
+        assert!(!warmer.is_ready("add"));
     }
 }
