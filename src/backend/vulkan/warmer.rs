@@ -4,8 +4,8 @@
 //! ops off the device until their pipelines are made here (`Backend::kernels_ready`), and they
 //! run elsewhere meanwhile. Variants that earlier runs made come out of the pipeline cache in
 //! moments: ops that need them do not wait (every new process starts with no pipeline made,
-//! and an H100's once-per-process 1B prefill ran a quarter of its matmuls on the CPU while
-//! this thread remade what the cache held).
+//! and a once-per-process graph, such as a 1B model's prefill on an H100, otherwise sent its
+//! ops elsewhere while this thread remade what the cache held).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
@@ -101,9 +101,7 @@ impl KernelWarmer {
             }
         }
     }
-}
 
-impl KernelWarmer {
     /// Makes no more pipelines: the thread ends after the one it is making, and this waits
     /// for it.
     pub fn stop(&self) {
