@@ -374,6 +374,9 @@ fn bench_bandwidth(cpu: &CpuBackend) {
             ("rope [rows, 8, 128]", OpKind::Rope, DType::F32, OpParams::default(), false),
             ("add", OpKind::Add, DType::F16, OpParams::default(), true),
             ("silu", OpKind::Silu, DType::BF16, OpParams::default(), false),
+            ("silu", OpKind::Silu, DType::F16, OpParams::default(), false),
+            ("gelu (erf)", OpKind::Gelu, DType::BF16, OpParams::default(), false),
+            ("gelu (erf)", OpKind::Gelu, DType::F16, OpParams::default(), false),
             ("softmax [rows, 1024]", OpKind::Softmax, DType::F16, OpParams::default(), false),
         ];
         for (name, kind, dtype, params, binary) in cases {
