@@ -234,7 +234,8 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
     println!("runtime time / (B's bytes / memcpy GB/s).\n");
     println!("| shape (MxKxN) | dtype | backend GFLOP/s | runtime GFLOP/s | OpenBLAS GFLOP/s | ratio | vs our f32 | GEMV: B GB/s, memcpy GB/s, time / bound |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    let shapes: [(usize, usize, usize, bool); 9] = [
+    // 24 rows: a MiniLM sentence at batch 1 through its [out, in] weights (2.4 MB: from L3).
+    let shapes: [(usize, usize, usize, bool); 11] = [
         (256, 256, 256, false),
         (512, 512, 512, false),
         (1024, 1024, 1024, false),
@@ -242,6 +243,8 @@ fn bench_matmul(cpu: &CpuBackend, rt: &Runtime, blas: Option<&OpenBlas>) {
         (128, 384, 1536, false),
         (128, 1536, 384, false),
         (128, 384, 1536, true),
+        (24, 384, 1536, true),
+        (24, 1536, 384, true),
         (1, 4096, 4096, false),
         (1, 4096, 4096, true),
     ];
@@ -374,6 +377,9 @@ fn bench_bandwidth(cpu: &CpuBackend) {
             ("rope [rows, 8, 128]", OpKind::Rope, DType::F32, OpParams::default(), false),
             ("add", OpKind::Add, DType::F16, OpParams::default(), true),
             ("silu", OpKind::Silu, DType::BF16, OpParams::default(), false),
+            ("silu", OpKind::Silu, DType::F16, OpParams::default(), false),
+            ("gelu (erf)", OpKind::Gelu, DType::BF16, OpParams::default(), false),
+            ("gelu (erf)", OpKind::Gelu, DType::F16, OpParams::default(), false),
             ("softmax [rows, 1024]", OpKind::Softmax, DType::F16, OpParams::default(), false),
         ];
         for (name, kind, dtype, params, binary) in cases {

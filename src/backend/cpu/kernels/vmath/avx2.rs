@@ -1,6 +1,6 @@
 //! `V` for AVX2 + FMA + F16C (8 lanes) and the streams compiled with those features.
 
-use super::{stream, Act, Dense, V};
+use super::{prefetch, stream, table, Act, Dense, V};
 use std::arch::x86_64::*;
 
 impl V for __m256 {
@@ -133,6 +133,27 @@ unsafe fn bf16_bits(v: __m256) -> __m256i {
 
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
     stream::unary::<Avx2>(act, out, a, n)
+}
+
+/// out[i] = table[a[i]] for n 16-bit inputs (out may be a; see `table`): per 16 elements one
+/// load, two 8-lane gathers of 32 bits (the entry in the low half), a mask and a pack that
+/// restores the order the unpacks took.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn lookup(table: &[u16], out: *mut u16, a: *const u16, n: usize) {
+    debug_assert_eq!(table.len(), table::ENTRIES);
+    let base = table.as_ptr() as *const i32;
+    let (zero, low) = (_mm256_setzero_si256(), _mm256_set1_epi32(0xffff));
+    let mut i = 0;
+    while i + 16 <= n {
+        prefetch(a.wrapping_add(i + stream::PREFETCH_AHEAD) as *const u8, 32);
+        let v = _mm256_loadu_si256(a.add(i) as *const __m256i);
+        let lo = _mm256_i32gather_epi32::<2>(base, _mm256_unpacklo_epi16(v, zero));
+        let hi = _mm256_i32gather_epi32::<2>(base, _mm256_unpackhi_epi16(v, zero));
+        let r = _mm256_packus_epi32(_mm256_and_si256(lo, low), _mm256_and_si256(hi, low));
+        _mm256_storeu_si256(out.add(i) as *mut __m256i, r);
+        i += 16;
+    }
+    table::lookup_scalar(table, out.add(i), a.add(i), n - i);
 }
 
 /// `unary`'s streams, one function each (see `stream::Maps`).

@@ -2,7 +2,7 @@
 //! only with `nh_avx512` (rustc >= 1.89), hence the MSRV lint is off here.
 #![allow(clippy::incompatible_msrv)]
 
-use super::{stream, Act, Dense, V};
+use super::{prefetch, stream, table, Act, Dense, V};
 use std::arch::x86_64::*;
 
 impl V for __m512 {
@@ -145,6 +145,25 @@ pub(super) fn has_bf16_ftz() -> bool {
 
 pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) {
     stream::unary::<Avx512>(act, out, a, n)
+}
+
+/// `avx2::lookup` with 16-lane gathers: 32 elements per step.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn lookup(table: &[u16], out: *mut u16, a: *const u16, n: usize) {
+    debug_assert_eq!(table.len(), table::ENTRIES);
+    let base = table.as_ptr() as *const i32;
+    let (zero, low) = (_mm512_setzero_si512(), _mm512_set1_epi32(0xffff));
+    let mut i = 0;
+    while i + 32 <= n {
+        prefetch(a.wrapping_add(i + stream::PREFETCH_AHEAD) as *const u8, 64);
+        let v = _mm512_loadu_si512(a.add(i) as *const _);
+        let lo = _mm512_i32gather_epi32::<2>(_mm512_unpacklo_epi16(v, zero), base);
+        let hi = _mm512_i32gather_epi32::<2>(_mm512_unpackhi_epi16(v, zero), base);
+        let r = _mm512_packus_epi32(_mm512_and_si512(lo, low), _mm512_and_si512(hi, low));
+        _mm512_storeu_si512(out.add(i) as *mut _, r);
+        i += 32;
+    }
+    table::lookup_scalar(table, out.add(i), a.add(i), n - i);
 }
 
 /// `unary`'s streams, one function each (see `stream::Maps`).

@@ -19,7 +19,8 @@
 //! reciprocal estimate alone and, on CPUs with AVX512_BF16, `vcvtneps2bf16` (results under
 //! 1.2e-38 flush to zero); bf16-to-bf16 streams move two vectors per unpack / pack. Loads
 //! that would miss are prefetched: a compute-bound loop's out-of-order window does not
-//! reach far enough ahead to hide an L3 access.
+//! reach far enough ahead to hide an L3 access. Activations of an f16 / bf16 tensor into
+//! the same dtype do not compute at all: they gather from a 65536-entry table (`table`).
 
 use super::super::simd::Isa;
 use crate::op::DType;
@@ -28,6 +29,7 @@ use crate::op::DType;
 mod avx2;
 #[cfg(all(target_arch = "x86_64", nh_avx512))]
 mod avx512;
+mod table;
 
 /// One SIMD register of f32 lanes and the operations the math needs.
 ///
@@ -131,10 +133,25 @@ unsafe fn exp_core<T: V, const NEG: bool, const DEG: usize>(x: T) -> T {
     let log2e = if NEG { -std::f32::consts::LOG2_E } else { std::f32::consts::LOG2_E };
     let t = x.fma(T::splat(log2e), T::splat(MAGIC));
     let n = t.sub(T::splat(MAGIC));
-    // r = x - n ln2 (NEG: x + n ln2 = -(-x - n ln2)).
-    let (hi, lo) = (0.693_359_4f32, -2.121_944_4e-4f32);
-    let r = if NEG { n.fma(T::splat(hi), x) } else { n.fnma(T::splat(hi), x) };
-    let r = if NEG { n.fma(T::splat(lo), r) } else { n.fnma(T::splat(lo), r) };
+    // r = x - n ln2 (NEG: x + n ln2 = -(-x - n ln2)). The half outputs' shorter polynomials
+    // (DEG <= 4) take ln2 in one f32: |n| <= 127 times its error (1.9e-9) is 2.4e-7
+    // relative, a tenth of the degree-4 fit's error; degree 5 splits it (Cody-Waite).
+    let r = if DEG <= 4 {
+        let ln2 = T::splat(std::f32::consts::LN_2);
+        if NEG {
+            n.fma(ln2, x)
+        } else {
+            n.fnma(ln2, x)
+        }
+    } else {
+        let (hi, lo) = (0.693_359_4f32, -2.121_944_4e-4f32);
+        let r = if NEG { n.fma(T::splat(hi), x) } else { n.fnma(T::splat(hi), x) };
+        if NEG {
+            n.fma(T::splat(lo), r)
+        } else {
+            n.fnma(T::splat(lo), r)
+        }
+    };
     let poly: &[f32] = match DEG {
         3 => &EXP_POLY3,
         4 => &EXP_POLY4,
@@ -311,6 +328,19 @@ pub(super) unsafe fn unary(act: Act, out: Dense, a: Dense, n: usize) -> bool {
     if !float(out.dtype) || !float(a.dtype) {
         return false;
     }
+    if level().is_some() && a.dtype == out.dtype {
+        if let Some(t) = table::for_act(act, out.dtype) {
+            let (o, a) = (out.ptr as *mut u16, a.ptr as *const u16);
+            match level() {
+                #[cfg(all(target_arch = "x86_64", nh_avx512))]
+                Some(Isa::Avx512) => avx512::lookup(t, o, a, n),
+                #[cfg(target_arch = "x86_64")]
+                Some(_) => avx2::lookup(t, o, a, n),
+                _ => table::lookup_scalar(t, o, a, n),
+            }
+            return true;
+        }
+    }
     match level() {
         #[cfg(all(target_arch = "x86_64", nh_avx512))]
         Some(Isa::Avx512) => avx512::unary(act, out, a, n),
@@ -414,7 +444,7 @@ mod stream {
     /// Elements ahead of use that the one-pass streams ask the cache for: about the distance
     /// a cache-missing load has to be issued ahead of a compute-bound loop (~250 cycles at
     /// ~4 elements a cycle); the out-of-order window alone covers about a quarter of it.
-    const PREFETCH_AHEAD: usize = 1024;
+    pub const PREFETCH_AHEAD: usize = 1024;
 
     /// Output dtype code of a bf16 rounded by `V::store_bf16_ftz` (activations on CPUs with
     /// AVX512_BF16; never loaded).
@@ -627,28 +657,31 @@ mod stream {
     pub unsafe fn softmax_row<T: V, const D: u8>(out: Dense, x: Dense, n: usize, tmp: *mut f32) {
         let l = T::LANES;
         let ninf = T::splat(f32::NEG_INFINITY);
-        let (mut m0, mut m1) = (ninf, ninf);
+        // Four independent maxima: with two, this pass was latency-bound (one vmaxps per
+        // two cycles against a 4-cycle latency), a quarter of an f16 row's time (perf).
+        let (mut m0, mut m1, mut m2, mut m3) = (ninf, ninf, ninf, ninf);
         let mut i = 0;
-        while i + 2 * l <= n {
+        while i + 4 * l <= n {
             m0 = m0.max(ldd::<T, D>(x, i));
             m1 = m1.max(ldd::<T, D>(x, i + l));
-            i += 2 * l;
+            m2 = m2.max(ldd::<T, D>(x, i + 2 * l));
+            m3 = m3.max(ldd::<T, D>(x, i + 3 * l));
+            i += 4 * l;
+        }
+        while i + l <= n {
+            m0 = m0.max(ldd::<T, D>(x, i));
+            i += l;
         }
         let mut tail_max = f32::NEG_INFINITY;
         if i < n {
-            // Padding lanes of the tail must not win: mask them with -inf via max of real ones.
+            // Padding lanes of the tail must not win: only the k real lanes are compared.
             let k = n - i;
-            let v: T = x.load_tail(i, k.min(l));
+            let v: T = x.load_tail(i, k);
             let mut buf = [0.0f32; 16];
             v.store(buf.as_mut_ptr());
-            tail_max = buf[..k.min(l)].iter().fold(tail_max, |a, &b| a.max(b));
-            if k > l {
-                let v: T = x.load_tail(i + l, k - l);
-                v.store(buf.as_mut_ptr());
-                tail_max = buf[..k - l].iter().fold(tail_max, |a, &b| a.max(b));
-            }
+            tail_max = buf[..k].iter().fold(tail_max, |a, &b| a.max(b));
         }
-        let mx = m0.max(m1).hmax().max(tail_max);
+        let mx = m0.max(m1).max(m2.max(m3)).hmax().max(tail_max);
         let vm = T::splat(mx);
         let e_dst = if out.dtype == DType::F32 { out.ptr as *mut f32 } else { tmp };
         let (mut s0, mut s1) = (T::splat(0.0), T::splat(0.0));
@@ -659,12 +692,12 @@ mod stream {
         // unshared line arrives exclusive, so the stores then need no ownership request).
         let size = x.dtype.size();
         let next_row = x.ptr.wrapping_add(n * size);
+        // A half output's lines (2 bytes an element) or, for f32 (written in this pass), none.
+        let out_ahead = if out.dtype == DType::F32 { 0 } else { 2 * l * 2 };
         let mut i = 0;
         while i + 2 * l <= n {
             prefetch(next_row.wrapping_add(i * size), 2 * l * size);
-            if out.dtype != DType::F32 {
-                prefetch(out.ptr.wrapping_add(i * 2), 2 * l * 2);
-            }
+            prefetch(out.ptr.wrapping_add(i * 2), out_ahead);
             let e0 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i).sub(vm));
             let e1 = exp_nonpos_for::<T, D>(ldd::<T, D>(x, i + l).sub(vm));
             e0.store(e_dst.add(i));
@@ -1135,6 +1168,76 @@ mod tests {
                     let want = if ftz && act == Act::Silu { exact & 0x8000 } else { exact };
                     let ok = g == want || (act == Act::Silu && !ftz && (g as i32 - want as i32).abs() <= 1);
                     assert!(ok, "{level:?} {act:?}({x}) [{i}]: {g:#x}, want {want:#x}");
+                }
+            }
+        }
+    }
+
+    /// Half inputs into the same dtype take the lookup tables (`table`): every one of the
+    /// 65536 inputs of f16 and bf16, for each activation at every level, within one ulp of
+    /// the f64 value rounded to the dtype (gelu through libm's erfc, which does not cancel;
+    /// the infinities to the limits), NaN staying NaN. Exempt as in the computed streams:
+    /// bf16 results under 1e-36 (the clamped exponent). Run in place at a length that is no
+    /// multiple of a vector step too, for the gathers' tails.
+    #[test]
+    fn half_tables_within_one_ulp_of_every_input() {
+        use half::{bf16, f16};
+        let gelu_erfc = |x: f64| 0.5 * x * libm::erfc(-x / 2f64.sqrt());
+        let tanh_gelu = |x: f64| {
+            x / (1.0 + (-2.0 * (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).exp())
+        };
+        for level in test_levels().into_iter().filter(|&l| l >= Isa::Avx2) {
+            let _cap = test_cap(level);
+            for dt in [DType::F16, DType::BF16] {
+                let wide = |b: u16| {
+                    if dt == DType::F16 {
+                        f16::from_bits(b).to_f64()
+                    } else {
+                        bf16::from_bits(b).to_f64()
+                    }
+                };
+                let round = |v: f64| {
+                    if dt == DType::F16 {
+                        f16::from_f64(v).to_bits()
+                    } else {
+                        bf16::from_f64(v).to_bits()
+                    }
+                };
+                for act in [Act::Silu, Act::Gelu, Act::GeluTanh] {
+                    // Every bit pattern, then the first 1003 again in place (a length that is no
+                    // multiple of any vector step).
+                    let xs: Vec<u16> = (0..=u16::MAX).collect();
+                    let mut got = vec![0u16; xs.len()];
+                    let d = |p: *const u16| Dense { ptr: p as *mut u8, dtype: dt };
+                    // SAFETY: both hold xs.len() values of dt.
+                    assert!(unsafe { unary(act, d(got.as_mut_ptr()), d(xs.as_ptr()), xs.len()) });
+                    let mut in_place = xs[..1003].to_vec();
+                    // SAFETY: the buffer holds 1003 values; out is a.
+                    assert!(unsafe { unary(act, d(in_place.as_mut_ptr()), d(in_place.as_ptr()), 1003) });
+                    assert_eq!(in_place[..], got[..1003], "{level:?} {act:?} {dt} in place");
+                    for (&x, &g) in xs.iter().zip(&got) {
+                        let v = wide(x);
+                        let w = match act {
+                            Act::Silu => v / (1.0 + (-v).exp()),
+                            Act::Gelu => gelu_erfc(v),
+                            _ => tanh_gelu(v),
+                        };
+                        // The limits at the infinities (f64 gives NaN for silu(-inf) and gelu(-inf)).
+                        let w = if v.is_infinite() { v.max(-0.0) } else { w };
+                        if v.is_nan() {
+                            assert!(wide(g).is_nan(), "{level:?} {act:?} {dt}({v}): {g:#x}, want NaN");
+                            continue;
+                        }
+                        let r = round(w);
+                        let (gs, rs) = (g & 0x7fff, r & 0x7fff);
+                        let ulps =
+                            if (g ^ r) & 0x8000 != 0 { gs as i32 + rs as i32 } else { gs as i32 - rs as i32 };
+                        let tiny = w.abs() < 1e-36 && (wide(g) - w).abs() < 1e-36;
+                        assert!(
+                            ulps.abs() <= 1 || tiny,
+                            "{level:?} {act:?} {dt}({v}): {g:#x} vs {r:#x} (of {w})"
+                        );
+                    }
                 }
             }
         }
