@@ -5,7 +5,10 @@
 //! (MiniLM at batch 16: 192 heads of ~20 x 20 scores took 29% of the forward pass at
 //! ~3.6 GFLOP/s). Same semantics as `kernels::attention`: grouped-query heads, the first
 //! `kv_len` keys valid, causal rows aligned to the last keys, an additive broadcast mask.
+//! K and V may be f16 / bf16 under f32 queries (a half KV cache): each row is widened into a
+//! stack buffer as it is read.
 
+use super::halfconv;
 use super::host::{HostView, SendPtr};
 use super::kernels::iter::TASK_ELEMS;
 use super::kernels::math::{exp, madd};
@@ -38,13 +41,53 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     s.iter().sum::<f32>() + tail
 }
 
+/// Rows of K or V: `stride` elements apart, of `dtype` (f32, f16 or bf16).
+#[derive(Clone, Copy)]
+struct Rows {
+    ptr: SendPtr,
+    stride: usize,
+    dtype: DType,
+}
+
+impl Rows {
+    /// Row j's first `buf.len()` elements as f32: in place for f32, else widened into `buf`.
+    /// `F16C`: the caller runs with F16C enabled (the AVX2 / AVX-512 paths of `dispatch_avx2`).
+    ///
+    /// # Safety
+    /// Row j lies in a validated view of `dtype`.
+    #[inline(always)]
+    unsafe fn row<'a, const F16C: bool>(&self, j: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let d = buf.len();
+        let at = j * self.stride;
+        match self.dtype {
+            DType::F16 => {
+                let src = std::slice::from_raw_parts((self.ptr.0 as *const half::f16).add(at), d);
+                #[cfg(target_arch = "x86_64")]
+                if F16C {
+                    halfconv::x86::f16_to_f32(src, buf);
+                    return buf;
+                }
+                buf.iter_mut().zip(src).for_each(|(o, h)| *o = h.to_f32());
+                buf
+            }
+            DType::BF16 => {
+                let src = std::slice::from_raw_parts((self.ptr.0 as *const u16).add(at), d);
+                buf.iter_mut().zip(src).for_each(|(o, &h)| *o = f32::from_bits((h as u32) << 16));
+                buf
+            }
+            _ => std::slice::from_raw_parts(self.ptr.f32().add(at), d),
+        }
+    }
+}
+
 dispatch_avx2! {
-    /// s[j] = scale * q . key_j for the first s.len() keys (key j at k + j * ks, q.len() long).
-    fn scores<FMA>(q: &[f32], k: SendPtr, ks: usize, scale: f32, s: &mut [f32]) {
-        let d = q.len();
+    /// s[j] = scale * q . key_j for the first s.len() keys.
+    fn scores<FMA>(q: &[f32], k: Rows, scale: f32, s: &mut [f32]) {
+        let mut buf = [0.0f32; MAX_D];
+        let buf = &mut buf[..q.len()];
         for (j, sj) in s.iter_mut().enumerate() {
             // SAFETY: the caller passes keys that lie in a validated view.
-            let kj = unsafe { std::slice::from_raw_parts(k.f32().add(j * ks), d) };
+            let kj = unsafe { k.row::<FMA>(j, buf) };
             *sj = scale * dot::<FMA>(q, kj);
         }
     }
@@ -68,9 +111,10 @@ dispatch_avx2! {
 }
 
 dispatch_avx2! {
-    /// o = sum_j p[j] * value_j (value j at v + j * vs, o.len() long).
-    fn weighted<FMA>(p: &[f32], v: SendPtr, vs: usize, o: &mut [f32]) {
-        let d = o.len();
+    /// o = sum_j p[j] * value_j (o.len() elements of each).
+    fn weighted<FMA>(p: &[f32], v: Rows, o: &mut [f32]) {
+        let mut buf = [0.0f32; MAX_D];
+        let buf = &mut buf[..o.len()];
         o.fill(0.0);
         for (j, &pj) in p.iter().enumerate() {
             // Masked keys (an additive -1e4 or -inf) leave weights of ~1e-38, which exp clamps
@@ -79,7 +123,7 @@ dispatch_avx2! {
                 continue;
             }
             // SAFETY: as for `scores`.
-            let vj = unsafe { std::slice::from_raw_parts(v.f32().add(j * vs), d) };
+            let vj = unsafe { v.row::<FMA>(j, buf) };
             for (o, x) in o.iter_mut().zip(vj) {
                 *o = madd::<FMA>(pj, *x, *o);
             }
@@ -101,8 +145,10 @@ pub fn try_attention(
     kv_len: usize,
 ) -> bool {
     let r = q.rank;
+    // f32, or f32 queries over a half K and V (validation gives K and V one type).
+    let kv_ok = matches!(k.dtype, DType::F32 | DType::F16 | DType::BF16) && v.dtype == k.dtype;
     let all_f32 =
-        [out, q, k, v].iter().all(|t| t.dtype == DType::F32) && mask.is_none_or(|m| m.dtype == DType::F32);
+        [out, q].iter().all(|t| t.dtype == DType::F32) && kv_ok && mask.is_none_or(|m| m.dtype == DType::F32);
     let contiguous = [out, q, k, v].iter().all(|t| t.strides[r - 1] == 1 || t.shape[r - 1] == 1);
     let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
     let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
@@ -143,8 +189,12 @@ pub fn try_attention(
             unsafe {
                 let qi =
                     std::slice::from_raw_parts((qp.f32() as *const f32).add(qo + i * q.strides[r - 2]), d);
-                let kb = SendPtr(kp.f32().add(ko) as *mut u8);
-                scores(qi, kb, k.strides[r - 2], scale, &mut s[..n]);
+                let kb = Rows {
+                    ptr: SendPtr((kp.f32() as *mut u8).add(ko * k.dtype.size())),
+                    stride: k.strides[r - 2],
+                    dtype: k.dtype,
+                };
+                scores(qi, kb, scale, &mut s[..n]);
                 if let (Some(mv), Some(st)) = (mask, mask_strides.as_ref()) {
                     let idx = if r == 4 { [b, hd, i, 0] } else { [hd, i, 0, 0] };
                     let off: usize = idx.iter().zip(st).map(|(x, s)| x * s).sum();
@@ -154,9 +204,13 @@ pub fn try_attention(
                     }
                 }
                 softmax_row(&mut s[..n]);
-                let vb = SendPtr(vp.f32().add(vo) as *mut u8);
+                let vb = Rows {
+                    ptr: SendPtr((vp.f32() as *mut u8).add(vo * v.dtype.size())),
+                    stride: v.strides[r - 2],
+                    dtype: v.dtype,
+                };
                 let dst = std::slice::from_raw_parts_mut(op.f32().add(oo + i * out.strides[r - 2]), d);
-                weighted(&s[..n], vb, v.strides[r - 2], dst);
+                weighted(&s[..n], vb, dst);
             }
         }
     };
@@ -266,6 +320,48 @@ mod tests {
                 for (c, want) in want.into_iter().enumerate() {
                     let got = o[(hd * sq + i) * d + c] as f64;
                     assert!((got - want).abs() < 1e-5, "head {hd} row {i} col {c}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// A half KV cache (f16, bf16) under f32 queries is taken too, and gives f32 math on the
+    /// half values (widened row by row, on every dispatch level's path alike).
+    #[test]
+    fn few_rows_read_a_half_kv_cache() {
+        let (h, hkv, sq, skv, d, kv_len) = (4usize, 2usize, 2usize, 200usize, 40usize, 190usize);
+        let mut q = fill(h * sq * d, 8);
+        for (dt, half_bits) in [
+            (DType::F16, (|x: f32| half::f16::from_f32(x).to_bits()) as fn(f32) -> u16),
+            (DType::BF16, |x: f32| half::bf16::from_f32(x).to_bits()),
+        ] {
+            let widen = |b: u16| match dt {
+                DType::F16 => half::f16::from_bits(b).to_f32(),
+                _ => half::bf16::from_bits(b).to_f32(),
+            };
+            let mut k: Vec<u16> = fill(hkv * skv * d, 9).into_iter().map(half_bits).collect();
+            let mut v: Vec<u16> = fill(hkv * skv * d, 10).into_iter().map(half_bits).collect();
+            let (kw, vw): (Vec<f32>, Vec<f32>) =
+                (k.iter().map(|&b| widen(b)).collect(), v.iter().map(|&b| widen(b)).collect());
+            let mut o = vec![0.0f32; h * sq * d];
+            let half_view = |data: &mut [u16]| HostView {
+                ptr: SendPtr(data.as_mut_ptr() as *mut u8),
+                dtype: dt,
+                ..view(&mut [], &[hkv, skv, d])
+            };
+            let (vk, vv) = (half_view(&mut k), half_view(&mut v));
+            let (vq, vo) = (view(&mut q, &[h, sq, d]), view(&mut o, &[h, sq, d]));
+            assert!(try_attention(&vo, &vq, &vk, &vv, None, true, 0.0, kv_len), "{dt}");
+            for hd in 0..h {
+                let kh = hd / (h / hkv);
+                for i in 0..sq {
+                    let n = kv_len - sq + i + 1;
+                    let (qi, kv) = ((hd * sq + i) * d, kh * skv * d);
+                    let want = reference_row(&q[qi..], &kw[kv..], &vw[kv..], n, d);
+                    for (c, want) in want.into_iter().enumerate() {
+                        let got = o[(hd * sq + i) * d + c] as f64;
+                        assert!((got - want).abs() < 1e-5, "{dt} head {hd} row {i} col {c}: {got} vs {want}");
+                    }
                 }
             }
         }
