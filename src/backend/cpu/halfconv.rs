@@ -47,11 +47,10 @@ dispatch_avx2! {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod x86 {
+mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    #[inline]
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
         let n = dst.len();

@@ -5,13 +5,14 @@
 //! (MiniLM at batch 16: 192 heads of ~20 x 20 scores took 29% of the forward pass at
 //! ~3.6 GFLOP/s). Same semantics as `kernels::attention`: grouped-query heads, the first
 //! `kv_len` keys valid, causal rows aligned to the last keys, an additive broadcast mask.
-//! K and V may be f16 / bf16 under f32 queries (a half KV cache): each row is widened into a
-//! stack buffer as it is read.
+//! K and V may be f16 / bf16 under f32 queries (a half KV cache): their valid rows are widened
+//! to f32 first, once per op.
 
 use super::halfconv;
 use super::host::{HostView, SendPtr};
 use super::kernels::iter::TASK_ELEMS;
 use super::kernels::math::{exp, madd};
+use super::scratch::Scratch;
 use super::simd::dispatch_avx2;
 use crate::op::DType;
 use rayon::prelude::*;
@@ -41,53 +42,13 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     s.iter().sum::<f32>() + tail
 }
 
-/// Rows of K or V: `stride` elements apart, of `dtype` (f32, f16 or bf16).
-#[derive(Clone, Copy)]
-struct Rows {
-    ptr: SendPtr,
-    stride: usize,
-    dtype: DType,
-}
-
-impl Rows {
-    /// Row j's first `buf.len()` elements as f32: in place for f32, else widened into `buf`.
-    /// `F16C`: the caller runs with F16C enabled (the AVX2 / AVX-512 paths of `dispatch_avx2`).
-    ///
-    /// # Safety
-    /// Row j lies in a validated view of `dtype`.
-    #[inline(always)]
-    unsafe fn row<'a, const F16C: bool>(&self, j: usize, buf: &'a mut [f32]) -> &'a [f32] {
-        let d = buf.len();
-        let at = j * self.stride;
-        match self.dtype {
-            DType::F16 => {
-                let src = std::slice::from_raw_parts((self.ptr.0 as *const half::f16).add(at), d);
-                #[cfg(target_arch = "x86_64")]
-                if F16C {
-                    halfconv::x86::f16_to_f32(src, buf);
-                    return buf;
-                }
-                buf.iter_mut().zip(src).for_each(|(o, h)| *o = h.to_f32());
-                buf
-            }
-            DType::BF16 => {
-                let src = std::slice::from_raw_parts((self.ptr.0 as *const u16).add(at), d);
-                buf.iter_mut().zip(src).for_each(|(o, &h)| *o = f32::from_bits((h as u32) << 16));
-                buf
-            }
-            _ => std::slice::from_raw_parts(self.ptr.f32().add(at), d),
-        }
-    }
-}
-
 dispatch_avx2! {
-    /// s[j] = scale * q . key_j for the first s.len() keys.
-    fn scores<FMA>(q: &[f32], k: Rows, scale: f32, s: &mut [f32]) {
-        let mut buf = [0.0f32; MAX_D];
-        let buf = &mut buf[..q.len()];
+    /// s[j] = scale * q . key_j for the first s.len() keys (key j at k + j * ks, q.len() long).
+    fn scores<FMA>(q: &[f32], k: SendPtr, ks: usize, scale: f32, s: &mut [f32]) {
+        let d = q.len();
         for (j, sj) in s.iter_mut().enumerate() {
             // SAFETY: the caller passes keys that lie in a validated view.
-            let kj = unsafe { k.row::<FMA>(j, buf) };
+            let kj = unsafe { std::slice::from_raw_parts(k.f32().add(j * ks), d) };
             *sj = scale * dot::<FMA>(q, kj);
         }
     }
@@ -111,10 +72,9 @@ dispatch_avx2! {
 }
 
 dispatch_avx2! {
-    /// o = sum_j p[j] * value_j (o.len() elements of each).
-    fn weighted<FMA>(p: &[f32], v: Rows, o: &mut [f32]) {
-        let mut buf = [0.0f32; MAX_D];
-        let buf = &mut buf[..o.len()];
+    /// o = sum_j p[j] * value_j (value j at v + j * vs, o.len() long).
+    fn weighted<FMA>(p: &[f32], v: SendPtr, vs: usize, o: &mut [f32]) {
+        let d = o.len();
         o.fill(0.0);
         for (j, &pj) in p.iter().enumerate() {
             // Masked keys (an additive -1e4 or -inf) leave weights of ~1e-38, which exp clamps
@@ -123,12 +83,48 @@ dispatch_avx2! {
                 continue;
             }
             // SAFETY: as for `scores`.
-            let vj = unsafe { v.row::<FMA>(j, buf) };
+            let vj = unsafe { std::slice::from_raw_parts(v.f32().add(j * vs), d) };
             for (o, x) in o.iter_mut().zip(vj) {
                 *o = madd::<FMA>(pj, *x, *o);
             }
         }
     }
+}
+
+/// The first `kv_len` rows of each head of a half K or V widened into dense f32 (the same
+/// rank, `kv_len` rows a head). The query heads of a group share a kv head, so widening as
+/// they read would repeat the work for each of them.
+fn widen(t: &HostView, kv_len: usize) -> (Scratch, HostView) {
+    let r = t.rank;
+    let d = t.shape[r - 1];
+    let heads: usize = t.shape[..r - 2].iter().product();
+    let mut data = Scratch::new(heads * kv_len * d);
+    let mut view = *t;
+    view.dtype = DType::F32;
+    view.shape[r - 2] = kv_len;
+    let mut acc = 1;
+    for i in (0..r).rev() {
+        view.strides[i] = acc;
+        acc *= view.shape[i];
+    }
+    let hkv = t.shape[r - 3];
+    for (row, dst) in data.chunks_exact_mut(d).enumerate() {
+        let (head, j) = (row / kv_len, row % kv_len);
+        let (b, kh) = (head / hkv, head % hkv);
+        let off = if r == 4 { b * t.strides[0] } else { 0 } + kh * t.strides[r - 3] + j * t.strides[r - 2];
+        // SAFETY: row j < kv_len of a validated view whose rows have d contiguous elements.
+        unsafe {
+            let src = t.ptr.0.add(off * 2);
+            match t.dtype {
+                DType::F16 => {
+                    halfconv::f16_to_f32(std::slice::from_raw_parts(src as *const half::f16, d), dst)
+                }
+                _ => halfconv::bf16_to_f32(std::slice::from_raw_parts(src as *const half::bf16, d), dst),
+            }
+        }
+    }
+    view.ptr = SendPtr(data.as_mut_ptr() as *mut u8);
+    (data, view)
 }
 
 /// Runs the attention here and returns true, or returns false (nothing written) when this
@@ -159,6 +155,11 @@ pub fn try_attention(
     let batch = if r == 4 { q.shape[0] } else { 1 };
     let group = h / hkv;
     let kv_len = if kv_len == 0 { skv } else { kv_len };
+    let widened = (k.dtype != DType::F32).then(|| (widen(k, kv_len), widen(v, kv_len)));
+    let (k, v) = match &widened {
+        Some(((_, k), (_, v))) => (k, v),
+        None => (k, v),
+    };
     let scale = if scale == 0.0 { 1.0 / (d as f32).sqrt() } else { scale };
     let score_dims: Vec<usize> = [&q.dims()[..r - 1], &[skv]].concat();
     let mask_strides = mask.map(|m| m.broadcast_strides(&score_dims));
@@ -189,12 +190,8 @@ pub fn try_attention(
             unsafe {
                 let qi =
                     std::slice::from_raw_parts((qp.f32() as *const f32).add(qo + i * q.strides[r - 2]), d);
-                let kb = Rows {
-                    ptr: SendPtr((kp.f32() as *mut u8).add(ko * k.dtype.size())),
-                    stride: k.strides[r - 2],
-                    dtype: k.dtype,
-                };
-                scores(qi, kb, scale, &mut s[..n]);
+                let kb = SendPtr(kp.f32().add(ko) as *mut u8);
+                scores(qi, kb, k.strides[r - 2], scale, &mut s[..n]);
                 if let (Some(mv), Some(st)) = (mask, mask_strides.as_ref()) {
                     let idx = if r == 4 { [b, hd, i, 0] } else { [hd, i, 0, 0] };
                     let off: usize = idx.iter().zip(st).map(|(x, s)| x * s).sum();
@@ -204,13 +201,9 @@ pub fn try_attention(
                     }
                 }
                 softmax_row(&mut s[..n]);
-                let vb = Rows {
-                    ptr: SendPtr((vp.f32() as *mut u8).add(vo * v.dtype.size())),
-                    stride: v.strides[r - 2],
-                    dtype: v.dtype,
-                };
+                let vb = SendPtr(vp.f32().add(vo) as *mut u8);
                 let dst = std::slice::from_raw_parts_mut(op.f32().add(oo + i * out.strides[r - 2]), d);
-                weighted(&s[..n], vb, dst);
+                weighted(&s[..n], vb, v.strides[r - 2], dst);
             }
         }
     };
@@ -326,7 +319,7 @@ mod tests {
     }
 
     /// A half KV cache (f16, bf16) under f32 queries is taken too, and gives f32 math on the
-    /// half values (widened row by row, on every dispatch level's path alike).
+    /// half values (widened once, then the f32 path).
     #[test]
     fn few_rows_read_a_half_kv_cache() {
         let (h, hkv, sq, skv, d, kv_len) = (4usize, 2usize, 2usize, 200usize, 40usize, 190usize);
