@@ -17,6 +17,12 @@
  * each step, `--decode ops` submits the same ops one by one.
  *
  * Prefill is recorded as a graph too (one submission per device segment) unless --decode ops.
+ * --prefill-chunk N runs the prompt N tokens at a time (each chunk attending to the keys the
+ * earlier ones cached, one graph updated chunk to chunk like a decode step's), so the
+ * activations take N rows; --kv-cache f16 under f32 activations
+ * keeps the cache in f16 (the new rows are converted in by a copy op; the CPU's attention
+ * widens them as it reads). Both save memory: a 512-token prompt's activations and cache are
+ * most of what a mapped q4_0 model holds beyond its file.
  *
  * --synthetic CONFIG runs a model of the shapes in CONFIG (a Hugging Face config.json, or
  * `llama-3.2-1b`) with random weights made in-process, in f16 (--dtype f32 for f32), for speed
@@ -27,7 +33,7 @@
  *            [--prompt IDS] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]
  *            [--check REF] [--tol X] [--follow IDS] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]
  *            [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]
- *            [--explain] [--activations q8|f32]
+ *            [--explain] [--activations q8|f32] [--kv-cache f32|f16] [--prefill-chunk N]
  *
  * --model FILE.gguf reads a llama-architecture GGUF file instead (nh_gguf_open: mapped, its
  * header checked): configuration from its metadata, f32 / f16 / bf16 / q8_0 / q4_0 / q4_1
@@ -566,7 +572,12 @@ static int npu_needs_bf16(const nh_device_info *infos, uint32_t ndev) {
 typedef struct {
   nh_buffer x, h, q, attn, g, u, logits;
   nh_buffer k[MAX_LAYERS], v[MAX_LAYERS];
-  uint64_t rows, positions;
+  /* A cache of another type than the activations (--kv-cache f16 under f32): the new K / V
+   * rows land here first (the matmul writes the activations' type), then a copy converts
+   * them into the cache. */
+  nh_buffer k_new, v_new;
+  uint64_t rows, positions; /* rows: of a prefill chunk (--prefill-chunk) */
+  uint32_t kv_dt;
 } state;
 
 /* n elements of the model's type (`f32`: of f32, for the logits). */
@@ -576,7 +587,7 @@ static nh_buffer alloc_act(nh_runtime rt, uint64_t n, int f32) {
   return b;
 }
 
-/* [rows, cols] of type dt at row `row0` of a [.., cols] buffer. */
+/* [rows, cols] of type dt (f32, f16 or bf16) at row `row0` of a [.., cols] buffer. */
 static nh_tensor rows_view_of(nh_buffer b, uint32_t dt, uint64_t row0, uint64_t rows, uint64_t cols) {
   uint64_t s[2] = {rows, cols};
   return nh_dense(b, dt, 2, s, row0 * cols * (dt == NH_F32 ? sizeof(float) : 2));
@@ -587,16 +598,18 @@ static nh_tensor rows_view(nh_buffer b, uint64_t row0, uint64_t rows, uint64_t c
   return rows_view_of(b, g_dt, row0, rows, cols);
 }
 
-/* Rows [row0, row0 + seq) of a [.., heads * hd] buffer seen as [seq, heads, hd] (RoPE's layout). */
+/* Rows [row0, row0 + seq) of a [.., heads * hd] buffer of the activations' type seen as
+ * [seq, heads, hd] (RoPE's layout). */
 static nh_tensor seq_heads_view(nh_buffer b, uint64_t row0, uint64_t seq, uint64_t heads, uint64_t hd) {
   uint64_t s[3] = {seq, heads, hd};
   return nh_dense(b, g_dt, 3, s, row0 * heads * hd * g_es);
 }
 
-/* The first `seq` rows of a [.., heads * hd] buffer seen as [heads, seq, hd] (attention's). */
-static nh_tensor heads_seq_view(nh_buffer b, uint64_t seq, uint64_t heads, uint64_t hd) {
+/* The first `seq` rows of a [.., heads * hd] buffer of type dt seen as [heads, seq, hd]
+ * (attention's). */
+static nh_tensor heads_seq_view(nh_buffer b, uint32_t dt, uint64_t seq, uint64_t heads, uint64_t hd) {
   uint64_t s[3] = {heads, seq, hd};
-  nh_tensor t = nh_dense(b, g_dt, 3, s, 0);
+  nh_tensor t = nh_dense(b, dt, 3, s, 0);
   t.strides[0] = hd;
   t.strides[1] = heads * hd;
   t.strides[2] = 1;
@@ -695,11 +708,21 @@ static void rmsnorm(submitter *s, uint32_t phase, nh_tensor x, nh_tensor w, nh_t
   emit(s, &op, phase, 0);
 }
 
-/* Runs tokens[0..n) at positions pos.. through the model: logits of all n rows land in
- * st->logits rows 0..n (only the last row's in row 0 with `last_logits`). The ops are emitted
- * (submitted or recorded), not waited for. */
+/* Which rows' logits forward() computes: none (a prefill chunk before the last), the last
+ * row's (into st->logits row 0), or every row's (into st->logits rows pos..pos + n). */
+typedef enum { LOGITS_NONE, LOGITS_LAST, LOGITS_ALL } logits_rows;
+
+/* Where the new K or V rows of a layer go: into its cache at rows pos.., or into k_new / v_new
+ * (row 0) when the cache has another type. */
+static nh_tensor kv_dest(const state *st, nh_buffer cache, nh_buffer fresh, uint64_t pos, uint64_t n, uint64_t w) {
+  return st->kv_dt == g_dt ? rows_view(cache, pos, n, w) : rows_view(fresh, 0, n, w);
+}
+
+/* Runs tokens[0..n) at positions pos.. through the model (n <= st->rows), writing their K and
+ * V into the cache; logits as `lr` says. The ops are emitted (submitted or recorded), not
+ * waited for. */
 static void forward(submitter *s, const model *m, const state *st, const int32_t *tokens, uint64_t n, uint64_t pos,
-                    uint32_t phase, int last_logits) {
+                    uint32_t phase, logits_rows lr) {
   const config *c = &m->c;
   uint64_t D = c->dim, H = c->heads, HKV = c->kv_heads, HD = c->head_dim, QW = H * HD, KVW = HKV * HD;
   nh_op_desc op;
@@ -717,25 +740,36 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
     const layer_weights *w = &m->layer[l];
     rmsnorm(s, phase, x, w->attn_norm, h, c->eps);
     linear(s, m, phase, h, w->wq, rows_view(st->q, 0, n, QW), 0, NH_ACT_NONE, 0);
-    linear(s, m, phase, h, w->wk, rows_view(st->k[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
-    linear(s, m, phase, h, w->wv, rows_view(st->v[l], pos, n, KVW), 0, NH_ACT_NONE, 1);
+    int convert = st->kv_dt != g_dt;
+    nh_tensor k_rows = kv_dest(st, st->k[l], st->k_new, pos, n, KVW);
+    linear(s, m, phase, h, w->wk, k_rows, 0, NH_ACT_NONE, !convert);
+    linear(s, m, phase, h, w->wv, kv_dest(st, st->v[l], st->v_new, pos, n, KVW), 0, NH_ACT_NONE, !convert);
     op = op_init(NH_OP_ROPE, phase);
     op.inputs[0] = op.output = seq_heads_view(st->q, 0, n, H, HD);
     op.rope_theta = c->theta;
     op.rope_position = (uint32_t)pos;
     op.flags = m->rope_pairs ? NH_FLAG_ROPE_INTERLEAVED : 0;
     emit(s, &op, phase, 1);
-    op.inputs[0] = op.output = seq_heads_view(st->k[l], pos, n, HKV, HD);
+    op.inputs[0] = op.output = seq_heads_view(k_rows.buffer, convert ? 0 : pos, n, HKV, HD);
     emit(s, &op, phase, 1);
+    if (convert) { /* the roped K rows and the V rows into the cache, converted */
+      op = op_init(NH_OP_COPY, phase);
+      op.inputs[0] = k_rows;
+      op.output = rows_view_of(st->k[l], st->kv_dt, pos, n, KVW);
+      emit(s, &op, phase, 1);
+      op.inputs[0] = rows_view(st->v_new, 0, n, KVW);
+      op.output = rows_view_of(st->v[l], st->kv_dt, pos, n, KVW);
+      emit(s, &op, phase, 1);
+    }
     op = op_init(NH_OP_ATTENTION, phase);
     op.flags = NH_FLAG_CAUSAL; /* queries are the last n of the pos + n keys */
     /* The whole cache, the first pos + n keys valid: the same views every step, so a device
      * keeps its copy of the cache and only the new rows reach it. */
-    op.inputs[0] = heads_seq_view(st->q, n, H, HD);
-    op.inputs[1] = heads_seq_view(st->k[l], st->positions, HKV, HD);
-    op.inputs[2] = heads_seq_view(st->v[l], st->positions, HKV, HD);
+    op.inputs[0] = heads_seq_view(st->q, g_dt, n, H, HD);
+    op.inputs[1] = heads_seq_view(st->k[l], st->kv_dt, st->positions, HKV, HD);
+    op.inputs[2] = heads_seq_view(st->v[l], st->kv_dt, st->positions, HKV, HD);
     op.kv_len = (uint32_t)(pos + n);
-    op.output = heads_seq_view(st->attn, n, H, HD);
+    op.output = heads_seq_view(st->attn, g_dt, n, H, HD);
     emit(s, &op, phase, 1);
     linear(s, m, phase, rows_view(st->attn, 0, n, QW), w->wo, x, 1, NH_ACT_NONE, 0); /* x += attn Wo^T */
     rmsnorm(s, phase, x, w->ffn_norm, h, c->eps);
@@ -749,10 +783,52 @@ static void forward(submitter *s, const model *m, const state *st, const int32_t
     emit(s, &op, phase, 0);
     linear(s, m, phase, g, w->wdown, x, 1, NH_ACT_NONE, 0); /* x += (silu(gate) * up) Wdown^T */
   }
-  uint64_t first = last_logits ? n - 1 : 0, rows = last_logits ? 1 : n;
+  if (lr == LOGITS_NONE) return;
+  uint64_t first = lr == LOGITS_LAST ? n - 1 : 0, rows = lr == LOGITS_LAST ? 1 : n;
   nh_tensor hl = rows_view(st->h, first, rows, D);
   rmsnorm(s, phase, rows_view(st->x, first, rows, D), m->norm, hl, c->eps);
-  linear(s, m, phase, hl, m->lm_head, rows_view_of(st->logits, NH_F32, 0, rows, c->vocab), 0, NH_ACT_NONE, 0);
+  nh_tensor out = rows_view_of(st->logits, NH_F32, lr == LOGITS_ALL ? pos : 0, rows, c->vocab);
+  linear(s, m, phase, hl, m->lm_head, out, 0, NH_ACT_NONE, lr == LOGITS_ALL);
+}
+
+/* A graph of one prefill chunk's ops, recorded at its first use: later chunks of the same
+ * size replace only the ops that depend on the position or the tokens, as decode steps do,
+ * so a long prompt's prefill holds one chunk's ops, not the prompt's. */
+typedef struct {
+  nh_graph g;
+  size_t ops;
+} chunk_graph;
+
+static void run_chunk(submitter *s, chunk_graph *cg, const model *m, const state *st, const int32_t *tokens,
+                      uint64_t n, uint64_t pos, logits_rows lr) {
+  if (!cg->g.id) NH_CHECK(nh_graph_create(s->rt, &cg->g));
+  s->graph = cg->g;
+  s->updating = cg->ops > 0;
+  s->index = 0;
+  forward(s, m, st, tokens, n, pos, PHASE_PREFILL, lr);
+  s->graph.id = 0;
+  if (!cg->ops) NH_CHECK(nh_graph_op_count(s->rt, cg->g, &cg->ops));
+  if (s->index != cg->ops) die("internal: a prefill chunk emitted %zu ops, its graph has %zu", s->index, cg->ops);
+  nh_event ev;
+  NH_CHECK(nh_graph_submit(s->rt, cg->g, &ev));
+  NH_CHECK(nh_event_wait(s->rt, ev, UINT64_MAX));
+  NH_CHECK(nh_event_release(s->rt, ev));
+}
+
+/* The prompt in chunks of at most st->rows tokens (--prefill-chunk): each chunk attends to the
+ * keys the earlier ones cached, so the activations take st->rows rows, not the prompt's.
+ * Logits of the last token (or of every token, `all_logits`). With `graphs`, the chunks
+ * before the last run as graphs[0], the last as graphs[1]; else their ops are submitted one
+ * by one. */
+static void prefill(submitter *s, chunk_graph *graphs, const model *m, const state *st, const int32_t *prompt,
+                    uint64_t len, int all_logits) {
+  for (uint64_t pos = 0; pos < len; pos += st->rows) {
+    uint64_t n = len - pos < st->rows ? len - pos : st->rows;
+    int last = pos + n == len;
+    logits_rows lr = all_logits ? LOGITS_ALL : last ? LOGITS_LAST : LOGITS_NONE;
+    if (graphs) run_chunk(s, &graphs[last], m, st, prompt + pos, n, pos, lr);
+    else forward(s, m, st, prompt + pos, n, pos, PHASE_PREFILL, lr);
+  }
 }
 
 /* ---- Sampling ---- */
@@ -874,6 +950,9 @@ static void usage(const char *argv0) {
           "          [--prompt ID,ID,...] [--sample greedy|topk:K|topp:P] [--temperature T] [--seed S]\n"
           "          [--check REF] [--tol X] [--follow ID,ID,...] [--trace FILE] [--threads N] [--decode graph|rerecord|ops]\n"
           "          [--warmup N] [--expect-placement] [--quiet] [--quant q8_0|q4_0|q4_1|q4_g128]\n"
+          "          [--kv-cache f32|f16]   (the KV cache's type; default the activations'; f16 under f32\n"
+          "           activations halves it, attention widening it as it reads: CPU only)\n"
+          "          [--prefill-chunk N]   (prefill N prompt tokens at a time: activations for N rows)\n"
           "          [--explain]   (print where the scheduler puts the prefill and decode graphs)\n"
           "          [--activations q8|f32]   (quantized weights: q8 (default) lets the CPU round\n"
           "           activations to int8 blocks as llama.cpp does; f32 keeps f32 math)\n"
@@ -906,7 +985,8 @@ static void device_stats(nh_runtime rt, uint32_t ndev, uint64_t *ops) {
 int main(int argc, char **argv) {
   const char *model_dir = NH_DEFAULT_MODEL, *policy = "llm_inference", *check = NULL, *trace = NULL;
   const char *prompt_arg = NULL, *synthetic = NULL, *dtype_arg = NULL, *follow_arg = NULL;
-  uint64_t prompt_len = 0;
+  uint64_t prompt_len = 0, prefill_chunk = 0;
+  uint32_t kv_dt = 0; /* 0: the activations' type */
   uint32_t devices = NH_ENABLE_GPU | NH_ENABLE_NPU, threads = 0;
   uint64_t steps = 0, seed = 1, warmup = 1;
   int steps_given = 0, expect_placement = 0, quiet = 0, sample_given = 0, explain = 0;
@@ -926,6 +1006,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--synthetic")) { NEED_VALUE(); synthetic = v; }
     else if (!strcmp(a, "--dtype")) { NEED_VALUE(); dtype_arg = v; }
     else if (!strcmp(a, "--prompt-len")) { NEED_VALUE(); prompt_len = parse_uint(a, v, 1, 1u << 20); }
+    else if (!strcmp(a, "--prefill-chunk")) { NEED_VALUE(); prefill_chunk = parse_uint(a, v, 1, 1u << 20); }
+    else if (!strcmp(a, "--kv-cache")) {
+      NEED_VALUE();
+      if (!strcmp(v, "f16")) kv_dt = NH_F16;
+      else if (!strcmp(v, "f32")) kv_dt = NH_F32;
+      else die("--kv-cache: '%s' is not f16 or f32", v);
+    }
     else if (!strcmp(a, "--policy")) { NEED_VALUE(); policy = v; }
     else if (!strcmp(a, "--devices")) { NEED_VALUE(); devices = parse_devices(v); }
     else if (!strcmp(a, "--steps")) { NEED_VALUE(); steps = parse_uint(a, v, 1, 1u << 20); steps_given = 1; }
@@ -990,6 +1077,7 @@ int main(int argc, char **argv) {
     g_es = g_dt == NH_F16 ? 2 : sizeof(float);
   }
   if (check && sample_given && sm.kind != SAMPLE_GREEDY) die("--check compares greedy tokens: drop --sample");
+  if (kv_dt == NH_F32 && g_dt == NH_F16) die("--kv-cache f32 needs f32 activations (an f16 query reads an f16 cache)");
   if (follow_arg && (check || sample_given || steps_given))
     die("--follow sets the steps and compares top-1 tokens: drop --check, --sample and --steps");
   if (expect_placement && decode != DECODE_OPS)
@@ -1133,8 +1221,9 @@ int main(int argc, char **argv) {
 
   state st;
   memset(&st, 0, sizeof st);
-  st.rows = plen_tok;
+  st.rows = prefill_chunk && prefill_chunk < plen_tok ? prefill_chunk : plen_tok;
   st.positions = plen_tok + steps;
+  st.kv_dt = kv_dt ? kv_dt : g_dt;
   uint64_t QW = c->heads * c->head_dim, KVW = c->kv_heads * c->head_dim;
   st.x = alloc_act(rt, st.rows * c->dim, 0);
   st.h = alloc_act(rt, st.rows * c->dim, 0);
@@ -1142,10 +1231,14 @@ int main(int argc, char **argv) {
   st.attn = alloc_act(rt, st.rows * QW, 0);
   st.g = alloc_act(rt, st.rows * c->ffn, 0);
   st.u = alloc_act(rt, st.rows * c->ffn, 0);
-  st.logits = alloc_act(rt, (last_logits ? 1 : st.rows) * c->vocab, 1);
+  st.logits = alloc_act(rt, (last_logits ? 1 : plen_tok) * c->vocab, 1);
   for (uint64_t l = 0; l < c->layers; l++) {
-    st.k[l] = alloc_act(rt, st.positions * KVW, 0);
-    st.v[l] = alloc_act(rt, st.positions * KVW, 0);
+    NH_CHECK(nh_buffer_alloc(rt, st.positions * KVW * (st.kv_dt == NH_F32 ? 4 : 2), &st.k[l]));
+    NH_CHECK(nh_buffer_alloc(rt, st.positions * KVW * (st.kv_dt == NH_F32 ? 4 : 2), &st.v[l]));
+  }
+  if (st.kv_dt != g_dt) {
+    st.k_new = alloc_act(rt, st.rows * KVW, 0);
+    st.v_new = alloc_act(rt, st.rows * KVW, 0);
   }
 
   submitter sub;
@@ -1163,7 +1256,7 @@ int main(int argc, char **argv) {
   double t_prefill = 0, t_decode = 0, t_record = 0, decode_device_s = 0;
   /* A decode step's calls, summed over the timed steps: where the wall time goes. */
   double t_submit = 0, t_wait = 0, t_read = 0, t_sample = 0;
-  nh_graph prefill_graph = {0};
+  chunk_graph prefill_graphs[2] = {{{0}, 0}, {{0}, 0}};
   uint64_t ops_before[MAX_DEVICES], ops_mid[MAX_DEVICES], ops_after[MAX_DEVICES];
   uint64_t ops_per_step = 0;
 
@@ -1179,25 +1272,10 @@ int main(int argc, char **argv) {
       if (trace) NH_CHECK(nh_trace_start(rt, trace));
       device_stats(rt, ndev, ops_before);
     }
-    /* Prefill: the whole prompt, logits of every position (or of the last). As a graph,
-     * recorded once (its ops never change), unless ops are submitted one by one. */
+    /* Prefill: the prompt (in chunks with --prefill-chunk), logits of every position (or of
+     * the last). As graphs recorded once, unless ops are submitted one by one. */
     double t0 = now_s();
-    if (decode != DECODE_OPS) {
-      if (!prefill_graph.id) {
-        NH_CHECK(nh_graph_create(rt, &prefill_graph));
-        sub.graph = prefill_graph;
-        sub.updating = 0;
-        sub.index = 0;
-        forward(&sub, &m, &st, prompt, plen_tok, 0, PHASE_PREFILL, last_logits);
-        sub.graph.id = 0;
-      }
-      nh_event ev;
-      NH_CHECK(nh_graph_submit(rt, prefill_graph, &ev));
-      NH_CHECK(nh_event_wait(rt, ev, UINT64_MAX));
-      NH_CHECK(nh_event_release(rt, ev));
-    } else {
-      forward(&sub, &m, &st, prompt, plen_tok, 0, PHASE_PREFILL, last_logits);
-    }
+    prefill(&sub, decode != DECODE_OPS ? prefill_graphs : NULL, &m, &st, prompt, plen_tok, !last_logits);
     NH_CHECK(nh_buffer_read(rt, st.logits, 0, logits, prefill_rows * c->vocab * sizeof(float)));
     retire(&sub);
     double t1 = now_s();
@@ -1232,7 +1310,7 @@ int main(int argc, char **argv) {
         sub.graph = graph;
         sub.updating = graph_ops > 0;
         sub.index = 0;
-        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE, 0);
+        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE, LOGITS_LAST);
         sub.graph.id = 0;
         if (!graph_ops) NH_CHECK(nh_graph_op_count(rt, graph, &graph_ops));
         if (sub.index != graph_ops) die("internal: a decode step emitted %zu ops, its graph has %zu", sub.index, graph_ops);
@@ -1261,7 +1339,7 @@ int main(int argc, char **argv) {
         }
       } else {
         size_t before = sub.npending;
-        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE, 0);
+        forward(&sub, &m, &st, &tok, 1, pos, PHASE_DECODE, LOGITS_LAST);
         if (!ops_per_step) ops_per_step = sub.npending - before;
       }
       double tl = now_s();
@@ -1369,7 +1447,9 @@ int main(int argc, char **argv) {
         total += sub.placement[ph][NH_OP_MATMUL][d];
         if (ok) want += sub.placement[ph][NH_OP_MATMUL][d];
       }
-      uint64_t expected = ph == PHASE_PREFILL ? 7 * c->layers + 1 : (steps - 1) * (7 * c->layers + 1);
+      /* Each prefill chunk runs the layers' 7 matmuls, the LM head once (every chunk with --check). */
+      uint64_t chunks = (plen_tok + st.rows - 1) / st.rows, heads = last_logits ? 1 : chunks;
+      uint64_t expected = ph == PHASE_PREFILL ? chunks * 7 * c->layers + heads : (steps - 1) * (7 * c->layers + 1);
       const char *where = ph == PHASE_PREFILL ? "the NPU" : gpu_available ? "the GPU" : "the CPU";
       printf("placement check: %llu of %llu %s matmuls ran on %s (expected %llu)\n", (unsigned long long)want,
              (unsigned long long)total, phase_name[ph], where, (unsigned long long)expected);
@@ -1410,7 +1490,8 @@ int main(int argc, char **argv) {
   }
 
   if (explain) {
-    explain_graph(rt, "prefill", prefill_graph);
+    explain_graph(rt, "prefill (chunks before the last)", prefill_graphs[0].g);
+    explain_graph(rt, "prefill", prefill_graphs[1].g);
     explain_graph(rt, "decode", graph);
     nh_runtime_stats rs_stats;
     rs_stats.struct_size = sizeof rs_stats;
@@ -1421,7 +1502,8 @@ int main(int argc, char **argv) {
            (unsigned long long)rs_stats.fallbacks);
   }
   if (graph.id) NH_CHECK(nh_graph_destroy(rt, graph));
-  if (prefill_graph.id) NH_CHECK(nh_graph_destroy(rt, prefill_graph));
+  for (int i = 0; i < 2; i++)
+    if (prefill_graphs[i].g.id) NH_CHECK(nh_graph_destroy(rt, prefill_graphs[i].g));
   if (!synthetic) st_close(&stf);
   free(logits);
   free(scratch);

@@ -100,7 +100,7 @@ pub enum nh_op_kind {
     NH_OP_LAYERNORM = 8,
     /// inputs: x [.., seq, heads, head_dim].
     NH_OP_ROPE = 9,
-    /// inputs: q [.., H, Sq, D], k [.., Hkv, Skv, D], v like k, additive mask (optional).
+    /// inputs: q [.., H, Sq, D], k [.., Hkv, Skv, D], v like k (f16 or bf16 under f32 q: a half KV cache), additive mask (optional).
     NH_OP_ATTENTION = 10,
     /// Copy with dtype conversion (any strided view to any view of the same shape).
     /// To a quantized type from f32 / f16 / bf16 it quantizes (rounding as GGUF's

@@ -199,6 +199,13 @@ impl OpDesc {
             && matches!((self.input(0), self.input(1)), (Some(a), Some(b)) if super::validate::half_weight(a.dtype, b.dtype))
     }
 
+    /// Attention with f32 queries over an f16 / bf16 K and V (a half KV cache): only devices
+    /// whose kernels widen K and V as they read them take it (the CPU).
+    pub fn has_half_kv(&self) -> bool {
+        self.kind == OpKind::Attention
+            && matches!((self.input(0), self.input(1)), (Some(q), Some(k)) if super::validate::half_weight(q.dtype, k.dtype))
+    }
+
     /// The op with its A and B operands relabelled `dtype`, for cost models of a device that
     /// converts them (the views no longer describe the caller's buffers).
     pub fn with_operands_as(&self, dtype: DType) -> OpDesc {

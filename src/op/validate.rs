@@ -310,8 +310,10 @@ fn validate_attention(op: &OpDesc) -> Result<()> {
     let k = need(op, 1, "k")?;
     let v = need(op, 2, "v")?;
     computes_in(op, q.dtype)?;
+    // An f16 / bf16 KV cache under f32 queries: half the cache's memory, widened as read.
+    let kv_dtype = if half_weight(q.dtype, k.dtype) { k.dtype } else { q.dtype };
     for (t, what) in [(k, "k"), (v, "v")] {
-        same_dtype(op, t, what, q.dtype)?;
+        same_dtype(op, t, what, kv_dtype)?;
         if t.rank != q.rank {
             return Err(Error::invalid(format!("attention: {what} has rank {}, q has {}", t.rank, q.rank)));
         }
@@ -438,5 +440,32 @@ mod tests {
             matmul(a, b, F32, None).unwrap();
             assert!(!half_weight(a, b), "{a} x {b}");
         }
+    }
+
+    /// q [4, 3, 16] (q_dt) over k and v [2, 10, 16] (k_dt, v_dt), output like q.
+    fn attention(q_dt: DType, k_dt: DType, v_dt: DType) -> Result<()> {
+        let q = TensorView::contiguous(1, q_dt, &[4, 3, 16], 0);
+        let k = TensorView::contiguous(2, k_dt, &[2, 10, 16], 0);
+        let v = TensorView::contiguous(3, v_dt, &[2, 10, 16], 0);
+        let o = TensorView::contiguous(4, q_dt, &[4, 3, 16], 0);
+        validate(&OpDesc::new(OpKind::Attention, &[q, k, v], o), &|_| Ok(1 << 20))
+    }
+
+    #[test]
+    fn half_kv_cache_takes_f32_queries_only() {
+        use DType::*;
+        for half in [F16, BF16] {
+            attention(F32, half, half).unwrap();
+            attention(half, half, half).unwrap();
+            // K and V share one type; half queries take no f32 cache.
+            let e = attention(F32, half, F32).unwrap_err().to_string();
+            assert!(e.contains(&format!("v has dtype f32 but the op computes in {half}")), "{e}");
+            let e = attention(F32, F32, half).unwrap_err().to_string();
+            assert!(e.contains(&format!("v has dtype {half}")), "{e}");
+            let e = attention(half, F32, F32).unwrap_err().to_string();
+            assert!(e.contains(&format!("k has dtype f32 but the op computes in {half}")), "{e}");
+        }
+        let e = attention(F16, BF16, BF16).unwrap_err().to_string();
+        assert!(e.contains("k has dtype bf16 but the op computes in f16"), "{e}");
     }
 }

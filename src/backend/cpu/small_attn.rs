@@ -5,10 +5,14 @@
 //! (MiniLM at batch 16: 192 heads of ~20 x 20 scores took 29% of the forward pass at
 //! ~3.6 GFLOP/s). Same semantics as `kernels::attention`: grouped-query heads, the first
 //! `kv_len` keys valid, causal rows aligned to the last keys, an additive broadcast mask.
+//! K and V may be f16 / bf16 under f32 queries (a half KV cache): their valid rows are widened
+//! to f32 first, once per op.
 
+use super::halfconv;
 use super::host::{HostView, SendPtr};
 use super::kernels::iter::TASK_ELEMS;
 use super::kernels::math::{exp, madd};
+use super::scratch::Scratch;
 use super::simd::dispatch_avx2;
 use crate::op::DType;
 use rayon::prelude::*;
@@ -87,6 +91,42 @@ dispatch_avx2! {
     }
 }
 
+/// The first `kv_len` rows of each head of a half K or V widened into dense f32 (the same
+/// rank, `kv_len` rows a head). The query heads of a group share a kv head, so widening as
+/// they read would repeat the work for each of them.
+fn widen(t: &HostView, kv_len: usize) -> (Scratch, HostView) {
+    let r = t.rank;
+    let d = t.shape[r - 1];
+    let heads: usize = t.shape[..r - 2].iter().product();
+    let mut data = Scratch::new(heads * kv_len * d);
+    let mut view = *t;
+    view.dtype = DType::F32;
+    view.shape[r - 2] = kv_len;
+    let mut acc = 1;
+    for i in (0..r).rev() {
+        view.strides[i] = acc;
+        acc *= view.shape[i];
+    }
+    let hkv = t.shape[r - 3];
+    for (row, dst) in data.chunks_exact_mut(d).enumerate() {
+        let (head, j) = (row / kv_len, row % kv_len);
+        let (b, kh) = (head / hkv, head % hkv);
+        let off = if r == 4 { b * t.strides[0] } else { 0 } + kh * t.strides[r - 3] + j * t.strides[r - 2];
+        // SAFETY: row j < kv_len of a validated view whose rows have d contiguous elements.
+        unsafe {
+            let src = t.ptr.0.add(off * 2);
+            match t.dtype {
+                DType::F16 => {
+                    halfconv::f16_to_f32(std::slice::from_raw_parts(src as *const half::f16, d), dst)
+                }
+                _ => halfconv::bf16_to_f32(std::slice::from_raw_parts(src as *const half::bf16, d), dst),
+            }
+        }
+    }
+    view.ptr = SendPtr(data.as_mut_ptr() as *mut u8);
+    (data, view)
+}
+
 /// Runs the attention here and returns true, or returns false (nothing written) when this
 /// path does not apply.
 #[allow(clippy::too_many_arguments)]
@@ -101,8 +141,10 @@ pub fn try_attention(
     kv_len: usize,
 ) -> bool {
     let r = q.rank;
+    // f32, or f32 queries over a half K and V (validation gives K and V one type).
+    let kv_ok = matches!(k.dtype, DType::F32 | DType::F16 | DType::BF16) && v.dtype == k.dtype;
     let all_f32 =
-        [out, q, k, v].iter().all(|t| t.dtype == DType::F32) && mask.is_none_or(|m| m.dtype == DType::F32);
+        [out, q].iter().all(|t| t.dtype == DType::F32) && kv_ok && mask.is_none_or(|m| m.dtype == DType::F32);
     let contiguous = [out, q, k, v].iter().all(|t| t.strides[r - 1] == 1 || t.shape[r - 1] == 1);
     let (h, sq, d) = (q.shape[r - 3], q.shape[r - 2], q.shape[r - 1]);
     let (hkv, skv) = (k.shape[r - 3], k.shape[r - 2]);
@@ -113,6 +155,11 @@ pub fn try_attention(
     let batch = if r == 4 { q.shape[0] } else { 1 };
     let group = h / hkv;
     let kv_len = if kv_len == 0 { skv } else { kv_len };
+    let widened = (k.dtype != DType::F32).then(|| (widen(k, kv_len), widen(v, kv_len)));
+    let (k, v) = match &widened {
+        Some(((_, k), (_, v))) => (k, v),
+        None => (k, v),
+    };
     let scale = if scale == 0.0 { 1.0 / (d as f32).sqrt() } else { scale };
     let score_dims: Vec<usize> = [&q.dims()[..r - 1], &[skv]].concat();
     let mask_strides = mask.map(|m| m.broadcast_strides(&score_dims));
@@ -266,6 +313,48 @@ mod tests {
                 for (c, want) in want.into_iter().enumerate() {
                     let got = o[(hd * sq + i) * d + c] as f64;
                     assert!((got - want).abs() < 1e-5, "head {hd} row {i} col {c}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// A half KV cache (f16, bf16) under f32 queries is taken too, and gives f32 math on the
+    /// half values (widened once, then the f32 path).
+    #[test]
+    fn few_rows_read_a_half_kv_cache() {
+        let (h, hkv, sq, skv, d, kv_len) = (4usize, 2usize, 2usize, 200usize, 40usize, 190usize);
+        let mut q = fill(h * sq * d, 8);
+        for (dt, half_bits) in [
+            (DType::F16, (|x: f32| half::f16::from_f32(x).to_bits()) as fn(f32) -> u16),
+            (DType::BF16, |x: f32| half::bf16::from_f32(x).to_bits()),
+        ] {
+            let widen = |b: u16| match dt {
+                DType::F16 => half::f16::from_bits(b).to_f32(),
+                _ => half::bf16::from_bits(b).to_f32(),
+            };
+            let mut k: Vec<u16> = fill(hkv * skv * d, 9).into_iter().map(half_bits).collect();
+            let mut v: Vec<u16> = fill(hkv * skv * d, 10).into_iter().map(half_bits).collect();
+            let (kw, vw): (Vec<f32>, Vec<f32>) =
+                (k.iter().map(|&b| widen(b)).collect(), v.iter().map(|&b| widen(b)).collect());
+            let mut o = vec![0.0f32; h * sq * d];
+            let half_view = |data: &mut [u16]| HostView {
+                ptr: SendPtr(data.as_mut_ptr() as *mut u8),
+                dtype: dt,
+                ..view(&mut [], &[hkv, skv, d])
+            };
+            let (vk, vv) = (half_view(&mut k), half_view(&mut v));
+            let (vq, vo) = (view(&mut q, &[h, sq, d]), view(&mut o, &[h, sq, d]));
+            assert!(try_attention(&vo, &vq, &vk, &vv, None, true, 0.0, kv_len), "{dt}");
+            for hd in 0..h {
+                let kh = hd / (h / hkv);
+                for i in 0..sq {
+                    let n = kv_len - sq + i + 1;
+                    let (qi, kv) = ((hd * sq + i) * d, kh * skv * d);
+                    let want = reference_row(&q[qi..], &kw[kv..], &vw[kv..], n, d);
+                    for (c, want) in want.into_iter().enumerate() {
+                        let got = o[(hd * sq + i) * d + c] as f64;
+                        assert!((got - want).abs() < 1e-5, "{dt} head {hd} row {i} col {c}: {got} vs {want}");
+                    }
                 }
             }
         }

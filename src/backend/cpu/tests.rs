@@ -700,6 +700,36 @@ fn attention_matches_reference() {
     }
 }
 
+/// f32 queries over an f16 / bf16 K and V (a half KV cache) give f32 math on the half values:
+/// decode rows over a long cache (the row-by-row kernel) and prefill blocks (the sgemm one),
+/// grouped-query, causal over the first kv_len keys, keys transposed in the Padded round.
+#[test]
+fn attention_reads_a_half_kv_cache_under_f32_queries() {
+    let mut bench = Bench::new(12);
+    // (q shape, kv shape, kv_len): decode (1 and 3 rows) over 300 keys; 100 prefill rows.
+    let cases: [(&[usize], &[usize], u32); 3] = [
+        (&[14, 1, 64], &[2, 300, 64], 290),
+        (&[4, 3, 24], &[2, 300, 24], 0),
+        (&[2, 100, 16], &[1, 130, 16], 120),
+    ];
+    for half in [DType::F16, DType::BF16] {
+        for (ci, &(qs, kvs, kv_len)) in cases.iter().enumerate() {
+            for layout in [Dense, Padded] {
+                let (q, tq) = bench.input(DType::F32, qs, layout);
+                let k_layout = if layout == Padded { Transposed } else { Dense };
+                let (k, tk) = bench.input(half, kvs, k_layout);
+                let (v, tv) = bench.input(half, kvs, layout);
+                let out = bench.view(DType::F32, qs, Padded);
+                let p = OpParams { causal: true, kv_len, ..Default::default() };
+                bench.run(&OpDesc::new(OpKind::Attention, &[q, k, v], out).with_params(p));
+                let want = refr::attention(&tq, &tk, &tv, None, &p);
+                let what = format!("half kv case {ci} {half} {layout:?}");
+                assert_close(&bench.read(&out), &want, tol(DType::F32) * 2.0, &what);
+            }
+        }
+    }
+}
+
 #[test]
 fn copy_converts_between_all_dtypes() {
     let mut bench = Bench::new(11);

@@ -292,8 +292,8 @@ impl Backend for SimNpu {
         // included) must also be types the device takes. (A bias has the output's type.)
         // f32 operands the caller allows rounded are converted on the way in. Its profiles
         // give one input type for both float operands: an f16 weight under f32 activations
-        // is not one of them.
-        if op.has_half_weight() {
+        // is not one of them, nor is a half KV cache under f32 queries.
+        if op.has_half_weight() || op.has_half_kv() {
             return false;
         }
         if self.cfg.rounds_to_bf16(op) {

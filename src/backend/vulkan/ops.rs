@@ -128,8 +128,11 @@ pub fn supported(op: &OpDesc, f: Features, max_range: u64) -> bool {
     // Quantized types only as a matmul's weight (validation allows no other place there).
     let quant_ok = |d: DType| d.is_quantized() && op.kind == OpKind::Matmul;
     // Half weights under f32 activations: only the GEMV over f16 [N, K] weights reads them.
+    // The attention shaders read K and V in q's type: a half KV cache under f32 queries stays
+    // on the CPU.
     if !op.views().all(|v| dt_ok(v.dtype) || quant_ok(v.dtype))
         || (op.has_half_weight() && !half_gemv_takes(op, f))
+        || op.has_half_kv()
     {
         return false;
     }
@@ -731,5 +734,21 @@ mod tests {
         let f = portable_features();
         assert!(!supported(&OpDesc::new(OpKind::Copy, &[a], q), f, u64::MAX));
         assert!(!supported(&OpDesc::new(OpKind::Copy, &[q], a), f, u64::MAX));
+    }
+
+    /// The attention shaders read K and V in q's type: f32 queries over a half KV cache are
+    /// left to the CPU, while all-f16 and all-f32 attention run here.
+    #[test]
+    fn a_half_kv_cache_under_f32_queries_stays_off_the_gpu() {
+        let f = portable_features();
+        let attention = |q_dt: DType, kv_dt: DType| {
+            let q = TensorView::contiguous(1, q_dt, &[4, 1, 64], 0);
+            let k = TensorView::contiguous(2, kv_dt, &[2, 100, 64], 0);
+            let v = TensorView::contiguous(3, kv_dt, &[2, 100, 64], 0);
+            OpDesc::new(OpKind::Attention, &[q, k, v], TensorView::contiguous(4, q_dt, &[4, 1, 64], 0))
+        };
+        assert!(!supported(&attention(DType::F32, DType::F16), f, u64::MAX));
+        assert!(supported(&attention(DType::F16, DType::F16), f, u64::MAX));
+        assert!(supported(&attention(DType::F32, DType::F32), f, u64::MAX));
     }
 }

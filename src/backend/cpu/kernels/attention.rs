@@ -81,7 +81,13 @@ pub fn attention(
     let group = h / hkv;
     let kv_len = if p.kv_len == 0 { skv } else { p.kv_len };
     let scale = if p.scale == 0.0 { 1.0 / (d as f32).sqrt() } else { p.scale };
-    let ((q, _qc), (k, _kc), (v, _vc)) = (as_f32(q), as_f32(k), as_f32(v));
+    // Keys past kv_len are never read: a half K and V (a KV cache) is widened up to there only.
+    let valid = |t: &HostView| {
+        let mut t = *t;
+        t.shape[r - 2] = kv_len;
+        t
+    };
+    let ((q, _qc), (k, _kc), (v, _vc)) = (as_f32(q), as_f32(&valid(k)), as_f32(&valid(v)));
     let (o, oc) = as_f32(out);
     // Mask strides over the full score shape [.., H, Sq, Skv], 0 where it broadcasts.
     let score_dims: Vec<usize> = [&q.dims()[..r - 1], &[skv]].concat();
