@@ -13,6 +13,17 @@ fn sim(cfg: SimNpuConfig) -> (Arc<SimNpu>, Box<dyn Backend>) {
     (Arc::clone(&npu), Box::new(npu))
 }
 
+/// Runs the same matmul eight times, one after another, and checks its result.
+fn eight_matmuls_checked(rt: &npuhybrid::Runtime) {
+    let (m, k, n) = (256, 320, 192);
+    let (a, b) = (random(m * k, 1), random(k * n, 2));
+    let (ab, bb, cb) = (upload(&rt, &a), upload(&rt, &b), rt.alloc(m * n * 4).unwrap());
+    for _ in 0..8 {
+        rt.submit(matmul(ab, bb, cb, m, k, n)).unwrap().wait(None).unwrap();
+    }
+    assert_close(&download(&rt, cb, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+}
+
 #[test]
 fn runs_ops_with_correct_results() {
     let (npu, dev) = sim(SimNpuConfig {
@@ -24,13 +35,7 @@ fn runs_ops_with_correct_results() {
     let info = rt.device_info(1).unwrap();
     assert_eq!(info.kind, DeviceKind::SimulatedNpu);
     assert!(info.name.contains("Simulated"));
-    let (m, k, n) = (256, 320, 192);
-    let (a, b) = (random(m * k, 1), random(k * n, 2));
-    let (ab, bb, cb) = (upload(&rt, &a), upload(&rt, &b), rt.alloc(m * n * 4).unwrap());
-    for _ in 0..8 {
-        rt.submit(matmul(ab, bb, cb, m, k, n)).unwrap().wait(None).unwrap();
-    }
-    assert_close(&download(&rt, cb, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+    eight_matmuls_checked(&rt);
     let ran = npu.stats().ops;
     assert!(ran > 0, "a device 1000x faster than the CPU gets work");
     assert_eq!(ran + rt.device_stats(0).unwrap().ops_run, 8, "every op ran once somewhere");
@@ -48,13 +53,7 @@ fn a_simulated_npu_computing_on_the_hosts_cores_is_never_expected_to_beat_the_ho
         ..Default::default()
     }));
     let rt = runtime_with(vec![Box::new(Arc::clone(&npu))]);
-    let (m, k, n) = (256, 320, 192);
-    let (a, b) = (random(m * k, 1), random(k * n, 2));
-    let (ab, bb, cb) = (upload(&rt, &a), upload(&rt, &b), rt.alloc(m * n * 4).unwrap());
-    for _ in 0..8 {
-        rt.submit(matmul(ab, bb, cb, m, k, n)).unwrap().wait(None).unwrap();
-    }
-    assert_close(&download(&rt, cb, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+    eight_matmuls_checked(&rt);
     assert_eq!(npu.stats().ops, 0, "no matmul went to the host's cores by way of the simulation");
     assert_eq!(rt.device_stats(0).unwrap().ops_run, 8);
 }
