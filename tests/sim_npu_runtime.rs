@@ -17,11 +17,11 @@ fn sim(cfg: SimNpuConfig) -> (Arc<SimNpu>, Box<dyn Backend>) {
 fn eight_matmuls_checked(rt: &npuhybrid::Runtime) {
     let (m, k, n) = (256, 320, 192);
     let (a, b) = (random(m * k, 1), random(k * n, 2));
-    let (ab, bb, cb) = (upload(&rt, &a), upload(&rt, &b), rt.alloc(m * n * 4).unwrap());
+    let (ab, bb, cb) = (upload(rt, &a), upload(rt, &b), rt.alloc(m * n * 4).unwrap());
     for _ in 0..8 {
         rt.submit(matmul(ab, bb, cb, m, k, n)).unwrap().wait(None).unwrap();
     }
-    assert_close(&download(&rt, cb, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
+    assert_close(&download(rt, cb, m * n), &reference_matmul(&a, &b, m, k, n), 1e-4);
 }
 
 #[test]
