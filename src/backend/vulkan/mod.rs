@@ -123,7 +123,10 @@ impl VulkanBackend {
         let state = submit::State::new(ctx.clone())?;
         let times_kernels = state.op_timestamps();
         let kernels = Arc::new(warmer::KernelWarmer::default());
-        kernels.mark_cached(state.pipelines.made_before().iter().filter_map(|n| ops::variant_name(n)));
+        // Earlier runs made these: the cache makes them in moments, ops need not wait for them.
+        for &shader in state.pipelines.made_before() {
+            kernels.mark_ready(shader);
+        }
         // A discrete GPU copies through staging over PCIe; elsewhere an upload is a host copy
         // (with packing) into device-visible memory. Both are rough, and only rank devices.
         let upload_gbs =
@@ -271,7 +274,7 @@ impl Backend for VulkanBackend {
         }
         // One at a time, so ops submitted meanwhile wait for one pipeline at most; those that
         // earlier runs made first (the cache has them: moments each), then every other.
-        let made_before: Vec<&'static str> = self.kernels.cached();
+        let made_before: Vec<&'static str> = self.state.lock().pipelines.made_before().to_vec();
         made_before
             .into_iter()
             .chain(pipelines::Pipelines::variants())

@@ -25,7 +25,7 @@ pub struct Pipelines {
     cache_file: Option<PathBuf>,
     /// Variants made in earlier runs (kept beside the cache file): their pipelines come out of
     /// the cache in moments, so ops that need them need not wait off the device.
-    made_before: Vec<String>,
+    made_before: Vec<&'static str>,
     pipelines: HashMap<String, vk::Pipeline>,
     /// A pipeline was created since the last `take_created`.
     created: bool,
@@ -172,7 +172,7 @@ impl Pipelines {
     }
 
     /// Variants whose pipelines earlier runs made (and the cache holds), as read at start.
-    pub fn made_before(&self) -> &[String] {
+    pub fn made_before(&self) -> &[&'static str] {
         &self.made_before
     }
 
@@ -187,12 +187,8 @@ impl Pipelines {
             let _ = std::fs::create_dir_all(dir);
         }
         write_then_rename(file, &data);
-        let mut names: Vec<&str> = self
-            .made_before
-            .iter()
-            .map(String::as_str)
-            .chain(self.pipelines.keys().map(String::as_str))
-            .collect();
+        let mut names: Vec<&str> =
+            self.made_before.iter().copied().chain(self.pipelines.keys().map(String::as_str)).collect();
         names.sort_unstable();
         names.dedup();
         names.truncate(MAX_LISTED_VARIANTS);
@@ -215,14 +211,13 @@ fn variant_list_file(cache_file: &std::path::Path) -> PathBuf {
 
 /// The variant names in `file` that name a shader of this build with well-formed constants
 /// (the file is read as untrusted: anything else in it is skipped).
-fn read_variant_list(file: &std::path::Path) -> Vec<String> {
+fn read_variant_list(file: &std::path::Path) -> Vec<&'static str> {
     let Ok(bytes) = crate::files::read(file) else { return Vec::new() };
     String::from_utf8_lossy(&bytes)
         .lines()
         .take(MAX_LISTED_VARIANTS)
         .filter(|name| name.len() <= 128)
-        .filter(|name| split_spec(name).is_ok_and(|(base, _)| SHADERS.iter().any(|(n, _)| *n == base)))
-        .map(str::to_string)
+        .filter_map(super::ops::variant_name)
         .collect()
 }
 

@@ -15,9 +15,9 @@ use std::thread::JoinHandle;
 
 #[derive(Default)]
 pub struct KernelWarmer {
+    /// Made here, or by an earlier run (listed beside the pipeline cache, which makes them in
+    /// moments).
     ready: RwLock<HashSet<&'static str>>,
-    /// Made by earlier runs (listed beside the pipeline cache).
-    cached: RwLock<HashSet<&'static str>>,
     wanted: Mutex<Wanted>,
     /// The thread making pipelines, joined at `stop`: a process must not exit while it is
     /// inside the driver (an H100 run of `generate` crashed at exit that way).
@@ -37,16 +37,7 @@ impl KernelWarmer {
     /// Whether ops needing `shader` may go to the device now: its pipeline is made, or an
     /// earlier run made it and the cache has it.
     pub fn is_ready(&self, shader: &str) -> bool {
-        self.ready.read().contains(shader) || self.cached.read().contains(shader)
-    }
-
-    pub fn mark_cached(&self, shaders: impl IntoIterator<Item = &'static str>) {
-        self.cached.write().extend(shaders);
-    }
-
-    /// The shaders earlier runs made, in no particular order.
-    pub fn cached(&self) -> Vec<&'static str> {
-        self.cached.read().iter().copied().collect()
+        self.ready.read().contains(shader)
     }
 
     pub fn mark_ready(&self, shader: &'static str) {
